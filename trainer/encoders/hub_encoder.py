@@ -1,0 +1,99 @@
+"""Any TF-Hub handle or local SavedModel directory, loaded with `tensorflow_hub.load`.
+
+For users who have e.g. `universal-sentence-encoder-large/4` cached. We wrap the
+object `hub.load` returns (a callable taking a batch of strings) rather than
+`hub.KerasLayer`, which is a tf-keras layer and does not mix with Keras 3.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from trainer.encoders.base import Encoder, default_threads, sha256_files
+from trainer.errors import UserError
+
+_PROBE = ["siamese-search probe sentence"]
+
+
+def _saved_model_files(directory: Path) -> list[Path]:
+    files = [directory / name for name in ("saved_model.pb", "saved_model.pbtxt")]
+    files = [f for f in files if f.exists()]
+    variables = directory / "variables"
+    if variables.is_dir():
+        files += sorted(p for p in variables.rglob("*") if p.is_file())
+    return files
+
+
+def configure_tensorflow_threads(threads: int | None = None) -> None:
+    """Pin TF's thread pools to the cores we have (must run before TF does any work)."""
+    import tensorflow as tf
+
+    threads = threads or default_threads()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass  # TF already initialised its pools; keep what it has
+
+
+class HubEncoder(Encoder):
+    kind = "hub"
+
+    def __init__(self, handle: str, preprocess_mode: str, base_dir: Path | None = None):
+        super().__init__(preprocess_mode)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        configure_tensorflow_threads()
+        import tensorflow as tf
+        import tensorflow_hub as hub
+
+        self.handle = handle
+        location = Path(handle)
+        if base_dir is not None and not location.is_absolute() and (base_dir / location).exists():
+            location = base_dir / location
+        self._directory: Path | None = location if location.is_dir() else None
+        try:
+            self._model = hub.load(str(location) if self._directory else handle)
+        except Exception as error:
+            raise UserError(
+                f"could not load encoder {handle!r} with tensorflow_hub.load ({error}). "
+                "Give a local SavedModel directory or a TF-Hub handle that is in the "
+                "TFHUB_CACHE_DIR cache (this machine may have no internet)."
+            ) from None
+        self._tf = tf
+        probe = self._call(_PROBE)
+        if probe.ndim != 2 or probe.shape[0] != 1:
+            raise UserError(
+                f"encoder {handle!r} returned shape {probe.shape} for one text; "
+                "expected (1, dim): a string batch in, one vector per string out"
+            )
+        self._dim = int(probe.shape[1])
+        if self._directory is None:
+            self._directory = Path(hub.resolve(handle))
+
+    def _call(self, texts: list[str]) -> np.ndarray:
+        output = self._model(self._tf.constant(texts))
+        if isinstance(output, dict):
+            output = output.get("outputs", output.get("default", next(iter(output.values()))))
+        return np.asarray(output, dtype=np.float32)
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        return self._call(texts)
+
+    def spec(self) -> dict:
+        return {"kind": "hub", "handle": self.handle, "preprocess": self.preprocess_mode}
+
+    def fingerprint(self) -> dict:
+        return {
+            "name": self.handle,
+            "version": "saved-model",
+            "dim": self._dim,
+            "weights_sha256": sha256_files(_saved_model_files(self._directory)),
+            "preprocess": self.preprocess_mode,
+        }

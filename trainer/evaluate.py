@@ -1,0 +1,122 @@
+"""`siamese-evaluate`: how well nearest-neighbour labelling works with a trained model.
+
+Reference and test texts go through the model; each test text is labelled by the
+similarity-weighted vote of its k nearest reference texts, found by the same FAISS
+inner-product search on normalised vectors that the server runs. Prints per-class
+precision / recall / F1, accuracy and macro-F1; writes them as JSON, a confusion
+matrix and a t-SNE map of the test vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from trainer.atomic import write_json_atomic
+from trainer.cli import add_column_flags
+from trainer.data import Columns, read_table
+from trainer.errors import UserError, run_cli
+
+DEFAULT_K = 5
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="siamese-evaluate",
+        description="Label test texts by their nearest reference texts and score the result.",
+    )
+    parser.add_argument("--model", required=True, type=Path, help="model directory")
+    parser.add_argument("--reference", required=True, type=Path,
+                        help="labelled texts to search (usually the training table)")
+    parser.add_argument("--test", required=True, type=Path, help="labelled texts to predict")
+    parser.add_argument("--k", type=int, default=DEFAULT_K, help="neighbours that vote")
+    parser.add_argument("--report-json", type=Path, help="write the scores here as JSON")
+    parser.add_argument("--plots-dir", type=Path,
+                        help="where the PNGs go (default: beside --report-json, else ./evaluation)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNGs (t-SNE takes ~20 s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_column_flags(parser)
+    return parser
+
+
+def evaluate(model, reference, test, k: int, progress: bool = True) -> dict:
+    """Score kNN labelling of `test` against `reference` (both `data.Table`s with labels)."""
+    from sklearn.metrics import accuracy_score, classification_report, f1_score
+    from sklearn.metrics import confusion_matrix as sk_confusion
+
+    from indexer.backends import create_index
+    from trainer.voting import vote
+
+    reference_vectors = model.embed_unique(reference.texts, progress="reference" if progress else None)
+    test_vectors = model.embed_unique(test.texts, progress="test" if progress else None)
+    index = create_index("flat", model.dim, len(reference.texts))
+    index.add(reference_vectors)
+    scores, positions = index.search(test_vectors, k)
+    reference_labels = np.asarray(reference.labels)
+    predicted = [
+        vote(list(reference_labels[row[row >= 0]]), list(score[row >= 0])).label
+        for score, row in zip(scores, positions, strict=True)
+    ]
+    labels = sorted(set(reference.labels) | set(test.labels))
+    report = classification_report(test.labels, predicted, labels=labels, output_dict=True,
+                                   zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(test.labels, predicted)),
+        "macro_f1": float(f1_score(test.labels, predicted, labels=labels, average="macro",
+                                   zero_division=0)),
+        "k": k,
+        "labels": labels,
+        "per_class": {label: report[label] for label in labels},
+        "confusion_matrix": sk_confusion(test.labels, predicted, labels=labels).tolist(),
+        "report_text": classification_report(test.labels, predicted, labels=labels, digits=3,
+                                             zero_division=0),
+        "reference_rows": len(reference.texts),
+        "test_rows": len(test.texts),
+        "model_fingerprint": model.fingerprint,
+        "_test_vectors": test_vectors,
+    }
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.k < 1:
+        raise UserError(f"--k must be at least 1, got {args.k}")
+    columns = Columns(text=args.text_column, label=args.label_column)
+    reference = read_table(args.reference, columns)
+    test = read_table(args.test, columns)
+
+    from trainer import plots
+    from trainer.model_artifact import load_model
+
+    model = load_model(args.model)
+    result = evaluate(model, reference, test, args.k, progress=not args.quiet)
+    test_vectors = result.pop("_test_vectors")
+    print(result["report_text"])
+    print(f"accuracy {result['accuracy']:.4f}   macro-F1 {result['macro_f1']:.4f}   "
+          f"({result['test_rows']} test texts, {result['reference_rows']} reference texts, "
+          f"k={args.k})")
+    result["model"] = str(args.model)
+    if args.report_json:
+        write_json_atomic(args.report_json, result)
+    if not args.no_plots:
+        plots_dir = args.plots_dir or (args.report_json.parent if args.report_json
+                                       else Path("evaluation"))
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        plots.confusion_matrix(np.array(result["confusion_matrix"]), result["labels"],
+                               plots_dir / "confusion_matrix.png",
+                               title=f"kNN (k={args.k}) on {args.test.name}")
+        plots.vector_map(test_vectors, test.labels, plots_dir / "test_map.png",
+                         title=f"t-SNE of {args.test.name} in the head's space")
+        print(f"plots written to {plots_dir}")
+    if args.report_json:
+        print(f"report written to {args.report_json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Fitting the siamese head on sentence vectors with a triplet loss.
+
+The encoder is frozen here, so every text is encoded once up front and training
+runs on the cached vectors: a 100-example job takes a few seconds on 2 cores.
+
+Batches: when the labelled set fits in `batch_size`, every step sees all of it
+(online mining then finds the globally hardest triplets); otherwise each step draws
+P classes x K examples (`samples_per_class`), so every anchor has positives.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from trainer.config import TrainingConfig
+from trainer.encoders.hub_encoder import configure_tensorflow_threads
+from trainer.voting import vote
+
+
+@dataclass
+class TrainResult:
+    head: object  # keras.Model
+    weights: dict[str, np.ndarray]
+    losses: list[float]
+    validation: list[tuple[int, float]] = field(default_factory=list)
+    best_step: int = 0
+    seconds: float = 0.0
+
+
+def stratified_split(
+    labels: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out ~fraction of each class, always leaving 2 per class for training."""
+    train, held = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_held = min(int(round(fraction * len(members))), len(members) - 2)
+        held.extend(members[:n_held])
+        train.extend(members[n_held:])
+    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(held, dtype=np.int64))
+
+
+class _BatchSampler:
+    def __init__(self, labels: np.ndarray, config: TrainingConfig, rng: np.random.Generator):
+        self.labels = labels
+        self.rng = rng
+        self.full = len(labels) <= config.batch_size
+        self.by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+        self.k = config.samples_per_class
+        self.p = max(2, config.batch_size // self.k)
+
+    def __call__(self) -> np.ndarray:
+        if self.full:
+            return np.arange(len(self.labels))
+        chosen = self.rng.choice(len(self.by_class), min(self.p, len(self.by_class)), replace=False)
+        picks = [
+            self.rng.choice(self.by_class[c], self.k, replace=len(self.by_class[c]) < self.k)
+            for c in chosen
+        ]
+        return np.concatenate(picks)
+
+
+def random_triplets(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One (anchor, random positive, random negative) triplet per anchor: the original."""
+    rows = []
+    for anchor, label in enumerate(labels):
+        positives = np.flatnonzero((labels == label) & (np.arange(len(labels)) != anchor))
+        negatives = np.flatnonzero(labels != label)
+        if len(positives) and len(negatives):
+            rows.append((anchor, rng.choice(positives), rng.choice(negatives)))
+    return np.array(rows, dtype=np.int32).reshape(-1, 3)
+
+
+def knn_macro_f1(reference: np.ndarray, reference_labels: np.ndarray, queries: np.ndarray,
+                 query_labels: np.ndarray, k: int = 5) -> float:
+    from sklearn.metrics import f1_score
+
+    similarities = queries @ reference.T
+    nearest = np.argsort(-similarities, axis=1)[:, :k]
+    predicted = [
+        vote(list(reference_labels[row]), list(similarities[i, row])).label
+        for i, row in enumerate(nearest)
+    ]
+    return float(f1_score(query_labels, predicted, average="macro"))
+
+
+def train_head(
+    vectors: np.ndarray, labels: list[str], config: TrainingConfig, show_progress: bool = True
+) -> TrainResult:
+    """Train the head on (n, dim) unit sentence vectors with string labels."""
+    configure_tensorflow_threads()
+    import keras
+    import tensorflow as tf
+
+    from trainer import losses
+    from trainer.head import build_head, export_weights
+
+    started = time.perf_counter()
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    rng = np.random.default_rng(config.seed)
+
+    label_array = np.asarray(labels)
+    label_ids = np.unique(label_array, return_inverse=True)[1].astype(np.int32)
+    if config.validation_fraction > 0:
+        train_idx, held_idx = stratified_split(label_array, config.validation_fraction, rng)
+    else:
+        train_idx, held_idx = np.arange(len(labels)), np.array([], dtype=np.int64)
+    x_train = tf.constant(vectors[train_idx], dtype=tf.float32)
+    y_train = tf.constant(label_ids[train_idx])
+
+    head, members = build_head(vectors.shape[1], config.head)
+    optimizer = keras.optimizers.Adam(config.learning_rate)
+    margin = config.margin
+    mined_loss = {
+        "batch-hard": losses.batch_hard_triplet_loss,
+        "semi-hard": losses.semi_hard_triplet_loss,
+    }.get(config.mining)
+
+    def member_losses(x, y, triplets):
+        outputs = members(x, training=True)
+        outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
+        if mined_loss is not None:
+            per_member = [mined_loss(out, y, margin) for out in outputs]
+        else:
+            per_member = [losses.triplet_loss(out, triplets, margin) for out in outputs]
+        return tf.add_n(per_member), len(per_member)
+
+    @tf.function(reduce_retracing=True)
+    def step(indices, triplets):
+        x, y = tf.gather(x_train, indices), tf.gather(y_train, indices)
+        with tf.GradientTape() as tape:
+            triplet_total, count = member_losses(x, y, triplets)
+            total = triplet_total + tf.add_n(members.losses)
+        gradients = tape.gradient(total, members.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, members.trainable_variables, strict=True))
+        return triplet_total / count
+
+    sampler = _BatchSampler(label_array[train_idx], config, rng)
+    empty_triplets = np.zeros((0, 3), dtype=np.int32)
+    history: list[float] = []
+    validation: list[tuple[int, float]] = []
+    best = (-1.0, 0, None)
+    evaluations_without_gain = 0
+    bar = tqdm(range(1, config.steps + 1), desc="training head", unit="step",
+               disable=not show_progress, mininterval=0.5)
+    for step_number in bar:
+        batch = sampler()
+        triplets = (
+            random_triplets(label_ids[train_idx][batch], rng)
+            if mined_loss is None else empty_triplets
+        )
+        loss = float(step(tf.constant(batch, dtype=tf.int32), tf.constant(triplets)))
+        history.append(loss)
+        if step_number % 10 == 0:
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if len(held_idx) and (step_number % config.eval_every == 0 or step_number == config.steps):
+            reference = head(vectors[train_idx], training=False).numpy()
+            queries = head(vectors[held_idx], training=False).numpy()
+            score = knn_macro_f1(reference, label_array[train_idx], queries, label_array[held_idx])
+            validation.append((step_number, score))
+            if score > best[0]:
+                best = (score, step_number, head.get_weights())
+                evaluations_without_gain = 0
+            else:
+                evaluations_without_gain += 1
+                if evaluations_without_gain >= config.patience:
+                    break
+    best_step = len(history)
+    if best[2] is not None:
+        head.set_weights(best[2])
+        best_step = best[1]
+    return TrainResult(
+        head=head,
+        weights=export_weights(head, config.head),
+        losses=history,
+        validation=validation,
+        best_step=best_step,
+        seconds=time.perf_counter() - started,
+    )
