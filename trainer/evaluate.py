@@ -10,7 +10,6 @@ matrix and a t-SNE map of the test vectors.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,13 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Label test texts by their nearest reference texts and score the result.",
     )
     parser.add_argument("--model", required=True, type=Path, help="model directory")
-    parser.add_argument("--reference", required=True, type=Path,
-                        help="labelled texts to search (usually the training table)")
+    parser.add_argument(
+        "--reference",
+        required=True,
+        type=Path,
+        help="labelled texts to search (usually the training table)",
+    )
     parser.add_argument("--test", required=True, type=Path, help="labelled texts to predict")
     parser.add_argument("--k", type=int, default=DEFAULT_K, help="neighbours that vote")
     parser.add_argument("--report-json", type=Path, help="write the scores here as JSON")
-    parser.add_argument("--plots-dir", type=Path,
-                        help="where the PNGs go (default: beside --report-json, else ./evaluation)")
+    parser.add_argument(
+        "--plots-dir",
+        type=Path,
+        help="where the PNGs go (default: beside --report-json, else ./evaluation)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNGs (t-SNE takes ~20 s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_column_flags(parser)
@@ -51,7 +57,9 @@ def evaluate(model, reference, test, k: int, progress: bool = True) -> dict:
     from indexer.backends import create_index
     from trainer.voting import vote
 
-    reference_vectors = model.embed_unique(reference.texts, progress="reference" if progress else None)
+    reference_vectors = model.embed_unique(
+        reference.texts, progress="reference" if progress else None
+    )
     test_vectors = model.embed_unique(test.texts, progress="test" if progress else None)
     index = create_index("flat", model.dim, len(reference.texts))
     index.add(reference_vectors)
@@ -62,18 +70,21 @@ def evaluate(model, reference, test, k: int, progress: bool = True) -> dict:
         for score, row in zip(scores, positions, strict=True)
     ]
     labels = sorted(set(reference.labels) | set(test.labels))
-    report = classification_report(test.labels, predicted, labels=labels, output_dict=True,
-                                   zero_division=0)
+    report = classification_report(
+        test.labels, predicted, labels=labels, output_dict=True, zero_division=0
+    )
     return {
         "accuracy": float(accuracy_score(test.labels, predicted)),
-        "macro_f1": float(f1_score(test.labels, predicted, labels=labels, average="macro",
-                                   zero_division=0)),
+        "macro_f1": float(
+            f1_score(test.labels, predicted, labels=labels, average="macro", zero_division=0)
+        ),
         "k": k,
         "labels": labels,
         "per_class": {label: report[label] for label in labels},
         "confusion_matrix": sk_confusion(test.labels, predicted, labels=labels).tolist(),
-        "report_text": classification_report(test.labels, predicted, labels=labels, digits=3,
-                                             zero_division=0),
+        "report_text": classification_report(
+            test.labels, predicted, labels=labels, digits=3, zero_division=0
+        ),
         "reference_rows": len(reference.texts),
         "test_rows": len(test.texts),
         "model_fingerprint": model.fingerprint,
@@ -97,21 +108,31 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate(model, reference, test, args.k, progress=not args.quiet)
     test_vectors = result.pop("_test_vectors")
     print(result["report_text"])
-    print(f"accuracy {result['accuracy']:.4f}   macro-F1 {result['macro_f1']:.4f}   "
-          f"({result['test_rows']} test texts, {result['reference_rows']} reference texts, "
-          f"k={args.k})")
+    print(
+        f"accuracy {result['accuracy']:.4f}   macro-F1 {result['macro_f1']:.4f}   "
+        f"({result['test_rows']} test texts, {result['reference_rows']} reference texts, "
+        f"k={args.k})"
+    )
     result["model"] = str(args.model)
     if args.report_json:
         write_json_atomic(args.report_json, result)
     if not args.no_plots:
-        plots_dir = args.plots_dir or (args.report_json.parent if args.report_json
-                                       else Path("evaluation"))
+        plots_dir = args.plots_dir or (
+            args.report_json.parent if args.report_json else Path("evaluation")
+        )
         plots_dir.mkdir(parents=True, exist_ok=True)
-        plots.confusion_matrix(np.array(result["confusion_matrix"]), result["labels"],
-                               plots_dir / "confusion_matrix.png",
-                               title=f"kNN (k={args.k}) on {args.test.name}")
-        plots.vector_map(test_vectors, test.labels, plots_dir / "test_map.png",
-                         title=f"t-SNE of {args.test.name} in the head's space")
+        plots.confusion_matrix(
+            np.array(result["confusion_matrix"]),
+            result["labels"],
+            plots_dir / "confusion_matrix.png",
+            title=f"kNN (k={args.k}) on {args.test.name}",
+        )
+        plots.vector_map(
+            test_vectors,
+            test.labels,
+            plots_dir / "test_map.png",
+            title=f"t-SNE of {args.test.name} in the head's space",
+        )
         print(f"plots written to {plots_dir}")
     if args.report_json:
         print(f"report written to {args.report_json}")

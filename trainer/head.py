@@ -41,8 +41,9 @@ def build_head(input_dim: int, config: HeadConfig) -> tuple[keras.Model, keras.M
         build_member(input_dim, config, f"member{i}")(inputs) for i in range(config.ensemble)
     ]
     mean = outputs[0] if len(outputs) == 1 else keras.layers.Average(name="average")(outputs)
-    head = keras.Model(inputs, keras.layers.UnitNormalization(name="embedding")(mean),
-                       name="siamese_head")
+    head = keras.Model(
+        inputs, keras.layers.UnitNormalization(name="embedding")(mean), name="siamese_head"
+    )
     members = keras.Model(inputs, outputs, name="siamese_members")
     return head, members
 

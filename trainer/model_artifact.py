@@ -39,19 +39,23 @@ LOSS_CURVE = "loss_curve.png"
 
 def model_fingerprint(encoder_fingerprint: dict, head_weights_sha256: str) -> str:
     """Identity of the vectors a model makes: its encoder's and its head's."""
-    payload = json.dumps({"encoder": encoder_fingerprint, "head": head_weights_sha256},
-                         sort_keys=True)
+    payload = json.dumps(
+        {"encoder": encoder_fingerprint, "head": head_weights_sha256}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
 def describe_fingerprint(fingerprint: dict) -> str:
-    return (f"{fingerprint.get('name')} {fingerprint.get('version')} "
-            f"(dim {fingerprint.get('dim')}, preprocess {fingerprint.get('preprocess')}, "
-            f"weights {str(fingerprint.get('weights_sha256'))[:12]})")
+    return (
+        f"{fingerprint.get('name')} {fingerprint.get('version')} "
+        f"(dim {fingerprint.get('dim')}, preprocess {fingerprint.get('preprocess')}, "
+        f"weights {str(fingerprint.get('weights_sha256'))[:12]})"
+    )
 
 
-def save_model(out_dir: Path, *, encoder: Encoder, result, config, data_summary: dict,
-               overwrite: bool = False) -> dict:
+def save_model(
+    out_dir: Path, *, encoder: Encoder, result, config, data_summary: dict, overwrite: bool = False
+) -> dict:
     """Write the model directory atomically and return its manifest."""
     from trainer import plots
 
@@ -72,8 +76,10 @@ def save_model(out_dir: Path, *, encoder: Encoder, result, config, data_summary:
                     "config": config.head.__dict__,
                     "input_dim": encoder.dim,
                     "output_dim": config.head.embedding_dim,
-                    "files": {HEAD_WEIGHTS: weights_sha,
-                              HEAD_KERAS: sha256_files([staging / HEAD_KERAS])},
+                    "files": {
+                        HEAD_WEIGHTS: weights_sha,
+                        HEAD_KERAS: sha256_files([staging / HEAD_KERAS]),
+                    },
                 },
                 "training": {
                     "config": config.to_dict(),
@@ -86,8 +92,12 @@ def save_model(out_dir: Path, *, encoder: Encoder, result, config, data_summary:
                 "data": data_summary,
                 "versions": package_versions(),
             }
-            plots.loss_curve(result.losses, result.validation, staging / LOSS_CURVE,
-                             title=f"siamese head, {config.mining} mining, seed {config.seed}")
+            plots.loss_curve(
+                result.losses,
+                result.validation,
+                staging / LOSS_CURVE,
+                title=f"siamese head, {config.mining} mining, seed {config.seed}",
+            )
             write_json_atomic(staging / MANIFEST, manifest)
     except FileExistsError:
         raise UserError(
@@ -107,7 +117,9 @@ def read_manifest(model_dir: Path) -> dict:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path} is not valid JSON ({error}); the model directory is damaged")
+        raise UserError(
+            f"{path} is not valid JSON ({error}); the model directory is damaged"
+        ) from None
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise UserError(
             f"{model_dir}: format {manifest.get('format')!r} v{manifest.get('format_version')}, "

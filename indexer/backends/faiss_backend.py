@@ -62,10 +62,12 @@ class FaissIndex(VectorIndex):
                 index = faiss.IndexIVFFlat(quantizer, dim, params["nlist"], _METRIC)
             elif kind == "ivf-sq8":
                 index = faiss.IndexIVFScalarQuantizer(
-                    quantizer, dim, params["nlist"], faiss.ScalarQuantizer.QT_8bit, _METRIC)
+                    quantizer, dim, params["nlist"], faiss.ScalarQuantizer.QT_8bit, _METRIC
+                )
             elif kind == "ivf-pq":
-                index = faiss.IndexIVFPQ(quantizer, dim, params["nlist"], params["pq_m"],
-                                         params["pq_bits"], _METRIC)
+                index = faiss.IndexIVFPQ(
+                    quantizer, dim, params["nlist"], params["pq_m"], params["pq_bits"], _METRIC
+                )
             else:
                 raise ValueError(f"unknown index kind {kind!r}")
             index.own_fields = True
@@ -121,8 +123,9 @@ class FaissIndex(VectorIndex):
         bitmap = np.packbits(allowed.astype(np.uint8), bitorder="little")
         selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
         if self.kind == "hnsw":
-            search_params = faiss.SearchParametersHNSW(sel=selector,
-                                                       efSearch=self._params["ef_search"])
+            search_params = faiss.SearchParametersHNSW(
+                sel=selector, efSearch=self._params["ef_search"]
+            )
         elif self.kind.startswith("ivf"):
             search_params = faiss.SearchParametersIVF(sel=selector, nprobe=self._params["nprobe"])
         else:

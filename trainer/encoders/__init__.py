@@ -14,12 +14,21 @@ from trainer.errors import UserError
 
 DEFAULT_ENCODER = "usem3"
 
-__all__ = ["Encoder", "make_encoder", "load_encoder", "default_threads", "l2_normalize",
-           "DEFAULT_ENCODER", "DEFAULT_MODE", "MODES"]
+__all__ = [
+    "Encoder",
+    "make_encoder",
+    "load_encoder",
+    "default_threads",
+    "l2_normalize",
+    "DEFAULT_ENCODER",
+    "DEFAULT_MODE",
+    "MODES",
+]
 
 
-def make_encoder(name: str = DEFAULT_ENCODER, preprocess_mode: str = DEFAULT_MODE,
-                 threads: int | None = None) -> Encoder:
+def make_encoder(
+    name: str = DEFAULT_ENCODER, preprocess_mode: str = DEFAULT_MODE, threads: int | None = None
+) -> Encoder:
     """`usem3` for the embedded encoder, otherwise a TF-Hub handle or SavedModel path."""
     if preprocess_mode not in MODES:
         raise UserError(f"unknown --preprocess {preprocess_mode!r}; choose one of {MODES}")

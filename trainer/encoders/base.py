@@ -93,14 +93,19 @@ class Encoder(ABC):
         """
         unique: dict[str, int] = {}
         positions = np.fromiter(
-            (unique.setdefault(text, len(unique)) for text in texts), dtype=np.int64,
+            (unique.setdefault(text, len(unique)) for text in texts),
+            dtype=np.int64,
             count=len(texts),
         )
         distinct = list(unique)
         out = np.empty((len(distinct), self.dim), dtype=np.float32)
         bar = tqdm(
-            total=len(distinct), desc=progress, unit="text", disable=progress is None,
-            leave=False, mininterval=0.5,
+            total=len(distinct),
+            desc=progress,
+            unit="text",
+            disable=progress is None,
+            leave=False,
+            mininterval=0.5,
         )
         with bar:
             for start in range(0, len(distinct), batch_size):

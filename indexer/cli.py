@@ -1,0 +1,190 @@
+"""`siamese-index`: build, extend and prune versioned FAISS indexes of reference texts.
+
+siamese-index build  --model M --data FILE --out INDEX_DIR [--index-type auto|flat|hnsw|...]
+siamese-index add    --index INDEX_DIR --data FILE [--upsert] [--model M]
+siamese-index delete --index INDEX_DIR --ids ID [ID ...] | --ids-file FILE
+siamese-index info   --index INDEX_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from indexer import layout
+from indexer.backends import INDEX_KINDS
+from indexer.build import BuildOptions, add_to_index, build_index, delete_from_index
+from indexer.store import open_index
+from trainer.data import Columns, describe_problems
+from trainer.errors import UserError, run_cli
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path, help="CSV, JSONL or Parquet table")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument(
+        "--no-labels",
+        action="store_true",
+        help="the table has no labels (the index then serves search only)",
+    )
+    parser.add_argument("--id-column", help="column of unique ids (default: the row number)")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail on any unusable row instead of skipping and reporting it",
+    )
+
+
+def _add_common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--index-type",
+        default="auto",
+        choices=INDEX_KINDS,
+        help="auto: flat up to 50k vectors, HNSW up to 2M, IVF-SQ8 beyond",
+    )
+    parser.add_argument(
+        "--index-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an index parameter (M, ef_search, nlist, nprobe, ...)",
+    )
+    parser.add_argument(
+        "--keep",
+        type=int,
+        default=layout.DEFAULT_KEEP_VERSIONS,
+        help="versions to keep, the current one included",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="siamese-index", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build", help="index a whole table as a new version")
+    build.add_argument("--model", required=True, type=Path, help="model directory")
+    build.add_argument("--out", required=True, type=Path, help="index directory")
+    _add_data_flags(build)
+    _add_common_flags(build)
+
+    add = commands.add_parser("add", help="a new version with more rows")
+    add.add_argument("--index", required=True, type=Path)
+    add.add_argument("--model", type=Path, help="default: the model the index was built with")
+    add.add_argument("--upsert", action="store_true", help="replace rows whose ids exist")
+    _add_data_flags(add)
+    _add_common_flags(add)
+
+    delete = commands.add_parser("delete", help="a new version without some ids")
+    delete.add_argument("--index", required=True, type=Path)
+    delete.add_argument("--model", type=Path, help="default: the model the index was built with")
+    delete.add_argument("--ids", nargs="+", default=[], metavar="ID")
+    delete.add_argument("--ids-file", type=Path, help="one id per line")
+    delete.add_argument("--ignore-missing", action="store_true")
+    _add_common_flags(delete)
+
+    info = commands.add_parser("info", help="print the current version's manifest")
+    info.add_argument("--index", required=True, type=Path)
+    return parser
+
+
+def _params(pairs: list[str]) -> dict | None:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not value.lstrip("-").isdigit():
+            raise UserError(f"--index-param {pair!r}: expected KEY=INTEGER, e.g. nprobe=32")
+        params[key] = int(value)
+    return params or None
+
+
+def _options(args) -> BuildOptions:
+    return BuildOptions(
+        index_type=args.index_type,
+        index_params=_params(args.index_param),
+        keep_versions=args.keep,
+        strict=getattr(args, "strict", False),
+        show_progress=not args.quiet,
+    )
+
+
+def _columns(args) -> Columns:
+    return Columns(
+        text=args.text_column,
+        label=None if args.no_labels else args.label_column,
+        id=args.id_column,
+    )
+
+
+def _model_for(args, index_dir: Path):
+    from trainer.model_artifact import load_model
+
+    if args.model is not None:
+        return load_model(args.model)
+    version = open_index(index_dir, verify=False)
+    try:
+        return load_model(version.manifest["model"]["directory"])
+    finally:
+        version.close()
+
+
+def _report(report, data: Path | None) -> None:
+    if report.problems:
+        print(describe_problems(data, report.problems), file=sys.stderr)
+    print(
+        f"version {report.version}: {report.count} vectors ({report.index_type}); "
+        f"+{report.added} -{report.removed}, {len(report.problems)} row(s) skipped, "
+        f"{report.seconds:.1f} s"
+    )
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "info":
+        version = open_index(args.index)
+        print(json.dumps({"version": version.name, **version.manifest}, indent=2))
+        version.close()
+        return 0
+    options = _options(args)
+    if args.command == "build":
+        from trainer.model_artifact import load_model
+
+        report = build_index(args.out, load_model(args.model), args.data, _columns(args), options)
+        _report(report, args.data)
+    elif args.command == "add":
+        report = add_to_index(
+            args.index,
+            _model_for(args, args.index),
+            args.data,
+            _columns(args),
+            options,
+            upsert=args.upsert,
+        )
+        _report(report, args.data)
+    else:
+        ids = list(args.ids)
+        if args.ids_file:
+            if not args.ids_file.is_file():
+                raise UserError(f"{args.ids_file}: no such file")
+            ids += [
+                line.strip()
+                for line in args.ids_file.read_text("utf-8").splitlines()
+                if line.strip()
+            ]
+        report = delete_from_index(
+            args.index,
+            _model_for(args, args.index),
+            ids,
+            options,
+            ignore_missing=args.ignore_missing,
+        )
+        _report(report, None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""The one reader of index versions: what the server and `siamese-evaluate` search through.
+
+`open_index(path)` accepts an index directory (follows CURRENT) or one version's
+directory, verifies the files against the manifest's checksums, and returns an
+`IndexVersion` that searches a batch of query vectors with top-k, an optional label
+filter and a minimum score, returning ids, labels, texts and scores.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from indexer import layout
+from indexer.backends import load_index
+from indexer.records import RecordReader
+from trainer.encoders.base import sha256_files
+from trainer.errors import ArtifactMismatchError, UserError
+
+FORMAT = "siamese-search-index"
+FORMAT_VERSION = 1
+NO_LABEL = -1
+
+
+class UnknownLabelError(UserError):
+    """A label filter names a label the index does not hold."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    label: str  # "" when the index has no labels
+    text: str
+    score: float  # cosine similarity, in [-1, 1]
+    position: int
+
+
+def resolve_version_dir(path: Path) -> Path:
+    """An index directory resolves to its CURRENT version; a version dir to itself."""
+    path = Path(path)
+    if (path / layout.MANIFEST).is_file():
+        return path
+    name = layout.current_version(path)
+    if name is None:
+        if not path.exists():
+            raise UserError(f"{path}: no such index directory; build one with siamese-index build")
+        raise UserError(
+            f"{path} holds no index version yet (no {layout.CURRENT} file); "
+            "build one with siamese-index build"
+        )
+    directory = layout.version_dir(path, name)
+    if not (directory / layout.MANIFEST).is_file():
+        raise UserError(f"{path}: {layout.CURRENT} names version {name}, which is missing")
+    return directory
+
+
+class IndexVersion:
+    """One immutable index version, open for searching (thread-safe)."""
+
+    def __init__(self, directory: Path, verify: bool = True):
+        self.directory = Path(directory)
+        self.name = self.directory.name
+        try:
+            self.manifest = json.loads((self.directory / layout.MANIFEST).read_text("utf-8"))
+        except (OSError, ValueError) as error:
+            raise UserError(f"{self.directory}: unreadable index manifest ({error})") from None
+        if (self.manifest.get("format"), self.manifest.get("format_version")) != (
+            FORMAT,
+            FORMAT_VERSION,
+        ):
+            raise UserError(
+                f"{self.directory} is not a siamese-search index version "
+                f"(format {self.manifest.get('format')!r})"
+            )
+        if verify:
+            self._verify_files()
+        index_info = self.manifest["index"]
+        self.kind = index_info["type"]
+        self.dim = int(self.manifest["dim"])
+        self.count = int(self.manifest["count"])
+        self._index = load_index(
+            self.directory / layout.INDEX_FILE, self.kind, index_info["params"]
+        )
+        self._records = RecordReader(self.directory / layout.RECORDS_FILE)
+        label_info = self.manifest.get("labels")
+        self.label_names: list[str] = list(label_info["names"]) if label_info else []
+        self._label_code = {name: code for code, name in enumerate(self.label_names)}
+        self._label_codes = (
+            np.fromfile(self.directory / layout.LABELS_FILE, dtype=np.int32) if label_info else None
+        )
+        self._masks: OrderedDict[frozenset, np.ndarray] = OrderedDict()
+
+    # ---- identity -----------------------------------------------------------
+    @property
+    def has_labels(self) -> bool:
+        return self._label_codes is not None
+
+    @property
+    def model_fingerprint(self) -> str:
+        return self.manifest["model"]["fingerprint"]
+
+    def check_model(self, model) -> None:
+        """Refuse to serve queries embedded by a model other than the index's."""
+        if model.fingerprint != self.model_fingerprint:
+            raise ArtifactMismatchError(
+                f"index version {self.name} at {self.directory} was built with model "
+                f"{self.model_fingerprint} ({self.manifest['model'].get('directory')}), but the "
+                f"model given is {model.fingerprint} ({model.directory}). Rebuild the index "
+                "with this model, or use the model it was built with."
+            )
+
+    def _verify_files(self) -> None:
+        for name, info in self.manifest["files"].items():
+            path = self.directory / name
+            if not path.is_file() or path.stat().st_size != info["bytes"]:
+                raise ArtifactMismatchError(
+                    f"{path} is missing or has the wrong size; "
+                    "the index version is damaged: rebuild it"
+                )
+            if sha256_files([path]) != info["sha256"]:
+                raise ArtifactMismatchError(
+                    f"{path} does not match its checksum; the index version is damaged: rebuild it"
+                )
+
+    # ---- data ---------------------------------------------------------------
+    def vectors(self) -> np.ndarray:
+        """All stored unit vectors, memory-mapped (count, dim)."""
+        if self.count == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.memmap(
+            self.directory / layout.VECTORS_FILE,
+            dtype=np.float32,
+            mode="r",
+            shape=(self.count, self.dim),
+        )
+
+    def label_codes(self) -> np.ndarray | None:
+        return self._label_codes
+
+    def records(self) -> RecordReader:
+        return self._records
+
+    # ---- search -------------------------------------------------------------
+    def _allowed(self, labels: Sequence[str]) -> np.ndarray:
+        key = frozenset(labels)
+        mask = self._masks.get(key)
+        if mask is None:
+            if self._label_codes is None:
+                raise UnknownLabelError("this index has no labels, so it cannot filter by label")
+            unknown = sorted(key - self._label_code.keys())
+            if unknown:
+                raise UnknownLabelError(
+                    f"unknown label(s) {', '.join(map(repr, unknown))}; "
+                    f"the index holds {', '.join(map(repr, self.label_names))}"
+                )
+            mask = np.isin(self._label_codes, [self._label_code[x] for x in key])
+            self._masks[key] = mask
+            if len(self._masks) > 64:
+                self._masks.popitem(last=False)
+        return mask
+
+    def search(
+        self, vectors: np.ndarray, k: int, labels: Sequence[str] = (), min_score: float = -1.0
+    ) -> list[list[Hit]]:
+        """Top-k hits per query vector, best first, each with score >= min_score."""
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if vectors.shape[1] != self.dim:
+            raise UserError(f"query vectors have dim {vectors.shape[1]}, the index {self.dim}")
+        allowed = self._allowed(labels) if labels else None
+        if self.count == 0:
+            return [[] for _ in range(len(vectors))]
+        scores, positions = self._index.search(vectors, k, allowed)
+        wanted = {int(p) for p in positions.ravel() if p >= 0}
+        records = self._records.fetch(wanted)
+        results = []
+        for row_scores, row_positions in zip(scores, positions, strict=True):
+            hits = []
+            for score, position in zip(row_scores, row_positions, strict=True):
+                if position < 0 or score < min_score:
+                    continue
+                row_id, label, text = records[int(position)]
+                hits.append(Hit(row_id, label or "", text, float(score), int(position)))
+            results.append(hits)
+        return results
+
+    def close(self) -> None:
+        self._records.close()
+
+
+def open_index(path: str | Path, model=None, verify: bool = True) -> IndexVersion:
+    """Open the current version of an index directory (or a version directory).
+
+    With `model`, refuse (ArtifactMismatchError) an index built with another model.
+    """
+    version = IndexVersion(resolve_version_dir(Path(path)), verify=verify)
+    if model is not None:
+        version.check_model(model)
+    return version

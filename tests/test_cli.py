@@ -1,0 +1,179 @@
+"""The console scripts as a user runs them: outputs, and messages for bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.conftest import TOY_ROWS, write_csv
+from tests.tiny_savedmodel import build_tiny_savedmodel
+from trainer import cli as train_cli
+from trainer import evaluate as evaluate_cli
+from trainer.errors import ArtifactMismatchError
+from trainer.model_artifact import MANIFEST, load_model
+
+
+def _train(*args):
+    return train_cli.main([*map(str, args), "--quiet"])
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_evaluate_reports_scores_and_plots(trained_model, sample_train, tmp_path, capsys):
+    test_file = write_csv(
+        tmp_path / "test.csv",
+        [
+            ("Fix NPE when the session expires", "1"),
+            ("Remove duplicated code in the parser", "2"),
+            ("Refactor the package structure", "3"),
+            ("Add export feature", "4"),
+            ("Improve performance of the index", "5"),
+            ("fixed crash on start", "1"),
+        ],
+        header=("text", "class"),
+    )
+    report = tmp_path / "out" / "report.json"
+    code = evaluate_cli.main(
+        [
+            "--model",
+            str(trained_model),
+            "--reference",
+            str(sample_train),
+            "--test",
+            str(test_file),
+            "--label-column",
+            "class",
+            "--report-json",
+            str(report),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "macro avg" in printed and "accuracy" in printed
+    scores = json.loads(report.read_text())
+    assert 0.0 <= scores["accuracy"] <= 1.0 and 0.0 <= scores["macro_f1"] <= 1.0
+    assert scores["accuracy"] >= 0.5  # six easy texts; a broken pipeline scores ~0.2
+    assert set(scores["per_class"]) == {"1", "2", "3", "4", "5"}
+    assert (report.parent / "confusion_matrix.png").stat().st_size > 1000
+    assert (report.parent / "test_map.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("rows", "flags", "message"),
+    [
+        ([("only one", "a"), ("class here", "a")], [], "at least 2 classes"),
+        ([("a1", "a"), ("a2", "a"), ("b1", "b")], [], "'b' have a single example"),
+        ([*TOY_ROWS, ("  ", "bug")], [], "empty text"),
+        (TOY_ROWS, ["--label-column", "kind"], "no column 'kind'"),
+        (TOY_ROWS, ["--steps", "0"], "--steps must be at least 1"),
+    ],
+)
+def test_train_bad_input_exits_2_with_a_message_and_writes_nothing(
+    tmp_path, capsys, rows, flags, message
+):
+    data = write_csv(tmp_path / "train.csv", rows)
+    out = tmp_path / "model"
+    assert _train("--data", data, "--out", out, *flags) == 2
+    assert message in _error(capsys)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_train_missing_file_and_existing_output(tmp_path, capsys, trained_model):
+    assert _train("--data", tmp_path / "nope.csv", "--out", tmp_path / "m") == 2
+    assert "no such file" in _error(capsys)
+    data = write_csv(tmp_path / "train.csv", TOY_ROWS)
+    assert _train("--data", data, "--out", trained_model) == 2
+    assert "already exists" in _error(capsys)
+
+
+def test_train_non_utf8_file_names_the_line(tmp_path, capsys):
+    data = tmp_path / "latin1.csv"
+    data.write_bytes(
+        b"text,label\n"
+        + "".join(f"{t},{lab}\n" for t, lab in TOY_ROWS).encode()
+        + "r\u00e9sum\u00e9 fix,bug\n".encode("latin-1")
+    )
+    assert _train("--data", data, "--out", tmp_path / "m") == 2
+    assert "line 8: bytes that are not UTF-8" in _error(capsys)
+
+
+def test_model_from_another_encoder_is_refused(trained_model, tmp_path, capsys, sample_train):
+    tampered = tmp_path / "tampered"
+    shutil.copytree(trained_model, tampered)
+    manifest = json.loads((tampered / MANIFEST).read_text())
+    manifest["encoder"]["fingerprint"]["weights_sha256"] = "0" * 64
+    (tampered / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactMismatchError, match="was trained with encoder"):
+        load_model(tampered)
+    code = evaluate_cli.main(
+        [
+            "--model",
+            str(tampered),
+            "--reference",
+            str(sample_train),
+            "--test",
+            str(sample_train),
+            "--label-column",
+            "class",
+            "--no-plots",
+            "--quiet",
+        ]
+    )
+    assert code == 2
+    assert "retrain the model with this encoder" in _error(capsys)
+
+
+def test_evaluate_rejects_a_directory_that_is_not_a_model(tmp_path, capsys, sample_train):
+    code = evaluate_cli.main(
+        [
+            "--model",
+            str(tmp_path),
+            "--reference",
+            str(sample_train),
+            "--test",
+            str(sample_train),
+            "--label-column",
+            "class",
+            "--quiet",
+        ]
+    )
+    assert code == 2
+    assert "is not a model directory" in _error(capsys)
+
+
+def test_train_and_load_with_a_savedmodel_encoder(tmp_path):
+    encoder_dir = build_tiny_savedmodel(tmp_path / "encoder")
+    data = write_csv(tmp_path / "train.csv", TOY_ROWS)
+    out = tmp_path / "model"
+    assert (
+        _train(
+            "--data",
+            data,
+            "--out",
+            out,
+            "--encoder",
+            encoder_dir,
+            "--preprocess",
+            "none",
+            "--steps",
+            "10",
+            "--ensemble",
+            "1",
+        )
+        == 0
+    )
+    model = load_model(out)
+    assert model.manifest["encoder"]["spec"] == {
+        "kind": "hub",
+        "handle": str(encoder_dir),
+        "preprocess": "none",
+    }
+    assert model.encoder.dim == 16 and model.embed(["fix crash"]).shape == (1, 128)

@@ -1,0 +1,98 @@
+"""Reading tables: formats, row numbers, and the messages bad input gets."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import TOY_ROWS, write_csv
+from trainer.data import Columns, check_trainable, iter_table, read_table
+from trainer.errors import DataError
+
+COLUMNS = Columns(text="text", label="label")
+
+
+def test_csv_jsonl_parquet_read_the_same_rows(tmp_path):
+    csv_path = write_csv(tmp_path / "t.csv", TOY_ROWS)
+    jsonl_path = tmp_path / "t.jsonl"
+    jsonl_path.write_text(
+        "".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in TOY_ROWS)
+    )
+    parquet_path = tmp_path / "t.parquet"
+    texts, labels = [t for t, _ in TOY_ROWS], [lab for _, lab in TOY_ROWS]
+    pq.write_table(pa.table({"text": texts, "label": labels}), parquet_path)
+    tables = [read_table(p, COLUMNS) for p in (csv_path, jsonl_path, parquet_path)]
+    for table in tables:
+        assert table.texts == [t for t, _ in TOY_ROWS]
+        assert table.labels == [lab for _, lab in TOY_ROWS]
+        assert table.ids == [str(i) for i in range(len(TOY_ROWS))]
+
+
+def test_integer_labels_become_strings(sample_train):
+    table = read_table(sample_train, Columns(text="text", label="class"))
+    assert len(table.texts) == 100
+    assert sorted(set(table.labels)) == ["1", "2", "3", "4", "5"]
+
+
+def test_chunks_are_bounded(tmp_path):
+    path = write_csv(tmp_path / "big.csv", [(f"text {i}", "a") for i in range(25)])
+    sizes = [len(chunk) for chunk in iter_table(path, COLUMNS, chunk_rows=10)]
+    assert sizes == [10, 10, 5]
+
+
+def test_missing_file_says_so(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        read_table(tmp_path / "absent.csv", COLUMNS)
+
+
+def test_unsupported_type_lists_supported(tmp_path):
+    path = tmp_path / "data.xlsx"
+    path.write_text("x")
+    with pytest.raises(DataError, match=r"unsupported file type '.xlsx'.*\.csv"):
+        read_table(path, COLUMNS)
+
+
+def test_missing_column_names_the_columns_and_the_flag(tmp_path):
+    path = write_csv(tmp_path / "t.csv", TOY_ROWS, header=("message", "label"))
+    with pytest.raises(DataError, match=r"no column 'text'.*'message'.*--text-column"):
+        read_table(path, COLUMNS)
+
+
+def test_bad_rows_are_reported_with_line_numbers(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(
+        b"text,label\n"
+        b"good text,a\n"
+        b",a\n"  # line 3: empty text
+        b"caf\xe9 au lait,a\n"  # line 4: Latin-1 byte, not UTF-8
+        b"one,two,three\n"  # line 5: wrong number of fields
+        b"no label,\n"  # line 6: empty label
+    )
+    chunks = list(iter_table(path, COLUMNS))
+    assert [t for c in chunks for t in c.texts] == ["good text"]
+    problems = {p.line: p.reason for c in chunks for p in c.problems}
+    assert problems[3].startswith("empty text")
+    assert "not UTF-8" in problems[4]
+    assert "3 fields where the header has 2" in problems[5]
+    assert problems[6].startswith("empty label")
+    with pytest.raises(DataError, match=r"(?s)4 unusable row\(s\).*line 3"):
+        read_table(path, COLUMNS)
+
+
+def test_jsonl_non_string_text_and_broken_json(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok", "label": "a"}\n{"text": 42, "label": "a"}\n{broken\n')
+    problems = {p.line: p.reason for c in iter_table(path, COLUMNS) for p in c.problems}
+    assert "int, not a string" in problems[2]
+    assert "not valid JSON" in problems[3]
+
+
+def test_training_needs_two_classes_and_pairs(tmp_path):
+    with pytest.raises(DataError, match="at least 2 classes"):
+        check_trainable(tmp_path / "x.csv", ["a", "a", "a"])
+    with pytest.raises(DataError, match="'b' have a single example"):
+        check_trainable(tmp_path / "x.csv", ["a", "a", "b"])
+    assert check_trainable(tmp_path / "x.csv", ["a", "a", "b", "b"]) == {"a": 2, "b": 2}

@@ -1,0 +1,124 @@
+"""Training the head for real (small, seeded): losses, reproducibility, numpy/Keras parity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import losses
+from trainer.config import HeadConfig, TrainingConfig
+from trainer.errors import UserError
+from trainer.model_artifact import HEAD_KERAS, HEAD_WEIGHTS, LOSS_CURVE, MANIFEST, load_model
+from trainer.train import random_triplets, train_head
+
+
+def _clusters(seed=0, n_per_class=8, dim=32):
+    """Three noisy clusters on the unit sphere."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, dim))
+    x = np.concatenate([c + 0.8 * rng.normal(size=(n_per_class, dim)) for c in centres])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = [str(i) for i in range(3) for _ in range(n_per_class)]
+    return x.astype(np.float32), labels
+
+
+def test_batch_hard_loss_matches_hand_computation():
+    e = tf.math.l2_normalize(tf.constant([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]]), 1)
+    y = tf.constant([0, 0, 1, 1])
+    # cosine distances: d(0,1)=0.2, d(0,2)=1, d(0,3)=2, d(1,2)=0.4, d(1,3)=1.8, d(2,3)=1
+    # anchors: 0: relu(0.2-1+0.4)=0; 1: relu(0.2-0.4+0.4)=0.2; 2: relu(1-0.4+0.4)=1.0;
+    # 3: relu(1-1.8+0.4)=0  -> mean 0.3
+    assert float(losses.batch_hard_triplet_loss(e, y, 0.4)) == pytest.approx(0.3, abs=1e-5)
+    triplets = tf.constant([[0, 1, 2], [2, 3, 1]])
+    # (0,1,2): relu(0.2-1+0.4)=0 ; (2,3,1): relu(1-0.4+0.4)=1.0 -> mean 0.5
+    assert float(losses.triplet_loss(e, triplets, 0.4)) == pytest.approx(0.5, abs=1e-5)
+    assert float(losses.semi_hard_triplet_loss(e, y, 0.4)) >= 0.0
+
+
+def test_random_triplets_are_valid():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    for a, p, n in random_triplets(labels, np.random.default_rng(0)):
+        assert a != p and labels[a] == labels[p] and labels[a] != labels[n]
+
+
+@pytest.mark.parametrize("mining", ["batch-hard", "semi-hard", "random"])
+def test_training_lowers_the_loss_and_separates_classes(mining):
+    x, labels = _clusters()
+    config = TrainingConfig(mining=mining, steps=60, head=HeadConfig(ensemble=1), seed=0)
+    result = train_head(x, labels, config, show_progress=False)
+    assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5])
+    out = result.head(x, training=False).numpy()
+    same = out[:8] @ out[:8].T
+    other = out[:8] @ out[8:].T
+    assert same.mean() > other.mean() + 0.2
+
+
+def test_same_seed_same_weights_other_seed_other_weights():
+    x, labels = _clusters()
+    config = TrainingConfig(steps=20, head=HeadConfig(ensemble=2), seed=3)
+    first = train_head(x, labels, config, show_progress=False).weights
+    second = train_head(x, labels, config, show_progress=False).weights
+    third = train_head(
+        x,
+        labels,
+        TrainingConfig(steps=20, head=HeadConfig(ensemble=2), seed=4),
+        show_progress=False,
+    ).weights
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name])
+    assert any(not np.array_equal(first[n], third[n]) for n in first)
+
+
+def test_large_sets_train_on_class_balanced_batches():
+    x, labels = _clusters(n_per_class=40)
+    config = TrainingConfig(
+        steps=15, batch_size=16, samples_per_class=4, head=HeadConfig(ensemble=1)
+    )
+    result = train_head(x, labels, config, show_progress=False)
+    assert len(result.losses) == 15 and np.isfinite(result.losses).all()
+
+
+def test_validation_early_stopping_restores_the_best_step():
+    x, labels = _clusters(n_per_class=12)
+    config = TrainingConfig(
+        steps=200, eval_every=10, patience=2, validation_fraction=0.25, head=HeadConfig(ensemble=1)
+    )
+    result = train_head(x, labels, config, show_progress=False)
+    assert result.validation
+    best_score = max(score for _, score in result.validation)
+    assert dict(result.validation)[result.best_step] == best_score
+
+
+def test_config_rejects_nonsense():
+    with pytest.raises(UserError, match="--mining"):
+        TrainingConfig(mining="hardest")
+    with pytest.raises(UserError, match="--margin"):
+        TrainingConfig(margin=0.0)
+
+
+def test_model_directory_contents_and_numpy_keras_parity(trained_model, sample_train):
+    import keras
+
+    for name in (MANIFEST, HEAD_KERAS, HEAD_WEIGHTS, LOSS_CURVE):
+        assert (trained_model / name).is_file()
+    manifest = json.loads((trained_model / MANIFEST).read_text())
+    assert manifest["data"]["label_counts"] == {str(c): 20 for c in range(1, 6)}
+    assert manifest["training"]["config"]["margin"] == 0.4
+    assert manifest["encoder"]["fingerprint"]["dim"] == 512
+    assert manifest["versions"]["tensorflow"] != "not installed"
+    assert np.isfinite(manifest["training"]["final_loss"])
+
+    model = load_model(trained_model)
+    keras_head = keras.models.load_model(trained_model / HEAD_KERAS)
+    sentence_vectors = model.encoder.encode(["Fix the build", "Improve query performance"])
+    np.testing.assert_allclose(
+        model.project(sentence_vectors),
+        keras_head(sentence_vectors, training=False).numpy(),
+        atol=1e-5,
+    )
+    embedded = model.embed(["Fix the build"])
+    assert embedded.shape == (1, 128)
+    np.testing.assert_allclose(np.linalg.norm(embedded), 1.0, atol=1e-5)
