@@ -245,6 +245,7 @@ def _ingest(
             labels = [chunk.labels[i] for i in keep] if chunk.labels is not None else None
             writer.append([chunk.ids[i] for i in keep], labels, texts, vectors)
             added += len(keep)
+            layout.crash_point("during-ingest")
             bar.update(len(chunk) + len(chunk.problems))
             bar.set_postfix(indexed=writer.count, skipped=len(problems), refresh=False)
     if problems and options.strict:

@@ -1,0 +1,156 @@
+"""Indexing throughput and peak memory against the raw encoder, measured in one run.
+
+For each corpus size, on the same synthetic texts (commit messages from the sample
+test set, each made unique with two extra words so deduplication cannot flatter us):
+  - raw encoder: the model's encoder alone over the texts (texts/s)
+  - end-to-end: `build_index` from a CSV file (read, check, encode, head, SQLite,
+    vectors file, FAISS index, manifest, fsync, publish), with the index type given
+Each measurement runs in its own process, so peak RSS (ru_maxrss) is its own.
+
+Usage: python bench/indexing.py --model artifacts/model [--sizes 10000 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_corpus(path: Path, size: int, seed: int = 0) -> None:
+    import numpy as np
+
+    with open(ROOT / "data/commit-messages/test.csv", newline="", encoding="utf-8") as handle:
+        base = [row["text"] for row in csv.DictReader(handle)]
+    vocabulary = sorted({w.lower() for t in base for w in t.split() if w.isalpha()})
+    rng = np.random.default_rng(seed)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text"])
+        for i in range(size):
+            extra = " ".join(vocabulary[j] for j in rng.integers(0, len(vocabulary), 2))
+            writer.writerow([f"doc-{i}", f"{base[i % len(base)]} {extra}"])
+
+
+def worker(args) -> dict:
+    from trainer.data import Columns, read_table
+    from trainer.model_artifact import load_model
+
+    model = load_model(args.model)
+    started = time.perf_counter()
+    if args.mode == "raw":
+        texts = read_table(args.data, Columns(text="text", label=None)).texts
+        started = time.perf_counter()  # time the encoder alone, not the CSV parsing
+        model.encoder.encode_unique(texts)
+        count = len(texts)
+    else:
+        from indexer.build import BuildOptions, build_index
+
+        report = build_index(
+            args.out,
+            model,
+            args.data,
+            Columns(text="text", label=None, id="id"),
+            BuildOptions(index_type=args.index_type, show_progress=False),
+        )
+        count = report.count
+    seconds = time.perf_counter() - started
+    return {
+        "mode": args.mode,
+        "index_type": args.index_type,
+        "count": count,
+        "seconds": seconds,
+        "texts_per_second": count / seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def run_worker(model: Path, data: Path, mode: str, index_type: str, out: Path) -> dict:
+    result = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--mode",
+            mode,
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--index-type",
+            index_type,
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "artifacts" / "model")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--index-types", nargs="+", default=["flat", "auto"])
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="raw", help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--index-type", default="flat", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return 0
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            data = Path(tmp) / f"corpus-{size}.csv"
+            make_corpus(data, size)
+            raw = run_worker(args.model, data, "raw", "-", Path(tmp) / "unused")
+            results.append({"size": size, **raw})
+            print(
+                f"{size:>7} texts  raw encoder      {raw['texts_per_second']:7.0f} texts/s  "
+                f"peak RSS {raw['peak_rss_mb']:6.0f} MB",
+                flush=True,
+            )
+            for kind in args.index_types:
+                out = Path(tmp) / f"index-{size}-{kind}"
+                e2e = run_worker(args.model, data, "build", kind, out)
+                manifest = json.loads((out / "versions" / "000001" / "manifest.json").read_text())
+                index_mb = manifest["files"]["index.faiss"]["bytes"] / 2**20
+                ratio = e2e["texts_per_second"] / raw["texts_per_second"]
+                results.append(
+                    {
+                        "size": size,
+                        **e2e,
+                        "resolved_type": manifest["index"]["type"],
+                        "index_mb": index_mb,
+                        "ratio_to_raw": ratio,
+                    }
+                )
+                print(
+                    f"{size:>7} texts  build {kind:>5} ({manifest['index']['type']:>5})  "
+                    f"{e2e['texts_per_second']:7.0f} texts/s  = {ratio:5.1%} of raw  "
+                    f"peak RSS {e2e['peak_rss_mb']:6.0f} MB  (index file {index_mb:.0f} MB)",
+                    flush=True,
+                )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Assembling the gRPC server: services, interceptors, limits, TLS, reload, shutdown."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from indexer.store import resolve_version_dir
+from server.config import ServerConfig
+from server.generated import search_pb2_grpc as pb_grpc
+from server.interceptors import BearerTokenInterceptor, MetricsInterceptor
+from server.metrics import Metrics
+from server.service import SERVICE_NAME, SearchService
+from server.state import ReloadWatcher, ServingHolder
+from trainer.errors import UserError
+
+log = logging.getLogger("siamese.server")
+
+
+def _model_dir(config: ServerConfig) -> Path:
+    """--model, or the model recorded in the current index version's manifest."""
+    if config.model_dir is not None:
+        return Path(config.model_dir)
+    import json
+
+    try:
+        version = resolve_version_dir(config.index_dir)
+    except UserError as error:
+        raise UserError(
+            f"{error}. Or give --model so the server can start and wait for one."
+        ) from None
+    manifest = json.loads((version / "manifest.json").read_text("utf-8"))
+    return Path(manifest["model"]["directory"])
+
+
+class SearchServer:
+    """A running siamese-search gRPC server (start / stop / reload)."""
+
+    def __init__(self, config: ServerConfig):
+        from trainer.model_artifact import load_model
+
+        self.config = config
+        self.model = load_model(_model_dir(config), threads=config.threads)
+        self.metrics = Metrics()
+        self.holder = ServingHolder(config.index_dir, self.model)
+        self.holder.metrics = self.metrics
+        outcome = self.holder.reload()
+        if not outcome.changed:
+            log.warning("no_index_at_start", extra={"fields": {"message": outcome.message}})
+
+        interceptors = [MetricsInterceptor(self.metrics)]
+        if config.token:
+            interceptors.insert(0, BearerTokenInterceptor(config.token))
+        self.grpc_server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=config.workers, thread_name_prefix="grpc-worker"
+            ),
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", config.limits.max_request_bytes),
+                ("grpc.max_send_message_length", config.max_send_bytes),
+                ("grpc.so_reuseport", 0),  # a busy port is an error, not a shared socket
+            ],
+        )
+        pb_grpc.add_SearchServiceServicer_to_server(
+            SearchService(self.holder, config.limits), self.grpc_server
+        )
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
+        )
+
+        address = f"{config.host}:{config.port}"
+        try:
+            if config.tls_cert:
+                credentials = grpc.ssl_server_credentials(
+                    [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())]
+                )
+                self.port = self.grpc_server.add_secure_port(address, credentials)
+            else:
+                self.port = self.grpc_server.add_insecure_port(address)
+        except RuntimeError as error:
+            raise UserError(f"cannot listen on {address} ({error}); is the port in use?") from None
+        self.watcher = (
+            ReloadWatcher(self.holder, config.reload_interval)
+            if config.reload_interval > 0
+            else None
+        )
+        self.metrics_server = None
+        self._stopped = threading.Event()
+
+    def start(self) -> SearchServer:
+        self.grpc_server.start()
+        if self.config.metrics_port is not None:
+            self.metrics_server = self.metrics.serve(self.config.host, self.config.metrics_port)
+        if self.watcher:
+            self.watcher.start()
+        status = health_pb2.HealthCheckResponse.SERVING
+        self.health.set("", status)
+        self.health.set(SERVICE_NAME, status)
+        serving = self.holder.current
+        log.info(
+            "listening",
+            extra={
+                "fields": {
+                    "address": f"{self.config.host}:{self.port}",
+                    "tls": bool(self.config.tls_cert),
+                    "auth": bool(self.config.token),
+                    "index_version": serving.index.name if serving else None,
+                    "metrics_port": self.config.metrics_port,
+                }
+            },
+        )
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: health NOT_SERVING first, then drain in-flight calls."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.config.grace_seconds if grace is None else grace
+        self.health.enter_graceful_shutdown()
+        if self.watcher:
+            self.watcher.stop()
+        log.info("draining", extra={"fields": {"grace_seconds": grace}})
+        self.grpc_server.stop(grace).wait()
+        if self.metrics_server is not None:
+            self.metrics_server[0].shutdown()
+        log.info("stopped")
+
+    def wait(self) -> None:
+        self.grpc_server.wait_for_termination()

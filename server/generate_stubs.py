@@ -1,0 +1,58 @@
+"""Generate the Python gRPC stubs from proto/ into server/generated/ (never hand-edit them).
+
+    python -m server.generate_stubs          # regenerate after changing the .proto
+tests/test_proto_stubs.py fails when the committed stubs drift from the .proto.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTO_ROOT = ROOT / "proto"
+PROTO = PROTO_ROOT / "siamese_search" / "v1" / "search.proto"
+OUT = ROOT / "server" / "generated"
+FILES = ("search_pb2.py", "search_pb2.pyi", "search_pb2_grpc.py")
+
+
+def generate() -> dict[str, str]:
+    """Return {file name: contents} of freshly generated stubs."""
+    from grpc_tools import protoc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        code = protoc.main(
+            [
+                "grpc_tools.protoc",
+                f"-I{PROTO_ROOT}",
+                f"--python_out={tmp}",
+                f"--pyi_out={tmp}",
+                f"--grpc_python_out={tmp}",
+                str(PROTO),
+            ]
+        )
+        if code != 0:
+            raise RuntimeError(f"protoc failed with exit code {code}")
+        generated = Path(tmp) / "siamese_search" / "v1"
+        files = {name: (generated / name).read_text() for name in FILES}
+    # protoc writes absolute imports from the proto root; ours live in server.generated
+    files["search_pb2_grpc.py"] = re.sub(
+        r"^from siamese_search\.v1 import search_pb2",
+        "from server.generated import search_pb2",
+        files["search_pb2_grpc.py"],
+        flags=re.MULTILINE,
+    )
+    return files
+
+
+def main() -> int:
+    for name, text in generate().items():
+        (OUT / name).write_text(text)
+    print(f"wrote {', '.join(FILES)} to {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

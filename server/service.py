@@ -1,0 +1,227 @@
+"""The SearchService servicer: validate, embed, search, vote, convert.
+
+Errors map to status codes in one place (`_call`): bad input -> INVALID_ARGUMENT,
+no index loaded -> UNAVAILABLE (a retry can succeed), an unlabelled index asked to
+predict -> FAILED_PRECONDITION, an expired deadline -> DEADLINE_EXCEEDED, anything
+else -> INTERNAL with the details logged, not sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from importlib import metadata
+
+import grpc
+
+from indexer.store import Hit, UnknownLabelError
+from server import validation as check
+from server.config import Limits
+from server.generated import search_pb2 as pb
+from server.generated import search_pb2_grpc as pb_grpc
+from server.state import Serving, ServingHolder
+from trainer.voting import vote
+
+log = logging.getLogger("siamese.server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _neighbor(hit: Hit) -> pb.Neighbor:
+    return pb.Neighbor(
+        id=hit.id, text=hit.text, label=hit.label, score=hit.score, distance=1.0 - hit.score
+    )
+
+
+def _server_version() -> str:
+    try:
+        return metadata.version("siamese-search")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class SearchService(pb_grpc.SearchServiceServicer):
+    def __init__(self, holder: ServingHolder, limits: Limits):
+        self.holder = holder
+        self.limits = limits
+        self.version = _server_version()
+
+    # ---- plumbing -----------------------------------------------------------
+    def _call(self, context: grpc.ServicerContext, work: Callable[[], object]):
+        try:
+            return work()
+        except check.InvalidRequest as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except UnknownLabelError as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except _Abort as error:
+            context.abort(error.code, str(error))
+        except Exception:
+            log.exception("internal_error")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+    def _serving(self) -> Serving:
+        serving = self.holder.current
+        if serving is None:
+            raise _Abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"no index version is loaded yet from {self.holder.index_dir}; "
+                "build one with siamese-index build, then retry",
+            )
+        return serving
+
+    @staticmethod
+    def _check_deadline(context: grpc.ServicerContext) -> None:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+
+    def _search(
+        self,
+        serving: Serving,
+        texts: list[str],
+        k: int,
+        labels: list[str],
+        min_score: float,
+        context,
+    ) -> list[list[Hit]]:
+        self._check_deadline(context)
+        vectors = serving.model.embed(texts)
+        self._check_deadline(context)
+        return serving.index.search(vectors, k, labels=labels, min_score=min_score)
+
+    def _predict(
+        self, serving: Serving, texts: list[str], k: int, min_score: float, context
+    ) -> list[pb.PredictResponse]:
+        if not serving.index.has_labels:
+            raise _Abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"index version {serving.index.name} has no labels, so it cannot "
+                "predict; rebuild it with --label-column, or use Search",
+            )
+        results = []
+        for hits in self._search(serving, texts, k, [], -1.0, context):
+            decision = vote([h.label for h in hits], [h.score for h in hits], min_score)
+            results.append(
+                pb.PredictResponse(
+                    label=decision.label,
+                    confidence=decision.confidence,
+                    scores=[
+                        pb.LabelScore(label=lab, score=s) for lab, s in decision.scores.items()
+                    ],
+                    neighbors=[_neighbor(h) for h in hits],
+                    index_version=serving.index.name,
+                )
+            )
+        return results
+
+    # ---- RPCs -----------------------------------------------------------------
+    def Search(self, request, context):
+        def work():
+            text = check.check_text(request.text, self.limits)
+            k = check.check_k(request.k, self.limits)
+            min_score = check.check_min_score(request)
+            labels = check.check_labels(request.labels)
+            serving = self._serving()
+            hits = self._search(serving, [text], k, labels, min_score, context)[0]
+            return pb.SearchResponse(
+                neighbors=[_neighbor(h) for h in hits], index_version=serving.index.name
+            )
+
+        return self._call(context, work)
+
+    def SearchBatch(self, request, context):
+        def work():
+            texts = check.check_texts(request.texts, self.limits)
+            k = check.check_k(request.k, self.limits)
+            min_score = check.check_min_score(request)
+            labels = check.check_labels(request.labels)
+            serving = self._serving()
+            name = serving.index.name
+            results = [
+                pb.SearchResponse(neighbors=[_neighbor(h) for h in hits], index_version=name)
+                for hits in self._search(serving, texts, k, labels, min_score, context)
+            ]
+            return pb.SearchBatchResponse(results=results, index_version=name)
+
+        return self._call(context, work)
+
+    def Predict(self, request, context):
+        def work():
+            text = check.check_text(request.text, self.limits)
+            k = check.check_k(request.k, self.limits)
+            min_score = check.check_min_score(request)
+            return self._predict(self._serving(), [text], k, min_score, context)[0]
+
+        return self._call(context, work)
+
+    def PredictBatch(self, request, context):
+        def work():
+            texts = check.check_texts(request.texts, self.limits)
+            k = check.check_k(request.k, self.limits)
+            min_score = check.check_min_score(request)
+            serving = self._serving()
+            results = self._predict(serving, texts, k, min_score, context)
+            return pb.PredictBatchResponse(results=results, index_version=serving.index.name)
+
+        return self._call(context, work)
+
+    def Embed(self, request, context):
+        def work():
+            texts = check.check_texts(request.texts, self.limits)
+            serving = self._serving()
+            self._check_deadline(context)
+            vectors = serving.model.embed(texts)
+            return pb.EmbedResponse(
+                embeddings=[pb.Embedding(values=row.tolist()) for row in vectors],
+                dim=int(vectors.shape[1]),
+                model_fingerprint=serving.model.fingerprint,
+            )
+
+        return self._call(context, work)
+
+    def GetInfo(self, request, context):
+        def work():
+            serving = self._serving()
+            model, index = serving.model, serving.index
+            fingerprint = model.manifest["encoder"]["fingerprint"]
+            counts = (index.manifest.get("labels") or {}).get("counts", {})
+            return pb.GetInfoResponse(
+                model_fingerprint=model.fingerprint,
+                model_directory=str(model.directory),
+                encoder_name=str(fingerprint.get("name")),
+                encoder_version=str(fingerprint.get("version")),
+                encoder_weights_sha256=str(fingerprint.get("weights_sha256")),
+                index_version=index.name,
+                index_directory=str(self.holder.index_dir),
+                index_type=index.kind,
+                count=index.count,
+                dim=index.dim,
+                labels=[
+                    pb.LabelCount(label=lab, count=counts.get(lab, 0)) for lab in index.label_names
+                ],
+                index_params={k: str(v) for k, v in index.manifest["index"]["params"].items()},
+                max_k=self.limits.max_k,
+                max_text_chars=self.limits.max_text_chars,
+                max_batch=self.limits.max_batch,
+                server_version=self.version,
+                loaded_at=serving.loaded_at,
+            )
+
+        return self._call(context, work)
+
+    def Reload(self, request, context):
+        def work():
+            outcome = self.holder.reload(forced=True)
+            return pb.ReloadResponse(
+                changed=outcome.changed,
+                index_version=outcome.version or "",
+                message=outcome.message,
+            )
+
+        return self._call(context, work)

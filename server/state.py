@@ -1,0 +1,127 @@
+"""What is serving right now, and how a new index version replaces it without a gap.
+
+A `Serving` snapshot (model + index version) is immutable; each request reads
+`holder.current` once and uses that snapshot throughout, so it never sees a mix of
+versions. A reload loads and warms the new version *beside* the old one and then
+swaps one reference (TensorFlow Serving's availability-preserving policy). A new
+version that fails to load, or was built with another model, is refused and logged
+while the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from indexer import layout
+from indexer.store import IndexVersion, open_index
+from trainer.errors import UserError
+from trainer.provenance import utc_now
+
+log = logging.getLogger("siamese.server")
+
+
+@dataclass(frozen=True)
+class Serving:
+    model: object  # trainer.model_artifact.SiameseModel
+    index: IndexVersion
+    loaded_at: str
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    changed: bool
+    version: str | None
+    message: str
+
+
+def warm_up(model, index: IndexVersion) -> None:
+    """Touch every code path once so the first real request is not the slow one."""
+    vectors = model.embed(["warm-up query"])
+    index.search(vectors, k=min(10, max(index.count, 1)))
+    if index.has_labels and index.label_names:
+        index.search(vectors, k=1, labels=index.label_names[:1])
+
+
+class ServingHolder:
+    def __init__(self, index_dir: Path, model):
+        self.index_dir = Path(index_dir)
+        self.model = model
+        self._current: Serving | None = None
+        self._reload_lock = threading.Lock()
+        self._refused: str | None = None  # a version refused once is not retried by polling
+        self.metrics = None  # set by the app: server.metrics.Metrics
+
+    @property
+    def current(self) -> Serving | None:
+        return self._current
+
+    def reload(self, forced: bool = True) -> ReloadOutcome:
+        """Load CURRENT if it names a version other than the one serving.
+
+        `forced` (admin call, SIGHUP) retries a version that was refused before;
+        the polling watcher does not, so a bad version is logged once, not every poll.
+        """
+        with self._reload_lock:
+            serving = self._current
+            name = layout.current_version(self.index_dir)
+            try:
+                if name is None:
+                    raise UserError(f"{self.index_dir} has no {layout.CURRENT} version yet")
+                if serving is not None and serving.index.name == name:
+                    return ReloadOutcome(False, name, f"version {name} is already serving")
+                if not forced and name == self._refused:
+                    return ReloadOutcome(
+                        False,
+                        serving.index.name if serving else None,
+                        f"version {name} was refused before",
+                    )
+                index = open_index(self.index_dir, model=self.model)
+                warm_up(self.model, index)
+            except Exception as error:  # keep serving the old version whatever went wrong
+                self._refused = name
+                message = f"refused new index version {name}: {error}"
+                log.error(
+                    "reload_refused", extra={"fields": {"version": name, "error": str(error)}}
+                )
+                if self.metrics:
+                    self.metrics.reloads.labels(result="refused").inc()
+                return ReloadOutcome(False, serving.index.name if serving else None, message)
+            self._current = Serving(self.model, index, utc_now())
+            log.info(
+                "index_loaded",
+                extra={
+                    "fields": {
+                        "version": index.name,
+                        "count": index.count,
+                        "type": index.kind,
+                        "previous": serving.index.name if serving else None,
+                    }
+                },
+            )
+            if self.metrics:
+                self.metrics.reloads.labels(result="loaded").inc()
+                self.metrics.observe_index(index)
+            return ReloadOutcome(True, index.name, f"now serving version {index.name}")
+
+
+class ReloadWatcher(threading.Thread):
+    """Polls the index directory's CURRENT pointer and reloads when it changes."""
+
+    def __init__(self, holder: ServingHolder, interval: float):
+        super().__init__(name="index-reload-watcher", daemon=True)
+        self.holder = holder
+        self.interval = interval
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            serving = self.holder.current
+            name = layout.current_version(self.holder.index_dir)
+            if name is not None and (serving is None or serving.index.name != name):
+                self.holder.reload(forced=False)
+
+    def stop(self) -> None:
+        self._stop_event.set()
