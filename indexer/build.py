@@ -212,7 +212,12 @@ def _copy_base(writer: _VersionWriter, base: IndexVersion, drop: set[int]) -> in
 
 
 def _ingest(
-    writer: _VersionWriter, model, data_path: Path, columns: Columns, options: BuildOptions
+    writer: _VersionWriter,
+    model,
+    data_path: Path,
+    columns: Columns,
+    options: BuildOptions,
+    first_row_id: int = 0,
 ) -> tuple[int, list]:
     """Read, check, embed and append new rows. Returns (rows added, row problems).
 
@@ -230,7 +235,7 @@ def _ingest(
         smoothing=0.1,
     )
     with bar:
-        for chunk in iter_table(data_path, columns, options.chunk_rows):
+        for chunk in iter_table(data_path, columns, options.chunk_rows, first_row_id):
             problems.extend(chunk.problems)
             keep, seen = [], set()
             taken = writer.existing_ids(chunk.ids)
@@ -344,9 +349,11 @@ def add_to_index(
                 f"{'have none' if base.has_labels else 'do'}; "
                 + ("give --label-column" if base.has_labels else "pass --no-labels")
             )
+        # without an id column, new rows are numbered after the index's largest row number
+        first_row_id = 0 if columns.id is not None else base.records().next_row_id()
         # which base rows the new data replaces (upsert) or collides with (error)
         new_ids: list[str] = []
-        for chunk in iter_table(data_path, columns, options.chunk_rows):
+        for chunk in iter_table(data_path, columns, options.chunk_rows, first_row_id):
             new_ids.extend(chunk.ids)
         clashes = base.records().positions_of(new_ids)
         if clashes and not upsert:
@@ -360,7 +367,9 @@ def add_to_index(
 
         def fill(writer):
             _copy_base(writer, base, drop)
-            added, problems = _ingest(writer, model, Path(data_path), columns, options)
+            added, problems = _ingest(
+                writer, model, Path(data_path), columns, options, first_row_id
+            )
             return added, len(drop), problems
 
         kind = options.index_type if options.index_type != "auto" else base.kind

@@ -107,6 +107,15 @@ class RecordReader:
                 out[row_id] = position
         return out
 
+    def next_row_id(self) -> int:
+        """1 + the largest all-digit id: where row-number ids of added rows start."""
+        (largest,) = (
+            self._connection()
+            .execute("SELECT MAX(CAST(id AS INTEGER)) FROM records WHERE id NOT GLOB '*[^0-9]*'")
+            .fetchone()
+        )
+        return 0 if largest is None else int(largest) + 1
+
     def iter_all(self, batch: int = 8192):
         """(position, id, label, text) in position order, in batches (for add/delete)."""
         cursor = self._connection().execute(

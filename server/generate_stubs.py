@@ -7,6 +7,7 @@ tests/test_proto_stubs.py fails when the committed stubs drift from the .proto.
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -20,21 +21,22 @@ FILES = ("search_pb2.py", "search_pb2.pyi", "search_pb2_grpc.py")
 
 def generate() -> dict[str, str]:
     """Return {file name: contents} of freshly generated stubs."""
-    from grpc_tools import protoc
-
     with tempfile.TemporaryDirectory() as tmp:
-        code = protoc.main(
+        # a separate process: grpc_tools' protoc segfaults when TensorFlow's protobuf
+        # runtime is loaded in the same process (seen in the test suite)
+        subprocess.run(
             [
+                sys.executable,
+                "-m",
                 "grpc_tools.protoc",
                 f"-I{PROTO_ROOT}",
                 f"--python_out={tmp}",
                 f"--pyi_out={tmp}",
                 f"--grpc_python_out={tmp}",
                 str(PROTO),
-            ]
+            ],
+            check=True,
         )
-        if code != 0:
-            raise RuntimeError(f"protoc failed with exit code {code}")
         generated = Path(tmp) / "siamese_search" / "v1"
         files = {name: (generated / name).read_text() for name in FILES}
     # protoc writes absolute imports from the proto root; ours live in server.generated

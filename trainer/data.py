@@ -92,10 +92,10 @@ def _check_columns(path: Path, available: list[str], columns: Columns) -> None:
 class _ChunkBuilder:
     """Applies the row rules and fills chunks; shared by the three formats."""
 
-    def __init__(self, columns: Columns, chunk_rows: int):
+    def __init__(self, columns: Columns, chunk_rows: int, first_row_id: int = 0):
         self.columns = columns
         self.chunk_rows = chunk_rows
-        self.row_index = 0
+        self.row_index = first_row_id
         self.chunk = self._new_chunk()
 
     def _new_chunk(self) -> Chunk:
@@ -167,14 +167,20 @@ def _as_key(value: object) -> str | None:
 
 
 def iter_table(
-    path: str | Path, columns: Columns, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    path: str | Path,
+    columns: Columns,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    first_row_id: int = 0,
 ) -> Iterator[Chunk]:
-    """Yield the table's rows in chunks of about `chunk_rows`; memory stays bounded."""
+    """Yield the table's rows in chunks of about `chunk_rows`; memory stays bounded.
+
+    Without an id column, a row's id is its 0-based row number plus `first_row_id`.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; check the path")
     fmt = table_format(path)
-    builder = _ChunkBuilder(columns, chunk_rows)
+    builder = _ChunkBuilder(columns, chunk_rows, first_row_id)
     rows = {"csv": _csv_rows, "jsonl": _jsonl_rows, "parquet": _parquet_rows}[fmt]
     for line, record, error in rows(path, columns):
         builder.add(line, record, error)

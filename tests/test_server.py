@@ -1,0 +1,405 @@
+"""The real gRPC server on 127.0.0.1: every RPC, bad input, health, reflection, auth, TLS,
+metrics, and hot reload under concurrent load."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import threading
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from indexer.build import BuildOptions, add_to_index, build_index
+from server.app import SearchServer
+from server.client import main as query_main
+from server.config import Limits, ServerConfig
+from server.generated import search_pb2 as pb
+from server.generated import search_pb2_grpc as pb_grpc
+from tests.conftest import write_csv
+from trainer.data import Columns
+from trainer.model_artifact import load_model
+
+LIMITS = Limits(max_k=20, max_text_chars=200, max_batch=8)
+COLUMNS = Columns(text="text", label="class")
+QUIET = BuildOptions(show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def model(trained_model):
+    return load_model(trained_model)
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory, model, sample_train):
+    directory = tmp_path_factory.mktemp("serve") / "index"
+    build_index(directory, model, sample_train, COLUMNS, QUIET)
+    return directory
+
+
+def _start(index_dir, **overrides) -> SearchServer:
+    settings = dict(
+        index_dir=index_dir, port=0, limits=LIMITS, reload_interval=0.2, workers=8, grace_seconds=5
+    )
+    settings.update(overrides)
+    return SearchServer(ServerConfig(**settings)).start()
+
+
+@pytest.fixture(scope="module")
+def server(index_dir):
+    running = _start(index_dir)
+    yield running
+    running.stop(0)
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    yield pb_grpc.SearchServiceStub(channel)
+    channel.close()
+
+
+def _code(call) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value.code(), caught.value.details()
+
+
+def test_search_returns_neighbours_by_descending_score(stub, model, index_dir):
+    response = stub.Search(pb.SearchRequest(text="Fix crash when saving a file", k=5))
+    assert response.index_version == "000001"
+    scores = [n.score for n in response.neighbors]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    for n in response.neighbors:
+        assert n.distance == pytest.approx(1 - n.score, abs=1e-6)
+        assert n.text and n.id and n.label in {"1", "2", "3", "4", "5"}
+    expected = float(
+        model.embed(["Fix crash when saving a file"])[0]
+        @ model.embed([response.neighbors[0].text])[0]
+    )
+    assert response.neighbors[0].score == pytest.approx(expected, abs=1e-4)
+
+
+def test_search_label_filter_and_min_score(stub):
+    filtered = stub.Search(pb.SearchRequest(text="Fix crash", k=10, labels=["5"]))
+    assert {n.label for n in filtered.neighbors} == {"5"}
+    high = stub.Search(pb.SearchRequest(text="Fix crash", k=20, min_score=0.8))
+    assert all(n.score >= 0.8 for n in high.neighbors)
+
+
+def test_search_batch_keeps_request_order(stub):
+    texts = ["Improve performance of the cache", "Remove duplicated code"]
+    batch = stub.SearchBatch(pb.SearchBatchRequest(texts=texts, k=3))
+    assert len(batch.results) == 2
+    for text, result in zip(texts, batch.results, strict=True):
+        single = stub.Search(pb.SearchRequest(text=text, k=3))
+        assert [n.id for n in result.neighbors] == [n.id for n in single.neighbors]
+
+
+def test_predict_votes_and_abstains(stub):
+    response = stub.Predict(pb.PredictRequest(text="Improve performance of the parser", k=5))
+    assert response.label == "5"
+    assert 0 < response.confidence <= 1
+    assert sum(s.score for s in response.scores) == pytest.approx(1.0, abs=1e-5)
+    assert response.scores[0].label == response.label and len(response.neighbors) == 5
+    abstained = stub.Predict(pb.PredictRequest(text="Improve performance", k=5, min_score=1.0))
+    assert abstained.label == "" and abstained.confidence == 0
+    batch = stub.PredictBatch(
+        pb.PredictBatchRequest(
+            texts=["Remove duplicate code in tests", "Improve performance of the parser"], k=5
+        )
+    )
+    assert [r.label for r in batch.results] == ["2", "5"]
+
+
+def test_embed_and_get_info(stub, model):
+    response = stub.Embed(pb.EmbedRequest(texts=["Fix crash", "Add feature"]))
+    vectors = np.array([e.values for e in response.embeddings])
+    assert response.dim == 128 and vectors.shape == (2, 128)
+    np.testing.assert_allclose(vectors, model.embed(["Fix crash", "Add feature"]), atol=1e-5)
+    assert response.model_fingerprint == model.fingerprint
+    info = stub.GetInfo(pb.GetInfoRequest())
+    assert info.model_fingerprint == model.fingerprint and info.index_type == "flat"
+    assert info.count == 100 and info.dim == 128 and info.index_version == "000001"
+    assert {lc.label: lc.count for lc in info.labels} == {str(c): 20 for c in range(1, 6)}
+    assert (info.max_k, info.max_text_chars, info.max_batch) == (20, 200, 8)
+
+
+@pytest.mark.parametrize(
+    ("make_call", "message"),
+    [
+        (lambda s: s.Search(pb.SearchRequest(text="", k=3)), "text is empty"),
+        (lambda s: s.Search(pb.SearchRequest(text=" \n\t", k=3)), "text is empty"),
+        (lambda s: s.Search(pb.SearchRequest(text="x" * 201, k=3)), "the limit is 200"),
+        (lambda s: s.Search(pb.SearchRequest(text="fix", k=0)), "k is 0"),
+        (lambda s: s.Search(pb.SearchRequest(text="fix", k=21)), "between 1 and 20"),
+        (lambda s: s.Search(pb.SearchRequest(text="fix", k=3, min_score=math.nan)), "min_score"),
+        (lambda s: s.Search(pb.SearchRequest(text="fix", k=3, min_score=1.5)), "[-1, 1]"),
+        (
+            lambda s: s.Search(pb.SearchRequest(text="fix", k=3, labels=["nope"])),
+            "unknown label(s) 'nope'",
+        ),
+        (lambda s: s.SearchBatch(pb.SearchBatchRequest(texts=["a"] * 9, k=3)), "the limit is 8"),
+        (lambda s: s.SearchBatch(pb.SearchBatchRequest(texts=[], k=3)), "texts is empty"),
+        (
+            lambda s: s.PredictBatch(pb.PredictBatchRequest(texts=["ok", ""], k=3)),
+            "texts[1] is empty",
+        ),
+        (lambda s: s.Embed(pb.EmbedRequest(texts=["a"] * 9)), "the limit is 8"),
+    ],
+)
+def test_bad_input_is_invalid_argument_with_a_message(stub, make_call, message):
+    code, details = _code(lambda: make_call(stub))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in details
+
+
+def test_oversized_message_and_expired_deadline(stub, server):
+    huge = "word " * (LIMITS.max_request_bytes // 4)
+    code, _ = _code(lambda: stub.Search(pb.SearchRequest(text=huge, k=3)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    code, _ = _code(
+        lambda: stub.SearchBatch(pb.SearchBatchRequest(texts=["fix"] * 8, k=3), timeout=1e-4)
+    )
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_health_and_reflection(server):
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        status = health.Check(
+            health_pb2.HealthCheckRequest(service="siamese_search.v1.SearchService")
+        )
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        answers = reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        names = {s.name for a in answers for s in a.list_services_response.service}
+        assert {"siamese_search.v1.SearchService", "grpc.health.v1.Health"} <= names
+
+
+def test_query_cli_against_the_server(server, capsys):
+    target = f"127.0.0.1:{server.port}"
+    assert query_main(["--target", target, "Improve performance of the parser", "--predict"]) == 0
+    assert capsys.readouterr().out.startswith("label 5")
+    assert query_main(["--target", target, "fix", "-k", "0"]) == 1
+    assert "INVALID_ARGUMENT: k is 0" in capsys.readouterr().err
+
+
+def test_no_index_is_unavailable_until_one_is_built(tmp_path, trained_model, model, sample_train):
+    index_dir = tmp_path / "empty"
+    running = _start(index_dir, model_dir=trained_model)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            code, details = _code(lambda: stub.Search(pb.SearchRequest(text="fix", k=3)))
+            assert code == grpc.StatusCode.UNAVAILABLE and "siamese-index build" in details
+            build_index(index_dir, model, sample_train, COLUMNS, QUIET)
+            deadline = time.monotonic() + 10
+            while running.holder.current is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert stub.Search(pb.SearchRequest(text="fix", k=3)).index_version == "000001"
+            unlabelled = tmp_path / "unlabelled"
+            build_index(unlabelled, model, sample_train, Columns(text="text", label=None), QUIET)
+    finally:
+        running.stop(0)
+    running = _start(unlabelled)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            code, details = _code(lambda: stub.Predict(pb.PredictRequest(text="fix", k=3)))
+            assert code == grpc.StatusCode.FAILED_PRECONDITION and "no labels" in details
+    finally:
+        running.stop(0)
+
+
+def test_hot_reload_under_load_has_no_failed_calls_and_no_mixed_versions(
+    tmp_path, model, sample_train
+):
+    index_dir = tmp_path / "index"
+    build_index(index_dir, model, sample_train, COLUMNS, QUIET)
+    running = _start(index_dir, reload_interval=0.05)
+    marker = "Zebra giraffe elephant safari marker"
+    failures: list[Exception] = []
+    seen: dict[str, int] = {}
+    stop = threading.Event()
+
+    def client():
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            while not stop.is_set():
+                try:
+                    response = stub.Search(pb.SearchRequest(text=marker, k=3), timeout=10)
+                except grpc.RpcError as error:
+                    failures.append(error)
+                    continue
+                has_marker = any(n.text == marker for n in response.neighbors)
+                # the marker exists only from version 000002 on: never in 000001's answers
+                assert has_marker == (response.index_version != "000001")
+                seen[response.index_version] = seen.get(response.index_version, 0) + 1
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        more = write_csv(tmp_path / "more.csv", [(marker, "4")], header=("text", "class"))
+        add_to_index(
+            index_dir,
+            model,
+            more,
+            Columns(text="text", label="class", id=None),
+            QUIET,
+            upsert=False,
+        )
+        deadline = time.monotonic() + 10
+        while seen.get("000002", 0) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        running.stop(0)
+    assert not failures
+    assert seen.get("000001", 0) > 0 and seen.get("000002", 0) >= 20
+
+
+def test_version_from_another_model_is_refused_and_old_keeps_serving(
+    tmp_path, model, sample_train, tmp_path_factory
+):
+    from trainer.cli import main as train_main
+
+    other_dir = tmp_path / "other-model"
+    assert (
+        train_main(
+            [
+                "--data",
+                str(sample_train),
+                "--label-column",
+                "class",
+                "--out",
+                str(other_dir),
+                "--steps",
+                "5",
+                "--ensemble",
+                "1",
+                "--seed",
+                "7",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    index_dir = tmp_path / "index"
+    build_index(index_dir, model, sample_train, COLUMNS, QUIET)
+    running = _start(index_dir, reload_interval=0)
+    try:
+        build_index(index_dir, load_model(other_dir), sample_train, COLUMNS, QUIET)
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            outcome = stub.Reload(pb.ReloadRequest())
+            assert not outcome.changed and outcome.index_version == "000001"
+            assert "refused new index version 000002" in outcome.message
+            assert stub.Search(pb.SearchRequest(text="fix", k=3)).index_version == "000001"
+    finally:
+        running.stop(0)
+
+
+def _self_signed(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    import ipaddress
+
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_and_bearer_token(tmp_path, index_dir):
+    cert, key = _self_signed(tmp_path)
+    token = "s3cret-token-for-tests"
+    running = _start(index_dir, tls_cert=cert, tls_key=key, token=token, metrics_port=0)
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with grpc.secure_channel(f"127.0.0.1:{running.port}", credentials) as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            code, details = _code(lambda: stub.Search(pb.SearchRequest(text="fix", k=3)))
+            assert code == grpc.StatusCode.UNAUTHENTICATED and "bearer token" in details
+            code, _ = _code(
+                lambda: stub.Search(
+                    pb.SearchRequest(text="fix", k=3), metadata=[("authorization", "Bearer wrong")]
+                )
+            )
+            assert code == grpc.StatusCode.UNAUTHENTICATED
+            good = [("authorization", f"Bearer {token}")]
+            assert len(stub.Search(pb.SearchRequest(text="fix", k=3), metadata=good).neighbors) == 3
+            health = health_pb2_grpc.HealthStub(channel)
+            assert (
+                health.Check(health_pb2.HealthCheckRequest()).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as plain:
+            code, _ = _code(
+                lambda: pb_grpc.SearchServiceStub(plain).Search(
+                    pb.SearchRequest(text="fix", k=3), metadata=good, timeout=3
+                )
+            )
+            assert code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        running.stop(0)
+
+
+def test_metrics_endpoint_counts_requests(tmp_path, index_dir):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    running = _start(index_dir, metrics_port=metrics_port)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            stub.Search(pb.SearchRequest(text="fix", k=3))
+            _code(lambda: stub.Search(pb.SearchRequest(text="", k=3)))
+        body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
+        assert 'siamese_requests_total{code="OK",method="Search"} 1.0' in body
+        assert 'siamese_requests_total{code="INVALID_ARGUMENT",method="Search"} 1.0' in body
+        assert "siamese_request_seconds_bucket" in body
+        assert "siamese_index_vectors 100.0" in body
+    finally:
+        running.stop(0)

@@ -1,0 +1,131 @@
+"""siamese-serve as a process: SIGTERM drains in-flight calls, SIGHUP reloads."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import pytest
+
+from indexer.build import BuildOptions, build_index
+from server.generated import search_pb2 as pb
+from server.generated import search_pb2_grpc as pb_grpc
+from tests.conftest import ROOT, write_csv
+from trainer.data import Columns
+from trainer.model_artifact import load_model
+
+COLUMNS = Columns(text="text", label="class")
+
+
+@pytest.fixture
+def served_index(tmp_path, trained_model, sample_train):
+    index_dir = tmp_path / "index"
+    build_index(
+        index_dir,
+        load_model(trained_model),
+        sample_train,
+        COLUMNS,
+        BuildOptions(show_progress=False),
+    )
+    return index_dir
+
+
+def _serve(index_dir, *flags):
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "--index",
+            str(index_dir),
+            "--port",
+            "0",
+            "--max-batch",
+            "256",
+            "--max-text-chars",
+            "20000",
+            *flags,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "SIAMESE_THREADS": "1"},
+    )
+    line = process.stdout.readline()
+    if "listening on" not in line:
+        process.kill()
+        raise AssertionError(f"server did not start: {line!r} {process.stderr.read()}")
+    return process, line.strip().rsplit(" ", 1)[-1]
+
+
+def test_sigterm_drains_in_flight_calls_then_exits_0(served_index):
+    process, target = _serve(served_index, "--grace", "30")
+    try:
+        channel = grpc.insecure_channel(target)
+        stub = pb_grpc.SearchServiceStub(channel)
+        stub.Search(pb.SearchRequest(text="warm", k=1), timeout=10)
+        long_texts = [f"improve the performance of module {i} " * 120 for i in range(256)]
+        outcome: dict = {}
+
+        def slow_call():
+            try:
+                started = time.monotonic()
+                response = stub.PredictBatch(
+                    pb.PredictBatchRequest(texts=long_texts, k=5), timeout=60
+                )
+                outcome["results"] = len(response.results)
+                outcome["seconds"] = time.monotonic() - started
+            except grpc.RpcError as error:
+                outcome["error"] = error.code()
+
+        caller = threading.Thread(target=slow_call)
+        caller.start()
+        time.sleep(0.3)  # the call is in flight (it takes well over a second)
+        process.send_signal(signal.SIGTERM)
+        caller.join(timeout=60)
+        assert outcome.get("results") == 256, outcome
+        assert process.wait(timeout=30) == 0
+        logs = process.stderr.read()
+        assert '"event": "draining"' in logs and '"event": "stopped"' in logs
+        channel.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_sighup_reloads_the_current_version(served_index, trained_model, tmp_path):
+    process, target = _serve(served_index, "--reload-interval", "0")
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            assert stub.GetInfo(pb.GetInfoRequest(), timeout=10).index_version == "000001"
+            more = write_csv(
+                tmp_path / "more.csv", [("Support dark mode", "4")], header=("text", "class")
+            )
+            build_index(
+                served_index,
+                load_model(trained_model),
+                more,
+                COLUMNS,
+                BuildOptions(show_progress=False),
+            )
+            time.sleep(0.5)
+            assert stub.GetInfo(pb.GetInfoRequest(), timeout=10).index_version == "000001"
+            process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 15
+            version = None
+            while time.monotonic() < deadline:
+                version = stub.GetInfo(pb.GetInfoRequest(), timeout=10).index_version
+                if version == "000002":
+                    break
+                time.sleep(0.1)
+            assert version == "000002"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
