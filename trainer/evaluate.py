@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,25 +50,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def evaluate(model, reference, test, k: int, progress: bool = True) -> dict:
-    """Score kNN labelling of `test` against `reference` (both `data.Table`s with labels)."""
+def evaluate(
+    model, reference_path: Path, columns: Columns, reference, test, k: int, progress: bool = True
+) -> dict:
+    """Score kNN labelling of `test` against the reference table at `reference_path`.
+
+    The reference texts are indexed with `indexer.build.build_index` into a temporary
+    exact (flat) index and searched through `indexer.store.open_index`: the same
+    artifact, reader, search and vote that `siamese-serve` uses.
+    """
     from sklearn.metrics import accuracy_score, classification_report, f1_score
     from sklearn.metrics import confusion_matrix as sk_confusion
 
-    from indexer.backends import create_index
+    from indexer.build import BuildOptions, build_index
+    from indexer.store import open_index
     from trainer.voting import vote
 
-    reference_vectors = model.embed_unique(
-        reference.texts, progress="reference" if progress else None
-    )
-    test_vectors = model.embed_unique(test.texts, progress="test" if progress else None)
-    index = create_index("flat", model.dim, len(reference.texts))
-    index.add(reference_vectors)
-    scores, positions = index.search(test_vectors, k)
-    reference_labels = np.asarray(reference.labels)
+    with tempfile.TemporaryDirectory(prefix="siamese-evaluate-") as tmp:
+        index_dir = Path(tmp) / "reference-index"
+        build_index(
+            index_dir,
+            model,
+            reference_path,
+            columns,
+            BuildOptions(index_type="flat", strict=True, show_progress=progress),
+        )
+        index = open_index(index_dir, model=model)
+        try:
+            test_vectors = model.embed_unique(test.texts, progress="test" if progress else None)
+            neighbours = index.search(test_vectors, k)
+        finally:
+            index.close()
     predicted = [
-        vote(list(reference_labels[row[row >= 0]]), list(score[row >= 0])).label
-        for score, row in zip(scores, positions, strict=True)
+        vote([h.label for h in hits], [h.score for h in hits]).label for hits in neighbours
     ]
     labels = sorted(set(reference.labels) | set(test.labels))
     report = classification_report(
@@ -105,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.model_artifact import load_model
 
     model = load_model(args.model)
-    result = evaluate(model, reference, test, args.k, progress=not args.quiet)
+    result = evaluate(
+        model, args.reference, columns, reference, test, args.k, progress=not args.quiet
+    )
     test_vectors = result.pop("_test_vectors")
     print(result["report_text"])
     print(
