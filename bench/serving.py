@@ -174,8 +174,9 @@ def main() -> int:
 
     import csv
 
-    from indexer.build import BuildOptions, build_index
     from indexing import make_corpus
+
+    from indexer.build import BuildOptions, build_index
     from trainer.data import Columns
     from trainer.model_artifact import load_model
 
