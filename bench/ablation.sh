@@ -17,3 +17,4 @@ run semi-hard --mining semi-hard
 run single-head --ensemble 1
 run no-preprocess --preprocess none
 run early-stopping --validation-fraction 0.2 --steps 800
+run fine-tune --fine-tune

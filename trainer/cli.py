@@ -7,7 +7,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from trainer.config import MINING_STRATEGIES, HeadConfig, TrainingConfig
+from trainer.config import (
+    DEFAULT_FINE_TUNE_STEPS,
+    DEFAULT_STEPS,
+    FINE_TUNE_LAYERS,
+    MINING_STRATEGIES,
+    HeadConfig,
+    TrainingConfig,
+)
 from trainer.data import Columns, check_trainable, read_table
 from trainer.encoders import DEFAULT_ENCODER, DEFAULT_MODE, MODES
 from trainer.encoders.base import sha256_files
@@ -46,7 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=MINING_STRATEGIES,
         help="triplet selection; 'random' is the original notebook's",
     )
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help=f"optimizer steps (default {DEFAULT_STEPS}, "
+        f"{DEFAULT_FINE_TUNE_STEPS} with --fine-tune)",
+    )
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument(
         "--margin", type=float, default=defaults.margin, help="triplet margin on cosine distance"
@@ -71,6 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.validation_fraction,
         help="hold out this share of each class for early stopping (0: off)",
     )
+    parser.add_argument(
+        "--fine-tune",
+        action="store_true",
+        help="train the encoder's layers jointly with the head (usem3 only)",
+    )
+    parser.add_argument(
+        "--fine-tune-layers",
+        default=defaults.fine_tune_layers,
+        choices=FINE_TUNE_LAYERS,
+        help="all: every layer but the embedding table; dan: the top only",
+    )
+    parser.add_argument(
+        "--encoder-learning-rate", type=float, default=defaults.encoder_learning_rate
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -85,11 +111,16 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
         margin=args.margin,
         mining=args.mining,
         learning_rate=args.learning_rate,
-        steps=args.steps,
         batch_size=args.batch_size,
         samples_per_class=args.samples_per_class,
         validation_fraction=args.validation_fraction,
         seed=args.seed,
+        steps=args.steps
+        if args.steps is not None
+        else (DEFAULT_FINE_TUNE_STEPS if args.fine_tune else DEFAULT_STEPS),
+        fine_tune=args.fine_tune,
+        fine_tune_layers=args.fine_tune_layers,
+        encoder_learning_rate=args.encoder_learning_rate,
     )
 
 
@@ -111,8 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.train import train_head
 
     encoder = make_encoder(config.encoder, config.preprocess)
-    vectors = encoder.encode_unique(table.texts, progress=None if args.quiet else "encoding")
-    result = train_head(vectors, table.labels, config, show_progress=not args.quiet)
+    if config.fine_tune:
+        from trainer.finetune import fine_tune
+
+        result = fine_tune(table.texts, table.labels, config, show_progress=not args.quiet)
+    else:
+        vectors = encoder.encode_unique(table.texts, progress=None if args.quiet else "encoding")
+        result = train_head(vectors, table.labels, config, show_progress=not args.quiet)
     data_summary = {
         "source": str(args.data),
         "source_sha256": sha256_files([args.data]),

@@ -11,6 +11,9 @@ from trainer.encoders import DEFAULT_ENCODER, DEFAULT_MODE
 from trainer.errors import UserError
 
 MINING_STRATEGIES = ("batch-hard", "semi-hard", "random")
+FINE_TUNE_LAYERS = ("all", "dan")  # every layer but the embedding table, or the top DAN only
+DEFAULT_STEPS = 400
+DEFAULT_FINE_TUNE_STEPS = 150
 
 
 @dataclass(frozen=True)
@@ -40,13 +43,17 @@ class TrainingConfig:
     margin: float = 0.4
     mining: str = "batch-hard"
     learning_rate: float = 1e-3
-    steps: int = 400
+    steps: int = DEFAULT_STEPS
     batch_size: int = 128
     samples_per_class: int = 8
     validation_fraction: float = 0.0
     eval_every: int = 25
     patience: int = 4
     seed: int = 0
+    #: train the encoder's own layers jointly with the head (trainer/finetune.py)
+    fine_tune: bool = False
+    fine_tune_layers: str = "all"
+    encoder_learning_rate: float = 1e-3
 
     def __post_init__(self) -> None:
         checks = [
@@ -59,6 +66,15 @@ class TrainingConfig:
             (0.0 <= self.validation_fraction < 0.5, "--validation-fraction must be in [0, 0.5)"),
             (self.head.ensemble >= 1, "--ensemble must be at least 1"),
             (0.0 <= self.head.dropout < 1.0, "--dropout must be in [0, 1)"),
+            (
+                self.fine_tune_layers in FINE_TUNE_LAYERS,
+                f"--fine-tune-layers must be one of {FINE_TUNE_LAYERS}",
+            ),
+            (self.encoder_learning_rate > 0, "--encoder-learning-rate must be positive"),
+            (
+                not self.fine_tune or self.encoder == DEFAULT_ENCODER,
+                "--fine-tune works with the embedded encoder (--encoder usem3) only",
+            ),
         ]
         for ok, message in checks:
             if not ok:

