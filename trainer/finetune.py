@@ -60,7 +60,7 @@ def fine_tune(
 
     from trainer import losses
     from trainer.head import build_head, export_weights
-    from trainer.train import _BatchSampler
+    from trainer.train import BatchSampler, EarlyStopping, split_for_validation
     from trainer.use_network import DAN, TRAINABLE, UseNetwork, pad_ids
 
     started = time.perf_counter()
@@ -71,6 +71,7 @@ def fine_tune(
     padded, lengths = pad_ids(tokenize(texts, config.preprocess))
     label_array = np.asarray(labels)
     label_ids = np.unique(label_array, return_inverse=True)[1].astype(np.int32)
+    train_idx, held_idx = split_for_validation(label_array, config, rng)
     all_ids, all_lengths = tf.constant(padded), tf.constant(lengths)
     y_all = tf.constant(label_ids)
 
@@ -101,7 +102,21 @@ def fine_tune(
         encoder_optimizer.apply_gradients(zip(encoder_gradients, encoder_variables, strict=True))
         return triplet / len(outputs)
 
-    sampler = _BatchSampler(label_array, config, rng)
+    def embed(indices: np.ndarray) -> np.ndarray:
+        ids, lens = padded[indices], lengths[indices]
+        return head(network(ids[:, : lens.max()], lens), training=False).numpy()
+
+    tuned = [*members.trainable_variables, *encoder_variables, *members.non_trainable_variables]
+    stopping = EarlyStopping(
+        config,
+        label_array,
+        train_idx,
+        held_idx,
+        embed=embed,
+        get_weights=lambda: [v.numpy() for v in tuned],
+        set_weights=lambda values: [v.assign(x) for v, x in zip(tuned, values, strict=True)],
+    )
+    sampler = BatchSampler(label_array[train_idx], config, rng)
     history: list[float] = []
     bar = tqdm(
         range(1, config.steps + 1),
@@ -111,16 +126,19 @@ def fine_tune(
         mininterval=0.5,
     )
     for step_number in bar:
-        loss = float(step(tf.constant(sampler(), dtype=tf.int32)))
+        loss = float(step(tf.constant(train_idx[sampler()], dtype=tf.int32)))
         history.append(loss)
         if step_number % 5 == 0:
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if stopping.should_stop(step_number):
+            break
+    best_step = stopping.restore_best(len(history))
     return FineTuneResult(
         head=head,
         weights=export_weights(head, config.head),
         network=network,
         losses=history,
-        validation=[],
-        best_step=len(history),
+        validation=stopping.history,
+        best_step=best_step,
         seconds=time.perf_counter() - started,
     )

@@ -9,6 +9,18 @@ from __future__ import annotations
 
 import numpy as np
 
+#: a member's inference-time arrays, in forward order (names under "member<i>/")
+HEAD_PARTS = (
+    "dense1/kernel",
+    "dense1/bias",
+    "batchnorm/scale",
+    "batchnorm/shift",
+    "dense2/kernel",
+    "dense2/bias",
+    "dense3/kernel",
+    "dense3/bias",
+)
+
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -17,22 +29,7 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 class NumpyHead:
     def __init__(self, weights: dict[str, np.ndarray]):
         members = sorted({name.split("/")[0] for name in weights})
-        self._members = [
-            tuple(
-                weights[f"{m}/{part}"]
-                for part in (
-                    "dense1/kernel",
-                    "dense1/bias",
-                    "batchnorm/scale",
-                    "batchnorm/shift",
-                    "dense2/kernel",
-                    "dense2/bias",
-                    "dense3/kernel",
-                    "dense3/bias",
-                )
-            )
-            for m in members
-        ]
+        self._members = [tuple(weights[f"{m}/{part}"] for part in HEAD_PARTS) for m in members]
         self.input_dim = int(self._members[0][0].shape[0])
         self.output_dim = int(self._members[0][6].shape[1])
 

@@ -44,7 +44,7 @@ def stratified_split(
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(held, dtype=np.int64))
 
 
-class _BatchSampler:
+class BatchSampler:
     def __init__(self, labels: np.ndarray, config: TrainingConfig, rng: np.random.Generator):
         self.labels = labels
         self.rng = rng
@@ -93,6 +93,71 @@ def knn_macro_f1(
     return float(f1_score(query_labels, predicted, average="macro"))
 
 
+class EarlyStopping:
+    """Validation-based early stopping on a held-out split (`--validation-fraction`).
+
+    Every `eval_every` steps (and at the last step) it labels the held-out examples by
+    kNN against the training examples in the current embedding, records macro-F1, keeps
+    a copy of the best weights, and asks to stop after `patience` evaluations without a
+    gain. `embed(indices)` returns unit vectors for those examples; `get_weights` /
+    `set_weights` copy and restore whatever is being trained.
+    """
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        labels: np.ndarray,
+        train_idx: np.ndarray,
+        held_idx: np.ndarray,
+        embed,
+        get_weights,
+        set_weights,
+    ):
+        self.config = config
+        self.labels = labels
+        self.train_idx, self.held_idx = train_idx, held_idx
+        self.embed, self.get_weights, self.set_weights = embed, get_weights, set_weights
+        self.history: list[tuple[int, float]] = []
+        self._best: tuple[float, int, object] = (-1.0, 0, None)
+        self._without_gain = 0
+
+    @property
+    def active(self) -> bool:
+        return len(self.held_idx) > 0
+
+    def should_stop(self, step: int) -> bool:
+        if not self.active or (step % self.config.eval_every and step != self.config.steps):
+            return False
+        score = knn_macro_f1(
+            self.embed(self.train_idx),
+            self.labels[self.train_idx],
+            self.embed(self.held_idx),
+            self.labels[self.held_idx],
+        )
+        self.history.append((step, score))
+        if score > self._best[0]:
+            self._best = (score, step, self.get_weights())
+            self._without_gain = 0
+            return False
+        self._without_gain += 1
+        return self._without_gain >= self.config.patience
+
+    def restore_best(self, steps_run: int) -> int:
+        """Put the best weights back; return the step they come from."""
+        if self._best[2] is None:
+            return steps_run
+        self.set_weights(self._best[2])
+        return self._best[1]
+
+
+def split_for_validation(
+    labels: np.ndarray, config: TrainingConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    if config.validation_fraction > 0:
+        return stratified_split(labels, config.validation_fraction, rng)
+    return np.arange(len(labels)), np.array([], dtype=np.int64)
+
+
 def train_head(
     vectors: np.ndarray, labels: list[str], config: TrainingConfig, show_progress: bool = True
 ) -> TrainResult:
@@ -111,10 +176,7 @@ def train_head(
 
     label_array = np.asarray(labels)
     label_ids = np.unique(label_array, return_inverse=True)[1].astype(np.int32)
-    if config.validation_fraction > 0:
-        train_idx, held_idx = stratified_split(label_array, config.validation_fraction, rng)
-    else:
-        train_idx, held_idx = np.arange(len(labels)), np.array([], dtype=np.int64)
+    train_idx, held_idx = split_for_validation(label_array, config, rng)
     x_train = tf.constant(vectors[train_idx], dtype=tf.float32)
     y_train = tf.constant(label_ids[train_idx])
 
@@ -145,12 +207,18 @@ def train_head(
         optimizer.apply_gradients(zip(gradients, members.trainable_variables, strict=True))
         return triplet_total / count
 
-    sampler = _BatchSampler(label_array[train_idx], config, rng)
+    sampler = BatchSampler(label_array[train_idx], config, rng)
     empty_triplets = np.zeros((0, 3), dtype=np.int32)
     history: list[float] = []
-    validation: list[tuple[int, float]] = []
-    best = (-1.0, 0, None)
-    evaluations_without_gain = 0
+    stopping = EarlyStopping(
+        config,
+        label_array,
+        train_idx,
+        held_idx,
+        embed=lambda idx: head(vectors[idx], training=False).numpy(),
+        get_weights=head.get_weights,
+        set_weights=head.set_weights,
+    )
     bar = tqdm(
         range(1, config.steps + 1),
         desc="training head",
@@ -169,27 +237,14 @@ def train_head(
         history.append(loss)
         if step_number % 10 == 0:
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        if len(held_idx) and (step_number % config.eval_every == 0 or step_number == config.steps):
-            reference = head(vectors[train_idx], training=False).numpy()
-            queries = head(vectors[held_idx], training=False).numpy()
-            score = knn_macro_f1(reference, label_array[train_idx], queries, label_array[held_idx])
-            validation.append((step_number, score))
-            if score > best[0]:
-                best = (score, step_number, head.get_weights())
-                evaluations_without_gain = 0
-            else:
-                evaluations_without_gain += 1
-                if evaluations_without_gain >= config.patience:
-                    break
-    best_step = len(history)
-    if best[2] is not None:
-        head.set_weights(best[2])
-        best_step = best[1]
+        if stopping.should_stop(step_number):
+            break
+    best_step = stopping.restore_best(len(history))
     return TrainResult(
         head=head,
         weights=export_weights(head, config.head),
         losses=history,
-        validation=validation,
+        validation=stopping.history,
         best_step=best_step,
         seconds=time.perf_counter() - started,
     )
