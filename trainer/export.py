@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    from trainer.encoders.hub_encoder import configure_tensorflow_threads
     from trainer.model_artifact import load_model
+    from trainer.tf_runtime import configure_tensorflow_threads
 
     configure_tensorflow_threads()
     model = load_model(args.model)

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from trainer.config import TrainingConfig
-from trainer.encoders.hub_encoder import configure_tensorflow_threads
+from trainer.tf_runtime import configure_tensorflow_threads
 from trainer.voting import vote
 
 

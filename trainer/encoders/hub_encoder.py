@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.encoders.base import Encoder, default_threads, sha256_files
+from trainer.encoders.base import Encoder, sha256_files
 from trainer.errors import UserError
+from trainer.tf_runtime import configure_tensorflow_threads
 
 _PROBE = ["siamese-search probe sentence"]
 
@@ -25,18 +26,6 @@ def _saved_model_files(directory: Path) -> list[Path]:
     if variables.is_dir():
         files += sorted(p for p in variables.rglob("*") if p.is_file())
     return files
-
-
-def configure_tensorflow_threads(threads: int | None = None) -> None:
-    """Pin TF's thread pools to the cores we have (must run before TF does any work)."""
-    import tensorflow as tf
-
-    threads = threads or default_threads()
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:
-        pass  # TF already initialised its pools; keep what it has
 
 
 class HubEncoder(Encoder):
