@@ -107,14 +107,37 @@ def publish(index_dir: Path, staging: Path, keep: int = DEFAULT_KEEP_VERSIONS) -
     return name
 
 
+def hold_version(directory: Path):
+    """A reader's shared lock on a version: `prune` leaves it alone while it is held.
+
+    Returns the open file that holds the lock; closing it (or the process ending)
+    releases it. A server keeps one per loaded version, so a version that requests
+    may still be reading is never deleted under them.
+    """
+    handle = open(Path(directory) / MANIFEST, "rb")  # noqa: SIM115 - lives with the reader
+    fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+    return handle
+
+
 def prune(index_dir: Path, keep: int) -> list[str]:
-    """Delete the oldest versions beyond `keep`, never the current one."""
+    """Delete the oldest versions beyond `keep`; never the current one, nor one a
+    reader still holds (it is deleted by a later writer once released)."""
     current = current_version(index_dir)
     versions = [v for v in list_versions(index_dir) if v != current]
     doomed = versions[: max(0, len(versions) - max(keep - 1, 0))]
+    deleted = []
     for name in doomed:
-        shutil.rmtree(version_dir(index_dir, name), ignore_errors=True)
-    return doomed
+        directory = version_dir(index_dir, name)
+        try:
+            with open(directory / MANIFEST, "rb") as handle:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(directory, ignore_errors=True)
+        except BlockingIOError:
+            continue  # a reader still serves from it
+        except FileNotFoundError:
+            shutil.rmtree(directory, ignore_errors=True)  # no manifest: an incomplete leftover
+        deleted.append(name)
+    return deleted
 
 
 def _crash_point(stage: str) -> None:

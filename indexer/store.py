@@ -65,6 +65,14 @@ class IndexVersion:
     def __init__(self, directory: Path, verify: bool = True):
         self.directory = Path(directory)
         self.name = self.directory.name
+        # first of all, and until close() or garbage collection: writers will not
+        # prune this version while this reader may still read from it
+        try:
+            self._hold = layout.hold_version(self.directory)
+        except FileNotFoundError:
+            raise UserError(
+                f"{self.directory} was removed (pruned) while opening it; open the index again"
+            ) from None
         try:
             self.manifest = json.loads((self.directory / layout.MANIFEST).read_text("utf-8"))
         except (OSError, ValueError) as error:
@@ -189,7 +197,9 @@ class IndexVersion:
         return results
 
     def close(self) -> None:
+        """Release the files and the hold on this version (also done when collected)."""
         self._records.close()
+        self._hold.close()
 
 
 def open_index(path: str | Path, model=None, verify: bool = True) -> IndexVersion:

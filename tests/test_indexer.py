@@ -109,9 +109,14 @@ def test_add_delete_upsert_make_new_versions_without_reencoding(tmp_path, model,
     assert {h.id for h in fourth.search(model.embed(["crash"]), k=7)[0]}.isdisjoint({"a1", "b1"})
     with pytest.raises(UserError, match=r"1 id\(s\) are not in index version .*'zz'"):
         delete_from_index(index_dir, model, ["zz"], QUIET)
-    # retention: the default keeps the current version and two before it
-    assert layout.list_versions(index_dir) == ["000002", "000003", "000004"]
+    # retention keeps the current version and two before it, but never deletes a
+    # version a reader still holds: the three opened above are all still open
+    assert layout.list_versions(index_dir) == ["000001", "000002", "000003", "000004"]
     assert first.search(model.embed(["crash"]), k=1)[0]  # an open reader keeps working
+    for reader in (first, second, third, fourth):
+        reader.close()
+    delete_from_index(index_dir, model, ["a2"], QUIET)
+    assert layout.list_versions(index_dir) == ["000003", "000004", "000005"]
 
 
 def test_bad_rows_are_skipped_and_reported_or_fatal_with_strict(tmp_path, model, capsys):
