@@ -130,20 +130,20 @@ class _VersionWriter:
         resolved = resolve_kind(kind, count)
         index = create_index(resolved, self.dim, count, params)
         if count:
-            stored = np.memmap(
-                self.staging / layout.VECTORS_FILE,
-                dtype=np.float32,
-                mode="r",
-                shape=(count, self.dim),
-            )
-            if index.needs_training:
+            vectors_path = self.staging / layout.VECTORS_FILE
+            if index.needs_training:  # IVF: centroids from a random sample of the vectors
+                stored = np.memmap(
+                    vectors_path, dtype=np.float32, mode="r", shape=(count, self.dim)
+                )
                 sample_size = min(count, index.params.get("nlist", 1) * 256)
-                rng = np.random.default_rng(0)
-                sample = np.sort(rng.choice(count, sample_size, replace=False))
+                sample = np.sort(np.random.default_rng(0).choice(count, sample_size, replace=False))
                 index.train(np.asarray(stored[sample]))
-            for start in range(0, count, ADD_BATCH):
-                index.add(np.asarray(stored[start : start + ADD_BATCH]))
-            del stored
+                del stored
+            # plain sequential reads, not a memory map: mapped pages would count in the
+            # process's memory on top of the index being built
+            with open(vectors_path, "rb") as handle:
+                while batch := handle.read(ADD_BATCH * self.dim * 4):
+                    index.add(np.frombuffer(batch, dtype=np.float32).reshape(-1, self.dim))
         index.save(self.staging / layout.INDEX_FILE)
         layout.crash_point("before-manifest")
         files = [layout.INDEX_FILE, layout.VECTORS_FILE, layout.RECORDS_FILE]
