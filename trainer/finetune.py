@@ -17,24 +17,12 @@ in about a tenth of its training time (README.md, bench/results/).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from trainer.config import TrainingConfig
 from trainer.encoders.preprocess import preprocess
-
-
-@dataclass
-class FineTuneResult:
-    head: object  # keras.Model
-    weights: dict[str, np.ndarray]
-    network: object  # trainer.use_network.UseNetwork, tuned
-    losses: list[float]
-    validation: list = None
-    best_step: int = 0
-    seconds: float = 0.0
+from trainer.train import BatchSampler, EarlyStopping, TrainResult, run_steps, start_run
 
 
 def tokenize(texts: list[str], preprocess_mode: str) -> list[list[int]]:
@@ -52,8 +40,7 @@ def tokenize(texts: list[str], preprocess_mode: str) -> list[list[int]]:
 
 def fine_tune(
     texts: list[str], labels: list[str], config: TrainingConfig, show_progress: bool = True
-) -> FineTuneResult:
-    from trainer.train import BatchSampler, EarlyStopping, start_run
+) -> TrainResult:
 
     run = start_run(labels, config)  # imports TensorFlow (~3 s), not counted as training
     started = time.perf_counter()
@@ -112,23 +99,14 @@ def fine_tune(
         set_weights=lambda values: [v.assign(x) for v, x in zip(tuned, values, strict=True)],
     )
     sampler = BatchSampler(label_array[train_idx], config, rng)
-    history: list[float] = []
-    bar = tqdm(
-        range(1, config.steps + 1),
-        desc="fine-tuning encoder + head",
-        unit="step",
-        disable=not show_progress,
-        mininterval=0.5,
+    history, best_step = run_steps(
+        lambda: float(step(tf.constant(train_idx[sampler()], dtype=tf.int32))),
+        config,
+        stopping,
+        "fine-tuning encoder + head",
+        show_progress,
     )
-    for step_number in bar:
-        loss = float(step(tf.constant(train_idx[sampler()], dtype=tf.int32)))
-        history.append(loss)
-        if step_number % 5 == 0:
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        if stopping.should_stop(step_number):
-            break
-    best_step = stopping.restore_best(len(history))
-    return FineTuneResult(
+    return TrainResult(
         head=head,
         weights=export_weights(head, config.head),
         network=network,

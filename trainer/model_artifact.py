@@ -68,7 +68,7 @@ def save_model(
     out_dir = Path(out_dir)
     try:
         with atomic_directory(out_dir, overwrite=overwrite) as staging:
-            if getattr(result, "network", None) is not None:
+            if result.network is not None:
                 from trainer.encoders.usem3_encoder import Usem3Encoder
 
                 result.network.export_weights(staging / ENCODER_WEIGHTS)

@@ -29,6 +29,7 @@ class TrainResult:
     validation: list[tuple[int, float]] = field(default_factory=list)
     best_step: int = 0
     seconds: float = 0.0
+    network: object | None = None  # the tuned trainer.use_network.UseNetwork (--fine-tune)
 
 
 def stratified_split(
@@ -184,6 +185,35 @@ def start_run(labels: list[str], config: TrainingConfig) -> RunSetup:
     return RunSetup(rng, label_array, label_ids, train_idx, held_idx)
 
 
+def run_steps(
+    train_step,
+    config: TrainingConfig,
+    stopping: EarlyStopping,
+    description: str,
+    show_progress: bool,
+) -> tuple[list[float], int]:
+    """The step loop both trainers share: progress bar, loss history, early stopping.
+
+    `train_step()` runs one optimizer step and returns its loss. Returns the loss
+    history and the step whose weights are in place at the end.
+    """
+    history: list[float] = []
+    bar = tqdm(
+        range(1, config.steps + 1),
+        desc=description,
+        unit="step",
+        disable=not show_progress,
+        mininterval=0.5,
+    )
+    for step_number in bar:
+        history.append(train_step())
+        if step_number % 10 == 0:
+            bar.set_postfix(loss=f"{history[-1]:.4f}", refresh=False)
+        if stopping.should_stop(step_number):
+            break
+    return history, stopping.restore_best(len(history))
+
+
 def train_head(
     vectors: np.ndarray, labels: list[str], config: TrainingConfig, show_progress: bool = True
 ) -> TrainResult:
@@ -240,27 +270,17 @@ def train_head(
         get_weights=head.get_weights,
         set_weights=head.set_weights,
     )
-    bar = tqdm(
-        range(1, config.steps + 1),
-        desc="training head",
-        unit="step",
-        disable=not show_progress,
-        mininterval=0.5,
-    )
-    for step_number in bar:
+
+    def train_step() -> float:
         batch = sampler()
         triplets = (
             random_triplets(label_ids[train_idx][batch], rng)
             if mined_loss is None
             else empty_triplets
         )
-        loss = float(step(tf.constant(batch, dtype=tf.int32), tf.constant(triplets)))
-        history.append(loss)
-        if step_number % 10 == 0:
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        if stopping.should_stop(step_number):
-            break
-    best_step = stopping.restore_best(len(history))
+        return float(step(tf.constant(batch, dtype=tf.int32), tf.constant(triplets)))
+
+    history, best_step = run_steps(train_step, config, stopping, "training head", show_progress)
     return TrainResult(
         head=head,
         weights=export_weights(head, config.head),
