@@ -2,47 +2,74 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
 ARTIFACTS ?= artifacts
+PORT ?= 50051
+SAMPLE := data/commit-messages
 
-.PHONY: setup test lint demo evaluate bench-accuracy clean
+.PHONY: setup test test-all lint demo serve evaluate bench-accuracy clean
 
 setup: $(VENV)/.installed
 
+# pip prints each package as it goes: TensorFlow and friends are ~2.5 GB, a few
+# minutes on a fresh machine (README.md, "Quick start").
 $(VENV)/.installed: pyproject.toml
+	@echo "== installing siamese-search and its dependencies into $(VENV) (~3 GB of disk, a few minutes)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --upgrade pip --progress-bar on
+	$(PY) -m pip install --progress-bar on -e ".[dev]"
 	touch $@
 
-lint: setup
-	$(VENV)/bin/ruff check .
+# import-linter and mypy read packages from disk, and the installed namespace maps
+# folders (trainer/ -> siamese_search.trainer, ...): both run on a copy laid out as
+# installed, under build/lint-view (paths in their messages are relative to it).
+LINT_VIEW := build/lint-view
 
+lint: setup
+	$(BIN)/ruff check .
+	rm -rf $(LINT_VIEW) && mkdir -p $(LINT_VIEW)
+	cp -r siamese_search $(LINT_VIEW)/
+	for part in trainer indexer server; do cp -r $$part $(LINT_VIEW)/siamese_search/$$part; done
+	cd $(LINT_VIEW) && PYTHONPATH=. $(CURDIR)/$(BIN)/lint-imports $(CURDIR)/pyproject.toml --no-cache
+	cd $(LINT_VIEW) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml
+
+# The fast loop: everything but the tests marked `slow`.
 test: setup lint
+	$(PY) -m pytest -m "not slow"
+
+# Everything, slow tests included: what CI runs.
+test-all: setup lint
 	$(PY) -m pytest
 
-PORT ?= 50051
-
 # The main job on the embedded defaults: train on the bundled sample set, index the
-# sample reference texts, and serve them on 127.0.0.1 until Ctrl-C.
-demo: setup
-	$(VENV)/bin/siamese-train --data data/commit-messages/train.csv --label-column class \
+# sample reference texts, and serve them on 127.0.0.1 until Ctrl-C. The model and the
+# index are rebuilt only when their inputs changed (make's timestamps).
+demo: serve
+
+$(ARTIFACTS)/model/manifest.json: $(SAMPLE)/train.csv $(VENV)/.installed
+	$(BIN)/siamese-train --data $(SAMPLE)/train.csv --label-column class \
 		--out $(ARTIFACTS)/model --overwrite
-	$(VENV)/bin/siamese-index build --model $(ARTIFACTS)/model \
-		--data data/commit-messages/test.csv --label-column class --out $(ARTIFACTS)/index
+
+$(ARTIFACTS)/index/CURRENT: $(ARTIFACTS)/model/manifest.json $(SAMPLE)/test.csv
+	$(BIN)/siamese-index build --model $(ARTIFACTS)/model \
+		--data $(SAMPLE)/test.csv --label-column class --out $(ARTIFACTS)/index
+
+# Serve the (up-to-date) sample model and index.
+serve: $(ARTIFACTS)/index/CURRENT
 	@echo
 	@echo "Serving on 127.0.0.1:$(PORT). From another terminal, try:"
-	@echo "  $(VENV)/bin/siamese-query --target 127.0.0.1:$(PORT) \"Fix NPE when the session expires\" --predict"
+	@echo "  $(BIN)/siamese-query --target 127.0.0.1:$(PORT) \"Fix NPE when the session expires\" --predict"
 	@echo
-	$(VENV)/bin/siamese-serve --index $(ARTIFACTS)/index --host 127.0.0.1 --port $(PORT)
+	$(BIN)/siamese-serve --index $(ARTIFACTS)/index --host 127.0.0.1 --port $(PORT)
 
 # Accuracy of the trained model on the bundled test split, with plots.
-evaluate: setup
-	$(VENV)/bin/siamese-evaluate --model $(ARTIFACTS)/model \
-		--reference data/commit-messages/train.csv --test data/commit-messages/test.csv \
+evaluate: $(ARTIFACTS)/model/manifest.json
+	$(BIN)/siamese-evaluate --model $(ARTIFACTS)/model \
+		--reference $(SAMPLE)/train.csv --test $(SAMPLE)/test.csv \
 		--label-column class --report-json $(ARTIFACTS)/evaluation/report.json
 
 bench-accuracy: setup
 	$(PY) bench/accuracy.py --out bench/results/accuracy.json
 
 clean:
-	rm -rf $(ARTIFACTS) evaluation
+	rm -rf $(ARTIFACTS) evaluation build

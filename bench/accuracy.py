@@ -28,7 +28,7 @@ def run(seed: int, train_flags: list[str], k: int, workdir: Path) -> dict:
         [
             sys.executable,
             "-m",
-            "trainer.cli",
+            "siamese_search.trainer.cli",
             "--data",
             str(DATA / "train.csv"),
             "--label-column",
@@ -47,7 +47,7 @@ def run(seed: int, train_flags: list[str], k: int, workdir: Path) -> dict:
         [
             sys.executable,
             "-m",
-            "trainer.evaluate",
+            "siamese_search.trainer.evaluate",
             "--model",
             str(model),
             "--reference",

@@ -9,16 +9,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from siamese_search.core.encoders import make_encoder
+from siamese_search.core.tables import Columns, read_table
+from siamese_search.core.voting import knn_vote
 
-from trainer.data import Columns, read_table  # noqa: E402
-from trainer.encoders import make_encoder  # noqa: E402
-from trainer.voting import vote  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
@@ -34,13 +32,7 @@ def main() -> int:
             f"accuracy {accuracy_score(test.labels, predicted):.4f}  "
             f"macro-F1 {f1_score(test.labels, predicted, average='macro'):.4f}"
         )
-        similarities = x_test @ x_train.T
-        nearest = np.argsort(-similarities, axis=1)[:, :5]
-        labels = np.asarray(train.labels)
-        knn = [
-            vote(list(labels[row]), list(similarities[i, row])).label
-            for i, row in enumerate(nearest)
-        ]
+        knn = [v.label for v in knn_vote(x_train, train.labels, x_test, k=5)]
         print(
             f"usem3 raw vectors + 5-NN, preprocess={mode}: "
             f"accuracy {accuracy_score(test.labels, knn):.4f}  "

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def measure(encode, texts: list[str]) -> dict:
@@ -41,10 +40,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    from trainer.data import Columns, read_table
-    from trainer.encoders import make_encoder
-    from trainer.export import export
-    from trainer.model_artifact import load_model
+    from siamese_search.core.encoders import make_encoder
+    from siamese_search.core.model_artifact import load_model
+    from siamese_search.core.tables import Columns, read_table
+    from siamese_search.trainer.export import export
 
     texts = read_table(
         ROOT / "data/commit-messages/test.csv", Columns(text="text", label="class")

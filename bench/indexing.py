@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def make_corpus(path: Path, size: int, seed: int = 0) -> None:
@@ -42,8 +41,8 @@ def make_corpus(path: Path, size: int, seed: int = 0) -> None:
 
 
 def worker(args) -> dict:
-    from trainer.data import Columns, read_table
-    from trainer.model_artifact import load_model
+    from siamese_search.core.model_artifact import load_model
+    from siamese_search.core.tables import Columns, read_table
 
     model = load_model(args.model)
     started = time.perf_counter()
@@ -53,7 +52,7 @@ def worker(args) -> dict:
         model.encoder.encode_unique(texts)
         count = len(texts)
     else:
-        from indexer.build import BuildOptions, build_index
+        from siamese_search.indexer.build import BuildOptions, build_index
 
         report = build_index(
             args.out,

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 FLOOR_METHOD = "/bench.Floor/Search"
@@ -39,8 +38,8 @@ def run_floor_server(index_dir: Path) -> None:
     import grpc
     import numpy as np
 
-    from indexer.store import open_index
-    from trainer.model_artifact import load_model
+    from siamese_search.core.model_artifact import load_model
+    from siamese_search.indexer.store import open_index
 
     version = open_index(index_dir, verify=False)
     model = load_model(version.manifest["model"]["directory"], threads=1)
@@ -75,8 +74,8 @@ def run_load(target: str, kind: str, queries: list[str], seconds: float, clients
         def one(text: str) -> None:
             call(text.encode("utf-8"), timeout=30)
     else:
-        from server.generated import search_pb2 as pb
-        from server.generated import search_pb2_grpc as pb_grpc
+        from siamese_search.server.generated import search_pb2 as pb
+        from siamese_search.server.generated import search_pb2_grpc as pb_grpc
 
         stub = pb_grpc.SearchServiceStub(channel)
 
@@ -176,9 +175,9 @@ def main() -> int:
 
     from indexing import make_corpus
 
-    from indexer.build import BuildOptions, build_index
-    from trainer.data import Columns
-    from trainer.model_artifact import load_model
+    from siamese_search.core.model_artifact import load_model
+    from siamese_search.core.tables import Columns
+    from siamese_search.indexer.build import BuildOptions, build_index
 
     with open(ROOT / "data/commit-messages/test.csv", newline="", encoding="utf-8") as handle:
         queries = [row["text"] for row in csv.DictReader(handle)][:500]
@@ -206,7 +205,7 @@ def main() -> int:
                     [
                         sys.executable,
                         "-m",
-                        "server.cli",
+                        "siamese_search.server.cli",
                         "--index",
                         str(index_dir),
                         "--port",

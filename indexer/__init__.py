@@ -2,5 +2,5 @@
 
 `indexer.store.open_index` is the one reader: the server and `siamese-evaluate`
 both search through it. `indexer.backends` is the seam where a second vector engine
-(a distributed one) will plug in beside FAISS.
+(a distributed one) will plug in beside FAISS. Imports only `siamese_search.core`.
 """

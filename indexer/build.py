@@ -6,29 +6,39 @@ it atomically (see `indexer.layout`). A version stores its unit vectors
 FAISS index of the new version is rebuilt from the stored vectors.
 
 Memory stays bounded by the chunk size plus the index itself: texts go to SQLite,
-vectors to a flat file, and the FAISS index is filled from that file memory-mapped.
+vectors to a flat file, and the FAISS index is filled from that file by sequential
+reads (an IVF index trains on a sample read through a memory map first).
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from indexer import layout
-from indexer.backends import INDEX_KINDS, create_index, resolve_kind
-from indexer.records import RecordWriter
-from indexer.store import FORMAT, FORMAT_VERSION, NO_LABEL, IndexVersion, open_index
-from trainer.atomic import write_json_atomic
-from trainer.data import Columns, RowProblem, describe_problems, iter_table
-from trainer.encoders.base import sha256_files
-from trainer.errors import DataError, UserError
-from trainer.provenance import package_versions, utc_now
+from siamese_search.core.atomic import write_json_atomic
+from siamese_search.core.encoders.base import sha256_files
+from siamese_search.core.errors import DataError, UserError
+from siamese_search.core.model_artifact import EmbeddingModel
+from siamese_search.core.provenance import package_versions, utc_now
+from siamese_search.core.tables import (
+    Chunk,
+    Columns,
+    RowProblem,
+    Table,
+    count_records,
+    describe_problems,
+    iter_table,
+)
+from siamese_search.indexer import layout
+from siamese_search.indexer.backends import INDEX_KINDS, create_index, resolve_kind
+from siamese_search.indexer.records import RecordWriter
+from siamese_search.indexer.store import FORMAT, FORMAT_VERSION, NO_LABEL, IndexVersion, open_index
 
 ADD_BATCH = 65536
 MAX_REPORTED_PROBLEMS = 20
@@ -59,20 +69,6 @@ class BuildReport:
     index_type: str
     problems: list[RowProblem] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def count_rows(path: Path) -> int | None:
-    """A fast estimate of the rows in a table, for the progress bar's total and ETA."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
-    lines = 0
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            lines += block.count(b"\n")
-    return max(lines - (1 if suffix == ".csv" else 0), 0)
 
 
 class _VersionWriter:
@@ -121,7 +117,7 @@ class _VersionWriter:
             self.label_names.append(label)
         return code
 
-    def finish(self, kind: str, params: dict | None, model, extra: dict) -> dict:
+    def finish(self, kind: str, params: dict | None, model: EmbeddingModel, extra: dict) -> dict:
         self.records.close()
         self.vectors.close()
         if self.label_file is not None:
@@ -145,7 +141,7 @@ class _VersionWriter:
                 while batch := handle.read(ADD_BATCH * self.dim * 4):
                     index.add(np.frombuffer(batch, dtype=np.float32).reshape(-1, self.dim))
         index.save(self.staging / layout.INDEX_FILE)
-        layout.crash_point("before-manifest")
+        layout.checkpoint("before-manifest")
         files = [layout.INDEX_FILE, layout.VECTORS_FILE, layout.RECORDS_FILE]
         if self.label_file is not None:
             files.append(layout.LABELS_FILE)
@@ -211,10 +207,25 @@ def _copy_base(writer: _VersionWriter, base: IndexVersion, drop: set[int]) -> in
     return kept
 
 
+def _chunks_of(
+    source: Path | Table, columns: Columns, options: BuildOptions, first_row_id: int
+) -> tuple[Iterator[Chunk], int]:
+    """The rows to ingest, in chunks, and how many records that is (for progress)."""
+    if isinstance(source, Table):  # already read and checked (siamese-evaluate)
+        chunk = Chunk(
+            texts=source.texts,
+            labels=source.labels if columns.label is not None else None,
+            ids=source.ids,
+            lines=list(range(1, len(source.texts) + 1)),
+        )
+        return iter([chunk]), len(chunk)
+    return iter_table(source, columns, options.chunk_rows, first_row_id), count_records(source)
+
+
 def _ingest(
     writer: _VersionWriter,
-    model,
-    data_path: Path,
+    model: EmbeddingModel,
+    source: Path | Table,
     columns: Columns,
     options: BuildOptions,
     first_row_id: int = 0,
@@ -225,17 +236,18 @@ def _ingest(
     """
     problems: list[RowProblem] = []
     added = 0
-    total = count_rows(data_path)
+    chunks, total = _chunks_of(source, columns, options, first_row_id)
+    name = source.name if isinstance(source, Path) else "rows"
     bar = tqdm(
         total=total,
-        desc=f"indexing {data_path.name}",
+        desc=f"indexing {name}",
         unit="text",
         disable=not options.show_progress,
         mininterval=0.5,
         smoothing=0.1,
     )
     with bar:
-        for chunk in iter_table(data_path, columns, options.chunk_rows, first_row_id):
+        for chunk in chunks:
             problems.extend(chunk.problems)
             keep, seen = [], set()
             taken = writer.existing_ids(chunk.ids)
@@ -250,18 +262,18 @@ def _ingest(
             labels = [chunk.labels[i] for i in keep] if chunk.labels is not None else None
             writer.append([chunk.ids[i] for i in keep], labels, texts, vectors)
             added += len(keep)
-            layout.crash_point("during-ingest")
+            layout.checkpoint("during-ingest")
             bar.update(len(chunk) + len(chunk.problems))
             bar.set_postfix(indexed=writer.count, skipped=len(problems), refresh=False)
     if problems and options.strict:
         raise DataError(
-            describe_problems(data_path, problems)
+            describe_problems(Path(name), problems)
             + "\n--strict is set: nothing was written. Fix these rows or drop --strict."
         )
     return added, problems
 
 
-def _check_model_dim(model) -> None:
+def _check_model_dim(model: EmbeddingModel) -> None:
     if model.dim <= 0:
         raise UserError("the model produces no vectors")
 
@@ -270,7 +282,7 @@ def _publish(
     index_dir: Path,
     kind: str,
     params: dict | None,
-    model,
+    model: EmbeddingModel,
     with_labels: bool,
     options: BuildOptions,
     fill,
@@ -285,7 +297,7 @@ def _publish(
         try:
             writer = _VersionWriter(staging, model.dim, with_labels)
             added, removed, problems = fill(writer)
-            layout.crash_point("before-finish")
+            layout.checkpoint("before-finish")
             manifest = writer.finish(
                 kind, params, model, {**extra, "problems": _problem_summary(problems)}
             )
@@ -307,16 +319,23 @@ def _publish(
 
 
 def build_index(
-    index_dir: Path, model, data_path: Path, columns: Columns, options: BuildOptions
+    index_dir: Path,
+    model: EmbeddingModel,
+    data: Path | Table,
+    columns: Columns,
+    options: BuildOptions,
 ) -> BuildReport:
-    """A new version holding exactly the rows of `data_path`."""
+    """A new version holding exactly the rows of `data`: a table file, or a `Table`
+    already read in memory (siamese-evaluate's reference set)."""
     _check_model_dim(model)
+    source = data if isinstance(data, Table) else Path(data)
 
     def fill(writer):
-        added, problems = _ingest(writer, model, Path(data_path), columns, options)
+        added, problems = _ingest(writer, model, source, columns, options)
         return added, 0, problems
 
-    extra = {"operation": {"kind": "build", "data": str(data_path), "base_version": None}}
+    described = "(in memory)" if isinstance(source, Table) else str(source)
+    extra = {"operation": {"kind": "build", "data": described, "base_version": None}}
     return _publish(
         index_dir,
         options.index_type,
@@ -331,7 +350,7 @@ def build_index(
 
 def add_to_index(
     index_dir: Path,
-    model,
+    model: EmbeddingModel,
     data_path: Path,
     columns: Columns,
     options: BuildOptions,
@@ -388,7 +407,11 @@ def add_to_index(
 
 
 def delete_from_index(
-    index_dir: Path, model, ids: Iterable[str], options: BuildOptions, ignore_missing: bool = False
+    index_dir: Path,
+    model: EmbeddingModel,
+    ids: Iterable[str],
+    options: BuildOptions,
+    ignore_missing: bool = False,
 ) -> BuildReport:
     """A new version: the current one without the rows whose ids are given."""
     base = open_index(index_dir, model=model)

@@ -13,18 +13,19 @@ import json
 import sys
 from pathlib import Path
 
-from indexer import layout
-from indexer.backends import INDEX_KINDS
-from indexer.build import BuildOptions, add_to_index, build_index, delete_from_index
-from indexer.store import open_index
-from trainer.data import Columns, describe_problems
-from trainer.errors import UserError, run_cli
+from siamese_search.core.cli_help import DefaultsHelpFormatter
+from siamese_search.core.errors import UserError, run_cli
+from siamese_search.core.tables import Columns, describe_problems
+from siamese_search.indexer import layout
+from siamese_search.indexer.backends import INDEX_KINDS
+from siamese_search.indexer.build import BuildOptions, add_to_index, build_index, delete_from_index
+from siamese_search.indexer.store import model_directory_of, open_index
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="CSV, JSONL or Parquet table")
-    parser.add_argument("--text-column", default="text")
-    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--text-column", default="text", help="column holding the texts")
+    parser.add_argument("--label-column", default="label", help="column holding the labels")
     parser.add_argument(
         "--no-labels",
         action="store_true",
@@ -62,32 +63,54 @@ def _add_common_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="siamese-index", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="siamese-index",
+        description=__doc__.splitlines()[0],
+        formatter_class=DefaultsHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    build = commands.add_parser("build", help="index a whole table as a new version")
+    build = commands.add_parser(
+        "build",
+        formatter_class=DefaultsHelpFormatter,
+        help="index a whole table as a new version",
+    )
     build.add_argument("--model", required=True, type=Path, help="model directory")
     build.add_argument("--out", required=True, type=Path, help="index directory")
     _add_data_flags(build)
     _add_common_flags(build)
 
-    add = commands.add_parser("add", help="a new version with more rows")
-    add.add_argument("--index", required=True, type=Path)
+    add = commands.add_parser(
+        "add",
+        formatter_class=DefaultsHelpFormatter,
+        help="a new version with more rows",
+    )
+    add.add_argument("--index", required=True, type=Path, help="index directory")
     add.add_argument("--model", type=Path, help="default: the model the index was built with")
     add.add_argument("--upsert", action="store_true", help="replace rows whose ids exist")
     _add_data_flags(add)
     _add_common_flags(add)
 
-    delete = commands.add_parser("delete", help="a new version without some ids")
-    delete.add_argument("--index", required=True, type=Path)
+    delete = commands.add_parser(
+        "delete",
+        formatter_class=DefaultsHelpFormatter,
+        help="a new version without some ids",
+    )
+    delete.add_argument("--index", required=True, type=Path, help="index directory")
     delete.add_argument("--model", type=Path, help="default: the model the index was built with")
-    delete.add_argument("--ids", nargs="+", default=[], metavar="ID")
+    delete.add_argument("--ids", nargs="+", default=[], metavar="ID", help="ids to delete")
     delete.add_argument("--ids-file", type=Path, help="one id per line")
-    delete.add_argument("--ignore-missing", action="store_true")
+    delete.add_argument(
+        "--ignore-missing", action="store_true", help="skip ids the index does not hold"
+    )
     _add_common_flags(delete)
 
-    info = commands.add_parser("info", help="print the current version's manifest")
-    info.add_argument("--index", required=True, type=Path)
+    info = commands.add_parser(
+        "info",
+        formatter_class=DefaultsHelpFormatter,
+        help="print the current version's manifest",
+    )
+    info.add_argument("--index", required=True, type=Path, help="index directory")
     return parser
 
 
@@ -120,19 +143,13 @@ def _columns(args) -> Columns:
 
 
 def _model_for(args, index_dir: Path):
-    from trainer.model_artifact import load_model
+    from siamese_search.core.model_artifact import load_model
 
-    if args.model is not None:
-        return load_model(args.model)
-    version = open_index(index_dir, verify=False)
-    try:
-        return load_model(version.manifest["model"]["directory"])
-    finally:
-        version.close()
+    return load_model(args.model if args.model is not None else model_directory_of(index_dir))
 
 
 def _report(report, data: Path | None) -> None:
-    if report.problems:
+    if report.problems and data is not None:
         print(describe_problems(data, report.problems), file=sys.stderr)
     print(
         f"version {report.version}: {report.count} vectors ({report.index_type}); "
@@ -151,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     options = _options(args)
     if args.command == "build":
-        from trainer.model_artifact import load_model
+        from siamese_search.core.model_artifact import load_model
 
         report = build_index(args.out, load_model(args.model), args.data, _columns(args), options)
         _report(report, args.data)

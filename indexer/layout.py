@@ -20,11 +20,11 @@ import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from trainer.atomic import TMP_PREFIX, fsync_dir, fsync_tree, write_bytes_atomic
-from trainer.errors import UserError
+from siamese_search.core.atomic import TMP_PREFIX, fsync_dir, fsync_tree, write_bytes_atomic
+from siamese_search.core.errors import UserError
 
 CURRENT = "CURRENT"
 VERSIONS = "versions"
@@ -100,9 +100,9 @@ def publish(index_dir: Path, staging: Path, keep: int = DEFAULT_KEEP_VERSIONS) -
     (index_dir / VERSIONS).mkdir(exist_ok=True)
     os.rename(staging, version_dir(index_dir, name))
     fsync_dir(index_dir / VERSIONS)
-    _crash_point("after-rename")
+    checkpoint("after-rename")
     write_bytes_atomic(index_dir / CURRENT, (name + "\n").encode("ascii"))
-    _crash_point("after-current")
+    checkpoint("after-current")
     prune(index_dir, keep)
     return name
 
@@ -140,12 +140,13 @@ def prune(index_dir: Path, keep: int) -> list[str]:
     return deleted
 
 
-def _crash_point(stage: str) -> None:
-    """Fault injection for the crash-safety tests: SIGKILL ourselves at a named stage."""
-    if os.environ.get("SIAMESE_INDEX_CRASH_AT") == stage:
-        import signal
+#: Called with the stage's name each time a writer passes one of its named points
+#: ("during-ingest", "before-finish", "before-manifest", "after-rename",
+#: "after-current"). Empty in production; tests register an observer to stop a writer
+#: at a point it has reached (tests/crash_writer.py) or to interleave two writers.
+CHECKPOINT_OBSERVERS: list[Callable[[str], None]] = []
 
-        os.kill(os.getpid(), signal.SIGKILL)
 
-
-crash_point = _crash_point
+def checkpoint(stage: str) -> None:
+    for observer in CHECKPOINT_OBSERVERS:
+        observer(stage)

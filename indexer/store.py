@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer import layout
-from indexer.backends import load_index
-from indexer.records import RecordReader
-from trainer.encoders.base import sha256_files
-from trainer.errors import ArtifactMismatchError, UserError
+from siamese_search.core.encoders.base import sha256_files
+from siamese_search.core.errors import ArtifactMismatchError, UserError
+from siamese_search.core.model_artifact import EmbeddingModel
+from siamese_search.indexer import layout
+from siamese_search.indexer.backends import load_index
+from siamese_search.indexer.records import RecordReader
 
 FORMAT = "siamese-search-index"
 FORMAT_VERSION = 1
@@ -112,7 +113,7 @@ class IndexVersion:
     def model_fingerprint(self) -> str:
         return self.manifest["model"]["fingerprint"]
 
-    def check_model(self, model) -> None:
+    def check_model(self, model: EmbeddingModel) -> None:
         """Refuse to serve queries embedded by a model other than the index's."""
         if model.fingerprint != self.model_fingerprint:
             raise ArtifactMismatchError(
@@ -202,7 +203,9 @@ class IndexVersion:
         self._hold.close()
 
 
-def open_index(path: str | Path, model=None, verify: bool = True) -> IndexVersion:
+def open_index(
+    path: str | Path, model: EmbeddingModel | None = None, verify: bool = True
+) -> IndexVersion:
     """Open the current version of an index directory (or a version directory).
 
     With `model`, refuse (ArtifactMismatchError) an index built with another model.
@@ -211,3 +214,18 @@ def open_index(path: str | Path, model=None, verify: bool = True) -> IndexVersio
     if model is not None:
         version.check_model(model)
     return version
+
+
+def model_directory_of(index_dir: str | Path) -> Path:
+    """The model directory the current version of `index_dir` was built with.
+
+    What `siamese-serve` and `siamese-index add / delete` use when no --model is given.
+    """
+    version = resolve_version_dir(Path(index_dir))
+    try:
+        manifest = json.loads((version / layout.MANIFEST).read_text("utf-8"))
+        return Path(manifest["model"]["directory"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(
+            f"{version}: unreadable index manifest ({error}); give --model explicitly"
+        ) from None

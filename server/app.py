@@ -9,16 +9,16 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from indexer.store import resolve_version_dir
-from server.config import ServerConfig
-from server.generated import search_pb2_grpc as pb_grpc
-from server.interceptors import BearerTokenInterceptor, MetricsInterceptor
-from server.metrics import Metrics
-from server.service import SERVICE_NAME, SearchService
-from server.state import ReloadWatcher, ServingHolder
-from trainer.errors import UserError
+from siamese_search.core.errors import UserError
+from siamese_search.indexer.store import model_directory_of
+from siamese_search.server.config import ServerConfig
+from siamese_search.server.generated import search_pb2_grpc as pb_grpc
+from siamese_search.server.interceptors import BearerTokenInterceptor, MetricsInterceptor
+from siamese_search.server.metrics import Metrics
+from siamese_search.server.reflection import enable_reflection
+from siamese_search.server.service import SERVICE_NAME, SearchService
+from siamese_search.server.state import ReloadWatcher, ServingHolder
 
 log = logging.getLogger("siamese.server")
 
@@ -27,23 +27,19 @@ def _model_dir(config: ServerConfig) -> Path:
     """--model, or the model recorded in the current index version's manifest."""
     if config.model_dir is not None:
         return Path(config.model_dir)
-    import json
-
     try:
-        version = resolve_version_dir(config.index_dir)
+        return model_directory_of(config.index_dir)
     except UserError as error:
         raise UserError(
             f"{error}. Or give --model so the server can start and wait for one."
         ) from None
-    manifest = json.loads((version / "manifest.json").read_text("utf-8"))
-    return Path(manifest["model"]["directory"])
 
 
 class SearchServer:
     """A running siamese-search gRPC server (start / stop / reload)."""
 
     def __init__(self, config: ServerConfig):
-        from trainer.model_artifact import load_model
+        from siamese_search.core.model_artifact import load_model
 
         self.config = config
         self.model = load_model(_model_dir(config), threads=config.threads)
@@ -54,7 +50,7 @@ class SearchServer:
         if not outcome.changed:
             log.warning("no_index_at_start", extra={"fields": {"message": outcome.message}})
 
-        interceptors = [MetricsInterceptor(self.metrics)]
+        interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(self.metrics)]
         if config.token:
             interceptors.insert(0, BearerTokenInterceptor(config.token))
         self.grpc_server = grpc.server(
@@ -73,13 +69,11 @@ class SearchServer:
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
-        )
+        enable_reflection((SERVICE_NAME, health.SERVICE_NAME), self.grpc_server)
 
         address = f"{config.host}:{config.port}"
         try:
-            if config.tls_cert:
+            if config.tls_cert and config.tls_key:
                 credentials = grpc.ssl_server_credentials(
                     [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())]
                 )

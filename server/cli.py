@@ -13,18 +13,23 @@ import sys
 import threading
 from pathlib import Path
 
-from server.config import Limits, ServerConfig
-from trainer.errors import UserError, run_cli
+from siamese_search.core.cli_help import DefaultsHelpFormatter
+from siamese_search.core.errors import UserError, run_cli
+from siamese_search.server.config import Limits, ServerConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
     limits = Limits()
-    parser = argparse.ArgumentParser(prog="siamese-serve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="siamese-serve",
+        description=__doc__.splitlines()[0],
+        formatter_class=DefaultsHelpFormatter,
+    )
     parser.add_argument("--index", required=True, type=Path, help="index directory")
     parser.add_argument(
         "--model", type=Path, help="model directory (default: the one the index was built with)"
     )
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=50051, help="0 picks a free port")
     parser.add_argument(
         "--metrics-port", type=int, help="serve Prometheus /metrics on this port (default: off)"
@@ -36,9 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="BLAS threads for encoding (1 gives the best throughput under load)",
     )
-    parser.add_argument("--max-k", type=int, default=limits.max_k)
-    parser.add_argument("--max-text-chars", type=int, default=limits.max_text_chars)
-    parser.add_argument("--max-batch", type=int, default=limits.max_batch)
+    parser.add_argument("--max-k", type=int, default=limits.max_k, help="largest k a call may ask")
+    parser.add_argument(
+        "--max-text-chars", type=int, default=limits.max_text_chars, help="longest text"
+    )
+    parser.add_argument(
+        "--max-batch", type=int, default=limits.max_batch, help="most texts in one call"
+    )
     parser.add_argument(
         "--reload-interval",
         type=float,
@@ -56,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="file holding the bearer token every call must send "
         "(or set SIAMESE_TOKEN); health checks stay open",
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning"], help="JSON log level"
+    )
     return parser
 
 
@@ -89,11 +100,11 @@ def config_from_args(args) -> ServerConfig:
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from server import logs
+    from siamese_search.server import logs
 
     logs.configure(args.log_level)
     config = config_from_args(args)
-    from server.app import SearchServer
+    from siamese_search.server.app import SearchServer
 
     server = SearchServer(config).start()
     stop = threading.Event()

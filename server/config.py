@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.errors import UserError
+from siamese_search.core.errors import UserError
 
 
 @dataclass(frozen=True)

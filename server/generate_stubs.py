@@ -1,6 +1,6 @@
 """Generate the Python gRPC stubs from proto/ into server/generated/ (never hand-edit them).
 
-    python -m server.generate_stubs          # regenerate after changing the .proto
+    python -m siamese_search.server.generate_stubs          # regenerate after changing the .proto
 tests/test_proto_stubs.py fails when the committed stubs drift from the .proto.
 """
 
@@ -42,7 +42,7 @@ def generate() -> dict[str, str]:
     # protoc writes absolute imports from the proto root; ours live in server.generated
     files["search_pb2_grpc.py"] = re.sub(
         r"^from siamese_search\.v1 import search_pb2",
-        "from server.generated import search_pb2",
+        "from siamese_search.server.generated import search_pb2",
         files["search_pb2_grpc.py"],
         flags=re.MULTILINE,
     )

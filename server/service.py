@@ -14,13 +14,13 @@ from importlib import metadata
 
 import grpc
 
-from indexer.store import Hit, UnknownLabelError
-from server import validation as check
-from server.config import Limits
-from server.generated import search_pb2 as pb
-from server.generated import search_pb2_grpc as pb_grpc
-from server.state import Serving, ServingHolder
-from trainer.voting import vote
+from siamese_search.core.voting import vote
+from siamese_search.indexer.store import Hit, UnknownLabelError
+from siamese_search.server import validation as check
+from siamese_search.server.config import Limits
+from siamese_search.server.generated import search_pb2 as pb
+from siamese_search.server.generated import search_pb2_grpc as pb_grpc
+from siamese_search.server.state import Serving, ServingHolder
 
 log = logging.getLogger("siamese.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name

@@ -15,17 +15,19 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer import layout
-from indexer.store import IndexVersion, open_index
-from trainer.errors import UserError
-from trainer.provenance import utc_now
+from siamese_search.core.errors import UserError
+from siamese_search.core.model_artifact import EmbeddingModel
+from siamese_search.core.provenance import utc_now
+from siamese_search.indexer import layout
+from siamese_search.indexer.store import IndexVersion, open_index
+from siamese_search.server.metrics import Metrics
 
 log = logging.getLogger("siamese.server")
 
 
 @dataclass(frozen=True)
 class Serving:
-    model: object  # trainer.model_artifact.SiameseModel
+    model: EmbeddingModel
     index: IndexVersion
     loaded_at: str
 
@@ -46,13 +48,13 @@ def warm_up(model, index: IndexVersion) -> None:
 
 
 class ServingHolder:
-    def __init__(self, index_dir: Path, model):
+    def __init__(self, index_dir: Path, model: EmbeddingModel):
         self.index_dir = Path(index_dir)
         self.model = model
         self._current: Serving | None = None
         self._reload_lock = threading.Lock()
         self._refused: str | None = None  # a version refused once is not retried by polling
-        self.metrics = None  # set by the app: server.metrics.Metrics
+        self.metrics: Metrics | None = None  # set by the app
 
     @property
     def current(self) -> Serving | None:

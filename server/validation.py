@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from server.config import Limits
+from siamese_search.server.config import Limits
 
 
 class InvalidRequest(ValueError):

@@ -25,7 +25,7 @@ def sample_test() -> Path:
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory, sample_train) -> Path:
     """A real model trained on the 100 sample texts (few steps, 2 members, seed 0)."""
-    from trainer.cli import main
+    from siamese_search.trainer.cli import main
 
     out = tmp_path_factory.mktemp("models") / "small"
     code = main(

@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 
+from siamese_search.core.errors import ArtifactMismatchError
+from siamese_search.core.model_artifact import MANIFEST, load_model
+from siamese_search.trainer import cli as train_cli
+from siamese_search.trainer import evaluate as evaluate_cli
 from tests.conftest import TOY_ROWS, write_csv
 from tests.tiny_savedmodel import build_tiny_savedmodel
-from trainer import cli as train_cli
-from trainer import evaluate as evaluate_cli
-from trainer.errors import ArtifactMismatchError
-from trainer.model_artifact import MANIFEST, load_model
 
 
 def _train(*args):

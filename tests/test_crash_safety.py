@@ -1,49 +1,78 @@
-"""A build killed (SIGKILL) at any point leaves the current version intact and readable."""
+"""A build killed (SIGKILL) at any point leaves the current version intact and readable.
+
+The writer runs in its own process (tests/crash_writer.py) and reports each checkpoint
+it passes; the test kills it only once it has reported the point under test, so every
+kill provably lands inside the build, not during interpreter start-up.
+"""
 
 from __future__ import annotations
 
-import os
+import random
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from indexer import layout
-from indexer.build import BuildOptions, build_index
-from indexer.store import open_index
+from siamese_search.core.model_artifact import load_model
+from siamese_search.core.tables import Columns
+from siamese_search.indexer import layout
+from siamese_search.indexer.build import BuildOptions, build_index
+from siamese_search.indexer.store import open_index
 from tests.conftest import ROOT, write_csv
-from trainer.data import Columns
-from trainer.model_artifact import load_model
+
+pytestmark = pytest.mark.slow
+
+BIG_ROWS = 1000
+STAGES = ["during-ingest", "before-finish", "before-manifest", "after-rename", "after-current"]
+INGEST_CHECKPOINTS = BIG_ROWS // 100  # crash_writer ingests in chunks of 100 rows
 
 
 @pytest.fixture(scope="module")
-def index_with_one_version(tmp_path_factory, trained_model):
+def corpora(tmp_path_factory):
     root = tmp_path_factory.mktemp("crash")
     corpus = write_csv(
         root / "corpus.csv", [(f"text number {i} about fixing bugs", "1") for i in range(50)]
     )
     big = write_csv(
-        root / "big.csv", [(f"another text {i} on performance work", "5") for i in range(3000)]
+        root / "big.csv",
+        [(f"another text {i} on performance work", "5") for i in range(BIG_ROWS)],
     )
-    return root, corpus, big
+    return corpus, big
 
 
-def _build_command(model, data, out):
-    return [
-        sys.executable,
-        "-m",
-        "indexer.cli",
-        "build",
-        "--model",
-        str(model),
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--quiet",
-    ]
+def _index_with_one_version(index_dir, trained_model, corpus):
+    build_index(
+        index_dir, load_model(trained_model), corpus, Columns(), BuildOptions(show_progress=False)
+    )
+    _assert_current_is(index_dir, "000001", 50)
+
+
+def _kill_writer_at(trained_model, data, index_dir, stop_at: str) -> list[str]:
+    """Run the writer until it reports `stopped ...`, SIGKILL it; return what it reported."""
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "crash_writer.py")]
+        + [str(trained_model), str(data), str(index_dir), stop_at],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    reported = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            reported.append(line.strip())
+            if line.startswith("stopped"):
+                break
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    assert reported and reported[-1].startswith("stopped"), (
+        f"the writer ended without reaching {stop_at!r}: {reported}\n{process.stderr.read()}"
+    )
+    assert process.returncode == -signal.SIGKILL
+    return reported
 
 
 def _assert_current_is(index_dir, name, count):
@@ -54,27 +83,15 @@ def _assert_current_is(index_dir, name, count):
     version.close()
 
 
-@pytest.mark.parametrize(
-    "stage", ["during-ingest", "before-finish", "before-manifest", "after-rename", "after-current"]
-)
-def test_killed_build_keeps_current_version(tmp_path, trained_model, index_with_one_version, stage):
-    _, corpus, big = index_with_one_version
+@pytest.mark.parametrize("stage", STAGES)
+def test_killed_build_keeps_current_version(tmp_path, trained_model, corpora, stage):
+    corpus, big = corpora
     index_dir = tmp_path / "idx"
-    build_index(
-        index_dir, load_model(trained_model), corpus, Columns(), BuildOptions(show_progress=False)
-    )
-    _assert_current_is(index_dir, "000001", 50)
-    env = {**os.environ, "SIAMESE_INDEX_CRASH_AT": stage}
-    result = subprocess.run(
-        _build_command(trained_model, big, index_dir),
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        timeout=120,
-    )
-    assert result.returncode == -signal.SIGKILL
+    _index_with_one_version(index_dir, trained_model, corpus)
+    reported = _kill_writer_at(trained_model, big, index_dir, stage)
+    assert reported[-1] == f"stopped {stage}"
     if stage == "after-current":  # the switch happened: the new version is complete
-        _assert_current_is(index_dir, "000002", 3000)
+        _assert_current_is(index_dir, "000002", BIG_ROWS)
     else:
         _assert_current_is(index_dir, "000001", 50)
     # the next writer sweeps the debris and publishes normally
@@ -82,26 +99,30 @@ def test_killed_build_keeps_current_version(tmp_path, trained_model, index_with_
         index_dir, load_model(trained_model), corpus, Columns(), BuildOptions(show_progress=False)
     )
     assert not [p for p in index_dir.iterdir() if p.name.startswith(".tmp-")]
-    assert open_index(index_dir).count == 50
+    version = open_index(index_dir)
+    assert version.count == 50
+    version.close()
 
 
-def test_killed_at_random_moments(tmp_path, trained_model, index_with_one_version):
-    _, corpus, big = index_with_one_version
+def test_killed_at_random_checkpoints(tmp_path, trained_model, corpora):
+    """Kill at seeded random points among every checkpoint a build passes."""
+    corpus, big = corpora
     index_dir = tmp_path / "idx"
-    build_index(
-        index_dir, load_model(trained_model), corpus, Columns(), BuildOptions(show_progress=False)
-    )
-    for delay in (0.3, 0.8, 1.5):
-        process = subprocess.Popen(
-            _build_command(trained_model, big, index_dir),
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(delay)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
+    _index_with_one_version(index_dir, trained_model, corpus)
+    total = INGEST_CHECKPOINTS + len(STAGES) - 1  # every chunk, then the four later stages
+    expected_count = 50
+    points = sorted(random.Random(0).sample(range(1, total), 3)) + [total]  # last: published
+    for point in points:
+        before = layout.current_version(index_dir)
+        reported = _kill_writer_at(trained_model, big, index_dir, str(point))
+        assert len(reported) == point + 1  # `reached` lines, then `stopped`
         current = layout.current_version(index_dir)
+        if reported[-1] == "stopped after-current":
+            assert current != before
+            expected_count = BIG_ROWS
+        else:
+            assert current == before
         version = open_index(index_dir)
-        assert version.count == (50 if current == "000001" else 3000)
+        assert version.count == expected_count
         version.close()
+    assert expected_count == BIG_ROWS  # the last kill came after the switch

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from siamese_search.core.errors import DataError
+from siamese_search.core.tables import Columns, check_trainable, iter_table, read_table
 from tests.conftest import TOY_ROWS, write_csv
-from trainer.data import Columns, check_trainable, iter_table, read_table
-from trainer.errors import DataError
 
 COLUMNS = Columns(text="text", label="label")
 

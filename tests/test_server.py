@@ -15,15 +15,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from indexer.build import BuildOptions, add_to_index, build_index
-from server.app import SearchServer
-from server.client import main as query_main
-from server.config import Limits, ServerConfig
-from server.generated import search_pb2 as pb
-from server.generated import search_pb2_grpc as pb_grpc
+from siamese_search.core.model_artifact import load_model
+from siamese_search.core.tables import Columns
+from siamese_search.indexer.build import BuildOptions, add_to_index, build_index
+from siamese_search.server.app import SearchServer
+from siamese_search.server.client import main as query_main
+from siamese_search.server.config import Limits, ServerConfig
+from siamese_search.server.generated import search_pb2 as pb
+from siamese_search.server.generated import search_pb2_grpc as pb_grpc
 from tests.conftest import write_csv
-from trainer.data import Columns
-from trainer.model_artifact import load_model
 
 LIMITS = Limits(max_k=20, max_text_chars=200, max_batch=8)
 COLUMNS = Columns(text="text", label="class")
@@ -88,8 +88,12 @@ def test_search_returns_neighbours_by_descending_score(stub, model, index_dir):
 def test_search_label_filter_and_min_score(stub):
     filtered = stub.Search(pb.SearchRequest(text="Fix crash", k=10, labels=["5"]))
     assert {n.label for n in filtered.neighbors} == {"5"}
-    high = stub.Search(pb.SearchRequest(text="Fix crash", k=20, min_score=0.8))
-    assert all(n.score >= 0.8 for n in high.neighbors)
+    everything = stub.Search(pb.SearchRequest(text="Fix crash", k=20)).neighbors
+    threshold = (everything[0].score + everything[-1].score) / 2
+    high = stub.Search(pb.SearchRequest(text="Fix crash", k=20, min_score=threshold)).neighbors
+    # exactly the unfiltered hits at or above the threshold: some, but not all of them
+    assert [n.id for n in high] == [n.id for n in everything if n.score >= threshold]
+    assert 0 < len(high) < len(everything)
 
 
 def test_search_batch_keeps_request_order(stub):
@@ -176,20 +180,47 @@ def test_health_and_reflection(server):
             health_pb2.HealthCheckRequest(service="siamese_search.v1.SearchService")
         )
         assert status.status == health_pb2.HealthCheckResponse.SERVING
-        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)  # v1alpha
         answers = reflection.ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")])
         )
         names = {s.name for a in answers for s in a.list_services_response.service}
         assert {"siamese_search.v1.SearchService", "grpc.health.v1.Health"} <= names
+        # v1 (what current grpcurl asks first): same messages, its own method path
+        v1 = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        wanted = reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="siamese_search.v1.SearchService"
+        )
+        answers = list(v1(iter([reflection_pb2.ServerReflectionRequest(list_services=""), wanted])))
+        names = {s.name for s in answers[0].list_services_response.service}
+        assert {"siamese_search.v1.SearchService", "grpc.reflection.v1.ServerReflection"} <= names
+        assert answers[1].file_descriptor_response.file_descriptor_proto  # the .proto, served
 
 
-def test_query_cli_against_the_server(server, capsys):
+def test_query_cli_against_the_server(server, capsys, monkeypatch):
+    import io
+
     target = f"127.0.0.1:{server.port}"
     assert query_main(["--target", target, "Improve performance of the parser", "--predict"]) == 0
     assert capsys.readouterr().out.startswith("label 5")
     assert query_main(["--target", target, "fix", "-k", "0"]) == 1
     assert "INVALID_ARGUMENT: k is 0" in capsys.readouterr().err
+    # several texts, some from stdin ('-'), go in one batch call, answered in order
+    monkeypatch.setattr("sys.stdin", io.StringIO("Fix NPE on startup\n\nSpeed up parsing\n"))
+    assert query_main(["--target", target, "first text", "-", "--predict", "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    queries = [line for line in out.splitlines() if line.startswith("> ")]
+    assert queries == ["> first text", "> Fix NPE on startup", "> Speed up parsing"]
+    assert out.count("label ") == 3
+    # a threshold nothing reaches is said, not printed as an empty list
+    assert query_main(["--target", target, "fix", "--min-score", "0.9999"]) == 0
+    assert "no neighbour reached --min-score 0.9999" in capsys.readouterr().out
+    assert query_main(["--target", target, "fix", "--predict", "--min-score", "0.9999"]) == 0
+    assert "abstained: no neighbour reached --min-score 0.9999" in capsys.readouterr().out
 
 
 def test_no_index_is_unavailable_until_one_is_built(tmp_path, trained_model, model, sample_train):
@@ -227,6 +258,9 @@ def test_hot_reload_under_load_has_no_failed_calls_and_no_mixed_versions(
     running = _start(index_dir, reload_interval=0.05)
     marker = "Zebra giraffe elephant safari marker"
     failures: list[Exception] = []
+    # (version the answer names, whether it holds the marker): checked below, in the test
+    # thread, so a wrong answer fails the test instead of only ending a client thread
+    answers: list[tuple[str, bool]] = []
     seen: dict[str, int] = {}
     stop = threading.Event()
 
@@ -240,8 +274,7 @@ def test_hot_reload_under_load_has_no_failed_calls_and_no_mixed_versions(
                     failures.append(error)
                     continue
                 has_marker = any(n.text == marker for n in response.neighbors)
-                # the marker exists only from version 000002 on: never in 000001's answers
-                assert has_marker == (response.index_version != "000001")
+                answers.append((response.index_version, has_marker))
                 seen[response.index_version] = seen.get(response.index_version, 0) + 1
 
     threads = [threading.Thread(target=client) for _ in range(6)]
@@ -268,12 +301,15 @@ def test_hot_reload_under_load_has_no_failed_calls_and_no_mixed_versions(
         running.stop(0)
     assert not failures
     assert seen.get("000001", 0) > 0 and seen.get("000002", 0) >= 20
+    # the marker exists only from version 000002 on: every answer is of one version
+    mixed = [(v, has) for v, has in answers if has != (v != "000001")]
+    assert not mixed, f"{len(mixed)} answers mixed versions, e.g. {mixed[:3]}"
 
 
 def test_version_from_another_model_is_refused_and_old_keeps_serving(
     tmp_path, model, sample_train, tmp_path_factory
 ):
-    from trainer.cli import main as train_main
+    from siamese_search.trainer.cli import main as train_main
 
     other_dir = tmp_path / "other-model"
     assert (

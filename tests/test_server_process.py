@@ -12,14 +12,17 @@ import time
 import grpc
 import pytest
 
-from indexer.build import BuildOptions, build_index
-from server.generated import search_pb2 as pb
-from server.generated import search_pb2_grpc as pb_grpc
+from siamese_search.core.model_artifact import load_model
+from siamese_search.core.tables import Columns
+from siamese_search.indexer.build import BuildOptions, build_index
+from siamese_search.server.generated import search_pb2 as pb
+from siamese_search.server.generated import search_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, write_csv
-from trainer.data import Columns
-from trainer.model_artifact import load_model
 
 COLUMNS = Columns(text="text", label="class")
+
+
+pytestmark = pytest.mark.slow  # real server processes: `make test-all` runs them
 
 
 @pytest.fixture
@@ -40,7 +43,7 @@ def _serve(index_dir, *flags):
         [
             sys.executable,
             "-m",
-            "server.cli",
+            "siamese_search.server.cli",
             "--index",
             str(index_dir),
             "--port",

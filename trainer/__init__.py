@@ -1,12 +1,7 @@
-"""Trainer: learns the siamese head and owns the *model artifact*.
+"""Trainer: learns the siamese head and writes the *model artifact*.
 
 Data flows one way: trainer -> model artifact -> indexer -> index artifact -> server.
-This package alone writes model directories, and `trainer.model_artifact.load_model`
-is the one loader every other package uses.
+This package alone writes model directories (`trainer.model_writer`); every package
+reads them with `siamese_search.core.model_artifact.load_model`. `trainer.evaluate`
+sits on top of the indexer, so evaluation searches exactly as the server does.
 """
-
-import os as _os
-
-# TensorFlow's C++ start-up chatter (oneDNN, CUDA probing on a CPU-only machine) is
-# noise in a CLI's output; real errors still surface as Python exceptions.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

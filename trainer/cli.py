@@ -7,7 +7,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from trainer.config import (
+from siamese_search.core.cli_help import DefaultsHelpFormatter
+from siamese_search.core.encoders import DEFAULT_ENCODER, DEFAULT_MODE, MODES
+from siamese_search.core.encoders.base import sha256_files
+from siamese_search.core.errors import run_cli
+from siamese_search.core.tables import Columns, check_trainable, read_table
+from siamese_search.trainer.config import (
     DEFAULT_FINE_TUNE_STEPS,
     DEFAULT_STEPS,
     FINE_TUNE_LAYERS,
@@ -15,10 +20,6 @@ from trainer.config import (
     HeadConfig,
     TrainingConfig,
 )
-from trainer.data import Columns, check_trainable, read_table
-from trainer.encoders import DEFAULT_ENCODER, DEFAULT_MODE, MODES
-from trainer.encoders.base import sha256_files
-from trainer.errors import run_cli
 
 
 def add_column_flags(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults, head = TrainingConfig(), HeadConfig()
     parser = argparse.ArgumentParser(
         prog="siamese-train",
+        formatter_class=DefaultsHelpFormatter,
         description="Train the siamese head on a few labelled texts (CSV, JSONL or Parquet).",
     )
     parser.add_argument("--data", required=True, type=Path, help="labelled training table")
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preprocess",
         default=DEFAULT_MODE,
         choices=MODES,
-        help="text clean-up before encoding (default: %(default)s)",
+        help="text clean-up before encoding",
     )
     parser.add_argument(
         "--mining",
@@ -59,11 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"optimizer steps (default {DEFAULT_STEPS}, "
         f"{DEFAULT_FINE_TUNE_STEPS} with --fine-tune)",
     )
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument(
+        "--learning-rate", type=float, default=defaults.learning_rate, help="Adam step size (head)"
+    )
     parser.add_argument(
         "--margin", type=float, default=defaults.margin, help="triplet margin on cosine distance"
     )
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help="examples per step (all of them when the data fits)",
+    )
     parser.add_argument(
         "--samples-per-class",
         type=int,
@@ -76,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=head.ensemble,
         help="parallel head members averaged into one embedding",
     )
-    parser.add_argument("--dropout", type=float, default=head.dropout)
+    parser.add_argument(
+        "--dropout", type=float, default=head.dropout, help="dropout rate in each head member"
+    )
     parser.add_argument(
         "--validation-fraction",
         type=float,
@@ -95,9 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="all: every layer but the embedding table; dan: the top only",
     )
     parser.add_argument(
-        "--encoder-learning-rate", type=float, default=defaults.encoder_learning_rate
+        "--encoder-learning-rate",
+        type=float,
+        default=defaults.encoder_learning_rate,
+        help="Adam step size for the encoder's layers (--fine-tune)",
     )
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--seed", type=int, default=defaults.seed, help="seeds initialisation and sampling"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -135,20 +151,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     table = read_table(args.data, Columns(text=args.text_column, label=args.label_column))
-    counts = check_trainable(args.data, table.labels)
+    counts = check_trainable(args.data, table.label_list)
 
-    from trainer.encoders import make_encoder
-    from trainer.model_artifact import save_model
-    from trainer.train import train_head
+    from siamese_search.core.encoders import make_encoder
+    from siamese_search.trainer.model_writer import save_model
+    from siamese_search.trainer.train import train_head
 
     encoder = make_encoder(config.encoder, config.preprocess)
     if config.fine_tune:
-        from trainer.finetune import fine_tune
+        from siamese_search.trainer.finetune import fine_tune
 
-        result = fine_tune(table.texts, table.labels, config, show_progress=not args.quiet)
+        result = fine_tune(table.texts, table.label_list, config, show_progress=not args.quiet)
     else:
         vectors = encoder.encode_unique(table.texts, progress=None if args.quiet else "encoding")
-        result = train_head(vectors, table.labels, config, show_progress=not args.quiet)
+        result = train_head(vectors, table.label_list, config, show_progress=not args.quiet)
     data_summary = {
         "source": str(args.data),
         "source_sha256": sha256_files([args.data]),

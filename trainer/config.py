@@ -1,14 +1,16 @@
-"""Every training knob in one place, with defaults that work (see bench/README.md).
+"""Every training knob in one place, with defaults that work.
+
+The defaults are the ones measured best (README.md, "Results"; `bash bench/ablation.sh`).
 
 The trainer reads only from `TrainingConfig`; the CLI fills it, the manifest records it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
-from trainer.encoders import DEFAULT_ENCODER, DEFAULT_MODE
-from trainer.errors import UserError
+from siamese_search.core.encoders import DEFAULT_ENCODER, DEFAULT_MODE
+from siamese_search.core.errors import UserError
 
 MINING_STRATEGIES = ("batch-hard", "semi-hard", "random")
 FINE_TUNE_LAYERS = ("all", "dan")  # every layer but the embedding table, or the top DAN only
@@ -24,7 +26,7 @@ class HeadConfig:
     -> Dropout -> Dense(embedding_dim) -> L2-normalise; the head's output is the
     L2-normalised mean of the members. With 100 examples one head's test score
     swings by +-1.5 points with the seed; averaging 5 independently initialised
-    members removes most of that and adds ~2 points of macro-F1 (bench/README.md).
+    members removes most of that and adds ~2 points of macro-F1 (README.md, "Results").
     """
 
     hidden_units: int = 256
@@ -82,11 +84,3 @@ class TrainingConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, payload: dict) -> TrainingConfig:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in payload.items() if k in known}
-        if isinstance(values.get("head"), dict):
-            values["head"] = HeadConfig(**values["head"])
-        return cls(**values)

@@ -12,14 +12,17 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from trainer.atomic import write_json_atomic
-from trainer.cli import add_column_flags
-from trainer.data import Columns, read_table
-from trainer.errors import UserError, run_cli
+from siamese_search.core.atomic import write_json_atomic
+from siamese_search.core.cli_help import DefaultsHelpFormatter
+from siamese_search.core.errors import UserError, run_cli
+from siamese_search.core.model_artifact import EmbeddingModel
+from siamese_search.core.tables import Columns, Table, read_table
+from siamese_search.trainer.cli import add_column_flags
 
 DEFAULT_K = 5
 
@@ -27,6 +30,7 @@ DEFAULT_K = 5
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="siamese-evaluate",
+        formatter_class=DefaultsHelpFormatter,
         description="Label test texts by their nearest reference texts and score the result.",
     )
     parser.add_argument("--model", required=True, type=Path, help="model directory")
@@ -50,28 +54,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def evaluate(
-    model, reference_path: Path, columns: Columns, reference, test, k: int, progress: bool = True
-) -> dict:
-    """Score kNN labelling of `test` against the reference table at `reference_path`.
+@dataclass
+class Evaluation:
+    report: dict  # what --report-json holds
+    test_vectors: np.ndarray  # the test texts in the model's space (for the t-SNE map)
 
-    The reference texts are indexed with `indexer.build.build_index` into a temporary
+
+def evaluate(
+    model: EmbeddingModel,
+    columns: Columns,
+    reference: Table,
+    test: Table,
+    k: int,
+    progress: bool = True,
+) -> Evaluation:
+    """Score kNN labelling of the `test` table against the `reference` table.
+
+    The reference rows are indexed with `indexer.build.build_index` into a temporary
     exact (flat) index and searched through `indexer.store.open_index`: the same
     artifact, reader, search and vote that `siamese-serve` uses.
     """
     from sklearn.metrics import accuracy_score, classification_report, f1_score
     from sklearn.metrics import confusion_matrix as sk_confusion
 
-    from indexer.build import BuildOptions, build_index
-    from indexer.store import open_index
-    from trainer.voting import vote
+    from siamese_search.core.voting import vote
+    from siamese_search.indexer.build import BuildOptions, build_index
+    from siamese_search.indexer.store import open_index
 
     with tempfile.TemporaryDirectory(prefix="siamese-evaluate-") as tmp:
         index_dir = Path(tmp) / "reference-index"
         build_index(
             index_dir,
             model,
-            reference_path,
+            reference,
             columns,
             BuildOptions(index_type="flat", strict=True, show_progress=progress),
         )
@@ -84,27 +99,27 @@ def evaluate(
     predicted = [
         vote([h.label for h in hits], [h.score for h in hits]).label for hits in neighbours
     ]
-    labels = sorted(set(reference.labels) | set(test.labels))
+    labels = sorted(set(reference.label_list) | set(test.label_list))
     report = classification_report(
-        test.labels, predicted, labels=labels, output_dict=True, zero_division=0
+        test.label_list, predicted, labels=labels, output_dict=True, zero_division=0
     )
-    return {
-        "accuracy": float(accuracy_score(test.labels, predicted)),
+    scores = {
+        "accuracy": float(accuracy_score(test.label_list, predicted)),
         "macro_f1": float(
-            f1_score(test.labels, predicted, labels=labels, average="macro", zero_division=0)
+            f1_score(test.label_list, predicted, labels=labels, average="macro", zero_division=0)
         ),
         "k": k,
         "labels": labels,
         "per_class": {label: report[label] for label in labels},
-        "confusion_matrix": sk_confusion(test.labels, predicted, labels=labels).tolist(),
+        "confusion_matrix": sk_confusion(test.label_list, predicted, labels=labels).tolist(),
         "report_text": classification_report(
-            test.labels, predicted, labels=labels, digits=3, zero_division=0
+            test.label_list, predicted, labels=labels, digits=3, zero_division=0
         ),
         "reference_rows": len(reference.texts),
         "test_rows": len(test.texts),
         "model_fingerprint": model.fingerprint,
-        "_test_vectors": test_vectors,
     }
+    return Evaluation(scores, test_vectors)
 
 
 @run_cli
@@ -116,14 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     reference = read_table(args.reference, columns)
     test = read_table(args.test, columns)
 
-    from trainer import plots
-    from trainer.model_artifact import load_model
+    from siamese_search.core.model_artifact import load_model
+    from siamese_search.trainer import plots
 
     model = load_model(args.model)
-    result = evaluate(
-        model, args.reference, columns, reference, test, args.k, progress=not args.quiet
-    )
-    test_vectors = result.pop("_test_vectors")
+    evaluation = evaluate(model, columns, reference, test, args.k, progress=not args.quiet)
+    result = evaluation.report
     print(result["report_text"])
     print(
         f"accuracy {result['accuracy']:.4f}   macro-F1 {result['macro_f1']:.4f}   "
@@ -145,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             title=f"kNN (k={args.k}) on {args.test.name}",
         )
         plots.vector_map(
-            test_vectors,
-            test.labels,
+            evaluation.test_vectors,
+            test.label_list,
             plots_dir / "test_map.png",
             title=f"t-SNE of {args.test.name} in the head's space",
         )

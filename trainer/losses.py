@@ -6,7 +6,7 @@ Schroff et al., "FaceNet" (2015). They differ in which triplets they score:
 
 - `batch_hard_triplet_loss`: per anchor, its farthest positive and closest negative
   in the batch (Hermans et al., "In Defense of the Triplet Loss", 2017). The default:
-  on the sample set it beats the others (bench/README.md).
+  on the sample set it beats the others (README.md, "Results").
 - `semi_hard_triplet_loss`: per (anchor, positive), the closest negative that is
   still farther than the positive (FaceNet); the hardest negative if none is.
 - `triplet_loss`: explicitly given (anchor, positive, negative) index triplets; with

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.atomic import write_bytes_atomic
+from siamese_search.core.atomic import write_bytes_atomic
 
 
 def _pyplot():
@@ -85,9 +85,9 @@ def vector_map(
         n_components=2, metric="cosine", init="pca", perplexity=perplexity, random_state=seed
     ).fit_transform(vectors)
     fig, ax = plt.subplots(figsize=(7, 6))
-    labels = np.asarray(labels)
-    for label in np.unique(labels):
-        chosen = labels == label
+    label_array = np.asarray(labels)
+    for label in np.unique(label_array):
+        chosen = label_array == label
         ax.scatter(points[chosen, 0], points[chosen, 1], s=5, alpha=0.7, label=str(label))
     ax.legend(markerscale=3, title="label")
     ax.set_title(title)

@@ -12,31 +12,38 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from trainer.config import TrainingConfig
-from trainer.tf_runtime import configure_tensorflow_threads
-from trainer.voting import vote
+from siamese_search.core.tf_runtime import configure_tensorflow_threads
+from siamese_search.core.voting import knn_vote
+from siamese_search.trainer.config import TrainingConfig
+
+if TYPE_CHECKING:  # TensorFlow loads only when training starts
+    import keras
+
+    from siamese_search.trainer.use_network import UseNetwork
 
 
 @dataclass
 class TrainResult:
-    head: object  # keras.Model
-    weights: dict[str, np.ndarray]
+    head: keras.Model
+    weights: dict[str, Any]  # name -> float32 array (trainer.head.export_weights)
     losses: list[float]
     validation: list[tuple[int, float]] = field(default_factory=list)
     best_step: int = 0
     seconds: float = 0.0
-    network: object | None = None  # the tuned trainer.use_network.UseNetwork (--fine-tune)
+    network: UseNetwork | None = None  # the tuned encoder (--fine-tune)
 
 
 def stratified_split(
     labels: np.ndarray, fraction: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Hold out ~fraction of each class, always leaving 2 per class for training."""
-    train, held = [], []
+    train: list[int] = []
+    held: list[int] = []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
         n_held = min(int(round(fraction * len(members))), len(members) - 2)
@@ -85,12 +92,7 @@ def knn_macro_f1(
 ) -> float:
     from sklearn.metrics import f1_score
 
-    similarities = queries @ reference.T
-    nearest = np.argsort(-similarities, axis=1)[:, :k]
-    predicted = [
-        vote(list(reference_labels[row]), list(similarities[i, row])).label
-        for i, row in enumerate(nearest)
-    ]
+    predicted = [v.label for v in knn_vote(reference, reference_labels, queries, k)]
     return float(f1_score(query_labels, predicted, average="macro"))
 
 
@@ -223,8 +225,8 @@ def train_head(
     import keras
     import tensorflow as tf
 
-    from trainer import losses
-    from trainer.head import build_head, export_weights
+    from siamese_search.trainer import losses
+    from siamese_search.trainer.head import build_head, export_weights
 
     rng, label_array, label_ids = run.rng, run.labels, run.label_ids
     train_idx, held_idx = run.train_idx, run.held_idx
@@ -260,7 +262,6 @@ def train_head(
 
     sampler = BatchSampler(label_array[train_idx], config, rng)
     empty_triplets = np.zeros((0, 3), dtype=np.int32)
-    history: list[float] = []
     stopping = EarlyStopping(
         config,
         label_array,

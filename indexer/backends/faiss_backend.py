@@ -12,7 +12,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexer.backends.base import VectorIndex
+from siamese_search.indexer.backends.base import VectorIndex
 
 KINDS = ("flat", "hnsw", "ivf", "ivf-sq8", "ivf-pq")
 _METRIC = faiss.METRIC_INNER_PRODUCT

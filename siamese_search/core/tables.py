@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.errors import DataError
+from siamese_search.core.errors import DataError
 
 SUPPORTED_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 DEFAULT_CHUNK_ROWS = 8192
@@ -115,7 +115,7 @@ class _ChunkBuilder:
             label = _as_key(record.get(self.columns.label))
             if label is None:
                 reason = f"empty label in column {self.columns.label!r}"
-        row_id = str(row_index)
+        row_id: str | None = str(row_index)
         if reason is None and self.columns.id is not None:
             row_id = _as_key(record.get(self.columns.id))
             if row_id is None:
@@ -127,11 +127,13 @@ class _ChunkBuilder:
         if reason is not None:
             self.chunk.problems.append(RowProblem(line, reason))
             return
-        self.chunk.texts.append(text)  # type: ignore[arg-type]
-        self.chunk.ids.append(row_id)  # type: ignore[arg-type]
+        assert isinstance(text, str) and row_id is not None  # the checks above ensured both
+        self.chunk.texts.append(text)
+        self.chunk.ids.append(row_id)
         self.chunk.lines.append(line)
         if self.chunk.labels is not None:
-            self.chunk.labels.append(label)  # type: ignore[arg-type]
+            assert label is not None
+            self.chunk.labels.append(label)
 
     def full(self) -> bool:
         return len(self.chunk) + len(self.chunk.problems) >= self.chunk_rows
@@ -189,6 +191,31 @@ def iter_table(
     last = builder.take()
     if len(last) or last.problems:
         yield last
+
+
+def count_records(path: str | Path) -> int:
+    """How many records `iter_table` will read (usable or not): a progress bar's total.
+
+    Counted as the readers count them, not as lines: a CSV field may span lines, and
+    blank lines are no records. One fast pass, small next to encoding the texts.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; check the path")
+    fmt = table_format(path)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    if fmt == "jsonl":
+        with open(path, "rb") as handle:
+            return sum(1 for raw in handle if raw.strip())
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        try:
+            rows = sum(1 for row in csv.reader(handle) if row)
+        except csv.Error:
+            return 0  # the reading pass reports the problem; the bar just has no total
+    return max(rows - 1, 0)  # the header
 
 
 def _csv_rows(path: Path, columns: Columns):
@@ -284,6 +311,13 @@ class Table:
     texts: list[str]
     labels: list[str] | None
     ids: list[str]
+
+    @property
+    def label_list(self) -> list[str]:
+        """The labels of a table read with a label column (a bug to ask otherwise)."""
+        if self.labels is None:
+            raise ValueError("this table was read without a label column")
+        return self.labels
 
 
 def read_table(path: str | Path, columns: Columns) -> Table:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from trainer.encoders.preprocess import preprocess
+from siamese_search.core.encoders.preprocess import preprocess
 
 ENCODE_BATCH = 512
 
@@ -70,7 +70,7 @@ class Encoder(ABC):
 
     @abstractmethod
     def spec(self) -> dict:
-        """What `trainer.encoders.load_encoder` needs to rebuild this encoder."""
+        """What `siamese_search.core.encoders.load_encoder` needs to rebuild this encoder."""
 
     @abstractmethod
     def fingerprint(self) -> dict:
@@ -89,7 +89,9 @@ class Encoder(ABC):
         """Encode each distinct text once, in batches, and return one row per input.
 
         Few-shot tables and corpora repeat texts (and the original notebook re-encoded
-        every batch of triplets): a job pays for each distinct text once.
+        every batch of triplets): a job pays for each distinct text once. The progress
+        bar counts input texts (a repeat is done when its first copy is), so its total
+        is the number of texts given.
         """
         unique: dict[str, int] = {}
         positions = np.fromiter(
@@ -98,9 +100,10 @@ class Encoder(ABC):
             count=len(texts),
         )
         distinct = list(unique)
+        sorted_positions = np.sort(positions)
         out = np.empty((len(distinct), self.dim), dtype=np.float32)
         bar = tqdm(
-            total=len(distinct),
+            total=len(texts),
             desc=progress,
             unit="text",
             disable=progress is None,
@@ -111,5 +114,6 @@ class Encoder(ABC):
             for start in range(0, len(distinct), batch_size):
                 batch = distinct[start : start + batch_size]
                 out[start : start + len(batch)] = self.encode(batch)
-                bar.update(len(batch))
+                done = int(np.searchsorted(sorted_positions, start + len(batch)))
+                bar.update(done - bar.n)
         return out[positions]

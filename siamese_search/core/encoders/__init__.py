@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.encoders.base import Encoder, default_threads, l2_normalize
-from trainer.encoders.preprocess import DEFAULT_MODE, MODES
-from trainer.errors import UserError
+from siamese_search.core.encoders.base import Encoder, default_threads, l2_normalize
+from siamese_search.core.encoders.preprocess import DEFAULT_MODE, MODES
+from siamese_search.core.errors import UserError
 
 DEFAULT_ENCODER = "usem3"
 
@@ -33,10 +33,10 @@ def make_encoder(
     if preprocess_mode not in MODES:
         raise UserError(f"unknown --preprocess {preprocess_mode!r}; choose one of {MODES}")
     if name == DEFAULT_ENCODER:
-        from trainer.encoders.usem3_encoder import Usem3Encoder
+        from siamese_search.core.encoders.usem3_encoder import Usem3Encoder
 
         return Usem3Encoder(preprocess_mode, threads=threads)
-    from trainer.encoders.hub_encoder import HubEncoder
+    from siamese_search.core.encoders.hub_encoder import HubEncoder
 
     return HubEncoder(name, preprocess_mode)
 
@@ -46,7 +46,7 @@ def load_encoder(spec: dict, base_dir: Path | None = None, threads: int | None =
     kind = spec.get("kind")
     mode = spec.get("preprocess", "none")
     if kind == DEFAULT_ENCODER and spec.get("weights"):
-        from trainer.encoders.usem3_encoder import Usem3Encoder
+        from siamese_search.core.encoders.usem3_encoder import Usem3Encoder
 
         weights = Path(spec["weights"])
         if not weights.is_absolute() and base_dir is not None:
@@ -60,7 +60,7 @@ def load_encoder(spec: dict, base_dir: Path | None = None, threads: int | None =
     if kind == DEFAULT_ENCODER:
         return make_encoder(DEFAULT_ENCODER, mode, threads=threads)
     if kind == "hub":
-        from trainer.encoders.hub_encoder import HubEncoder
+        from siamese_search.core.encoders.hub_encoder import HubEncoder
 
         return HubEncoder(spec["handle"], mode, base_dir=base_dir)
     raise UserError(f"the manifest names an unknown encoder kind {kind!r}")

@@ -1,0 +1,46 @@
+"""A real index writer in its own process that reports each checkpoint and can stop at one.
+
+    python tests/crash_writer.py MODEL DATA INDEX_DIR STOP_AT
+
+Prints `reached <stage>` (flushed) at every checkpoint the build passes; at the
+STOP_AT-th checkpoint (a number, counting from 1) or at the stage named STOP_AT it
+prints `stopped <stage>` and waits, so the test can SIGKILL it at a point it has
+provably reached (a handshake, not a sleep). STOP_AT `none` runs to the end.
+Small chunks (100 rows) give a checkpoint per chunk while ingesting.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+from siamese_search.core.model_artifact import load_model
+from siamese_search.core.tables import Columns
+from siamese_search.indexer import layout
+from siamese_search.indexer.build import BuildOptions, build_index
+
+CHUNK_ROWS = 100
+
+
+def main(model: str, data: str, index_dir: str, stop_at: str) -> int:
+    passed = 0
+
+    def observer(stage: str) -> None:
+        nonlocal passed
+        passed += 1
+        print(f"reached {stage}", flush=True)
+        if stop_at in (stage, str(passed)):
+            print(f"stopped {stage}", flush=True)
+            while True:  # until the test kills us
+                signal.pause()
+
+    layout.CHECKPOINT_OBSERVERS.append(observer)
+    options = BuildOptions(show_progress=False, chunk_rows=CHUNK_ROWS)
+    build_index(Path(index_dir), load_model(model), Path(data), Columns(), options)
+    print("finished", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))
