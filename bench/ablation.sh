@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# Accuracy of the default trainer against the variants it was chosen over, on the
-# bundled commit-message split, mean over seeds 0, 1, 2. Writes bench/results/*.json
-# and prints one line per variant (the table in README.md).
+# Accuracy of the default trainer against the variants it was chosen over, mean over
+# seeds 0, 1, 2: CLINC150 10-shot (150 intents + out-of-scope; ../shared/data/clinc150)
+# and the bundled commit-message split. Writes bench/results/*.json and prints one line
+# per variant (the tables in README.md). Usage: bash bench/ablation.sh [clinc|commits]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 mkdir -p bench/results
 run() {
-  local name=$1; shift
-  "$PY" bench/accuracy.py --out "bench/results/accuracy-$name.json" -- "$@" | tail -n 1 | sed "s/^/$name: /"
+  local data=$1 name=$2; shift 2
+  "$PY" bench/accuracy.py --dataset "$data" --out "bench/results/$data-$name.json" -- "$@" \
+    | tail -n 1 | sed "s/^/$data $name: /"
 }
-run default
-run original-recipe --mining random --ensemble 1 --preprocess none
-run random-mining --mining random
-run semi-hard --mining semi-hard
-run single-head --ensemble 1
-run no-preprocess --preprocess none
-run early-stopping --validation-fraction 0.2 --steps 800
-run fine-tune --fine-tune
+if [ "${1:-clinc}" = clinc ]; then
+  run clinc default
+  run clinc frozen --no-fine-tune
+  run clinc frozen-seed-triplet --no-fine-tune --head seed --loss triplet
+fi
+if [ "${1:-commits}" = commits ]; then
+  run commits default
+  run commits frozen --no-fine-tune
+  run commits frozen-residual-proxy --no-fine-tune --head residual --loss proxy
+  run commits fine-tune-residual-proxy --head residual --loss proxy
+  run commits original-recipe --no-fine-tune --head seed --loss triplet --mining random --ensemble 1 --preprocess none
+fi

@@ -1,8 +1,8 @@
-"""Accuracy benchmark: train + evaluate on the bundled commit-message split over seeds.
+"""Accuracy benchmark: train + evaluate over seeds, on the commit split or CLINC150 10-shot.
 
 Runs the real console scripts (siamese-train, siamese-evaluate) so the numbers are
 what a user gets. Usage:
-    python bench/accuracy.py [--seeds 0 1 2] [--out bench/results/accuracy.json] [-- TRAIN FLAGS]
+    python bench/accuracy.py [--dataset commits|clinc] [--seeds 0 1 2] [--out FILE] [-- TRAIN FLAGS]
 Anything after `--` is passed to siamese-train (e.g. `-- --mining random --ensemble 1`).
 """
 
@@ -14,55 +14,72 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data" / "commit-messages"
+COMMITS = ROOT / "data" / "commit-messages"
+CLINC = ROOT.parent / "shared" / "data" / "clinc150"
 
 
-def run(seed: int, train_flags: list[str], k: int, workdir: Path) -> dict:
+@dataclass(frozen=True)
+class Dataset:
+    """Where a benchmark's tables are and how to read them."""
+
+    train: Callable[[int], Path]  # the training (and reference) table for a seed
+    test: Path
+    columns: list[str]
+    train_flags: list[str] = field(default_factory=list)
+    evaluate_flags: list[str] = field(default_factory=list)
+
+
+def dataset(name: str, clinc_dir: Path) -> Dataset:
+    if name == "commits":
+        return Dataset(
+            lambda seed: COMMITS / "train.csv", COMMITS / "test.csv", ["--label-column", "class"]
+        )
+    # CLINC150 10-shot (clinc_dir/README.md): abstention threshold chosen on val.csv only
+    return Dataset(
+        lambda seed: clinc_dir / f"train-10shot-seed{seed}.csv",
+        clinc_dir / "test.csv",
+        ["--text-column", "text", "--label-column", "intent"],
+        ["--validation-data", str(clinc_dir / "val.csv"), "--oos-label", "oos"],
+        ["--oos-label", "oos"],
+    )
+
+
+SCORES = (
+    "accuracy",
+    "macro_f1",
+    "closed_set_accuracy",
+    "in_scope_accuracy",
+    "oos_recall",
+    "oos_precision",
+    "overall_accuracy",
+    "ece",
+)
+
+
+def run(seed: int, data: Dataset, train_flags: list[str], k: int, workdir: Path) -> dict:
     model = workdir / f"model-{seed}"
     report = workdir / f"report-{seed}.json"
     started = time.perf_counter()
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "siamese_search.trainer.cli",
-            "--data",
-            str(DATA / "train.csv"),
-            "--label-column",
-            "class",
-            "--out",
-            str(model),
-            "--seed",
-            str(seed),
-            "--quiet",
-            *train_flags,
-        ],
+        [sys.executable, "-m", "siamese_search.trainer.cli", "--data", str(data.train(seed))]
+        + data.columns
+        + ["--out", str(model), "--seed", str(seed), "--quiet"]
+        + data.train_flags
+        + train_flags,
         check=True,
     )
     wall = time.perf_counter() - started
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "siamese_search.trainer.evaluate",
-            "--model",
-            str(model),
-            "--reference",
-            str(DATA / "train.csv"),
-            "--test",
-            str(DATA / "test.csv"),
-            "--label-column",
-            "class",
-            "--k",
-            str(k),
-            "--report-json",
-            str(report),
-            "--no-plots",
-            "--quiet",
-        ],
+        [sys.executable, "-m", "siamese_search.trainer.evaluate", "--model", str(model)]
+        + ["--reference", str(data.train(seed)), "--test", str(data.test)]
+        + data.columns
+        + ["--k", str(k), "--report-json", str(report), "--no-plots", "--quiet"]
+        + data.evaluate_flags,
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -70,10 +87,10 @@ def run(seed: int, train_flags: list[str], k: int, workdir: Path) -> dict:
     manifest = json.loads((model / "manifest.json").read_text())
     return {
         "seed": seed,
-        "accuracy": scores["accuracy"],
-        "macro_f1": scores["macro_f1"],
+        **{key: scores[key] for key in SCORES if key in scores},
         "train_seconds": manifest["training"]["seconds"],
         "train_wall_seconds": wall,
+        "resolved_config": manifest["training"]["config"],
     }
 
 
@@ -84,31 +101,36 @@ def main() -> int:
         cut = argv.index("--")
         argv, train_flags = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=["commits", "clinc"], default="commits")
+    parser.add_argument("--clinc-dir", type=Path, default=CLINC, help="CLINC150 files")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [run(seed, train_flags, args.k, Path(tmp)) for seed in args.seeds]
+        data = dataset(args.dataset, args.clinc_dir)
+        runs = [run(seed, data, train_flags, args.k, Path(tmp)) for seed in args.seeds]
+    keys = [key for key in (*SCORES, "train_seconds", "train_wall_seconds") if key in runs[0]]
+
+    def line(values: dict) -> str:
+        return "  ".join(f"{key} {values[key]:.4f}" for key in keys)
+
     for r in runs:
-        print(
-            f"seed {r['seed']}: accuracy {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}  "
-            f"training {r['train_seconds']:.1f} s (process {r['train_wall_seconds']:.1f} s)"
-        )
-    mean = {
-        key: sum(r[key] for r in runs) / len(runs)
-        for key in ("accuracy", "macro_f1", "train_seconds", "train_wall_seconds")
-    }
-    print(
-        f"mean: accuracy {mean['accuracy']:.4f}  macro-F1 {mean['macro_f1']:.4f}  "
-        f"training {mean['train_seconds']:.1f} s   "
-        f"flags: {' '.join(train_flags) or '(defaults)'}"
-    )
+        print(f"seed {r['seed']}: {line(r)}")
+    mean = {key: sum(r[key] for r in runs) / len(runs) for key in keys}
+    print(f"mean: {line(mean)}   flags: {' '.join(train_flags) or '(defaults)'}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(
             json.dumps(
-                {"train_flags": train_flags, "k": args.k, "runs": runs, "mean": mean}, indent=2
+                {
+                    "dataset": args.dataset,
+                    "train_flags": train_flags,
+                    "k": args.k,
+                    "runs": runs,
+                    "mean": mean,
+                },
+                indent=2,
             )
             + "\n"
         )

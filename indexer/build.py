@@ -12,16 +12,16 @@ reads (an IVF index trains on a sample read through a memory map first).
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from siamese_search.core.atomic import write_json_atomic
 from siamese_search.core.encoders.base import sha256_files
 from siamese_search.core.errors import DataError, UserError
 from siamese_search.core.model_artifact import EmbeddingModel
@@ -52,6 +52,10 @@ class BuildOptions:
     strict: bool = False
     chunk_rows: int = 8192
     show_progress: bool = True
+    #: `build` onto a directory that already has versions (a new version; old ones stay)
+    replace: bool = False
+    #: how long to wait for another writer of the same index directory (0: fail at once)
+    wait_seconds: float = layout.DEFAULT_WAIT_SECONDS
 
     def __post_init__(self) -> None:
         if self.index_type not in INDEX_KINDS:
@@ -125,6 +129,13 @@ class _VersionWriter:
         count = self.count
         resolved = resolve_kind(kind, count)
         index = create_index(resolved, self.dim, count, params)
+        needed = index.min_training_vectors
+        if count < needed:
+            raise UserError(
+                f"--index-type {resolved} needs at least {needed} vectors to train "
+                f"({index.training_needs}); this version would have {count}. Use "
+                "--index-type flat (exact; right below 50,000 vectors), hnsw, or auto"
+            )
         if count:
             vectors_path = self.staging / layout.VECTORS_FILE
             if index.needs_training:  # IVF: centroids from a random sample of the vectors
@@ -154,7 +165,12 @@ class _VersionWriter:
             "metric": "inner_product",
             "normalized": True,
             "similarity": "cosine (vectors are L2-normalised, so inner product = cosine)",
-            "index": {"type": resolved, "requested_type": kind, "params": index.params},
+            "index": {
+                "type": resolved,
+                "requested_type": kind,
+                "params": index.params,
+                "requested_params": params or {},
+            },
             "model": {
                 "fingerprint": model.fingerprint,
                 "directory": str(Path(model.directory).absolute()),
@@ -175,7 +191,7 @@ class _VersionWriter:
             "versions": package_versions(),
             **extra,
         }
-        write_json_atomic(self.staging / layout.MANIFEST, manifest)
+        layout.write_manifest(self.staging, manifest)
         return manifest
 
 
@@ -278,35 +294,58 @@ def _check_model_dim(model: EmbeddingModel) -> None:
         raise UserError("the model produces no vectors")
 
 
-def _publish(
+@dataclass
+class _Plan:
+    """What one write does, decided under the writer lock from the version it builds on."""
+
+    kind: str  # requested index type ("auto" resolves by size)
+    params: dict | None  # requested index parameters (sizes derive the rest)
+    with_labels: bool
+    columns: Columns | None  # how the rows were read (recorded for later adds)
+    fill: Callable[[_VersionWriter], tuple[int, int, list[RowProblem]]]
+    extra: dict
+
+
+def _write_version(
     index_dir: Path,
-    kind: str,
-    params: dict | None,
     model: EmbeddingModel,
-    with_labels: bool,
     options: BuildOptions,
-    fill,
-    extra: dict,
+    plan_for: Callable[[IndexVersion | None], _Plan],
+    needs_base: bool,
 ) -> BuildReport:
-    """Stage a version with `fill(writer)`, finish and publish it, under the writer lock."""
+    """Under the writer lock: open the current version (the base), plan, stage, publish.
+
+    Reading the base and publishing happen under one lock, so a second writer builds on
+    the first one's result instead of overwriting it (no lost update).
+    """
     started = time.perf_counter()
     index_dir = Path(index_dir)
-    with layout.writer_lock(index_dir):
-        layout.sweep_staging(index_dir)
-        staging = layout.new_staging(index_dir)
+    with layout.writer_lock(index_dir, options.wait_seconds):
+        base = open_index(index_dir, model=model) if needs_base else None
         try:
-            writer = _VersionWriter(staging, model.dim, with_labels)
-            added, removed, problems = fill(writer)
-            layout.checkpoint("before-finish")
-            manifest = writer.finish(
-                kind, params, model, {**extra, "problems": _problem_summary(problems)}
-            )
-            name = layout.publish(index_dir, staging, keep=options.keep_versions)
-        except BaseException:
-            import shutil
-
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+            layout.checkpoint("base-opened")
+            plan = plan_for(base)
+            layout.sweep_staging(index_dir)
+            staging = layout.new_staging(index_dir)
+            try:
+                writer = _VersionWriter(staging, model.dim, plan.with_labels)
+                added, removed, problems = plan.fill(writer)
+                layout.checkpoint("before-finish")
+                extra = {**plan.extra, "problems": _problem_summary(problems)}
+                if plan.columns is not None:
+                    extra["source"] = {
+                        "text_column": plan.columns.text,
+                        "label_column": plan.columns.label,
+                        "id_column": plan.columns.id,
+                    }
+                manifest = writer.finish(plan.kind, plan.params, model, extra)
+                name = layout.publish(index_dir, staging, keep=options.keep_versions)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        finally:
+            if base is not None:
+                base.close()
     return BuildReport(
         name,
         manifest["count"],
@@ -326,26 +365,63 @@ def build_index(
     options: BuildOptions,
 ) -> BuildReport:
     """A new version holding exactly the rows of `data`: a table file, or a `Table`
-    already read in memory (siamese-evaluate's reference set)."""
+    already read in memory (siamese-evaluate's reference set).
+
+    Onto a directory that already has versions only with `options.replace` (the old
+    versions stay until pruned, and `rollback` can return to them).
+    """
     _check_model_dim(model)
     source = data if isinstance(data, Table) else Path(data)
-
-    def fill(writer):
-        added, problems = _ingest(writer, model, source, columns, options)
-        return added, 0, problems
-
     described = "(in memory)" if isinstance(source, Table) else str(source)
-    extra = {"operation": {"kind": "build", "data": described, "base_version": None}}
-    return _publish(
-        index_dir,
-        options.index_type,
-        options.index_params,
-        model,
-        columns.label is not None,
-        options,
-        fill,
-        extra,
-    )
+
+    def plan_for(_base: IndexVersion | None) -> _Plan:
+        existing = layout.list_versions(index_dir)
+        if existing and not options.replace:
+            raise UserError(
+                f"{index_dir} already holds index versions ({', '.join(existing)}; current "
+                f"{layout.current_version(index_dir)}). `build` would replace what it serves: "
+                "pass --replace to publish this table as a new version (the old ones stay "
+                "until pruned; `siamese-index rollback` returns to them), or use `add` to "
+                "extend the current version"
+            )
+
+        def fill(writer: _VersionWriter) -> tuple[int, int, list[RowProblem]]:
+            added, problems = _ingest(writer, model, source, columns, options)
+            return added, 0, problems
+
+        extra = {"operation": {"kind": "build", "data": described, "base_version": None}}
+        return _Plan(
+            options.index_type,
+            options.index_params,
+            columns.label is not None,
+            columns,
+            fill,
+            extra,
+        )
+
+    return _write_version(index_dir, model, options, plan_for, needs_base=False)
+
+
+def carried_index_settings(base: IndexVersion, options: BuildOptions) -> tuple[str, dict | None]:
+    return carried_index_settings_of(base.manifest, options)
+
+
+def carried_index_settings_of(manifest: dict, options: BuildOptions) -> tuple[str, dict | None]:
+    """The index type and parameters a new version built on a base manifest gets.
+
+    `--index-type auto` (the default) keeps how the base was asked to be built (its
+    requested type and parameters, so a custom M, ef_search or nprobe survives), with
+    any --index-param on top; an explicit --index-type starts afresh with its params.
+    """
+    if options.index_type != "auto":
+        return options.index_type, options.index_params
+    info = manifest["index"]
+    kind = info.get("requested_type", info["type"])
+    carried = info.get("requested_params")
+    if carried is None:  # versions written before requested_params was recorded
+        carried = info["params"] if kind != "auto" else {}
+    merged = {**carried, **(options.index_params or {})}
+    return kind, merged or None
 
 
 def add_to_index(
@@ -360,8 +436,9 @@ def add_to_index(
 
     Ids already in the index are an error, or with `upsert` replace the old rows.
     """
-    base = open_index(index_dir, model=model)
-    try:
+
+    def plan_for(base: IndexVersion | None) -> _Plan:
+        assert base is not None
         if base.has_labels != (columns.label is not None):
             raise UserError(
                 f"the index {'has' if base.has_labels else 'has no'} labels but the new rows "
@@ -384,15 +461,14 @@ def add_to_index(
             )
         drop = set(clashes.values())
 
-        def fill(writer):
+        def fill(writer: _VersionWriter) -> tuple[int, int, list[RowProblem]]:
             _copy_base(writer, base, drop)
             added, problems = _ingest(
                 writer, model, Path(data_path), columns, options, first_row_id
             )
             return added, len(drop), problems
 
-        kind = options.index_type if options.index_type != "auto" else base.kind
-        params = options.index_params if options.index_type != "auto" else None
+        kind, params = carried_index_settings(base, options)
         extra = {
             "operation": {
                 "kind": "upsert" if upsert else "add",
@@ -401,9 +477,9 @@ def add_to_index(
                 "replaced": len(drop),
             }
         }
-        return _publish(index_dir, kind, params, model, base.has_labels, options, fill, extra)
-    finally:
-        base.close()
+        return _Plan(kind, params, base.has_labels, columns, fill, extra)
+
+    return _write_version(index_dir, model, options, plan_for, needs_base=True)
 
 
 def delete_from_index(
@@ -414,11 +490,12 @@ def delete_from_index(
     ignore_missing: bool = False,
 ) -> BuildReport:
     """A new version: the current one without the rows whose ids are given."""
-    base = open_index(index_dir, model=model)
-    try:
-        wanted = list(dict.fromkeys(ids))
-        if not wanted:
-            raise UserError("no ids given; pass --ids ID [ID ...] or --ids-file FILE")
+    wanted = list(dict.fromkeys(ids))
+    if not wanted:
+        raise UserError("no ids given; pass --ids ID [ID ...] or --ids-file FILE")
+
+    def plan_for(base: IndexVersion | None) -> _Plan:
+        assert base is not None
         found = base.records().positions_of(wanted)
         missing = [i for i in wanted if i not in found]
         if missing and not ignore_missing:
@@ -429,14 +506,86 @@ def delete_from_index(
             )
         drop = set(found.values())
 
-        def fill(writer):
+        def fill(writer: _VersionWriter) -> tuple[int, int, list[RowProblem]]:
             _copy_base(writer, base, drop)
             return 0, len(drop), []
 
-        kind, params = base.kind, base.manifest["index"]["params"]
-        if kind != "flat" and options.index_type == "auto":
-            params = None  # re-size IVF lists etc. for the new count
+        kind, params = carried_index_settings(base, options)
         extra = {"operation": {"kind": "delete", "base_version": base.name, "deleted": len(drop)}}
-        return _publish(index_dir, kind, params, model, base.has_labels, options, fill, extra)
-    finally:
-        base.close()
+        source = base.manifest.get("source")
+        columns = (
+            Columns(source["text_column"], source["label_column"], source["id_column"])
+            if source
+            else None
+        )
+        return _Plan(kind, params, base.has_labels, columns, fill, extra)
+
+    return _write_version(index_dir, model, options, plan_for, needs_base=True)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    count: int
+    created_at: str
+    operation: str
+    current: bool
+    held: bool  # a reader (a server) has it open
+
+
+def list_index_versions(index_dir: Path) -> list[VersionInfo]:
+    """Every retained version, oldest first, with what `siamese-index list` shows."""
+    index_dir = Path(index_dir)
+    if not index_dir.is_dir():
+        raise UserError(f"{index_dir}: no such index directory")
+    current = layout.current_version(index_dir)
+    listed = []
+    for name in layout.list_versions(index_dir):
+        directory = layout.version_dir(index_dir, name)
+        try:
+            manifest = layout.read_manifest(directory, verify=False)
+        except UserError:
+            manifest = {}
+        listed.append(
+            VersionInfo(
+                name,
+                int(manifest.get("count", -1)),
+                str(manifest.get("created_at", "?")),
+                str((manifest.get("operation") or {}).get("kind", "?")),
+                name == current,
+                layout.is_held(directory),
+            )
+        )
+    return listed
+
+
+def rollback(
+    index_dir: Path, to: str | None = None, wait: float = layout.DEFAULT_WAIT_SECONDS
+) -> tuple[str, str]:
+    """Point CURRENT at a retained version: `to`, or the newest one before the current.
+
+    Returns (previous, now current). A server picks it up like any new version. The
+    target is verified (manifest checksum) before CURRENT moves.
+    """
+    index_dir = Path(index_dir)
+    with layout.writer_lock(index_dir, wait):
+        current = layout.current_version(index_dir)
+        versions = layout.list_versions(index_dir)
+        if to is None:
+            older = [v for v in versions if current is None or v < current]
+            if not older:
+                raise UserError(
+                    f"{index_dir}: no version older than the current one ({current}) is "
+                    f"retained; versions: {', '.join(versions) or 'none'}"
+                )
+            target = older[-1]
+        else:
+            target = layout.version_name(int(to)) if to.isdigit() else to
+            if target not in versions:
+                raise UserError(
+                    f"{index_dir}: no version {to!r}; retained versions: "
+                    f"{', '.join(versions) or 'none'} (see `siamese-index list`)"
+                )
+        layout.read_manifest(layout.version_dir(index_dir, target))  # refuse a damaged one
+        layout.point_current_at(index_dir, target)
+    return current or "", target

@@ -15,23 +15,46 @@ from pathlib import Path
 
 from siamese_search.core.cli_help import DefaultsHelpFormatter
 from siamese_search.core.errors import UserError, run_cli
-from siamese_search.core.tables import Columns, describe_problems
+from siamese_search.core.tables import Columns, describe_problems, table_columns
 from siamese_search.indexer import layout
 from siamese_search.indexer.backends import INDEX_KINDS
-from siamese_search.indexer.build import BuildOptions, add_to_index, build_index, delete_from_index
+from siamese_search.indexer.build import (
+    BuildOptions,
+    add_to_index,
+    build_index,
+    carried_index_settings_of,
+    delete_from_index,
+    list_index_versions,
+    rollback,
+)
 from siamese_search.indexer.store import model_directory_of, open_index
 
 
-def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+def _add_data_flags(parser: argparse.ArgumentParser, carried: bool) -> None:
+    """Table flags; `carried` (add): unset columns are the ones the index was built with."""
+    as_built = " (default: as the index was built)" if carried else ""
     parser.add_argument("--data", required=True, type=Path, help="CSV, JSONL or Parquet table")
-    parser.add_argument("--text-column", default="text", help="column holding the texts")
-    parser.add_argument("--label-column", default="label", help="column holding the labels")
+    parser.add_argument(
+        "--text-column",
+        default=None if carried else "text",
+        help="column holding the texts" + as_built,
+    )
+    parser.add_argument(
+        "--label-column",
+        default=None if carried else "label",
+        help="column holding the labels" + as_built,
+    )
     parser.add_argument(
         "--no-labels",
         action="store_true",
         help="the table has no labels (the index then serves search only)",
     )
-    parser.add_argument("--id-column", help="column of unique ids (default: the row number)")
+    parser.add_argument(
+        "--id-column",
+        help="column of unique ids (default: a column named 'id' if there is one"
+        + (", or as the index was built" if carried else "")
+        + "; else the row number)",
+    )
     parser.add_argument(
         "--strict",
         action="store_true",
@@ -39,12 +62,24 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_wait_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=layout.DEFAULT_WAIT_SECONDS,
+        metavar="SECONDS",
+        help="how long to wait for another writer of the same index (0: fail at once)",
+    )
+
+
 def _add_common_flags(parser: argparse.ArgumentParser) -> None:
+    _add_wait_flag(parser)
     parser.add_argument(
         "--index-type",
         default="auto",
         choices=INDEX_KINDS,
-        help="auto: flat up to 50k vectors, HNSW up to 2M, IVF-SQ8 beyond",
+        help="auto: flat up to 50k vectors, HNSW up to 2M, IVF-SQ8 beyond; add and delete "
+        "keep the type and --index-param values the current version was built with",
     )
     parser.add_argument(
         "--index-param",
@@ -77,7 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--model", required=True, type=Path, help="model directory")
     build.add_argument("--out", required=True, type=Path, help="index directory")
-    _add_data_flags(build)
+    build.add_argument(
+        "--replace",
+        action="store_true",
+        help="the directory already has versions: publish this table as a new version "
+        "(the old ones stay until pruned; rollback returns to them)",
+    )
+    _add_data_flags(build, carried=False)
     _add_common_flags(build)
 
     add = commands.add_parser(
@@ -88,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--index", required=True, type=Path, help="index directory")
     add.add_argument("--model", type=Path, help="default: the model the index was built with")
     add.add_argument("--upsert", action="store_true", help="replace rows whose ids exist")
-    _add_data_flags(add)
+    _add_data_flags(add, carried=True)
     _add_common_flags(add)
 
     delete = commands.add_parser(
@@ -111,6 +152,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the current version's manifest",
     )
     info.add_argument("--index", required=True, type=Path, help="index directory")
+
+    listing = commands.add_parser(
+        "list",
+        formatter_class=DefaultsHelpFormatter,
+        help="the retained versions: counts, dates, which is current, which readers hold",
+    )
+    listing.add_argument("--index", required=True, type=Path, help="index directory")
+
+    back = commands.add_parser(
+        "rollback",
+        formatter_class=DefaultsHelpFormatter,
+        help="point CURRENT back at a retained version (servers reload it)",
+    )
+    back.add_argument("--index", required=True, type=Path, help="index directory")
+    back.add_argument(
+        "--to", metavar="VERSION", help="the version (default: the newest before the current)"
+    )
+    _add_wait_flag(back)
     return parser
 
 
@@ -131,15 +190,43 @@ def _options(args) -> BuildOptions:
         keep_versions=args.keep,
         strict=getattr(args, "strict", False),
         show_progress=not args.quiet,
+        replace=getattr(args, "replace", False),
+        wait_seconds=args.wait,
     )
 
 
-def _columns(args) -> Columns:
-    return Columns(
-        text=args.text_column,
-        label=None if args.no_labels else args.label_column,
-        id=args.id_column,
-    )
+def _columns(args, base: dict | None = None) -> Columns:
+    """The table's columns: the flags, else (add) as the current version was built, and
+    for ids a column named `id` when the table has one. Says what it chose."""
+    source = (base or {}).get("source") or {}
+    text = args.text_column or source.get("text_column") or "text"
+    if args.no_labels:
+        label = None
+    elif args.label_column is not None:
+        label = args.label_column
+    elif base is not None:
+        label = source.get("label_column", "label" if base.get("labels") else None)
+    else:
+        label = "label"
+    id_column = args.id_column or source.get("id_column")
+    if id_column is None and "id" in table_columns(args.data) and text != "id" and label != "id":
+        id_column = "id"
+        print(f"using the column 'id' of {args.data} as ids (--id-column sets another)")
+    columns = Columns(text=text, label=label, id=id_column)
+    if base is not None and not (args.text_column and (args.label_column or args.no_labels)):
+        print(
+            f"reading {args.data} as the index was built: text column {text!r}, "
+            f"label column {label!r}, id column {id_column!r}"
+        )
+    return columns
+
+
+def _current_manifest(index_dir: Path) -> dict:
+    version = open_index(index_dir, verify=False)
+    try:
+        return version.manifest
+    finally:
+        version.close()
 
 
 def _model_for(args, index_dir: Path):
@@ -162,22 +249,36 @@ def _report(report, data: Path | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "info":
-        version = open_index(args.index)
-        print(json.dumps({"version": version.name, **version.manifest}, indent=2))
-        version.close()
+        with open_index(args.index) as version:
+            print(json.dumps({"version": version.name, **version.manifest}, indent=2))
+        return 0
+    if args.command == "list":
+        print(f"{'version':<8} {'vectors':>10}  {'created (UTC)':<25} {'made by':<8} state")
+        for v in list_index_versions(args.index):
+            state = ", ".join(s for s, on in (("current", v.current), ("held", v.held)) if on)
+            print(f"{v.name:<8} {v.count:>10}  {v.created_at:<25} {v.operation:<8} {state}")
+        return 0
+    if args.command == "rollback":
+        previous, now = rollback(args.index, args.to, args.wait)
+        print(f"{args.index}: CURRENT {previous or '(none)'} -> {now}; servers reload it")
         return 0
     options = _options(args)
     if args.command == "build":
         from siamese_search.core.model_artifact import load_model
 
-        report = build_index(args.out, load_model(args.model), args.data, _columns(args), options)
+        columns = _columns(args)
+        report = build_index(args.out, load_model(args.model), args.data, columns, options)
         _report(report, args.data)
     elif args.command == "add":
+        base = _current_manifest(args.index)
+        if args.index_type == "auto":
+            kind, params = carried_index_settings_of(base, options)
+            print(f"keeping index type {kind} with parameters {params or 'derived from size'}")
         report = add_to_index(
             args.index,
             _model_for(args, args.index),
             args.data,
-            _columns(args),
+            _columns(args, base),
             options,
             upsert=args.upsert,
         )

@@ -4,37 +4,56 @@
       CURRENT              the live version's name, e.g. "000003" (replaced atomically)
       versions/000001/     complete, immutable versions (never modified once renamed here)
       versions/000002/
-      .lock                held by the one writer at a time (build / add / delete)
+      .lock                held by the one writer at a time (build / add / delete /
+                           rollback), from reading its base version to publishing
       .tmp-*               a version being written; ignored by readers, swept by writers
+
+Each version holds `manifest.json` and `manifest.sha256` (the manifest's checksum,
+which covers the checksums of every other file), so a reader can trust all of it.
 
 A writer builds a version under `.tmp-*`, fsyncs it, renames it into `versions/`,
 then replaces CURRENT. Killed at any point, the previous CURRENT stays intact and
 readable, and no reader can pick up a half-written version (readers only follow
-CURRENT, which only ever names a complete version).
+CURRENT, which only ever names a complete version, inside `versions/`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import re
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from siamese_search.core.atomic import TMP_PREFIX, fsync_dir, fsync_tree, write_bytes_atomic
-from siamese_search.core.errors import UserError
+from siamese_search.core.atomic import (
+    TMP_PREFIX,
+    fsync_dir,
+    fsync_tree,
+    make_tree_shareable,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from siamese_search.core.encoders.base import sha256_files
+from siamese_search.core.errors import ArtifactMismatchError, UserError
 
 CURRENT = "CURRENT"
 VERSIONS = "versions"
 LOCK = ".lock"
 MANIFEST = "manifest.json"
+MANIFEST_SUM = "manifest.sha256"
 INDEX_FILE = "index.faiss"
 VECTORS_FILE = "vectors.f32"
 LABELS_FILE = "labels.i32"
 RECORDS_FILE = "records.sqlite"
 DEFAULT_KEEP_VERSIONS = 3
+DEFAULT_WAIT_SECONDS = 300.0
+_VERSION_NAME = re.compile(r"^[0-9]{6}$")
 
 
 def version_name(number: int) -> str:
@@ -45,16 +64,33 @@ def list_versions(index_dir: Path) -> list[str]:
     root = Path(index_dir) / VERSIONS
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and _VERSION_NAME.match(p.name))
 
 
 def current_version(index_dir: Path) -> str | None:
+    """The version CURRENT names, or None before the first version.
+
+    Refuses (UserError) a CURRENT that does not name a version directory inside
+    `versions/`: garbage bytes, a path (`../../elsewhere/x`), a missing version.
+    """
     pointer = Path(index_dir) / CURRENT
     try:
-        name = pointer.read_text(encoding="ascii").strip()
+        raw = pointer.read_bytes()
     except FileNotFoundError:
         return None
-    return name or None
+    except OSError as error:
+        raise UserError(f"{pointer}: cannot read it ({error.strerror})") from None
+    name = raw.decode("ascii", errors="replace").strip()
+    if not name:
+        return None
+    if not _VERSION_NAME.match(name) or not version_dir(index_dir, name).is_dir():
+        shown = name if len(name) < 40 else name[:40] + "..."
+        raise UserError(
+            f"{pointer} names {shown!r}, which is not a version in {Path(index_dir) / VERSIONS}; "
+            f"fix it with `siamese-index rollback --index {index_dir}` (versions: "
+            f"{', '.join(list_versions(index_dir)) or 'none'})"
+        )
+    return name
 
 
 def version_dir(index_dir: Path, name: str) -> Path:
@@ -62,22 +98,54 @@ def version_dir(index_dir: Path, name: str) -> Path:
 
 
 @contextlib.contextmanager
-def writer_lock(index_dir: Path) -> Iterator[None]:
-    """One writer at a time per index directory; a second one is told, not queued."""
+def writer_lock(index_dir: Path, wait: float = DEFAULT_WAIT_SECONDS) -> Iterator[None]:
+    """One writer at a time per index directory, from reading its base to publishing.
+
+    A second writer waits up to `wait` seconds (saying so once), then goes on from
+    whatever the first one published; `wait=0` fails at once. A job that created the
+    index directory and fails before publishing anything removes it again (no stray
+    `.lock`), so a failed job leaves the directory as it found it.
+    """
     index_dir = Path(index_dir)
+    created = not index_dir.exists()
     index_dir.mkdir(parents=True, exist_ok=True)
-    with open(index_dir / LOCK, "a+") as handle:
+    try:
+        with open(index_dir / LOCK, "a+") as handle:
+            _acquire(handle, index_dir, wait)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    except BaseException:
+        if created and not list_versions(index_dir):
+            shutil.rmtree(index_dir, ignore_errors=True)
+        raise
+
+
+def _acquire(handle, index_dir: Path, wait: float) -> None:
+    deadline = time.monotonic() + max(wait, 0.0)
+    told = False
+    while True:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
         except BlockingIOError:
-            raise UserError(
-                f"{index_dir} is being written by another siamese-index process; "
-                "wait for it to finish and run this again"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            if time.monotonic() >= deadline:
+                raise UserError(
+                    f"{index_dir} is being written by another siamese-index process and "
+                    f"was still busy after {wait:g} s; run this again when it is done, or "
+                    "give a longer --wait"
+                ) from None
+        if not told:
+            print(
+                f"waiting for another writer of {index_dir} to finish (up to {wait:g} s; "
+                "--wait sets it, --wait 0 fails at once)...",
+                file=sys.stderr,
+                flush=True,
+            )
+            told = True
+        checkpoint("waiting-for-lock")
+        time.sleep(0.1)
 
 
 def sweep_staging(index_dir: Path) -> None:
@@ -94,6 +162,7 @@ def new_staging(index_dir: Path) -> Path:
 def publish(index_dir: Path, staging: Path, keep: int = DEFAULT_KEEP_VERSIONS) -> str:
     """Make a complete staging directory the new current version; return its name."""
     index_dir = Path(index_dir)
+    make_tree_shareable(staging)
     fsync_tree(staging)
     existing = list_versions(index_dir)
     name = version_name(int(existing[-1]) + 1 if existing else 1)
@@ -107,6 +176,42 @@ def publish(index_dir: Path, staging: Path, keep: int = DEFAULT_KEEP_VERSIONS) -
     return name
 
 
+def point_current_at(index_dir: Path, name: str) -> None:
+    """Make `name` (an existing version) the current one (rollback; hold the lock)."""
+    write_bytes_atomic(Path(index_dir) / CURRENT, (name + "\n").encode("ascii"))
+
+
+def write_manifest(directory: Path, manifest: dict) -> None:
+    """The manifest, then its checksum (the last file written in a version)."""
+    write_json_atomic(Path(directory) / MANIFEST, manifest)
+    digest = sha256_files([Path(directory) / MANIFEST])
+    write_bytes_atomic(Path(directory) / MANIFEST_SUM, (digest + "\n").encode("ascii"))
+
+
+def read_manifest(directory: Path, verify: bool = True) -> dict:
+    """A version's manifest, refused (ArtifactMismatchError) when it does not match the
+    checksum beside it: a changed count or swapped label names would be served wrong."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if verify:
+        try:
+            expected = (directory / MANIFEST_SUM).read_text("ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            raise ArtifactMismatchError(
+                f"{directory / MANIFEST_SUM} is missing or unreadable; the index version is "
+                "damaged or was written by an older siamese-search: rebuild it"
+            ) from None
+        if sha256_files([path]) != expected:
+            raise ArtifactMismatchError(
+                f"{path} does not match its checksum ({MANIFEST_SUM}); the manifest was "
+                "changed after it was written: rebuild the version or restore it"
+            )
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as error:
+        raise UserError(f"{directory}: unreadable index manifest ({error})") from None
+
+
 def hold_version(directory: Path):
     """A reader's shared lock on a version: `prune` leaves it alone while it is held.
 
@@ -117,6 +222,20 @@ def hold_version(directory: Path):
     handle = open(Path(directory) / MANIFEST, "rb")  # noqa: SIM115 - lives with the reader
     fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
     return handle
+
+
+def is_held(directory: Path) -> bool:
+    """Whether a reader (a server, say) holds this version open right now."""
+    try:
+        with open(Path(directory) / MANIFEST, "rb") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            return False
+    except FileNotFoundError:
+        return False
 
 
 def prune(index_dir: Path, keep: int) -> list[str]:

@@ -8,7 +8,6 @@ filter and a minimum score, returning ids, labels, texts and scores.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,10 +73,15 @@ class IndexVersion:
             raise UserError(
                 f"{self.directory} was removed (pruned) while opening it; open the index again"
             ) from None
+        self._records: RecordReader | None = None
         try:
-            self.manifest = json.loads((self.directory / layout.MANIFEST).read_text("utf-8"))
-        except (OSError, ValueError) as error:
-            raise UserError(f"{self.directory}: unreadable index manifest ({error})") from None
+            self._open(verify)
+        except BaseException:
+            self.close()  # a version that fails its checks does not keep its hold
+            raise
+
+    def _open(self, verify: bool) -> None:
+        self.manifest = layout.read_manifest(self.directory, verify=verify)
         if (self.manifest.get("format"), self.manifest.get("format_version")) != (
             FORMAT,
             FORMAT_VERSION,
@@ -152,6 +156,7 @@ class IndexVersion:
         return self._label_codes
 
     def records(self) -> RecordReader:
+        assert self._records is not None, "the version failed to open"
         return self._records
 
     # ---- search -------------------------------------------------------------
@@ -185,7 +190,7 @@ class IndexVersion:
             return [[] for _ in range(len(vectors))]
         scores, positions = self._index.search(vectors, k, allowed)
         wanted = {int(p) for p in positions.ravel() if p >= 0}
-        records = self._records.fetch(wanted)
+        records = self.records().fetch(wanted)
         results = []
         for row_scores, row_positions in zip(scores, positions, strict=True):
             hits = []
@@ -198,9 +203,20 @@ class IndexVersion:
         return results
 
     def close(self) -> None:
-        """Release the files and the hold on this version (also done when collected)."""
-        self._records.close()
+        """Release the record store's connections and the hold on this version.
+
+        Whoever opens a version closes it (or uses it as a context manager); the server
+        closes a replaced version when its last in-flight call is done.
+        """
+        if self._records is not None:
+            self._records.close()
         self._hold.close()
+
+    def __enter__(self) -> IndexVersion:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 def open_index(
@@ -212,7 +228,11 @@ def open_index(
     """
     version = IndexVersion(resolve_version_dir(Path(path)), verify=verify)
     if model is not None:
-        version.check_model(model)
+        try:
+            version.check_model(model)
+        except BaseException:
+            version.close()
+            raise
     return version
 
 
@@ -223,9 +243,9 @@ def model_directory_of(index_dir: str | Path) -> Path:
     """
     version = resolve_version_dir(Path(index_dir))
     try:
-        manifest = json.loads((version / layout.MANIFEST).read_text("utf-8"))
+        manifest = layout.read_manifest(version)
         return Path(manifest["model"]["directory"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (KeyError, TypeError) as error:
         raise UserError(
             f"{version}: unreadable index manifest ({error}); give --model explicitly"
         ) from None

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from siamese_search.core.errors import UserError
+from siamese_search.core.errors import UserError, describe_os_error
 from siamese_search.indexer.store import model_directory_of
 from siamese_search.server.config import ServerConfig
 from siamese_search.server.generated import search_pb2_grpc as pb_grpc
@@ -93,7 +93,14 @@ class SearchServer:
     def start(self) -> SearchServer:
         self.grpc_server.start()
         if self.config.metrics_port is not None:
-            self.metrics_server = self.metrics.serve(self.config.host, self.config.metrics_port)
+            try:
+                self.metrics_server = self.metrics.serve(self.config.host, self.config.metrics_port)
+            except OSError as error:
+                self.grpc_server.stop(0)
+                raise UserError(
+                    f"cannot serve metrics on {self.config.host}:{self.config.metrics_port} "
+                    f"({describe_os_error(error)}); choose another --metrics-port"
+                ) from None
         if self.watcher:
             self.watcher.start()
         status = health_pb2.HealthCheckResponse.SERVING
@@ -125,6 +132,7 @@ class SearchServer:
             self.watcher.stop()
         log.info("draining", extra={"fields": {"grace_seconds": grace}})
         self.grpc_server.stop(grace).wait()
+        self.holder.close()
         if self.metrics_server is not None:
             self.metrics_server[0].shutdown()
         log.info("stopped")

@@ -9,12 +9,14 @@ else -> INTERNAL with the details logged, not sent.
 from __future__ import annotations
 
 import logging
+import math
+import threading
 from collections.abc import Callable
 from importlib import metadata
 
 import grpc
 
-from siamese_search.core.voting import vote
+from siamese_search.core.abstention import predict
 from siamese_search.indexer.store import Hit, UnknownLabelError
 from siamese_search.server import validation as check
 from siamese_search.server.config import Limits
@@ -49,10 +51,13 @@ class SearchService(pb_grpc.SearchServiceServicer):
     def __init__(self, holder: ServingHolder, limits: Limits):
         self.holder = holder
         self.limits = limits
+        self._local = threading.local()  # the snapshots the current call holds
         self.version = _server_version()
 
     # ---- plumbing -----------------------------------------------------------
     def _call(self, context: grpc.ServicerContext, work: Callable[[], object]):
+        acquired: list[Serving] = []
+        self._local.acquired = acquired
         try:
             return work()
         except check.InvalidRequest as error:
@@ -64,15 +69,20 @@ class SearchService(pb_grpc.SearchServiceServicer):
         except Exception:
             log.exception("internal_error")
             context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        finally:
+            for serving in acquired:  # a replaced version closes after its last call
+                serving.exit()
 
     def _serving(self) -> Serving:
-        serving = self.holder.current
+        """The snapshot this call uses, held until the call ends (see `_call`)."""
+        serving = self.holder.acquire()
         if serving is None:
             raise _Abort(
                 grpc.StatusCode.UNAVAILABLE,
                 f"no index version is loaded yet from {self.holder.index_dir}; "
                 "build one with siamese-index build, then retry",
             )
+        self._local.acquired.append(serving)
         return serving
 
     @staticmethod
@@ -105,8 +115,12 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 "predict; rebuild it with --label-column, or use Search",
             )
         results = []
+        threshold = None if math.isinf(min_score) else min_score  # unset: the model's rule
+        abstention = serving.model.abstention
         for hits in self._search(serving, texts, k, [], -1.0, context):
-            decision = vote([h.label for h in hits], [h.score for h in hits], min_score)
+            decision = predict(
+                [h.label for h in hits], [h.score for h in hits], abstention, threshold
+            )
             results.append(
                 pb.PredictResponse(
                     label=decision.label,
@@ -116,6 +130,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
                     ],
                     neighbors=[_neighbor(h) for h in hits],
                     index_version=serving.index.name,
+                    abstained=decision.abstained,
+                    voted_label=decision.voted,
                 )
             )
         return results

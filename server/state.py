@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from siamese_search.core.errors import UserError
@@ -25,11 +25,51 @@ from siamese_search.server.metrics import Metrics
 log = logging.getLogger("siamese.server")
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Serving:
+    """A model + index version pair, with a count of the calls that use it.
+
+    TensorFlow Serving's servable handles: a call `enter()`s the snapshot it reads
+    and `exit()`s when done; a replaced snapshot is `retire()`d and its index version
+    closed (file hold, SQLite handles, memory maps) when its last call is done.
+    """
+
     model: EmbeddingModel
     index: IndexVersion
     loaded_at: str
+    _calls: int = 0
+    _retired: bool = False
+    _closed: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def enter(self) -> None:
+        with self._lock:
+            self._calls += 1
+
+    def exit(self) -> None:
+        with self._lock:
+            self._calls -= 1
+            close = self._retired and self._calls == 0
+        if close:
+            self._close()
+
+    def retire(self) -> None:
+        with self._lock:
+            self._retired = True
+            close = self._calls == 0
+        if close:
+            self._close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.index.close()
 
 
 @dataclass(frozen=True)
@@ -53,12 +93,35 @@ class ServingHolder:
         self.model = model
         self._current: Serving | None = None
         self._reload_lock = threading.Lock()
+        self._swap_lock = threading.Lock()  # held for a pointer read or write only
         self._refused: str | None = None  # a version refused once is not retried by polling
         self.metrics: Metrics | None = None  # set by the app
 
     @property
     def current(self) -> Serving | None:
         return self._current
+
+    def acquire(self) -> Serving | None:
+        """The current snapshot, entered (the caller must `exit()` it), or None."""
+        with self._swap_lock:
+            serving = self._current
+            if serving is not None:
+                serving.enter()
+            return serving
+
+    def _swap(self, serving: Serving) -> Serving | None:
+        with self._swap_lock:
+            previous, self._current = self._current, serving
+        if previous is not None:
+            previous.retire()  # closed now, or when its last in-flight call is done
+        return previous
+
+    def close(self) -> None:
+        """Retire what is serving (at shutdown)."""
+        with self._swap_lock:
+            previous, self._current = self._current, None
+        if previous is not None:
+            previous.retire()
 
     def reload(self, forced: bool = True) -> ReloadOutcome:
         """Load CURRENT if it names a version other than the one serving.
@@ -68,8 +131,9 @@ class ServingHolder:
         """
         with self._reload_lock:
             serving = self._current
-            name = layout.current_version(self.index_dir)
+            name = None
             try:
+                name = layout.current_version(self.index_dir)
                 if name is None:
                     raise UserError(f"{self.index_dir} has no {layout.CURRENT} version yet")
                 if serving is not None and serving.index.name == name:
@@ -81,7 +145,11 @@ class ServingHolder:
                         f"version {name} was refused before",
                     )
                 index = open_index(self.index_dir, model=self.model)
-                warm_up(self.model, index)
+                try:
+                    warm_up(self.model, index)
+                except BaseException:
+                    index.close()
+                    raise
             except Exception as error:  # keep serving the old version whatever went wrong
                 self._refused = name
                 message = f"refused new index version {name}: {error}"
@@ -91,7 +159,7 @@ class ServingHolder:
                 if self.metrics:
                     self.metrics.reloads.labels(result="refused").inc()
                 return ReloadOutcome(False, serving.index.name if serving else None, message)
-            self._current = Serving(self.model, index, utc_now())
+            self._swap(Serving(self.model, index, utc_now()))
             log.info(
                 "index_loaded",
                 extra={
@@ -119,11 +187,20 @@ class ReloadWatcher(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
-            serving = self.holder.current
-            name = layout.current_version(self.holder.index_dir)
-            if name is not None and (serving is None or serving.index.name != name):
-                self.holder.reload(forced=False)
+        failures = 0
+        while not self._stop_event.wait(self.interval * min(2**failures, 30)):
+            try:
+                serving = self.holder.current
+                name = layout.current_version(self.holder.index_dir)
+                if name is not None and (serving is None or serving.index.name != name):
+                    self.holder.reload(forced=False)
+                failures = 0
+            except Exception as error:  # an unreadable CURRENT must not stop the watcher
+                failures += 1
+                log.error(
+                    "reload_watch_failed",
+                    extra={"fields": {"error": str(error), "retry_in_polls": 2**failures}},
+                )
 
     def stop(self) -> None:
         self._stop_event.set()

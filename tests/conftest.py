@@ -24,7 +24,8 @@ def sample_test() -> Path:
 
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory, sample_train) -> Path:
-    """A real model trained on the 100 sample texts (few steps, 2 members, seed 0)."""
+    """A real model trained on the 100 sample texts (frozen encoder: the 5-class recipe,
+    batch-hard triplets over the seed head; few steps, 2 members, seed 0)."""
     from siamese_search.trainer.cli import main
 
     out = tmp_path_factory.mktemp("models") / "small"
@@ -36,6 +37,7 @@ def trained_model(tmp_path_factory, sample_train) -> Path:
             "class",
             "--out",
             str(out),
+            "--no-fine-tune",
             "--steps",
             "60",
             "--ensemble",

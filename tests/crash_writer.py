@@ -36,7 +36,7 @@ def main(model: str, data: str, index_dir: str, stop_at: str) -> int:
                 signal.pause()
 
     layout.CHECKPOINT_OBSERVERS.append(observer)
-    options = BuildOptions(show_progress=False, chunk_rows=CHUNK_ROWS)
+    options = BuildOptions(show_progress=False, chunk_rows=CHUNK_ROWS, replace=True)
     build_index(Path(index_dir), load_model(model), Path(data), Columns(), options)
     print("finished", flush=True)
     return 0

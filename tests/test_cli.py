@@ -16,7 +16,8 @@ from tests.tiny_savedmodel import build_tiny_savedmodel
 
 
 def _train(*args):
-    return train_cli.main([*map(str, args), "--quiet"])
+    """siamese-train with a frozen encoder (fine-tuning runs in tests/test_fine_tune.py)."""
+    return train_cli.main([*map(str, args), "--no-fine-tune", "--quiet"])
 
 
 def _error(capsys) -> str:
@@ -63,6 +64,66 @@ def test_evaluate_reports_scores_and_plots(trained_model, sample_train, tmp_path
     assert set(scores["per_class"]) == {"1", "2", "3", "4", "5"}
     assert (report.parent / "confusion_matrix.png").stat().st_size > 1000
     assert (report.parent / "test_map.png").stat().st_size > 1000
+
+
+OUT_OF_SCOPE = [
+    "what is the weather like in paris tomorrow",
+    "book a table for two at an italian restaurant",
+    "how many calories are in a banana",
+    "play some jazz music in the living room",
+    "set an alarm for seven in the morning",
+    "what is the capital city of australia",
+    "tell me a joke about cats",
+    "how do I say thank you in japanese",
+]
+
+
+def test_out_of_scope_training_and_evaluation(sample_train, sample_test, tmp_path, capsys):
+    """--validation-data / --oos-label fit the abstention rule; evaluate scores it."""
+    from siamese_search.core.tables import Columns, read_table
+
+    held = read_table(sample_test, Columns(text="text", label="class"))
+    in_scope = list(zip(held.texts[:60], held.label_list[:60], strict=True))
+    validation = write_csv(
+        tmp_path / "val.csv",
+        in_scope + [(t, "oos") for t in OUT_OF_SCOPE[:4]],
+        header=("text", "class"),
+    )
+    test = write_csv(
+        tmp_path / "test.csv",
+        list(zip(held.texts[100:140], held.label_list[100:140], strict=True))
+        + [(t, "oos") for t in OUT_OF_SCOPE[4:]],
+        header=("text", "class"),
+    )
+    model = tmp_path / "model"
+    flags = ["--label-column", "class", "--oos-label", "oos"]
+    small = ["--steps", "60", "--ensemble", "2"]
+    code = _train(
+        "--data", sample_train, "--out", model, "--validation-data", validation, *flags, *small
+    )
+    assert code == 0
+    assert "abstains under confidence" in capsys.readouterr().out
+    rule = json.loads((model / MANIFEST).read_text())["abstention"]
+    assert rule["held_out_rows"] == 64 and "val.csv" in rule["source"]
+    assert 0.0 < rule["threshold"] < 1.0
+    report = tmp_path / "eval" / "report.json"
+    code = evaluate_cli.main(
+        ["--model", str(model), "--reference", str(sample_train), "--test", str(test)]
+        + flags
+        + ["--report-json", str(report), "--quiet"]
+    )
+    assert code == 0
+    assert "out-of-scope recall" in capsys.readouterr().out
+    scores = json.loads(report.read_text())
+    for key in ("in_scope_accuracy", "closed_set_accuracy", "oos_recall", "oos_precision"):
+        assert 0.0 <= scores[key] <= 1.0, key
+    # overall = right answers on in-scope rows + abstentions on the 4 out-of-scope rows
+    answered_right = scores["in_scope_accuracy"] * 40
+    abstained_oos = scores["oos_recall"] * 4
+    assert scores["overall_accuracy"] == pytest.approx((answered_right + abstained_oos) / 44)
+    assert scores["oos_recall"] > 0  # far-off requests are not labelled as commits
+    assert scores["in_scope_accuracy"] <= scores["closed_set_accuracy"]
+    assert (report.parent / "reliability.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize(

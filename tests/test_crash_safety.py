@@ -24,7 +24,14 @@ from tests.conftest import ROOT, write_csv
 pytestmark = pytest.mark.slow
 
 BIG_ROWS = 1000
-STAGES = ["during-ingest", "before-finish", "before-manifest", "after-rename", "after-current"]
+STAGES = [
+    "base-opened",
+    "during-ingest",
+    "before-finish",
+    "before-manifest",
+    "after-rename",
+    "after-current",
+]
 INGEST_CHECKPOINTS = BIG_ROWS // 100  # crash_writer ingests in chunks of 100 rows
 
 
@@ -95,9 +102,8 @@ def test_killed_build_keeps_current_version(tmp_path, trained_model, corpora, st
     else:
         _assert_current_is(index_dir, "000001", 50)
     # the next writer sweeps the debris and publishes normally
-    build_index(
-        index_dir, load_model(trained_model), corpus, Columns(), BuildOptions(show_progress=False)
-    )
+    again = BuildOptions(show_progress=False, replace=True)
+    build_index(index_dir, load_model(trained_model), corpus, Columns(), again)
     assert not [p for p in index_dir.iterdir() if p.name.startswith(".tmp-")]
     version = open_index(index_dir)
     assert version.count == 50

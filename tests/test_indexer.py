@@ -139,7 +139,11 @@ def test_bad_rows_are_skipped_and_reported_or_fatal_with_strict(tmp_path, model,
 
     with pytest.raises(DataError, match="--strict is set: nothing was written"):
         build_index(
-            tmp_path / "idx", model, data, COLUMNS, BuildOptions(strict=True, show_progress=False)
+            tmp_path / "idx",
+            model,
+            data,
+            COLUMNS,
+            BuildOptions(strict=True, show_progress=False, replace=True),
         )
     assert layout.list_versions(tmp_path / "idx") == ["000001"]
     assert not [p for p in (tmp_path / "idx").iterdir() if p.name.startswith(".tmp-")]

@@ -121,6 +121,44 @@ def test_predict_votes_and_abstains(stub):
     assert [r.label for r in batch.results] == ["2", "5"]
 
 
+def test_predict_applies_the_models_abstention_rule(stub, model, index_dir):
+    """Without min_score, Predict answers exactly what the model's fitted rule says."""
+    from siamese_search.core.abstention import predict
+    from siamese_search.indexer.store import open_index
+
+    texts = [
+        "Fix NPE when the session expires",
+        "Improve performance of the parser",
+        "Remove duplicate code in tests",
+        "zebra giraffe elephant safari",
+        "book a table for two at an italian restaurant",
+        "what is the weather like in paris tomorrow",
+        "la la la",
+    ]
+    assert model.abstention is not None
+    version = open_index(index_dir)
+    abstained = []
+    try:
+        for text in texts:
+            answer = stub.Predict(pb.PredictRequest(text=text, k=5))
+            hits = version.search(model.embed([text]), 5)[0]
+            expected = predict([h.label for h in hits], [h.score for h in hits], model.abstention)
+            assert (answer.label, answer.voted_label, answer.abstained) == (
+                expected.label,
+                expected.voted,
+                expected.abstained,
+            )
+            assert answer.confidence == pytest.approx(expected.confidence, abs=1e-5)
+            abstained.append(answer.abstained)
+    finally:
+        version.close()
+    assert True in abstained and False in abstained  # both sides of the threshold seen
+    # a caller's min_score replaces the model's rule
+    unsure = texts[abstained.index(True)]
+    answer = stub.Predict(pb.PredictRequest(text=unsure, k=5, min_score=-1.0))
+    assert not answer.abstained and answer.label == answer.voted_label != ""
+
+
 def test_embed_and_get_info(stub, model):
     response = stub.Embed(pb.EmbedRequest(texts=["Fix crash", "Add feature"]))
     vectors = np.array([e.values for e in response.embeddings])
@@ -321,6 +359,7 @@ def test_version_from_another_model_is_refused_and_old_keeps_serving(
                 "class",
                 "--out",
                 str(other_dir),
+                "--no-fine-tune",
                 "--steps",
                 "5",
                 "--ensemble",
@@ -336,7 +375,8 @@ def test_version_from_another_model_is_refused_and_old_keeps_serving(
     build_index(index_dir, model, sample_train, COLUMNS, QUIET)
     running = _start(index_dir, reload_interval=0)
     try:
-        build_index(index_dir, load_model(other_dir), sample_train, COLUMNS, QUIET)
+        replace = BuildOptions(show_progress=False, replace=True)
+        build_index(index_dir, load_model(other_dir), sample_train, COLUMNS, replace)
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = pb_grpc.SearchServiceStub(channel)
             outcome = stub.Reload(pb.ReloadRequest())

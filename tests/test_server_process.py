@@ -116,7 +116,7 @@ def test_sighup_reloads_the_current_version(served_index, trained_model, tmp_pat
                 load_model(trained_model),
                 more,
                 COLUMNS,
-                BuildOptions(show_progress=False),
+                BuildOptions(show_progress=False, replace=True),
             )
             time.sleep(0.5)
             assert stub.GetInfo(pb.GetInfoRequest(), timeout=10).index_version == "000001"

@@ -65,6 +65,59 @@ def test_training_lowers_the_loss_and_separates_classes(mining):
     assert same.mean() > other.mean() + 0.2
 
 
+@pytest.mark.parametrize("kind", ["residual", "seed"])
+def test_proxy_loss_trains_either_head_and_numpy_runs_it(kind):
+    from siamese_search.core.numpy_head import NumpyHead
+
+    x, labels = _clusters()
+    config = TrainingConfig(loss="proxy", head=HeadConfig(kind=kind, ensemble=1), steps=60)
+    result = train_head(x, labels, config, show_progress=False)
+    assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5])
+    out = result.head(x, training=False).numpy()
+    assert (out[:8] @ out[:8].T).mean() > (out[:8] @ out[8:].T).mean() + 0.2
+    numpy_head = NumpyHead(result.weights)
+    assert numpy_head.kind == kind
+    np.testing.assert_allclose(numpy_head(x), out, atol=1e-5)
+    if kind == "residual":  # keeps the encoder's dimension
+        assert out.shape[1] == x.shape[1]
+
+
+def test_residual_head_starts_as_the_identity():
+    from siamese_search.trainer.head import build_head
+
+    x, _ = _clusters()
+    head, members = build_head(x.shape[1], HeadConfig(kind="residual"))
+    assert members is head
+    np.testing.assert_allclose(head(x, training=False).numpy(), x, atol=1e-6)
+
+
+def test_proxy_loss_matches_hand_computation():
+    e = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    proxies = tf.Variable([[2.0, 0.0], [0.0, 3.0]])  # normalised inside: unit axes
+    y = tf.constant([0, 0])
+    # logits (scale 2): row 0 -> [2, 0], row 1 -> [0, 2]; labels both 0
+    expected = (np.log(1 + np.exp(-2.0)) + np.log(1 + np.exp(2.0))) / 2
+    got = float(losses.proxy_softmax_loss(e, y, proxies, scale=2.0))
+    assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_auto_recipe_follows_the_data():
+    few = TrainingConfig().resolved_for(examples=100, classes=5)
+    assert (few.loss, few.head.kind, few.fine_tune) == ("triplet", "seed", True)
+    assert (few.steps, few.encoder_learning_rate) == (150, 1e-3)
+    many = TrainingConfig().resolved_for(examples=1500, classes=150)
+    assert (many.loss, many.head.kind, many.fine_tune) == ("proxy", "residual", True)
+    assert (many.steps, many.encoder_learning_rate) == (60, 3e-4)
+    frozen = TrainingConfig(fine_tune=False).resolved_for(examples=1500, classes=150)
+    assert (frozen.fine_tune, frozen.steps) == (False, 300)
+    hub = TrainingConfig(encoder="/models/use-large").resolved_for(examples=100, classes=5)
+    assert hub.fine_tune is False  # only the embedded encoder can be fine-tuned
+    original = TrainingConfig(mining="random").resolved_for(examples=100, classes=5)
+    assert (original.fine_tune, original.steps) == (False, 400)
+    chosen = TrainingConfig(loss="proxy", steps=7).resolved_for(examples=100, classes=5)
+    assert (chosen.loss, chosen.head.kind, chosen.steps) == ("proxy", "residual", 7)
+
+
 @pytest.mark.slow
 def test_same_seed_same_weights_other_seed_other_weights():
     x, labels = _clusters()

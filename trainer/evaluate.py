@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from siamese_search.core.abstention import expected_calibration_error
 from siamese_search.core.atomic import write_json_atomic
 from siamese_search.core.cli_help import DefaultsHelpFormatter
 from siamese_search.core.errors import UserError, run_cli
 from siamese_search.core.model_artifact import EmbeddingModel
 from siamese_search.core.tables import Columns, Table, read_table
-from siamese_search.trainer.cli import add_column_flags
+from siamese_search.trainer.cli import add_column_flags, without_out_of_scope
 
 DEFAULT_K = 5
 
@@ -42,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--test", required=True, type=Path, help="labelled texts to predict")
     parser.add_argument("--k", type=int, default=DEFAULT_K, help="neighbours that vote")
+    parser.add_argument(
+        "--oos-label",
+        help="label of out-of-scope test rows (e.g. oos): abstaining on them is right; "
+        "adds in-scope / out-of-scope / overall scores",
+    )
     parser.add_argument("--report-json", type=Path, help="write the scores here as JSON")
     parser.add_argument(
         "--plots-dir",
@@ -58,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 class Evaluation:
     report: dict  # what --report-json holds
     test_vectors: np.ndarray  # the test texts in the model's space (for the t-SNE map)
+    confidence: np.ndarray  # per test row: the calibrated probability the vote is right
+    correct: np.ndarray  # per test row: whether the vote was right
 
 
 def evaluate(
@@ -67,6 +75,7 @@ def evaluate(
     test: Table,
     k: int,
     progress: bool = True,
+    oos_label: str | None = None,
 ) -> Evaluation:
     """Score kNN labelling of the `test` table against the `reference` table.
 
@@ -77,7 +86,7 @@ def evaluate(
     from sklearn.metrics import accuracy_score, classification_report, f1_score
     from sklearn.metrics import confusion_matrix as sk_confusion
 
-    from siamese_search.core.voting import vote
+    from siamese_search.core.abstention import predict
     from siamese_search.indexer.build import BuildOptions, build_index
     from siamese_search.indexer.store import open_index
 
@@ -96,10 +105,18 @@ def evaluate(
             neighbours = index.search(test_vectors, k)
         finally:
             index.close()
-    predicted = [
-        vote([h.label for h in hits], [h.score for h in hits]).label for hits in neighbours
+    predictions = [
+        predict([h.label for h in hits], [h.score for h in hits], model.abstention)
+        for hits in neighbours
     ]
-    labels = sorted(set(reference.label_list) | set(test.label_list))
+    truth = test.label_list
+    voted = [p.voted for p in predictions]
+    if oos_label is not None:  # abstaining means "out of scope"
+        predicted = [oos_label if p.abstained else p.label for p in predictions]
+    else:  # no out-of-scope rows to score abstention on: the vote, as before
+        predicted = voted
+    open_set = _open_set_scores(predictions, truth, oos_label)
+    labels = sorted(set(reference.label_list) | set(truth))
     report = classification_report(
         test.label_list, predicted, labels=labels, output_dict=True, zero_division=0
     )
@@ -118,8 +135,51 @@ def evaluate(
         "reference_rows": len(reference.texts),
         "test_rows": len(test.texts),
         "model_fingerprint": model.fingerprint,
+        **open_set,
     }
-    return Evaluation(scores, test_vectors)
+    return Evaluation(scores, test_vectors, open_set.pop("_confidence"), open_set.pop("_correct"))
+
+
+def _share(hits: np.ndarray, among: np.ndarray) -> float:
+    """The share of `hits` among the rows in `among` (0 when there are none)."""
+    return float(hits[among].mean()) if among.any() else 0.0
+
+
+def _open_set_scores(predictions: list, truth: list[str], oos_label: str | None) -> dict:
+    """CLINC-style scores (Larson et al., 2019) and the calibration of `confidence`.
+
+    closed_set_accuracy: the vote, no abstention, over in-scope rows. With an
+    out-of-scope label: in_scope_accuracy (abstaining on an in-scope row is wrong),
+    oos_recall / oos_precision (of abstaining), overall_accuracy (abstaining on an
+    out-of-scope row is right). ece: expected calibration error of `confidence` as the
+    probability that the vote is right.
+    """
+    voted = np.array([p.voted for p in predictions])
+    abstained = np.array([p.abstained for p in predictions], dtype=bool)
+    confidence = np.array([p.confidence for p in predictions])
+    truth_array = np.array(truth)
+    out_of_scope = truth_array == oos_label if oos_label is not None else np.zeros(len(truth), bool)
+    correct = voted == truth_array
+    in_scope = ~out_of_scope
+    scores: dict = {
+        "closed_set_accuracy": _share(correct, in_scope),
+        "abstained_share": float(abstained.mean()),
+        "ece": expected_calibration_error(confidence, correct),
+        "_confidence": confidence,
+        "_correct": correct,
+    }
+    if oos_label is not None:
+        answered_right = correct & ~abstained
+        scores.update(
+            {
+                "oos_label": oos_label,
+                "in_scope_accuracy": _share(answered_right, in_scope),
+                "oos_recall": _share(abstained, out_of_scope),
+                "oos_precision": _share(out_of_scope, abstained),
+                "overall_accuracy": float((answered_right | (abstained & out_of_scope)).mean()),
+            }
+        )
+    return scores
 
 
 @run_cli
@@ -128,14 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.k < 1:
         raise UserError(f"--k must be at least 1, got {args.k}")
     columns = Columns(text=args.text_column, label=args.label_column)
-    reference = read_table(args.reference, columns)
+    reference = without_out_of_scope(
+        read_table(args.reference, columns), args.oos_label, args.reference
+    )
     test = read_table(args.test, columns)
 
     from siamese_search.core.model_artifact import load_model
     from siamese_search.trainer import plots
 
     model = load_model(args.model)
-    evaluation = evaluate(model, columns, reference, test, args.k, progress=not args.quiet)
+    evaluation = evaluate(
+        model, columns, reference, test, args.k, progress=not args.quiet, oos_label=args.oos_label
+    )
     result = evaluation.report
     print(result["report_text"])
     print(
@@ -143,6 +207,17 @@ def main(argv: list[str] | None = None) -> int:
         f"({result['test_rows']} test texts, {result['reference_rows']} reference texts, "
         f"k={args.k})"
     )
+    print(
+        f"closed-set accuracy {result['closed_set_accuracy']:.4f}   "
+        f"abstained {result['abstained_share']:.1%}   ECE {result['ece']:.4f}"
+    )
+    if args.oos_label is not None:
+        print(
+            f"in-scope accuracy {result['in_scope_accuracy']:.4f}   "
+            f"out-of-scope recall {result['oos_recall']:.4f}   "
+            f"precision {result['oos_precision']:.4f}   "
+            f"overall accuracy {result['overall_accuracy']:.4f}"
+        )
     result["model"] = str(args.model)
     if args.report_json:
         write_json_atomic(args.report_json, result)
@@ -156,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
             result["labels"],
             plots_dir / "confusion_matrix.png",
             title=f"kNN (k={args.k}) on {args.test.name}",
+        )
+        plots.reliability_diagram(
+            evaluation.confidence,
+            evaluation.correct,
+            plots_dir / "reliability.png",
+            title=f"confidence vs. accuracy on {args.test.name} (ECE {result['ece']:.3f})",
         )
         plots.vector_map(
             evaluation.test_vectors,

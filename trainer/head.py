@@ -1,4 +1,5 @@
-"""The siamese head as a Keras model, and its export to plain numpy weights.
+"""The siamese head as a Keras model (residual or the design card's), and its export
+to plain numpy weights.
 
 Keras is used to *train* the head. Serving and indexing run the same arithmetic in
 numpy (`siamese_search.core.numpy_head`): one `model.predict()` on a single vector costs ~30 ms,
@@ -33,9 +34,29 @@ def build_member(input_dim: int, config: HeadConfig, name: str) -> keras.Model:
     return keras.Model(inputs, outputs, name=name)
 
 
+def build_residual(input_dim: int, config: HeadConfig) -> keras.Model:
+    """unit(x + Dense(x)), the Dense layer starting at zero: the identity at step 0."""
+    inputs = keras.Input((input_dim,), name="sentence_vector")
+    correction = keras.layers.Dense(
+        input_dim,
+        kernel_initializer="zeros",
+        kernel_regularizer=keras.regularizers.l2(config.residual_l2)
+        if config.residual_l2
+        else None,
+        name="residual",
+    )(inputs)
+    shifted = keras.layers.Add(name="corrected")([inputs, correction])
+    outputs = keras.layers.UnitNormalization(name="embedding")(shifted)
+    return keras.Model(inputs, outputs, name="residual_head")
+
+
 def build_head(input_dim: int, config: HeadConfig) -> tuple[keras.Model, keras.Model]:
-    """Return (head, members): `head` maps vectors to the normalised member mean,
-    `members` maps them to the list of member outputs (what the loss trains)."""
+    """Return (head, members): `head` maps vectors to the retrieval space, `members`
+    maps them to what the loss trains (the seed head: each member's output; the
+    residual head: the head itself)."""
+    if config.kind == "residual":
+        head = build_residual(input_dim, config)
+        return head, head
     inputs = keras.Input((input_dim,), name="sentence_vector")
     outputs = [
         build_member(input_dim, config, f"member{i}")(inputs) for i in range(config.ensemble)
@@ -49,8 +70,13 @@ def build_head(input_dim: int, config: HeadConfig) -> tuple[keras.Model, keras.M
 
 
 def export_weights(head: keras.Model, config: HeadConfig) -> dict[str, np.ndarray]:
-    """Flatten the head's inference-time weights into named numpy arrays."""
+    """Flatten the head's inference-time weights into named numpy arrays
+    (the names `siamese_search.core.numpy_head` reads)."""
     arrays: dict[str, np.ndarray] = {}
+    if config.kind == "residual":
+        kernel, bias = head.get_layer("residual").get_weights()
+        arrays["residual/kernel"], arrays["residual/bias"] = kernel, bias
+        return {name: np.asarray(value, dtype=np.float32) for name, value in arrays.items()}
     for i in range(config.ensemble):
         member = head.get_layer(f"member{i}")
         prefix = f"member{i}/"

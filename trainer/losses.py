@@ -1,4 +1,14 @@
-"""Triplet losses on cosine distance, for L2-normalised embeddings.
+"""Losses for L2-normalised embeddings: a proxy softmax (default) and triplet losses.
+
+`proxy_softmax_loss` (the default, `--loss proxy`): every class has a learned proxy
+vector; an embedding's logits are its cosine similarities to the unit proxies times a
+scale s, under softmax cross-entropy (Wang et al., "NormFace", 2017; Movshovitz-Attias
+et al., "No Fuss Distance Metric Learning using Proxies", 2017). Each step compares
+every example with every class, so it scales to hundreds of classes with a handful of
+examples each, where a batch rarely holds the hard triplets. Proxies start at the
+class means of the initial embeddings.
+
+The triplet losses (`--loss triplet`, the design card's):
 
 All three compute d(x, y) = 1 - <x, y> (the cosine distance the original notebook's
 kNN used, in [0, 2]) and the hinge  max(0, d(a, p) - d(a, n) + margin)  of
@@ -65,3 +75,16 @@ def triplet_loss(embeddings: tf.Tensor, triplets: tf.Tensor, margin: float) -> t
     d_ap = 1.0 - tf.reduce_sum(anchor * tf.gather(embeddings, triplets[:, 1]), axis=1)
     d_an = 1.0 - tf.reduce_sum(anchor * tf.gather(embeddings, triplets[:, 2]), axis=1)
     return tf.reduce_mean(tf.nn.relu(d_ap - d_an + margin))
+
+
+def proxy_softmax_loss(
+    embeddings: tf.Tensor, labels: tf.Tensor, proxies: tf.Variable, scale: float
+) -> tf.Tensor:
+    """Mean softmax cross-entropy of `scale * cos(embedding, proxy_c)` over classes c.
+
+    `proxies`: float (n_classes, dim), one row per class index in `labels`.
+    Example:
+        >>> loss = proxy_softmax_loss(tf.math.l2_normalize(x, 1), y, proxies, scale=16.0)
+    """
+    logits = scale * tf.matmul(embeddings, tf.math.l2_normalize(proxies, axis=1), transpose_b=True)
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))

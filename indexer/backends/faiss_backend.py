@@ -103,6 +103,26 @@ class FaissIndex(VectorIndex):
     def needs_training(self) -> bool:
         return not self._index.is_trained
 
+    @property
+    def min_training_vectors(self) -> int:
+        """Vectors an untrained index needs to learn from (0 for flat and HNSW)."""
+        if not self.needs_training:
+            return 0
+        needed = int(self._params.get("nlist", 1))
+        if self.kind == "ivf-pq":  # each sub-quantizer learns 2^pq_bits centroids
+            needed = max(needed, 2 ** int(self._params.get("pq_bits", 8)))
+        return needed
+
+    @property
+    def training_needs(self) -> str:
+        """What the training learns, for a message."""
+        if self.kind == "ivf-pq":
+            return (
+                f"{self._params.get('nlist')} coarse lists and "
+                f"{2 ** int(self._params.get('pq_bits', 8))}-centroid product quantizers"
+            )
+        return f"{self._params.get('nlist')} coarse lists"
+
     def train(self, sample: np.ndarray) -> None:
         """IVF kinds learn their coarse centroids (and codebooks) from a sample."""
         if self.needs_training:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esiamese_search/v1/search.proto\x12\x11siamese_search.v1\"^\n\rSearchRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12\x16\n\tmin_score\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x0e\n\x06labels\x18\x04 \x03(\tB\x0c\n\n_min_score\"T\n\x08Neighbor\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x10\n\x08\x64istance\x18\x05 \x01(\x02\"W\n\x0eSearchResponse\x12.\n\tneighbors\x18\x01 \x03(\x0b\x32\x1b.siamese_search.v1.Neighbor\x12\x15\n\rindex_version\x18\x02 \x01(\t\"d\n\x12SearchBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12\x16\n\tmin_score\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x0e\n\x06labels\x18\x04 \x03(\tB\x0c\n\n_min_score\"`\n\x13SearchBatchResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.siamese_search.v1.SearchResponse\x12\x15\n\rindex_version\x18\x02 \x01(\t\"O\n\x0ePredictRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12\x16\n\tmin_score\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x0c\n\n_min_score\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xaa\x01\n\x0fPredictResponse\x12\r\n\x05label\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12-\n\x06scores\x18\x03 \x03(\x0b\x32\x1d.siamese_search.v1.LabelScore\x12.\n\tneighbors\x18\x04 \x03(\x0b\x32\x1b.siamese_search.v1.Neighbor\x12\x15\n\rindex_version\x18\x05 \x01(\t\"U\n\x13PredictBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12\x16\n\tmin_score\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x0c\n\n_min_score\"b\n\x14PredictBatchResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".siamese_search.v1.PredictResponse\x12\x15\n\rindex_version\x18\x02 \x01(\t\"\x10\n\x0eGetInfoRequest\"*\n\nLabelCount\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\x87\x04\n\x0fGetInfoResponse\x12\x19\n\x11model_fingerprint\x18\x01 \x01(\t\x12\x17\n\x0fmodel_directory\x18\x02 \x01(\t\x12\x14\n\x0c\x65ncoder_name\x18\x03 \x01(\t\x12\x17\n\x0f\x65ncoder_version\x18\x04 \x01(\t\x12\x1e\n\x16\x65ncoder_weights_sha256\x18\x05 \x01(\t\x12\x15\n\rindex_version\x18\x06 \x01(\t\x12\x17\n\x0findex_directory\x18\x07 \x01(\t\x12\x12\n\nindex_type\x18\x08 \x01(\t\x12\r\n\x05\x63ount\x18\t \x01(\x04\x12\x0b\n\x03\x64im\x18\n \x01(\r\x12-\n\x06labels\x18\x0b \x03(\x0b\x32\x1d.siamese_search.v1.LabelCount\x12I\n\x0cindex_params\x18\x0c \x03(\x0b\x32\x33.siamese_search.v1.GetInfoResponse.IndexParamsEntry\x12\r\n\x05max_k\x18\r \x01(\r\x12\x16\n\x0emax_text_chars\x18\x0e \x01(\r\x12\x11\n\tmax_batch\x18\x0f \x01(\r\x12\x16\n\x0eserver_version\x18\x10 \x01(\t\x12\x11\n\tloaded_at\x18\x11 \x01(\t\x1a\x32\n\x10IndexParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"i\n\rEmbedResponse\x12\x30\n\nembeddings\x18\x01 \x03(\x0b\x32\x1c.siamese_search.v1.Embedding\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x19\n\x11model_fingerprint\x18\x03 \x01(\t\"\x0f\n\rReloadRequest\"I\n\x0eReloadResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\x12\x15\n\rindex_version\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t2\xdc\x04\n\rSearchService\x12M\n\x06Search\x12 .siamese_search.v1.SearchRequest\x1a!.siamese_search.v1.SearchResponse\x12\\\n\x0bSearchBatch\x12%.siamese_search.v1.SearchBatchRequest\x1a&.siamese_search.v1.SearchBatchResponse\x12P\n\x07Predict\x12!.siamese_search.v1.PredictRequest\x1a\".siamese_search.v1.PredictResponse\x12_\n\x0cPredictBatch\x12&.siamese_search.v1.PredictBatchRequest\x1a\'.siamese_search.v1.PredictBatchResponse\x12P\n\x07GetInfo\x12!.siamese_search.v1.GetInfoRequest\x1a\".siamese_search.v1.GetInfoResponse\x12J\n\x05\x45mbed\x12\x1f.siamese_search.v1.EmbedRequest\x1a .siamese_search.v1.EmbedResponse\x12M\n\x06Reload\x12 .siamese_search.v1.ReloadRequest\x1a!.siamese_search.v1.ReloadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esiamese_search/v1/search.proto\x12\x11siamese_search.v1\"^\n\rSearchRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12\x16\n\tmin_score\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x0e\n\x06labels\x18\x04 \x03(\tB\x0c\n\n_min_score\"T\n\x08Neighbor\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x10\n\x08\x64istance\x18\x05 \x01(\x02\"W\n\x0eSearchResponse\x12.\n\tneighbors\x18\x01 \x03(\x0b\x32\x1b.siamese_search.v1.Neighbor\x12\x15\n\rindex_version\x18\x02 \x01(\t\"d\n\x12SearchBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12\x16\n\tmin_score\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x0e\n\x06labels\x18\x04 \x03(\tB\x0c\n\n_min_score\"`\n\x13SearchBatchResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.siamese_search.v1.SearchResponse\x12\x15\n\rindex_version\x18\x02 \x01(\t\"O\n\x0ePredictRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12\x16\n\tmin_score\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x0c\n\n_min_score\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xd2\x01\n\x0fPredictResponse\x12\r\n\x05label\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12-\n\x06scores\x18\x03 \x03(\x0b\x32\x1d.siamese_search.v1.LabelScore\x12.\n\tneighbors\x18\x04 \x03(\x0b\x32\x1b.siamese_search.v1.Neighbor\x12\x15\n\rindex_version\x18\x05 \x01(\t\x12\x11\n\tabstained\x18\x06 \x01(\x08\x12\x13\n\x0bvoted_label\x18\x07 \x01(\t\"U\n\x13PredictBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12\x16\n\tmin_score\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x0c\n\n_min_score\"b\n\x14PredictBatchResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".siamese_search.v1.PredictResponse\x12\x15\n\rindex_version\x18\x02 \x01(\t\"\x10\n\x0eGetInfoRequest\"*\n\nLabelCount\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\x87\x04\n\x0fGetInfoResponse\x12\x19\n\x11model_fingerprint\x18\x01 \x01(\t\x12\x17\n\x0fmodel_directory\x18\x02 \x01(\t\x12\x14\n\x0c\x65ncoder_name\x18\x03 \x01(\t\x12\x17\n\x0f\x65ncoder_version\x18\x04 \x01(\t\x12\x1e\n\x16\x65ncoder_weights_sha256\x18\x05 \x01(\t\x12\x15\n\rindex_version\x18\x06 \x01(\t\x12\x17\n\x0findex_directory\x18\x07 \x01(\t\x12\x12\n\nindex_type\x18\x08 \x01(\t\x12\r\n\x05\x63ount\x18\t \x01(\x04\x12\x0b\n\x03\x64im\x18\n \x01(\r\x12-\n\x06labels\x18\x0b \x03(\x0b\x32\x1d.siamese_search.v1.LabelCount\x12I\n\x0cindex_params\x18\x0c \x03(\x0b\x32\x33.siamese_search.v1.GetInfoResponse.IndexParamsEntry\x12\r\n\x05max_k\x18\r \x01(\r\x12\x16\n\x0emax_text_chars\x18\x0e \x01(\r\x12\x11\n\tmax_batch\x18\x0f \x01(\r\x12\x16\n\x0eserver_version\x18\x10 \x01(\t\x12\x11\n\tloaded_at\x18\x11 \x01(\t\x1a\x32\n\x10IndexParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"i\n\rEmbedResponse\x12\x30\n\nembeddings\x18\x01 \x03(\x0b\x32\x1c.siamese_search.v1.Embedding\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x19\n\x11model_fingerprint\x18\x03 \x01(\t\"\x0f\n\rReloadRequest\"I\n\x0eReloadResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\x12\x15\n\rindex_version\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t2\xdc\x04\n\rSearchService\x12M\n\x06Search\x12 .siamese_search.v1.SearchRequest\x1a!.siamese_search.v1.SearchResponse\x12\\\n\x0bSearchBatch\x12%.siamese_search.v1.SearchBatchRequest\x1a&.siamese_search.v1.SearchBatchResponse\x12P\n\x07Predict\x12!.siamese_search.v1.PredictRequest\x1a\".siamese_search.v1.PredictResponse\x12_\n\x0cPredictBatch\x12&.siamese_search.v1.PredictBatchRequest\x1a\'.siamese_search.v1.PredictBatchResponse\x12P\n\x07GetInfo\x12!.siamese_search.v1.GetInfoRequest\x1a\".siamese_search.v1.GetInfoResponse\x12J\n\x05\x45mbed\x12\x1f.siamese_search.v1.EmbedRequest\x1a .siamese_search.v1.EmbedResponse\x12M\n\x06Reload\x12 .siamese_search.v1.ReloadRequest\x1a!.siamese_search.v1.ReloadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,29 +48,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LABELSCORE']._serialized_start=605
   _globals['_LABELSCORE']._serialized_end=647
   _globals['_PREDICTRESPONSE']._serialized_start=650
-  _globals['_PREDICTRESPONSE']._serialized_end=820
-  _globals['_PREDICTBATCHREQUEST']._serialized_start=822
-  _globals['_PREDICTBATCHREQUEST']._serialized_end=907
-  _globals['_PREDICTBATCHRESPONSE']._serialized_start=909
-  _globals['_PREDICTBATCHRESPONSE']._serialized_end=1007
-  _globals['_GETINFOREQUEST']._serialized_start=1009
-  _globals['_GETINFOREQUEST']._serialized_end=1025
-  _globals['_LABELCOUNT']._serialized_start=1027
-  _globals['_LABELCOUNT']._serialized_end=1069
-  _globals['_GETINFORESPONSE']._serialized_start=1072
-  _globals['_GETINFORESPONSE']._serialized_end=1591
-  _globals['_GETINFORESPONSE_INDEXPARAMSENTRY']._serialized_start=1541
-  _globals['_GETINFORESPONSE_INDEXPARAMSENTRY']._serialized_end=1591
-  _globals['_EMBEDREQUEST']._serialized_start=1593
-  _globals['_EMBEDREQUEST']._serialized_end=1622
-  _globals['_EMBEDDING']._serialized_start=1624
-  _globals['_EMBEDDING']._serialized_end=1651
-  _globals['_EMBEDRESPONSE']._serialized_start=1653
-  _globals['_EMBEDRESPONSE']._serialized_end=1758
-  _globals['_RELOADREQUEST']._serialized_start=1760
-  _globals['_RELOADREQUEST']._serialized_end=1775
-  _globals['_RELOADRESPONSE']._serialized_start=1777
-  _globals['_RELOADRESPONSE']._serialized_end=1850
-  _globals['_SEARCHSERVICE']._serialized_start=1853
-  _globals['_SEARCHSERVICE']._serialized_end=2457
+  _globals['_PREDICTRESPONSE']._serialized_end=860
+  _globals['_PREDICTBATCHREQUEST']._serialized_start=862
+  _globals['_PREDICTBATCHREQUEST']._serialized_end=947
+  _globals['_PREDICTBATCHRESPONSE']._serialized_start=949
+  _globals['_PREDICTBATCHRESPONSE']._serialized_end=1047
+  _globals['_GETINFOREQUEST']._serialized_start=1049
+  _globals['_GETINFOREQUEST']._serialized_end=1065
+  _globals['_LABELCOUNT']._serialized_start=1067
+  _globals['_LABELCOUNT']._serialized_end=1109
+  _globals['_GETINFORESPONSE']._serialized_start=1112
+  _globals['_GETINFORESPONSE']._serialized_end=1631
+  _globals['_GETINFORESPONSE_INDEXPARAMSENTRY']._serialized_start=1581
+  _globals['_GETINFORESPONSE_INDEXPARAMSENTRY']._serialized_end=1631
+  _globals['_EMBEDREQUEST']._serialized_start=1633
+  _globals['_EMBEDREQUEST']._serialized_end=1662
+  _globals['_EMBEDDING']._serialized_start=1664
+  _globals['_EMBEDDING']._serialized_end=1691
+  _globals['_EMBEDRESPONSE']._serialized_start=1693
+  _globals['_EMBEDRESPONSE']._serialized_end=1798
+  _globals['_RELOADREQUEST']._serialized_start=1800
+  _globals['_RELOADREQUEST']._serialized_end=1815
+  _globals['_RELOADRESPONSE']._serialized_start=1817
+  _globals['_RELOADRESPONSE']._serialized_end=1890
+  _globals['_SEARCHSERVICE']._serialized_start=1893
+  _globals['_SEARCHSERVICE']._serialized_end=2497
 # @@protoc_insertion_point(module_scope)

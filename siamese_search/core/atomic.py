@@ -17,6 +17,29 @@ from collections.abc import Iterator
 from pathlib import Path
 
 TMP_PREFIX = ".tmp-"
+def process_umask() -> int:
+    """The process umask (os.umask can only be read by setting it, and is put back)."""
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def make_shareable(path: Path) -> None:
+    """Give a file or directory the mode a plain open()/mkdir() would have had.
+
+    mkstemp / mkdtemp create 0600 / 0700 whatever the umask, so an artifact an
+    operator built would be unreadable by the service account that serves it; the
+    final name gets 0666 / 0777 less the umask, like any other file.
+    """
+    base = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, base & ~process_umask())
+
+
+def make_tree_shareable(root: Path) -> None:
+    make_shareable(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            make_shareable(Path(dirpath) / name)
 
 
 def fsync_dir(path: Path) -> None:
@@ -46,6 +69,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        make_shareable(Path(tmp))
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
@@ -73,6 +97,7 @@ def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + target.name + "-", dir=target.parent))
     try:
         yield staging
+        make_tree_shareable(staging)
         fsync_tree(staging)
         if target.exists():
             retired = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + "old-", dir=target.parent))

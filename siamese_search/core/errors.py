@@ -7,6 +7,7 @@ Anything else that escapes is a bug in siamese-search, not bad input.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -32,6 +33,26 @@ class CliMain(Protocol):
     def __call__(self, argv: list[str] | None = None) -> int: ...
 
 
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free space and run it again (nothing was published)",
+    errno.EDQUOT: "the disk quota is used up: free space and run it again",
+    errno.EACCES: "permission denied: run as a user who may write there, or choose another path",
+    errno.EPERM: "operation not permitted: check the path's owner and mode",
+    errno.ENOTDIR: "a file stands where a directory is expected: check the path",
+    errno.EISDIR: "a directory stands where a file is expected: check the path",
+    errno.EROFS: "the file system is read-only: choose another path",
+    errno.EADDRINUSE: "the address is in use: is another server on that port?",
+}
+
+
+def describe_os_error(error: OSError) -> str:
+    """An OSError as the path and cause a person can act on (never a traceback)."""
+    where = f"{error.filename}: " if error.filename else ""
+    cause = error.strerror or str(error)
+    hint = _OS_HINTS.get(error.errno or -1)
+    return f"{where}{cause}" + (f" ({hint})" if hint else "")
+
+
 def run_cli(main: Callable[[list[str] | None], int]) -> CliMain:
     """Wrap a console-script `main` so bad input ends with a message and exit code 2.
 
@@ -48,6 +69,9 @@ def run_cli(main: Callable[[list[str] | None], int]) -> CliMain:
         except KeyboardInterrupt:
             print("interrupted: nothing was written", file=sys.stderr)
             return 130
+        except OSError as error:  # disk full, permissions, a file where a folder should be
+            print(f"error: {describe_os_error(error)}", file=sys.stderr)
+            return 2
         except Exception as error:  # a bug: say so plainly, keep the trace on request
             if os.environ.get("SIAMESE_DEBUG"):
                 raise

@@ -26,6 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
+from siamese_search.core.abstention import Abstention
 from siamese_search.core.encoders import Encoder, load_encoder
 from siamese_search.core.encoders.base import sha256_files
 from siamese_search.core.errors import ArtifactMismatchError, UserError
@@ -94,6 +95,9 @@ class EmbeddingModel(Protocol):
     @property
     def dim(self) -> int: ...
 
+    @property
+    def abstention(self) -> Abstention | None: ...
+
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
     def embed_unique(self, texts: Sequence[str], progress: str | None = None) -> np.ndarray: ...
@@ -107,6 +111,8 @@ class SiameseModel:
     manifest: dict
     encoder: Encoder
     head: NumpyHead
+    #: the fitted confidence model and abstention threshold (None: none was fitted)
+    abstention: Abstention | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -151,4 +157,12 @@ def load_model(model_dir: str | Path, threads: int | None = None) -> SiameseMode
             f"but the encoder here is {describe_fingerprint(current)}. Its vectors would "
             "not match: retrain the model with this encoder, or install the one it was made with."
         )
-    return SiameseModel(model_dir, manifest, encoder, head)
+    payload = manifest.get("abstention")
+    try:
+        abstention = Abstention.from_dict(payload) if payload else None
+    except (TypeError, ValueError, KeyError) as error:
+        raise ArtifactMismatchError(
+            f"{model_dir}: the abstention rule in {MANIFEST} is unreadable ({error}); "
+            "retrain the model with this version"
+        ) from None
+    return SiameseModel(model_dir, manifest, encoder, head, abstention)

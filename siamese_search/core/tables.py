@@ -193,6 +193,35 @@ def iter_table(
         yield last
 
 
+def table_columns(path: str | Path) -> list[str]:
+    """The column names of a table (CSV header, first JSON object, Parquet schema)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; check the path")
+    fmt = table_format(path)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return list(pq.ParquetFile(path).schema_arrow.names)
+        except Exception as error:  # pyarrow raises several types for a corrupt file
+            raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        if fmt == "csv":
+            first = handle.read(1)
+            if first != "\ufeff":
+                handle.seek(0)
+            return next(csv.reader(handle), [])
+        for line in handle:
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    return []
+                return list(record) if isinstance(record, dict) else []
+    return []
+
+
 def count_records(path: str | Path) -> int:
     """How many records `iter_table` will read (usable or not): a progress bar's total.
 

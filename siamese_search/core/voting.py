@@ -49,6 +49,15 @@ def vote(labels: Sequence[str], scores: Sequence[float], min_score: float = -1.0
     return Vote(winner, shares[winner], ranked)
 
 
+def nearest(reference: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k (scores, positions) of each query row among the unit reference rows,
+    best first; ties keep the reference order (stable sort), as a flat index does."""
+    similarities = np.asarray(queries) @ np.asarray(reference).T
+    k = min(k, similarities.shape[1])
+    positions = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(similarities, positions, axis=1), positions
+
+
 def knn_vote(
     reference: np.ndarray,
     reference_labels: Sequence[str] | np.ndarray,
@@ -61,9 +70,8 @@ def knn_vote(
     search returns; ties in similarity keep the reference order (stable sort).
     """
     labels = np.asarray(reference_labels)
-    similarities = np.asarray(queries) @ np.asarray(reference).T
-    k = min(k, similarities.shape[1])
-    nearest = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
+    scores, positions = nearest(reference, queries, k)
     return [
-        vote(labels[row].tolist(), similarities[i, row].tolist()) for i, row in enumerate(nearest)
+        vote(labels[row].tolist(), row_scores.tolist())
+        for row, row_scores in zip(positions, scores, strict=True)
     ]

@@ -1,0 +1,175 @@
+"""Saying "none of these": a calibrated confidence for a neighbour vote, and when to abstain.
+
+A prediction is the neighbour vote (`core.voting`). Its *confidence* is the
+probability that the voted label is right, estimated by a logistic regression on
+four features of the vote (`FEATURES`), fitted at training time on held-out examples
+(`--validation-data`, or held-out folds of the training set): calibrated, so a
+confidence of 0.8 is right about 80% of the time on data like the held-out set.
+Rows labelled with the out-of-scope label (`--oos-label`, e.g. `oos`), or with a
+label the model does not know, count as "should abstain": their vote is always wrong.
+
+The *threshold* is chosen on the same held-out set: the one that maximises accuracy
+(abstaining on an out-of-scope row is right, on an in-scope row wrong) when
+out-of-scope rows make up `oos_share` of the traffic (default 0.2), whatever their
+share in the held-out set. A model without held-out out-of-scope rows gets threshold
+0.5: abstain when the vote is more likely wrong than right.
+
+The trainer fits it (`fit_abstention`) and stores it in the model manifest; the
+server and `siamese-evaluate` apply it with `predict`. Not for: searching.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from siamese_search.core.voting import Vote, vote
+
+FEATURES = ("top_score", "vote_share", "winner_mean_score", "winner_top_score")
+DEFAULT_OOS_SHARE = 0.2
+NO_OOS_THRESHOLD = 0.5
+
+
+def vote_features(labels: Sequence[str], scores: Sequence[float]) -> tuple[Vote, np.ndarray]:
+    """The vote of one query's neighbours (nearest first) and its FEATURES."""
+    decision = vote(labels, scores)
+    if not decision.label:
+        return decision, np.zeros(len(FEATURES), dtype=np.float64)
+    winner = [float(s) for lab, s in zip(labels, scores, strict=True) if lab == decision.label]
+    features = [float(scores[0]), decision.confidence, sum(winner) / len(winner), max(winner)]
+    return decision, np.asarray(features, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Abstention:
+    """A fitted confidence model and abstention threshold (stored in the model manifest)."""
+
+    coef: tuple[float, ...]
+    intercept: float
+    threshold: float
+    oos_share: float
+    source: str  # what it was fitted on, for the manifest reader
+    held_out_rows: int
+    ece: float  # expected calibration error on the held-out rows
+    features: tuple[str, ...] = FEATURES
+
+    def confidence(self, features: np.ndarray) -> float:
+        z = float(np.dot(self.coef, features)) + self.intercept
+        return 1.0 / (1.0 + math.exp(-max(min(z, 60.0), -60.0)))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: dict) -> Abstention:
+        values = dict(payload)
+        if tuple(values.get("features", FEATURES)) != FEATURES:
+            raise ValueError(f"abstention features {values.get('features')} are not {FEATURES}")
+        values["coef"] = tuple(values["coef"])
+        values["features"] = tuple(values.get("features", FEATURES))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str  # "" when abstaining
+    confidence: float  # calibrated probability that `voted` is right (vote share without a model)
+    voted: str  # the vote's label, even when abstaining
+    scores: dict[str, float]  # label -> share of the vote
+    abstained: bool
+
+
+def predict(
+    labels: Sequence[str],
+    scores: Sequence[float],
+    abstention: Abstention | None,
+    min_score: float | None = None,
+) -> Prediction:
+    """Label one query from its neighbours (nearest first).
+
+    With `min_score`, neighbours under it do not vote and the model's threshold is
+    not applied (the caller chose its own rule); otherwise the model's abstention rule
+    decides. Without a fitted `abstention`, confidence is the vote share.
+    """
+    if min_score is not None:
+        kept = [(lab, s) for lab, s in zip(labels, scores, strict=True) if s >= min_score]
+        labels, scores = [lab for lab, _ in kept], [s for _, s in kept]
+    decision, features = vote_features(labels, scores)
+    if not decision.label:
+        return Prediction("", 0.0, "", {}, True)
+    if abstention is None:
+        return Prediction(
+            decision.label, decision.confidence, decision.label, decision.scores, False
+        )
+    confidence = abstention.confidence(features)
+    abstain = min_score is None and confidence < abstention.threshold
+    label = "" if abstain else decision.label
+    return Prediction(label, confidence, decision.label, decision.scores, abstain)
+
+
+def expected_calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, bins: int = 10
+) -> float:
+    """Mean |confidence - accuracy| over equal-width confidence bins, weighted by size."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    if len(confidence) == 0:
+        return 0.0
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            total += members.mean() * abs(confidence[members].mean() - correct[members].mean())
+    return float(total)
+
+
+def fit_abstention(
+    features: np.ndarray,
+    correct: np.ndarray,
+    out_of_scope: np.ndarray,
+    source: str,
+    oos_share: float = DEFAULT_OOS_SHARE,
+) -> Abstention:
+    """Fit confidence and threshold on held-out rows.
+
+    `features` (n, len(FEATURES)) of each row's vote, `correct` whether the vote was
+    right, `out_of_scope` whether the row should be abstained on (never correct).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    correct = np.asarray(correct, dtype=bool)
+    out_of_scope = np.asarray(out_of_scope, dtype=bool)
+    if correct.all() or not correct.any():  # one outcome only: a constant confidence
+        rate = float(correct.mean()) if len(correct) else 1.0
+        logit = math.log(max(rate, 1e-6) / max(1.0 - rate, 1e-6))
+        coef, intercept = (0.0,) * len(FEATURES), logit
+    else:
+        fitted = LogisticRegression(C=10.0, max_iter=2000).fit(features, correct)
+        coef = tuple(float(c) for c in fitted.coef_[0])
+        intercept = float(fitted.intercept_[0])
+    draft = Abstention(coef, intercept, NO_OOS_THRESHOLD, oos_share, source, len(correct), 0.0)
+    confidence = np.array([draft.confidence(row) for row in features])
+    ece = expected_calibration_error(confidence, correct)
+    threshold = NO_OOS_THRESHOLD
+    if out_of_scope.any() and (~out_of_scope).any():
+        threshold = _best_threshold(confidence, correct, out_of_scope, oos_share)
+    return Abstention(coef, intercept, threshold, oos_share, source, len(correct), ece)
+
+
+def _best_threshold(
+    confidence: np.ndarray, correct: np.ndarray, out_of_scope: np.ndarray, oos_share: float
+) -> float:
+    """The threshold with the best accuracy when out-of-scope rows are `oos_share` of all."""
+    best_score, best = -1.0, NO_OOS_THRESHOLD
+    for threshold in np.unique(np.concatenate([[0.0], confidence])):
+        answered = confidence >= threshold
+        in_scope_accuracy = (answered & correct)[~out_of_scope].mean()
+        oos_recall = (~answered)[out_of_scope].mean()
+        score = (1.0 - oos_share) * in_scope_accuracy + oos_share * oos_recall
+        if score > best_score:
+            best_score, best = score, float(threshold)
+    return best

@@ -1,0 +1,80 @@
+"""Calibrated confidence and the abstention rule (`core.abstention`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from siamese_search.core.abstention import (
+    NO_OOS_THRESHOLD,
+    Abstention,
+    expected_calibration_error,
+    fit_abstention,
+    predict,
+    vote_features,
+)
+
+
+def _held_out(rng, n_in=400, n_oos=100):
+    """In-scope rows: near neighbours, mostly right; out-of-scope: far, always wrong."""
+    top = np.concatenate([rng.uniform(0.6, 1.0, n_in), rng.uniform(0.2, 0.6, n_oos)])
+    share = np.concatenate([rng.uniform(0.5, 1.0, n_in), rng.uniform(0.2, 0.7, n_oos)])
+    features = np.column_stack([top, share, top - 0.05, top])
+    correct = np.concatenate([rng.uniform(size=n_in) < top[:n_in], np.zeros(n_oos, bool)])
+    oos = np.concatenate([np.zeros(n_in, bool), np.ones(n_oos, bool)])
+    return features, correct, oos
+
+
+def test_vote_features_describe_the_winner():
+    decision, features = vote_features(["A", "B", "A"], [0.9, 0.8, 0.5])
+    assert decision.label == "A"
+    np.testing.assert_allclose(features, [0.9, 1.4 / 2.2, 0.7, 0.9])
+
+
+def test_fit_abstention_is_calibrated_and_separates_out_of_scope():
+    features, correct, oos = _held_out(np.random.default_rng(0))
+    rule = fit_abstention(features, correct, oos, source="synthetic")
+    confidence = np.array([rule.confidence(row) for row in features])
+    assert rule.ece < 0.08 and rule.ece == pytest.approx(
+        expected_calibration_error(confidence, correct)
+    )
+    assert confidence[oos].mean() < 0.3 < 0.6 < confidence[~oos].mean()
+    answered = confidence >= rule.threshold
+    assert answered[~oos].mean() > 0.8 and (~answered)[oos].mean() > 0.8
+    # more out-of-scope traffic expected: a threshold at least as strict
+    stricter = fit_abstention(features, correct, oos, "synthetic", oos_share=0.6)
+    assert stricter.threshold >= rule.threshold
+
+
+def test_without_out_of_scope_rows_the_threshold_is_one_half():
+    features, correct, oos = _held_out(np.random.default_rng(1), n_oos=0)
+    assert fit_abstention(features, correct, oos, "synthetic").threshold == NO_OOS_THRESHOLD
+
+
+def test_predict_abstains_below_the_threshold_unless_the_caller_sets_min_score():
+    rule = Abstention((10.0, 0.0, 0.0, 0.0), -6.0, 0.5, 0.2, "test", 1, 0.0)
+    sure = predict(["A", "A"], [0.9, 0.8], rule)  # sigmoid(10 * 0.9 - 6) ~ 0.95
+    assert (sure.label, sure.abstained) == ("A", False) and sure.confidence > 0.9
+    unsure = predict(["A", "B"], [0.4, 0.3], rule)  # sigmoid(-2) ~ 0.12
+    assert (unsure.label, unsure.voted, unsure.abstained) == ("", "A", True)
+    assert unsure.confidence == pytest.approx(1 / (1 + np.exp(2.0)))
+    chosen = predict(["A", "B"], [0.4, 0.3], rule, min_score=0.35)  # the caller's own rule
+    assert (chosen.label, chosen.abstained) == ("A", False)
+    nothing = predict(["A", "B"], [0.4, 0.3], rule, min_score=0.5)
+    assert (nothing.label, nothing.voted, nothing.abstained) == ("", "", True)
+    share = predict(["A", "B"], [0.6, 0.2], None)  # no fitted rule: the vote share
+    assert share.confidence == pytest.approx(0.75) and not share.abstained
+
+
+def test_expected_calibration_error():
+    confidence = np.array([0.9] * 10 + [0.2] * 10)
+    right = np.array([True] * 9 + [False] + [True] * 2 + [False] * 8)
+    assert expected_calibration_error(confidence, right) == pytest.approx(0.0)
+    assert expected_calibration_error(np.full(10, 0.9), np.zeros(10, bool)) == pytest.approx(0.9)
+
+
+def test_round_trip_through_the_manifest():
+    rule = Abstention((1.0, 2.0, 3.0, 4.0), -1.0, 0.4, 0.2, "test", 10, 0.05)
+    assert Abstention.from_dict(rule.to_dict()) == rule
+    with pytest.raises(ValueError, match="features"):
+        Abstention.from_dict({**rule.to_dict(), "features": ["other"]})

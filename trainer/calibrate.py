@@ -1,0 +1,114 @@
+"""Fitting the model's abstention rule (`core.abstention`) on held-out examples.
+
+With `--validation-data FILE`: the trained model labels every validation row by the
+vote of its k nearest training examples, exactly as siamese-evaluate and the server
+would with the training set as reference; rows labelled `--oos-label` (or with a
+label the training set lacks) should be abstained on.
+
+Without it: held-out folds of the training set. The frozen head is trained on the
+other folds (cheap: seconds) and votes on the held-out fold. When the final model
+fine-tunes its encoder this is an approximation (the folds do not fine-tune, which
+would cost a fine-tuning per fold): give --validation-data for a calibration of the
+model itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from siamese_search.core.abstention import (
+    DEFAULT_OOS_SHARE,
+    FEATURES,
+    Abstention,
+    fit_abstention,
+    vote_features,
+)
+from siamese_search.core.voting import nearest
+from siamese_search.trainer.config import TrainingConfig
+
+DEFAULT_K = 5
+FOLDS = 3
+
+
+def vote_table(
+    reference: np.ndarray,
+    reference_labels: Sequence[str],
+    queries: np.ndarray,
+    query_labels: Sequence[str],
+    known: set[str],
+    k: int = DEFAULT_K,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, vote correct, out of scope) of each query against the reference rows."""
+    scores, positions = nearest(reference, queries, k)
+    labels = np.asarray(reference_labels)
+    features = np.zeros((len(queries), len(FEATURES)))
+    correct = np.zeros(len(queries), dtype=bool)
+    for i, (row, row_scores) in enumerate(zip(positions, scores, strict=True)):
+        decision, features[i] = vote_features(labels[row].tolist(), row_scores.tolist())
+        correct[i] = decision.label == query_labels[i]
+    out_of_scope = np.array([label not in known for label in query_labels], dtype=bool)
+    return features, correct, out_of_scope
+
+
+def on_validation(
+    embed: Callable[[list[str]], np.ndarray],
+    train_texts: list[str],
+    train_labels: list[str],
+    validation_texts: list[str],
+    validation_labels: list[str],
+    source: str,
+    oos_share: float = DEFAULT_OOS_SHARE,
+) -> Abstention:
+    """Fit on a validation table, with the trained model's `embed` (texts -> unit rows)."""
+    features, correct, oos = vote_table(
+        embed(train_texts),
+        train_labels,
+        embed(validation_texts),
+        validation_labels,
+        set(train_labels),
+    )
+    return fit_abstention(features, correct, oos, source, oos_share)
+
+
+def on_folds(
+    vectors: np.ndarray,
+    labels: list[str],
+    config: TrainingConfig,
+    train_head: Callable,
+    oos_share: float = DEFAULT_OOS_SHARE,
+) -> Abstention:
+    """Fit on held-out folds of the training set (encoder vectors in, frozen heads)."""
+    from siamese_search.core.numpy_head import NumpyHead
+
+    label_array = np.asarray(labels)
+    rng = np.random.default_rng(config.seed)
+    fold_of = np.empty(len(labels), dtype=np.int64)
+    for label in np.unique(label_array):  # stratified: each class spread over the folds
+        members = rng.permutation(np.flatnonzero(label_array == label))
+        fold_of[members] = np.arange(len(members)) % FOLDS
+    fold_config = replace(config, fine_tune=False, validation_fraction=0.0)
+    parts = []
+    for fold in range(FOLDS):
+        held, kept = fold_of == fold, fold_of != fold
+        if not held.any() or len(set(label_array[kept])) < 2:
+            continue
+        result = train_head(vectors[kept], label_array[kept].tolist(), fold_config, False)
+        head = NumpyHead(result.weights)
+        parts.append(
+            vote_table(
+                head(vectors[kept]),
+                label_array[kept].tolist(),
+                head(vectors[held]),
+                label_array[held].tolist(),
+                set(label_array[kept]),
+            )
+        )
+    features = np.concatenate([p[0] for p in parts])
+    correct = np.concatenate([p[1] for p in parts])
+    oos = np.concatenate([p[2] for p in parts])
+    return fit_abstention(
+        features, correct, oos, f"{FOLDS} held-out folds of the training set", oos_share
+    )
