@@ -52,7 +52,7 @@ $(ARTIFACTS)/model/manifest.json: $(SAMPLE)/train.csv $(VENV)/.installed
 
 $(ARTIFACTS)/index/CURRENT: $(ARTIFACTS)/model/manifest.json $(SAMPLE)/test.csv
 	$(BIN)/siamese-index build --model $(ARTIFACTS)/model \
-		--data $(SAMPLE)/test.csv --label-column class --out $(ARTIFACTS)/index
+		--data $(SAMPLE)/test.csv --label-column class --out $(ARTIFACTS)/index --replace
 
 # Serve the (up-to-date) sample model and index.
 serve: $(ARTIFACTS)/index/CURRENT

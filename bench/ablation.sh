@@ -14,13 +14,14 @@ run() {
 }
 if [ "${1:-clinc}" = clinc ]; then
   run clinc default
+  run clinc fine-tune-all-layers --fine-tune-layers all
   run clinc frozen --no-fine-tune
   run clinc frozen-seed-triplet --no-fine-tune --head seed --loss triplet
 fi
 if [ "${1:-commits}" = commits ]; then
   run commits default
+  run commits fine-tune-all-layers --fine-tune-layers all
   run commits frozen --no-fine-tune
   run commits frozen-residual-proxy --no-fine-tune --head residual --loss proxy
-  run commits fine-tune-residual-proxy --head residual --loss proxy
   run commits original-recipe --no-fine-tune --head seed --loss triplet --mining random --ensemble 1 --preprocess none
 fi

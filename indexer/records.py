@@ -63,69 +63,81 @@ class RecordWriter:
 
 
 class RecordReader:
-    """Read-only, thread-safe lookups by position or id (one connection per thread)."""
+    """Read-only lookups by position or id, safe across threads.
+
+    One connection, opened (and checked) when the reader is made and shared under a
+    lock: everything a version needs is open before a server swaps it in, so a record
+    store removed or damaged afterwards cannot fail calls one worker thread at a time.
+    Lookups are a few hundred microseconds, far below encoding, so sharing costs little.
+    """
 
     def __init__(self, path: Path):
-        self._uri = f"file:{Path(path).absolute()}?mode=ro&immutable=1"
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        uri = f"file:{Path(path).absolute()}?mode=ro&immutable=1"
         self._lock = threading.Lock()
-        self._connection()  # fail now, not on the first query, if the file is unreadable
+        self._db: sqlite3.Connection | None = sqlite3.connect(
+            uri, uri=True, check_same_thread=False
+        )
+        try:
+            (largest,) = self._db.execute("SELECT MAX(position) FROM records").fetchone()
+        except sqlite3.DatabaseError:
+            self.close()
+            raise
+        self.count = 0 if largest is None else int(largest) + 1
 
-    def _connection(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
-            self._local.db = db
-            with self._lock:
-                self._connections.append(db)
-        return db
+    def _execute(self, sql: str, parameters=()):
+        if self._db is None:
+            raise RuntimeError("the record store is closed")
+        return self._db.execute(sql, parameters)
 
     def fetch(self, positions: Iterable[int]) -> dict[int, tuple[str, str | None, str]]:
         """position -> (id, label, text) for the given positions."""
         wanted = [int(p) for p in positions]
         out: dict[int, tuple[str, str | None, str]] = {}
-        db = self._connection()
-        for start in range(0, len(wanted), _SQL_VARIABLES):
-            part = wanted[start : start + _SQL_VARIABLES]
-            marks = ",".join("?" * len(part))
-            for position, row_id, label, text in db.execute(
-                f"SELECT position, id, label, text FROM records WHERE position IN ({marks})", part
-            ):
-                out[position] = (row_id, label, text)
+        with self._lock:
+            for start in range(0, len(wanted), _SQL_VARIABLES):
+                part = wanted[start : start + _SQL_VARIABLES]
+                marks = ",".join("?" * len(part))
+                sql = f"SELECT position, id, label, text FROM records WHERE position IN ({marks})"
+                for position, row_id, label, text in self._execute(sql, part):
+                    out[position] = (row_id, label, text)
         return out
 
     def positions_of(self, ids: Sequence[str]) -> dict[str, int]:
-        db = self._connection()
         out: dict[str, int] = {}
-        for start in range(0, len(ids), _SQL_VARIABLES):
-            part = list(ids[start : start + _SQL_VARIABLES])
-            marks = ",".join("?" * len(part))
-            for row_id, position in db.execute(
-                f"SELECT id, position FROM records WHERE id IN ({marks})", part
-            ):
-                out[row_id] = position
+        with self._lock:
+            for start in range(0, len(ids), _SQL_VARIABLES):
+                part = list(ids[start : start + _SQL_VARIABLES])
+                marks = ",".join("?" * len(part))
+                sql = f"SELECT id, position FROM records WHERE id IN ({marks})"
+                for row_id, position in self._execute(sql, part):
+                    out[row_id] = position
         return out
 
     def next_row_id(self) -> int:
         """1 + the largest all-digit id: where row-number ids of added rows start."""
-        (largest,) = (
-            self._connection()
-            .execute("SELECT MAX(CAST(id AS INTEGER)) FROM records WHERE id NOT GLOB '*[^0-9]*'")
-            .fetchone()
-        )
+        with self._lock:
+            (largest,) = self._execute(
+                "SELECT MAX(CAST(id AS INTEGER)) FROM records WHERE id NOT GLOB '*[^0-9]*'"
+            ).fetchone()
         return 0 if largest is None else int(largest) + 1
 
     def iter_all(self, batch: int = 8192):
         """(position, id, label, text) in position order, in batches (for add/delete)."""
-        cursor = self._connection().execute(
-            "SELECT position, id, label, text FROM records ORDER BY position"
-        )
-        while rows := cursor.fetchmany(batch):
+        last = -1
+        while True:  # keyset pages: no cursor stays open across the lock
+            with self._lock:
+                rows = self._execute(
+                    "SELECT position, id, label, text FROM records WHERE position > ? "
+                    "ORDER BY position LIMIT ?",
+                    (last, batch),
+                ).fetchall()
+            if not rows:
+                return
             yield rows
+            last = rows[-1][0]
 
     def close(self) -> None:
         with self._lock:
-            for db in self._connections:
-                db.close()
-            self._connections.clear()
+            if self._db is not None:
+                self._db.close()
+                self._db = None

@@ -8,6 +8,7 @@ filter and a minimum score, returning ids, labels, texts and scores.
 
 from __future__ import annotations
 
+import sqlite3
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -99,7 +100,18 @@ class IndexVersion:
         self._index = load_index(
             self.directory / layout.INDEX_FILE, self.kind, index_info["params"]
         )
-        self._records = RecordReader(self.directory / layout.RECORDS_FILE)
+        try:
+            self._records = RecordReader(self.directory / layout.RECORDS_FILE)
+        except sqlite3.DatabaseError as error:
+            raise ArtifactMismatchError(
+                f"{self.directory / layout.RECORDS_FILE} cannot be read ({error}); the index "
+                "version is damaged: rebuild it"
+            ) from None
+        if self._records.count != self.count:
+            raise ArtifactMismatchError(
+                f"{self.directory / layout.RECORDS_FILE} holds {self._records.count} records, "
+                f"the manifest says {self.count}; the index version is damaged: rebuild it"
+            )
         label_info = self.manifest.get("labels")
         self.label_names: list[str] = list(label_info["names"]) if label_info else []
         self._label_code = {name: code for code, name in enumerate(self.label_names)}
@@ -167,10 +179,17 @@ class IndexVersion:
             if self._label_codes is None:
                 raise UnknownLabelError("this index has no labels, so it cannot filter by label")
             unknown = sorted(key - self._label_code.keys())
-            if unknown:
+            if unknown:  # a bounded message, however many labels were sent or exist
+                shown = ", ".join(repr(label[:60]) for label in unknown[:5])
+                more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+                held = ", ".join(repr(label[:60]) for label in self.label_names[:20])
+                held_more = (
+                    f" and {len(self.label_names) - 20} more (GetInfo lists them)"
+                    if len(self.label_names) > 20
+                    else ""
+                )
                 raise UnknownLabelError(
-                    f"unknown label(s) {', '.join(map(repr, unknown))}; "
-                    f"the index holds {', '.join(map(repr, self.label_names))}"
+                    f"unknown label(s) {shown}{more}; the index holds {held}{held_more}"
                 )
             mask = np.isin(self._label_codes, [self._label_code[x] for x in key])
             self._masks[key] = mask

@@ -14,7 +14,11 @@ from siamese_search.core.errors import UserError, describe_os_error
 from siamese_search.indexer.store import model_directory_of
 from siamese_search.server.config import ServerConfig
 from siamese_search.server.generated import search_pb2_grpc as pb_grpc
-from siamese_search.server.interceptors import BearerTokenInterceptor, MetricsInterceptor
+from siamese_search.server.interceptors import (
+    BearerTokenInterceptor,
+    MetricsInterceptor,
+    StreamCapInterceptor,
+)
 from siamese_search.server.metrics import Metrics
 from siamese_search.server.reflection import enable_reflection
 from siamese_search.server.service import SERVICE_NAME, SearchService
@@ -50,14 +54,24 @@ class SearchServer:
         if not outcome.changed:
             log.warning("no_index_at_start", extra={"fields": {"message": outcome.message}})
 
-        interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(self.metrics)]
-        if config.token:
-            interceptors.insert(0, BearerTokenInterceptor(config.token))
+        interceptors: list[grpc.ServerInterceptor] = [
+            StreamCapInterceptor(config.max_streams, self.metrics),
+            MetricsInterceptor(self.metrics),
+        ]
+        if config.token or config.admin_token:
+            interceptors.insert(
+                0, BearerTokenInterceptor(config.token, config.admin_token, self.metrics)
+            )
+        # Threads: `workers` for unary calls plus one per allowed stream, so idle health
+        # Watch or reflection streams never take a unary call's thread. Calls beyond
+        # threads + `max_queued` are refused at once (RESOURCE_EXHAUSTED) by gRPC itself,
+        # which bounds request memory to max_concurrent_calls x max_request_bytes.
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(
-                max_workers=config.workers, thread_name_prefix="grpc-worker"
+                max_workers=config.workers + config.max_streams, thread_name_prefix="grpc-worker"
             ),
             interceptors=interceptors,
+            maximum_concurrent_rpcs=config.max_concurrent_calls,
             options=[
                 ("grpc.max_receive_message_length", config.limits.max_request_bytes),
                 ("grpc.max_send_message_length", config.max_send_bytes),
@@ -103,9 +117,10 @@ class SearchServer:
                 ) from None
         if self.watcher:
             self.watcher.start()
-        status = health_pb2.HealthCheckResponse.SERVING
-        self.health.set("", status)
-        self.health.set(SERVICE_NAME, status)
+        # honest readiness: SERVING only once a model and an index version are loaded
+        # and warmed; until then NOT_SERVING (the holder flips it on its first swap)
+        self.holder.on_serving = self._set_health
+        self._set_health(self.holder.current is not None)
         serving = self.holder.current
         log.info(
             "listening",
@@ -120,6 +135,17 @@ class SearchServer:
             },
         )
         return self
+
+    def _set_health(self, serving: bool) -> None:
+        if self._stopped.is_set():
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        self.health.set("", status)
+        self.health.set(SERVICE_NAME, status)
 
     def stop(self, grace: float | None = None) -> None:
         """Graceful stop: health NOT_SERVING first, then drain in-flight calls."""

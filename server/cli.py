@@ -7,6 +7,7 @@ SIGHUP: reload the index directory's current version now.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -49,6 +50,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batch", type=int, default=limits.max_batch, help="most texts in one call"
     )
     parser.add_argument(
+        "--max-text-tokens",
+        type=int,
+        default=limits.max_text_tokens,
+        help="most SentencePiece tokens in one text (encoding work grows with tokens)",
+    )
+    parser.add_argument(
+        "--max-call-tokens",
+        type=int,
+        default=limits.max_call_tokens,
+        help="most tokens in one call, all its texts together",
+    )
+    parser.add_argument(
+        "--max-streams",
+        type=int,
+        default=ServerConfig.max_streams,
+        help="streaming calls (health Watch, reflection) open at once, each on its own thread",
+    )
+    parser.add_argument(
+        "--max-queued",
+        type=int,
+        default=ServerConfig.max_queued,
+        help="unary calls that may wait for a worker; beyond, RESOURCE_EXHAUSTED at once",
+    )
+    parser.add_argument(
         "--reload-interval",
         type=float,
         default=2.0,
@@ -66,18 +91,38 @@ def build_parser() -> argparse.ArgumentParser:
         "(or set SIAMESE_TOKEN); health checks stay open",
     )
     parser.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help="file holding the admin token that Reload needs (or set SIAMESE_ADMIN_TOKEN); "
+        "with auth on and no admin token, Reload is refused",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning"], help="JSON log level"
     )
     return parser
 
 
+def _read_token(path: Path | None, flag: str, variable: str) -> str | None:
+    if path is None:
+        return os.environ.get(variable) or None
+    if not path.is_file():
+        raise UserError(f"{path}: no such file ({flag})")
+    return path.read_text("utf-8").strip() or None
+
+
 def config_from_args(args) -> ServerConfig:
-    token = os.environ.get("SIAMESE_TOKEN") or None
-    if args.token_file:
-        if not args.token_file.is_file():
-            raise UserError(f"{args.token_file}: no such file (--token-file)")
-        token = args.token_file.read_text("utf-8").strip()
-    for name in ("max_k", "max_text_chars", "max_batch", "workers", "threads"):
+    token = _read_token(args.token_file, "--token-file", "SIAMESE_TOKEN")
+    admin_token = _read_token(args.admin_token_file, "--admin-token-file", "SIAMESE_ADMIN_TOKEN")
+    for name in (
+        "max_k",
+        "max_text_chars",
+        "max_batch",
+        "max_text_tokens",
+        "max_call_tokens",
+        "max_streams",
+        "workers",
+        "threads",
+    ):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     return ServerConfig(
@@ -88,12 +133,21 @@ def config_from_args(args) -> ServerConfig:
         metrics_port=args.metrics_port,
         workers=args.workers,
         threads=args.threads,
-        limits=Limits(args.max_k, args.max_text_chars, args.max_batch),
+        limits=Limits(
+            args.max_k,
+            args.max_text_chars,
+            args.max_batch,
+            args.max_text_tokens,
+            args.max_call_tokens,
+        ),
+        max_streams=args.max_streams,
+        max_queued=max(args.max_queued, 0),
         reload_interval=args.reload_interval,
         grace_seconds=args.grace,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         token=token,
+        admin_token=admin_token,
     )
 
 
@@ -122,7 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     while not stop.wait(0.5):
         pass
     server.stop()
-    return 0
+    # --grace bounds shutdown: calls still running were cancelled by stop(); their
+    # threads stop at their next piece, and nothing they do now can be delivered, so
+    # do not wait for them (exit within grace + about a second)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from siamese_search.core.errors import UserError
 
+MAX_LABELS = 1000  # labels in one filter
+MAX_LABEL_CHARS = 200  # characters of one label in a filter
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -15,11 +18,18 @@ class Limits:
     max_k: int = 100
     max_text_chars: int = 10_000
     max_batch: int = 256
+    #: encoding work, in SentencePiece tokens: one text, and one call (a query sentence
+    #: is 10-40; 512 tokens encode in ~40 ms, a full call in ~0.6 s on one core)
+    max_text_tokens: int = 512
+    max_call_tokens: int = 8192
 
     @property
     def max_request_bytes(self) -> int:
-        # a full batch of maximal texts (4 bytes per character in UTF-8) plus framing
-        return self.max_batch * (self.max_text_chars * 4 + 64) + 64 * 1024
+        # a full batch of maximal texts (4 bytes per character in UTF-8), a full label
+        # filter, plus framing; anything larger is refused by gRPC (RESOURCE_EXHAUSTED)
+        texts = self.max_batch * (self.max_text_chars * 4 + 64)
+        labels = MAX_LABELS * (MAX_LABEL_CHARS * 4 + 8)
+        return texts + labels + 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -37,7 +47,24 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     token: str | None = None
+    admin_token: str | None = None  # needed for Reload (and any admin RPC) when set
     max_send_bytes: int = 64 * 1024 * 1024
+    #: streaming calls (health Watch, reflection) open at once; each has its own thread
+    max_streams: int = 16
+    #: unary calls waiting for a worker beyond the ones being worked on
+    max_queued: int = 8
+
+    @property
+    def max_concurrent_calls(self) -> int:
+        """Calls gRPC admits at once; beyond it RESOURCE_EXHAUSTED at once."""
+        return self.workers + self.max_streams + self.max_queued
+
+    @property
+    def request_memory_bound(self) -> int:
+        """Bytes of unary request bodies the server can hold at once (the README's
+        memory bound): calls worked on or queued, each at most max_request_bytes. The
+        streams' messages are small (health checks, reflection questions)."""
+        return (self.workers + self.max_queued) * self.limits.max_request_bytes
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -45,7 +72,10 @@ class ServerConfig:
         for path in (self.tls_cert, self.tls_key):
             if path is not None and not Path(path).is_file():
                 raise UserError(f"{path}: no such file (TLS certificate or key)")
-        if self.token is not None and len(self.token) < 16:
-            raise UserError("the bearer token must be at least 16 characters")
+        for name, value in (("bearer token", self.token), ("admin token", self.admin_token)):
+            if value is not None and len(value) < 16:
+                raise UserError(f"the {name} must be at least 16 characters")
+        if self.admin_token is not None and self.admin_token == self.token:
+            raise UserError("the admin token must differ from the query token")
         if not 0 <= self.port <= 65535:
             raise UserError(f"--port {self.port} is not a TCP port")

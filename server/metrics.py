@@ -29,6 +29,19 @@ class Metrics:
         self.index_version = Gauge(
             "siamese_index_version", "Serving index version number", registry=self.registry
         )
+        self.reload_failing = Gauge(
+            "siamese_reload_failing",
+            "1 while the last reload failed (GetInfo.last_reload_error says why)",
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "siamese_calls_in_flight", "Unary calls being worked on", registry=self.registry
+        )
+        self.open_streams = Gauge(
+            "siamese_open_streams",
+            "Streaming calls open (health Watch, reflection)",
+            registry=self.registry,
+        )
         self.reloads = Counter(
             "siamese_index_reloads_total",
             "Index reloads by result",

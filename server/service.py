@@ -15,6 +15,7 @@ from collections.abc import Callable
 from importlib import metadata
 
 import grpc
+import numpy as np
 
 from siamese_search.core.abstention import predict
 from siamese_search.indexer.store import Hit, UnknownLabelError
@@ -26,6 +27,8 @@ from siamese_search.server.state import Serving, ServingHolder
 
 log = logging.getLogger("siamese.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
+#: texts embedded between two checks for a cancelled or expired call
+EMBED_PIECE = 8
 
 
 class _Abort(Exception):
@@ -77,16 +80,19 @@ class SearchService(pb_grpc.SearchServiceServicer):
         """The snapshot this call uses, held until the call ends (see `_call`)."""
         serving = self.holder.acquire()
         if serving is None:
+            cause = self.holder.last_error or "no index version was found"
             raise _Abort(
                 grpc.StatusCode.UNAVAILABLE,
-                f"no index version is loaded yet from {self.holder.index_dir}; "
-                "build one with siamese-index build, then retry",
+                f"nothing is serving from {self.holder.index_dir} yet: {cause[:500]}. Build "
+                "a version with siamese-index build (or fix what the cause names), then retry",
             )
         self._local.acquired.append(serving)
         return serving
 
     @staticmethod
     def _check_deadline(context: grpc.ServicerContext) -> None:
+        if not context.is_active():
+            raise _Abort(grpc.StatusCode.CANCELLED, "the call was cancelled; work stopped")
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
@@ -100,10 +106,20 @@ class SearchService(pb_grpc.SearchServiceServicer):
         min_score: float,
         context,
     ) -> list[list[Hit]]:
-        self._check_deadline(context)
-        vectors = serving.model.embed(texts)
-        self._check_deadline(context)
+        vectors = self._embed(serving, texts, context)
         return serving.index.search(vectors, k, labels=labels, min_score=min_score)
+
+    def _embed(self, serving: Serving, texts: list[str], context) -> np.ndarray:
+        """Check the token limits, then embed in pieces, stopping between pieces when
+        the caller has gone (cancelled, disconnected) or run out of time: an abandoned
+        call costs at most one piece more."""
+        check.check_tokens(serving.model, texts, self.limits)
+        pieces = []
+        for start in range(0, len(texts), EMBED_PIECE):
+            self._check_deadline(context)
+            pieces.append(serving.model.embed(texts[start : start + EMBED_PIECE]))
+        self._check_deadline(context)
+        return np.concatenate(pieces)
 
     def _predict(
         self, serving: Serving, texts: list[str], k: int, min_score: float, context
@@ -191,8 +207,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         def work():
             texts = check.check_texts(request.texts, self.limits)
             serving = self._serving()
-            self._check_deadline(context)
-            vectors = serving.model.embed(texts)
+            vectors = self._embed(serving, texts, context)
             return pb.EmbedResponse(
                 embeddings=[pb.Embedding(values=row.tolist()) for row in vectors],
                 dim=int(vectors.shape[1]),
@@ -225,6 +240,10 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 max_k=self.limits.max_k,
                 max_text_chars=self.limits.max_text_chars,
                 max_batch=self.limits.max_batch,
+                max_text_tokens=self.limits.max_text_tokens,
+                max_call_tokens=self.limits.max_call_tokens,
+                last_reload_error=self.holder.last_error or "",
+                last_reload_error_at=self.holder.last_error_at or "",
                 server_version=self.version,
                 loaded_at=serving.loaded_at,
             )

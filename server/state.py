@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,11 +96,21 @@ class ServingHolder:
         self._reload_lock = threading.Lock()
         self._swap_lock = threading.Lock()  # held for a pointer read or write only
         self._refused: str | None = None  # a version refused once is not retried by polling
+        #: why the last reload failed (None once one succeeds), for GetInfo and errors
+        self.last_error: str | None = None
+        self.last_error_at: str | None = None
+        #: called with True once something is serving (the app turns health SERVING)
+        self.on_serving: Callable[[bool], None] | None = None
         self.metrics: Metrics | None = None  # set by the app
 
     @property
     def current(self) -> Serving | None:
         return self._current
+
+    def record_error(self, message: str) -> None:
+        self.last_error, self.last_error_at = message, utc_now()
+        if self.metrics:
+            self.metrics.reload_failing.set(1)
 
     def acquire(self) -> Serving | None:
         """The current snapshot, entered (the caller must `exit()` it), or None."""
@@ -153,6 +164,7 @@ class ServingHolder:
             except Exception as error:  # keep serving the old version whatever went wrong
                 self._refused = name
                 message = f"refused new index version {name}: {error}"
+                self.record_error(message)
                 log.error(
                     "reload_refused", extra={"fields": {"version": name, "error": str(error)}}
                 )
@@ -160,6 +172,9 @@ class ServingHolder:
                     self.metrics.reloads.labels(result="refused").inc()
                 return ReloadOutcome(False, serving.index.name if serving else None, message)
             self._swap(Serving(self.model, index, utc_now()))
+            self.last_error = self.last_error_at = None
+            if self.on_serving is not None:
+                self.on_serving(True)
             log.info(
                 "index_loaded",
                 extra={
@@ -173,6 +188,7 @@ class ServingHolder:
             )
             if self.metrics:
                 self.metrics.reloads.labels(result="loaded").inc()
+                self.metrics.reload_failing.set(0)
                 self.metrics.observe_index(index)
             return ReloadOutcome(True, index.name, f"now serving version {index.name}")
 
@@ -197,6 +213,7 @@ class ReloadWatcher(threading.Thread):
                 failures = 0
             except Exception as error:  # an unreadable CURRENT must not stop the watcher
                 failures += 1
+                self.holder.record_error(f"cannot read {layout.CURRENT}: {error}")
                 log.error(
                     "reload_watch_failed",
                     extra={"fields": {"error": str(error), "retry_in_polls": 2**failures}},

@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Sequence
 
-from siamese_search.server.config import Limits
+from siamese_search.server.config import MAX_LABEL_CHARS, MAX_LABELS, Limits
 
 
 class InvalidRequest(ValueError):
     pass
 
 
+#: Unicode categories with nothing for an encoder to read: controls, format characters
+#: (zero-width space and joiners, direction marks), separators, unassigned code points
+_NOTHING_TO_READ = {"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"}
+MAX_ECHOED = 60  # characters of a client's value quoted back in an error message
+
+
+def echo(value: str) -> str:
+    """A client's value quoted in an error message, cut short: messages stay small."""
+    shown = value if len(value) <= MAX_ECHOED else value[:MAX_ECHOED] + "..."
+    return repr(shown)
+
+
 def check_text(text: str, limits: Limits, where: str = "text") -> str:
     if not text or not text.strip():
         raise InvalidRequest(f"{where} is empty; send the text to search for")
+    if all(unicodedata.category(ch) in _NOTHING_TO_READ for ch in text):
+        raise InvalidRequest(
+            f"{where} has nothing to read: only control, zero-width or space characters"
+        )
     if len(text) > limits.max_text_chars:
         raise InvalidRequest(
             f"{where} has {len(text)} characters; the limit is {limits.max_text_chars}. "
@@ -32,6 +49,23 @@ def check_texts(texts: Sequence[str], limits: Limits) -> list[str]:
             "Split the batch into several calls."
         )
     return [check_text(t, limits, where=f"texts[{i}]") for i, t in enumerate(texts)]
+
+
+def check_tokens(model, texts: Sequence[str], limits: Limits) -> None:
+    """Refuse work beyond the token limits, before any encoding is done."""
+    counts = model.count_tokens(texts, stop_after=limits.max_call_tokens)
+    for i, tokens in enumerate(counts):
+        if tokens > limits.max_text_tokens:
+            where = "text" if len(texts) == 1 else f"texts[{i}]"
+            raise InvalidRequest(
+                f"{where} is {tokens} tokens; the limit is {limits.max_text_tokens} a text. "
+                "Send shorter texts (split long documents into passages)."
+            )
+    if sum(counts) > limits.max_call_tokens:
+        raise InvalidRequest(
+            f"the texts of this call are over {limits.max_call_tokens} tokens together (the "
+            "limit of one call); split them into several calls"
+        )
 
 
 def check_k(k: int, limits: Limits) -> int:
@@ -55,6 +89,16 @@ def check_min_score(request) -> float:
 
 def check_labels(labels: Sequence[str]) -> list[str]:
     cleaned = list(dict.fromkeys(labels))
+    if len(cleaned) > MAX_LABELS:
+        raise InvalidRequest(
+            f"labels names {len(cleaned)} labels; the limit is {MAX_LABELS}. Filter by fewer."
+        )
     if any(not label for label in cleaned):
         raise InvalidRequest("labels contains an empty string; list label names only")
+    long = [label for label in cleaned if len(label) > MAX_LABEL_CHARS]
+    if long:
+        raise InvalidRequest(
+            f"label {echo(long[0])} has {len(long[0])} characters; labels are at most "
+            f"{MAX_LABEL_CHARS}"
+        )
     return cleaned

@@ -36,7 +36,8 @@ def test_tf_network_reproduces_the_numpy_encoder(sample_texts):
 
 
 def test_trainable_set_is_every_layer_but_the_embedding_table():
-    from siamese_search.trainer.use_network import DAN, TRAINABLE
+    from siamese_search.trainer.config import TrainingConfig
+    from siamese_search.trainer.use_network import DAN, LAYER_SETS, TRAINABLE
 
     network = UseNetwork()
     trainable = {v.name.split(":")[0] for v in network.trainable_variables}
@@ -46,6 +47,12 @@ def test_trainable_set_is_every_layer_but_the_embedding_table():
     assert trainable == convs | (set(TRAINABLE) - {"w1", "b1", "w2", "b2"})
     top_only = {v.name.split(":")[0] for v in UseNetwork(trainable=DAN).trainable_variables}
     assert top_only == set(DAN)
+    few = TrainingConfig().resolved_for(examples=100, classes=5).fine_tune_layers
+    many = TrainingConfig().resolved_for(examples=1500, classes=150).fine_tune_layers
+    assert (few, many) == ("all-but-ngram", "all")
+    network = UseNetwork(trainable=LAYER_SETS[few])
+    chosen = {v.name.split(":")[0] for v in network.trainable_variables}
+    assert chosen == trainable - convs and "cnn_W" in chosen and "proj" in chosen
 
 
 def test_exported_weights_run_on_the_numpy_backend(tmp_path, sample_texts):

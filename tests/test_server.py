@@ -479,3 +479,64 @@ def test_metrics_endpoint_counts_requests(tmp_path, index_dir):
         assert "siamese_index_vectors 100.0" in body
     finally:
         running.stop(0)
+
+
+def test_auth_scheme_headers_admin_token_and_counted_refusals(tmp_path, index_dir, caplog):
+    token, admin = "query-token-0123456789", "admin-token-0123456789"
+    running = _start(index_dir, token=token, admin_token=admin)
+    request = pb.SearchRequest(text="fix", k=3)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            for scheme in ("Bearer", "bearer", "BEARER"):  # RFC 7235: case-insensitive
+                assert stub.Search(request, metadata=[("authorization", f"{scheme} {token}")])
+            twice = [("authorization", f"Bearer {token}"), ("authorization", "Bearer other")]
+            code, details = _code(lambda: stub.Search(request, metadata=twice))
+            assert code == grpc.StatusCode.UNAUTHENTICATED and "exactly one" in details
+            query = [("authorization", f"Bearer {token}")]
+            code, details = _code(lambda: stub.Reload(pb.ReloadRequest(), metadata=query))
+            assert code == grpc.StatusCode.PERMISSION_DENIED and "admin token" in details
+            as_admin = [("authorization", f"Bearer {admin}")]
+            assert stub.Reload(pb.ReloadRequest(), metadata=as_admin).index_version == "000001"
+            assert stub.Search(request, metadata=as_admin).neighbors  # admin may query too
+            code, _ = _code(lambda: stub.Search(request, metadata=[("authorization", "Bearer x")]))
+            assert code == grpc.StatusCode.UNAUTHENTICATED
+        counted = running.metrics.requests.labels(method="Search", code="UNAUTHENTICATED")
+        assert counted._value.get() == 2  # the two refused searches
+        refusals = [r for r in caplog.records if r.getMessage() == "auth_refused"]
+        assert len(refusals) == 3 and all(token not in str(r.__dict__) for r in refusals)
+    finally:
+        running.stop(0)
+    # auth on without an admin token: nobody can reload
+    running = _start(index_dir, token=token)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            query = [("authorization", f"Bearer {token}")]
+            code, details = _code(lambda: stub.Reload(pb.ReloadRequest(), metadata=query))
+            assert code == grpc.StatusCode.PERMISSION_DENIED and "admin-token-file" in details
+    finally:
+        running.stop(0)
+
+
+def test_hostile_requests_get_invalid_argument_with_short_messages(server, stub):
+    target = f"127.0.0.1:{server.port}"
+    with grpc.insecure_channel(target) as channel:
+        raw = channel.unary_unary(
+            "/siamese_search.v1.SearchService/Search",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        for body in (b"\xff\xff\xff", b"\x0a\x02\xff\xfe\x10\x03"):  # junk; text not UTF-8
+            code, details = _code(lambda body=body: raw(body, timeout=5))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "not a valid Search" in details
+    for text in ("\u200b\u200c\u200d", "\x00\x01\x02", "\u2060\u200e\u200f \t"):
+        code, details = _code(lambda text=text: stub.Search(pb.SearchRequest(text=text, k=3)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "nothing to read" in details
+    many = [f"l{i}" for i in range(5_000)]  # within the size limit, beyond the count
+    code, details = _code(lambda: stub.Search(pb.SearchRequest(text="fix", k=3, labels=many)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and len(details) < 300
+    unknown = [f"unknown-{i}-{'y' * 100}" for i in range(900)]
+    code, details = _code(lambda: stub.Search(pb.SearchRequest(text="fix", k=3, labels=unknown)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "and 895 more" in details
+    assert len(details) < 1000

@@ -143,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--fine-tune-layers",
         default=defaults.fine_tune_layers,
         choices=FINE_TUNE_LAYERS,
-        help="all: every layer but the embedding table; dan: the top only",
+        help="all: every layer but the embedding table; all-but-ngram: not the n-gram "
+        "convolutions either; dan: the top network only; auto: all with the proxy loss, "
+        "all-but-ngram with triplets",
     )
     parser.add_argument(
         "--encoder-learning-rate",

@@ -58,7 +58,7 @@ def fine_tune(
     import tensorflow as tf
 
     from siamese_search.trainer.head import build_head, export_weights
-    from siamese_search.trainer.use_network import DAN, TRAINABLE, UseNetwork, pad_ids
+    from siamese_search.trainer.use_network import LAYER_SETS, UseNetwork, pad_ids
 
     rng, label_array, label_ids = run.rng, run.labels, run.label_ids
     train_idx, held_idx = run.train_idx, run.held_idx
@@ -66,7 +66,7 @@ def fine_tune(
     all_ids, all_lengths = tf.constant(padded), tf.constant(lengths)
     y_all = tf.constant(label_ids)
 
-    network = UseNetwork(trainable=DAN if config.fine_tune_layers == "dan" else TRAINABLE)
+    network = UseNetwork(trainable=LAYER_SETS[config.fine_tune_layers])
     head, members = build_head(512, config.head)
 
     def embed(indices: np.ndarray) -> np.ndarray:

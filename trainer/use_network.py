@@ -50,6 +50,9 @@ TRAINABLE = (
     "p3",
 )
 DAN = ("d0", "d1", "d2", "d3", "p1", "p3")
+NGRAM_CNN = ("w1", "b1", "w2", "b2")  # the convolution kernels of every n-gram branch
+ALL_BUT_NGRAM = tuple(name for name in TRAINABLE if name not in NGRAM_CNN)
+LAYER_SETS = {"all": TRAINABLE, "all-but-ngram": ALL_BUT_NGRAM, "dan": DAN}
 
 
 def name_is_trainable(name: str, trainable: tuple[str, ...]) -> bool:

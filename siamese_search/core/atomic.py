@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 TMP_PREFIX = ".tmp-"
+
+
 def process_umask() -> int:
     """The process umask (os.umask can only be read by setting it, and is put back)."""
     current = os.umask(0o022)

@@ -98,6 +98,8 @@ class EmbeddingModel(Protocol):
     @property
     def abstention(self) -> Abstention | None: ...
 
+    def count_tokens(self, texts: Sequence[str], stop_after: int | None = None) -> list[int]: ...
+
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
     def embed_unique(self, texts: Sequence[str], progress: str | None = None) -> np.ndarray: ...
@@ -121,6 +123,10 @@ class SiameseModel:
     @property
     def dim(self) -> int:
         return self.head.output_dim
+
+    def count_tokens(self, texts: Sequence[str], stop_after: int | None = None) -> list[int]:
+        """Encoding work per text, in the encoder's tokens (see Encoder.count_tokens)."""
+        return self.encoder.count_tokens(texts, stop_after)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts one batch at a time (the serving path)."""

@@ -76,6 +76,26 @@ class Encoder(ABC):
     def fingerprint(self) -> dict:
         """Identity of the vectors this encoder makes: equal fingerprints, same vectors."""
 
+    def count_tokens(self, texts: Sequence[str], stop_after: int | None = None) -> list[int]:
+        """Tokens per text after clean-up: the unit of encoding work (the server's limits).
+
+        Stops counting once the total passes `stop_after` (the rest count 0), so
+        refusing an oversized call costs little. This default estimates one token per
+        4 bytes of UTF-8; the embedded encoder counts its SentencePiece pieces.
+        """
+        counts, total = [], 0
+        for text in texts:
+            if stop_after is not None and total > stop_after:
+                counts.append(0)
+                continue
+            tokens = self._count_one(preprocess(text, self.preprocess_mode))
+            counts.append(tokens)
+            total += tokens
+        return counts
+
+    def _count_one(self, prepared: str) -> int:
+        return len(prepared.encode("utf-8")) // 4 + 1
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Encode `texts` (already checked non-empty) to L2-normalised float32 rows."""
         if len(texts) == 0:

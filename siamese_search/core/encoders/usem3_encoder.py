@@ -61,6 +61,10 @@ class Usem3Encoder(Encoder):
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
         return self._model.encode(texts)
 
+    def _count_one(self, prepared: str) -> int:
+        # the package's own SentencePiece tokenizer, with the BOS/EOS it adds
+        return len(self._model._tokenizer.encode(prepared, out_type=int)) + 2
+
     def spec(self) -> dict:
         spec = {"kind": NAME, "preprocess": self.preprocess_mode}
         if self.weights is not None:
