@@ -136,3 +136,34 @@ def test_sighup_reloads_the_current_version(served_index, trained_model, tmp_pat
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def test_grace_bounds_shutdown_while_a_long_call_runs(served_index):
+    process, target = _serve(served_index, "--grace", "1")
+    try:
+        channel = grpc.insecure_channel(target)
+        stub = pb_grpc.SearchServiceStub(channel)
+        stub.Search(pb.SearchRequest(text="warm", k=1), timeout=10)
+        long_texts = [f"improve the performance of module {i} " * 120 for i in range(256)]
+        outcome: dict = {}
+
+        def long_call():  # many seconds of encoding: far longer than the grace
+            try:
+                stub.PredictBatch(pb.PredictBatchRequest(texts=long_texts, k=5), timeout=120)
+                outcome["code"] = grpc.StatusCode.OK
+            except grpc.RpcError as error:
+                outcome["code"] = error.code()
+
+        caller = threading.Thread(target=long_call)
+        caller.start()
+        time.sleep(0.5)  # the call is in flight
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert time.monotonic() - signalled < 1 + 2  # grace + a margin, not the call's length
+        caller.join(timeout=30)
+        assert outcome.get("code") != grpc.StatusCode.OK  # it was cut off, not finished
+        channel.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
