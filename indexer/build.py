@@ -402,11 +402,7 @@ def build_index(
     return _write_version(index_dir, model, options, plan_for, needs_base=False)
 
 
-def carried_index_settings(base: IndexVersion, options: BuildOptions) -> tuple[str, dict | None]:
-    return carried_index_settings_of(base.manifest, options)
-
-
-def carried_index_settings_of(manifest: dict, options: BuildOptions) -> tuple[str, dict | None]:
+def carried_index_settings(manifest: dict, options: BuildOptions) -> tuple[str, dict | None]:
     """The index type and parameters a new version built on a base manifest gets.
 
     `--index-type auto` (the default) keeps how the base was asked to be built (its
@@ -468,7 +464,7 @@ def add_to_index(
             )
             return added, len(drop), problems
 
-        kind, params = carried_index_settings(base, options)
+        kind, params = carried_index_settings(base.manifest, options)
         extra = {
             "operation": {
                 "kind": "upsert" if upsert else "add",
@@ -510,7 +506,7 @@ def delete_from_index(
             _copy_base(writer, base, drop)
             return 0, len(drop), []
 
-        kind, params = carried_index_settings(base, options)
+        kind, params = carried_index_settings(base.manifest, options)
         extra = {"operation": {"kind": "delete", "base_version": base.name, "deleted": len(drop)}}
         source = base.manifest.get("source")
         columns = (

@@ -22,12 +22,12 @@ from siamese_search.indexer.build import (
     BuildOptions,
     add_to_index,
     build_index,
-    carried_index_settings_of,
+    carried_index_settings,
     delete_from_index,
     list_index_versions,
     rollback,
 )
-from siamese_search.indexer.store import model_directory_of, open_index
+from siamese_search.indexer.store import model_directory_of, open_index, resolve_version_dir
 
 
 def _add_data_flags(parser: argparse.ArgumentParser, carried: bool) -> None:
@@ -222,11 +222,9 @@ def _columns(args, base: dict | None = None) -> Columns:
 
 
 def _current_manifest(index_dir: Path) -> dict:
-    version = open_index(index_dir, verify=False)
-    try:
-        return version.manifest
-    finally:
-        version.close()
+    """The current version's manifest alone (checked against its checksum), without
+    opening its index and records."""
+    return layout.read_manifest(resolve_version_dir(index_dir))
 
 
 def _model_for(args, index_dir: Path):
@@ -272,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "add":
         base = _current_manifest(args.index)
         if args.index_type == "auto":
-            kind, params = carried_index_settings_of(base, options)
+            kind, params = carried_index_settings(base, options)
             print(f"keeping index type {kind} with parameters {params or 'derived from size'}")
         report = add_to_index(
             args.index,

@@ -107,10 +107,12 @@ class ServingHolder:
     def current(self) -> Serving | None:
         return self._current
 
-    def record_error(self, message: str) -> None:
-        self.last_error, self.last_error_at = message, utc_now()
+    def record_error(self, message: str | None) -> None:
+        """Remember why the last reload failed; None: the last one succeeded."""
+        self.last_error = message
+        self.last_error_at = utc_now() if message is not None else None
         if self.metrics:
-            self.metrics.reload_failing.set(1)
+            self.metrics.reload_failing.set(0 if message is None else 1)
 
     def acquire(self) -> Serving | None:
         """The current snapshot, entered (the caller must `exit()` it), or None."""
@@ -120,19 +122,15 @@ class ServingHolder:
                 serving.enter()
             return serving
 
-    def _swap(self, serving: Serving) -> Serving | None:
+    def _swap(self, serving: Serving | None) -> None:
         with self._swap_lock:
             previous, self._current = self._current, serving
         if previous is not None:
             previous.retire()  # closed now, or when its last in-flight call is done
-        return previous
 
     def close(self) -> None:
         """Retire what is serving (at shutdown)."""
-        with self._swap_lock:
-            previous, self._current = self._current, None
-        if previous is not None:
-            previous.retire()
+        self._swap(None)
 
     def reload(self, forced: bool = True) -> ReloadOutcome:
         """Load CURRENT if it names a version other than the one serving.
@@ -172,7 +170,7 @@ class ServingHolder:
                     self.metrics.reloads.labels(result="refused").inc()
                 return ReloadOutcome(False, serving.index.name if serving else None, message)
             self._swap(Serving(self.model, index, utc_now()))
-            self.last_error = self.last_error_at = None
+            self.record_error(None)
             if self.on_serving is not None:
                 self.on_serving(True)
             log.info(
@@ -188,7 +186,6 @@ class ServingHolder:
             )
             if self.metrics:
                 self.metrics.reloads.labels(result="loaded").inc()
-                self.metrics.reload_failing.set(0)
                 self.metrics.observe_index(index)
             return ReloadOutcome(True, index.name, f"now serving version {index.name}")
 

@@ -115,6 +115,7 @@ def test_out_of_scope_training_and_evaluation(sample_train, sample_test, tmp_pat
     assert code == 0
     assert "out-of-scope recall" in capsys.readouterr().out
     scores = json.loads(report.read_text())
+    assert not [key for key in scores if key.startswith("_")]  # no per-row arrays leak
     for key in ("in_scope_accuracy", "closed_set_accuracy", "oos_recall", "oos_precision"):
         assert 0.0 <= scores[key] <= 1.0, key
     # overall = right answers on in-scope rows + abstentions on the 4 out-of-scope rows

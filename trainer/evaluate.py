@@ -115,7 +115,7 @@ def evaluate(
         predicted = [oos_label if p.abstained else p.label for p in predictions]
     else:  # no out-of-scope rows to score abstention on: the vote, as before
         predicted = voted
-    open_set = _open_set_scores(predictions, truth, oos_label)
+    open_set, confidence, correct = _open_set_scores(predictions, truth, oos_label)
     labels = sorted(set(reference.label_list) | set(truth))
     report = classification_report(
         test.label_list, predicted, labels=labels, output_dict=True, zero_division=0
@@ -137,7 +137,7 @@ def evaluate(
         "model_fingerprint": model.fingerprint,
         **open_set,
     }
-    return Evaluation(scores, test_vectors, open_set.pop("_confidence"), open_set.pop("_correct"))
+    return Evaluation(scores, test_vectors, confidence, correct)
 
 
 def _share(hits: np.ndarray, among: np.ndarray) -> float:
@@ -145,8 +145,11 @@ def _share(hits: np.ndarray, among: np.ndarray) -> float:
     return float(hits[among].mean()) if among.any() else 0.0
 
 
-def _open_set_scores(predictions: list, truth: list[str], oos_label: str | None) -> dict:
-    """CLINC-style scores (Larson et al., 2019) and the calibration of `confidence`.
+def _open_set_scores(
+    predictions: list, truth: list[str], oos_label: str | None
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """CLINC-style scores (Larson et al., 2019) and the calibration of `confidence`;
+    also each row's confidence and whether its vote was right (for the diagram).
 
     closed_set_accuracy: the vote, no abstention, over in-scope rows. With an
     out-of-scope label: in_scope_accuracy (abstaining on an in-scope row is wrong),
@@ -165,8 +168,6 @@ def _open_set_scores(predictions: list, truth: list[str], oos_label: str | None)
         "closed_set_accuracy": _share(correct, in_scope),
         "abstained_share": float(abstained.mean()),
         "ece": expected_calibration_error(confidence, correct),
-        "_confidence": confidence,
-        "_correct": correct,
     }
     if oos_label is not None:
         answered_right = correct & ~abstained
@@ -179,7 +180,7 @@ def _open_set_scores(predictions: list, truth: list[str], oos_label: str | None)
                 "overall_accuracy": float((answered_right | (abstained & out_of_scope)).mean()),
             }
         )
-    return scores
+    return scores, confidence, correct
 
 
 @run_cli
