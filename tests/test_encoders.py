@@ -63,3 +63,31 @@ def test_hub_path_loads_a_local_savedmodel(tmp_path):
 def test_hub_path_that_cannot_load_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="could not load encoder"):
         make_encoder(str(tmp_path / "not-a-model"), "none")
+
+
+def test_new_models_use_cpp_sentencepiece_and_old_specs_keep_the_pure_tokenizer(sample_train):
+    """The C++ SentencePiece tokenizer is recorded in new specs and fingerprints; a spec
+    written before (no tokenizer) loads the package's pure-Python port, so its
+    fingerprint, and the indexes built with it, stay valid. On ordinary text the two
+    give the same ids and so the same vectors."""
+    import csv
+
+    from siamese_search.core.encoders import load_encoder
+    from siamese_search.core.encoders.usem3_encoder import PURE_PYTHON, SENTENCEPIECE
+
+    new = make_encoder("usem3", "code", threads=1)
+    assert new.spec()["tokenizer"] == SENTENCEPIECE
+    assert new.fingerprint()["tokenizer"] == SENTENCEPIECE
+    assert load_encoder(new.spec(), threads=1).fingerprint() == new.fingerprint()
+
+    old_spec = {"kind": "usem3", "preprocess": "code"}  # what models made before wrote
+    old = load_encoder(old_spec, threads=1)
+    assert old.tokenizer == PURE_PYTHON and "tokenizer" not in old.fingerprint()
+    assert old.spec() == old_spec and old.fingerprint() != new.fingerprint()
+
+    with open(sample_train, newline="", encoding="utf-8") as handle:
+        texts = [row["text"] for row in csv.DictReader(handle)]
+    assert new.count_tokens(texts) == old.count_tokens(texts)
+    np.testing.assert_allclose(new.encode(texts[:20]), old.encode(texts[:20]), atol=1e-5)
+    # runs of unknown characters: one <unk> from the C++ tokenizer, one each from the port
+    assert new.count_tokens(["乍乨乭"]) < old.count_tokens(["乍乨乭"])

