@@ -6,9 +6,13 @@ For each index size (synthetic commit-message-like texts, `--index-type auto`):
              one FAISS search, on raw bytes (no validation, no protobuf, no records)
 Both run as separate processes with 1 BLAS thread (the serving default); the load
 generator is a third process. Single-client latency is p50 / p99 over sequential
-calls; throughput is calls/s with 8 concurrent client threads.
+calls; throughput is calls/s (and p50 / p99) with 8 and with 32 concurrent client
+threads. For the product server it also reports the seconds from process start to
+health SERVING, and its RSS while 500 maximum-size requests (~10 MB each) arrive at
+once, beside the memory bound the README states (ServerConfig.request_memory_bound).
 
 Usage: python bench/serving.py --model artifacts/model [--sizes 10000 100000]
+       [--server-args '--batch-threads 2'] [--no-burst] [--out bench/results/serving.json]
 """
 
 from __future__ import annotations
@@ -29,23 +33,31 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 FLOOR_METHOD = "/bench.Floor/Search"
 K = 10
+CLIENTS = (8, 32)  # concurrent clients in the throughput phases
+BURST = 500  # maximum-size requests sent at once
 
 
 # ---- the floor server (subprocess) ------------------------------------------------------
 def run_floor_server(index_dir: Path) -> None:
     from concurrent import futures
 
+    import faiss
     import grpc
     import numpy as np
+    from threadpoolctl import threadpool_limits
 
     from siamese_search.core.model_artifact import load_model
     from siamese_search.indexer.store import open_index
 
+    threadpool_limits(limits=1)
     version = open_index(index_dir, verify=False)
     model = load_model(version.manifest["model"]["directory"], threads=1)
     searcher = version._index  # the bare FAISS index: no record lookup
 
     def handle(request: bytes, context) -> bytes:
+        # one native thread per call, as the product server sets (OpenMP's count is
+        # per thread; left at 2, FAISS's idle OpenMP worker spins after every search)
+        faiss.omp_set_num_threads(1)
         vectors = model.head(model.encoder.encode([request.decode("utf-8")]))
         _, positions = searcher.search(vectors, K)
         return np.asarray(positions, dtype=np.int64).tobytes()
@@ -63,7 +75,7 @@ def run_floor_server(index_dir: Path) -> None:
 
 
 # ---- the load generator (subprocess) -----------------------------------------------------
-def run_load(target: str, kind: str, queries: list[str], seconds: float, clients: int) -> dict:
+def run_load(target: str, kind: str, queries: list[str], seconds: float) -> dict:
     import grpc
     import numpy as np
 
@@ -89,13 +101,44 @@ def run_load(target: str, kind: str, queries: list[str], seconds: float, clients
         started = time.perf_counter()
         one(text)
         latencies.append(time.perf_counter() - started)
+    ms = np.array(latencies) * 1e3
+    result = {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+    for clients in CLIENTS:
+        calls_per_second, concurrent_ms, refused = _concurrent(one, queries, seconds, clients)
+        result[f"clients_{clients}"] = {
+            "calls_per_second": calls_per_second,
+            "refused": refused,
+            "p50_ms": float(np.percentile(concurrent_ms, 50)),
+            "p99_ms": float(np.percentile(concurrent_ms, 99)),
+        }
+    channel.close()
+    return result
+
+
+def _concurrent(one, queries: list[str], seconds: float, clients: int):
+    """calls/s, per-call latencies (ms) and RESOURCE_EXHAUSTED refusals with `clients`
+    threads calling in a loop."""
+    import grpc
+    import numpy as np
+
     counts = [0] * clients
+    refused = [0] * clients
+    latencies: list[list[float]] = [[] for _ in range(clients)]
     stop = time.perf_counter() + seconds
 
     def client(slot: int) -> None:
         i = slot
         while time.perf_counter() < stop:
-            one(queries[i % len(queries)])
+            started = time.perf_counter()
+            try:
+                one(queries[i % len(queries)])
+            except grpc.RpcError as error:  # admission control: counted, then retried
+                if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                refused[slot] += 1
+                time.sleep(0.001)
+                continue
+            latencies[slot].append(time.perf_counter() - started)
             counts[slot] += 1
             i += clients
 
@@ -106,19 +149,51 @@ def run_load(target: str, kind: str, queries: list[str], seconds: float, clients
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - started
-    channel.close()
-    ms = np.array(latencies) * 1e3
+    return (
+        sum(counts) / elapsed,
+        np.array([x for row in latencies for x in row]) * 1e3,
+        sum(refused),
+    )
+
+
+def run_burst(target: str, requests: int) -> dict:
+    """`requests` maximum-size SearchBatch calls sent at once (256 texts of 10,000
+    four-byte characters: ~10 MB each); how many were answered with which status."""
+    from collections import Counter
+
+    import grpc
+
+    from siamese_search.server.config import Limits
+    from siamese_search.server.generated import search_pb2 as pb
+    from siamese_search.server.generated import search_pb2_grpc as pb_grpc
+
+    limits = Limits()
+    texts = ["\N{FIRE}" * limits.max_text_chars] * limits.max_batch
+    request = pb.SearchBatchRequest(texts=texts, k=K)
+    options = [("grpc.max_send_message_length", 2 * limits.max_request_bytes)]
+    with grpc.insecure_channel(target, options=options) as channel:
+        stub = pb_grpc.SearchServiceStub(channel)
+        futures = [stub.SearchBatch.future(request, timeout=120) for _ in range(requests)]
+        codes: Counter[str] = Counter()
+        for future in futures:
+            try:
+                future.result()
+                codes["OK"] += 1
+            except grpc.RpcError as error:
+                codes[error.code().name] += 1
     return {
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "calls_per_second": sum(counts) / elapsed,
-        "clients": clients,
+        "requests": requests,
+        "request_bytes": request.ByteSize(),
+        "codes": dict(codes),
     }
 
 
 # ---- orchestration -----------------------------------------------------------------------
-def _start(command: list[str]) -> tuple[subprocess.Popen, str]:
+def _start(command: list[str]) -> tuple[subprocess.Popen, str, float]:
+    """Start a server; its address and the seconds until it answered health SERVING
+    (for the floor, which has no health service: until it printed its address)."""
     env = {**os.environ, "SIAMESE_THREADS": "1"}
+    started = time.perf_counter()
     process = subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
     )
@@ -126,23 +201,25 @@ def _start(command: list[str]) -> tuple[subprocess.Popen, str]:
     if "listening on" not in line:
         process.kill()
         raise RuntimeError(f"{command[:3]} did not start: {line!r}")
-    return process, line.strip().rsplit(" ", 1)[-1]
+    target = line.strip().rsplit(" ", 1)[-1]
+    if "siamese_search" in " ".join(command):
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while (
+                health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+                != health_pb2.HealthCheckResponse.SERVING
+            ):
+                time.sleep(0.01)
+    return process, target, time.perf_counter() - started
 
 
-def _load(target: str, kind: str, queries_file: Path, seconds: float) -> dict:
+def _helper(*args: str) -> dict:
+    """Run this file as a helper process (load generator, burst) and read its JSON."""
     result = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--load",
-            kind,
-            "--target",
-            target,
-            "--queries",
-            str(queries_file),
-            "--seconds",
-            str(seconds),
-        ],
+        [sys.executable, __file__, *args],
         check=True,
         capture_output=True,
         text=True,
@@ -152,15 +229,75 @@ def _load(target: str, kind: str, queries_file: Path, seconds: float) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _rss_mb(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _burst(process: subprocess.Popen, target: str) -> dict:
+    """Peak RSS of the server while BURST maximum-size requests arrive at once."""
+    from siamese_search.server.config import ServerConfig
+
+    before = _rss_mb(process.pid)
+    peak = [before]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.02):
+            peak.append(_rss_mb(process.pid))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = _helper("--burst", str(BURST), "--target", target)
+    finally:
+        done.set()
+        watcher.join()
+    bound = ServerConfig(index_dir=Path(".")).request_memory_bound / 2**20
+    result.update(
+        rss_before_mb=before,
+        rss_peak_mb=max(peak + [_rss_mb(process.pid, "VmHWM")]),
+        rss_after_mb=_rss_mb(process.pid),
+        stated_bound_mb=before + bound,
+    )
+    return result
+
+
+def _server_command(index_dir: Path, extra: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "siamese_search.server.cli",
+        "--index",
+        str(index_dir),
+        "--port",
+        "0",
+        "--threads",
+        "1",
+        "--reload-interval",
+        "0",
+        *extra,
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "artifacts" / "model")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--queries", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=10.0, help="throughput phase length")
+    parser.add_argument(
+        "--server-args",
+        default="",
+        help="extra siamese-serve flags for the product server, e.g. '--batch-threads 2'",
+    )
+    parser.add_argument("--no-burst", action="store_true", help="skip the memory burst")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--floor-server", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--load", choices=["floor", "server"], help=argparse.SUPPRESS)
+    parser.add_argument("--burst", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor_server:
@@ -168,7 +305,10 @@ def main() -> int:
         return 0
     if args.load:
         queries = json.loads(args.queries.read_text())
-        print(json.dumps(run_load(args.target, args.load, queries, args.seconds, 8)))
+        print(json.dumps(run_load(args.target, args.load, queries, args.seconds)))
+        return 0
+    if args.burst:
+        print(json.dumps(run_burst(args.target, args.burst)))
         return 0
 
     import csv
@@ -197,52 +337,70 @@ def main() -> int:
                 Columns(text="text", label=None, id="id"),
                 BuildOptions(show_progress=False),
             )
-            row = {"size": size, "index_type": report.index_type}
+            row: dict = {"size": size, "index_type": report.index_type}
             for kind, command in (
                 ("floor", [sys.executable, __file__, "--floor-server", str(index_dir)]),
-                (
-                    "server",
-                    [
-                        sys.executable,
-                        "-m",
-                        "siamese_search.server.cli",
-                        "--index",
-                        str(index_dir),
-                        "--port",
-                        "0",
-                        "--threads",
-                        "1",
-                        "--workers",
-                        "8",
-                        "--reload-interval",
-                        "0",
-                    ],
-                ),
+                ("server", _server_command(index_dir, args.server_args.split())),
             ):
-                process, target = _start(command)
+                process, target, start_seconds = _start(command)
                 try:
-                    row[kind] = _load(target, kind, queries_file, args.seconds)
+                    row[kind] = _helper(
+                        "--load",
+                        kind,
+                        "--target",
+                        target,
+                        "--queries",
+                        str(queries_file),
+                        "--seconds",
+                        str(args.seconds),
+                    )
+                    if kind == "server":
+                        row[kind]["seconds_to_serving"] = start_seconds
+                        if not args.no_burst:
+                            row[kind]["burst"] = _burst(process, target)
                 finally:
                     process.send_signal(signal.SIGTERM)
                     process.wait(timeout=60)
-            row["p50_ratio"] = row["server"]["p50_ms"] / row["floor"]["p50_ms"]
+            server, floor = row["server"], row["floor"]
+            row["server_args"] = args.server_args
+            row["p50_ratio"] = server["p50_ms"] / floor["p50_ms"]
             row["throughput_ratio"] = (
-                row["server"]["calls_per_second"] / row["floor"]["calls_per_second"]
+                server["clients_8"]["calls_per_second"] / floor["clients_8"]["calls_per_second"]
             )
             results.append(row)
-            print(
-                f"{size:>7} vectors ({report.index_type}):  "
-                f"server p50 {row['server']['p50_ms']:.2f} ms  p99 {row['server']['p99_ms']:.2f} ms"
-                f"  {row['server']['calls_per_second']:.0f} calls/s  |  "
-                f"floor p50 {row['floor']['p50_ms']:.2f} ms  p99 {row['floor']['p99_ms']:.2f} ms"
-                f"  {row['floor']['calls_per_second']:.0f} calls/s  |  "
-                f"p50 x{row['p50_ratio']:.2f}, throughput x{row['throughput_ratio']:.2f}",
-                flush=True,
-            )
+            print(_summary(row, report.index_type), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def _summary(row: dict, index_type: str) -> str:
+    server, floor = row["server"], row["floor"]
+    lines = [
+        f"{row['size']:>7} vectors ({index_type}), server flags {row['server_args']!r}:",
+        f"  1 client p50:  server {server['p50_ms']:.2f} ms, floor {floor['p50_ms']:.2f} ms"
+        f"  (x{row['p50_ratio']:.2f})",
+    ]
+    for clients in CLIENTS:
+        ours, theirs = server[f"clients_{clients}"], floor[f"clients_{clients}"]
+        ratio = ours["calls_per_second"] / theirs["calls_per_second"]
+        lines.append(
+            f"  {clients:>2} clients:   server {ours['calls_per_second']:.0f} calls/s "
+            f"p99 {ours['p99_ms']:.1f} ms, floor {theirs['calls_per_second']:.0f} calls/s "
+            f"p99 {theirs['p99_ms']:.1f} ms  (x{ratio:.2f}; refused: server "
+            f"{ours['refused']}, floor {theirs['refused']})"
+        )
+    lines.append(f"  start to SERVING: {server['seconds_to_serving']:.1f} s")
+    if "burst" in server:
+        burst = server["burst"]
+        lines.append(
+            f"  burst of {burst['requests']} x {burst['request_bytes'] / 2**20:.1f} MB: "
+            f"RSS {burst['rss_before_mb']:.0f} -> peak {burst['rss_peak_mb']:.0f} MB "
+            f"(stated bound {burst['stated_bound_mb']:.0f} MB), "
+            f"after {burst['rss_after_mb']:.0f} MB; answers {burst['codes']}"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from siamese_search.core.errors import UserError, describe_os_error
 from siamese_search.indexer.store import model_directory_of
+from siamese_search.server.batching import Batcher
 from siamese_search.server.config import ServerConfig
 from siamese_search.server.generated import search_pb2_grpc as pb_grpc
 from siamese_search.server.interceptors import (
@@ -19,7 +20,7 @@ from siamese_search.server.interceptors import (
     MetricsInterceptor,
     StreamCapInterceptor,
 )
-from siamese_search.server.metrics import Metrics
+from siamese_search.server.metrics import Metrics, channelz_server_ids
 from siamese_search.server.reflection import enable_reflection
 from siamese_search.server.service import SERVICE_NAME, SearchService
 from siamese_search.server.state import ReloadWatcher, ServingHolder
@@ -39,6 +40,22 @@ def _model_dir(config: ServerConfig) -> Path:
         ) from None
 
 
+def limit_native_threads(threads: int) -> None:
+    """Every native thread pool of the process (BLAS for the head's numpy matmuls,
+    FAISS's OpenMP) to `threads`, for good, not only inside the encoder's own limit.
+
+    Left at the core count, their idle workers spin after each small matmul or
+    search and take the core the batch thread encodes on: under 8 clients two such
+    threads burned a core between them (bench/serving.py, per-thread CPU). OpenMP's
+    count is per thread: the batch threads call this too (Batcher's thread_setup).
+    """
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    faiss.omp_set_num_threads(max(1, threads))
+    threadpool_limits(limits=max(1, threads))
+
+
 class SearchServer:
     """A running siamese-search gRPC server (start / stop / reload)."""
 
@@ -46,9 +63,20 @@ class SearchServer:
         from siamese_search.core.model_artifact import load_model
 
         self.config = config
-        self.model = load_model(_model_dir(config), threads=config.threads)
+        limit_native_threads(config.threads)
+        initial_model = load_model(_model_dir(config), threads=config.threads)
         self.metrics = Metrics()
-        self.holder = ServingHolder(config.index_dir, self.model)
+        self.holder = ServingHolder(
+            config.index_dir,
+            initial_model,
+            # without --model the server follows the model each version was built with
+            # (hot swap on retrain); --model pins it and versions of another are refused
+            load_model=(
+                None
+                if config.model_dir is not None
+                else lambda directory: load_model(directory, threads=config.threads)
+            ),
+        )
         self.holder.metrics = self.metrics
         outcome = self.holder.reload()
         if not outcome.changed:
@@ -66,6 +94,7 @@ class SearchServer:
         # Watch or reflection streams never take a unary call's thread. Calls beyond
         # threads + `max_queued` are refused at once (RESOURCE_EXHAUSTED) by gRPC itself,
         # which bounds request memory to max_concurrent_calls x max_request_bytes.
+        servers_before = channelz_server_ids()
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=config.workers + config.max_streams, thread_name_prefix="grpc-worker"
@@ -78,8 +107,16 @@ class SearchServer:
                 ("grpc.so_reuseport", 0),  # a busy port is an error, not a shared socket
             ],
         )
+        self.batcher = Batcher(
+            config.batching,
+            self.metrics,
+            thread_setup=lambda: limit_native_threads(config.threads),
+        )
+        created = channelz_server_ids() - servers_before
+        if len(created) == 1:  # (another server made at the same moment: no core counts)
+            self.metrics.count_core_calls(created.pop())
         pb_grpc.add_SearchServiceServicer_to_server(
-            SearchService(self.holder, config.limits), self.grpc_server
+            SearchService(self.holder, config.limits, self.batcher), self.grpc_server
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
@@ -103,6 +140,11 @@ class SearchServer:
         )
         self.metrics_server = None
         self._stopped = threading.Event()
+
+    @property
+    def model(self):
+        """The model serving now (a new index version can bring another)."""
+        return self.holder.model
 
     def start(self) -> SearchServer:
         self.grpc_server.start()
@@ -158,6 +200,7 @@ class SearchServer:
             self.watcher.stop()
         log.info("draining", extra={"fields": {"grace_seconds": grace}})
         self.grpc_server.stop(grace).wait()
+        self.batcher.stop()
         self.holder.close()
         if self.metrics_server is not None:
             self.metrics_server[0].shutdown()

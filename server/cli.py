@@ -16,6 +16,7 @@ from pathlib import Path
 
 from siamese_search.core.cli_help import DefaultsHelpFormatter
 from siamese_search.core.errors import UserError, run_cli
+from siamese_search.server.batching import BatchSettings
 from siamese_search.server.config import Limits, ServerConfig
 
 
@@ -28,7 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--index", required=True, type=Path, help="index directory")
     parser.add_argument(
-        "--model", type=Path, help="model directory (default: the one the index was built with)"
+        "--model",
+        type=Path,
+        help="pin this model directory: index versions built with another are refused "
+        "(default: follow the model each version was built with, swapping it in beside the "
+        "serving one when a retrained model's version is published)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=50051, help="0 picks a free port")
@@ -72,6 +77,27 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=ServerConfig.max_queued,
         help="unary calls that may wait for a worker; beyond, RESOURCE_EXHAUSTED at once",
+    )
+    batching = BatchSettings()
+    parser.add_argument(
+        "--max-batch-texts",
+        type=int,
+        default=batching.max_batch_texts,
+        help="dynamic batching: most texts encoded together from concurrent calls",
+    )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=batching.max_wait * 1e3,
+        help="dynamic batching: how long a batch waits for more calls once it has one "
+        "(0: batch only calls that queued meanwhile; a lone call never waits)",
+    )
+    parser.add_argument(
+        "--batch-threads",
+        type=int,
+        default=batching.threads,
+        help="dynamic batching: threads running batches, each encoding on --threads BLAS "
+        "threads (default: one a core)",
     )
     parser.add_argument(
         "--reload-interval",
@@ -122,6 +148,8 @@ def config_from_args(args) -> ServerConfig:
         "max_streams",
         "workers",
         "threads",
+        "max_batch_texts",
+        "batch_threads",
     ):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
@@ -142,6 +170,11 @@ def config_from_args(args) -> ServerConfig:
         ),
         max_streams=args.max_streams,
         max_queued=max(args.max_queued, 0),
+        batching=BatchSettings(
+            max_batch_texts=args.max_batch_texts,
+            max_wait=args.batch_wait_ms / 1e3,
+            threads=args.batch_threads,
+        ),
         reload_interval=args.reload_interval,
         grace_seconds=args.grace,
         tls_cert=args.tls_cert,

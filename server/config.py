@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from siamese_search.core.errors import UserError
+from siamese_search.server.batching import BatchSettings
 
 MAX_LABELS = 1000  # labels in one filter
 MAX_LABEL_CHARS = 200  # characters of one label in a filter
@@ -53,6 +54,8 @@ class ServerConfig:
     max_streams: int = 16
     #: unary calls waiting for a worker beyond the ones being worked on
     max_queued: int = 8
+    #: dynamic batching of concurrent Search / Predict / Embed work
+    batching: BatchSettings = BatchSettings()
 
     @property
     def max_concurrent_calls(self) -> int:
@@ -77,5 +80,7 @@ class ServerConfig:
                 raise UserError(f"the {name} must be at least 16 characters")
         if self.admin_token is not None and self.admin_token == self.token:
             raise UserError("the admin token must differ from the query token")
+        if self.batching.max_wait < 0 or self.batching.max_wait > 1:
+            raise UserError("--batch-wait-ms must be between 0 and 1000")
         if not 0 <= self.port <= 65535:
             raise UserError(f"--port {self.port} is not a TCP port")

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+
+log = logging.getLogger("siamese.server")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -42,12 +48,29 @@ class Metrics:
             "Streaming calls open (health Watch, reflection)",
             registry=self.registry,
         )
+        self.batch_texts = Histogram(
+            "siamese_batch_texts",
+            "Texts encoded together in one batch (dynamic batching)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
         self.reloads = Counter(
             "siamese_index_reloads_total",
             "Index reloads by result",
             ["result"],
             registry=self.registry,
         )
+
+    def count_core_calls(self, server_id: int) -> None:
+        """Also export the calls gRPC's core counted for channelz server `server_id`.
+
+        Some calls never reach Python's interceptors: a request over the message size
+        limit is refused by the core (RESOURCE_EXHAUSTED), a call over the concurrency
+        limit by grpc's own Python layer before any interceptor. Channelz counts every
+        call the transport started, so `siamese_grpc_calls_total` minus what
+        `siamese_requests_total` saw is what was refused before the service.
+        """
+        self.registry.register(_CoreCalls(server_id))
 
     def observe_index(self, index) -> None:
         self.index_size.set(index.count)
@@ -56,3 +79,45 @@ class Metrics:
     def serve(self, host: str, port: int):
         """Start the /metrics HTTP endpoint; returns (server, thread)."""
         return start_http_server(port, addr=host, registry=self.registry)
+
+
+def channelz_server_ids() -> set[int]:
+    """Ids of the gRPC servers of this process, as channelz numbers them."""
+    from grpc._cython import cygrpc  # type: ignore[attr-defined]  # grpcio-channelz wraps it
+
+    ids, start = set(), 0
+    while True:
+        page = json.loads(cygrpc.channelz_get_servers(start))
+        for server in page.get("server", []):
+            ids.add(int(server["ref"]["serverId"]))
+        if page.get("end", True) or not ids:
+            return ids
+        start = max(ids) + 1
+
+
+class _CoreCalls:
+    """A Prometheus collector reading one server's call counts from channelz."""
+
+    def __init__(self, server_id: int):
+        self.server_id = server_id
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from grpc._cython import cygrpc  # type: ignore[attr-defined]
+
+        family = CounterMetricFamily(
+            "siamese_grpc_calls",
+            "Calls as gRPC's core counts them (channelz), including those refused before "
+            "the service saw them (oversize messages, the concurrency limit)",
+            labels=["result"],
+        )
+        try:
+            data = json.loads(cygrpc.channelz_get_server(self.server_id))["server"]["data"]
+        except Exception as error:  # a metrics scrape must not fail over it
+            log.warning("channelz_unreadable", extra={"fields": {"error": str(error)}})
+            return
+        for result in ("started", "succeeded", "failed"):
+            family.add_metric([result], float(data.get(f"calls{result.capitalize()}", 0)))
+        yield family

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable
 from importlib import metadata
 
@@ -20,6 +21,7 @@ import numpy as np
 from siamese_search.core.abstention import predict
 from siamese_search.indexer.store import Hit, UnknownLabelError
 from siamese_search.server import validation as check
+from siamese_search.server.batching import Batcher, CallGone
 from siamese_search.server.config import Limits
 from siamese_search.server.generated import search_pb2 as pb
 from siamese_search.server.generated import search_pb2_grpc as pb_grpc
@@ -27,8 +29,6 @@ from siamese_search.server.state import Serving, ServingHolder
 
 log = logging.getLogger("siamese.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
-#: texts embedded between two checks for a cancelled or expired call
-EMBED_PIECE = 8
 
 
 class _Abort(Exception):
@@ -51,9 +51,10 @@ def _server_version() -> str:
 
 
 class SearchService(pb_grpc.SearchServiceServicer):
-    def __init__(self, holder: ServingHolder, limits: Limits):
+    def __init__(self, holder: ServingHolder, limits: Limits, batcher: Batcher):
         self.holder = holder
         self.limits = limits
+        self.batcher = batcher
         self._local = threading.local()  # the snapshots the current call holds
         self.version = _server_version()
 
@@ -90,12 +91,9 @@ class SearchService(pb_grpc.SearchServiceServicer):
         return serving
 
     @staticmethod
-    def _check_deadline(context: grpc.ServicerContext) -> None:
-        if not context.is_active():
-            raise _Abort(grpc.StatusCode.CANCELLED, "the call was cancelled; work stopped")
+    def _deadline(context: grpc.ServicerContext) -> float | None:
         remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+        return None if remaining is None else time.monotonic() + remaining
 
     def _search(
         self,
@@ -106,20 +104,26 @@ class SearchService(pb_grpc.SearchServiceServicer):
         min_score: float,
         context,
     ) -> list[list[Hit]]:
-        vectors = self._embed(serving, texts, context)
-        return serving.index.search(vectors, k, labels=labels, min_score=min_score)
+        return self._batched(serving, texts, k, labels, min_score, context)[1]
 
     def _embed(self, serving: Serving, texts: list[str], context) -> np.ndarray:
-        """Check the token limits, then embed in pieces, stopping between pieces when
-        the caller has gone (cancelled, disconnected) or run out of time: an abandoned
-        call costs at most one piece more."""
+        return self._batched(serving, texts, 0, [], -1.0, context)[0]
+
+    def _batched(self, serving, texts, k, labels, min_score, context):
+        """Check the token limits, then hand the work to the batcher, which shares
+        one encode + search with concurrent calls and drops it once the caller is
+        gone (cancelled, disconnected, out of time)."""
         check.check_tokens(serving.model, texts, self.limits)
-        pieces = []
-        for start in range(0, len(texts), EMBED_PIECE):
-            self._check_deadline(context)
-            pieces.append(serving.model.embed(texts[start : start + EMBED_PIECE]))
-        self._check_deadline(context)
-        return np.concatenate(pieces)
+        try:
+            return self.batcher.search(
+                serving, texts, k, labels, min_score, context.is_active, self._deadline(context)
+            )
+        except CallGone as gone:
+            if gone.expired:
+                raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
+            raise _Abort(
+                grpc.StatusCode.CANCELLED, "the call was cancelled; work stopped"
+            ) from None
 
     def _predict(
         self, serving: Serving, texts: list[str], k: int, min_score: float, context

@@ -3,9 +3,13 @@
 A `Serving` snapshot (model + index version) is immutable; each request reads
 `holder.current` once and uses that snapshot throughout, so it never sees a mix of
 versions. A reload loads and warms the new version *beside* the old one and then
-swaps one reference (TensorFlow Serving's availability-preserving policy). A new
-version that fails to load, or was built with another model, is refused and logged
-while the old one keeps serving.
+swaps one reference (TensorFlow Serving's availability-preserving policy). A version
+built with another model (a retrain, then a re-index) brings that model in beside the
+old one: it is loaded from the directory the version's manifest records, checked
+against the version's model fingerprint, warmed, and swapped together with the index,
+so the retrain -> re-index cycle needs no restart. A version that fails to load, or
+whose model is missing or is not the one it was built with, is refused and logged
+while the old pair keeps serving.
 """
 
 from __future__ import annotations
@@ -89,9 +93,17 @@ def warm_up(model, index: IndexVersion) -> None:
 
 
 class ServingHolder:
-    def __init__(self, index_dir: Path, model: EmbeddingModel):
+    def __init__(
+        self,
+        index_dir: Path,
+        model: EmbeddingModel,
+        load_model: Callable[[Path], EmbeddingModel] | None = None,
+    ):
         self.index_dir = Path(index_dir)
+        #: the model of the last version loaded (a new version may bring another)
         self.model = model
+        #: loads a model directory (with the server's thread settings); None: no swap
+        self._load_model = load_model
         self._current: Serving | None = None
         self._reload_lock = threading.Lock()
         self._swap_lock = threading.Lock()  # held for a pointer read or write only
@@ -153,9 +165,10 @@ class ServingHolder:
                         serving.index.name if serving else None,
                         f"version {name} was refused before",
                     )
-                index = open_index(self.index_dir, model=self.model)
+                index = open_index(self.index_dir)
                 try:
-                    warm_up(self.model, index)
+                    model = self._model_for(index)
+                    warm_up(model, index)
                 except BaseException:
                     index.close()
                     raise
@@ -169,7 +182,9 @@ class ServingHolder:
                 if self.metrics:
                     self.metrics.reloads.labels(result="refused").inc()
                 return ReloadOutcome(False, serving.index.name if serving else None, message)
-            self._swap(Serving(self.model, index, utc_now()))
+            model_changed = model is not self.model
+            self.model = model
+            self._swap(Serving(model, index, utc_now()))
             self.record_error(None)
             if self.on_serving is not None:
                 self.on_serving(True)
@@ -181,6 +196,8 @@ class ServingHolder:
                         "count": index.count,
                         "type": index.kind,
                         "previous": serving.index.name if serving else None,
+                        "model": model.fingerprint,
+                        "model_changed": model_changed,
                     }
                 },
             )
@@ -188,6 +205,28 @@ class ServingHolder:
                 self.metrics.reloads.labels(result="loaded").inc()
                 self.metrics.observe_index(index)
             return ReloadOutcome(True, index.name, f"now serving version {index.name}")
+
+    def _model_for(self, index: IndexVersion) -> EmbeddingModel:
+        """The model `index` was built with: the one serving, or the one its manifest
+        names (loaded now, beside the serving one), checked by fingerprint."""
+        if index.model_fingerprint == self.model.fingerprint or self._load_model is None:
+            index.check_model(self.model)  # refuses a mismatch when no swap is possible
+            return self.model
+        directory = Path(index.manifest["model"].get("directory") or "")
+        if not (directory / "manifest.json").is_file():
+            raise UserError(
+                f"index version {index.name} was built with model {index.model_fingerprint} "
+                f"from {directory}, which is not there (the serving model is "
+                f"{self.model.fingerprint}); put the model back or rebuild the index with "
+                "the serving model"
+            )
+        log.info(
+            "model_loading",
+            extra={"fields": {"directory": str(directory), "for_version": index.name}},
+        )
+        model = self._load_model(directory)
+        index.check_model(model)  # a retrained-in-place directory no longer matches
+        return model
 
 
 class ReloadWatcher(threading.Thread):

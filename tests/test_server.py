@@ -344,39 +344,99 @@ def test_hot_reload_under_load_has_no_failed_calls_and_no_mixed_versions(
     assert not mixed, f"{len(mixed)} answers mixed versions, e.g. {mixed[:3]}"
 
 
-def test_version_from_another_model_is_refused_and_old_keeps_serving(
-    tmp_path, model, sample_train, tmp_path_factory
-):
+def _train_small(out, sample_train, seed: int):
     from siamese_search.trainer.cli import main as train_main
 
-    other_dir = tmp_path / "other-model"
-    assert (
-        train_main(
-            [
-                "--data",
-                str(sample_train),
-                "--label-column",
-                "class",
-                "--out",
-                str(other_dir),
-                "--no-fine-tune",
-                "--steps",
-                "5",
-                "--ensemble",
-                "1",
-                "--seed",
-                "7",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    arguments = ["--data", str(sample_train), "--label-column", "class", "--out", str(out)]
+    arguments += ["--no-fine-tune", "--steps", "5", "--ensemble", "1", "--seed", str(seed)]
+    assert train_main([*arguments, "--quiet"]) == 0
+    return out
+
+
+def test_retrained_model_swaps_in_with_its_index_under_load(
+    tmp_path, model, trained_model, sample_train
+):
+    """Retrain -> re-index without a restart: the new version's model is loaded beside
+    the serving one and swapped together with the index, with no failed call; a
+    version whose model is missing, or is no longer the one it was built with, is
+    refused and the serving pair stays."""
+    import shutil
+
+    retrained = load_model(_train_small(tmp_path / "retrained", sample_train, seed=7))
     index_dir = tmp_path / "index"
     build_index(index_dir, model, sample_train, COLUMNS, QUIET)
-    running = _start(index_dir, reload_interval=0)
+    running = _start(index_dir, reload_interval=0.05)  # no --model: follows the index
+    failures: list[Exception] = []
+    versions: list[str] = []
+    stop = threading.Event()
+
+    def client():
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            while not stop.is_set():
+                try:
+                    versions.append(
+                        stub.Predict(pb.PredictRequest(text="fix the npe", k=3)).index_version
+                    )
+                    stub.Search(pb.SearchRequest(text="add a feature", k=3), timeout=10)
+                except grpc.RpcError as error:
+                    failures.append(error)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    replace = BuildOptions(show_progress=False, replace=True)
     try:
-        replace = BuildOptions(show_progress=False, replace=True)
-        build_index(index_dir, load_model(other_dir), sample_train, COLUMNS, replace)
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        build_index(index_dir, retrained, sample_train, COLUMNS, replace)
+        deadline = time.monotonic() + 20
+        while versions.count("000002") < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert not failures, failures[:3]
+        assert "000001" in versions and versions.count("000002") >= 20
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            info = stub.GetInfo(pb.GetInfoRequest())
+            assert info.model_fingerprint == retrained.fingerprint
+            assert info.model_directory == str(retrained.directory)
+            embedded = stub.Embed(pb.EmbedRequest(texts=["fix the npe"])).embeddings[0].values
+            np.testing.assert_allclose(embedded, retrained.embed(["fix the npe"])[0], atol=1e-5)
+
+            # a version whose model directory is gone: refused, the pair keeps serving
+            gone = load_model(_train_small(tmp_path / "gone", sample_train, seed=8))
+            build_index(index_dir, gone, sample_train, COLUMNS, replace)
+            shutil.rmtree(gone.directory)
+            outcome = stub.Reload(pb.ReloadRequest())
+            assert not outcome.changed and outcome.index_version == "000002"
+            assert "which is not there" in outcome.message
+            # ... and one whose model directory now holds another model (retrained in place)
+            shutil.copytree(trained_model, gone.directory)
+            outcome = stub.Reload(pb.ReloadRequest())
+            assert not outcome.changed and "was built with model" in outcome.message
+            info = stub.GetInfo(pb.GetInfoRequest())
+            assert (info.index_version, info.model_fingerprint) == ("000002", retrained.fingerprint)
+            assert "was built with model" in info.last_reload_error
+            assert stub.Search(pb.SearchRequest(text="fix", k=3)).index_version == "000002"
+    finally:
+        stop.set()
+        running.stop(0)
+
+
+def test_pinned_model_refuses_a_version_of_another_model(
+    tmp_path, model, trained_model, sample_train
+):
+    """--model pins the model: a version built with another is refused, old keeps serving."""
+    other = load_model(_train_small(tmp_path / "other", sample_train, seed=7))
+    index_dir = tmp_path / "index"
+    build_index(index_dir, model, sample_train, COLUMNS, QUIET)
+    running = _start(index_dir, reload_interval=0, model_dir=trained_model)
+    try:
+        build_index(
+            index_dir, other, sample_train, COLUMNS, BuildOptions(show_progress=False, replace=True)
+        )
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = pb_grpc.SearchServiceStub(channel)
             outcome = stub.Reload(pb.ReloadRequest())

@@ -1,0 +1,261 @@
+"""Dynamic batching: concurrent calls share one encode + head + FAISS call.
+
+TensorFlow Serving's batching scheduler, reduced to what a CPU text encoder needs.
+Calls put *jobs* (a few texts each) on one queue; a batch thread takes the first job
+and then every job already queued, up to `max_batch_texts` texts, waiting at most
+`max_wait` seconds for more, and runs them as one batch: one `model.embed` over all
+their texts, one `index.search` per distinct label filter (with the largest `k` and
+lowest `min_score` asked, then cut to each job's own), one record lookup. Each job
+gets its own vectors, hits or error; a job whose caller has gone (cancelled, out of
+time) is dropped when the batch is formed, so an abandoned call costs at most the
+batch already running.
+
+Why it pays: encoding 8 texts at once costs ~1.6 ms a text here against ~3.9 ms
+alone (bench/serving.py measures what it does to calls/s). With `max_wait` 0 (the
+default) a lone caller never waits: batches form only from calls that queued while
+the previous batch ran, so single-client latency stays that of an unbatched call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from siamese_search.indexer.store import Hit
+from siamese_search.server.state import Serving
+
+log = logging.getLogger("siamese.server")
+
+
+class CallGone(Exception):
+    """The caller was cancelled or ran out of time before its job was done."""
+
+    def __init__(self, expired: bool):
+        super().__init__("deadline exceeded" if expired else "the call was cancelled")
+        self.expired = expired
+
+
+@dataclass(eq=False)
+class _Job:
+    serving: Serving
+    texts: Sequence[str]
+    #: 0: embed only; otherwise search with these settings
+    k: int
+    labels: tuple[str, ...]
+    min_score: float
+    #: True while the caller still wants the answer (the gRPC context's is_active)
+    wanted: Callable[[], bool]
+    deadline: float | None  # time.monotonic() after which the answer is useless
+    done: threading.Event = field(default_factory=threading.Event)
+    vectors: np.ndarray | None = None
+    hits: list[list[Hit]] | None = None
+    error: BaseException | None = None
+    abandoned: bool = False
+
+    def gone(self) -> bool:
+        if self.abandoned or not self.wanted():
+            return True
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def finish(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self.done.set()
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    #: texts one batch encodes at most (TF Serving's max_batch_size)
+    max_batch_texts: int = 32
+    #: seconds the batch thread waits for more jobs once it has one (batch_timeout)
+    max_wait: float = 0.0
+    #: threads running batches (TF Serving's num_batch_threads): one a core, each
+    #: encoding on the server's --threads BLAS threads (1); numpy frees the GIL
+    threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    #: texts of one call per job; a larger call is sent as several jobs, one at a time,
+    #: so it shares the batch threads with other calls and stops between its pieces
+    piece_texts: int = 16
+
+
+class Batcher:
+    """The queue and the threads that run batches; `search` and `embed` block the
+    calling (gRPC worker) thread until its answer is ready."""
+
+    def __init__(
+        self,
+        settings: BatchSettings = BatchSettings(),
+        metrics=None,
+        thread_setup: Callable[[], None] | None = None,
+    ):
+        """`thread_setup` runs first in each batch thread: OpenMP's thread count is a
+        per-thread setting, so FAISS's must be set in the thread that searches."""
+        self.settings = settings
+        self._thread_setup = thread_setup
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._metrics = metrics
+        self._threads = [
+            threading.Thread(target=self._run, name=f"batch-{i}", daemon=True)
+            for i in range(settings.threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # ---- the caller's side -------------------------------------------------------
+    def search(
+        self,
+        serving: Serving,
+        texts: Sequence[str],
+        k: int,
+        labels: Sequence[str],
+        min_score: float,
+        wanted: Callable[[], bool],
+        deadline: float | None,
+    ) -> tuple[np.ndarray, list[list[Hit]]]:
+        """Vectors and top-k hits for `texts`; raises CallGone or the job's error."""
+        vectors, hits = [], []
+        for start in range(0, len(texts), self.settings.piece_texts):
+            job = _Job(
+                serving,
+                texts[start : start + self.settings.piece_texts],
+                k,
+                tuple(labels),
+                min_score,
+                wanted,
+                deadline,
+            )
+            self._wait(job)
+            assert job.vectors is not None
+            vectors.append(job.vectors)
+            hits.extend(job.hits or [])
+        return np.concatenate(vectors), hits
+
+    def embed(
+        self,
+        serving: Serving,
+        texts: Sequence[str],
+        wanted: Callable[[], bool],
+        deadline: float | None,
+    ) -> np.ndarray:
+        return self.search(serving, texts, 0, (), -1.0, wanted, deadline)[0]
+
+    def _wait(self, job: _Job) -> None:
+        if job.gone():
+            raise CallGone(expired=job.wanted())
+        self._queue.put(job)
+        # wake up now and then to notice a cancelled caller (gRPC gives no wait handle)
+        while not job.done.wait(0.05):
+            if job.gone():
+                job.abandoned = True
+                raise CallGone(expired=job.wanted())
+        if job.error is not None:
+            raise job.error
+
+    # ---- the batch thread's side ----------------------------------------------------
+    def _take_batch(self, first: _Job) -> list[_Job]:
+        batch, texts = [first], len(first.texts)
+        give_up = time.monotonic() + self.settings.max_wait
+        while texts < self.settings.max_batch_texts:
+            try:
+                remaining = give_up - time.monotonic()
+                job = (
+                    self._queue.get(timeout=remaining)
+                    if remaining > 0
+                    else self._queue.get_nowait()
+                )
+            except queue.Empty:
+                break
+            if job is None:  # stop: finish this batch, then let the thread end
+                self._queue.put(None)
+                break
+            batch.append(job)
+            texts += len(job.texts)
+        return batch
+
+    def _run(self) -> None:
+        if self._thread_setup is not None:
+            self._thread_setup()
+        while True:
+            first = self._queue.get()
+            if first is None:
+                self._queue.put(None)  # the next thread stops too
+                return
+            batch = self._take_batch(first)
+            live = []
+            for job in batch:
+                if job.gone():
+                    job.finish(CallGone(expired=job.wanted()))
+                else:
+                    live.append(job)
+            by_serving: dict[int, list[_Job]] = {}
+            for job in live:  # a swap between calls can put two snapshots in one batch
+                by_serving.setdefault(id(job.serving), []).append(job)
+            for jobs in by_serving.values():
+                self._run_jobs(jobs)
+
+    def _run_jobs(self, jobs: list[_Job]) -> None:
+        try:
+            _embed_together(jobs)
+        except Exception as error:
+            if len(jobs) == 1:
+                jobs[0].finish(error)
+                return
+            for job in jobs:  # one bad job must not fail the others: retry each alone
+                self._run_jobs([job])
+            return
+        if self._metrics is not None:
+            self._metrics.batch_texts.observe(sum(len(job.texts) for job in jobs))
+        searching = [job for job in jobs if job.k > 0]
+        by_filter: dict[tuple[str, ...], list[_Job]] = {}
+        for job in searching:
+            by_filter.setdefault(job.labels, []).append(job)
+        for group in by_filter.values():
+            try:
+                _search_together(group)
+            except Exception as error:  # e.g. an unknown label: only this filter's jobs
+                for job in group:
+                    job.finish(error)
+                continue
+            for job in group:
+                job.finish()
+        for job in jobs:
+            if job.k == 0:
+                job.finish()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+def _embed_together(jobs: list[_Job]) -> None:
+    """One embed call over every job's texts; each job gets its rows."""
+    model = jobs[0].serving.model
+    texts = [text for job in jobs for text in job.texts]
+    vectors = model.embed(texts)
+    start = 0
+    for job in jobs:
+        job.vectors = vectors[start : start + len(job.texts)]
+        start += len(job.texts)
+
+
+def _search_together(jobs: list[_Job]) -> None:
+    """One index search for jobs sharing a label filter: the largest k and lowest
+    min_score asked, then each job's hits cut to its own k and min_score. Hits come
+    best first, so the cut is exact for flat and IVF indexes; HNSW searches a beam of
+    max(efSearch, k), the same one for any k up to efSearch (64)."""
+    index = jobs[0].serving.index
+    k = max(job.k for job in jobs)
+    min_score = min(job.min_score for job in jobs)
+    vectors = np.concatenate([job.vectors for job in jobs if job.vectors is not None])
+    found = index.search(vectors, k, labels=list(jobs[0].labels), min_score=min_score)
+    start = 0
+    for job in jobs:
+        rows = found[start : start + len(job.texts)]
+        start += len(job.texts)
+        job.hits = [[hit for hit in row if hit.score >= job.min_score][: job.k] for row in rows]
