@@ -8,7 +8,7 @@ Both run as separate processes with 1 BLAS thread (the serving default); the loa
 generator is a third process. Single-client latency is p50 / p99 over sequential
 calls; throughput is calls/s (and p50 / p99) with 8 and with 32 concurrent client
 threads. For the product server it also reports the seconds from process start to
-health SERVING, and its RSS while 500 maximum-size requests (~10 MB each) arrive at
+health SERVING, and its RSS while 500 maximum-size requests (~0.4 MB each) arrive at
 once, beside the memory bound the README states (ServerConfig.request_memory_bound).
 
 Usage: python bench/serving.py --model artifacts/model [--sizes 10000 100000]
@@ -157,8 +157,8 @@ def _concurrent(one, queries: list[str], seconds: float, clients: int):
 
 
 def run_burst(target: str, requests: int) -> dict:
-    """`requests` maximum-size SearchBatch calls sent at once (256 texts of 10,000
-    four-byte characters: ~10 MB each); how many were answered with which status."""
+    """`requests` maximum-size SearchBatch calls sent at once (max_call_chars four-byte
+    characters in texts of max_text_chars); how many were answered with which status."""
     from collections import Counter
 
     import grpc
@@ -168,7 +168,7 @@ def run_burst(target: str, requests: int) -> dict:
     from siamese_search.server.generated import search_pb2_grpc as pb_grpc
 
     limits = Limits()
-    texts = ["\N{FIRE}" * limits.max_text_chars] * limits.max_batch
+    texts = ["\N{FIRE}" * limits.max_text_chars] * (limits.max_call_chars // limits.max_text_chars)
     request = pb.SearchBatchRequest(texts=texts, k=K)
     options = [("grpc.max_send_message_length", 2 * limits.max_request_bytes)]
     with grpc.insecure_channel(target, options=options) as channel:

@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="most tokens in one call, all its texts together",
     )
     parser.add_argument(
+        "--max-call-chars",
+        type=int,
+        default=limits.max_call_chars,
+        help="most characters in one call, all its texts together (bounds request size)",
+    )
+    parser.add_argument(
         "--max-streams",
         type=int,
         default=ServerConfig.max_streams,
@@ -145,6 +151,7 @@ def config_from_args(args) -> ServerConfig:
         "max_batch",
         "max_text_tokens",
         "max_call_tokens",
+        "max_call_chars",
         "max_streams",
         "workers",
         "threads",
@@ -167,6 +174,7 @@ def config_from_args(args) -> ServerConfig:
             args.max_batch,
             args.max_text_tokens,
             args.max_call_tokens,
+            args.max_call_chars,
         ),
         max_streams=args.max_streams,
         max_queued=max(args.max_queued, 0),

@@ -10,6 +10,8 @@ from siamese_search.server.batching import BatchSettings
 
 MAX_LABELS = 1000  # labels in one filter
 MAX_LABEL_CHARS = 200  # characters of one label in a filter
+#: copies of a request alive while it is worked on (see request_memory_bound)
+REQUEST_COPIES = 6
 
 
 @dataclass(frozen=True)
@@ -23,14 +25,20 @@ class Limits:
     #: is 10-40; 512 tokens encode in ~40 ms, a full call in ~0.6 s on one core)
     max_text_tokens: int = 512
     max_call_tokens: int = 8192
+    #: characters of all texts of a call together: what bounds a request's bytes (and
+    #: so memory), since whitespace or unknown characters cost almost no tokens. 8,192
+    #: tokens of prose are ~40,000 characters, so this leaves room for any call the
+    #: token limit allows.
+    max_call_chars: int = 100_000
 
     @property
     def max_request_bytes(self) -> int:
-        # a full batch of maximal texts (4 bytes per character in UTF-8), a full label
-        # filter, plus framing; anything larger is refused by gRPC (RESOURCE_EXHAUSTED)
-        texts = self.max_batch * (self.max_text_chars * 4 + 64)
+        # the call's characters (4 bytes each at most in UTF-8), framing per text, a full
+        # label filter; anything larger is refused by gRPC (RESOURCE_EXHAUSTED)
+        texts = min(self.max_call_chars, self.max_batch * self.max_text_chars) * 4
+        framing = self.max_batch * 64
         labels = MAX_LABELS * (MAX_LABEL_CHARS * 4 + 8)
-        return texts + labels + 64 * 1024
+        return texts + framing + labels + 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -64,10 +72,11 @@ class ServerConfig:
 
     @property
     def request_memory_bound(self) -> int:
-        """Bytes of unary request bodies the server can hold at once (the README's
-        memory bound): calls worked on or queued, each at most max_request_bytes. The
-        streams' messages are small (health checks, reflection questions)."""
-        return (self.workers + self.max_queued) * self.limits.max_request_bytes
+        """Bytes the server may hold for requests at once, on top of its idle size (the
+        README's memory bound): every admitted call at its largest, each held about
+        REQUEST_COPIES times (received bytes, the decoded message, its texts as Python
+        strings, their cleaned-up copies, the answer)."""
+        return self.max_concurrent_calls * REQUEST_COPIES * self.limits.max_request_bytes
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):

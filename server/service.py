@@ -246,6 +246,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 max_batch=self.limits.max_batch,
                 max_text_tokens=self.limits.max_text_tokens,
                 max_call_tokens=self.limits.max_call_tokens,
+                max_call_chars=self.limits.max_call_chars,
                 last_reload_error=self.holder.last_error or "",
                 last_reload_error_at=self.holder.last_error_at or "",
                 server_version=self.version,

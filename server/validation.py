@@ -48,7 +48,14 @@ def check_texts(texts: Sequence[str], limits: Limits) -> list[str]:
             f"{len(texts)} texts in one call; the limit is {limits.max_batch}. "
             "Split the batch into several calls."
         )
-    return [check_text(t, limits, where=f"texts[{i}]") for i, t in enumerate(texts)]
+    checked = [check_text(t, limits, where=f"texts[{i}]") for i, t in enumerate(texts)]
+    total = sum(len(t) for t in checked)
+    if total > limits.max_call_chars:
+        raise InvalidRequest(
+            f"the texts of this call have {total} characters together; the limit is "
+            f"{limits.max_call_chars} a call. Split them into several calls."
+        )
+    return checked
 
 
 def check_tokens(model, texts: Sequence[str], limits: Limits) -> None:

@@ -56,6 +56,8 @@ def _serve(index_dir, *flags):
             "4000",
             "--max-call-tokens",
             "1000000",
+            "--max-call-chars",
+            "100000000",
             *flags,
         ],
         cwd=ROOT,
@@ -167,3 +169,58 @@ def test_grace_bounds_shutdown_while_a_long_call_runs(served_index):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_burst_of_maximum_size_requests_stays_under_the_memory_bound(served_index):
+    """Problem 3 of issue 11: 300 maximum-size requests at once. Those beyond admission
+    get RESOURCE_EXHAUSTED at once, and the server's RSS stays within the bound the
+    README states (ServerConfig.request_memory_bound above its idle size)."""
+    from siamese_search.server.config import Limits, ServerConfig
+
+    limits = Limits()
+    defaults = ["--max-batch", str(limits.max_batch), "--max-text-chars"]
+    defaults += [str(limits.max_text_chars), "--max-text-tokens", str(limits.max_text_tokens)]
+    defaults += ["--max-call-tokens", str(limits.max_call_tokens)]
+    defaults += ["--max-call-chars", str(limits.max_call_chars)]
+    process, target = _serve(served_index, *defaults)
+    texts = ["\N{FIRE}" * limits.max_text_chars] * (limits.max_call_chars // limits.max_text_chars)
+    request = pb.SearchBatchRequest(texts=texts, k=3)
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            samples.append(_rss_mb(process.pid))
+
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            stub.SearchBatch(request, timeout=60)  # warm: the idle size includes one call
+            baseline = _rss_mb(process.pid)
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            futures = [stub.SearchBatch.future(request, timeout=120) for _ in range(300)]
+            codes = []
+            for future in futures:
+                try:
+                    future.result()
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as error:
+                    codes.append(error.code())
+            done.set()
+            sampler.join()
+    finally:
+        done.set()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, set(codes)
+    bound_mb = ServerConfig(index_dir=served_index).request_memory_bound / 2**20
+    assert max(samples) - baseline < bound_mb, (baseline, max(samples), bound_mb)

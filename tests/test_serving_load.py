@@ -24,7 +24,13 @@ from siamese_search.server.generated import search_pb2_grpc as pb_grpc
 
 COLUMNS = Columns(text="text", label="class")
 QUIET = BuildOptions(show_progress=False)
-WIDE = Limits(max_batch=256, max_text_chars=20_000, max_text_tokens=600, max_call_tokens=200_000)
+WIDE = Limits(
+    max_batch=256,
+    max_text_chars=20_000,
+    max_text_tokens=600,
+    max_call_tokens=200_000,
+    max_call_chars=1_000_000,
+)
 
 
 @pytest.fixture(scope="module")
