@@ -12,10 +12,12 @@ reads (an IVF index trains on a sample read through a memory map first).
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from siamese_search.core.tables import (
 )
 from siamese_search.indexer import layout
 from siamese_search.indexer.backends import INDEX_KINDS, create_index, resolve_kind
+from siamese_search.indexer.ray_engine import RaySettings
 from siamese_search.indexer.records import RecordWriter
 from siamese_search.indexer.store import FORMAT, FORMAT_VERSION, NO_LABEL, IndexVersion, open_index
 
@@ -56,12 +59,19 @@ class BuildOptions:
     replace: bool = False
     #: how long to wait for another writer of the same index directory (0: fail at once)
     wait_seconds: float = layout.DEFAULT_WAIT_SECONDS
+    #: where texts are embedded: "local" (this process) or "ray" (indexer.ray_engine)
+    engine: str = "local"
+    ray: RaySettings = field(default_factory=RaySettings)
 
     def __post_init__(self) -> None:
         if self.index_type not in INDEX_KINDS:
             raise UserError(f"--index-type must be one of {', '.join(INDEX_KINDS)}")
         if self.keep_versions < 1:
             raise UserError("--keep must be at least 1 (the current version)")
+        if self.engine not in ("local", "ray"):
+            raise UserError(f"--engine must be local or ray, not {self.engine!r}")
+        if self.ray.actors < 1 or self.ray.threads_per_actor < 1:
+            raise UserError("--ray-actors and --ray-threads must be at least 1")
 
 
 @dataclass
@@ -249,34 +259,45 @@ def _ingest(
     """Read, check, embed and append new rows. Returns (rows added, row problems).
 
     Ids already written (from the base version, or earlier in the file) are duplicates.
+    Rows are checked here whatever the engine; only the embedding runs locally or on
+    Ray (`options.engine`), and rows are appended in input order either way.
     """
     problems: list[RowProblem] = []
     added = 0
     chunks, total = _chunks_of(source, columns, options, first_row_id)
     name = source.name if isinstance(source, Path) else "rows"
+    accepted: deque[tuple[Chunk, list[int]]] = deque()  # checked, not yet written
+    pending: set[str] = set()  # their ids: an engine reads ahead of the writer
+
+    def checked_texts() -> Iterator[list[str]]:
+        for chunk in chunks:
+            problems.extend(chunk.problems)
+            keep = []
+            taken = writer.existing_ids(chunk.ids)
+            for i, row_id in enumerate(chunk.ids):
+                if row_id in pending or row_id in taken:
+                    problems.append(RowProblem(chunk.lines[i], f"duplicate id {row_id!r}"))
+                    continue
+                pending.add(row_id)
+                keep.append(i)
+            accepted.append((chunk, keep))
+            yield [chunk.texts[i] for i in keep]
+
     bar = tqdm(
         total=total,
-        desc=f"indexing {name}",
+        desc=f"indexing {name}" + (" on Ray" if options.engine == "ray" else ""),
         unit="text",
         disable=not options.show_progress,
         mininterval=0.5,
         smoothing=0.1,
     )
-    with bar:
-        for chunk in chunks:
-            problems.extend(chunk.problems)
-            keep, seen = [], set()
-            taken = writer.existing_ids(chunk.ids)
-            for i, row_id in enumerate(chunk.ids):
-                if row_id in seen or row_id in taken:
-                    problems.append(RowProblem(chunk.lines[i], f"duplicate id {row_id!r}"))
-                    continue
-                seen.add(row_id)
-                keep.append(i)
-            texts = [chunk.texts[i] for i in keep]
-            vectors = model.embed_unique(texts) if texts else np.zeros((0, model.dim))
+    with bar, _embedder(model, options) as embed:
+        for vectors in embed(checked_texts()):
+            chunk, keep = accepted.popleft()
+            ids = [chunk.ids[i] for i in keep]
             labels = [chunk.labels[i] for i in keep] if chunk.labels is not None else None
-            writer.append([chunk.ids[i] for i in keep], labels, texts, vectors)
+            writer.append(ids, labels, [chunk.texts[i] for i in keep], vectors)
+            pending.difference_update(ids)
             added += len(keep)
             layout.checkpoint("during-ingest")
             bar.update(len(chunk) + len(chunk.problems))
@@ -287,6 +308,25 @@ def _ingest(
             + "\n--strict is set: nothing was written. Fix these rows or drop --strict."
         )
     return added, problems
+
+
+@contextmanager
+def _embedder(
+    model: EmbeddingModel, options: BuildOptions
+) -> Iterator[Callable[[Iterator[list[str]]], Iterator[np.ndarray]]]:
+    """What turns lists of texts into arrays of vectors, one per list, in order."""
+    if options.engine == "ray":
+        from siamese_search.indexer.ray_engine import RayEmbedder
+
+        with RayEmbedder(model, options.ray) as ray_embedder:
+            yield ray_embedder.embed
+        return
+
+    def local(text_lists: Iterator[list[str]]) -> Iterator[np.ndarray]:
+        for texts in text_lists:
+            yield model.embed_unique(texts) if texts else np.zeros((0, model.dim), np.float32)
+
+    yield local
 
 
 def _check_model_dim(model: EmbeddingModel) -> None:
@@ -332,6 +372,9 @@ def _write_version(
                 added, removed, problems = plan.fill(writer)
                 layout.checkpoint("before-finish")
                 extra = {**plan.extra, "problems": _problem_summary(problems)}
+                if options.engine == "ray":  # what embedded the new rows
+                    extra["engine"] = {"kind": "ray", **dataclasses.asdict(options.ray)}
+                    del extra["engine"]["address"]  # may name a private host or token
                 if plan.columns is not None:
                     extra["source"] = {
                         "text_column": plan.columns.text,

@@ -27,6 +27,7 @@ from siamese_search.indexer.build import (
     list_index_versions,
     rollback,
 )
+from siamese_search.indexer.ray_engine import RaySettings
 from siamese_search.indexer.store import model_directory_of, open_index, resolve_version_dir
 
 
@@ -69,6 +70,31 @@ def _add_wait_flag(parser: argparse.ArgumentParser) -> None:
         default=layout.DEFAULT_WAIT_SECONDS,
         metavar="SECONDS",
         help="how long to wait for another writer of the same index (0: fail at once)",
+    )
+
+
+def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    settings = RaySettings()
+    parser.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="where texts are embedded: this process, or a Ray Data actor pool "
+        "(rows are read, checked and published here either way)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        help="an existing Ray cluster (e.g. ray://head:10001, or 'auto'); "
+        "default: start a local one on 127.0.0.1",
+    )
+    parser.add_argument(
+        "--ray-actors", type=int, default=settings.actors, help="encoding actors (one model each)"
+    )
+    parser.add_argument(
+        "--ray-threads",
+        type=int,
+        default=settings.threads_per_actor,
+        help="BLAS threads in each actor",
     )
 
 
@@ -120,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_flags(build, carried=False)
     _add_common_flags(build)
+    _add_engine_flags(build)
 
     add = commands.add_parser(
         "add",
@@ -131,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--upsert", action="store_true", help="replace rows whose ids exist")
     _add_data_flags(add, carried=True)
     _add_common_flags(add)
+    _add_engine_flags(add)
 
     delete = commands.add_parser(
         "delete",
@@ -192,6 +220,12 @@ def _options(args) -> BuildOptions:
         show_progress=not args.quiet,
         replace=getattr(args, "replace", False),
         wait_seconds=args.wait,
+        engine=getattr(args, "engine", "local"),
+        ray=RaySettings(
+            address=getattr(args, "ray_address", None),
+            actors=getattr(args, "ray_actors", RaySettings.actors),
+            threads_per_actor=getattr(args, "ray_threads", RaySettings.threads_per_actor),
+        ),
     )
 
 

@@ -97,6 +97,9 @@ class Batcher:
         per-thread setting, so FAISS's must be set in the thread that searches."""
         self.settings = settings
         self._thread_setup = thread_setup
+        self._set_up = threading.local()  # which threads ran thread_setup
+        self._count_lock = threading.Lock()
+        self._running = 0  # jobs being run, by batch threads or inline
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._metrics = metrics
         self._threads = [
@@ -147,6 +150,10 @@ class Batcher:
     def _wait(self, job: _Job) -> None:
         if job.gone():
             raise CallGone(expired=job.wanted())
+        if self._run_inline_if_idle(job):
+            if job.error is not None:
+                raise job.error
+            return
         self._queue.put(job)
         # wake up now and then to notice a cancelled caller (gRPC gives no wait handle)
         while not job.done.wait(0.05):
@@ -155,6 +162,27 @@ class Batcher:
                 raise CallGone(expired=job.wanted())
         if job.error is not None:
             raise job.error
+
+    def _run_inline_if_idle(self, job: _Job) -> bool:
+        """With nothing queued or running, run the job in the caller's thread: there is
+        nothing to batch it with, and the hand-off to a batch thread and back costs a
+        lone call two thread switches (its latency is then that of an unbatched call)."""
+        with self._count_lock:
+            if self._running or not self._queue.empty():
+                return False
+            self._running += 1
+        try:
+            self._prepare_thread()
+            self._run_batch([job])
+        finally:
+            with self._count_lock:
+                self._running -= 1
+        return True
+
+    def _prepare_thread(self) -> None:
+        if self._thread_setup is not None and not getattr(self._set_up, "done", False):
+            self._thread_setup()
+            self._set_up.done = True
 
     # ---- the batch thread's side ----------------------------------------------------
     def _take_batch(self, first: _Job) -> list[_Job]:
@@ -178,25 +206,33 @@ class Batcher:
         return batch
 
     def _run(self) -> None:
-        if self._thread_setup is not None:
-            self._thread_setup()
+        self._prepare_thread()
         while True:
             first = self._queue.get()
             if first is None:
                 self._queue.put(None)  # the next thread stops too
                 return
             batch = self._take_batch(first)
-            live = []
-            for job in batch:
-                if job.gone():
-                    job.finish(CallGone(expired=job.wanted()))
-                else:
-                    live.append(job)
-            by_serving: dict[int, list[_Job]] = {}
-            for job in live:  # a swap between calls can put two snapshots in one batch
-                by_serving.setdefault(id(job.serving), []).append(job)
-            for jobs in by_serving.values():
-                self._run_jobs(jobs)
+            with self._count_lock:
+                self._running += len(batch)
+            try:
+                self._run_batch(batch)
+            finally:
+                with self._count_lock:
+                    self._running -= len(batch)
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        live = []
+        for job in batch:
+            if job.gone():
+                job.finish(CallGone(expired=job.wanted()))
+            else:
+                live.append(job)
+        by_serving: dict[int, list[_Job]] = {}
+        for job in live:  # a swap between calls can put two snapshots in one batch
+            by_serving.setdefault(id(job.serving), []).append(job)
+        for jobs in by_serving.values():
+            self._run_jobs(jobs)
 
     def _run_jobs(self, jobs: list[_Job]) -> None:
         try:

@@ -1,6 +1,6 @@
 """A real index writer in its own process that reports each checkpoint and can stop at one.
 
-    python tests/crash_writer.py MODEL DATA INDEX_DIR STOP_AT
+    python tests/crash_writer.py MODEL DATA INDEX_DIR STOP_AT [ENGINE]
 
 Prints `reached <stage>` (flushed) at every checkpoint the build passes; at the
 STOP_AT-th checkpoint (a number, counting from 1) or at the stage named STOP_AT it
@@ -23,7 +23,7 @@ from siamese_search.indexer.build import BuildOptions, build_index
 CHUNK_ROWS = 100
 
 
-def main(model: str, data: str, index_dir: str, stop_at: str) -> int:
+def main(model: str, data: str, index_dir: str, stop_at: str, engine: str = "local") -> int:
     passed = 0
 
     def observer(stage: str) -> None:
@@ -36,7 +36,7 @@ def main(model: str, data: str, index_dir: str, stop_at: str) -> int:
                 signal.pause()
 
     layout.CHECKPOINT_OBSERVERS.append(observer)
-    options = BuildOptions(show_progress=False, chunk_rows=CHUNK_ROWS, replace=True)
+    options = BuildOptions(show_progress=False, chunk_rows=CHUNK_ROWS, replace=True, engine=engine)
     build_index(Path(index_dir), load_model(model), Path(data), Columns(), options)
     print("finished", flush=True)
     return 0

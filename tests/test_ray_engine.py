@@ -1,0 +1,70 @@
+"""Re-indexing on Ray Data (a real local Ray cluster on 127.0.0.1, two actors): the same
+version as a local build, the same bad-row rules, and a killed job publishes nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from siamese_search.core.model_artifact import load_model
+from siamese_search.core.tables import Columns
+from siamese_search.indexer import layout
+from siamese_search.indexer.build import BuildOptions, add_to_index, build_index
+from siamese_search.indexer.ray_engine import RaySettings
+from siamese_search.indexer.store import open_index
+from tests.conftest import write_csv
+from tests.test_crash_safety import _assert_current_is, _kill_writer_at
+
+pytestmark = pytest.mark.slow  # starts a Ray cluster: `make test-all` runs these
+
+COLUMNS = Columns(text="text", label="class", id="id")
+ON_RAY = BuildOptions(show_progress=False, engine="ray", ray=RaySettings(actors=2))
+LOCAL = BuildOptions(show_progress=False)
+WORDS = "fix add remove refactor speed parser cache login crash docs test build".split()
+
+
+def _corpus(path, rows: int, start: int = 0, label_column: str = "class"):
+    rng = np.random.default_rng(start)
+    table = []
+    for i in range(start, start + rows):
+        words = " ".join(rng.choice(WORDS, size=6))
+        table.append((str(i), f"{words} number {i}", str(i % 5 + 1)))
+    table[3] = (str(start + 3), "", "1")  # an empty text: skipped with a reason
+    table[7] = (str(start + 5), "a duplicate id", "2")  # an id seen before
+    return write_csv(path, table, header=("id", "text", label_column))
+
+
+@pytest.fixture(scope="module")
+def model(trained_model):
+    return load_model(trained_model)
+
+
+def test_a_ray_build_is_the_local_build(tmp_path, model):
+    corpus = _corpus(tmp_path / "corpus.csv", 3000)
+    local = build_index(tmp_path / "local", model, corpus, COLUMNS, LOCAL)
+    on_ray = build_index(tmp_path / "ray", model, corpus, COLUMNS, ON_RAY)
+    assert (on_ray.count, on_ray.added) == (local.count, local.added) == (2998, 2998)
+    assert [str(p) for p in on_ray.problems] == [str(p) for p in local.problems]
+    with open_index(tmp_path / "local") as a, open_index(tmp_path / "ray") as b:
+        assert b.manifest["engine"] == {"kind": "ray", "actors": 2, "threads_per_actor": 1}
+        np.testing.assert_allclose(b.vectors(), a.vectors(), atol=1e-5)
+        queries = model.embed([f"{w} the parser cache" for w in WORDS])
+        assert [[h.id for h in row] for row in b.search(queries, k=10)] == [
+            [h.id for h in row] for row in a.search(queries, k=10)
+        ]
+    # add on Ray: the new rows go after the current ones, checked the same way
+    more = _corpus(tmp_path / "more.csv", 500, start=10_000)
+    report = add_to_index(tmp_path / "ray", model, more, COLUMNS, ON_RAY)
+    assert report.count == 2998 + 498
+
+
+def test_a_killed_ray_job_publishes_nothing(tmp_path, trained_model):
+    corpus = _corpus(tmp_path / "corpus.csv", 300, label_column="label")  # crash_writer's
+    index_dir = tmp_path / "index"
+    first = build_index(index_dir, load_model(trained_model), corpus, Columns(), LOCAL)
+    _assert_current_is(index_dir, "000001", first.count)
+    big = _corpus(tmp_path / "big.csv", 1000, start=5000, label_column="label")
+    reported = _kill_writer_at(trained_model, big, index_dir, "during-ingest", engine="ray")
+    assert reported[-1] == "stopped during-ingest"
+    _assert_current_is(index_dir, "000001", first.count)
+    assert layout.list_versions(index_dir) == ["000001"]
