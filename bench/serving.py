@@ -6,10 +6,13 @@ For each index size (synthetic commit-message-like texts, `--index-type auto`):
              one FAISS search, on raw bytes (no validation, no protobuf, no records)
 Both run as separate processes with 1 BLAS thread (the serving default); the load
 generator is a third process. Single-client latency is p50 / p99 over sequential
-calls; throughput is calls/s (and p50 / p99) with 8 and with 32 concurrent client
-threads. For the product server it also reports the seconds from process start to
-health SERVING, and its RSS while 500 maximum-size requests (~0.4 MB each) arrive at
-once, beside the memory bound the README states (ServerConfig.request_memory_bound).
+calls, measured *paired*: both servers up, one call to each in turn with the same
+text (1,000 calls each), so drift in what else the 2 cores do weighs on both alike;
+the ratio uses these. Throughput is calls/s (and p50 / p99) with 8 and with 32
+concurrent client threads, one server at a time. For the product server it also
+reports the seconds from process start to health SERVING, and its RSS while 500
+maximum-size requests (~0.4 MB each) arrive at once, beside the memory bound the
+README states (ServerConfig.request_memory_bound).
 
 Usage: python bench/serving.py --model artifacts/model [--sizes 10000 100000]
        [--server-args '--batch-threads 2'] [--no-burst] [--out bench/results/serving.json]
@@ -75,9 +78,9 @@ def run_floor_server(index_dir: Path) -> None:
 
 
 # ---- the load generator (subprocess) -----------------------------------------------------
-def run_load(target: str, kind: str, queries: list[str], seconds: float) -> dict:
+def _caller(target: str, kind: str):
+    """A function making one Search call to `target` (the product or the floor)."""
     import grpc
-    import numpy as np
 
     channel = grpc.insecure_channel(target)
     if kind == "floor":
@@ -85,15 +88,24 @@ def run_load(target: str, kind: str, queries: list[str], seconds: float) -> dict
 
         def one(text: str) -> None:
             call(text.encode("utf-8"), timeout=30)
-    else:
-        from siamese_search.server.generated import search_pb2 as pb
-        from siamese_search.server.generated import search_pb2_grpc as pb_grpc
 
-        stub = pb_grpc.SearchServiceStub(channel)
+        return one
+    from siamese_search.server.generated import search_pb2 as pb
+    from siamese_search.server.generated import search_pb2_grpc as pb_grpc
 
-        def one(text: str) -> None:
-            stub.Search(pb.SearchRequest(text=text, k=K), timeout=30)
+    stub = pb_grpc.SearchServiceStub(channel)
 
+    def one_search(text: str) -> None:
+        stub.Search(pb.SearchRequest(text=text, k=K), timeout=30)
+
+    return one_search
+
+
+def run_load(target: str, kind: str, queries: list[str], seconds: float) -> dict:
+    """Single-client latency, then calls/s and latency with CLIENTS concurrent clients."""
+    import numpy as np
+
+    one = _caller(target, kind)
     for text in queries[:50]:  # warm-up
         one(text)
     latencies = []
@@ -111,7 +123,37 @@ def run_load(target: str, kind: str, queries: list[str], seconds: float) -> dict
             "p50_ms": float(np.percentile(concurrent_ms, 50)),
             "p99_ms": float(np.percentile(concurrent_ms, 99)),
         }
-    channel.close()
+    return result
+
+
+def run_paired(server: str, floor: str, queries: list[str], rounds: int) -> dict:
+    """Single-client latency of both servers, one call each in turn with the same text,
+    `rounds` times over the queries: whatever else the machine does then (the load
+    generator shares its 2 cores) weighs on both alike, so their ratio is steadier
+    than that of two phases measured minutes apart."""
+    import numpy as np
+
+    calls = {"server": _caller(server, "server"), "floor": _caller(floor, "floor")}
+    for text in queries[:50]:  # warm-up
+        for one in calls.values():
+            one(text)
+    latencies: dict[str, list[float]] = {"server": [], "floor": []}
+    for round_number in range(rounds):
+        order = ["server", "floor"] if round_number % 2 == 0 else ["floor", "server"]
+        for text in queries:
+            for kind in order:
+                started = time.perf_counter()
+                calls[kind](text)
+                latencies[kind].append(time.perf_counter() - started)
+    result = {}
+    for kind, values in latencies.items():
+        ms = np.array(values) * 1e3
+        result[kind] = {
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)),
+            "calls": len(values),
+        }
+    result["p50_ratio"] = result["server"]["p50_ms"] / result["floor"]["p50_ms"]
     return result
 
 
@@ -298,6 +340,7 @@ def main() -> int:
     parser.add_argument("--floor-server", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--load", choices=["floor", "server"], help=argparse.SUPPRESS)
     parser.add_argument("--burst", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--paired", help=argparse.SUPPRESS)  # the server's address
     parser.add_argument("--target", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor_server:
@@ -306,6 +349,10 @@ def main() -> int:
     if args.load:
         queries = json.loads(args.queries.read_text())
         print(json.dumps(run_load(args.target, args.load, queries, args.seconds)))
+        return 0
+    if args.paired:
+        queries = json.loads(args.queries.read_text())
+        print(json.dumps(run_paired(args.paired, args.target, queries, rounds=2)))
         return 0
     if args.burst:
         print(json.dumps(run_burst(args.target, args.burst)))
@@ -338,32 +385,45 @@ def main() -> int:
                 BuildOptions(show_progress=False),
             )
             row: dict = {"size": size, "index_type": report.index_type}
-            for kind, command in (
-                ("floor", [sys.executable, __file__, "--floor-server", str(index_dir)]),
-                ("server", _server_command(index_dir, args.server_args.split())),
-            ):
-                process, target, start_seconds = _start(command)
+            floor_process, floor_target, _ = _start(
+                [sys.executable, __file__, "--floor-server", str(index_dir)]
+            )
+            try:
+                server_process, server_target, start_seconds = _start(
+                    _server_command(index_dir, args.server_args.split())
+                )
                 try:
-                    row[kind] = _helper(
-                        "--load",
-                        kind,
+                    row["paired"] = _helper(
+                        "--paired",
+                        server_target,
                         "--target",
-                        target,
+                        floor_target,
                         "--queries",
                         str(queries_file),
-                        "--seconds",
-                        str(args.seconds),
                     )
-                    if kind == "server":
-                        row[kind]["seconds_to_serving"] = start_seconds
-                        if not args.no_burst:
-                            row[kind]["burst"] = _burst(process, target)
+                    for kind, target in (("floor", floor_target), ("server", server_target)):
+                        row[kind] = _helper(
+                            "--load",
+                            kind,
+                            "--target",
+                            target,
+                            "--queries",
+                            str(queries_file),
+                            "--seconds",
+                            str(args.seconds),
+                        )
+                    row["server"]["seconds_to_serving"] = start_seconds
+                    if not args.no_burst:
+                        row["server"]["burst"] = _burst(server_process, server_target)
                 finally:
-                    process.send_signal(signal.SIGTERM)
-                    process.wait(timeout=60)
+                    server_process.send_signal(signal.SIGTERM)
+                    server_process.wait(timeout=60)
+            finally:
+                floor_process.send_signal(signal.SIGTERM)
+                floor_process.wait(timeout=60)
             server, floor = row["server"], row["floor"]
             row["server_args"] = args.server_args
-            row["p50_ratio"] = server["p50_ms"] / floor["p50_ms"]
+            row["p50_ratio"] = row["paired"]["p50_ratio"]  # the steadier measure
             row["throughput_ratio"] = (
                 server["clients_8"]["calls_per_second"] / floor["clients_8"]["calls_per_second"]
             )
@@ -377,10 +437,14 @@ def main() -> int:
 
 def _summary(row: dict, index_type: str) -> str:
     server, floor = row["server"], row["floor"]
+    paired = row["paired"]
     lines = [
         f"{row['size']:>7} vectors ({index_type}), server flags {row['server_args']!r}:",
-        f"  1 client p50:  server {server['p50_ms']:.2f} ms, floor {floor['p50_ms']:.2f} ms"
-        f"  (x{row['p50_ratio']:.2f})",
+        f"  1 client p50, paired calls:  server {paired['server']['p50_ms']:.2f} ms, "
+        f"floor {paired['floor']['p50_ms']:.2f} ms  (x{row['p50_ratio']:.2f}); "
+        f"p99 {paired['server']['p99_ms']:.2f} / {paired['floor']['p99_ms']:.2f} ms",
+        f"  1 client p50, separate phases: server {server['p50_ms']:.2f} ms, "
+        f"floor {floor['p50_ms']:.2f} ms",
     ]
     for clients in CLIENTS:
         ours, theirs = server[f"clients_{clients}"], floor[f"clients_{clients}"]

@@ -120,7 +120,8 @@ class Batcher:
         wanted: Callable[[], bool],
         deadline: float | None,
     ) -> tuple[np.ndarray, list[list[Hit]]]:
-        """Vectors and top-k hits for `texts`; raises CallGone or the job's error."""
+        """Vectors and top-k hits for `texts` (k 0: vectors only); raises CallGone or
+        the job's error."""
         vectors, hits = [], []
         for start in range(0, len(texts), self.settings.piece_texts):
             job = _Job(
@@ -137,15 +138,6 @@ class Batcher:
             vectors.append(job.vectors)
             hits.extend(job.hits or [])
         return np.concatenate(vectors), hits
-
-    def embed(
-        self,
-        serving: Serving,
-        texts: Sequence[str],
-        wanted: Callable[[], bool],
-        deadline: float | None,
-    ) -> np.ndarray:
-        return self.search(serving, texts, 0, (), -1.0, wanted, deadline)[0]
 
     def _wait(self, job: _Job) -> None:
         if job.gone():
