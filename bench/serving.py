@@ -47,19 +47,19 @@ def run_floor_server(index_dir: Path) -> None:
     import faiss
     import grpc
     import numpy as np
-    from threadpoolctl import threadpool_limits
 
     from siamese_search.core.model_artifact import load_model
+    from siamese_search.core.native_threads import limit_native_threads
     from siamese_search.indexer.store import open_index
 
-    threadpool_limits(limits=1)
+    limit_native_threads(1)
     version = open_index(index_dir, verify=False)
     model = load_model(version.manifest["model"]["directory"], threads=1)
     searcher = version._index  # the bare FAISS index: no record lookup
 
     def handle(request: bytes, context) -> bytes:
-        # one native thread per call, as the product server sets (OpenMP's count is
-        # per thread; left at 2, FAISS's idle OpenMP worker spins after every search)
+        # one OpenMP thread per call, as the product server sets (the count is per
+        # thread; left at 2, FAISS's idle OpenMP worker spins after every search)
         faiss.omp_set_num_threads(1)
         vectors = model.head(model.encoder.encode([request.decode("utf-8")]))
         _, positions = searcher.search(vectors, K)

@@ -85,7 +85,7 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ray-address",
         help="an existing Ray cluster (e.g. ray://head:10001, or 'auto'); "
-        "default: start a local one on 127.0.0.1",
+        "default: start a local one for this job (README: it listens on every interface)",
     )
     parser.add_argument(
         "--ray-actors", type=int, default=settings.actors, help="encoding actors (one model each)"

@@ -8,16 +8,17 @@ Ray Dataset whose blocks go through `map_batches` on an actor pool: one model pe
 actor, loaded once from the model directory's files shipped through Ray's object
 store (so a cluster needs no shared filesystem), with its BLAS and OpenMP threads set
 deliberately. Vectors stream back with their row positions and the driver writes
-them, in input order, into the staging version with the same writer, and publishes it with the
-same atomic rules, as a local build: a killed job publishes nothing.
+them, in input order, into the staging version with the same writer, and publishes
+it by the same atomic rules as a local build: a killed job publishes nothing.
 
 Without an address Ray starts a local cluster (GCS, raylet and worker processes as on
 a multi-node one) without dashboard or usage reporting, and stops it at the end; with
 `--ray-address` the same job runs on an existing cluster. Ray 2.60 ignores a node
-address of 127.0.0.1 for a local cluster: its GCS and raylet listen on every
-interface, guarded by Ray's token authentication (on by default in 2.60). Pitfall seen on 2 cores:
-actors asking for a whole CPU each starve Ray Data's read and split tasks and the job
-deadlocks, so actors ask for ACTOR_CPUS and the rest of a CPU stays for the tasks.
+address of 127.0.0.1 for a local cluster (so none is passed): its GCS and raylet
+listen on every interface, guarded by Ray's token authentication (on by default).
+Pitfall seen on 2 cores: actors asking for a whole CPU each starve Ray Data's read
+and split tasks and the job deadlocks, so actors ask for ACTOR_CPUS and the rest of
+a CPU stays for the tasks.
 """
 
 from __future__ import annotations
@@ -63,22 +64,21 @@ class _EmbedActor:
     def __init__(self, files, threads: int):
         import tempfile
 
-        import faiss
         import ray
-        from threadpoolctl import threadpool_limits
 
         from siamese_search.core.model_artifact import load_model
+        from siamese_search.core.native_threads import limit_native_threads
 
         if isinstance(files, ray.ObjectRef):  # Ray Data passes constructor args as given
             files = ray.get(files)
-        threadpool_limits(limits=threads)
-        faiss.omp_set_num_threads(threads)
-        self._directory = tempfile.mkdtemp(prefix="siamese-model-")
+        limit_native_threads(threads)
+        # removed with the actor (the model is loaded into memory from it)
+        self._directory = tempfile.TemporaryDirectory(prefix="siamese-model-")
         for name, data in files.items():
-            target = Path(self._directory) / name
+            target = Path(self._directory.name) / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        self.model = load_model(self._directory, threads=threads)
+        self.model = load_model(self._directory.name, threads=threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = [str(text) for text in batch["text"]]
@@ -106,12 +106,7 @@ class RayEmbedder:
         if not ray.is_initialized():
             try:
                 if self.settings.address is None:
-                    ray.init(
-                        include_dashboard=False,
-                        _node_ip_address="127.0.0.1",
-                        log_to_driver=False,
-                        configure_logging=False,
-                    )
+                    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
                 else:
                     ray.init(address=self.settings.address, log_to_driver=False)
             except Exception as error:  # ConnectionError, RuntimeError, ValueError ...

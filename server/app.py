@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from siamese_search.core.errors import UserError, describe_os_error
+from siamese_search.core.native_threads import limit_native_threads
 from siamese_search.indexer.store import model_directory_of
 from siamese_search.server.batching import Batcher
 from siamese_search.server.config import ServerConfig
@@ -38,22 +39,6 @@ def _model_dir(config: ServerConfig) -> Path:
         raise UserError(
             f"{error}. Or give --model so the server can start and wait for one."
         ) from None
-
-
-def limit_native_threads(threads: int) -> None:
-    """Every native thread pool of the process (BLAS for the head's numpy matmuls,
-    FAISS's OpenMP) to `threads`, for good, not only inside the encoder's own limit.
-
-    Left at the core count, their idle workers spin after each small matmul or
-    search and take the core the batch thread encodes on: under 8 clients two such
-    threads burned a core between them (bench/serving.py, per-thread CPU). OpenMP's
-    count is per thread: the batch threads call this too (Batcher's thread_setup).
-    """
-    import faiss
-    from threadpoolctl import threadpool_limits
-
-    faiss.omp_set_num_threads(max(1, threads))
-    threadpool_limits(limits=max(1, threads))
 
 
 class SearchServer:
@@ -132,6 +117,7 @@ class SearchServer:
             else:
                 self.port = self.grpc_server.add_insecure_port(address)
         except RuntimeError as error:
+            self.batcher.stop()
             raise UserError(f"cannot listen on {address} ({error}); is the port in use?") from None
         self.watcher = (
             ReloadWatcher(self.holder, config.reload_interval)

@@ -84,8 +84,8 @@ class BatchSettings:
 
 
 class Batcher:
-    """The queue and the threads that run batches; `search` and `embed` block the
-    calling (gRPC worker) thread until its answer is ready."""
+    """The queue and the threads that run batches; `search` blocks the calling (gRPC
+    worker) thread until its answer is ready."""
 
     def __init__(
         self,
@@ -142,16 +142,13 @@ class Batcher:
     def _wait(self, job: _Job) -> None:
         if job.gone():
             raise CallGone(expired=job.wanted())
-        if self._run_inline_if_idle(job):
-            if job.error is not None:
-                raise job.error
-            return
-        self._queue.put(job)
-        # wake up now and then to notice a cancelled caller (gRPC gives no wait handle)
-        while not job.done.wait(0.05):
-            if job.gone():
-                job.abandoned = True
-                raise CallGone(expired=job.wanted())
+        if not self._run_inline_if_idle(job):
+            self._queue.put(job)
+            # wake up now and then to notice a cancelled caller (gRPC gives no handle)
+            while not job.done.wait(0.05):
+                if job.gone():
+                    job.abandoned = True
+                    raise CallGone(expired=job.wanted())
         if job.error is not None:
             raise job.error
 
