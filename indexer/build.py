@@ -39,6 +39,7 @@ from siamese_search.core.tables import (
 )
 from siamese_search.indexer import layout
 from siamese_search.indexer.backends import INDEX_KINDS, create_index, resolve_kind
+from siamese_search.indexer.backends.milvus_backend import MilvusTarget, MilvusWriter
 from siamese_search.indexer.ray_engine import RaySettings
 from siamese_search.indexer.records import RecordWriter
 from siamese_search.indexer.store import FORMAT, FORMAT_VERSION, NO_LABEL, IndexVersion, open_index
@@ -62,6 +63,9 @@ class BuildOptions:
     #: where texts are embedded: "local" (this process) or "ray" (indexer.ray_engine)
     engine: str = "local"
     ray: RaySettings = field(default_factory=RaySettings)
+    #: also serve each version from Milvus (a collection per version, an alias to the
+    #: current one); None: the index directory alone (FAISS)
+    milvus: MilvusTarget | None = None
 
     def __post_init__(self) -> None:
         if self.index_type not in INDEX_KINDS:
@@ -360,9 +364,13 @@ def _write_version(
     """
     started = time.perf_counter()
     index_dir = Path(index_dir)
-    with layout.writer_lock(index_dir, options.wait_seconds):
+    with layout.writer_lock(index_dir, options.wait_seconds), _milvus_writer(options) as milvus:
+        if milvus is not None:
+            reconcile_milvus(index_dir, milvus, options.show_progress)
         base = open_index(index_dir, model=model) if needs_base else None
         try:
+            if base is not None and milvus is None:
+                _refuse_local_write_of_milvus_index(base.manifest)
             layout.checkpoint("base-opened")
             plan = plan_for(base)
             layout.sweep_staging(index_dir)
@@ -381,11 +389,21 @@ def _write_version(
                         "label_column": plan.columns.label,
                         "id_column": plan.columns.id,
                     }
+                next_name = layout.next_version_name(index_dir)
+                if milvus is not None:
+                    extra["backend"] = _milvus_record(milvus, next_name)
                 manifest = writer.finish(plan.kind, plan.params, model, extra)
+                if milvus is not None:  # the collection first, the alias last
+                    milvus.write_version(next_name, staging, manifest, options.show_progress)
                 name = layout.publish(index_dir, staging, keep=options.keep_versions)
+                assert name == next_name, "version numbers move only under the writer lock"
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
+            if milvus is not None:
+                milvus.point_alias_at(name)
+                layout.checkpoint("after-alias")
+                milvus.prune(layout.list_versions(index_dir))
         finally:
             if base is not None:
                 base.close()
@@ -398,6 +416,60 @@ def _write_version(
         problems,
         time.perf_counter() - started,
     )
+
+
+@contextmanager
+def _milvus_writer(options: BuildOptions) -> Iterator[MilvusWriter | None]:
+    if options.milvus is None:
+        yield None
+        return
+    writer = MilvusWriter(options.milvus)
+    try:
+        yield writer
+    finally:
+        writer.close()
+
+
+def _milvus_record(milvus: MilvusWriter, version: str) -> dict:
+    """What the manifest says of where the version is served from (never the token)."""
+    return {
+        "name": "milvus",
+        "alias": milvus.target.name,
+        "collection": milvus.target.collection_for(version),
+        "version": version,
+        "server_version": milvus.server_version(),
+    }
+
+
+def _refuse_local_write_of_milvus_index(manifest: dict) -> None:
+    backend = manifest.get("backend") or {}
+    if backend.get("name") == "milvus":
+        raise UserError(
+            f"this index is served from Milvus (alias {backend.get('alias')!r}); a version "
+            "written here alone would never reach its servers. Pass --backend milvus "
+            "--milvus-uri URI (and --milvus-collection if it is not the default)"
+        )
+
+
+def reconcile_milvus(index_dir: Path, milvus: MilvusWriter, show_progress: bool = True) -> None:
+    """Point the alias at the local current version (hold the writer lock).
+
+    A writer killed between publishing its version here and moving the alias left the
+    two apart; so does a rollback. The current version's collection is written again
+    from the local files when it is missing.
+    """
+    current = layout.current_version(index_dir)
+    if current is None:
+        return
+    directory = layout.version_dir(index_dir, current)
+    manifest = layout.read_manifest(directory)
+    if (manifest.get("backend") or {}).get("name") != "milvus":
+        return  # a FAISS-only version: the next write copies its successor to Milvus
+    if milvus.aliased_collection() == milvus.target.collection_for(current):
+        return
+    if not milvus.has_version(current):
+        milvus.write_version(current, directory, manifest, show_progress)
+    milvus.point_alias_at(current)
 
 
 def build_index(
@@ -599,7 +671,10 @@ def list_index_versions(index_dir: Path) -> list[VersionInfo]:
 
 
 def rollback(
-    index_dir: Path, to: str | None = None, wait: float = layout.DEFAULT_WAIT_SECONDS
+    index_dir: Path,
+    to: str | None = None,
+    wait: float = layout.DEFAULT_WAIT_SECONDS,
+    milvus: MilvusTarget | None = None,
 ) -> tuple[str, str]:
     """Point CURRENT at a retained version: `to`, or the newest one before the current.
 
@@ -625,6 +700,12 @@ def rollback(
                     f"{index_dir}: no version {to!r}; retained versions: "
                     f"{', '.join(versions) or 'none'} (see `siamese-index list`)"
                 )
-        layout.read_manifest(layout.version_dir(index_dir, target))  # refuse a damaged one
+        manifest = layout.read_manifest(layout.version_dir(index_dir, target))  # not damaged
+        if milvus is None:
+            _refuse_local_write_of_milvus_index(manifest)
         layout.point_current_at(index_dir, target)
+        if milvus is not None:
+            with _milvus_writer(BuildOptions(milvus=milvus)) as writer:
+                assert writer is not None
+                reconcile_milvus(index_dir, writer)
     return current or "", target

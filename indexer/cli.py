@@ -4,6 +4,7 @@ siamese-index build  --model M --data FILE --out INDEX_DIR [--index-type auto|fl
 siamese-index add    --index INDEX_DIR --data FILE [--upsert] [--model M]
 siamese-index delete --index INDEX_DIR --ids ID [ID ...] | --ids-file FILE
 siamese-index info   --index INDEX_DIR
+any writer: --backend milvus --milvus-uri URI also serves each version from Milvus
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from siamese_search.core.cli_help import DefaultsHelpFormatter
 from siamese_search.core.errors import UserError, run_cli
 from siamese_search.core.tables import Columns, describe_problems, table_columns
 from siamese_search.indexer import layout
+from siamese_search.indexer.backend_flags import add_backend_flags, milvus_target
 from siamese_search.indexer.backends import INDEX_KINDS
 from siamese_search.indexer.build import (
     BuildOptions,
@@ -100,6 +102,7 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_common_flags(parser: argparse.ArgumentParser) -> None:
     _add_wait_flag(parser)
+    add_backend_flags(parser)
     parser.add_argument(
         "--index-type",
         default="auto",
@@ -198,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--to", metavar="VERSION", help="the version (default: the newest before the current)"
     )
     _add_wait_flag(back)
+    add_backend_flags(back)
     return parser
 
 
@@ -212,7 +216,9 @@ def _params(pairs: list[str]) -> dict | None:
 
 
 def _options(args) -> BuildOptions:
+    index_dir = args.out if args.command == "build" else args.index
     return BuildOptions(
+        milvus=milvus_target(args, index_dir),
         index_type=args.index_type,
         index_params=_params(args.index_param),
         keep_versions=args.keep,
@@ -291,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{v.name:<8} {v.count:>10}  {v.created_at:<25} {v.operation:<8} {state}")
         return 0
     if args.command == "rollback":
-        previous, now = rollback(args.index, args.to, args.wait)
+        previous, now = rollback(args.index, args.to, args.wait, milvus_target(args, args.index))
         print(f"{args.index}: CURRENT {previous or '(none)'} -> {now}; servers reload it")
         return 0
     options = _options(args)

@@ -159,13 +159,18 @@ def new_staging(index_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=TMP_PREFIX + "version-", dir=index_dir))
 
 
+def next_version_name(index_dir: Path) -> str:
+    """The name the next `publish` gives (stable while the writer lock is held)."""
+    existing = list_versions(index_dir)
+    return version_name(int(existing[-1]) + 1 if existing else 1)
+
+
 def publish(index_dir: Path, staging: Path, keep: int = DEFAULT_KEEP_VERSIONS) -> str:
     """Make a complete staging directory the new current version; return its name."""
     index_dir = Path(index_dir)
     make_tree_shareable(staging)
     fsync_tree(staging)
-    existing = list_versions(index_dir)
-    name = version_name(int(existing[-1]) + 1 if existing else 1)
+    name = next_version_name(index_dir)
     (index_dir / VERSIONS).mkdir(exist_ok=True)
     os.rename(staging, version_dir(index_dir, name))
     fsync_dir(index_dir / VERSIONS)

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -30,6 +31,11 @@ NO_LABEL = -1
 
 class UnknownLabelError(UserError):
     """A label filter names a label the index does not hold."""
+
+
+class BackendUnavailableError(Exception):
+    """The store holding the vectors (a Milvus server) did not answer a search; the
+    server answers UNAVAILABLE, which clients retry."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,85 @@ def resolve_version_dir(path: Path) -> Path:
     if not (directory / layout.MANIFEST).is_file():
         raise UserError(f"{path}: {layout.CURRENT} names version {name}, which is missing")
     return directory
+
+
+class ServedVersion(Protocol):
+    """What a server needs of an open index version, whatever the backend holds it:
+    `IndexVersion` (files + FAISS) and the Milvus backend's `MilvusVersion`."""
+
+    name: str
+    kind: str
+    count: int
+    dim: int
+    label_names: list[str]
+    manifest: dict
+
+    @property
+    def has_labels(self) -> bool: ...
+
+    @property
+    def model_fingerprint(self) -> str: ...
+
+    def check_model(self, model: EmbeddingModel) -> None: ...
+
+    def search(
+        self, vectors: np.ndarray, k: int, labels: Sequence[str] = (), min_score: float = -1.0
+    ) -> list[list[Hit]]: ...
+
+    def close(self) -> None: ...
+
+
+class VersionSource(Protocol):
+    """Where a server finds the current version: `DirectorySource` or `MilvusSource`."""
+
+    location: str
+
+    def current_name(self) -> str | None: ...
+
+    def open_current(self) -> ServedVersion: ...
+
+    def model_directory(self) -> Path: ...
+
+
+class LabelFilter:
+    """Turns a request's label filter into label codes, or a bounded UnknownLabelError
+    (however many labels were sent or exist). Shared by every backend."""
+
+    def __init__(self, names: Sequence[str], has_labels: bool):
+        self.names = list(names)
+        self.has_labels = has_labels
+        self._code = {name: code for code, name in enumerate(self.names)}
+
+    def codes(self, labels: Sequence[str]) -> set[int]:
+        if not self.has_labels:
+            raise UnknownLabelError("this index has no labels, so it cannot filter by label")
+        wanted = set(labels)
+        unknown = sorted(wanted - self._code.keys())
+        if unknown:
+            shown = ", ".join(repr(label[:60]) for label in unknown[:5])
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            held = ", ".join(repr(label[:60]) for label in self.names[:20])
+            held_more = (
+                f" and {len(self.names) - 20} more (GetInfo lists them)"
+                if len(self.names) > 20
+                else ""
+            )
+            raise UnknownLabelError(
+                f"unknown label(s) {shown}{more}; the index holds {held}{held_more}"
+            )
+        return {self._code[label] for label in wanted}
+
+
+def check_model_matches(manifest: dict, name: str, where: str, model: EmbeddingModel) -> None:
+    """Refuse (ArtifactMismatchError) a model other than the one a version was built with."""
+    built_with = manifest["model"]["fingerprint"]
+    if model.fingerprint != built_with:
+        raise ArtifactMismatchError(
+            f"index version {name} at {where} was built with model {built_with} "
+            f"({manifest['model'].get('directory')}), but the model given is "
+            f"{model.fingerprint} ({model.directory}). Rebuild the index with this model, "
+            "or use the model it was built with."
+        )
 
 
 class IndexVersion:
@@ -114,7 +199,7 @@ class IndexVersion:
             )
         label_info = self.manifest.get("labels")
         self.label_names: list[str] = list(label_info["names"]) if label_info else []
-        self._label_code = {name: code for code, name in enumerate(self.label_names)}
+        self._filter = LabelFilter(self.label_names, has_labels=label_info is not None)
         self._label_codes = (
             np.fromfile(self.directory / layout.LABELS_FILE, dtype=np.int32) if label_info else None
         )
@@ -131,13 +216,7 @@ class IndexVersion:
 
     def check_model(self, model: EmbeddingModel) -> None:
         """Refuse to serve queries embedded by a model other than the index's."""
-        if model.fingerprint != self.model_fingerprint:
-            raise ArtifactMismatchError(
-                f"index version {self.name} at {self.directory} was built with model "
-                f"{self.model_fingerprint} ({self.manifest['model'].get('directory')}), but the "
-                f"model given is {model.fingerprint} ({model.directory}). Rebuild the index "
-                "with this model, or use the model it was built with."
-            )
+        check_model_matches(self.manifest, self.name, str(self.directory), model)
 
     def _verify_files(self) -> None:
         for name, info in self.manifest["files"].items():
@@ -176,22 +255,9 @@ class IndexVersion:
         key = frozenset(labels)
         mask = self._masks.get(key)
         if mask is None:
-            if self._label_codes is None:
-                raise UnknownLabelError("this index has no labels, so it cannot filter by label")
-            unknown = sorted(key - self._label_code.keys())
-            if unknown:  # a bounded message, however many labels were sent or exist
-                shown = ", ".join(repr(label[:60]) for label in unknown[:5])
-                more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-                held = ", ".join(repr(label[:60]) for label in self.label_names[:20])
-                held_more = (
-                    f" and {len(self.label_names) - 20} more (GetInfo lists them)"
-                    if len(self.label_names) > 20
-                    else ""
-                )
-                raise UnknownLabelError(
-                    f"unknown label(s) {shown}{more}; the index holds {held}{held_more}"
-                )
-            mask = np.isin(self._label_codes, [self._label_code[x] for x in key])
+            codes = self._filter.codes(labels)  # refuses unknown labels, or none at all
+            assert self._label_codes is not None
+            mask = np.isin(self._label_codes, sorted(codes))
             self._masks[key] = mask
             if len(self._masks) > 64:
                 self._masks.popitem(last=False)
@@ -268,3 +334,23 @@ def model_directory_of(index_dir: str | Path) -> Path:
         raise UserError(
             f"{version}: unreadable index manifest ({error}); give --model explicitly"
         ) from None
+
+
+class DirectorySource:
+    """Where a server finds the current version of an index directory: CURRENT.
+
+    The Milvus backend's `MilvusSource` offers the same three calls for an alias.
+    """
+
+    def __init__(self, index_dir: str | Path):
+        self.index_dir = Path(index_dir)
+        self.location = str(self.index_dir)
+
+    def current_name(self) -> str | None:
+        return layout.current_version(self.index_dir)
+
+    def open_current(self) -> IndexVersion:
+        return open_index(self.index_dir)
+
+    def model_directory(self) -> Path:
+        return model_directory_of(self.index_dir)

@@ -12,7 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from siamese_search.core.errors import UserError, describe_os_error
 from siamese_search.core.native_threads import limit_native_threads
-from siamese_search.indexer.store import model_directory_of
+from siamese_search.indexer.store import VersionSource
 from siamese_search.server.batching import Batcher
 from siamese_search.server.config import ServerConfig
 from siamese_search.server.generated import search_pb2_grpc as pb_grpc
@@ -29,12 +29,12 @@ from siamese_search.server.state import ReloadWatcher, ServingHolder
 log = logging.getLogger("siamese.server")
 
 
-def _model_dir(config: ServerConfig) -> Path:
+def _model_dir(config: ServerConfig, source: VersionSource) -> Path:
     """--model, or the model recorded in the current index version's manifest."""
     if config.model_dir is not None:
         return Path(config.model_dir)
     try:
-        return model_directory_of(config.index_dir)
+        return source.model_directory()
     except UserError as error:
         raise UserError(
             f"{error}. Or give --model so the server can start and wait for one."
@@ -49,10 +49,11 @@ class SearchServer:
 
         self.config = config
         limit_native_threads(config.threads)
-        initial_model = load_model(_model_dir(config), threads=config.threads)
+        source = config.source()
+        initial_model = load_model(_model_dir(config, source), threads=config.threads)
         self.metrics = Metrics()
         self.holder = ServingHolder(
-            config.index_dir,
+            source,
             initial_model,
             # without --model the server follows the model each version was built with
             # (hot swap on retrain); --model pins it and versions of another are refused

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from siamese_search.core.cli_help import DefaultsHelpFormatter
 from siamese_search.core.errors import UserError, run_cli
+from siamese_search.indexer.backend_flags import add_backend_flags, milvus_target
 from siamese_search.server.batching import BatchSettings
 from siamese_search.server.config import Limits, ServerConfig
 
@@ -27,7 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.splitlines()[0],
         formatter_class=DefaultsHelpFormatter,
     )
-    parser.add_argument("--index", required=True, type=Path, help="index directory")
+    parser.add_argument(
+        "--index",
+        type=Path,
+        help="index directory (with --backend milvus: not needed, the alias names the index)",
+    )
+    add_backend_flags(parser)
     parser.add_argument(
         "--model",
         type=Path,
@@ -160,8 +166,12 @@ def config_from_args(args) -> ServerConfig:
     ):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    milvus = milvus_target(args, args.index)
+    if args.index is None and milvus is None:
+        raise UserError("give --index INDEX_DIR (or --backend milvus --milvus-uri ...)")
     return ServerConfig(
         index_dir=args.index,
+        milvus=milvus,
         model_dir=args.model,
         host=args.host,
         port=args.port,

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from siamese_search.core.errors import UserError
+from siamese_search.indexer.backends.milvus_backend import MilvusTarget
+from siamese_search.indexer.store import DirectorySource, VersionSource
 from siamese_search.server.batching import BatchSettings
 
 MAX_LABELS = 1000  # labels in one filter
@@ -43,7 +45,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    index_dir: Path
+    #: where versions come from: an index directory, or (milvus set) a Milvus alias
+    index_dir: Path | None
     model_dir: Path | None = None
     host: str = "127.0.0.1"
     port: int = 50051
@@ -64,6 +67,7 @@ class ServerConfig:
     max_queued: int = 8
     #: dynamic batching of concurrent Search / Predict / Embed work
     batching: BatchSettings = BatchSettings()
+    milvus: MilvusTarget | None = None
 
     @property
     def max_concurrent_calls(self) -> int:
@@ -78,7 +82,18 @@ class ServerConfig:
         strings, their cleaned-up copies, the answer)."""
         return self.max_concurrent_calls * REQUEST_COPIES * self.limits.max_request_bytes
 
+    def source(self) -> VersionSource:
+        """Where the server finds the current version."""
+        if self.milvus is not None:
+            from siamese_search.indexer.backends.milvus_backend import MilvusSource
+
+            return MilvusSource(self.milvus)
+        assert self.index_dir is not None
+        return DirectorySource(self.index_dir)
+
     def __post_init__(self) -> None:
+        if self.index_dir is None and self.milvus is None:
+            raise UserError("give an index directory (--index) or a Milvus alias")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise UserError("TLS needs both --tls-cert and --tls-key")
         for path in (self.tls_cert, self.tls_key):

@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 
 from siamese_search.core.abstention import predict
-from siamese_search.indexer.store import Hit, UnknownLabelError
+from siamese_search.indexer.store import BackendUnavailableError, Hit, UnknownLabelError
 from siamese_search.server import validation as check
 from siamese_search.server.batching import Batcher, CallGone
 from siamese_search.server.config import Limits
@@ -68,6 +68,9 @@ class SearchService(pb_grpc.SearchServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except UnknownLabelError as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except BackendUnavailableError as error:
+            log.error("backend_unavailable", extra={"fields": {"error": str(error)[:500]}})
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(error)[:1000])
         except _Abort as error:
             context.abort(error.code, str(error))
         except Exception:
@@ -84,7 +87,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
             cause = self.holder.last_error or "no index version was found"
             raise _Abort(
                 grpc.StatusCode.UNAVAILABLE,
-                f"nothing is serving from {self.holder.index_dir} yet: {cause[:500]}. Build "
+                f"nothing is serving from {self.holder.source.location} yet: {cause[:500]}. Build "
                 "a version with siamese-index build (or fix what the cause names), then retry",
             )
         self._local.acquired.append(serving)
@@ -233,7 +236,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 encoder_version=str(fingerprint.get("version")),
                 encoder_weights_sha256=str(fingerprint.get("weights_sha256")),
                 index_version=index.name,
-                index_directory=str(self.holder.index_dir),
+                index_directory=self.holder.source.location,
                 index_type=index.kind,
                 count=index.count,
                 dim=index.dim,

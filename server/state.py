@@ -23,8 +23,7 @@ from pathlib import Path
 from siamese_search.core.errors import UserError
 from siamese_search.core.model_artifact import EmbeddingModel
 from siamese_search.core.provenance import utc_now
-from siamese_search.indexer import layout
-from siamese_search.indexer.store import IndexVersion, open_index
+from siamese_search.indexer.store import DirectorySource, ServedVersion, VersionSource
 from siamese_search.server.metrics import Metrics
 
 log = logging.getLogger("siamese.server")
@@ -40,7 +39,7 @@ class Serving:
     """
 
     model: EmbeddingModel
-    index: IndexVersion
+    index: ServedVersion
     loaded_at: str
     _calls: int = 0
     _retired: bool = False
@@ -84,7 +83,7 @@ class ReloadOutcome:
     message: str
 
 
-def warm_up(model, index: IndexVersion) -> None:
+def warm_up(model, index: ServedVersion) -> None:
     """Touch every code path once so the first real request is not the slow one."""
     vectors = model.embed(["warm-up query"])
     index.search(vectors, k=min(10, max(index.count, 1)))
@@ -95,11 +94,13 @@ def warm_up(model, index: IndexVersion) -> None:
 class ServingHolder:
     def __init__(
         self,
-        index_dir: Path,
+        source: VersionSource | Path,
         model: EmbeddingModel,
         load_model: Callable[[Path], EmbeddingModel] | None = None,
     ):
-        self.index_dir = Path(index_dir)
+        #: where versions come from: an index directory's CURRENT, or a Milvus alias
+        #: (`MilvusSource`); anything with current_name / open_current / location
+        self.source: VersionSource = DirectorySource(source) if isinstance(source, Path) else source
         #: the model of the last version loaded (a new version may bring another)
         self.model = model
         #: loads a model directory (with the server's thread settings); None: no swap
@@ -154,9 +155,9 @@ class ServingHolder:
             serving = self._current
             name = None
             try:
-                name = layout.current_version(self.index_dir)
+                name = self.source.current_name()
                 if name is None:
-                    raise UserError(f"{self.index_dir} has no {layout.CURRENT} version yet")
+                    raise UserError(f"{self.source.location} has no current version yet")
                 if serving is not None and serving.index.name == name:
                     return ReloadOutcome(False, name, f"version {name} is already serving")
                 if not forced and name == self._refused:
@@ -165,7 +166,7 @@ class ServingHolder:
                         serving.index.name if serving else None,
                         f"version {name} was refused before",
                     )
-                index = open_index(self.index_dir)
+                index = self.source.open_current()
                 try:
                     model = self._model_for(index)
                     warm_up(model, index)
@@ -206,7 +207,7 @@ class ServingHolder:
                 self.metrics.observe_index(index)
             return ReloadOutcome(True, index.name, f"now serving version {index.name}")
 
-    def _model_for(self, index: IndexVersion) -> EmbeddingModel:
+    def _model_for(self, index: ServedVersion) -> EmbeddingModel:
         """The model `index` was built with: the one serving, or the one its manifest
         names (loaded now, beside the serving one), checked by fingerprint."""
         if index.model_fingerprint == self.model.fingerprint or self._load_model is None:
@@ -230,7 +231,8 @@ class ServingHolder:
 
 
 class ReloadWatcher(threading.Thread):
-    """Polls the index directory's CURRENT pointer and reloads when it changes."""
+    """Polls where the current version is named (CURRENT, or a Milvus alias) and
+    reloads when it changes."""
 
     def __init__(self, holder: ServingHolder, interval: float):
         super().__init__(name="index-reload-watcher", daemon=True)
@@ -243,13 +245,13 @@ class ReloadWatcher(threading.Thread):
         while not self._stop_event.wait(self.interval * min(2**failures, 30)):
             try:
                 serving = self.holder.current
-                name = layout.current_version(self.holder.index_dir)
+                name = self.holder.source.current_name()
                 if name is not None and (serving is None or serving.index.name != name):
                     self.holder.reload(forced=False)
                 failures = 0
             except Exception as error:  # an unreadable CURRENT must not stop the watcher
                 failures += 1
-                self.holder.record_error(f"cannot read {layout.CURRENT}: {error}")
+                self.holder.record_error(f"cannot read {self.holder.source.location}: {error}")
                 log.error(
                     "reload_watch_failed",
                     extra={"fields": {"error": str(error), "retry_in_polls": 2**failures}},

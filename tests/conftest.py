@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,27 @@ def trained_model(tmp_path_factory, sample_train) -> Path:
     )
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory):
+    """A real Milvus 2.3.5 on 127.0.0.1 for the whole run (tests/milvus_service.py).
+
+    When it cannot start, the Milvus tests are skipped and the run says so loudly;
+    with SIAMESE_REQUIRE_MILVUS=1 (CI) they fail instead.
+    """
+    from tests import milvus_service
+
+    try:
+        service = milvus_service.start(tmp_path_factory.mktemp("milvus"))
+    except Exception as error:
+        message = f"MILVUS COULD NOT START, Milvus tests not run: {error}"
+        if os.environ.get("SIAMESE_REQUIRE_MILVUS") == "1":
+            pytest.fail(message)
+        print(f"\n{'!' * 78}\n{message}\n{'!' * 78}", file=sys.__stderr__, flush=True)
+        pytest.skip(message)
+    yield service.uri
+    service.stop()
 
 
 def write_csv(path: Path, rows: list[tuple[str, str]], header=("text", "label")) -> Path:

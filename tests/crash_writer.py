@@ -1,6 +1,6 @@
 """A real index writer in its own process that reports each checkpoint and can stop at one.
 
-    python tests/crash_writer.py MODEL DATA INDEX_DIR STOP_AT [ENGINE]
+    python tests/crash_writer.py MODEL DATA INDEX_DIR STOP_AT [ENGINE [MILVUS_URI ALIAS]]
 
 Prints `reached <stage>` (flushed) at every checkpoint the build passes; at the
 STOP_AT-th checkpoint (a number, counting from 1) or at the stage named STOP_AT it
@@ -18,12 +18,21 @@ from pathlib import Path
 from siamese_search.core.model_artifact import load_model
 from siamese_search.core.tables import Columns
 from siamese_search.indexer import layout
+from siamese_search.indexer.backends.milvus_backend import MilvusTarget
 from siamese_search.indexer.build import BuildOptions, build_index
 
 CHUNK_ROWS = 100
 
 
-def main(model: str, data: str, index_dir: str, stop_at: str, engine: str = "local") -> int:
+def main(
+    model: str,
+    data: str,
+    index_dir: str,
+    stop_at: str,
+    engine: str = "local",
+    milvus_uri: str | None = None,
+    alias: str | None = None,
+) -> int:
     passed = 0
 
     def observer(stage: str) -> None:
@@ -36,7 +45,10 @@ def main(model: str, data: str, index_dir: str, stop_at: str, engine: str = "loc
                 signal.pause()
 
     layout.CHECKPOINT_OBSERVERS.append(observer)
-    options = BuildOptions(show_progress=False, chunk_rows=CHUNK_ROWS, replace=True, engine=engine)
+    milvus = MilvusTarget(milvus_uri, alias or "crash") if milvus_uri else None
+    options = BuildOptions(
+        show_progress=False, chunk_rows=CHUNK_ROWS, replace=True, engine=engine, milvus=milvus
+    )
     build_index(Path(index_dir), load_model(model), Path(data), Columns(), options)
     print("finished", flush=True)
     return 0

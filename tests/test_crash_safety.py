@@ -55,11 +55,15 @@ def _index_with_one_version(index_dir, trained_model, corpus):
     _assert_current_is(index_dir, "000001", 50)
 
 
-def _kill_writer_at(trained_model, data, index_dir, stop_at: str, engine="local") -> list[str]:
-    """Run the writer until it reports `stopped ...`, SIGKILL it; return what it reported."""
+def _kill_writer_at(
+    trained_model, data, index_dir, stop_at: str, engine="local", milvus: tuple[str, str] = ()
+) -> list[str]:
+    """Run the writer until it reports `stopped ...`, SIGKILL it; return what it reported.
+
+    `milvus`: (URI, alias) to write each version to Milvus too."""
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "crash_writer.py")]
-        + [str(trained_model), str(data), str(index_dir), stop_at, engine],
+        + [str(trained_model), str(data), str(index_dir), stop_at, engine, *milvus],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

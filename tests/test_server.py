@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from siamese_search.core.model_artifact import load_model
 from siamese_search.core.tables import Columns
+from siamese_search.indexer.backends.milvus_backend import MilvusTarget
 from siamese_search.indexer.build import BuildOptions, add_to_index, build_index
 from siamese_search.server.app import SearchServer
 from siamese_search.server.client import main as query_main
@@ -50,9 +51,26 @@ def _start(index_dir, **overrides) -> SearchServer:
     return SearchServer(ServerConfig(**settings)).start()
 
 
-@pytest.fixture(scope="module")
-def server(index_dir):
-    running = _start(index_dir)
+#: the contract tests run once per backend: FAISS files, and a real Milvus server
+BACKENDS = ["faiss", pytest.param("milvus", marks=[pytest.mark.milvus, pytest.mark.slow])]
+
+
+def _milvus_options(request, name: str) -> BuildOptions:
+    target = MilvusTarget(request.getfixturevalue("milvus_uri"), name)
+    return BuildOptions(show_progress=False, milvus=target)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request, index_dir, tmp_path_factory, model, sample_train):
+    """A server of the sample index: from the index directory, or from a Milvus alias
+    (built from the same rows with the same model, so every answer is the same)."""
+    if request.param == "milvus":
+        options = _milvus_options(request, "contract")
+        milvus_dir = tmp_path_factory.mktemp("serve-milvus") / "index"
+        build_index(milvus_dir, model, sample_train, COLUMNS, options)
+        running = _start(None, milvus=options.milvus)
+    else:
+        running = _start(index_dir)
     yield running
     running.stop(0)
 
@@ -288,12 +306,18 @@ def test_no_index_is_unavailable_until_one_is_built(tmp_path, trained_model, mod
         running.stop(0)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_hot_reload_under_load_has_no_failed_calls_and_no_mixed_versions(
-    tmp_path, model, sample_train
+    request, backend, tmp_path, model, sample_train
 ):
+    """A new version (a moved CURRENT, or a moved Milvus alias) is picked up under load."""
     index_dir = tmp_path / "index"
-    build_index(index_dir, model, sample_train, COLUMNS, QUIET)
-    running = _start(index_dir, reload_interval=0.05)
+    options = _milvus_options(request, "reload") if backend == "milvus" else QUIET
+    build_index(index_dir, model, sample_train, COLUMNS, options)
+    if backend == "milvus":
+        running = _start(None, milvus=options.milvus, reload_interval=0.05)
+    else:
+        running = _start(index_dir, reload_interval=0.05)
     marker = "Zebra giraffe elephant safari marker"
     failures: list[Exception] = []
     # (version the answer names, whether it holds the marker): checked below, in the test
@@ -326,7 +350,7 @@ def test_hot_reload_under_load_has_no_failed_calls_and_no_mixed_versions(
             model,
             more,
             Columns(text="text", label="class", id=None),
-            QUIET,
+            options,
             upsert=False,
         )
         deadline = time.monotonic() + 10

@@ -1,0 +1,134 @@
+"""A real Milvus server for tests, benchmarks and trying the Milvus backend locally.
+
+    python tests/milvus_service.py [--data DIR]      # runs until Ctrl-C, prints its URI
+
+`milvus==2.3.5` (the PyPI package that ships the Milvus standalone binary) goes into
+its own cached virtualenv: it pins setuptools and marshmallow versions that must not
+touch the project's environment. Its components advertise 127.0.0.1; Milvus 2.3.5's
+gRPC servers still bind every interface (it has no listen-address setting), so run it
+only on a machine whose ports are not reachable from outside, as in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+MILVUS_VERSION = "2.3.5"
+REQUIREMENTS = (f"milvus=={MILVUS_VERSION}", "setuptools<81", "marshmallow<4")
+LAUNCHER = Path(__file__).with_name("milvus_launcher.py")
+START_SECONDS = 240
+
+
+def venv_dir() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return Path(
+        os.environ.get("SIAMESE_MILVUS_VENV")
+        or cache / "siamese-search" / f"milvus-{MILVUS_VERSION}"
+    )
+
+
+def ensure_installed() -> Path:
+    """The virtualenv's python, installing milvus into it the first time (~10 s)."""
+    venv = venv_dir()
+    python = venv / "bin" / "python"
+    marker = venv / ".installed"
+    if marker.is_file():
+        return python
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            *REQUIREMENTS,
+        ],
+        check=True,
+    )
+    marker.write_text(" ".join(REQUIREMENTS) + "\n")
+    return python
+
+
+@dataclass
+class MilvusService:
+    process: subprocess.Popen
+    port: int
+    data_dir: Path
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        """Graceful: SIGTERM, then wait for Milvus to close its etcd session."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(90)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start(data_dir: Path) -> MilvusService:
+    """Install if needed, start, and wait until Milvus answers (RuntimeError if not)."""
+    python = ensure_installed()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = open(data_dir / "launcher.log", "w")  # noqa: SIM115 - lives with the process
+    process = subprocess.Popen(
+        [str(python), str(LAUNCHER), str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        start_new_session=True,  # a Ctrl-C in a test run reaches it through stop() only
+    )
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(process.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(START_SECONDS)
+    if not line or not line[0].strip():
+        process.kill()
+        process.wait()
+        raise RuntimeError(
+            f"Milvus did not start within {START_SECONDS} s; see {data_dir / 'launcher.log'} "
+            f"and {data_dir / 'logs'}"
+        )
+    info = json.loads(line[0])
+    return MilvusService(process, int(info["port"]), data_dir)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, help="data directory (default: a temporary one)")
+    args = parser.parse_args()
+    data = args.data or Path(tempfile.mkdtemp(prefix="milvus-"))
+    print(f"starting Milvus {MILVUS_VERSION} (data in {data}) ...", flush=True)
+    started = time.monotonic()
+    service = start(data)
+    print(
+        f"Milvus is up at {service.uri} after {time.monotonic() - started:.0f} s; Ctrl-C stops it"
+    )
+    try:
+        service.process.wait()
+    except KeyboardInterrupt:
+        print("stopping Milvus ...")
+    finally:
+        service.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

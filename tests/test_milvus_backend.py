@@ -1,0 +1,121 @@
+"""The Milvus backend's writer: versions as collections, the alias moved last, a killed
+writer that leaves the alias on a complete version, reconcile, rollback and pruning.
+
+(Search behaviour is in tests/test_backend_conformance.py, the gRPC contract with a
+Milvus-backed server in tests/test_server.py; both run against every backend.)
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from siamese_search.core.errors import UserError
+from siamese_search.core.model_artifact import load_model
+from siamese_search.core.tables import Columns
+from siamese_search.indexer import layout
+from siamese_search.indexer.backends.milvus_backend import MilvusSource, MilvusTarget, connect
+from siamese_search.indexer.build import (
+    BuildOptions,
+    add_to_index,
+    build_index,
+    delete_from_index,
+    rollback,
+)
+from siamese_search.indexer.cli import main as index_main
+from tests.conftest import write_csv
+from tests.test_crash_safety import BIG_ROWS, _kill_writer_at
+
+pytestmark = [pytest.mark.milvus, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("milvus-writer")
+    small = write_csv(root / "small.csv", [(f"text {i} about fixing bugs", "1") for i in range(50)])
+    big = write_csv(
+        root / "big.csv", [(f"another text {i} on performance work", "5") for i in range(BIG_ROWS)]
+    )
+    return small, big
+
+
+def _served(target: MilvusTarget) -> tuple[str | None, int]:
+    source = MilvusSource(target)
+    name = source.current_name()
+    if name is None:
+        return None, 0
+    with source.open_current() as version:
+        return name, version.count
+
+
+def _collections(target: MilvusTarget) -> list[str]:
+    client = connect(target)
+    try:
+        return sorted(c for c in client.list_collections() if c.startswith(target.name + "_v"))
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("stage", ["milvus-inserting", "after-current", "after-alias"])
+def test_killed_writer_leaves_the_alias_on_a_complete_version(
+    milvus_uri, tmp_path, trained_model, corpus, stage
+):
+    small, big = corpus
+    target = MilvusTarget(milvus_uri, f"crash_{stage.replace('-', '_')}")
+    index_dir = tmp_path / "index"
+    options = BuildOptions(show_progress=False, replace=True, milvus=target)
+    model = load_model(trained_model)
+    build_index(index_dir, model, small, Columns(), options)
+    assert _served(target) == ("000001", 50)
+
+    reported = _kill_writer_at(
+        trained_model, big, index_dir, stage, milvus=(milvus_uri, target.name)
+    )
+    assert reported[-1] == f"stopped {stage}"
+    # servers follow the alias: the old version until the alias moved, then the new one
+    assert _served(target) == (("000002", BIG_ROWS) if stage == "after-alias" else ("000001", 50))
+
+    # the next writer puts the alias back in step with the local current version first,
+    # then publishes its own; leftovers of the killed writer are replaced or pruned
+    build_index(index_dir, model, small, Columns(), options)
+    current = layout.current_version(index_dir)
+    assert _served(target) == (current, 50)
+    kept = layout.list_versions(index_dir)
+    assert _collections(target) == [target.collection_for(v) for v in kept]
+
+
+def test_add_delete_rollback_and_prune_move_the_alias(milvus_uri, tmp_path, trained_model, corpus):
+    small, _ = corpus
+    target = MilvusTarget(milvus_uri, "lifecycle")
+    index_dir = tmp_path / "index"
+    model = load_model(trained_model)
+    options = BuildOptions(show_progress=False, keep_versions=2, milvus=target)
+    build_index(index_dir, model, small, Columns(), options)
+    more = write_csv(tmp_path / "more.csv", [("a brand new text", "2")], header=("text", "label"))
+    add_to_index(index_dir, model, more, Columns(), options)
+    assert _served(target) == ("000002", 51)
+    delete_from_index(index_dir, model, ["0", "1"], options)
+    assert _served(target) == ("000003", 49)
+    # keep=2: version 1 is gone, locally and in Milvus
+    assert _collections(target) == [target.collection_for(v) for v in ("000002", "000003")]
+    rollback(index_dir, milvus=target)
+    assert _served(target) == ("000002", 51)
+
+    # a write without --backend milvus would never reach the servers: refused
+    with pytest.raises(UserError, match="served from Milvus"):
+        add_to_index(index_dir, model, more, Columns(), BuildOptions(show_progress=False))
+    # the CLI: the same through flags
+    code = index_main(
+        ["delete", "--index", str(index_dir), "--ids", "50", "--quiet"]
+        + ["--backend", "milvus", "--milvus-uri", milvus_uri, "--milvus-collection", "lifecycle"]
+    )
+    assert code == 0
+    assert _served(target) == ("000004", 50)
+
+
+def test_unreachable_milvus_and_bad_flags_are_clear(tmp_path, capsys):
+    code = index_main(["rollback", "--index", str(tmp_path), "--backend", "milvus"])
+    assert code != 0 and "--milvus-uri" in capsys.readouterr().err
+    with pytest.raises(UserError, match="cannot reach"):
+        connect(MilvusTarget("http://127.0.0.1:1", "nothing_here"))
+    with pytest.raises(UserError, match="Milvus names"):
+        MilvusTarget("http://127.0.0.1:19530", "bad-name!")
