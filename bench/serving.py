@@ -14,8 +14,14 @@ reports the seconds from process start to health SERVING, and its RSS while 500
 maximum-size requests (~0.4 MB each) arrive at once, beside the memory bound the
 README states (ServerConfig.request_memory_bound).
 
+With `--milvus`, the same corpora are then written to a real Milvus 2.3.5
+(tests/milvus_service.py starts one on 127.0.0.1 after the FAISS phases, so its idle
+threads do not weigh on them) and the product server is measured again with
+`--backend milvus`: single-client p50 / p99 and calls/s at 8 and 32 clients.
+
 Usage: python bench/serving.py --model artifacts/model [--sizes 10000 100000]
-       [--server-args '--batch-threads 2'] [--no-burst] [--out bench/results/serving.json]
+       [--server-args '--batch-threads 2'] [--no-burst] [--milvus]
+       [--out bench/results/serving.json]
 """
 
 from __future__ import annotations
@@ -336,6 +342,9 @@ def main() -> int:
         help="extra siamese-serve flags for the product server, e.g. '--batch-threads 2'",
     )
     parser.add_argument("--no-burst", action="store_true", help="skip the memory burst")
+    parser.add_argument(
+        "--milvus", action="store_true", help="also measure the server on the Milvus backend"
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--floor-server", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--load", choices=["floor", "server"], help=argparse.SUPPRESS)
@@ -429,10 +438,83 @@ def main() -> int:
             )
             results.append(row)
             print(_summary(row, report.index_type), flush=True)
+        if args.milvus:
+            _milvus_phases(results, model, Path(tmp), queries_file, args)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def _milvus_phases(results: list[dict], model, tmp: Path, queries_file: Path, args) -> None:
+    """The product server again, on the Milvus backend, for every corpus measured."""
+    sys.path.insert(0, str(ROOT))
+    from siamese_search.core.tables import Columns
+    from siamese_search.indexer.backends.milvus_backend import MilvusTarget
+    from siamese_search.indexer.build import BuildOptions, build_index
+    from tests import milvus_service
+
+    service = milvus_service.start(tmp / "milvus")
+    try:
+        for row in results:
+            size = row["size"]
+            target = MilvusTarget(service.uri, f"bench_{size}")
+            started = time.perf_counter()
+            build_index(
+                tmp / f"milvus-index-{size}",
+                model,
+                tmp / f"corpus-{size}.csv",
+                Columns(text="text", label=None, id="id"),
+                BuildOptions(show_progress=False, milvus=target),
+            )
+            build_seconds = time.perf_counter() - started
+            command = _server_command(tmp, args.server_args.split())
+            command[command.index("--index") : command.index("--index") + 2] = [
+                "--backend",
+                "milvus",
+                "--milvus-uri",
+                service.uri,
+                "--milvus-collection",
+                target.name,
+            ]
+            process, server_target, start_seconds = _start(command)
+            try:
+                measured = _helper(
+                    "--load",
+                    "server",
+                    "--target",
+                    server_target,
+                    "--queries",
+                    str(queries_file),
+                    "--seconds",
+                    str(args.seconds),
+                )
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=60)
+            measured.update(build_seconds=build_seconds, seconds_to_serving=start_seconds)
+            row["milvus"] = measured
+            print(_milvus_summary(row), flush=True)
+    finally:
+        service.stop()
+
+
+def _milvus_summary(row: dict) -> str:
+    milvus, faiss_server = row["milvus"], row["server"]
+    lines = [
+        f"{row['size']:>7} vectors on Milvus ({row['index_type']}; index build + copy "
+        f"{milvus['build_seconds']:.0f} s, start to SERVING {milvus['seconds_to_serving']:.1f} s):",
+        f"  1 client p50 {milvus['p50_ms']:.2f} ms, p99 {milvus['p99_ms']:.2f} ms "
+        f"(FAISS backend, same run: {faiss_server['p50_ms']:.2f} / {faiss_server['p99_ms']:.2f})",
+    ]
+    for clients in CLIENTS:
+        ours, faiss_row = milvus[f"clients_{clients}"], faiss_server[f"clients_{clients}"]
+        lines.append(
+            f"  {clients:>2} clients: {ours['calls_per_second']:.0f} calls/s, p99 "
+            f"{ours['p99_ms']:.1f} ms (FAISS backend: {faiss_row['calls_per_second']:.0f} "
+            f"calls/s, p99 {faiss_row['p99_ms']:.1f} ms)"
+        )
+    return "\n".join(lines)
 
 
 def _summary(row: dict, index_type: str) -> str:
