@@ -88,21 +88,20 @@ def _caller(target: str, kind: str):
     """A function making one Search call to `target` (the product or the floor)."""
     import grpc
 
-    channel = grpc.insecure_channel(target)
     if kind == "floor":
-        call = channel.unary_unary(FLOOR_METHOD)
+        call = grpc.insecure_channel(target).unary_unary(FLOOR_METHOD)
 
         def one(text: str) -> None:
             call(text.encode("utf-8"), timeout=30)
 
         return one
-    from siamese_search.server.generated import search_pb2 as pb
-    from siamese_search.server.generated import search_pb2_grpc as pb_grpc
+    from siamese_search.client import RetryPolicy, SearchClient
 
-    stub = pb_grpc.SearchServiceStub(channel)
+    # the typed client, as users call it; no retries: refusals are counted by the caller
+    client = SearchClient(target, timeout=30, retry=RetryPolicy(attempts=1))
 
     def one_search(text: str) -> None:
-        stub.Search(pb.SearchRequest(text=text, k=K), timeout=30)
+        client.search(text, k=K)
 
     return one_search
 

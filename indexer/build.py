@@ -635,6 +635,94 @@ def delete_from_index(
 
 
 @dataclass(frozen=True)
+class Change:
+    """One write of a stream applied in order (the server's Upsert / Delete).
+
+    kind "upsert": `ids`, `texts`, `labels` (None for an unlabelled index) replace or
+    add rows; "delete": rows with `ids` go; "delete-label": every row labelled `label`
+    goes. All are idempotent, so replaying a change already applied changes nothing.
+    """
+
+    kind: str
+    ids: tuple[str, ...] = ()
+    texts: tuple[str, ...] = ()
+    labels: tuple[str, ...] | None = None
+    label: str = ""
+
+
+def apply_changes(
+    index_dir: Path, model: EmbeddingModel, changes: Sequence[Change], options: BuildOptions
+) -> BuildReport:
+    """A new version: the current one with `changes` applied in order, by the same
+    writer (lock, staging, atomic publish) as `add` and `delete`; only the texts
+    upserted are encoded. Deleting ids that are not there is not an error."""
+    pending: dict[str, tuple[str, str | None]] = {}  # id -> (text, label), last wins
+    dropped_ids: set[str] = set()
+    dropped_labels: set[str] = set()
+    for change in changes:
+        if change.kind == "upsert":
+            labels = change.labels or (None,) * len(change.ids)
+            for row_id, text, label in zip(change.ids, change.texts, labels, strict=True):
+                pending[row_id] = (text, label)
+                dropped_ids.add(row_id)
+        elif change.kind == "delete":
+            for row_id in change.ids:
+                pending.pop(row_id, None)
+                dropped_ids.add(row_id)
+        elif change.kind == "delete-label":
+            pending = {i: row for i, row in pending.items() if row[1] != change.label}
+            dropped_labels.add(change.label)
+        else:
+            raise ValueError(f"unknown change {change.kind!r}")
+
+    def plan_for(base: IndexVersion | None) -> _Plan:
+        assert base is not None
+        if not base.has_labels and any(label for _, label in pending.values()):
+            raise UserError("the index has no labels; send examples without labels")
+        if base.has_labels and any(not label for _, label in pending.values()):
+            raise UserError("the index is labelled; every example needs a label")
+        drop = set(base.records().positions_of(sorted(dropped_ids)).values())
+        codes = base.label_codes()
+        if dropped_labels and codes is not None:
+            doomed = [c for c, name in enumerate(base.label_names) if name in dropped_labels]
+            drop.update(int(p) for p in np.flatnonzero(np.isin(codes, doomed)))
+        replaced = len(drop)
+        table = Table(
+            texts=[text for text, _ in pending.values()],
+            labels=[label or "" for _, label in pending.values()] if base.has_labels else None,
+            ids=list(pending),
+        )
+        columns = Columns(text="text", label="label" if base.has_labels else None, id="id")
+
+        def fill(writer: _VersionWriter) -> tuple[int, int, list[RowProblem]]:
+            _copy_base(writer, base, drop)
+            if not table.ids:
+                return 0, replaced, []
+            added, problems = _ingest(writer, model, table, columns, options)
+            return added, replaced, problems
+
+        kind, params = carried_index_settings(base.manifest, options)
+        extra = {
+            "operation": {
+                "kind": "changes",
+                "base_version": base.name,
+                "upserted": len(pending),
+                "removed": replaced,
+                "writes": len(changes),
+            }
+        }
+        source = base.manifest.get("source")
+        carried = (
+            Columns(source["text_column"], source["label_column"], source["id_column"])
+            if source
+            else None
+        )
+        return _Plan(kind, params, base.has_labels, carried, fill, extra)
+
+    return _write_version(index_dir, model, options, plan_for, needs_base=True)
+
+
+@dataclass(frozen=True)
 class VersionInfo:
     name: str
     count: int

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import threading
 from concurrent import futures
 from pathlib import Path
@@ -12,9 +14,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from siamese_search.core.errors import UserError, describe_os_error
 from siamese_search.core.native_threads import limit_native_threads
+from siamese_search.indexer.build import BuildOptions
 from siamese_search.indexer.store import VersionSource
 from siamese_search.server.batching import Batcher
 from siamese_search.server.config import ServerConfig
+from siamese_search.server.gateway import RestGateway
 from siamese_search.server.generated import search_pb2_grpc as pb_grpc
 from siamese_search.server.interceptors import (
     BearerTokenInterceptor,
@@ -25,6 +29,7 @@ from siamese_search.server.metrics import Metrics, channelz_server_ids
 from siamese_search.server.reflection import enable_reflection
 from siamese_search.server.service import SERVICE_NAME, SearchService
 from siamese_search.server.state import ReloadWatcher, ServingHolder
+from siamese_search.server.writes import Committer, WritesUnavailable
 
 log = logging.getLogger("siamese.server")
 
@@ -101,8 +106,10 @@ class SearchServer:
         created = channelz_server_ids() - servers_before
         if len(created) == 1:  # (another server made at the same moment: no core counts)
             self.metrics.count_core_calls(created.pop())
+        self.committer, writes_off = self._writes(config)
         pb_grpc.add_SearchServiceServicer_to_server(
-            SearchService(self.holder, config.limits, self.batcher), self.grpc_server
+            SearchService(self.holder, config.limits, self.batcher, self.committer or writes_off),
+            self.grpc_server,
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
@@ -118,8 +125,14 @@ class SearchServer:
             else:
                 self.port = self.grpc_server.add_insecure_port(address)
         except RuntimeError as error:
+            self._stop_writes()
             self.batcher.stop()
             raise UserError(f"cannot listen on {address} ({error}); is the port in use?") from None
+        self.gateway = None
+        self.http_port: int | None = None
+        if config.http_port is not None:
+            self.gateway = self._gateway(config)
+            self.http_port = self.gateway.port
         self.watcher = (
             ReloadWatcher(self.holder, config.reload_interval)
             if config.reload_interval > 0
@@ -128,6 +141,62 @@ class SearchServer:
         self.metrics_server = None
         self._stopped = threading.Event()
 
+    def _writes(self, config: ServerConfig) -> tuple[Committer | None, str]:
+        """The write committer (Upsert / Delete), or None and why writes are off."""
+        if not config.writes:
+            return None, "this server takes no writes (started with --no-writes)"
+        if config.index_dir is None:
+            return None, (
+                "this server serves a Milvus alias without an index directory, so it takes "
+                "no writes; send them to the server (or siamese-index) that has --index"
+            )
+        try:
+            committer = Committer(
+                Path(config.index_dir),
+                config.commit_policy,
+                model_for_writes=lambda: self.holder.model,
+                published=self._published,
+                options=BuildOptions(show_progress=False, milvus=config.milvus),
+            )
+        except WritesUnavailable as error:
+            log.warning("writes_off", extra={"fields": {"reason": str(error)}})
+            return None, str(error)
+        return committer, ""
+
+    def _published(self, version: str) -> None:
+        """A commit published `version`: serve it now (not at the next poll)."""
+        outcome = self.holder.reload(forced=True)
+        serving = self.holder.current
+        if serving is None or serving.index.name != version:
+            raise RuntimeError(f"version {version} was published but not loaded: {outcome.message}")
+
+    def _stop_writes(self) -> None:
+        if self.committer is not None:
+            self.committer.stop()
+
+    def _gateway(self, config: ServerConfig) -> RestGateway:
+        """The REST/JSON gateway, calling this server over a private Unix socket."""
+        self._socket_dir = tempfile.TemporaryDirectory(prefix="siamese-gateway-")
+        os.chmod(self._socket_dir.name, 0o700)
+        target = f"unix:{self._socket_dir.name}/grpc.sock"
+        self.grpc_server.add_insecure_port(target)
+        try:
+            return RestGateway(
+                target,
+                config.host,
+                int(config.http_port or 0),
+                max_body_bytes=3 * config.limits.max_request_bytes,  # JSON escapes grow text
+                tls_cert=config.tls_cert,
+                tls_key=config.tls_key,
+            )
+        except OSError as error:
+            self._stop_writes()
+            self.batcher.stop()
+            raise UserError(
+                f"cannot serve REST on {config.host}:{config.http_port} "
+                f"({describe_os_error(error)}); choose another --http-port"
+            ) from None
+
     @property
     def model(self):
         """The model serving now (a new index version can bring another)."""
@@ -135,6 +204,8 @@ class SearchServer:
 
     def start(self) -> SearchServer:
         self.grpc_server.start()
+        if self.gateway is not None:
+            self.gateway.start()
         if self.config.metrics_port is not None:
             try:
                 self.metrics_server = self.metrics.serve(self.config.host, self.config.metrics_port)
@@ -160,6 +231,8 @@ class SearchServer:
                     "auth": bool(self.config.token),
                     "index_version": serving.index.name if serving else None,
                     "metrics_port": self.config.metrics_port,
+                    "http_port": self.http_port,
+                    "writes": self.committer is not None,
                 }
             },
         )
@@ -186,7 +259,10 @@ class SearchServer:
         if self.watcher:
             self.watcher.stop()
         log.info("draining", extra={"fields": {"grace_seconds": grace}})
+        if self.gateway is not None:
+            self.gateway.stop()
         self.grpc_server.stop(grace).wait()
+        self._stop_writes()
         self.batcher.stop()
         self.holder.close()
         if self.metrics_server is not None:

@@ -19,6 +19,7 @@ from siamese_search.core.errors import UserError, run_cli
 from siamese_search.indexer.backend_flags import add_backend_flags, milvus_target
 from siamese_search.server.batching import BatchSettings
 from siamese_search.server.config import Limits, ServerConfig
+from siamese_search.server.writes import CommitPolicy
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +46,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=50051, help="0 picks a free port")
     parser.add_argument(
         "--metrics-port", type=int, help="serve Prometheus /metrics on this port (default: off)"
+    )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        help="serve REST/JSON (and /openapi.json) on this port beside gRPC (default: off)",
+    )
+    parser.add_argument(
+        "--commit-rows",
+        type=int,
+        default=1,
+        help="Upsert / Delete: publish a new index version once this many rows are pending "
+        "(1: at once; writes arriving during a commit share the next one)",
+    )
+    parser.add_argument(
+        "--commit-seconds",
+        type=float,
+        default=0.0,
+        help="... or once the oldest pending write is this old (0: no time trigger)",
+    )
+    parser.add_argument(
+        "--no-writes", action="store_true", help="refuse Upsert / Delete (FAILED_PRECONDITION)"
     )
     parser.add_argument("--workers", type=int, default=8, help="concurrent calls")
     parser.add_argument(
@@ -172,6 +194,9 @@ def config_from_args(args) -> ServerConfig:
     return ServerConfig(
         index_dir=args.index,
         milvus=milvus,
+        http_port=args.http_port,
+        writes=not args.no_writes,
+        commit_policy=CommitPolicy(args.commit_rows, args.commit_seconds),
         model_dir=args.model,
         host=args.host,
         port=args.port,

@@ -9,6 +9,7 @@ from siamese_search.core.errors import UserError
 from siamese_search.indexer.backends.milvus_backend import MilvusTarget
 from siamese_search.indexer.store import DirectorySource, VersionSource
 from siamese_search.server.batching import BatchSettings
+from siamese_search.server.writes import CommitPolicy
 
 MAX_LABELS = 1000  # labels in one filter
 MAX_LABEL_CHARS = 200  # characters of one label in a filter
@@ -68,6 +69,11 @@ class ServerConfig:
     #: dynamic batching of concurrent Search / Predict / Embed work
     batching: BatchSettings = BatchSettings()
     milvus: MilvusTarget | None = None
+    #: REST/JSON gateway port (None: off; 0 picks a free one)
+    http_port: int | None = None
+    #: take Upsert / Delete (needs index_dir: the writer works on the index directory)
+    writes: bool = True
+    commit_policy: CommitPolicy = CommitPolicy()
 
     @property
     def max_concurrent_calls(self) -> int:
@@ -108,3 +114,7 @@ class ServerConfig:
             raise UserError("--batch-wait-ms must be between 0 and 1000")
         if not 0 <= self.port <= 65535:
             raise UserError(f"--port {self.port} is not a TCP port")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise UserError(f"--http-port {self.http_port} is not a TCP port")
+        if self.commit_policy.every_rows < 1 or self.commit_policy.every_seconds < 0:
+            raise UserError("--commit-rows must be at least 1 and --commit-seconds at least 0")

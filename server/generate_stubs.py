@@ -1,4 +1,5 @@
-"""Generate the Python gRPC stubs from proto/ into server/generated/ (never hand-edit them).
+"""Generate the Python gRPC stubs from proto/ into server/generated/ (never hand-edit them),
+and the REST gateway's OpenAPI document (`search.openapi.json`) from the same .proto.
 
     python -m siamese_search.server.generate_stubs          # regenerate after changing the .proto
 tests/test_proto_stubs.py fails when the committed stubs drift from the .proto.
@@ -6,6 +7,7 @@ tests/test_proto_stubs.py fails when the committed stubs drift from the .proto.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -17,6 +19,14 @@ PROTO_ROOT = ROOT / "proto"
 PROTO = PROTO_ROOT / "siamese_search" / "v1" / "search.proto"
 OUT = ROOT / "server" / "generated"
 FILES = ("search_pb2.py", "search_pb2.pyi", "search_pb2_grpc.py")
+OPENAPI = "search.openapi.json"
+
+
+def _google_protos() -> str:
+    """Where googleapis-common-protos keeps google/api/*.proto (for the http annotations)."""
+    import google.api.annotations_pb2 as annotations
+
+    return str(Path(annotations.__file__).resolve().parents[2])
 
 
 def generate() -> dict[str, str]:
@@ -30,7 +40,10 @@ def generate() -> dict[str, str]:
                 "-m",
                 "grpc_tools.protoc",
                 f"-I{PROTO_ROOT}",
+                f"-I{_google_protos()}",
                 f"--python_out={tmp}",
+                f"--descriptor_set_out={tmp}/search.desc",
+                "--include_source_info",
                 f"--pyi_out={tmp}",
                 f"--grpc_python_out={tmp}",
                 str(PROTO),
@@ -39,6 +52,11 @@ def generate() -> dict[str, str]:
         )
         generated = Path(tmp) / "siamese_search" / "v1"
         files = {name: (generated / name).read_text() for name in FILES}
+        descriptor_set = (Path(tmp) / "search.desc").read_bytes()
+    from siamese_search.server.openapi import openapi_document
+
+    document = openapi_document(descriptor_set, "siamese-search", "v1")
+    files[OPENAPI] = json.dumps(document, indent=2, sort_keys=True) + "\n"
     # protoc writes absolute imports from the proto root; ours live in server.generated
     files["search_pb2_grpc.py"] = re.sub(
         r"^from siamese_search\.v1 import search_pb2",
@@ -50,9 +68,10 @@ def generate() -> dict[str, str]:
 
 
 def main() -> int:
-    for name, text in generate().items():
+    files = generate()
+    for name, text in files.items():
         (OUT / name).write_text(text)
-    print(f"wrote {', '.join(FILES)} to {OUT}")
+    print(f"wrote {', '.join(files)} to {OUT}")
     return 0
 
 

@@ -15,7 +15,9 @@ OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)  # probes need no token
 
 
 #: methods only the admin credential may call
-ADMIN_METHODS = frozenset({"/siamese_search.v1.SearchService/Reload"})
+ADMIN_METHODS = frozenset(
+    f"/siamese_search.v1.SearchService/{name}" for name in ("Reload", "Upsert", "Delete")
+)
 
 
 def _refusal(handler, code: grpc.StatusCode, message: str):
@@ -38,8 +40,9 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
 
     The scheme is matched case-insensitively (RFC 7235), exactly one `authorization`
     header is accepted, tokens are compared in constant time, and admin methods
-    (`Reload`) need the admin token: a query token cannot reload. Without an admin
-    token configured, admin methods are refused while auth is on. Refusals are counted
+    (`Reload`, `Upsert`, `Delete`) need the admin token: a query token cannot reload
+    or write. Without an admin token configured, admin methods are refused while auth
+    is on. Refusals are counted
     in metrics and logged, never with the token.
     """
 

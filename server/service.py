@@ -26,6 +26,7 @@ from siamese_search.server.config import Limits
 from siamese_search.server.generated import search_pb2 as pb
 from siamese_search.server.generated import search_pb2_grpc as pb_grpc
 from siamese_search.server.state import Serving, ServingHolder
+from siamese_search.server.writes import Committer, WritesUnavailable
 
 log = logging.getLogger("siamese.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
@@ -51,10 +52,18 @@ def _server_version() -> str:
 
 
 class SearchService(pb_grpc.SearchServiceServicer):
-    def __init__(self, holder: ServingHolder, limits: Limits, batcher: Batcher):
+    def __init__(
+        self,
+        holder: ServingHolder,
+        limits: Limits,
+        batcher: Batcher,
+        writes: Committer | str | None = None,
+    ):
         self.holder = holder
         self.limits = limits
         self.batcher = batcher
+        #: the write committer, or why writes are off (a message for FAILED_PRECONDITION)
+        self.writes = writes
         self._local = threading.local()  # the snapshots the current call holds
         self.version = _server_version()
 
@@ -255,6 +264,76 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 server_version=self.version,
                 loaded_at=serving.loaded_at,
             )
+
+        return self._call(context, work)
+
+    # ---- writes ---------------------------------------------------------------
+    def _committer(self) -> Committer:
+        if not isinstance(self.writes, Committer):
+            raise _Abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                self.writes or "this server takes no writes (started with --no-writes)",
+            )
+        return self.writes
+
+    def _labelled(self) -> bool:
+        serving = self.holder.current
+        if serving is None:
+            raise _Abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "no index version is serving yet: build one with siamese-index build first",
+            )
+        return serving.index.has_labels
+
+    def _written(self, committer: Committer, seq: int, wait: bool, context) -> tuple[bool, str]:
+        """(committed, version): at once, or once a served version holds write `seq`."""
+        if not wait:
+            return False, ""
+        try:
+            return True, committer.wait_for(seq, context.time_remaining(), context.is_active)
+        except TimeoutError:
+            raise _Abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "the write is durable but was not served before the deadline; it will be",
+            ) from None
+        except RuntimeError as error:
+            raise _Abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the write is durable but its commit failed ({str(error)[:300]}); the "
+                "server retries it",
+            ) from None
+
+    @staticmethod
+    def _submit(committer: Committer, changes: list) -> int:
+        """Journal the changes (durable from here on); the last one's sequence number."""
+        seq = 0
+        try:
+            for change in changes:
+                seq = committer.submit(change)
+        except WritesUnavailable as error:
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(error)) from None
+        return seq
+
+    def Upsert(self, request, context):
+        def work():
+            committer = self._committer()
+            change = check.check_upsert(request, self.limits, self._labelled())
+            check.check_tokens(self.holder.model, list(change.texts), self.limits)
+            seq = self._submit(committer, [change])
+            committed, version = self._written(committer, seq, request.wait, context)
+            return pb.UpsertResponse(
+                ids=list(change.ids), committed=committed, index_version=version
+            )
+
+        return self._call(context, work)
+
+    def Delete(self, request, context):
+        def work():
+            committer = self._committer()
+            self._labelled()  # an index must be serving
+            seq = self._submit(committer, check.check_delete(request, self.limits))
+            committed, version = self._written(committer, seq, request.wait, context)
+            return pb.DeleteResponse(committed=committed, index_version=version)
 
         return self._call(context, work)
 

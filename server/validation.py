@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import unicodedata
+import uuid
 from collections.abc import Sequence
 
+from siamese_search.indexer.build import Change
 from siamese_search.server.config import MAX_LABEL_CHARS, MAX_LABELS, Limits
 
 
@@ -109,3 +111,67 @@ def check_labels(labels: Sequence[str]) -> list[str]:
             f"{MAX_LABEL_CHARS}"
         )
     return cleaned
+
+
+MAX_ID_CHARS = 256
+
+
+def _check_id(row_id: str, where: str) -> str:
+    if len(row_id) > MAX_ID_CHARS:
+        raise InvalidRequest(
+            f"{where} {echo(row_id)} has {len(row_id)} characters; ids are at most {MAX_ID_CHARS}"
+        )
+    if row_id.strip() != row_id or any(unicodedata.category(ch) == "Cc" for ch in row_id):
+        raise InvalidRequest(f"{where} {echo(row_id)} has control or surrounding space characters")
+    return row_id
+
+
+def check_upsert(request, limits: Limits, labelled: bool) -> Change:
+    """An Upsert as one change; ids made (UUIDs) where none was sent."""
+    examples = list(request.examples)
+    if not examples:
+        raise InvalidRequest("no examples; send at least one example (text, label, id)")
+    texts = check_texts([e.text for e in examples], limits)
+    ids: list[str] = []
+    seen: set[str] = set()
+    labels: list[str] = []
+    for i, example in enumerate(examples):
+        row_id = _check_id(example.id, f"examples[{i}].id") if example.id else uuid.uuid4().hex
+        if row_id in seen:
+            raise InvalidRequest(f"id {echo(row_id)} appears twice in this call; send it once")
+        seen.add(row_id)
+        ids.append(row_id)
+        if labelled and not example.label:
+            raise InvalidRequest(
+                f"examples[{i}] needs a label: the index is labelled (GetInfo lists its labels; "
+                "a new label makes a new class)"
+            )
+        if not labelled and example.label:
+            raise InvalidRequest(f"examples[{i}] has a label, but the index has none; drop it")
+        if example.label:
+            check_labels([example.label])
+        labels.append(example.label)
+    return Change("upsert", tuple(ids), tuple(texts), tuple(labels) if labelled else None)
+
+
+def check_delete(request, limits: Limits) -> list[Change]:
+    """A Delete as changes: by ids, and/or every example of one label."""
+    if not request.ids and not request.label:
+        raise InvalidRequest("nothing to delete: send ids, or a label")
+    if len(request.ids) > limits.max_batch:
+        raise InvalidRequest(
+            f"{len(request.ids)} ids in one call; the limit is {limits.max_batch}. "
+            "Split them into several calls."
+        )
+    changes = []
+    if request.ids:
+        ids = [_check_id(i, f"ids[{n}]") for n, i in enumerate(request.ids) if i or _empty(n)]
+        changes.append(Change("delete", tuple(dict.fromkeys(ids))))
+    if request.label:
+        check_labels([request.label])
+        changes.append(Change("delete-label", label=request.label))
+    return changes
+
+
+def _empty(n: int) -> bool:
+    raise InvalidRequest(f"ids[{n}] is empty")

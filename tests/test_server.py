@@ -15,12 +15,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from siamese_search.client.cli import main as query_main
 from siamese_search.core.model_artifact import load_model
 from siamese_search.core.tables import Columns
 from siamese_search.indexer.backends.milvus_backend import MilvusTarget
 from siamese_search.indexer.build import BuildOptions, add_to_index, build_index
 from siamese_search.server.app import SearchServer
-from siamese_search.server.client import main as query_main
 from siamese_search.server.config import Limits, ServerConfig
 from siamese_search.server.generated import search_pb2 as pb
 from siamese_search.server.generated import search_pb2_grpc as pb_grpc

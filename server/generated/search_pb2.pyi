@@ -1,3 +1,4 @@
+from google.api import annotations_pb2 as _annotations_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -216,3 +217,49 @@ class ReloadResponse(_message.Message):
     index_version: str
     message: str
     def __init__(self, changed: _Optional[bool] = ..., index_version: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Example(_message.Message):
+    __slots__ = ("id", "text", "label")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    text: str
+    label: str
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+
+class UpsertRequest(_message.Message):
+    __slots__ = ("examples", "wait")
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    examples: _containers.RepeatedCompositeFieldContainer[Example]
+    wait: bool
+    def __init__(self, examples: _Optional[_Iterable[_Union[Example, _Mapping]]] = ..., wait: _Optional[bool] = ...) -> None: ...
+
+class UpsertResponse(_message.Message):
+    __slots__ = ("ids", "committed", "index_version")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    committed: bool
+    index_version: str
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., committed: _Optional[bool] = ..., index_version: _Optional[str] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("ids", "label", "wait")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    label: str
+    wait: bool
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., label: _Optional[str] = ..., wait: _Optional[bool] = ...) -> None: ...
+
+class DeleteResponse(_message.Message):
+    __slots__ = ("committed", "index_version")
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    committed: bool
+    index_version: str
+    def __init__(self, committed: _Optional[bool] = ..., index_version: _Optional[str] = ...) -> None: ...

@@ -69,6 +69,16 @@ class SearchServiceStub:
                 request_serializer=siamese__search_dot_v1_dot_search__pb2.ReloadRequest.SerializeToString,
                 response_deserializer=siamese__search_dot_v1_dot_search__pb2.ReloadResponse.FromString,
                 _registered_method=True)
+        self.Upsert = channel.unary_unary(
+                '/siamese_search.v1.SearchService/Upsert',
+                request_serializer=siamese__search_dot_v1_dot_search__pb2.UpsertRequest.SerializeToString,
+                response_deserializer=siamese__search_dot_v1_dot_search__pb2.UpsertResponse.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/siamese_search.v1.SearchService/Delete',
+                request_serializer=siamese__search_dot_v1_dot_search__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=siamese__search_dot_v1_dot_search__pb2.DeleteResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -123,6 +133,24 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Upsert(self, request, context):
+        """Admin: add examples, or replace those whose ids exist. Acknowledged once durable
+        (in the server's write journal); a new index version holds them after the next
+        commit (the server's commit policy), or before the answer with `wait`. A label
+        that appears only here is searched and predicted from then on: new classes
+        without retraining. Idempotent by id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Admin: remove examples by id, or every example of one label. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +188,16 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.Reload,
                     request_deserializer=siamese__search_dot_v1_dot_search__pb2.ReloadRequest.FromString,
                     response_serializer=siamese__search_dot_v1_dot_search__pb2.ReloadResponse.SerializeToString,
+            ),
+            'Upsert': grpc.unary_unary_rpc_method_handler(
+                    servicer.Upsert,
+                    request_deserializer=siamese__search_dot_v1_dot_search__pb2.UpsertRequest.FromString,
+                    response_serializer=siamese__search_dot_v1_dot_search__pb2.UpsertResponse.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=siamese__search_dot_v1_dot_search__pb2.DeleteRequest.FromString,
+                    response_serializer=siamese__search_dot_v1_dot_search__pb2.DeleteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +389,60 @@ class SearchService:
             '/siamese_search.v1.SearchService/Reload',
             siamese__search_dot_v1_dot_search__pb2.ReloadRequest.SerializeToString,
             siamese__search_dot_v1_dot_search__pb2.ReloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Upsert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/siamese_search.v1.SearchService/Upsert',
+            siamese__search_dot_v1_dot_search__pb2.UpsertRequest.SerializeToString,
+            siamese__search_dot_v1_dot_search__pb2.UpsertResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/siamese_search.v1.SearchService/Delete',
+            siamese__search_dot_v1_dot_search__pb2.DeleteRequest.SerializeToString,
+            siamese__search_dot_v1_dot_search__pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,

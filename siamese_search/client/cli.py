@@ -4,12 +4,15 @@
     siamese-query "fix crash on startup" "speed up the parser" --predict --json
     git log --format=%s | siamese-query - --predict     # one query per line of stdin
 
-Several texts go in one SearchBatch / PredictBatch call.
+Several texts go in SearchBatch / PredictBatch calls (split at the server's limit).
+Built on the typed client (`siamese_search.client.SearchClient`): timeouts, and
+retries with backoff when the server is restarting or at its admission limit.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -18,11 +21,9 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
-from google.protobuf.message import Message
 
+from siamese_search.client import SearchClient
 from siamese_search.core.cli_help import DefaultsHelpFormatter
-from siamese_search.server.generated import search_pb2 as pb
-from siamese_search.server.generated import search_pb2_grpc as pb_grpc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,13 +61,6 @@ def read_texts(arguments: Sequence[str], stdin) -> list[str]:
     return texts
 
 
-def _channel(args) -> grpc.Channel:
-    if args.tls_ca:
-        credentials = grpc.ssl_channel_credentials(root_certificates=args.tls_ca.read_bytes())
-        return grpc.secure_channel(args.target, credentials)
-    return grpc.insecure_channel(args.target)
-
-
 def _threshold_note(args) -> str:
     if args.min_score is None:
         return "no neighbours (the index is empty or the label filter matched nothing)"
@@ -89,30 +83,15 @@ def _print_prediction(result, args) -> None:
     _print_neighbors(result.neighbors, args)
 
 
-def _call(stub, args, texts: list[str], metadata) -> Message:
-    common = {"timeout": args.timeout, "metadata": metadata}
-    if args.info:
-        return stub.GetInfo(pb.GetInfoRequest(), **common)
-    single = len(texts) == 1
-    request: Message
+def _ask(client: SearchClient, args, texts: list[str]) -> list:
+    """Typed results, one per text (a single text goes as Search / Predict)."""
     if args.predict:
-        if single:
-            request = pb.PredictRequest(text=texts[0], k=args.k)
-        else:
-            request = pb.PredictBatchRequest(texts=texts, k=args.k)
-    elif single:
-        request = pb.SearchRequest(text=texts[0], k=args.k, labels=args.labels)
-    else:
-        request = pb.SearchBatchRequest(texts=texts, k=args.k, labels=args.labels)
-    if args.min_score is not None:
-        request.min_score = args.min_score
-    method = {
-        (True, True): stub.Predict,
-        (True, False): stub.PredictBatch,
-        (False, True): stub.Search,
-        (False, False): stub.SearchBatch,
-    }[(args.predict, single)]
-    return method(request, **common)
+        if len(texts) == 1:
+            return [client.predict(texts[0], k=args.k, min_score=args.min_score)]
+        return client.predict_many(texts, k=args.k, min_score=args.min_score)
+    if len(texts) == 1:
+        return [client.search(texts[0], k=args.k, labels=args.labels, min_score=args.min_score)]
+    return client.search_many(texts, k=args.k, labels=args.labels, min_score=args.min_score)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,18 +106,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {args.token_file}: no such file (--token-file)", file=sys.stderr)
             return 2
         token = args.token_file.read_text("utf-8").strip()
-    metadata = [("authorization", f"Bearer {token}")] if token else None
-    with _channel(args) as channel:
-        try:
-            response = _call(pb_grpc.SearchServiceStub(channel), args, texts, metadata)
-        except grpc.RpcError as error:
-            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
-            return 1
-    if args.json or args.info:
-        payload = json_format.MessageToDict(response, preserving_proto_field_name=True)
-        print(json.dumps(payload, indent=2))
+    client = SearchClient(args.target, token=token, ca_cert=args.tls_ca, timeout=args.timeout)
+    try:
+        if args.info:
+            info = client.info()
+            payload = json_format.MessageToDict(info.raw, preserving_proto_field_name=True)
+            print(json.dumps(payload, indent=2))
+            return 0
+        if client.batch_size > 1 and len(texts) > 1:
+            client.batch_size = max(1, client.info().max_batch)
+        results = _ask(client, args, texts)
+    except grpc.RpcError as error:
+        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    if args.json:
+        answers = [dataclasses.asdict(r) for r in results]
+        print(json.dumps(answers[0] if len(answers) == 1 else {"results": answers}, indent=2))
         return 0
-    results = list(getattr(response, "results", [response]))
     for number, (text, result) in enumerate(zip(texts, results, strict=True)):
         if len(texts) > 1:
             print(f"{chr(10) if number else ''}> {text}")

@@ -1,0 +1,249 @@
+"""REST/JSON beside gRPC: a gateway on its own port (`--http-port`), from the same contract.
+
+Routes come from the `google.api.http` annotations of the .proto (POST /v1/search,
+GET /v1/info, ...). A request body is parsed with protobuf's own JSON mapping
+(lowerCamelCase or proto names; unknown fields are an error), then the gateway calls
+the server's own gRPC service over a private Unix socket, so validation, limits,
+auth (the `Authorization` header is passed on as is), admission control, batching,
+metrics and logs are exactly those of a gRPC call. Answers are the response message
+in the JSON mapping (every field present, zero values included); errors are
+gRPC-Gateway's shape, `{"code": <gRPC code>, "message": ..., "details": []}`, with
+gRPC-Gateway's HTTP status for the gRPC status. `GET /openapi.json` serves the
+OpenAPI document generated from the .proto (`server/generated/search.openapi.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import ssl
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import grpc
+from google.api import annotations_pb2
+from google.protobuf import json_format
+
+from siamese_search.server.generated import search_pb2 as pb
+
+log = logging.getLogger("siamese.server")
+
+OPENAPI_FILE = Path(__file__).with_name("generated") / "search.openapi.json"
+SERVICE = pb.DESCRIPTOR.services_by_name["SearchService"]
+
+#: gRPC-Gateway's runtime.HTTPStatusFromCode
+HTTP_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
+_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+class Route:
+    def __init__(self, method):
+        rule = method.GetOptions().Extensions[annotations_pb2.http]
+        self.verb, self.path = next(
+            (verb.upper(), getattr(rule, verb))
+            for verb in ("get", "post", "put", "delete", "patch")
+            if getattr(rule, verb)
+        )
+        self.has_body = rule.body == "*"
+        self.full_name = f"/{SERVICE.full_name}/{method.name}"
+        self.request_class = getattr(pb, method.input_type.name)
+        self.response_class = getattr(pb, method.output_type.name)
+
+
+def routes() -> dict[tuple[str, str], Route]:
+    table = {}
+    for method in SERVICE.methods:
+        route = Route(method)
+        table[(route.verb, route.path)] = route
+    return table
+
+
+class RestGateway:
+    """The HTTP server; `start()` serves in a thread, `stop()` ends it."""
+
+    def __init__(
+        self,
+        grpc_target: str,
+        host: str,
+        port: int,
+        max_body_bytes: int,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+    ):
+        self.channel = grpc.insecure_channel(grpc_target)
+        self.routes = routes()
+        self.max_body_bytes = max_body_bytes
+        self.openapi = OPENAPI_FILE.read_bytes()
+        self._calls = {
+            route.full_name: self.channel.unary_unary(
+                route.full_name,
+                request_serializer=route.request_class.SerializeToString,
+                response_deserializer=route.response_class.FromString,
+            )
+            for route in self.routes.values()
+        }
+        gateway = self
+
+        class Handler(_Handler):
+            owner = gateway
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        if tls_cert and tls_key:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls_cert), str(tls_key))
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="rest-gateway", daemon=True
+        )
+
+    def start(self) -> RestGateway:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.channel.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: RestGateway
+    protocol_version = "HTTP/1.1"
+    server_version = "siamese-search-gateway"
+
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+        pass  # calls are logged and counted by the gRPC service behind
+
+    def do_GET(self):
+        self._dispatch("GET")
+
+    def do_POST(self):
+        self._dispatch("POST")
+
+    def do_PUT(self):
+        self._dispatch("PUT")
+
+    def do_DELETE(self):
+        self._dispatch("DELETE")
+
+    def _dispatch(self, verb: str) -> None:
+        path = self.path.split("?", 1)[0]
+        if verb == "GET" and path == "/openapi.json":
+            self._send(200, self.owner.openapi)
+            return
+        route = self.owner.routes.get((verb, path))
+        if route is None:
+            known = any(p == path for _, p in self.owner.routes)
+            http = HTTPStatus.METHOD_NOT_ALLOWED if known else HTTPStatus.NOT_FOUND
+            self._error(
+                http,
+                grpc.StatusCode.UNIMPLEMENTED if known else grpc.StatusCode.NOT_FOUND,
+                f"no route {verb} {path}; GET /openapi.json lists them",
+            )
+            return
+        try:
+            request = self._read_request(route)
+        except _BadRequest as error:
+            self._error(error.http, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            return
+        metadata = tuple(
+            ("authorization", value) for value in self.headers.get_all("Authorization", [])
+        )
+        timeout = _timeout(self.headers.get("Grpc-Timeout"))
+        try:
+            response = self.owner._calls[route.full_name](
+                request, timeout=timeout, metadata=metadata
+            )
+        except grpc.RpcError as error:
+            code = error.code()
+            self._error(HTTP_STATUS.get(code, 500), code, error.details() or code.name)
+            return
+        body = json_format.MessageToJson(
+            response, always_print_fields_with_no_presence=True, indent=None
+        )
+        self._send(200, body.encode("utf-8"))
+
+    def _read_request(self, route: Route):
+        length_header = self.headers.get("Content-Length")
+        if route.has_body:
+            if self.headers.get("Transfer-Encoding"):
+                raise _BadRequest(411, "send the body with a Content-Length (no chunked bodies)")
+            if length_header is None:
+                raise _BadRequest(411, "send the body with a Content-Length")
+        try:
+            length = int(length_header or 0)
+        except ValueError:
+            raise _BadRequest(400, "Content-Length is not a number") from None
+        if length > self.owner.max_body_bytes:
+            self.close_connection = True  # the body is not read: the connection cannot go on
+            raise _BadRequest(
+                413,
+                f"the body has {length} bytes; the limit is {self.owner.max_body_bytes}. "
+                "Split the call (the server's limits are in GET /v1/info)",
+            )
+        raw = self.rfile.read(length) if length else b""
+        request = route.request_class()
+        if route.has_body:
+            try:
+                json_format.Parse(raw.decode("utf-8"), request)
+            except (json_format.ParseError, UnicodeDecodeError, ValueError) as error:
+                message = str(error)
+                raise _BadRequest(
+                    400,
+                    f"the body is not a valid {route.request_class.__name__} in JSON: "
+                    f"{message[:300]}",
+                ) from None
+        elif raw:
+            raise _BadRequest(400, f"{route.verb} {route.path} takes no body")
+        return request
+
+    def _error(self, http: int, code: grpc.StatusCode, message: str) -> None:
+        body = {"code": code.value[0], "message": message[:2000], "details": []}
+        self._send(int(http), json.dumps(body).encode("utf-8"))
+
+    def _send(self, http: int, body: bytes) -> None:
+        self.send_response(http)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _BadRequest(Exception):
+    def __init__(self, http: int, message: str):
+        super().__init__(message)
+        self.http = http
+
+
+def _timeout(header: str | None) -> float | None:
+    """gRPC-Gateway's `Grpc-Timeout` header (e.g. `5S`, `200m`); None: no deadline."""
+    if not header:
+        return None
+    match = _TIMEOUT.match(header.strip())
+    if not match:
+        return None
+    return int(match[1]) * _UNITS[match[2]]

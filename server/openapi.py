@@ -1,0 +1,157 @@
+"""An OpenAPI 3.0 document for the REST/JSON gateway, made from the .proto itself.
+
+`generate_stubs` runs protoc with source info (so comments become descriptions) and
+calls `openapi_document` on the descriptor set; the result is committed beside the
+stubs (`server/generated/search.openapi.json`, checked for drift by the tests) and
+served by the gateway at `/openapi.json`. Paths and verbs come from the methods'
+`google.api.http` annotations; schemas follow protobuf's JSON mapping (lowerCamelCase
+names, 64-bit integers as strings), as gRPC-Gateway's protoc-gen-openapiv2 does.
+"""
+
+from __future__ import annotations
+
+from google.api import annotations_pb2
+from google.protobuf import descriptor_pb2
+
+_SCALARS = {
+    descriptor_pb2.FieldDescriptorProto.TYPE_STRING: {"type": "string"},
+    descriptor_pb2.FieldDescriptorProto.TYPE_BOOL: {"type": "boolean"},
+    descriptor_pb2.FieldDescriptorProto.TYPE_FLOAT: {"type": "number", "format": "float"},
+    descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE: {"type": "number", "format": "double"},
+    descriptor_pb2.FieldDescriptorProto.TYPE_INT32: {"type": "integer", "format": "int32"},
+    descriptor_pb2.FieldDescriptorProto.TYPE_UINT32: {"type": "integer", "format": "int64"},
+    # the JSON mapping writes 64-bit integers as strings (JavaScript numbers lose bits)
+    descriptor_pb2.FieldDescriptorProto.TYPE_INT64: {"type": "string", "format": "int64"},
+    descriptor_pb2.FieldDescriptorProto.TYPE_UINT64: {"type": "string", "format": "uint64"},
+    descriptor_pb2.FieldDescriptorProto.TYPE_BYTES: {"type": "string", "format": "byte"},
+}
+_REPEATED = descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
+_MESSAGE = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
+
+#: gRPC status -> HTTP status, as gRPC-Gateway maps them (runtime.HTTPStatusFromCode)
+ERROR_RESPONSES = {
+    "400": "INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE: the message says what to fix",
+    "401": "UNAUTHENTICATED: missing or wrong bearer token",
+    "403": "PERMISSION_DENIED: the call needs the admin token",
+    "413": "the request body is larger than the server accepts",
+    "429": "RESOURCE_EXHAUSTED: the server is at its admission limit; retry with backoff",
+    "500": "INTERNAL: see the server log",
+    "503": "UNAVAILABLE: nothing is serving yet, or the vector store is unreachable; retry",
+    "504": "DEADLINE_EXCEEDED",
+}
+
+
+def _comments(file: descriptor_pb2.FileDescriptorProto) -> dict[tuple, str]:
+    """Leading comments by descriptor path (protoc's source info)."""
+    out = {}
+    for location in file.source_code_info.location:
+        text = location.leading_comments.strip()
+        if text:
+            out[tuple(location.path)] = " ".join(line.strip() for line in text.splitlines())
+    return out
+
+
+def _json_name(field: descriptor_pb2.FieldDescriptorProto) -> str:
+    return field.json_name or field.name
+
+
+def openapi_document(descriptor_set: bytes, title: str, version: str) -> dict:
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set)
+    file = next(f for f in files.file if f.service)
+    comments = _comments(file)
+    package = file.package
+    schemas: dict[str, dict] = {}
+    maps: dict[str, descriptor_pb2.DescriptorProto] = {}
+    for index, message in enumerate(file.message_type):
+        for nested in message.nested_type:
+            if nested.options.map_entry:
+                maps[f".{package}.{message.name}.{nested.name}"] = nested
+        properties = {}
+        for field_index, field in enumerate(message.field):
+            schema = _field_schema(field, maps)
+            described = comments.get((4, index, 2, field_index))
+            if described:
+                schema = {**schema, "description": described}
+            properties[_json_name(field)] = schema
+        schemas[message.name] = {"type": "object", "properties": properties}
+        if (4, index) in comments:
+            schemas[message.name]["description"] = comments[(4, index)]
+    schemas["Status"] = {
+        "type": "object",
+        "description": "An error, as gRPC-Gateway writes it: the gRPC status and message.",
+        "properties": {
+            "code": {"type": "integer", "format": "int32", "description": "gRPC status code"},
+            "message": {"type": "string"},
+            "details": {"type": "array", "items": {"type": "object"}},
+        },
+    }
+    paths: dict[str, dict] = {}
+    service = file.service[0]
+    for index, method in enumerate(service.method):
+        rule = method.options.Extensions[annotations_pb2.http]
+        verb, path = next(
+            (verb, getattr(rule, verb))
+            for verb in ("get", "post", "put", "delete", "patch")
+            if getattr(rule, verb)
+        )
+        request = method.input_type.rsplit(".", 1)[-1]
+        response = method.output_type.rsplit(".", 1)[-1]
+        operation: dict = {
+            "operationId": method.name,
+            "summary": comments.get((6, 0, 2, index), method.name),
+            "responses": {
+                "200": {
+                    "description": "OK",
+                    "content": {
+                        "application/json": {"schema": {"$ref": f"#/components/schemas/{response}"}}
+                    },
+                },
+                **{
+                    code: {
+                        "description": text,
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Status"}}
+                        },
+                    }
+                    for code, text in ERROR_RESPONSES.items()
+                },
+            },
+            "tags": [service.name],
+        }
+        if rule.body == "*":
+            operation["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{request}"}}
+                },
+            }
+        paths.setdefault(path, {})[verb] = operation
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": title,
+            "version": version,
+            "description": " ".join(comments.get((12,), "").split())
+            or "siamese-search REST/JSON gateway",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{}, {"bearer": []}],
+    }
+
+
+def _field_schema(field, maps) -> dict:
+    if field.type == _MESSAGE:
+        entry = maps.get(field.type_name)
+        if entry is not None:  # map<K, V>: a JSON object (keys are always strings)
+            value = entry.field[1]
+            return {"type": "object", "additionalProperties": _field_schema(value, maps)}
+        schema: dict = {"$ref": f"#/components/schemas/{field.type_name.rsplit('.', 1)[-1]}"}
+    else:
+        schema = dict(_SCALARS[field.type])
+    if field.label == _REPEATED:
+        return {"type": "array", "items": schema}
+    return schema

@@ -1,0 +1,267 @@
+"""Writes over gRPC (Upsert / Delete): a durable journal, then a group commit.
+
+A write is acknowledged once it is in the journal (`pending-writes.jsonl` in the index
+directory: one JSON line, flushed and fsynced), so an acknowledged write survives a
+crash. A committer thread turns what the journal holds into one new index version
+through the same writer as `siamese-index` (`indexer.build.apply_changes`: writer
+lock, staging, atomic publish), swaps it in, and only then drops those entries from
+the journal. Killed between the publish and the drop, the next start replays them;
+every change is idempotent (upsert by id, delete by id or label), so replaying one
+already applied changes nothing.
+
+Commit policy (`CommitPolicy`): commit when `every_rows` rows are pending (1: at
+once), or when the oldest pending write is `every_seconds` old, or when a caller
+waits for its write to be served. Writes arriving during a commit go into the next
+one, so many small concurrent writes share versions instead of rebuilding the index
+once each (a group commit, as databases do with their logs).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from siamese_search.core.atomic import write_bytes_atomic
+from siamese_search.core.model_artifact import EmbeddingModel
+from siamese_search.indexer.build import BuildOptions, BuildReport, Change, apply_changes
+
+log = logging.getLogger("siamese.server")
+
+JOURNAL = "pending-writes.jsonl"
+WRITES_LOCK = ".writes.lock"
+
+
+@dataclass(frozen=True)
+class CommitPolicy:
+    every_rows: int = 1
+    every_seconds: float = 0.0  # 0: no time trigger
+
+
+class WritesUnavailable(Exception):
+    """Writes cannot be taken (another server holds them, or no index directory)."""
+
+
+class Journal:
+    """Append-only log of acknowledged, not yet published changes (one process at a time)."""
+
+    def __init__(self, index_dir: Path):
+        self.path = Path(index_dir) / JOURNAL
+        self._lock_file = open(Path(index_dir) / WRITES_LOCK, "a+")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise WritesUnavailable(
+                f"another siamese-serve takes writes for {index_dir}; send writes there"
+            ) from None
+        self.entries: list[tuple[int, Change]] = self._read()
+        self._next = self.entries[-1][0] + 1 if self.entries else 1
+        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def _read(self) -> list[tuple[int, Change]]:
+        if not self.path.is_file():
+            return []
+        entries = []
+        for line in self.path.read_text("utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a crash mid-append was never acknowledged
+            labels = record.get("labels")
+            entries.append(
+                (
+                    int(record["seq"]),
+                    Change(
+                        record["kind"],
+                        tuple(record.get("ids", ())),
+                        tuple(record.get("texts", ())),
+                        tuple(labels) if labels is not None else None,
+                        record.get("label", ""),
+                    ),
+                )
+            )
+        return entries
+
+    def append(self, change: Change) -> int:
+        """Durably record `change`; returns its sequence number (the acknowledgement)."""
+        seq = self._next
+        self._next += 1
+        record = {
+            "seq": seq,
+            "kind": change.kind,
+            "ids": list(change.ids),
+            "texts": list(change.texts),
+            "labels": list(change.labels) if change.labels is not None else None,
+            "label": change.label,
+        }
+        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self.entries.append((seq, change))
+        return seq
+
+    def drop_through(self, seq: int) -> None:
+        """Forget entries up to `seq` (they are in a published version): atomic rewrite."""
+        kept = [(s, c) for s, c in self.entries if s > seq]
+        raw = self.path.read_text("utf-8").splitlines(keepends=True)
+        remaining = [line for line in raw if _seq_of(line) > seq]
+        self._handle.close()
+        write_bytes_atomic(self.path, "".join(remaining).encode("utf-8"))
+        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self.entries = kept
+
+    def close(self) -> None:
+        self._handle.close()
+        self._lock_file.close()
+
+
+def _seq_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["seq"])
+    except (ValueError, KeyError, TypeError):
+        return 0  # torn: dropped with the first rewrite
+
+
+class Committer:
+    """Takes changes into the journal and commits them as new versions (one thread)."""
+
+    def __init__(
+        self,
+        index_dir: Path,
+        policy: CommitPolicy,
+        model_for_writes: Callable[[], EmbeddingModel],
+        published: Callable[[str], None],
+        options: BuildOptions,
+    ):
+        self.index_dir = Path(index_dir)
+        self.policy = policy
+        self._model_for_writes = model_for_writes
+        self._published = published  # called with the new version (the server swaps it in)
+        self._options = options
+        # a server may start before the index directory exists (it waits for a build):
+        # the journal is then opened with the first write
+        self.journal: Journal | None = Journal(index_dir) if self.index_dir.is_dir() else None
+        self._cond = threading.Condition()
+        self._committed_through = 0
+        self._waiting = 0
+        self._oldest: float | None = (
+            time.monotonic() if self.journal and self.journal.entries else None
+        )
+        self._failure: tuple[int, str] | None = None  # (through seq, why) of the last failure
+        self._last_version = ""
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="write-committer", daemon=True)
+        self._thread.start()
+
+    # ---- callers -------------------------------------------------------------------
+    def submit(self, change: Change) -> int:
+        """Journal `change` (durable when this returns); WritesUnavailable if another
+        server holds this index's writes."""
+        with self._cond:
+            if self.journal is None:
+                self.journal = Journal(self.index_dir)
+            seq = self.journal.append(change)
+            if self._oldest is None:
+                self._oldest = time.monotonic()
+            self._cond.notify_all()
+            return seq
+
+    def wait_for(
+        self, seq: int, timeout: float | None, is_active: Callable[[], bool] = lambda: True
+    ) -> str:
+        """Block until `seq` is in a served version; returns that version's name.
+
+        Raises TimeoutError (out of time, or the caller is gone), or RuntimeError with
+        the reason a commit failed or that the server is stopping."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._waiting += 1
+            self._cond.notify_all()
+            try:
+                while self._committed_through < seq:
+                    if self._failure is not None and self._failure[0] >= seq:
+                        raise RuntimeError(self._failure[1])
+                    if self._stop:
+                        raise RuntimeError("the server is stopping; the write stays journaled")
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if (remaining is not None and remaining <= 0) or not is_active():
+                        raise TimeoutError
+                    self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
+                return self._last_version
+            finally:
+                self._waiting -= 1
+
+    @property
+    def pending_rows(self) -> int:
+        entries = self.journal.entries if self.journal else []
+        return sum(max(len(c.ids), 1) for _, c in entries)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+        if self.journal is not None:
+            self.journal.close()
+
+    # ---- the committer thread ----------------------------------------------------------
+    def _due(self) -> bool:
+        if self.journal is None or not self.journal.entries:
+            return False
+        if self._waiting or self.pending_rows >= self.policy.every_rows:
+            return True
+        age = time.monotonic() - (self._oldest or time.monotonic())
+        return self.policy.every_seconds > 0 and age >= self.policy.every_seconds
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            with self._cond:
+                while not self._stop and not self._due():
+                    self._cond.wait(0.05)
+                if self._stop or self.journal is None:
+                    return
+                batch = list(self.journal.entries)
+            through = batch[-1][0]
+            try:
+                report = self._commit([change for _, change in batch])
+            except Exception as error:  # keep the journal; tell the waiters; retry later
+                log.error("commit_failed", extra={"fields": {"error": str(error)[:500]}})
+                with self._cond:
+                    self._failure = (through, f"commit failed: {error}")
+                    self._cond.notify_all()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            with self._cond:
+                assert self.journal is not None
+                self.journal.drop_through(through)
+                self._committed_through = through
+                self._last_version = report.version
+                self._failure = None
+                self._oldest = time.monotonic() if self.journal.entries else None
+                self._cond.notify_all()
+            log.info(
+                "writes_committed",
+                extra={
+                    "fields": {
+                        "version": report.version,
+                        "writes": len(batch),
+                        "added": report.added,
+                        "removed": report.removed,
+                    }
+                },
+            )
+
+    def _commit(self, changes: list[Change]) -> BuildReport:
+        report = apply_changes(self.index_dir, self._model_for_writes(), changes, self._options)
+        self._published(report.version)
+        return report

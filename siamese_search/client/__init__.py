@@ -1,0 +1,476 @@
+"""A typed Python client for siamese-search: `SearchClient` (blocking) and
+`AsyncSearchClient` (asyncio), one method per RPC, plain dataclasses back.
+
+    from siamese_search.client import SearchClient, Example
+
+    with SearchClient("127.0.0.1:50051", token=..., tls=True, ca_cert="ca.pem") as client:
+        hits = client.search("speed up the parser", k=5).neighbors
+        label = client.predict("fix the NPE").label
+        client.upsert([Example("a new example", label="billing")], wait=True)
+
+Every call has a timeout (`timeout=` per client, overridable per call) and is retried
+with exponential backoff and jitter when the server answers UNAVAILABLE (restarting,
+Milvus unreachable) or RESOURCE_EXHAUSTED (admission control), as gRPC's retry
+policy would: the writes too, since they are idempotent (an `Upsert` without ids gets
+ids made here, so a retried upsert cannot add a row twice). Other errors raise
+`grpc.RpcError` with the server's message. Large uploads and query lists are cut into
+batches of the server's limit (`upsert`, `search_many`, `predict_many`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from siamese_search.server.generated import search_pb2 as pb
+from siamese_search.server.generated import search_pb2_grpc as pb_grpc
+
+RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+
+# ---- results ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Neighbor:
+    id: str
+    text: str
+    label: str  # "" when the index has no labels
+    score: float  # cosine similarity, higher is nearer
+    distance: float  # 1 - score
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    neighbors: list[Neighbor]
+    index_version: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str  # "" when abstaining ("none of these")
+    confidence: float
+    abstained: bool
+    voted_label: str
+    scores: dict[str, float]  # label -> share of the vote, highest first
+    neighbors: list[Neighbor]
+    index_version: str
+
+
+@dataclass(frozen=True)
+class Example:
+    """A reference text to upsert; without an id, the client makes one (a UUID)."""
+
+    text: str
+    label: str = ""
+    id: str = ""
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    ids: list[str]  # the ids written (upsert) or asked to delete
+    committed: bool  # True when the call waited until a served version held it
+    index_version: str  # that version ("" when not waited for)
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    model_fingerprint: str
+    index_version: str
+    index_type: str
+    count: int
+    dim: int
+    labels: dict[str, int]  # label -> examples in the index
+    max_k: int
+    max_batch: int
+    max_text_chars: int
+    raw: pb.GetInfoResponse = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5  # tries in all, the first included
+    initial_backoff: float = 0.1
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+
+    def delays(self) -> Iterable[float]:
+        """Full-jitter exponential backoff (AWS's and gRPC's retry design)."""
+        ceiling = self.initial_backoff
+        for _ in range(self.attempts - 1):
+            yield random.uniform(0, ceiling)
+            ceiling = min(ceiling * self.multiplier, self.max_backoff)
+
+
+# ---- conversions (shared by both clients) ----------------------------------------------------
+def _neighbor(n: pb.Neighbor) -> Neighbor:
+    return Neighbor(n.id, n.text, n.label, float(n.score), float(n.distance))
+
+
+def _search_result(r: pb.SearchResponse) -> SearchResult:
+    return SearchResult([_neighbor(n) for n in r.neighbors], r.index_version)
+
+
+def _prediction(r: pb.PredictResponse) -> Prediction:
+    return Prediction(
+        label=r.label,
+        confidence=float(r.confidence),
+        abstained=r.abstained,
+        voted_label=r.voted_label,
+        scores={s.label: float(s.score) for s in r.scores},
+        neighbors=[_neighbor(n) for n in r.neighbors],
+        index_version=r.index_version,
+    )
+
+
+def _info(r: pb.GetInfoResponse) -> ServerInfo:
+    return ServerInfo(
+        model_fingerprint=r.model_fingerprint,
+        index_version=r.index_version,
+        index_type=r.index_type,
+        count=int(r.count),
+        dim=int(r.dim),
+        labels={c.label: int(c.count) for c in r.labels},
+        max_k=int(r.max_k),
+        max_batch=int(r.max_batch),
+        max_text_chars=int(r.max_text_chars),
+        raw=r,
+    )
+
+
+def _search_request(text, k, labels, min_score) -> pb.SearchRequest:
+    request = pb.SearchRequest(text=text, k=k, labels=list(labels))
+    if min_score is not None:
+        request.min_score = min_score
+    return request
+
+
+def _search_batch_request(texts, k, labels, min_score) -> pb.SearchBatchRequest:
+    request = pb.SearchBatchRequest(texts=list(texts), k=k, labels=list(labels))
+    if min_score is not None:
+        request.min_score = min_score
+    return request
+
+
+def _predict_request(text, k, min_score) -> pb.PredictRequest:
+    request = pb.PredictRequest(text=text, k=k)
+    if min_score is not None:
+        request.min_score = min_score
+    return request
+
+
+def _predict_batch_request(texts, k, min_score) -> pb.PredictBatchRequest:
+    request = pb.PredictBatchRequest(texts=list(texts), k=k)
+    if min_score is not None:
+        request.min_score = min_score
+    return request
+
+
+def _with_ids(examples: Sequence[Example | str]) -> list[Example]:
+    """Examples with an id each (made here when missing, so retries are idempotent)."""
+    out = []
+    for example in examples:
+        if isinstance(example, str):
+            example = Example(example)
+        out.append(
+            example if example.id else Example(example.text, example.label, uuid.uuid4().hex)
+        )
+    return out
+
+
+def _upsert_request(examples: Sequence[Example], wait: bool) -> pb.UpsertRequest:
+    return pb.UpsertRequest(
+        examples=[pb.Example(id=e.id, text=e.text, label=e.label) for e in examples], wait=wait
+    )
+
+
+def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+    for start in range(0, len(items), max(size, 1)):
+        yield items[start : start + size]
+
+
+def _channel_credentials(tls: bool, ca_cert: str | Path | None):
+    if not tls and ca_cert is None:
+        return None
+    root = Path(ca_cert).read_bytes() if ca_cert is not None else None
+    return grpc.ssl_channel_credentials(root_certificates=root)
+
+
+def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+# ---- the blocking client ---------------------------------------------------------------------
+class SearchClient:
+    """Blocking client; thread-safe (one channel, shared)."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        token: str | None = None,
+        tls: bool = False,
+        ca_cert: str | Path | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy = RetryPolicy(),
+        batch_size: int = 256,
+        options: Sequence[tuple[str, object]] = (),
+    ):
+        credentials = _channel_credentials(tls, ca_cert)
+        self._channel = (
+            grpc.secure_channel(target, credentials, options=list(options))
+            if credentials is not None
+            else grpc.insecure_channel(target, options=list(options))
+        )
+        self._stub = pb_grpc.SearchServiceStub(self._channel)
+        self._metadata = _metadata(token)
+        self.timeout = timeout
+        self.retry = retry
+        self.batch_size = batch_size
+
+    def _call(self, method: Callable, request, timeout: float | None):
+        delays = iter(self.retry.delays())
+        while True:
+            try:
+                return method(
+                    request,
+                    timeout=self.timeout if timeout is None else timeout,
+                    metadata=self._metadata,
+                )
+            except grpc.RpcError as error:
+                delay = next(delays, None)
+                if error.code() not in RETRIED or delay is None:
+                    raise
+                time.sleep(delay)
+
+    # ---- queries ----
+    def search(
+        self,
+        text: str,
+        k: int = 10,
+        labels: Sequence[str] = (),
+        min_score=None,
+        timeout: float | None = None,
+    ) -> SearchResult:
+        return _search_result(
+            self._call(self._stub.Search, _search_request(text, k, labels, min_score), timeout)
+        )
+
+    def search_many(
+        self,
+        texts: Sequence[str],
+        k: int = 10,
+        labels: Sequence[str] = (),
+        min_score=None,
+        timeout: float | None = None,
+    ) -> list[SearchResult]:
+        """Any number of texts, in batches of `batch_size`; results in order."""
+        results: list[SearchResult] = []
+        for part in _chunks(list(texts), self.batch_size):
+            request = _search_batch_request(part, k, labels, min_score)
+            response = self._call(self._stub.SearchBatch, request, timeout)
+            results += [_search_result(r) for r in response.results]
+        return results
+
+    def predict(
+        self, text: str, k: int = 10, min_score=None, timeout: float | None = None
+    ) -> Prediction:
+        return _prediction(
+            self._call(self._stub.Predict, _predict_request(text, k, min_score), timeout)
+        )
+
+    def predict_many(
+        self, texts: Sequence[str], k: int = 10, min_score=None, timeout: float | None = None
+    ) -> list[Prediction]:
+        results: list[Prediction] = []
+        for part in _chunks(list(texts), self.batch_size):
+            request = _predict_batch_request(part, k, min_score)
+            response = self._call(self._stub.PredictBatch, request, timeout)
+            results += [_prediction(r) for r in response.results]
+        return results
+
+    def embed(self, texts: Sequence[str], timeout: float | None = None) -> np.ndarray:
+        rows = []
+        for part in _chunks(list(texts), self.batch_size):
+            response = self._call(self._stub.Embed, pb.EmbedRequest(texts=list(part)), timeout)
+            rows += [list(e.values) for e in response.embeddings]
+        return np.asarray(rows, dtype=np.float32)
+
+    def info(self, timeout: float | None = None) -> ServerInfo:
+        return _info(self._call(self._stub.GetInfo, pb.GetInfoRequest(), timeout))
+
+    # ---- admin ----
+    def reload(self, timeout: float | None = None) -> pb.ReloadResponse:
+        return self._call(self._stub.Reload, pb.ReloadRequest(), timeout)
+
+    def upsert(
+        self, examples: Sequence[Example | str], wait: bool = False, timeout: float | None = None
+    ) -> WriteResult:
+        """Add or replace examples (by id), in batches of `batch_size`; `wait`: return
+        once a served version holds them (else once the server has them durably)."""
+        prepared = _with_ids(examples)
+        version = ""
+        committed = True
+        for part in _chunks(prepared, self.batch_size):
+            response = self._call(self._stub.Upsert, _upsert_request(part, wait), timeout)
+            version, committed = response.index_version, committed and response.committed
+        return WriteResult([e.id for e in prepared], committed and wait, version)
+
+    def delete(
+        self,
+        ids: Sequence[str] = (),
+        label: str = "",
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> WriteResult:
+        """Remove examples by id, or every example of `label`."""
+        request = pb.DeleteRequest(ids=list(ids), label=label, wait=wait)
+        response = self._call(self._stub.Delete, request, timeout)
+        return WriteResult(list(ids), response.committed, response.index_version)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> SearchClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+# ---- the asyncio twin ------------------------------------------------------------------------
+class AsyncSearchClient:
+    """The same calls as `SearchClient`, as coroutines (grpc.aio); use in one event loop."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        token: str | None = None,
+        tls: bool = False,
+        ca_cert: str | Path | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy = RetryPolicy(),
+        batch_size: int = 256,
+        options: Sequence[tuple[str, object]] = (),
+    ):
+        credentials = _channel_credentials(tls, ca_cert)
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials, options=list(options))
+            if credentials is not None
+            else grpc.aio.insecure_channel(target, options=list(options))
+        )
+        self._stub = pb_grpc.SearchServiceStub(self._channel)
+        self._metadata = _metadata(token)
+        self.timeout = timeout
+        self.retry = retry
+        self.batch_size = batch_size
+
+    async def _call(self, method: Callable, request, timeout: float | None):
+        delays = iter(self.retry.delays())
+        while True:
+            try:
+                return await method(
+                    request,
+                    timeout=self.timeout if timeout is None else timeout,
+                    metadata=self._metadata,
+                )
+            except grpc.RpcError as error:
+                delay = next(delays, None)
+                if error.code() not in RETRIED or delay is None:
+                    raise
+                await asyncio.sleep(delay)
+
+    async def search(
+        self,
+        text: str,
+        k: int = 10,
+        labels: Sequence[str] = (),
+        min_score=None,
+        timeout: float | None = None,
+    ) -> SearchResult:
+        request = _search_request(text, k, labels, min_score)
+        return _search_result(await self._call(self._stub.Search, request, timeout))
+
+    async def search_many(
+        self,
+        texts: Sequence[str],
+        k: int = 10,
+        labels: Sequence[str] = (),
+        min_score=None,
+        timeout: float | None = None,
+    ) -> list[SearchResult]:
+        results: list[SearchResult] = []
+        for part in _chunks(list(texts), self.batch_size):
+            request = _search_batch_request(part, k, labels, min_score)
+            response = await self._call(self._stub.SearchBatch, request, timeout)
+            results += [_search_result(r) for r in response.results]
+        return results
+
+    async def predict(
+        self, text: str, k: int = 10, min_score=None, timeout: float | None = None
+    ) -> Prediction:
+        request = _predict_request(text, k, min_score)
+        return _prediction(await self._call(self._stub.Predict, request, timeout))
+
+    async def predict_many(
+        self, texts: Sequence[str], k: int = 10, min_score=None, timeout: float | None = None
+    ) -> list[Prediction]:
+        results: list[Prediction] = []
+        for part in _chunks(list(texts), self.batch_size):
+            request = _predict_batch_request(part, k, min_score)
+            response = await self._call(self._stub.PredictBatch, request, timeout)
+            results += [_prediction(r) for r in response.results]
+        return results
+
+    async def embed(self, texts: Sequence[str], timeout: float | None = None) -> np.ndarray:
+        rows = []
+        for part in _chunks(list(texts), self.batch_size):
+            request = pb.EmbedRequest(texts=list(part))
+            response = await self._call(self._stub.Embed, request, timeout)
+            rows += [list(e.values) for e in response.embeddings]
+        return np.asarray(rows, dtype=np.float32)
+
+    async def info(self, timeout: float | None = None) -> ServerInfo:
+        return _info(await self._call(self._stub.GetInfo, pb.GetInfoRequest(), timeout))
+
+    async def reload(self, timeout: float | None = None) -> pb.ReloadResponse:
+        return await self._call(self._stub.Reload, pb.ReloadRequest(), timeout)
+
+    async def upsert(
+        self, examples: Sequence[Example | str], wait: bool = False, timeout: float | None = None
+    ) -> WriteResult:
+        prepared = _with_ids(examples)
+        version = ""
+        committed = True
+        for part in _chunks(prepared, self.batch_size):
+            request = _upsert_request(part, wait)
+            response = await self._call(self._stub.Upsert, request, timeout)
+            version, committed = response.index_version, committed and response.committed
+        return WriteResult([e.id for e in prepared], committed and wait, version)
+
+    async def delete(
+        self,
+        ids: Sequence[str] = (),
+        label: str = "",
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> WriteResult:
+        request = pb.DeleteRequest(ids=list(ids), label=label, wait=wait)
+        response = await self._call(self._stub.Delete, request, timeout)
+        return WriteResult(list(ids), response.committed, response.index_version)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncSearchClient:
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()

@@ -1,0 +1,179 @@
+"""The typed client (`siamese_search.client`) against a real server on 127.0.0.1:
+typed results for every RPC, batching helpers, the asyncio twin, and retries that
+ride out a server restart."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from siamese_search.client import (
+    AsyncSearchClient,
+    Example,
+    Neighbor,
+    Prediction,
+    RetryPolicy,
+    SearchClient,
+    SearchResult,
+)
+from siamese_search.core.model_artifact import load_model
+from siamese_search.core.tables import Columns
+from siamese_search.indexer.build import BuildOptions, build_index
+from siamese_search.server.app import SearchServer
+from siamese_search.server.config import Limits, ServerConfig
+
+COLUMNS = Columns(text="text", label="class")
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory, trained_model, sample_train):
+    directory = tmp_path_factory.mktemp("client") / "index"
+    model = load_model(trained_model)
+    build_index(directory, model, sample_train, COLUMNS, BuildOptions(show_progress=False))
+    return directory
+
+
+def _start(index_dir, port=0) -> SearchServer:
+    config = ServerConfig(index_dir=index_dir, port=port, limits=Limits(max_k=20, max_batch=8))
+    return SearchServer(config).start()
+
+
+@pytest.fixture(scope="module")
+def server(index_dir):
+    running = _start(index_dir)
+    yield running
+    running.stop(0)
+
+
+def test_typed_results_for_every_rpc(server):
+    with SearchClient(f"127.0.0.1:{server.port}", batch_size=8) as client:
+        result = client.search("Fix crash when saving a file", k=5)
+        assert isinstance(result, SearchResult) and result.index_version == "000001"
+        assert len(result.neighbors) == 5 and isinstance(result.neighbors[0], Neighbor)
+        scores = [n.score for n in result.neighbors]
+        assert scores == sorted(scores, reverse=True)
+        assert result.neighbors[0].distance == pytest.approx(1 - scores[0], abs=1e-6)
+        filtered = client.search("Fix crash", k=5, labels=["5"], min_score=-1.0)
+        assert {n.label for n in filtered.neighbors} == {"5"}
+
+        prediction = client.predict("Improve performance of the parser", k=5)
+        assert isinstance(prediction, Prediction) and prediction.label == "5"
+        assert list(prediction.scores)[0] == "5" and sum(
+            prediction.scores.values()
+        ) == pytest.approx(1)
+
+        # more texts than the server's max_batch (8): the client splits them, keeps order
+        texts = [f"Improve performance of module {i}" for i in range(19)]
+        many = client.search_many(texts, k=2)
+        assert len(many) == 19
+        assert [n.id for n in many[13].neighbors] == [
+            n.id for n in client.search(texts[13], k=2).neighbors
+        ]
+        assert len(client.predict_many(texts, k=3)) == 19
+
+        vectors = client.embed(texts)
+        assert vectors.shape == (19, 128) and np.allclose(
+            np.linalg.norm(vectors, axis=1), 1, atol=1e-5
+        )
+        info = client.info()
+        assert info.count == 100 and info.max_batch == 8 and info.labels["1"] == 20
+        assert client.reload().index_version == "000001"
+
+
+def test_non_retryable_errors_raise_at_once(server):
+    with SearchClient(f"127.0.0.1:{server.port}") as client:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            client.search("fix", k=0)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert time.monotonic() - started < 1
+
+
+def test_async_client(server):
+    async def run():
+        async with AsyncSearchClient(f"127.0.0.1:{server.port}", batch_size=8) as client:
+            result, prediction = await asyncio.gather(
+                client.search("Fix crash when saving a file", k=3),
+                client.predict("Improve performance of the parser", k=5),
+            )
+            many = await client.search_many([f"text {i}" for i in range(10)], k=1)
+            info = await client.info()
+            return result, prediction, many, info
+
+    result, prediction, many, info = asyncio.run(run())
+    with SearchClient(f"127.0.0.1:{server.port}") as client:
+        expected = client.search("Fix crash when saving a file", k=3)
+    assert [n.id for n in result.neighbors] == [n.id for n in expected.neighbors]
+    assert prediction.label == "5" and len(many) == 10 and info.count == 100
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_retries_recover_from_a_server_restart(index_dir):
+    port = _free_port()
+    first = _start(index_dir, port)
+    client = SearchClient(
+        f"127.0.0.1:{port}", retry=RetryPolicy(attempts=30, initial_backoff=0.1, max_backoff=0.5)
+    )
+    try:
+        assert client.search("fix crash", k=1).neighbors
+        first.stop(0)
+        with pytest.raises(grpc.RpcError) as caught:  # without retries: UNAVAILABLE
+            SearchClient(f"127.0.0.1:{port}", retry=RetryPolicy(attempts=1)).search("fix", k=1)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        restarted: list[SearchServer] = []
+        errors: list[BaseException] = []
+
+        def restart() -> None:
+            time.sleep(1.0)
+            try:
+                restarted.append(_start(index_dir, port))
+            except BaseException as error:  # reaches the test below
+                errors.append(error)
+
+        thread = threading.Thread(target=restart)
+        thread.start()
+        result = client.search("fix crash", k=1)  # fails, backs off, retries, succeeds
+        thread.join()
+        assert not errors
+        assert result.neighbors and result.index_version == "000001"
+    finally:
+        client.close()
+        for running in locals().get("restarted", []):
+            running.stop(0)
+
+
+def test_upsert_batches_large_uploads(tmp_path, trained_model, sample_train):
+    index_dir = tmp_path / "index"
+    build_index(
+        index_dir,
+        load_model(trained_model),
+        sample_train,
+        COLUMNS,
+        BuildOptions(show_progress=False),
+    )
+    running = _start(index_dir)
+    try:
+        with SearchClient(f"127.0.0.1:{running.port}", batch_size=8) as client:
+            examples = [Example(f"uploaded example number {i}", "2") for i in range(20)]
+            written = client.upsert(examples, wait=True)  # 3 calls of at most 8
+            assert written.committed and len(set(written.ids)) == 20
+            assert client.info().count == 120
+            # a retried upsert (same ids) adds nothing twice
+            again = client.upsert(
+                [Example(e.text, e.label, i) for e, i in zip(examples, written.ids, strict=True)],
+                wait=True,
+            )
+            assert again.ids == written.ids and client.info().count == 120
+    finally:
+        running.stop(0)

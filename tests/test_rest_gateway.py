@@ -1,0 +1,150 @@
+"""The REST/JSON gateway against a real server on 127.0.0.1 with a real HTTP client:
+the same answers as gRPC, gRPC-Gateway's status mapping and error shape, the same
+auth, and an OpenAPI document that validates and lists every route."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import pytest
+
+from siamese_search.client import SearchClient
+from siamese_search.core.model_artifact import load_model
+from siamese_search.core.tables import Columns
+from siamese_search.indexer.build import BuildOptions, build_index
+from siamese_search.server.app import SearchServer
+from siamese_search.server.config import Limits, ServerConfig
+from siamese_search.server.gateway import routes
+
+COLUMNS = Columns(text="text", label="class")
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory, trained_model, sample_train):
+    directory = tmp_path_factory.mktemp("rest") / "index"
+    model = load_model(trained_model)
+    build_index(directory, model, sample_train, COLUMNS, BuildOptions(show_progress=False))
+    return directory
+
+
+def _start(index_dir, **overrides) -> SearchServer:
+    settings = dict(index_dir=index_dir, port=0, http_port=0, limits=Limits(max_k=20, max_batch=8))
+    settings.update(overrides)
+    return SearchServer(ServerConfig(**settings)).start()
+
+
+@pytest.fixture(scope="module")
+def server(index_dir):
+    running = _start(index_dir)
+    yield running
+    running.stop(0)
+
+
+def _http(server, verb: str, path: str, body=None, headers=None):
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    try:
+        payload = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        connection.request(verb, path, body=payload, headers=sent)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        connection.close()
+
+
+def test_rest_and_grpc_give_identical_neighbours(server):
+    texts = ["Fix crash when saving a file", "Improve performance of the parser"]
+    with SearchClient(f"127.0.0.1:{server.port}") as client:
+        for text in texts:
+            status, body = _http(server, "POST", "/v1/search", {"text": text, "k": 7})
+            assert status == 200
+            expected = client.search(text, k=7)
+            assert body["indexVersion"] == expected.index_version
+            assert [n["id"] for n in body["neighbors"]] == [n.id for n in expected.neighbors]
+            assert [n["score"] for n in body["neighbors"]] == pytest.approx(
+                [n.score for n in expected.neighbors], abs=1e-6
+            )
+        status, body = _http(
+            server, "POST", "/v1/search:batch", {"texts": texts, "k": 3, "labels": ["5"]}
+        )
+        assert status == 200 and len(body["results"]) == 2
+        assert all(n["label"] == "5" for r in body["results"] for n in r["neighbors"])
+        # proto field names are accepted too (protobuf's JSON mapping)
+        status, body = _http(
+            server,
+            "POST",
+            "/v1/predict",
+            {"text": "Improve performance of the parser", "k": 5, "min_score": 0.1},
+        )
+        assert status == 200
+        prediction = client.predict("Improve performance of the parser", k=5, min_score=0.1)
+        assert body["label"] == prediction.label and body["abstained"] is False
+        status, info = _http(server, "GET", "/v1/info")
+        assert status == 200 and info["count"] == "100"  # uint64: a string in JSON
+        assert info["maxK"] == 20
+
+
+@pytest.mark.parametrize(
+    "verb, path, body, http_status, grpc_code, fragment",
+    [
+        ("POST", "/v1/search", {"text": "x", "k": 0}, 400, 3, "k"),
+        ("POST", "/v1/search", {"text": "", "k": 3}, 400, 3, "empty"),
+        ("POST", "/v1/search", {"text": "x", "k": 3, "labels": ["nope"]}, 400, 3, "unknown label"),
+        ("POST", "/v1/search", {"text": "x", "kk": 3}, 400, 3, "kk"),
+        ("POST", "/v1/search", b"{not json", 400, 3, "not a valid SearchRequest"),
+        ("POST", "/v1/search", b"\xff\xfe", 400, 3, "not a valid"),
+        ("POST", "/v1/nothing", {}, 404, 5, "no route"),
+        ("GET", "/v1/search", None, 405, 12, "no route"),
+        ("POST", "/v1/search:batch", {"texts": ["a"] * 9, "k": 1}, 400, 3, "limit is 8"),
+    ],
+)
+def test_errors_map_as_grpc_gateway_does(
+    server, verb, path, body, http_status, grpc_code, fragment
+):
+    status, answer = _http(server, verb, path, body)
+    assert status == http_status
+    assert answer["code"] == grpc_code and fragment in answer["message"]
+    assert answer["details"] == []
+
+
+def test_oversize_body_is_refused_before_it_is_read(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    try:
+        connection.putrequest("POST", "/v1/search")
+        connection.putheader("Content-Length", str(10**9))
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == 413
+        assert json.loads(response.read())["code"] == 3
+    finally:
+        connection.close()
+
+
+def test_same_auth_as_grpc(index_dir):
+    running = _start(index_dir, token="q" * 20, admin_token="a" * 20)
+    try:
+        status, body = _http(running, "POST", "/v1/search", {"text": "fix", "k": 1})
+        assert status == 401 and body["code"] == 16
+        ok = {"Authorization": "Bearer " + "q" * 20}
+        assert _http(running, "POST", "/v1/search", {"text": "fix", "k": 1}, ok)[0] == 200
+        status, body = _http(running, "POST", "/v1/reload", {}, ok)
+        assert status == 403 and body["code"] == 7
+        admin = {"Authorization": "bearer " + "a" * 20}
+        assert _http(running, "POST", "/v1/reload", {}, admin)[0] == 200
+    finally:
+        running.stop(0)
+
+
+def test_openapi_document_validates_and_lists_every_route(server):
+    from openapi_spec_validator import validate
+
+    status, document = _http(server, "GET", "/openapi.json")
+    assert status == 200
+    validate(document)
+    listed = {(verb.upper(), path) for path, ops in document["paths"].items() for verb in ops}
+    assert listed == set(routes())
+    search = document["paths"]["/v1/search"]["post"]
+    assert search["summary"].startswith("The k reference texts")
+    schema = document["components"]["schemas"]["SearchRequest"]["properties"]
+    assert schema["minScore"]["type"] == "number" and "text" in schema

@@ -1,0 +1,275 @@
+"""Upsert / Delete over gRPC against a real server on 127.0.0.1: new classes without
+retraining, deletes by label, the commit policy, concurrent writers and readers, and
+acknowledged writes that survive a SIGKILL (the journal is replayed at start)."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+
+import grpc
+import pytest
+
+from siamese_search.client import Example, RetryPolicy, SearchClient, _upsert_request
+from siamese_search.core.model_artifact import load_model
+from siamese_search.core.tables import Columns
+from siamese_search.indexer import layout
+from siamese_search.indexer.build import BuildOptions, build_index
+from siamese_search.indexer.store import open_index
+from siamese_search.server.app import SearchServer
+from siamese_search.server.config import Limits, ServerConfig
+from siamese_search.server.writes import JOURNAL, CommitPolicy
+
+COLUMNS = Columns(text="text", label="class")
+TRANSLATIONS = [
+    "Translate the settings menu into German",
+    "Translate the settings menu into French",
+    "Translate the settings menu into Spanish",
+    "Translate the settings menu into Italian",
+    "Translate the settings menu into Dutch",
+]
+
+
+@pytest.fixture
+def index_dir(tmp_path, trained_model, sample_train):
+    directory = tmp_path / "index"
+    build_index(
+        directory,
+        load_model(trained_model),
+        sample_train,
+        COLUMNS,
+        BuildOptions(show_progress=False),
+    )
+    return directory
+
+
+def _start(index_dir, **overrides) -> SearchServer:
+    settings = dict(
+        index_dir=index_dir,
+        port=0,
+        limits=Limits(max_k=20, max_batch=16),
+        reload_interval=0.2,
+        grace_seconds=5,
+    )
+    settings.update(overrides)
+    return SearchServer(ServerConfig(**settings)).start()
+
+
+def test_upsert_of_a_new_label_is_predicted_and_delete_by_label_removes_it(index_dir):
+    server = _start(index_dir)
+    try:
+        with SearchClient(f"127.0.0.1:{server.port}") as client:
+            before = client.info()
+            assert "translation" not in before.labels
+            written = client.upsert(
+                [Example(t, label="translation", id=f"tr-{i}") for i, t in enumerate(TRANSLATIONS)],
+                wait=True,
+            )
+            assert written.committed and written.ids == [f"tr-{i}" for i in range(5)]
+            assert written.index_version == "000002"
+            info = client.info()
+            assert info.labels["translation"] == 5 and info.count == before.count + 5
+            prediction = client.predict("Translate the settings menu into Polish", k=3)
+            assert prediction.voted_label == "translation"
+            assert prediction.index_version == "000002"
+            assert (
+                client.predict("Translate the settings menu into Polish", k=3, min_score=0.3).label
+                == "translation"
+            )
+            # upsert by id replaces: same count, new text
+            client.upsert(
+                [Example("Translate the login page into German", "translation", "tr-0")], wait=True
+            )
+            hits = client.search("Translate the login page into German", k=1).neighbors
+            assert hits[0].id == "tr-0" and hits[0].score > 0.99
+            assert client.info().count == before.count + 5
+
+            deleted = client.delete(label="translation", wait=True)
+            assert deleted.committed
+            found = client.search("Translate the settings menu into German", k=20).neighbors
+            assert all(n.label != "translation" for n in found)
+            assert "translation" not in client.info().labels
+            with pytest.raises(grpc.RpcError) as caught:
+                client.search("x", labels=["translation"])
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            # delete by id, and ids that are not there are ignored
+            client.delete(ids=["0", "no-such-id"], wait=True)
+            assert client.info().count == before.count - 1
+    finally:
+        server.stop(0)
+
+
+@pytest.mark.parametrize(
+    "examples, message",
+    [
+        ([], "no examples"),
+        ([Example("", "1", "a")], "empty"),
+        ([Example("fine text", "", "a")], "needs a label"),
+        ([Example("fine text", "1", "x" * 300)], "id"),
+        ([Example("one", "1", "same"), Example("two", "1", "same")], "twice"),
+    ],
+)
+def test_bad_writes_are_invalid_argument(index_dir, examples, message):
+    server = _start(index_dir)
+    try:
+        with SearchClient(f"127.0.0.1:{server.port}") as client:
+            with pytest.raises(grpc.RpcError) as caught:
+                client._stub.Upsert(_upsert_request(examples, wait=False))
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert message in caught.value.details()
+            with pytest.raises(grpc.RpcError) as caught:
+                client.delete()
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert layout.current_version(index_dir) == "000001"
+    finally:
+        server.stop(0)
+
+
+def test_commit_policy_batches_small_writes_into_one_version(index_dir):
+    server = _start(index_dir, commit_policy=CommitPolicy(every_rows=5, every_seconds=0))
+    try:
+        with SearchClient(f"127.0.0.1:{server.port}") as client:
+            for i in range(4):
+                written = client.upsert([Example(f"batched text {i}", "4", f"b{i}")])
+                assert not written.committed  # acknowledged: durable, not yet served
+            time.sleep(1.0)
+            assert layout.list_versions(index_dir) == ["000001"]  # 4 rows: no commit yet
+            client.upsert([Example("batched text 4", "4", "b4")])
+            deadline = time.monotonic() + 30
+            while client.info().index_version != "000002" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert layout.list_versions(index_dir) == ["000001", "000002"]  # one version
+            assert client.info().labels["4"] == 25
+    finally:
+        server.stop(0)
+    server = _start(index_dir, commit_policy=CommitPolicy(every_rows=1000, every_seconds=0.5))
+    try:
+        with SearchClient(f"127.0.0.1:{server.port}") as client:
+            client.upsert([Example("timed text", "4", "t0")])
+            deadline = time.monotonic() + 30
+            while client.info().index_version != "000003" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert client.info().index_version == "000003"  # committed by age
+    finally:
+        server.stop(0)
+
+
+def test_writes_need_the_admin_token(index_dir):
+    server = _start(index_dir, token="q" * 20, admin_token="a" * 20)
+    try:
+        with SearchClient(f"127.0.0.1:{server.port}", token="q" * 20) as client:
+            assert client.search("fix crash").neighbors
+            for call in (
+                lambda: client.upsert([Example("text", "1", "x")]),
+                lambda: client.delete(ids=["0"]),
+            ):
+                with pytest.raises(grpc.RpcError) as caught:
+                    call()
+                assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with SearchClient(f"127.0.0.1:{server.port}", token="a" * 20) as admin:
+            assert admin.upsert([Example("text", "1", "x")], wait=True).committed
+    finally:
+        server.stop(0)
+
+
+@pytest.mark.slow
+def test_eight_writers_and_eight_readers_lose_nothing(index_dir):
+    """30 s of concurrent writes and reads: no failed call, and every acknowledged
+    write (minus the acknowledged deletes) is in the index afterwards."""
+    server = _start(index_dir, limits=Limits(max_k=20, max_batch=16), workers=16)
+    target = f"127.0.0.1:{server.port}"
+    failures: list[BaseException] = []
+    present: set[str] = set()
+    absent: set[str] = set()
+    lock = threading.Lock()
+    stop = time.monotonic() + 30
+
+    def writer(slot: int) -> None:
+        rng = random.Random(slot)
+        mine: list[str] = []
+        with SearchClient(target, retry=RetryPolicy(attempts=1)) as client:
+            n = 0
+            while time.monotonic() < stop:
+                try:
+                    if mine and rng.random() < 0.2:
+                        gone = mine.pop(rng.randrange(len(mine)))
+                        client.delete(ids=[gone], wait=rng.random() < 0.3)
+                        with lock:
+                            present.discard(gone)
+                            absent.add(gone)
+                    else:
+                        ids = [f"w{slot}-{n + i}" for i in range(rng.randint(1, 3))]
+                        n += len(ids)
+                        examples = [Example(f"writer {slot} adds text {i}", "3", i) for i in ids]
+                        client.upsert(examples, wait=rng.random() < 0.3)
+                        mine += ids
+                        with lock:
+                            present.update(ids)
+                except BaseException as error:  # reaches the test thread below
+                    failures.append(error)
+                    return
+
+    def reader(slot: int) -> None:
+        with SearchClient(target, retry=RetryPolicy(attempts=1)) as client:
+            while time.monotonic() < stop:
+                try:
+                    if slot % 2:
+                        assert client.predict("writer adds text", k=5).index_version
+                    else:
+                        assert len(client.search("fix a crash", k=5).neighbors) == 5
+                except BaseException as error:
+                    failures.append(error)
+                    return
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    threads += [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        with SearchClient(target) as client:  # the last writes: wait until served
+            client.upsert([Example("the very last write", "3", "last")], wait=True)
+    finally:
+        server.stop(0)
+    assert not failures, failures[:3]
+    assert len(present) > 50
+    with open_index(index_dir) as version:
+        found = version.records().positions_of(sorted(present | absent | {"last"}))
+    assert present | {"last"} <= found.keys(), sorted(present - found.keys())[:10]
+    assert not (absent & found.keys())
+
+
+@pytest.mark.slow
+def test_acknowledged_writes_survive_a_kill(index_dir):
+    """Acknowledged = in the fsynced journal: a SIGKILLed server replays it at start."""
+    from tests.test_server_process import _serve
+
+    process, target = _serve(index_dir, "--commit-rows", "1000000")
+    try:
+        with SearchClient(target) as client:
+            written = client.upsert([Example(f"durable text {i}", "2", f"d{i}") for i in range(3)])
+            assert not written.committed
+        journal = (index_dir / JOURNAL).read_text()
+        assert all(f'"d{i}"' in journal for i in range(3))
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+    assert layout.current_version(index_dir) == "000001"  # nothing was committed
+    process, target = _serve(index_dir)  # default policy: replays and commits at once
+    try:
+        with SearchClient(target, retry=RetryPolicy(attempts=20, max_backoff=1.0)) as client:
+            deadline = time.monotonic() + 60
+            while client.info().index_version == "000001" and time.monotonic() < deadline:
+                time.sleep(0.2)
+            hits = client.search("durable text 1", k=3).neighbors
+            assert {"d0", "d1", "d2"} <= {
+                n.id for n in client.search("durable text", k=10).neighbors
+            }
+            assert hits[0].id == "d1"
+        assert (index_dir / JOURNAL).read_text() == ""
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
