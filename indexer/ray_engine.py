@@ -4,12 +4,14 @@
 the local build does (same columns, bad-row rules and duplicate ids: `indexer.build`
 does that in the driver, where it is cheap: ~100k rows/s against ~1,300 texts/s of
 encoding a core), and hands the accepted texts to Ray in windows. Each window is a
-Ray Dataset whose blocks go through `map_batches` on an actor pool: one model per
-actor, loaded once from the model directory's files shipped through Ray's object
-store (so a cluster needs no shared filesystem), with its BLAS and OpenMP threads set
-deliberately. Vectors stream back with their row positions and the driver writes
-them, in input order, into the staging version with the same writer, and publishes
-it by the same atomic rules as a local build: a killed job publishes nothing.
+Ray Dataset whose rows are the build's chunks of texts, each encoded by one call of an
+actor pool (`map_batches`), exactly as the local build encodes it, so the vectors are
+bit-identical to a local build's: one model per actor, loaded once from the model
+directory's files shipped through Ray's object store (so a cluster needs no shared
+filesystem), with its BLAS and OpenMP threads set deliberately. Vectors stream back
+with their chunk's position and the driver writes them, in input order, into the
+staging version with the same writer, and publishes it by the same atomic rules as a
+local build: a killed job publishes nothing.
 
 Without an address Ray starts a local cluster (GCS, raylet and worker processes as on
 a multi-node one) without dashboard or usage reporting, and stops it at the end; with
@@ -34,10 +36,9 @@ from siamese_search.core.errors import UserError
 
 #: CPUs one encoding actor reserves (less than 1: see the module docstring)
 ACTOR_CPUS = 0.9
-#: texts handed to Ray at once; a window is one Ray Dataset (a few seconds of work)
+#: texts handed to Ray at once (at least one list per actor); a window is one Ray
+#: Dataset (a few seconds of work)
 WINDOW_TEXTS = 16_384
-#: texts one actor call encodes
-ACTOR_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,19 @@ class _EmbedActor:
         self.model = load_model(self._directory.name, threads=threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts = [str(text) for text in batch["text"]]
-        return {"position": batch["position"], "vector": self.model.embed(texts)}
+        """One list of texts (a chunk of the table) -> its vectors, as raw bytes.
+
+        The whole list goes through `embed_unique`, exactly as a local build embeds
+        it: the encoder's batches (and so its padding) are the same, and the vectors
+        are bit-identical to the local build's (BLAS thread counts do not change them;
+        batch composition would, in the last bits)."""
+        texts = [str(text) for text in batch["texts"][0]]
+        vectors = np.ascontiguousarray(self.model.embed_unique(texts), dtype=np.float32)
+        # object dtype: a fixed-width bytes array would drop trailing zero bytes
+        return {
+            "position": batch["position"],
+            "vectors": np.array([vectors.tobytes()], dtype=object),
+        }
 
 
 class RayEmbedder:
@@ -126,14 +138,15 @@ class RayEmbedder:
             ray.shutdown()
 
     def embed(self, text_lists: Iterator[list[str]]) -> Iterator[np.ndarray]:
-        """One array of unit vectors per list, in order (lists are gathered into
-        windows of about WINDOW_TEXTS texts, each run as one Ray Dataset)."""
+        """One array of unit vectors per list, in order. Lists are gathered into
+        windows of about WINDOW_TEXTS texts and at least one list per actor, each run
+        as one Ray Dataset whose rows are whole lists (one actor call each)."""
         window: list[list[str]] = []
         size = 0
         for texts in text_lists:
             window.append(texts)
             size += len(texts)
-            if size >= WINDOW_TEXTS:
+            if size >= WINDOW_TEXTS and len(window) >= self.settings.actors:
                 yield from self._run_window(window)
                 window, size = [], 0
         if window:
@@ -142,27 +155,29 @@ class RayEmbedder:
     def _run_window(self, window: list[list[str]]) -> Iterator[np.ndarray]:
         import ray
 
-        texts = [text for texts in window for text in texts]
-        vectors = np.zeros((len(texts), self.model.dim), dtype=np.float32)
-        if texts:
-            # each row carries its position in the window, so blocks may finish in any
-            # order and every vector still lands in its row
-            blocks = max(1, min(len(texts) // ACTOR_BATCH, 4 * self.settings.actors))
-            dataset = ray.data.from_items(
-                [{"text": text, "position": i} for i, text in enumerate(texts)],
-                override_num_blocks=blocks,
-            )
+        dim = self.model.dim
+        results: list[np.ndarray] = [np.zeros((0, dim), np.float32) for _ in window]
+        # each row carries its list's position in the window, so rows may finish in
+        # any order and every list still gets its own vectors
+        rows = [{"position": i, "texts": texts} for i, texts in enumerate(window) if texts]
+        if rows:
+            dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
             encoded = dataset.map_batches(
                 _EmbedActor,
                 fn_constructor_args=(self._files, self.settings.threads_per_actor),
-                batch_size=ACTOR_BATCH,
+                batch_size=1,
                 compute=ray.data.ActorPoolStrategy(size=self.settings.actors),
                 num_cpus=ACTOR_CPUS,
                 batch_format="numpy",
             )
             for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
-                vectors[batch["position"]] = batch["vector"]
-        start = 0
-        for part in window:
-            yield vectors[start : start + len(part)]
-            start += len(part)
+                for position, raw in zip(batch["position"], batch["vectors"], strict=True):
+                    vectors = np.frombuffer(raw, dtype=np.float32).reshape(-1, dim)
+                    results[int(position)] = vectors
+        for texts, vectors in zip(window, results, strict=True):
+            if len(vectors) != len(texts):
+                raise RuntimeError(
+                    f"Ray returned {len(vectors)} vectors for {len(texts)} texts; nothing was "
+                    "published: run the job again"
+                )
+            yield vectors

@@ -18,8 +18,9 @@ from tests.test_crash_safety import _assert_current_is, _kill_writer_at
 pytestmark = pytest.mark.slow  # starts a Ray cluster: `make test-all` runs these
 
 COLUMNS = Columns(text="text", label="class", id="id")
-ON_RAY = BuildOptions(show_progress=False, engine="ray", ray=RaySettings(actors=2))
-LOCAL = BuildOptions(show_progress=False)
+# chunks of 1,000 rows: several Ray rows, spread over both actors
+ON_RAY = BuildOptions(show_progress=False, engine="ray", ray=RaySettings(actors=2), chunk_rows=1000)
+LOCAL = BuildOptions(show_progress=False, chunk_rows=1000)
 WORDS = "fix add remove refactor speed parser cache login crash docs test build".split()
 
 
@@ -47,7 +48,8 @@ def test_a_ray_build_is_the_local_build(tmp_path, model):
     assert [str(p) for p in on_ray.problems] == [str(p) for p in local.problems]
     with open_index(tmp_path / "local") as a, open_index(tmp_path / "ray") as b:
         assert b.manifest["engine"] == {"kind": "ray", "actors": 2, "threads_per_actor": 1}
-        np.testing.assert_allclose(b.vectors(), a.vectors(), atol=1e-5)
+        # bit-identical: each chunk is encoded by one actor call exactly as locally
+        np.testing.assert_array_equal(b.vectors(), a.vectors())
         queries = model.embed([f"{w} the parser cache" for w in WORDS])
         assert [[h.id for h in row] for row in b.search(queries, k=10)] == [
             [h.id for h in row] for row in a.search(queries, k=10)
