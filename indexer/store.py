@@ -295,6 +295,9 @@ class IndexVersion:
         """
         if self._records is not None:
             self._records.close()
+        index = getattr(self, "_index", None)
+        if index is not None:
+            index.close()
         self._hold.close()
 
     def __enter__(self) -> IndexVersion:

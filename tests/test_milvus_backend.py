@@ -119,3 +119,32 @@ def test_unreachable_milvus_and_bad_flags_are_clear(tmp_path, capsys):
         connect(MilvusTarget("http://127.0.0.1:1", "nothing_here"))
     with pytest.raises(UserError, match="Milvus names"):
         MilvusTarget("http://127.0.0.1:19530", "bad-name!")
+
+
+def test_writes_through_a_milvus_backed_server_reach_milvus(
+    milvus_uri, tmp_path, trained_model, sample_train
+):
+    """Upsert / Delete on a server that serves a Milvus alias and owns the index
+    directory: each commit is a new collection, the alias moves, the server follows."""
+    from siamese_search.client import Example, SearchClient
+    from siamese_search.server.app import SearchServer
+    from siamese_search.server.config import ServerConfig
+
+    target = MilvusTarget(milvus_uri, "writes")
+    index_dir = tmp_path / "index"
+    options = BuildOptions(show_progress=False, milvus=target)
+    build_index(index_dir, load_model(trained_model), sample_train, Columns(label="class"), options)
+    server = SearchServer(ServerConfig(index_dir=index_dir, milvus=target, port=0)).start()
+    try:
+        with SearchClient(f"127.0.0.1:{server.port}") as client:
+            written = client.upsert(
+                [Example("Translate the settings menu into German", "i18n", "tr-1")], wait=True
+            )
+            assert written.index_version == "000002"
+            assert _served(target) == ("000002", 101)
+            hits = client.search("Translate the settings menu into German", k=1, labels=["i18n"])
+            assert hits.neighbors[0].id == "tr-1" and hits.index_version == "000002"
+            client.delete(label="i18n", wait=True)
+            assert _served(target) == ("000003", 100)
+    finally:
+        server.stop(0)

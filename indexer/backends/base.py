@@ -1,8 +1,15 @@
-"""The vector-index seam: what any backend (FAISS today, a distributed engine later) offers.
+"""The vector-index seam: what an in-process vector index offers the writer and reader.
 
 Vectors are addressed by *position*, the 0-based row in the version's record store;
 ids, labels and texts live in that store, not in the backend. Every backend searches
-by inner product on L2-normalised vectors, i.e. cosine similarity.
+by inner product on L2-normalised vectors, i.e. cosine similarity. The life cycle:
+`create` (by the factory in `backends/__init__.py`), `train` on a sample when
+`needs_training` (IVF), `add`, `save`; readers `load`, `search`, `close`.
+
+A backend that holds records itself and lives outside the process (Milvus: see
+`milvus_backend.py`) is served through `indexer.store.ServedVersion` instead, the
+seam the server reads versions through; `tests/test_backend_conformance.py` runs the
+same behaviour tests against both.
 """
 
 from __future__ import annotations
@@ -26,6 +33,18 @@ class VectorIndex(ABC):
     def params(self) -> dict:
         """Construction and search parameters, recorded in the manifest."""
 
+    @property
+    def needs_training(self) -> bool:
+        """Whether `train` must see a sample before `add` (IVF kinds)."""
+        return False
+
+    @property
+    def min_training_vectors(self) -> int:
+        return 0
+
+    def train(self, sample: np.ndarray) -> None:  # noqa: B027 - a no-op unless overridden
+        """Learn from a sample of the vectors (coarse centroids, codebooks)."""
+
     @abstractmethod
     def add(self, vectors: np.ndarray) -> None:
         """Append unit vectors; they take the next positions in order."""
@@ -41,3 +60,11 @@ class VectorIndex(ABC):
 
     @abstractmethod
     def save(self, path: Path) -> None: ...
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path, kind: str, params: dict) -> VectorIndex:
+        """The index saved at `path`, with the parameters its manifest records."""
+
+    def close(self) -> None:  # noqa: B027 - a no-op unless overridden
+        """Release what the index holds (memory maps, connections)."""

@@ -156,3 +156,7 @@ class FaissIndex(VectorIndex):
 
     def save(self, path: Path) -> None:
         faiss.write_index(self._index, str(path))
+
+    def close(self) -> None:
+        """Drop the FAISS index (and its memory map) now, not at garbage collection."""
+        self._index = None
