@@ -4,9 +4,10 @@
 the local build does (same columns, bad-row rules and duplicate ids: `indexer.build`
 does that in the driver, where it is cheap: ~100k rows/s against ~1,300 texts/s of
 encoding a core), and hands the accepted texts to Ray in windows. Each window is a
-Ray Dataset whose rows are the build's chunks of texts, each encoded by one call of an
-actor pool (`map_batches`), exactly as the local build encodes it, so the vectors are
-bit-identical to a local build's: one model per actor, loaded once from the model
+Ray Dataset whose rows are the encoder batches a local build would run (each chunk's
+distinct texts, ENCODE_BATCH at a time), encoded on an actor pool (`map_batches`);
+the driver applies the head to each whole chunk as a local build does, so the vectors
+are bit-identical to a local build's. One model per actor, loaded once from the model
 directory's files shipped through Ray's object store (so a cluster needs no shared
 filesystem), with its BLAS and OpenMP threads set deliberately. Vectors stream back
 with their chunk's position and the driver writes them, in input order, into the
@@ -32,13 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
+from siamese_search.core.encoders.base import ENCODE_BATCH, unique_texts
 from siamese_search.core.errors import UserError
 
 #: CPUs one encoding actor reserves (less than 1: see the module docstring)
 ACTOR_CPUS = 0.9
 #: texts handed to Ray at once (at least one list per actor); a window is one Ray
 #: Dataset (a few seconds of work)
-WINDOW_TEXTS = 16_384
+WINDOW_TEXTS = 65_536
 
 
 @dataclass(frozen=True)
@@ -82,17 +84,14 @@ class _EmbedActor:
         self.model = load_model(self._directory.name, threads=threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One list of texts (a chunk of the table) -> its vectors, as raw bytes.
-
-        The whole list goes through `embed_unique`, exactly as a local build embeds
-        it: the encoder's batches (and so its padding) are the same, and the vectors
-        are bit-identical to the local build's (BLAS thread counts do not change them;
-        batch composition would, in the last bits)."""
+        """One encoder batch (ENCODE_BATCH distinct texts of a chunk) -> its sentence
+        vectors, as raw float32 bytes (the driver applies the head)."""
         texts = [str(text) for text in batch["texts"][0]]
-        vectors = np.ascontiguousarray(self.model.embed_unique(texts), dtype=np.float32)
+        vectors = np.ascontiguousarray(self.model.encoder.encode(texts), dtype=np.float32)
         # object dtype: a fixed-width bytes array would drop trailing zero bytes
         return {
-            "position": batch["position"],
+            "list": batch["list"],
+            "start": batch["start"],
             "vectors": np.array([vectors.tobytes()], dtype=object),
         }
 
@@ -153,31 +152,51 @@ class RayEmbedder:
             yield from self._run_window(window)
 
     def _run_window(self, window: list[list[str]]) -> Iterator[np.ndarray]:
+        """Encode a window's lists exactly as `embed_unique` encodes each one locally:
+        the same distinct texts in the same batches of ENCODE_BATCH (spread over the
+        actors), then the head over each whole list here, so the vectors are
+        bit-identical to a local build's (BLAS thread counts do not change them; batch
+        composition would, in the last bits)."""
         import ray
 
-        dim = self.model.dim
-        results: list[np.ndarray] = [np.zeros((0, dim), np.float32) for _ in window]
-        # each row carries its list's position in the window, so rows may finish in
-        # any order and every list still gets its own vectors
-        rows = [{"position": i, "texts": texts} for i, texts in enumerate(window) if texts]
+        plans = [unique_texts(texts) for texts in window]
+        encoded = [
+            np.empty((len(distinct), self.model.encoder.dim), np.float32) for distinct, _ in plans
+        ]
+        rows = [
+            {"list": j, "start": start, "texts": distinct[start : start + ENCODE_BATCH]}
+            for j, (distinct, _) in enumerate(plans)
+            for start in range(0, len(distinct), ENCODE_BATCH)
+        ]
         if rows:
+            # each row carries its list and offset, so rows may finish in any order
             dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
-            encoded = dataset.map_batches(
+            results = dataset.map_batches(
                 _EmbedActor,
                 fn_constructor_args=(self._files, self.settings.threads_per_actor),
                 batch_size=1,
-                compute=ray.data.ActorPoolStrategy(size=self.settings.actors),
+                # one row at a time per actor: the first actor up must not take them all
+                compute=ray.data.ActorPoolStrategy(
+                    size=self.settings.actors, max_tasks_in_flight_per_actor=1
+                ),
                 num_cpus=ACTOR_CPUS,
                 batch_format="numpy",
             )
-            for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
-                for position, raw in zip(batch["position"], batch["vectors"], strict=True):
-                    vectors = np.frombuffer(raw, dtype=np.float32).reshape(-1, dim)
-                    results[int(position)] = vectors
-        for texts, vectors in zip(window, results, strict=True):
-            if len(vectors) != len(texts):
+            done = 0
+            for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
+                for j, start, raw in zip(
+                    batch["list"], batch["start"], batch["vectors"], strict=True
+                ):
+                    vectors = np.frombuffer(raw, dtype=np.float32).reshape(-1, encoded[j].shape[1])
+                    encoded[int(j)][int(start) : int(start) + len(vectors)] = vectors
+                    done += 1
+            if done != len(rows):
                 raise RuntimeError(
-                    f"Ray returned {len(vectors)} vectors for {len(texts)} texts; nothing was "
-                    "published: run the job again"
+                    f"Ray returned {done} of {len(rows)} batches; nothing was published: "
+                    "run the job again"
                 )
-            yield vectors
+        for texts, (_, positions), sentences in zip(window, plans, encoded, strict=True):
+            if not texts:
+                yield np.zeros((0, self.model.dim), np.float32)
+                continue
+            yield self.model.head(sentences[positions])

@@ -52,6 +52,19 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+def unique_texts(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """(distinct texts in first-seen order, each input's index into them): what
+    `Encoder.encode_unique` encodes, in batches of ENCODE_BATCH, and how it spreads
+    the rows back (the Ray engine encodes the very same batches elsewhere)."""
+    unique: dict[str, int] = {}
+    positions = np.fromiter(
+        (unique.setdefault(text, len(unique)) for text in texts),
+        dtype=np.int64,
+        count=len(texts),
+    )
+    return list(unique), positions
+
+
 class Encoder(ABC):
     """A sentence encoder. Subclasses implement `_encode_batch` on preprocessed texts."""
 
@@ -113,13 +126,7 @@ class Encoder(ABC):
         bar counts input texts (a repeat is done when its first copy is), so its total
         is the number of texts given.
         """
-        unique: dict[str, int] = {}
-        positions = np.fromiter(
-            (unique.setdefault(text, len(unique)) for text in texts),
-            dtype=np.int64,
-            count=len(texts),
-        )
-        distinct = list(unique)
+        distinct, positions = unique_texts(texts)
         sorted_positions = np.sort(positions)
         out = np.empty((len(distinct), self.dim), dtype=np.float32)
         bar = tqdm(
