@@ -54,6 +54,7 @@ HTTP_STATUS = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DATA_LOSS: 500,
 }
+IDLE_SECONDS = 30.0
 _TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
@@ -134,6 +135,9 @@ class _Handler(BaseHTTPRequestHandler):
     owner: RestGateway
     protocol_version = "HTTP/1.1"
     server_version = "siamese-search-gateway"
+    #: seconds a connection may sit idle (or trickle a request) before it is closed, so
+    #: idle keep-alive or slow clients cannot hold the gateway's threads for ever
+    timeout = IDLE_SECONDS
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
         pass  # calls are logged and counted by the gRPC service behind

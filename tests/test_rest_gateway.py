@@ -148,3 +148,20 @@ def test_openapi_document_validates_and_lists_every_route(server):
     assert search["summary"].startswith("The k reference texts")
     schema = document["components"]["schemas"]["SearchRequest"]["properties"]
     assert schema["minScore"]["type"] == "number" and "text" in schema
+
+
+def test_an_idle_connection_is_closed(index_dir, monkeypatch):
+    import socket
+
+    from siamese_search.server import gateway
+
+    monkeypatch.setattr(gateway._Handler, "timeout", 0.5)
+    running = _start(index_dir)
+    try:
+        with socket.create_connection(("127.0.0.1", running.http_port), timeout=10) as idle:
+            idle.sendall(b"POST /v1/search HTTP/1.1\r\n")  # and nothing more
+            assert idle.recv(1024) == b""  # closed by the gateway, not by our timeout
+        status, _ = _http(running, "POST", "/v1/search", {"text": "fix", "k": 1})
+        assert status == 200
+    finally:
+        running.stop(0)
