@@ -593,6 +593,14 @@ def add_to_index(
     return _write_version(index_dir, model, options, plan_for, needs_base=True)
 
 
+def _source_columns(base: IndexVersion) -> Columns | None:
+    """How the base version's rows were read (carried to a version without a table)."""
+    source = base.manifest.get("source")
+    if not source:
+        return None
+    return Columns(source["text_column"], source["label_column"], source["id_column"])
+
+
 def delete_from_index(
     index_dir: Path,
     model: EmbeddingModel,
@@ -623,13 +631,7 @@ def delete_from_index(
 
         kind, params = carried_index_settings(base.manifest, options)
         extra = {"operation": {"kind": "delete", "base_version": base.name, "deleted": len(drop)}}
-        source = base.manifest.get("source")
-        columns = (
-            Columns(source["text_column"], source["label_column"], source["id_column"])
-            if source
-            else None
-        )
-        return _Plan(kind, params, base.has_labels, columns, fill, extra)
+        return _Plan(kind, params, base.has_labels, _source_columns(base), fill, extra)
 
     return _write_version(index_dir, model, options, plan_for, needs_base=True)
 
@@ -711,13 +713,7 @@ def apply_changes(
                 "writes": len(changes),
             }
         }
-        source = base.manifest.get("source")
-        carried = (
-            Columns(source["text_column"], source["label_column"], source["id_column"])
-            if source
-            else None
-        )
-        return _Plan(kind, params, base.has_labels, carried, fill, extra)
+        return _Plan(kind, params, base.has_labels, _source_columns(base), fill, extra)
 
     return _write_version(index_dir, model, options, plan_for, needs_base=True)
 
