@@ -207,8 +207,10 @@ class Committer:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        self._thread.join(timeout=30)
-        if self.journal is not None:
+        # a commit under way is not waited for (shutdown is bounded by --grace): its
+        # entries stay in the journal and the next start replays them
+        self._thread.join(timeout=1.0)
+        if self.journal is not None and not self._thread.is_alive():
             self.journal.close()
 
     # ---- the committer thread ----------------------------------------------------------
