@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from siamese_search.client import RetryPolicy, SearchClient
 from siamese_search.client.cli import main as query_main
 from siamese_search.core.model_artifact import load_model
 from siamese_search.core.tables import Columns
@@ -540,6 +541,14 @@ def test_tls_and_bearer_token(tmp_path, index_dir):
                 )
             )
             assert code == grpc.StatusCode.UNAVAILABLE
+        # the typed client: TLS with a private CA and the token
+        target = f"127.0.0.1:{running.port}"
+        with SearchClient(target, ca_cert=cert, token=token) as client:
+            assert len(client.search("fix", k=3).neighbors) == 3
+        with SearchClient(target, ca_cert=cert, retry=RetryPolicy(attempts=1)) as client:
+            with pytest.raises(grpc.RpcError) as caught:
+                client.search("fix", k=3)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         running.stop(0)
 
