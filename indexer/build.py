@@ -636,6 +636,11 @@ def delete_from_index(
     return _write_version(index_dir, model, options, plan_for, needs_base=True)
 
 
+class ChangeConflict(UserError):
+    """A change cannot apply to the current version (e.g. labels sent to an index that
+    has none): retrying cannot help, unlike a busy writer lock."""
+
+
 @dataclass(frozen=True)
 class Change:
     """One write of a stream applied in order (the server's Upsert / Delete).
@@ -680,9 +685,9 @@ def apply_changes(
     def plan_for(base: IndexVersion | None) -> _Plan:
         assert base is not None
         if not base.has_labels and any(label for _, label in pending.values()):
-            raise UserError("the index has no labels; send examples without labels")
+            raise ChangeConflict("the index has no labels; send examples without labels")
         if base.has_labels and any(not label for _, label in pending.values()):
-            raise UserError("the index is labelled; every example needs a label")
+            raise ChangeConflict("the index is labelled; every example needs a label")
         drop = set(base.records().positions_of(sorted(dropped_ids)).values())
         codes = base.label_codes()
         if dropped_labels and codes is not None:

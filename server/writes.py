@@ -30,11 +30,19 @@ from pathlib import Path
 
 from siamese_search.core.atomic import write_bytes_atomic
 from siamese_search.core.model_artifact import EmbeddingModel
-from siamese_search.indexer.build import BuildOptions, BuildReport, Change, apply_changes
+from siamese_search.indexer.build import (
+    BuildOptions,
+    BuildReport,
+    Change,
+    ChangeConflict,
+    apply_changes,
+)
 
 log = logging.getLogger("siamese.server")
 
 JOURNAL = "pending-writes.jsonl"
+#: journaled writes that could never apply (kept, not lost: an operator can look)
+REJECTED = "rejected-writes.jsonl"
 WRITES_LOCK = ".writes.lock"
 
 
@@ -117,6 +125,26 @@ class Journal:
         self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         self.entries = kept
 
+    def reject(self, seq: int, reason: str) -> None:
+        """Move entry `seq` to the rejected file (appended, fsynced), then drop it."""
+        line = next(
+            (ln for ln in self.path.read_text("utf-8").splitlines() if _seq_of(ln) == seq), ""
+        )
+        record = {"rejected": reason, "entry": json.loads(line) if line else {"seq": seq}}
+        with open(self.path.parent / REJECTED, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        kept_raw = [
+            ln
+            for ln in self.path.read_text("utf-8").splitlines(keepends=True)
+            if _seq_of(ln) != seq
+        ]
+        self._handle.close()
+        write_bytes_atomic(self.path, "".join(kept_raw).encode("utf-8"))
+        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self.entries = [(s, c) for s, c in self.entries if s != seq]
+
     def close(self) -> None:
         self._handle.close()
         self._lock_file.close()
@@ -155,6 +183,9 @@ class Committer:
             time.monotonic() if self.journal and self.journal.entries else None
         )
         self._failure: tuple[int, str] | None = None  # (through seq, why) of the last failure
+        self._rejected: dict[int, str] = {}  # seq -> why it can never apply
+        #: after a conflict, commit one write at a time to find (and reject) the bad one
+        self._one_at_a_time = False
         self._last_version = ""
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="write-committer", daemon=True)
@@ -185,7 +216,9 @@ class Committer:
             self._waiting += 1
             self._cond.notify_all()
             try:
-                while self._committed_through < seq:
+                while self._committed_through < seq or seq in self._rejected:
+                    if seq in self._rejected:
+                        raise RuntimeError(f"the write was rejected: {self._rejected[seq]}")
                     if self._failure is not None and self._failure[0] >= seq:
                         raise RuntimeError(self._failure[1])
                     if self._stop:
@@ -217,7 +250,7 @@ class Committer:
     def _due(self) -> bool:
         if self.journal is None or not self.journal.entries:
             return False
-        if self._waiting or self.pending_rows >= self.policy.every_rows:
+        if self._waiting or self._one_at_a_time or self.pending_rows >= self.policy.every_rows:
             return True
         age = time.monotonic() - (self._oldest or time.monotonic())
         return self.policy.every_seconds > 0 and age >= self.policy.every_seconds
@@ -231,9 +264,14 @@ class Committer:
                 if self._stop or self.journal is None:
                     return
                 batch = list(self.journal.entries)
+                if self._one_at_a_time:
+                    batch = batch[:1]
             through = batch[-1][0]
             try:
                 report = self._commit([change for _, change in batch])
+            except ChangeConflict as error:
+                self._conflict(batch, str(error))
+                continue
             except Exception as error:  # keep the journal; tell the waiters; retry later
                 log.error("commit_failed", extra={"fields": {"error": str(error)[:500]}})
                 with self._cond:
@@ -250,6 +288,8 @@ class Committer:
                 self._last_version = report.version
                 self._failure = None
                 self._oldest = time.monotonic() if self.journal.entries else None
+                if not self.journal.entries:
+                    self._one_at_a_time = False
                 self._cond.notify_all()
             log.info(
                 "writes_committed",
@@ -262,6 +302,20 @@ class Committer:
                     }
                 },
             )
+
+    def _conflict(self, batch: list[tuple[int, Change]], reason: str) -> None:
+        """A batch that cannot apply: find the write(s) at fault, one at a time, and
+        move them to the rejected file; the others are committed as usual."""
+        with self._cond:
+            if len(batch) > 1:
+                self._one_at_a_time = True
+                return
+            seq = batch[0][0]
+            assert self.journal is not None
+            self.journal.reject(seq, reason)
+            self._rejected[seq] = reason
+            self._cond.notify_all()
+        log.error("write_rejected", extra={"fields": {"seq": seq, "reason": reason[:500]}})
 
     def _commit(self, changes: list[Change]) -> BuildReport:
         report = apply_changes(self.index_dir, self._model_for_writes(), changes, self._options)

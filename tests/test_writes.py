@@ -273,3 +273,40 @@ def test_acknowledged_writes_survive_a_kill(index_dir):
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
+
+
+def test_a_write_that_can_never_apply_is_set_aside_and_the_others_commit(
+    index_dir, tmp_path, trained_model
+):
+    """A labelled upsert journaled, then the index rebuilt without labels: that write
+    goes to the rejected file (kept, not lost), the writes around it still commit."""
+    from siamese_search.server.writes import REJECTED
+    from tests.conftest import write_csv
+
+    server = _start(index_dir, commit_policy=CommitPolicy(every_rows=1000))
+    try:
+        with SearchClient(f"127.0.0.1:{server.port}") as client:
+            assert not client.upsert([Example("a labelled example", "1", "bad")]).committed
+            unlabelled = write_csv(
+                tmp_path / "plain.csv", [("plain text one",), ("plain two",)], header=("text",)
+            )
+            options = BuildOptions(show_progress=False, replace=True)
+            build_index(
+                index_dir,
+                load_model(trained_model),
+                unlabelled,
+                Columns(text="text", label=None),
+                options,
+            )
+            deadline = time.monotonic() + 30
+            while client.info().index_version != "000002" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            written = client.upsert([Example("an unlabelled example", "", "good")], wait=True)
+            assert written.committed
+            ids = {n.id for n in client.search("an unlabelled example", k=5).neighbors}
+            assert "good" in ids and "bad" not in ids
+        assert (index_dir / JOURNAL).read_text() == ""
+        rejected = (index_dir / REJECTED).read_text()
+        assert '"bad"' in rejected and "no labels" in rejected
+    finally:
+        server.stop(0)
