@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from siamese_search.core.atomic import write_bytes_atomic
 from siamese_search.core.model_artifact import EmbeddingModel
@@ -57,7 +58,11 @@ class WritesUnavailable(Exception):
 
 
 class Journal:
-    """Append-only log of acknowledged, not yet published changes (one process at a time)."""
+    """Append-only log of acknowledged, not yet published changes (one process at a time).
+
+    The file holds one JSON record a line; `records` mirrors it in memory (seq ->
+    record), so rewrites never re-read or re-parse the file.
+    """
 
     def __init__(self, index_dir: Path):
         self.path = Path(index_dir) / JOURNAL
@@ -69,33 +74,28 @@ class Journal:
             raise WritesUnavailable(
                 f"another siamese-serve takes writes for {index_dir}; send writes there"
             ) from None
-        self.entries: list[tuple[int, Change]] = self._read()
-        self._next = self.entries[-1][0] + 1 if self.entries else 1
-        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self.records: dict[int, dict] = self._read()
+        self._next = max(self.records, default=0) + 1
+        # rewritten at once: a line torn by a crash mid-append (never acknowledged) must
+        # not stay, or the next append would continue it and be unreadable at replay
+        self._handle: TextIO | None = None
+        self._rewrite()
 
-    def _read(self) -> list[tuple[int, Change]]:
+    @property
+    def entries(self) -> list[tuple[int, Change]]:
+        return [(seq, _change(record)) for seq, record in self.records.items()]
+
+    def _read(self) -> dict[int, dict]:
         if not self.path.is_file():
-            return []
-        entries = []
+            return {}
+        records = {}
         for line in self.path.read_text("utf-8").splitlines():
             try:
                 record = json.loads(line)
-            except ValueError:
-                continue  # a line torn by a crash mid-append was never acknowledged
-            labels = record.get("labels")
-            entries.append(
-                (
-                    int(record["seq"]),
-                    Change(
-                        record["kind"],
-                        tuple(record.get("ids", ())),
-                        tuple(record.get("texts", ())),
-                        tuple(labels) if labels is not None else None,
-                        record.get("label", ""),
-                    ),
-                )
-            )
-        return entries
+                records[int(record["seq"])] = record
+            except (ValueError, KeyError, TypeError):
+                continue  # torn by a crash mid-append: it was never acknowledged
+        return records
 
     def append(self, change: Change) -> int:
         """Durably record `change`; returns its sequence number (the acknowledgement)."""
@@ -109,52 +109,51 @@ class Journal:
             "labels": list(change.labels) if change.labels is not None else None,
             "label": change.label,
         }
-        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self.entries.append((seq, change))
+        _append_line(self._handle, record)
+        self.records[seq] = record
         return seq
 
     def drop_through(self, seq: int) -> None:
-        """Forget entries up to `seq` (they are in a published version): atomic rewrite."""
-        kept = [(s, c) for s, c in self.entries if s > seq]
-        raw = self.path.read_text("utf-8").splitlines(keepends=True)
-        remaining = [line for line in raw if _seq_of(line) > seq]
-        self._handle.close()
-        write_bytes_atomic(self.path, "".join(remaining).encode("utf-8"))
-        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-        self.entries = kept
+        """Forget entries up to `seq` (they are in a published version)."""
+        self.records = {s: r for s, r in self.records.items() if s > seq}
+        self._rewrite()
 
     def reject(self, seq: int, reason: str) -> None:
         """Move entry `seq` to the rejected file (appended, fsynced), then drop it."""
-        line = next(
-            (ln for ln in self.path.read_text("utf-8").splitlines() if _seq_of(ln) == seq), ""
-        )
-        record = {"rejected": reason, "entry": json.loads(line) if line else {"seq": seq}}
         with open(self.path.parent / REJECTED, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        kept_raw = [
-            ln
-            for ln in self.path.read_text("utf-8").splitlines(keepends=True)
-            if _seq_of(ln) != seq
-        ]
-        self._handle.close()
-        write_bytes_atomic(self.path, "".join(kept_raw).encode("utf-8"))
+            _append_line(handle, {"rejected": reason, "entry": self.records[seq]})
+        del self.records[seq]
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        """The file replaced atomically by what `records` holds; reopened for appends."""
+        if self._handle is not None:
+            self._handle.close()
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records.values())
+        write_bytes_atomic(self.path, lines.encode("utf-8"))
         self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-        self.entries = [(s, c) for s, c in self.entries if s != seq]
 
     def close(self) -> None:
-        self._handle.close()
+        if self._handle is not None:
+            self._handle.close()
         self._lock_file.close()
 
 
-def _seq_of(line: str) -> int:
-    try:
-        return int(json.loads(line)["seq"])
-    except (ValueError, KeyError, TypeError):
-        return 0  # torn: dropped with the first rewrite
+def _append_line(handle, record: dict) -> None:
+    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def _change(record: dict) -> Change:
+    labels = record.get("labels")
+    return Change(
+        record["kind"],
+        tuple(record.get("ids", ())),
+        tuple(record.get("texts", ())),
+        tuple(labels) if labels is not None else None,
+        record.get("label", ""),
+    )
 
 
 class Committer:
@@ -180,7 +179,7 @@ class Committer:
         self._committed_through = 0
         self._waiting = 0
         self._oldest: float | None = (
-            time.monotonic() if self.journal and self.journal.entries else None
+            time.monotonic() if self.journal and self.journal.records else None
         )
         self._failure: tuple[int, str] | None = None  # (through seq, why) of the last failure
         self._rejected: dict[int, str] = {}  # seq -> why it can never apply
@@ -233,8 +232,8 @@ class Committer:
 
     @property
     def pending_rows(self) -> int:
-        entries = self.journal.entries if self.journal else []
-        return sum(max(len(c.ids), 1) for _, c in entries)
+        records = self.journal.records.values() if self.journal else ()
+        return sum(max(len(r["ids"]), 1) for r in records)
 
     def stop(self) -> None:
         with self._cond:
@@ -248,7 +247,7 @@ class Committer:
 
     # ---- the committer thread ----------------------------------------------------------
     def _due(self) -> bool:
-        if self.journal is None or not self.journal.entries:
+        if self.journal is None or not self.journal.records:
             return False
         if self._waiting or self._one_at_a_time or self.pending_rows >= self.policy.every_rows:
             return True
@@ -287,8 +286,8 @@ class Committer:
                 self._committed_through = through
                 self._last_version = report.version
                 self._failure = None
-                self._oldest = time.monotonic() if self.journal.entries else None
-                if not self.journal.entries:
+                self._oldest = time.monotonic() if self.journal.records else None
+                if not self.journal.records:
                     self._one_at_a_time = False
                 self._cond.notify_all()
             log.info(

@@ -310,3 +310,23 @@ def test_a_write_that_can_never_apply_is_set_aside_and_the_others_commit(
         assert '"bad"' in rejected and "no labels" in rejected
     finally:
         server.stop(0)
+
+
+def test_a_line_torn_by_a_crash_does_not_swallow_the_next_write(tmp_path):
+    """A crash mid-append leaves a torn last line (never acknowledged); the next
+    acknowledged write must still be readable at replay."""
+    from siamese_search.indexer.build import Change
+    from siamese_search.server.writes import Journal
+
+    first = '{"seq": 1, "kind": "delete", "ids": ["a"], "texts": [], "labels": null, "label": ""}'
+    (tmp_path / JOURNAL).write_text(first + '\n{"seq": 2, "kind": "ups')
+    journal = Journal(tmp_path)
+    assert [seq for seq, _ in journal.entries] == [1]
+    assert journal.append(Change("delete", ("b",))) == 2
+    journal.close()
+    replayed = Journal(tmp_path)
+    assert [(seq, change.ids) for seq, change in replayed.entries] == [(1, ("a",)), (2, ("b",))]
+    replayed.drop_through(1)
+    replayed.reject(2, "test")
+    assert replayed.entries == [] and (tmp_path / JOURNAL).read_text() == ""
+    replayed.close()
