@@ -165,13 +165,13 @@ def check_delete(request, limits: Limits) -> list[Change]:
         )
     changes = []
     if request.ids:
-        ids = [_check_id(i, f"ids[{n}]") for n, i in enumerate(request.ids) if i or _empty(n)]
+        ids = []
+        for n, row_id in enumerate(request.ids):
+            if not row_id:
+                raise InvalidRequest(f"ids[{n}] is empty")
+            ids.append(_check_id(row_id, f"ids[{n}]"))
         changes.append(Change("delete", tuple(dict.fromkeys(ids))))
     if request.label:
         check_labels([request.label])
         changes.append(Change("delete-label", label=request.label))
     return changes
-
-
-def _empty(n: int) -> bool:
-    raise InvalidRequest(f"ids[{n}] is empty")

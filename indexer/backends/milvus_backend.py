@@ -164,6 +164,15 @@ def _decode_manifest(description: str, collection: str) -> dict:
         ) from None
 
 
+def _manifest_of(client, collection: str) -> dict:
+    """A version's manifest, read from its collection's description and checked."""
+    try:
+        described = client.describe_collection(collection)
+    except Exception as error:
+        raise UserError(f"Milvus collection {collection}: {_short(error)}") from None
+    return _decode_manifest(described.get("description", ""), collection)
+
+
 # ---- writing -----------------------------------------------------------------------
 
 
@@ -318,11 +327,7 @@ class MilvusVersion:
         self._client = client
         self.collection = collection
         self.directory = Path(target.describe())
-        try:
-            described = client.describe_collection(collection)
-        except Exception as error:
-            raise UserError(f"Milvus collection {collection}: {_short(error)}") from None
-        self.manifest = _decode_manifest(described.get("description", ""), collection)
+        self.manifest = _manifest_of(client, collection)
         backend = self.manifest.get("backend") or {}
         suffix = _VERSION_SUFFIX.match(collection)
         self.name = str(backend.get("version") or (suffix["version"] if suffix else collection))
@@ -437,15 +442,19 @@ class MilvusSource:
             )
         return match["version"]
 
-    def open_current(self) -> MilvusVersion:
+    def _current_collection(self) -> str:
         name = self.current_name()
         if name is None:
             raise UserError(
                 f"{self.location} holds no index version yet (no alias); build one with "
                 "siamese-index build --backend milvus"
             )
-        return MilvusVersion(self._client, self.target, self.target.collection_for(name))
+        return self.target.collection_for(name)
+
+    def open_current(self) -> MilvusVersion:
+        return MilvusVersion(self._client, self.target, self._current_collection())
 
     def model_directory(self) -> Path:
-        with self.open_current() as version:
-            return Path(version.manifest["model"]["directory"])
+        """From the current version's manifest alone (no load, no row count)."""
+        manifest = _manifest_of(self._client, self._current_collection())
+        return Path(manifest["model"]["directory"])
