@@ -330,3 +330,20 @@ def test_a_line_torn_by_a_crash_does_not_swallow_the_next_write(tmp_path):
     replayed.reject(2, "test")
     assert replayed.entries == [] and (tmp_path / JOURNAL).read_text() == ""
     replayed.close()
+
+
+def test_a_second_server_on_the_same_index_refuses_writes(index_dir):
+    first = _start(index_dir)
+    second = _start(index_dir)
+    try:
+        with SearchClient(f"127.0.0.1:{first.port}") as one:
+            assert one.upsert([Example("first server's write", "1", "w1")], wait=True).committed
+        with SearchClient(f"127.0.0.1:{second.port}") as two:
+            assert two.search("first server's write", k=1).neighbors  # queries still served
+            with pytest.raises(grpc.RpcError) as caught:
+                two.upsert([Example("second server's write", "1", "w2")])
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "another siamese-serve takes writes" in caught.value.details()
+    finally:
+        second.stop(0)
+        first.stop(0)
