@@ -70,3 +70,18 @@ def test_a_killed_ray_job_publishes_nothing(tmp_path, trained_model):
     assert reported[-1] == "stopped during-ingest"
     _assert_current_is(index_dir, "000001", first.count)
     assert layout.list_versions(index_dir) == ["000001"]
+
+
+def test_lists_come_back_in_order_with_empty_ones_anywhere(model):
+    """Lists are yielded as their batches come in, in input order, empty ones included
+    (a chunk whose rows were all refused), each equal to the local embedding."""
+    from siamese_search.indexer.ray_engine import RayEmbedder
+
+    lists = [[], [f"{w} cache number {i}" for i in range(1100) for w in WORDS[:1]], []]
+    lists += [[f"{w} parser {i}" for w in WORDS] for i in range(3)] + [[]]
+    with RayEmbedder(model, RaySettings(actors=2)) as embedder:
+        out = list(embedder.embed(iter(lists)))
+    assert [len(vectors) for vectors in out] == [len(texts) for texts in lists]
+    for texts, vectors in zip(lists, out, strict=True):
+        if texts:
+            np.testing.assert_array_equal(vectors, model.embed_unique(texts))
