@@ -188,6 +188,7 @@ class SearchServer:
                 max_body_bytes=3 * config.limits.max_request_bytes,  # JSON escapes grow text
                 tls_cert=config.tls_cert,
                 tls_key=config.tls_key,
+                max_connections=config.http_max_connections,
             )
         except OSError as error:
             self._stop_writes()

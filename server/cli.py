@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve REST/JSON (and /openapi.json) on this port beside gRPC (default: off)",
     )
     parser.add_argument(
+        "--http-max-connections",
+        type=int,
+        default=256,
+        help="REST connections open at once (a thread each); one more gets 503 at once",
+    )
+    parser.add_argument(
         "--commit-rows",
         type=int,
         default=1,
@@ -195,6 +201,7 @@ def config_from_args(args) -> ServerConfig:
         index_dir=args.index,
         milvus=milvus,
         http_port=args.http_port,
+        http_max_connections=args.http_max_connections,
         writes=not args.no_writes,
         commit_policy=CommitPolicy(args.commit_rows, args.commit_seconds),
         model_dir=args.model,

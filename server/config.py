@@ -71,6 +71,8 @@ class ServerConfig:
     milvus: MilvusTarget | None = None
     #: REST/JSON gateway port (None: off; 0 picks a free one)
     http_port: int | None = None
+    #: HTTP connections the gateway keeps open at once (a thread each); beyond: 503
+    http_max_connections: int = 256
     #: take Upsert / Delete (needs index_dir: the writer works on the index directory)
     writes: bool = True
     commit_policy: CommitPolicy = CommitPolicy()
@@ -116,5 +118,7 @@ class ServerConfig:
             raise UserError(f"--port {self.port} is not a TCP port")
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
             raise UserError(f"--http-port {self.http_port} is not a TCP port")
+        if self.http_max_connections < 1:
+            raise UserError("--http-max-connections must be at least 1")
         if self.commit_policy.every_rows < 1 or self.commit_policy.every_seconds < 0:
             raise UserError("--commit-rows must be at least 1 and --commit-seconds at least 0")

@@ -10,6 +10,12 @@ in the JSON mapping (every field present, zero values included); errors are
 gRPC-Gateway's shape, `{"code": <gRPC code>, "message": ..., "details": []}`, with
 gRPC-Gateway's HTTP status for the gRPC status. `GET /openapi.json` serves the
 OpenAPI document generated from the .proto (`server/generated/search.openapi.json`).
+
+A thread serves each connection, so open connections are capped (`max_connections`):
+one beyond the cap gets a 503 at once (plain HTTP) or is closed (HTTPS) and is logged.
+The TLS handshake runs in the connection's thread under the idle timeout: done in
+the accepting thread (Python's default), one client that connects and sends nothing
+stalled every other client.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import ssl
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,6 +63,15 @@ HTTP_STATUS = {
     grpc.StatusCode.DATA_LOSS: 500,
 }
 IDLE_SECONDS = 30.0
+MAX_CONNECTIONS = 256
+_FULL = json.dumps(
+    {
+        "code": grpc.StatusCode.UNAVAILABLE.value[0],
+        "message": "the REST gateway has as many open connections as it serves; retry later, "
+        "reuse connections, or use gRPC",
+        "details": [],
+    }
+).encode("utf-8")
 _TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
@@ -92,6 +109,7 @@ class RestGateway:
         max_body_bytes: int,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
+        max_connections: int = MAX_CONNECTIONS,
     ):
         self.channel = grpc.insecure_channel(grpc_target)
         self.routes = routes()
@@ -110,12 +128,14 @@ class RestGateway:
         class Handler(_Handler):
             owner = gateway
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _HttpServer((host, port), Handler, max_connections)
         if tls_cert and tls_key:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(str(tls_cert), str(tls_key))
-            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            # the handshake is done by the connection's thread (_Handler.setup)
+            self.httpd.socket = context.wrap_socket(
+                self.httpd.socket, server_side=True, do_handshake_on_connect=False
+            )
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(
             target=self.httpd.serve_forever, name="rest-gateway", daemon=True
@@ -131,6 +151,50 @@ class RestGateway:
         self.channel.close()
 
 
+class _HttpServer(ThreadingHTTPServer):
+    """A thread per connection, at most `max_connections` at once."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, max_connections: int):
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.max_connections = max_connections
+
+    def process_request(self, request, client_address):
+        if self._slots.acquire(blocking=False):
+            super().process_request(request, client_address)  # the thread releases it
+            return
+        log.warning(
+            "rest_connection_refused",
+            extra={"fields": {"client": client_address[0], "open": self.max_connections}},
+        )
+        if not isinstance(request, ssl.SSLSocket):  # TLS would need a handshake first
+            try:  # a fresh socket's send buffer takes this without blocking
+                request.send(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_FULL), _FULL),
+                    socket.MSG_DONTWAIT,
+                )
+            except OSError:
+                pass
+        self.shutdown_request(request)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address):
+        """One log line (a failed TLS handshake, a reset), not a traceback on stderr."""
+        error = sys.exc_info()[1]
+        log.warning(
+            "rest_connection_error",
+            extra={"fields": {"client": client_address[0], "error": repr(error)[:300]}},
+        )
+
+
 class _Handler(BaseHTTPRequestHandler):
     owner: RestGateway
     protocol_version = "HTTP/1.1"
@@ -138,6 +202,12 @@ class _Handler(BaseHTTPRequestHandler):
     #: seconds a connection may sit idle (or trickle a request) before it is closed, so
     #: idle keep-alive or slow clients cannot hold the gateway's threads for ever
     timeout = IDLE_SECONDS
+
+    def setup(self):
+        self.request.settimeout(self.timeout)
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()  # under the idle timeout, in this thread
+        super().setup()
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
         pass  # calls are logged and counted by the gRPC service behind

@@ -165,3 +165,50 @@ def test_an_idle_connection_is_closed(index_dir, monkeypatch):
         assert status == 200
     finally:
         running.stop(0)
+
+
+def test_a_silent_tls_client_does_not_stall_the_others(tmp_path, index_dir):
+    """HTTPS: a client that connects and never starts the TLS handshake holds only its
+    own connection (the handshake runs in the connection's thread, under the timeout)."""
+    import socket
+    import ssl
+
+    from tests.test_server import _self_signed
+
+    cert, key = _self_signed(tmp_path)
+    running = _start(index_dir, tls_cert=cert, tls_key=key)
+    try:
+        with socket.create_connection(("127.0.0.1", running.http_port), timeout=10):
+            context = ssl.create_default_context(cafile=str(cert))
+            connection = http.client.HTTPSConnection(
+                "127.0.0.1", running.http_port, timeout=10, context=context
+            )
+            try:
+                connection.request("GET", "/v1/info")
+                assert connection.getresponse().status == 200
+            finally:
+                connection.close()
+    finally:
+        running.stop(0)
+
+
+def test_connections_beyond_the_cap_get_503_at_once(index_dir):
+    import socket
+    import time
+
+    running = _start(index_dir, http_max_connections=2)
+    try:
+        idle = [socket.create_connection(("127.0.0.1", running.http_port)) for _ in range(2)]
+        time.sleep(0.3)  # both accepted, each held by its thread
+        status, body = _http(running, "GET", "/v1/info")
+        assert status == 503
+        assert body["code"] == 14 and "open connections" in body["message"]
+        idle.pop().close()  # its thread ends and frees the slot
+        deadline = time.monotonic() + 10
+        while (status := _http(running, "GET", "/v1/info")[0]) != 200:
+            assert time.monotonic() < deadline, f"still {status} after a connection closed"
+            time.sleep(0.1)
+        for connection in idle:
+            connection.close()
+    finally:
+        running.stop(0)
