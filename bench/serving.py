@@ -9,7 +9,8 @@ generator is a third process. Single-client latency is p50 / p99 over sequential
 calls, measured *paired*: both servers up, one call to each in turn with the same
 text (1,000 calls each), so drift in what else the 2 cores do weighs on both alike;
 the ratio uses these. Throughput is calls/s (and p50 / p99) with 8 and with 32
-concurrent client threads, one server at a time. For the product server it also
+concurrent client threads, one server at a time, the two taking turns (4 turns each of
+a quarter of --seconds, alternating) for the same reason. For the product server it also
 reports the seconds from process start to health SERVING, and its RSS while 500
 maximum-size requests (~0.4 MB each) arrive at once, beside the memory bound the
 README states (ServerConfig.request_memory_bound).
@@ -43,6 +44,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 FLOOR_METHOD = "/bench.Floor/Search"
 K = 10
 CLIENTS = (8, 32)  # concurrent clients in the throughput phases
+ROUNDS = 4  # turns each server takes in a throughput phase (alternating)
 BURST = 500  # maximum-size requests sent at once
 
 
@@ -106,29 +108,43 @@ def _caller(target: str, kind: str):
     return one_search
 
 
-def run_load(target: str, kind: str, queries: list[str], seconds: float) -> dict:
-    """Single-client latency, then calls/s and latency with CLIENTS concurrent clients."""
+def run_load(targets: dict[str, str], queries: list[str], seconds: float) -> dict:
+    """For each target (kind -> address): single-client latency, then calls/s and
+    latency with CLIENTS concurrent clients. The concurrent phases take turns, ROUNDS
+    turns of seconds / ROUNDS each per target, so drift in what else the 2 cores do
+    (it moved calls/s by 10-20 % between phases a minute apart) weighs on all alike."""
     import numpy as np
 
-    one = _caller(target, kind)
-    for text in queries[:50]:  # warm-up
-        one(text)
-    latencies = []
-    for text in queries:
-        started = time.perf_counter()
-        one(text)
-        latencies.append(time.perf_counter() - started)
-    ms = np.array(latencies) * 1e3
-    result = {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
-    for clients in CLIENTS:
-        calls_per_second, concurrent_ms, refused = _concurrent(one, queries, seconds, clients)
-        result[f"clients_{clients}"] = {
-            "calls_per_second": calls_per_second,
-            "refused": refused,
-            "p50_ms": float(np.percentile(concurrent_ms, 50)),
-            "p99_ms": float(np.percentile(concurrent_ms, 99)),
+    calls = {kind: _caller(target, kind) for kind, target in targets.items()}
+    results = {}
+    for kind, one in calls.items():
+        for text in queries[:50]:  # warm-up
+            one(text)
+        latencies = []
+        for text in queries:
+            started = time.perf_counter()
+            one(text)
+            latencies.append(time.perf_counter() - started)
+        ms = np.array(latencies) * 1e3
+        results[kind] = {
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)),
         }
-    return result
+    for clients in CLIENTS:
+        turns: dict[str, list] = {kind: [] for kind in calls}
+        for round_number in range(ROUNDS):
+            order = list(calls) if round_number % 2 == 0 else list(reversed(calls))
+            for kind in order:
+                turns[kind].append(_concurrent(calls[kind], queries, seconds / ROUNDS, clients))
+        for kind, measured in turns.items():
+            concurrent_ms = np.concatenate([latencies for _, latencies, _ in measured])
+            results[kind][f"clients_{clients}"] = {
+                "calls_per_second": float(np.mean([rate for rate, _, _ in measured])),
+                "refused": sum(refused for _, _, refused in measured),
+                "p50_ms": float(np.percentile(concurrent_ms, 50)),
+                "p99_ms": float(np.percentile(concurrent_ms, 99)),
+            }
+    return results
 
 
 def run_paired(server: str, floor: str, queries: list[str], rounds: int) -> dict:
@@ -334,7 +350,12 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=ROOT / "artifacts" / "model")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--queries", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--seconds", type=float, default=10.0, help="throughput phase length")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=10.0,
+        help="throughput phase length per server and client count",
+    )
     parser.add_argument(
         "--server-args",
         default="",
@@ -346,7 +367,7 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--floor-server", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--load", choices=["floor", "server"], help=argparse.SUPPRESS)
+    parser.add_argument("--load", nargs="+", help=argparse.SUPPRESS)  # kind=address ...
     parser.add_argument("--burst", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--paired", help=argparse.SUPPRESS)  # the server's address
     parser.add_argument("--target", help=argparse.SUPPRESS)
@@ -356,7 +377,8 @@ def main() -> int:
         return 0
     if args.load:
         queries = json.loads(args.queries.read_text())
-        print(json.dumps(run_load(args.target, args.load, queries, args.seconds)))
+        targets = dict(item.split("=", 1) for item in args.load)
+        print(json.dumps(run_load(targets, queries, args.seconds)))
         return 0
     if args.paired:
         queries = json.loads(args.queries.read_text())
@@ -409,17 +431,17 @@ def main() -> int:
                         "--queries",
                         str(queries_file),
                     )
-                    for kind, target in (("floor", floor_target), ("server", server_target)):
-                        row[kind] = _helper(
+                    row.update(
+                        _helper(
                             "--load",
-                            kind,
-                            "--target",
-                            target,
+                            f"server={server_target}",
+                            f"floor={floor_target}",
                             "--queries",
                             str(queries_file),
                             "--seconds",
                             str(args.seconds),
                         )
+                    )
                     row["server"]["seconds_to_serving"] = start_seconds
                     if not args.no_burst:
                         row["server"]["burst"] = _burst(server_process, server_target)
@@ -480,14 +502,12 @@ def _milvus_phases(results: list[dict], model, tmp: Path, queries_file: Path, ar
             try:
                 measured = _helper(
                     "--load",
-                    "server",
-                    "--target",
-                    server_target,
+                    f"server={server_target}",
                     "--queries",
                     str(queries_file),
                     "--seconds",
                     str(args.seconds),
-                )
+                )["server"]
             finally:
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=60)
