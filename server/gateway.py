@@ -170,7 +170,14 @@ class _HttpServer(ThreadingHTTPServer):
             extra={"fields": {"client": client_address[0], "open": self.max_connections}},
         )
         if not isinstance(request, ssl.SSLSocket):  # TLS would need a handshake first
-            try:  # a fresh socket's send buffer takes this without blocking
+            try:
+                # read what the client sent already: closing with unread bytes resets the
+                # connection, and the client may lose the answer; a fresh socket's send
+                # buffer takes the answer without blocking
+                request.recv(65536, socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+            try:
                 request.send(
                     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_FULL), _FULL),
