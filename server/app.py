@@ -189,6 +189,7 @@ class SearchServer:
                 tls_cert=config.tls_cert,
                 tls_key=config.tls_key,
                 max_connections=config.http_max_connections,
+                metrics=self.metrics,
             )
         except OSError as error:
             self._stop_writes()

@@ -110,7 +110,9 @@ class RestGateway:
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
         max_connections: int = MAX_CONNECTIONS,
+        metrics=None,
     ):
+        """`metrics` (server.metrics.Metrics) counts open and refused connections."""
         self.channel = grpc.insecure_channel(grpc_target)
         self.routes = routes()
         self.max_body_bytes = max_body_bytes
@@ -128,7 +130,7 @@ class RestGateway:
         class Handler(_Handler):
             owner = gateway
 
-        self.httpd = _HttpServer((host, port), Handler, max_connections)
+        self.httpd = _HttpServer((host, port), Handler, max_connections, metrics)
         if tls_cert and tls_key:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(str(tls_cert), str(tls_key))
@@ -156,15 +158,20 @@ class _HttpServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address, handler, max_connections: int):
+    def __init__(self, address, handler, max_connections: int, metrics=None):
         super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(max_connections)
         self.max_connections = max_connections
+        self._metrics = metrics
 
     def process_request(self, request, client_address):
         if self._slots.acquire(blocking=False):
+            if self._metrics is not None:
+                self._metrics.rest_connections.inc()
             super().process_request(request, client_address)  # the thread releases it
             return
+        if self._metrics is not None:
+            self._metrics.rest_refused.inc()
         log.warning(
             "rest_connection_refused",
             extra={"fields": {"client": client_address[0], "open": self.max_connections}},
@@ -192,6 +199,8 @@ class _HttpServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+            if self._metrics is not None:
+                self._metrics.rest_connections.dec()
 
     def handle_error(self, request, client_address):
         """One log line (a failed TLS handshake, a reset), not a traceback on stderr."""

@@ -48,6 +48,16 @@ class Metrics:
             "Streaming calls open (health Watch, reflection)",
             registry=self.registry,
         )
+        self.rest_connections = Gauge(
+            "siamese_rest_connections",
+            "REST gateway connections open (a thread each)",
+            registry=self.registry,
+        )
+        self.rest_refused = Counter(
+            "siamese_rest_connections_refused",
+            "REST gateway connections refused: as many open as --http-max-connections",
+            registry=self.registry,
+        )
         self.batch_texts = Histogram(
             "siamese_batch_texts",
             "Texts encoded together in one batch (dynamic batching)",

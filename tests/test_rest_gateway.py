@@ -203,6 +203,9 @@ def test_connections_beyond_the_cap_get_503_at_once(index_dir):
         status, body = _http(running, "GET", "/v1/info")
         assert status == 503
         assert body["code"] == 14 and "open connections" in body["message"]
+        sample = running.metrics.registry.get_sample_value
+        assert sample("siamese_rest_connections_refused_total") == 1
+        assert sample("siamese_rest_connections") == 2
         idle.pop().close()  # its thread ends and frees the slot
         deadline = time.monotonic() + 10
         while (status := _http(running, "GET", "/v1/info")[0]) != 200:
