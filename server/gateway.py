@@ -203,12 +203,17 @@ class _HttpServer(ThreadingHTTPServer):
                 self._metrics.rest_connections.dec()
 
     def handle_error(self, request, client_address):
-        """One log line (a failed TLS handshake, a reset), not a traceback on stderr."""
+        """A connection's trouble (a failed TLS handshake, a reset, a timeout) is one
+        log line; anything else is a bug here, logged with its traceback. Neither goes
+        to stderr as socketserver's default does."""
         error = sys.exc_info()[1]
-        log.warning(
-            "rest_connection_error",
-            extra={"fields": {"client": client_address[0], "error": repr(error)[:300]}},
-        )
+        if isinstance(error, OSError):  # ssl.SSLError and socket timeouts included
+            log.warning(
+                "rest_connection_error",
+                extra={"fields": {"client": client_address[0], "error": repr(error)[:300]}},
+            )
+        else:
+            log.exception("rest_gateway_error")
 
 
 class _Handler(BaseHTTPRequestHandler):
