@@ -219,8 +219,8 @@ class RayEmbedder:
             batch_size=1,
             # two rows in flight per actor: the next one is already there when an actor
             # finishes (with one, each actor idled ~0.17 s of every ~0.8 s row here),
-            # and the first actor up cannot take them all
-            # (no more actors than batches: a spare one would only cost its start-up)
+            # and the first actor up cannot take them all; no more actors than rows (a
+            # spare one would only cost its start-up)
             compute=ray.data.ActorPoolStrategy(
                 size=min(self.settings.actors, len(rows)), max_tasks_in_flight_per_actor=2
             ),

@@ -186,10 +186,10 @@ class SearchServer:
                 config.host,
                 int(config.http_port or 0),
                 max_body_bytes=3 * config.limits.max_request_bytes,  # JSON escapes grow text
-                tls_cert=config.tls_cert,
-                tls_key=config.tls_key,
                 max_connections=config.http_max_connections,
                 metrics=self.metrics,
+                tls_cert=config.tls_cert,
+                tls_key=config.tls_key,
             )
         except OSError as error:
             self._stop_writes()

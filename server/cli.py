@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--http-max-connections",
         type=int,
-        default=256,
+        default=ServerConfig.http_max_connections,
         help="REST connections open at once (a thread each); one more gets 503 at once",
     )
     parser.add_argument(

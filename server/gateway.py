@@ -63,7 +63,6 @@ HTTP_STATUS = {
     grpc.StatusCode.DATA_LOSS: 500,
 }
 IDLE_SECONDS = 30.0
-MAX_CONNECTIONS = 256
 _FULL = json.dumps(
     {
         "code": grpc.StatusCode.UNAVAILABLE.value[0],
@@ -107,10 +106,10 @@ class RestGateway:
         host: str,
         port: int,
         max_body_bytes: int,
+        max_connections: int,
+        metrics,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
-        max_connections: int = MAX_CONNECTIONS,
-        metrics=None,
     ):
         """`metrics` (server.metrics.Metrics) counts open and refused connections."""
         self.channel = grpc.insecure_channel(grpc_target)
@@ -158,7 +157,7 @@ class _HttpServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address, handler, max_connections: int, metrics=None):
+    def __init__(self, address, handler, max_connections: int, metrics):
         super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(max_connections)
         self.max_connections = max_connections
@@ -166,12 +165,10 @@ class _HttpServer(ThreadingHTTPServer):
 
     def process_request(self, request, client_address):
         if self._slots.acquire(blocking=False):
-            if self._metrics is not None:
-                self._metrics.rest_connections.inc()
+            self._metrics.rest_connections.inc()
             super().process_request(request, client_address)  # the thread releases it
             return
-        if self._metrics is not None:
-            self._metrics.rest_refused.inc()
+        self._metrics.rest_refused.inc()
         log.warning(
             "rest_connection_refused",
             extra={"fields": {"client": client_address[0], "open": self.max_connections}},
@@ -199,8 +196,7 @@ class _HttpServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
-            if self._metrics is not None:
-                self._metrics.rest_connections.dec()
+            self._metrics.rest_connections.dec()
 
     def handle_error(self, request, client_address):
         """A connection's trouble (a failed TLS handshake, a reset, a timeout) is one

@@ -197,9 +197,11 @@ def test_connections_beyond_the_cap_get_503_at_once(index_dir):
     import time
 
     running = _start(index_dir, http_max_connections=2)
+    idle = []
     try:
-        idle = [socket.create_connection(("127.0.0.1", running.http_port)) for _ in range(2)]
-        time.sleep(0.3)  # both accepted, each held by its thread
+        idle += [socket.create_connection(("127.0.0.1", running.http_port)) for _ in range(2)]
+        # one thread accepts in arrival order: when this one is answered, both idle
+        # connections hold their slots
         status, body = _http(running, "GET", "/v1/info")
         assert status == 503
         assert body["code"] == 14 and "open connections" in body["message"]
@@ -211,7 +213,7 @@ def test_connections_beyond_the_cap_get_503_at_once(index_dir):
         while (status := _http(running, "GET", "/v1/info")[0]) != 200:
             assert time.monotonic() < deadline, f"still {status} after a connection closed"
             time.sleep(0.1)
+    finally:
         for connection in idle:
             connection.close()
-    finally:
         running.stop(0)
