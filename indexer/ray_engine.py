@@ -28,6 +28,7 @@ a CPU stays for the tasks.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ ACTOR_CPUS = 0.9
 #: texts handed to Ray at once (at least one list per actor); a window is one Ray
 #: Dataset (a few seconds of work)
 WINDOW_TEXTS = 65_536
+#: times a local cluster is started before giving up (see _start_local_cluster)
+LOCAL_START_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,33 @@ def _model_files(model_dir: Path) -> dict[str, bytes]:
         if path.is_file():
             files[str(path.relative_to(model_dir))] = path.read_bytes()
     return files
+
+
+def _start_local_cluster() -> None:
+    """Start a local Ray cluster, trying again when it does not come up.
+
+    Ray gives its raylet a fixed 30 s to register with the GCS and then gives up. Seen
+    once in CI (a second cluster started in one process right after the first one
+    stopped): the raylet never wrote a log line and the start timed out, while the
+    next start in the same process, seconds later, worked. A start that failed leaves
+    its GCS behind until this process exits (Ray's reaper stops it then), so a retry
+    costs memory, not correctness."""
+    import ray
+
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        try:
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            return
+        except Exception as error:  # Ray raises a bare Exception on the timeout
+            if attempt == LOCAL_START_ATTEMPTS:
+                raise UserError(
+                    f"cannot start Ray on a local cluster ({attempt} attempts): {error}"
+                ) from None
+            print(
+                f"Ray's local cluster did not start ({error}); trying again "
+                f"({attempt + 1} of {LOCAL_START_ATTEMPTS})",
+                file=sys.stderr,
+            )
 
 
 class _EmbedActor:
@@ -129,14 +159,14 @@ class RayEmbedder:
         import ray
 
         if not ray.is_initialized():
-            try:
-                if self.settings.address is None:
-                    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-                else:
+            if self.settings.address is None:
+                _start_local_cluster()
+            else:
+                try:
                     ray.init(address=self.settings.address, log_to_driver=False)
-            except Exception as error:  # ConnectionError, RuntimeError, ValueError ...
-                where = self.settings.address or "a local cluster"
-                raise UserError(f"cannot start Ray on {where}: {error}") from None
+                except Exception as error:  # ConnectionError, RuntimeError, ValueError ...
+                    address = self.settings.address
+                    raise UserError(f"cannot join Ray at {address}: {error}") from None
             self._started = True
         from ray.data import DataContext
 

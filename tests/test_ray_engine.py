@@ -85,3 +85,43 @@ def test_lists_come_back_in_order_with_empty_ones_anywhere(model):
     for texts, vectors in zip(lists, out, strict=True):
         if texts:
             np.testing.assert_array_equal(vectors, model.embed_unique(texts))
+
+
+def test_a_local_cluster_that_does_not_come_up_is_started_again(model, monkeypatch, capsys):
+    """Ray gives up on its own raylet after 30 s (seen once in CI): the start is tried
+    again, and after LOCAL_START_ATTEMPTS failures the user gets one clear error."""
+    import ray
+
+    from siamese_search.core.errors import UserError
+    from siamese_search.indexer import ray_engine
+    from siamese_search.indexer.ray_engine import RayEmbedder
+
+    real_init = ray.init
+    calls = []
+
+    def init_failing_once(*args, **kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:
+            raise Exception("The current node timed out during startup.")
+        return real_init(*args, **kwargs)
+
+    monkeypatch.setattr(ray, "init", init_failing_once)
+    texts = [f"{w} parser" for w in WORDS]
+    with RayEmbedder(model, RaySettings(actors=1)) as embedder:
+        (vectors,) = embedder.embed(iter([texts]))
+    np.testing.assert_array_equal(vectors, model.embed_unique(texts))
+    assert len(calls) == 2 and not ray.is_initialized()
+    assert "did not start (The current node timed out during startup.); trying again (2 of 3)" in (
+        capsys.readouterr().err
+    )
+
+    def init_always_failing(*args, **kwargs):
+        calls.append(kwargs)
+        raise Exception("The current node timed out during startup.")
+
+    monkeypatch.setattr(ray, "init", init_always_failing)
+    calls.clear()
+    with pytest.raises(UserError, match=r"cannot start Ray on a local cluster \(3 attempts\)"):
+        with RayEmbedder(model, RaySettings(actors=1)) as embedder:
+            list(embedder.embed(iter([texts])))
+    assert len(calls) == ray_engine.LOCAL_START_ATTEMPTS
