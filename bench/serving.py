@@ -324,8 +324,16 @@ def _burst(process: subprocess.Popen, target: str) -> dict:
         rss_peak_mb=max(peak + [_rss_mb(process.pid, "VmHWM")]),
         rss_after_mb=_rss_mb(process.pid),
         stated_bound_mb=before + bound,
+        # the encoding processes (server.encode_processes) hold a model each, apart
+        # from the request memory the bound is about
+        encoding_processes_rss_mb=[_rss_mb(pid) for pid in _children(process.pid)],
     )
     return result
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return [int(child) for child in children.read().split()]
 
 
 def _server_command(index_dir: Path, extra: list[str]) -> list[str]:
@@ -564,6 +572,12 @@ def _summary(row: dict, index_type: str) -> str:
             f"RSS {burst['rss_before_mb']:.0f} -> peak {burst['rss_peak_mb']:.0f} MB "
             f"(stated bound {burst['stated_bound_mb']:.0f} MB), "
             f"after {burst['rss_after_mb']:.0f} MB; answers {burst['codes']}"
+        )
+        processes = burst.get("encoding_processes_rss_mb", [])
+        lines.append(
+            f"  encoding processes: {len(processes)}, RSS "
+            + (", ".join(f"{mb:.0f}" for mb in processes) or "-")
+            + " MB"
         )
     return "\n".join(lines)
 

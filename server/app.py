@@ -57,6 +57,24 @@ class SearchServer:
         source = config.source()
         initial_model = load_model(_model_dir(config, source), threads=config.threads)
         self.metrics = Metrics()
+        # before the first version loads: its warm-up loads the model in the encoding
+        # processes too
+        self.batcher = Batcher(
+            config.batching,
+            self.metrics,
+            thread_setup=lambda: limit_native_threads(config.threads),
+            blas_threads=config.threads,
+        )
+        try:
+            self._set_up(config, source, initial_model)
+        except BaseException:
+            self.batcher.stop()
+            raise
+
+    def _set_up(self, config: ServerConfig, source: VersionSource, initial_model) -> None:
+        """Everything after the batcher: on any error the caller stops its processes."""
+        from siamese_search.core.model_artifact import load_model
+
         self.holder = ServingHolder(
             source,
             initial_model,
@@ -69,6 +87,7 @@ class SearchServer:
             ),
         )
         self.holder.metrics = self.metrics
+        self.holder.warm_model = self.batcher.warm
         outcome = self.holder.reload()
         if not outcome.changed:
             log.warning("no_index_at_start", extra={"fields": {"message": outcome.message}})
@@ -98,11 +117,6 @@ class SearchServer:
                 ("grpc.so_reuseport", 0),  # a busy port is an error, not a shared socket
             ],
         )
-        self.batcher = Batcher(
-            config.batching,
-            self.metrics,
-            thread_setup=lambda: limit_native_threads(config.threads),
-        )
         created = channelz_server_ids() - servers_before
         if len(created) == 1:  # (another server made at the same moment: no core counts)
             self.metrics.count_core_calls(created.pop())
@@ -126,7 +140,6 @@ class SearchServer:
                 self.port = self.grpc_server.add_insecure_port(address)
         except RuntimeError as error:
             self._stop_writes()
-            self.batcher.stop()
             raise UserError(f"cannot listen on {address} ({error}); is the port in use?") from None
         self.gateway = None
         self.http_port: int | None = None

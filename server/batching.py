@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from siamese_search.indexer.store import Hit
+from siamese_search.server.encode_processes import EncoderProcesses
 from siamese_search.server.state import Serving
 
 log = logging.getLogger("siamese.server")
@@ -81,6 +82,9 @@ class BatchSettings:
     #: texts of one call per job; a larger call is sent as several jobs, one at a time,
     #: so it shares the batch threads with other calls and stops between its pieces
     piece_texts: int = 16
+    #: worker processes that encode (server.encode_processes: off the server's GIL);
+    #: one a batch thread. 0: batch threads encode in the server process
+    processes: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
 
 
 class Batcher:
@@ -92,10 +96,15 @@ class Batcher:
         settings: BatchSettings = BatchSettings(),
         metrics=None,
         thread_setup: Callable[[], None] | None = None,
+        blas_threads: int = 1,
     ):
         """`thread_setup` runs first in each batch thread: OpenMP's thread count is a
-        per-thread setting, so FAISS's must be set in the thread that searches."""
+        per-thread setting, so FAISS's must be set in the thread that searches.
+        `blas_threads`: each encoding process's BLAS threads (the server's --threads)."""
         self.settings = settings
+        self.encoders = (
+            EncoderProcesses(settings.processes, blas_threads) if settings.processes > 0 else None
+        )
         self._thread_setup = thread_setup
         self._set_up = threading.local()  # which threads ran thread_setup
         self._count_lock = threading.Lock()
@@ -223,9 +232,14 @@ class Batcher:
         for jobs in by_serving.values():
             self._run_jobs(jobs)
 
+    def warm(self, model) -> None:
+        """Load `model` in every encoding process before it serves (start, swap)."""
+        if self.encoders is not None:
+            self.encoders.warm(model)
+
     def _run_jobs(self, jobs: list[_Job]) -> None:
         try:
-            _embed_together(jobs)
+            _embed_together(jobs, self.encoders)
         except Exception as error:
             if len(jobs) == 1:
                 jobs[0].finish(error)
@@ -252,17 +266,24 @@ class Batcher:
             if job.k == 0:
                 job.finish()
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 1.0) -> None:
+        """Stop the batch threads and encoding processes within about `wait` seconds:
+        by now the server has drained its calls (--grace), so a batch still running
+        has nobody waiting for it."""
+        deadline = time.monotonic() + wait
         self._queue.put(None)
         for thread in self._threads:
-            thread.join(timeout=5)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if self.encoders is not None:
+            self.encoders.close(wait=max(0.1, deadline - time.monotonic()))
 
 
-def _embed_together(jobs: list[_Job]) -> None:
-    """One embed call over every job's texts; each job gets its rows."""
+def _embed_together(jobs: list[_Job], encoders: EncoderProcesses | None) -> None:
+    """One embed call over every job's texts (in an encoding process if there are
+    any); each job gets its rows."""
     model = jobs[0].serving.model
     texts = [text for job in jobs for text in job.texts]
-    vectors = model.embed(texts)
+    vectors = model.embed(texts) if encoders is None else encoders.embed(model, texts)
     start = 0
     for job in jobs:
         job.vectors = vectors[start : start + len(job.texts)]

@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
         "threads (default: one a core)",
     )
     parser.add_argument(
+        "--encode-processes",
+        type=int,
+        default=batching.processes,
+        help="worker processes that encode the batches, off the server's GIL (default: one "
+        "a core; 0: the batch threads encode in the server process)",
+    )
+    parser.add_argument(
         "--reload-interval",
         type=float,
         default=2.0,
@@ -224,6 +231,7 @@ def config_from_args(args) -> ServerConfig:
             max_batch_texts=args.max_batch_texts,
             max_wait=args.batch_wait_ms / 1e3,
             threads=args.batch_threads,
+            processes=max(args.encode_processes, 0),
         ),
         reload_interval=args.reload_interval,
         grace_seconds=args.grace,

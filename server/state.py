@@ -83,8 +83,13 @@ class ReloadOutcome:
     message: str
 
 
-def warm_up(model, index: ServedVersion) -> None:
-    """Touch every code path once so the first real request is not the slow one."""
+def warm_up(
+    model, index: ServedVersion, warm_model: Callable[[EmbeddingModel], None] | None = None
+) -> None:
+    """Touch every code path once so the first real request is not the slow one;
+    `warm_model` loads the model wherever else it runs (the encoding processes)."""
+    if warm_model is not None:
+        warm_model(model)
     vectors = model.embed(["warm-up query"])
     index.search(vectors, k=min(10, max(index.count, 1)))
     if index.has_labels and index.label_names:
@@ -115,6 +120,8 @@ class ServingHolder:
         #: called with True once something is serving (the app turns health SERVING)
         self.on_serving: Callable[[bool], None] | None = None
         self.metrics: Metrics | None = None  # set by the app
+        #: loads a model in the encoding processes before it serves (set by the app)
+        self.warm_model: Callable[[EmbeddingModel], None] | None = None
 
     @property
     def current(self) -> Serving | None:
@@ -169,7 +176,7 @@ class ServingHolder:
                 index = self.source.open_current()
                 try:
                     model = self._model_for(index)
-                    warm_up(model, index)
+                    warm_up(model, index, self.warm_model)
                 except BaseException:
                     index.close()
                     raise

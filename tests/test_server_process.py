@@ -159,10 +159,14 @@ def test_grace_bounds_shutdown_while_a_long_call_runs(served_index):
         caller = threading.Thread(target=long_call)
         caller.start()
         time.sleep(0.5)  # the call is in flight
+        with open(f"/proc/{process.pid}/task/{process.pid}/children") as children:
+            encoding = [int(pid) for pid in children.read().split()]
+        assert len(encoding) == len(os.sched_getaffinity(0))  # one encoding process a core
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
         assert time.monotonic() - signalled < 1 + 2  # grace + a margin, not the call's length
+        assert not [pid for pid in encoding if os.path.exists(f"/proc/{pid}")]  # none left
         caller.join(timeout=30)
         assert outcome.get("code") != grpc.StatusCode.OK  # it was cut off, not finished
         channel.close()

@@ -1,0 +1,173 @@
+"""Encoding in worker processes: a batch's encode + head run off the server's GIL.
+
+Why: numpy releases and retakes the GIL around each of the ~60 array operations of one
+forward pass of the embedded encoder. In a serving process, gRPC's Python threads
+want the GIL too, so a batch thread waited for it after almost every operation: two
+threads encoding batches of two texts beside a Python thread used ~5.1 ms of CPU a
+batch against 3.5 ms alone, and under 8 concurrent clients a batch took ~14 ms of
+wall time for ~8 ms of CPU. An encoder in a process of its own has its own GIL
+(bench/serving.py measures what that does to calls/s).
+
+One worker process per batch thread. A worker runs `model.embed` exactly as the server
+would (same code, same BLAS thread count), so its vectors are bit-identical. It loads
+a model directory on its first request for it, keeps the two it used last (a model
+swap brings a second one), and refuses a directory whose fingerprint is no longer the
+one the server loaded (files changed under the server: an error, never vectors of
+another model). A worker that dies (killed, out of memory) is started again and the
+batch is tried once more on the new one. Workers start in their own session (a
+signal to the server's process group is the server's to handle) and exit when the
+server closes their socket, which the kernel does if the server is killed.
+
+Protocol: a socketpair per worker, `multiprocessing.connection.Connection` on each
+end (pickled messages, only ever between this server and its own children).
+Request: (model directory, model fingerprint, texts); reply: ("ok", vectors) or
+("error", exception); None asks the worker to exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+
+import numpy as np
+
+log = logging.getLogger("siamese.server")
+
+#: seconds workers are given to finish a batch and exit when asked, then killed
+EXIT_WAIT = 1.0
+
+
+class EncoderProcessDied(RuntimeError):
+    """A worker process ended while it had a batch (killed, out of memory)."""
+
+
+class _Worker:
+    """One worker process and the server's end of its socket."""
+
+    def __init__(self, number: int, threads: int):
+        self.number = number
+        ours, theirs = socket.socketpair()
+        try:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "siamese_search.server.encode_worker",
+                    str(theirs.fileno()),
+                    str(threads),
+                ],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        self.connection = Connection(ours.detach())
+
+    def embed(self, directory: str, fingerprint: str, texts: list[str]) -> np.ndarray:
+        try:
+            self.connection.send((directory, fingerprint, texts))
+            status, value = self.connection.recv()
+        except (EOFError, OSError) as error:
+            raise EncoderProcessDied(
+                f"encoding process {self.number} (pid {self.process.pid}) ended: {error!r}"
+            ) from None
+        if status == "error":
+            raise value
+        return value
+
+
+class EncoderProcesses:
+    """`count` worker processes embedding batches; `embed` may be called from several
+    threads at once (each call has a worker to itself)."""
+
+    def __init__(self, count: int, threads: int):
+        self._threads = threads
+        self._lock = threading.Lock()  # guards self.workers (a replaced worker)
+        self.workers = [_Worker(number, threads) for number in range(count)]
+        self._free: queue.Queue[_Worker] = queue.Queue()
+        for worker in self.workers:
+            self._free.put(worker)
+        self._closed = False
+
+    @property
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [worker.process.pid for worker in self.workers]
+
+    def embed(self, model, texts: Sequence[str]) -> np.ndarray:
+        """`model.embed(texts)`, computed in a worker process."""
+        if self._closed:
+            raise RuntimeError("the server is stopping")
+        worker = self._free.get()
+        try:
+            try:
+                return worker.embed(str(model.directory), model.fingerprint, list(texts))
+            except EncoderProcessDied as error:
+                if self._closed:  # killed by close(): the server is stopping
+                    raise RuntimeError("the server is stopping") from None
+                log.error("encoder_process_died", extra={"fields": {"error": str(error)}})
+                worker = self._replace(worker)
+                return worker.embed(str(model.directory), model.fingerprint, list(texts))
+        finally:
+            self._free.put(worker)
+
+    def warm(self, model) -> None:
+        """Make every worker load `model` (before it serves: a model swap), one worker
+        at a time so the others keep serving."""
+        pending = set(range(len(self.workers)))
+        deadline = time.monotonic() + 600
+        while pending and time.monotonic() < deadline:
+            worker = self._free.get()
+            try:
+                if worker.number in pending:
+                    try:
+                        worker.embed(str(model.directory), model.fingerprint, ["warm-up query"])
+                    except EncoderProcessDied:
+                        worker = self._replace(worker)
+                        worker.embed(str(model.directory), model.fingerprint, ["warm-up query"])
+                    pending.discard(worker.number)
+            finally:
+                self._free.put(worker)
+
+    def _replace(self, dead: _Worker) -> _Worker:
+        dead.process.kill()
+        dead.process.wait()
+        dead.connection.close()
+        fresh = _Worker(dead.number, self._threads)
+        with self._lock:
+            self.workers[dead.number] = fresh
+        return fresh
+
+    def close(self, wait: float = EXIT_WAIT) -> None:
+        """Ask each worker to exit once its batch is done; any still busy after `wait`
+        seconds, or slow to exit, is killed (shutdown stays within --grace + ~1 s)."""
+        if self._closed:
+            return
+        self._closed = True
+        deadline = time.monotonic() + wait
+        with self._lock:
+            workers = list(self.workers)
+        for _ in workers:  # a worker is ours once no batch holds it
+            try:
+                worker = self._free.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            try:
+                worker.connection.send(None)
+            except OSError:
+                pass  # already gone
+        for worker in workers:
+            try:
+                worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+            worker.connection.close()
