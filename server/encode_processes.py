@@ -51,8 +51,8 @@ class EncoderProcessDied(RuntimeError):
 class _Worker:
     """One worker process and the server's end of its socket."""
 
-    def __init__(self, number: int, threads: int):
-        self.number = number
+    def __init__(self, slot: int, threads: int):
+        self.slot = slot
         ours, theirs = socket.socketpair()
         try:
             self.process = subprocess.Popen(
@@ -77,7 +77,7 @@ class _Worker:
             status, value = self.connection.recv()
         except (EOFError, OSError) as error:
             raise EncoderProcessDied(
-                f"encoding process {self.number} (pid {self.process.pid}) ended: {error!r}"
+                f"encoding process {self.slot} (pid {self.process.pid}) ended: {error!r}"
             ) from None
         if status == "error":
             raise value
@@ -86,15 +86,19 @@ class _Worker:
 
 class EncoderProcesses:
     """`count` worker processes embedding batches; `embed` may be called from several
-    threads at once (each call has a worker to itself)."""
+    threads at once (each call has a worker to itself).
+
+    Workers sit in numbered slots; a slot is free when it is on the `_free` queue, and
+    a dead worker is replaced in its slot, so whoever holds a slot holds its current
+    worker."""
 
     def __init__(self, count: int, threads: int):
         self._threads = threads
-        self._lock = threading.Lock()  # guards self.workers (a replaced worker)
-        self.workers = [_Worker(number, threads) for number in range(count)]
-        self._free: queue.Queue[_Worker] = queue.Queue()
-        for worker in self.workers:
-            self._free.put(worker)
+        self._lock = threading.Lock()  # guards self.workers and self._closed
+        self.workers = [_Worker(slot, threads) for slot in range(count)]
+        self._free: queue.Queue[int] = queue.Queue()
+        for slot in range(count):
+            self._free.put(slot)
         self._closed = False
 
     @property
@@ -106,61 +110,64 @@ class EncoderProcesses:
         """`model.embed(texts)`, computed in a worker process."""
         if self._closed:
             raise RuntimeError("the server is stopping")
-        worker = self._free.get()
+        slot = self._free.get()
         try:
-            try:
-                return worker.embed(str(model.directory), model.fingerprint, list(texts))
-            except EncoderProcessDied as error:
-                if self._closed:  # killed by close(): the server is stopping
-                    raise RuntimeError("the server is stopping") from None
-                log.error("encoder_process_died", extra={"fields": {"error": str(error)}})
-                worker = self._replace(worker)
-                return worker.embed(str(model.directory), model.fingerprint, list(texts))
+            return self._embed_in(slot, model, list(texts))
         finally:
-            self._free.put(worker)
+            self._free.put(slot)
 
     def warm(self, model) -> None:
         """Make every worker load `model` (before it serves: a model swap), one worker
         at a time so the others keep serving."""
         pending = set(range(len(self.workers)))
         while pending:
-            worker = self._free.get()
+            slot = self._free.get()
             try:
-                if worker.number in pending:
-                    try:
-                        worker.embed(str(model.directory), model.fingerprint, ["warm-up query"])
-                    except EncoderProcessDied:
-                        worker = self._replace(worker)
-                        worker.embed(str(model.directory), model.fingerprint, ["warm-up query"])
-                    pending.discard(worker.number)
+                if slot in pending:
+                    self._embed_in(slot, model, ["warm-up query"])
+                    pending.discard(slot)
             finally:
-                self._free.put(worker)
+                self._free.put(slot)
 
-    def _replace(self, dead: _Worker) -> _Worker:
-        dead.process.kill()
-        dead.process.wait()
-        dead.connection.close()
-        fresh = _Worker(dead.number, self._threads)
+    def _embed_in(self, slot: int, model, texts: list[str]) -> np.ndarray:
+        """Embed on the worker in `slot` (held by the caller); a dead one is replaced
+        and the texts sent once more."""
+        try:
+            return self.workers[slot].embed(str(model.directory), model.fingerprint, texts)
+        except EncoderProcessDied as error:
+            if self._closed:  # killed by close(): the server is stopping
+                raise RuntimeError("the server is stopping") from None
+            log.error("encoder_process_died", extra={"fields": {"error": str(error)}})
+            worker = self._replace(slot)
+            return worker.embed(str(model.directory), model.fingerprint, texts)
+
+    def _replace(self, slot: int) -> _Worker:
         with self._lock:
-            self.workers[dead.number] = fresh
-        return fresh
+            if self._closed:  # close() has taken its list of workers to stop
+                raise RuntimeError("the server is stopping")
+            dead = self.workers[slot]
+            dead.process.kill()
+            dead.process.wait()
+            dead.connection.close()
+            self.workers[slot] = _Worker(slot, self._threads)
+            return self.workers[slot]
 
     def close(self, wait: float = EXIT_WAIT) -> None:
         """Ask each worker to exit once its batch is done; any still busy after `wait`
         seconds, or slow to exit, is killed (shutdown stays within --grace + ~1 s)."""
-        if self._closed:
-            return
-        self._closed = True
-        deadline = time.monotonic() + wait
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             workers = list(self.workers)
-        for _ in workers:  # a worker is ours once no batch holds it
+        deadline = time.monotonic() + wait
+        for _ in workers:  # a worker is ours once no batch holds its slot
             try:
-                worker = self._free.get(timeout=max(0.0, deadline - time.monotonic()))
+                slot = self._free.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
             try:
-                worker.connection.send(None)
+                workers[slot].connection.send(None)
             except OSError:
                 pass  # already gone
         for worker in workers:
