@@ -22,6 +22,7 @@ from siamese_search.indexer.build import (
     rollback,
 )
 from siamese_search.indexer.cli import main as index_main
+from siamese_search.indexer.store import open_index
 from tests.conftest import write_csv
 from tests.test_crash_safety import BIG_ROWS, _kill_writer_at
 
@@ -148,3 +149,25 @@ def test_writes_through_a_milvus_backed_server_reach_milvus(
             assert _served(target) == ("000003", 100)
     finally:
         server.stop(0)
+
+
+def test_a_ray_build_is_written_to_milvus(milvus_uri, tmp_path, trained_model, sample_test):
+    """`siamese-index build --engine ray --backend milvus`: the actors encode, the
+    version lands in Milvus, and Milvus serves the neighbours a local build gives."""
+    target = MilvusTarget(milvus_uri, "from_ray")
+    model = load_model(trained_model)
+    local = tmp_path / "local"
+    build_index(local, model, sample_test, Columns(label="class"), BuildOptions(show_progress=False))
+    code = index_main(
+        ["build", "--model", str(trained_model), "--data", str(sample_test)]
+        + ["--label-column", "class", "--out", str(tmp_path / "ray"), "--quiet"]
+        + ["--engine", "ray", "--ray-actors", "2", "--backend", "milvus"]
+        + ["--milvus-uri", milvus_uri, "--milvus-collection", "from_ray"]
+    )
+    assert code == 0
+    queries = model.embed(["fix a crash in the parser", "add docs for the cache", "speed up login"])
+    with MilvusSource(target).open_current() as served, open_index(local) as expected:
+        assert served.manifest["engine"]["kind"] == "ray"
+        assert [[(h.id, h.label) for h in row] for row in served.search(queries, k=5)] == [
+            [(h.id, h.label) for h in row] for row in expected.search(queries, k=5)
+        ]
