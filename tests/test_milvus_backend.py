@@ -157,7 +157,8 @@ def test_a_ray_build_is_written_to_milvus(milvus_uri, tmp_path, trained_model, s
     target = MilvusTarget(milvus_uri, "from_ray")
     model = load_model(trained_model)
     local = tmp_path / "local"
-    build_index(local, model, sample_test, Columns(label="class"), BuildOptions(show_progress=False))
+    quiet = BuildOptions(show_progress=False)
+    build_index(local, model, sample_test, Columns(label="class"), quiet)
     code = index_main(
         ["build", "--model", str(trained_model), "--data", str(sample_test)]
         + ["--label-column", "class", "--out", str(tmp_path / "ray"), "--quiet"]
