@@ -238,10 +238,11 @@ class Batcher:
         for jobs in by_serving.values():
             self._run_jobs(jobs, encoders)
 
-    def warm(self, model) -> None:
-        """Load `model` in every encoding process before it serves (start, swap)."""
+    def warm(self, model, all_at_once: bool = False) -> None:
+        """Load `model` in every encoding process before it serves (start, swap);
+        `all_at_once` when nothing serves yet (EncoderProcesses.warm)."""
         if self.encoders is not None:
-            self.encoders.warm(model)
+            self.encoders.warm(model, all_at_once)
 
     def _run_jobs(self, jobs: list[_Job], encoders: EncoderProcesses | None) -> None:
         try:

@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 
 import numpy as np
@@ -116,9 +117,25 @@ class EncoderProcesses:
         finally:
             self._free.put(slot)
 
-    def warm(self, model) -> None:
-        """Make every worker load `model` (before it serves: a model swap), one worker
-        at a time so the others keep serving."""
+    def warm(self, model, all_at_once: bool = False) -> None:
+        """Make every worker load `model` before it serves. A model swap warms one
+        worker at a time so the others keep serving; before anything serves
+        (`all_at_once`: the server is starting) they all load together, which cuts the
+        time to SERVING by about a worker's load."""
+        if all_at_once:
+            slots = [self._free.get() for _ in range(len(self.workers))]
+            try:
+                with ThreadPoolExecutor(len(slots), thread_name_prefix="warm") as pool:
+                    warming = [
+                        pool.submit(self._embed_in, slot, model, ["warm-up query"])
+                        for slot in slots
+                    ]
+                    for done in warming:
+                        done.result()
+            finally:
+                for slot in slots:
+                    self._free.put(slot)
+            return
         pending = set(range(len(self.workers)))
         while pending:
             slot = self._free.get()

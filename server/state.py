@@ -84,12 +84,16 @@ class ReloadOutcome:
 
 
 def warm_up(
-    model, index: ServedVersion, warm_model: Callable[[EmbeddingModel], None] | None = None
+    model,
+    index: ServedVersion,
+    warm_model: Callable[[EmbeddingModel, bool], None] | None = None,
+    first: bool = False,
 ) -> None:
     """Touch every code path once so the first real request is not the slow one;
-    `warm_model` loads the model wherever else it runs (the encoding processes)."""
+    `warm_model` loads the model wherever else it runs (the encoding processes), all
+    at once on the `first` load (nothing is serving that it could slow down)."""
     if warm_model is not None:
-        warm_model(model)
+        warm_model(model, first)
     vectors = model.embed(["warm-up query"])
     index.search(vectors, k=min(10, max(index.count, 1)))
     if index.has_labels and index.label_names:
@@ -121,7 +125,8 @@ class ServingHolder:
         self.on_serving: Callable[[bool], None] | None = None
         self.metrics: Metrics | None = None  # set by the app
         #: loads a model in the encoding processes before it serves (set by the app)
-        self.warm_model: Callable[[EmbeddingModel], None] | None = None
+        #: (model, first load) -> None
+        self.warm_model: Callable[[EmbeddingModel, bool], None] | None = None
 
     @property
     def current(self) -> Serving | None:
@@ -176,7 +181,7 @@ class ServingHolder:
                 index = self.source.open_current()
                 try:
                     model = self._model_for(index)
-                    warm_up(model, index, self.warm_model)
+                    warm_up(model, index, self.warm_model, first=serving is None)
                 except BaseException:
                     index.close()
                     raise

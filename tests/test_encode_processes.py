@@ -64,6 +64,25 @@ def test_workers_give_the_vectors_of_the_server_process(model, encoders):
         np.testing.assert_array_equal(results[i], expected[i * 10 : (i + 1) * 10])
 
 
+@pytest.mark.parametrize("all_at_once", [False, True], ids=["one-by-one", "all-at-once"])
+def test_warm_loads_the_model_in_every_worker(trained_model, tmp_path, all_at_once):
+    """After warm() no worker reads the model's files again: with them moved away,
+    every worker still embeds (one that was not warmed would fail to load them)."""
+    import shutil
+
+    copy = shutil.copytree(trained_model, tmp_path / "model")
+    model = load_model(copy, threads=1)
+    pool = EncoderProcesses(2, threads=1)
+    try:
+        pool.warm(model, all_at_once)
+        copy.rename(tmp_path / "moved")
+        for worker in pool.workers:
+            vectors = worker.embed(str(copy), model.fingerprint, TEXTS[:2])
+            np.testing.assert_array_equal(vectors, model.embed(TEXTS[:2]))
+    finally:
+        pool.close()
+
+
 def test_a_killed_worker_is_replaced_and_the_batch_retried(model, encoders):
     encoders.warm(model)
     before = encoders.pids
