@@ -103,7 +103,12 @@ class SearchServer:
         # Threads: `workers` for unary calls plus one per allowed stream, so idle health
         # Watch or reflection streams never take a unary call's thread. Calls beyond
         # threads + `max_queued` are refused at once (RESOURCE_EXHAUSTED) by gRPC itself,
-        # which bounds request memory to max_concurrent_calls x max_request_bytes.
+        # which bounds request memory to max_concurrent_calls x max_request_bytes, plus
+        # what refused calls sent before they were refused: with HTTP/2 BDP probing on
+        # (gRPC's default) the transport widens every stream's window to whole messages,
+        # so each refused call had its full 0.4 MB in memory and a burst of 2,000 of them
+        # on one connection took +640 MB; with it off a stream keeps HTTP/2's default
+        # window (64 KiB) and the same burst +108 MB (ServerConfig.request_memory_bound).
         servers_before = channelz_server_ids()
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(
@@ -115,6 +120,7 @@ class SearchServer:
                 ("grpc.max_receive_message_length", config.limits.max_request_bytes),
                 ("grpc.max_send_message_length", config.max_send_bytes),
                 ("grpc.so_reuseport", 0),  # a busy port is an error, not a shared socket
+                ("grpc.http2.bdp_probe", 0),  # see above: refused calls stay small
             ],
         )
         created = channelz_server_ids() - servers_before

@@ -87,7 +87,9 @@ class ServerConfig:
         """Bytes the server may hold for requests at once, on top of its idle size (the
         README's memory bound): every admitted call at its largest, each held about
         REQUEST_COPIES times (received bytes, the decoded message, its texts as Python
-        strings, their cleaned-up copies, the answer)."""
+        strings, their cleaned-up copies, the answer). Calls beyond admission are
+        refused within milliseconds and hold at most one HTTP/2 stream window (64 KiB;
+        app.py turns off the BDP probing that would widen it) until then."""
         return self.max_concurrent_calls * REQUEST_COPIES * self.limits.max_request_bytes
 
     def source(self) -> VersionSource:
