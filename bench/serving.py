@@ -219,9 +219,10 @@ def _concurrent(one, queries: list[str], seconds: float, clients: int):
     )
 
 
-def run_burst(target: str, requests: int) -> dict:
+def run_burst(target: str, requests: int, connections: int = 1) -> dict:
     """`requests` maximum-size SearchBatch calls sent at once (max_call_chars four-byte
-    characters in texts of max_text_chars); how many were answered with which status."""
+    characters in texts of max_text_chars) over `connections` channels, in turn; how
+    many were answered with which status."""
     from collections import Counter
 
     import grpc
@@ -234,9 +235,15 @@ def run_burst(target: str, requests: int) -> dict:
     texts = ["\N{FIRE}" * limits.max_text_chars] * (limits.max_call_chars // limits.max_text_chars)
     request = pb.SearchBatchRequest(texts=texts, k=K)
     options = [("grpc.max_send_message_length", 2 * limits.max_request_bytes)]
-    with grpc.insecure_channel(target, options=options) as channel:
-        stub = pb_grpc.SearchServiceStub(channel)
-        futures = [stub.SearchBatch.future(request, timeout=120) for _ in range(requests)]
+    # a subchannel pool of its own each: gRPC would otherwise share one connection
+    options.append(("grpc.use_local_subchannel_pool", 1))
+    channels = [grpc.insecure_channel(target, options=options) for _ in range(connections)]
+    stubs = [pb_grpc.SearchServiceStub(channel) for channel in channels]
+    try:
+        futures = [
+            stubs[i % connections].SearchBatch.future(request, timeout=120)
+            for i in range(requests)
+        ]
         codes: Counter[str] = Counter()
         for future in futures:
             try:
@@ -244,8 +251,12 @@ def run_burst(target: str, requests: int) -> dict:
                 codes["OK"] += 1
             except grpc.RpcError as error:
                 codes[error.code().name] += 1
+    finally:
+        for channel in channels:
+            channel.close()
     return {
         "requests": requests,
+        "connections": connections,
         "request_bytes": request.ByteSize(),
         "codes": dict(codes),
     }
@@ -377,6 +388,7 @@ def main() -> int:
     parser.add_argument("--floor-server", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--load", nargs="+", help=argparse.SUPPRESS)  # kind=address ...
     parser.add_argument("--burst", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--connections", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--paired", help=argparse.SUPPRESS)  # the server's address
     parser.add_argument("--target", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -393,7 +405,7 @@ def main() -> int:
         print(json.dumps(run_paired(args.paired, args.target, queries, rounds=2)))
         return 0
     if args.burst:
-        print(json.dumps(run_burst(args.target, args.burst)))
+        print(json.dumps(run_burst(args.target, args.burst, args.connections)))
         return 0
 
     import csv

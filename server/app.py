@@ -106,9 +106,10 @@ class SearchServer:
         # which bounds request memory to max_concurrent_calls x max_request_bytes, plus
         # what refused calls sent before they were refused: with HTTP/2 BDP probing on
         # (gRPC's default) the transport widens every stream's window to whole messages,
-        # so each refused call had its full 0.4 MB in memory and a burst of 2,000 of them
-        # on one connection took +640 MB; with it off a stream keeps HTTP/2's default
-        # window (64 KiB) and the same burst +108 MB (ServerConfig.request_memory_bound).
+        # so each refused call had its full 0.4 MB in memory: 4,000 of them over 128
+        # connections took +485 MB against a bound of +236 MB; with it off a stream keeps
+        # HTTP/2's default window (64 KiB) and the same burst +132 MB
+        # (bench/burst_memory.py; ServerConfig.request_memory_bound).
         servers_before = channelz_server_ids()
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(
