@@ -73,7 +73,7 @@ class MilvusService:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        """Graceful: SIGTERM, then wait for Milvus to close its etcd session."""
+        """SIGTERM to the launcher, which stops Milvus (and kills it if it hangs)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
