@@ -13,7 +13,12 @@ from siamese_search.core.errors import UserError
 from siamese_search.core.model_artifact import load_model
 from siamese_search.core.tables import Columns
 from siamese_search.indexer import layout
-from siamese_search.indexer.backends.milvus_backend import MilvusSource, MilvusTarget, connect
+from siamese_search.indexer.backends.milvus_backend import (
+    MilvusSource,
+    MilvusTarget,
+    MilvusWriter,
+    connect,
+)
 from siamese_search.indexer.build import (
     BuildOptions,
     add_to_index,
@@ -172,3 +177,32 @@ def test_a_ray_build_is_written_to_milvus(milvus_uri, tmp_path, trained_model, s
         assert [[(h.id, h.label) for h in row] for row in served.search(queries, k=5)] == [
             [(h.id, h.label) for h in row] for row in expected.search(queries, k=5)
         ]
+
+
+def test_an_unreadable_alias_stops_the_writer(milvus_uri, tmp_path, trained_model, corpus):
+    """Only "alias does not exist" means no alias. Any other failure to read it stops
+    the writer before it re-creates the alias or prunes (it would no longer know which
+    collection is served), and the served version stays as it was."""
+    small, _ = corpus
+    target = MilvusTarget(milvus_uri, "unreadable")
+    index_dir = tmp_path / "index"
+    model = load_model(trained_model)
+    options = BuildOptions(show_progress=False, keep_versions=1, milvus=target)
+    build_index(index_dir, model, small, Columns(), options)
+    writer = MilvusWriter(target)
+    try:
+        assert writer.aliased_collection() == target.collection_for("000001")
+        assert MilvusWriter(MilvusTarget(milvus_uri, "never_made")).aliased_collection() is None
+
+        def unreachable(alias, **kwargs):
+            raise ConnectionError("connection reset by peer")
+
+        writer.client.describe_alias = unreachable
+        with pytest.raises(UserError, match="cannot read alias unreadable: connection reset"):
+            writer.prune(keep=[])
+        with pytest.raises(UserError, match="cannot read alias"):
+            writer.point_alias_at("000001")
+    finally:
+        writer.close()
+    assert _served(target) == ("000001", 50)
+    assert _collections(target) == [target.collection_for("000001")]

@@ -116,6 +116,20 @@ def _short(error: Exception) -> str:
     return message if len(message) < 300 else message[:300] + "..."
 
 
+def aliased_collection(client, alias: str) -> str | None:
+    """The collection `alias` names; None only when Milvus says the alias does not
+    exist. Any other failure is an error: a writer that took an unreadable alias for
+    a missing one would create it again, and its pruning would no longer know which
+    collection is being served."""
+    try:
+        return str(client.describe_alias(alias)["collection_name"])
+    except Exception as error:
+        message = _short(error)
+        if "does not exist" in message or "not found" in message.lower():
+            return None
+        raise UserError(f"cannot read alias {alias}: {message}") from None
+
+
 # ---- index parameters ---------------------------------------------------------------
 
 
@@ -187,10 +201,7 @@ class MilvusWriter:
         return str(self.client.get_server_version())
 
     def aliased_collection(self) -> str | None:
-        try:
-            return self.client.describe_alias(self.target.name)["collection_name"]
-        except Exception:
-            return None
+        return aliased_collection(self.client, self.target.name)
 
     def has_version(self, version: str) -> bool:
         return self.client.has_collection(self.target.collection_for(version))
@@ -426,13 +437,9 @@ class MilvusSource:
         self._client = connect(target)
 
     def current_name(self) -> str | None:
-        try:
-            collection = self._client.describe_alias(self.target.name)["collection_name"]
-        except Exception as error:
-            message = _short(error)
-            if "does not exist" in message or "not found" in message.lower():
-                return None
-            raise UserError(f"cannot read alias {self.target.name}: {message}") from None
+        collection = aliased_collection(self._client, self.target.name)
+        if collection is None:
+            return None
         match = _VERSION_SUFFIX.match(collection)
         if not match or match["alias"] != self.target.name:
             raise UserError(
