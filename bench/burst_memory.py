@@ -2,7 +2,7 @@
 
 For each burst (N calls over C connections, sent at once by a helper process), a fresh
 `siamese-serve` on the given index is warmed with one maximum-size call, then the burst
-arrives; reported: RSS before, the peak (sampled every 5 ms, and the kernel's VmHWM),
+arrives; reported: RSS before, the peak (sampled, and the kernel's VmHWM),
 the growth beside `ServerConfig.request_memory_bound` (the README's bound above the idle
 size), and the statuses the calls got. Calls beyond admission are refused at once
 (RESOURCE_EXHAUSTED): what they cost is what arrived before they were refused.
@@ -17,41 +17,24 @@ import argparse
 import json
 import signal
 import sys
-import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serving import _helper, _rss_mb, _server_command, _start  # noqa: E402
+from serving import _burst, _helper, _server_command, _start  # noqa: E402
 
 
 def measure(index_dir: Path, requests: int, connections: int) -> dict:
+    """One fresh server, warmed with one maximum-size call, then the burst."""
     process, target, _ = _start(_server_command(index_dir, []))
     try:
         _helper("--burst", "1", "--target", target)  # warm: the idle size includes one call
-        before = _rss_mb(process.pid)
-        samples = [before]
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.wait(0.005):
-                samples.append(_rss_mb(process.pid))
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        try:
-            burst = _helper(
-                "--burst", str(requests), "--connections", str(connections), "--target", target
-            )
-        finally:
-            done.set()
-            sampler.join()
-        peak = max(samples + [_rss_mb(process.pid, "VmHWM")])
+        result = _burst(process, target, requests, connections)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
-    return {**burst, "rss_before_mb": before, "rss_peak_mb": peak, "growth_mb": peak - before}
+    return {**result, "growth_mb": result["rss_peak_mb"] - result["rss_before_mb"]}
 
 
 def main() -> int:

@@ -241,8 +241,7 @@ def run_burst(target: str, requests: int, connections: int = 1) -> dict:
     stubs = [pb_grpc.SearchServiceStub(channel) for channel in channels]
     try:
         futures = [
-            stubs[i % connections].SearchBatch.future(request, timeout=120)
-            for i in range(requests)
+            stubs[i % connections].SearchBatch.future(request, timeout=120) for i in range(requests)
         ]
         codes: Counter[str] = Counter()
         for future in futures:
@@ -310,8 +309,12 @@ def _rss_mb(pid: int, field: str = "VmRSS") -> float:
     return float("nan")
 
 
-def _burst(process: subprocess.Popen, target: str) -> dict:
-    """Peak RSS of the server while BURST maximum-size requests arrive at once."""
+def _burst(
+    process: subprocess.Popen, target: str, requests: int = BURST, connections: int = 1
+) -> dict:
+    """Peak RSS of the server while `requests` maximum-size requests arrive at once
+    over `connections` connections (run_burst in a helper process). The peak counts the
+    kernel's high-water mark too, so the sampling interval cannot miss it."""
     from siamese_search.server.config import ServerConfig
 
     before = _rss_mb(process.pid)
@@ -325,7 +328,9 @@ def _burst(process: subprocess.Popen, target: str) -> dict:
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        result = _helper("--burst", str(BURST), "--target", target)
+        result = _helper(
+            "--burst", str(requests), "--connections", str(connections), "--target", target
+        )
     finally:
         done.set()
         watcher.join()
