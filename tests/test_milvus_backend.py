@@ -189,10 +189,11 @@ def test_an_unreadable_alias_stops_the_writer(milvus_uri, tmp_path, trained_mode
     model = load_model(trained_model)
     options = BuildOptions(show_progress=False, keep_versions=1, milvus=target)
     build_index(index_dir, model, small, Columns(), options)
+    never_made = MilvusWriter(MilvusTarget(milvus_uri, "never_made"))
     writer = MilvusWriter(target)
     try:
         assert writer.aliased_collection() == target.collection_for("000001")
-        assert MilvusWriter(MilvusTarget(milvus_uri, "never_made")).aliased_collection() is None
+        assert never_made.aliased_collection() is None
 
         def unreachable(alias, **kwargs):
             raise ConnectionError("connection reset by peer")
@@ -204,5 +205,6 @@ def test_an_unreadable_alias_stops_the_writer(milvus_uri, tmp_path, trained_mode
             writer.point_alias_at("000001")
     finally:
         writer.close()
+        never_made.close()
     assert _served(target) == ("000001", 50)
     assert _collections(target) == [target.collection_for("000001")]
