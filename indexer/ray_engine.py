@@ -116,9 +116,10 @@ class _EmbedActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One encoder batch (ENCODE_BATCH distinct texts of a chunk) -> its sentence
-        vectors, as raw float32 bytes (the driver applies the head)."""
+        encoders' rows (`SiameseModel.features`), as raw float32 bytes (the driver
+        projects them: head and served space)."""
         texts = [str(text) for text in batch["texts"][0]]
-        vectors = np.ascontiguousarray(self.model.encoder.encode(texts), dtype=np.float32)
+        vectors = np.ascontiguousarray(self.model.features(texts), dtype=np.float32)
         # object dtype: a fixed-width bytes array would drop trailing zero bytes
         return {
             "list": batch["list"],
@@ -192,13 +193,13 @@ class RayEmbedder:
     def _run_window(self, window: list[list[str]]) -> Iterator[np.ndarray]:
         """Encode a window's lists exactly as `embed_unique` encodes each one locally:
         the same distinct texts in the same batches of ENCODE_BATCH (spread over the
-        actors), then the head over each whole list here, so the vectors are
+        actors), then the head and served space over each whole list here, so the vectors are
         bit-identical to a local build's (BLAS thread counts do not change them; batch
         composition would, in the last bits). Each list is yielded once its batches and
         those of every list before it are in."""
         plans = [unique_texts(texts) for texts in window]
         encoded = [
-            np.empty((len(distinct), self.model.encoder.dim), np.float32) for distinct, _ in plans
+            np.empty((len(distinct), self.model.feature_dim), np.float32) for distinct, _ in plans
         ]
         rows = [
             {"list": j, "start": start, "texts": distinct[start : start + ENCODE_BATCH]}
@@ -218,7 +219,7 @@ class RayEmbedder:
             while yielded < len(window) and missing[yielded] == 0:
                 texts, (_, positions) = window[yielded], plans[yielded]
                 if texts:
-                    yield self.model.head(encoded[yielded][positions])
+                    yield self.model.project(encoded[yielded][positions])
                 else:
                     yield np.zeros((0, self.model.dim), np.float32)
                 yielded += 1
@@ -258,7 +259,7 @@ class RayEmbedder:
             num_cpus=ACTOR_CPUS,
             batch_format="numpy",
         )
-        dim = self.model.encoder.dim
+        dim = self.model.feature_dim
         for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
             for j, start, raw in zip(batch["list"], batch["start"], batch["vectors"], strict=True):
                 yield int(j), int(start), np.frombuffer(raw, dtype=np.float32).reshape(-1, dim)

@@ -149,9 +149,12 @@ class SearchService(pb_grpc.SearchServiceServicer):
         results = []
         threshold = None if math.isinf(min_score) else min_score  # unset: the model's rule
         abstention = serving.model.abstention
-        for hits in self._search(serving, texts, k, [], -1.0, context):
+        vectors, found = self._batched(serving, texts, k, [], -1.0, context)
+        shares = serving.model.label_shares(vectors)
+        for row, hits in enumerate(found):
+            share = None if shares is None else float(shares[row])
             decision = predict(
-                [h.label for h in hits], [h.score for h in hits], abstention, threshold
+                [h.label for h in hits], [h.score for h in hits], abstention, threshold, share
             )
             results.append(
                 pb.PredictResponse(

@@ -238,4 +238,7 @@ def test_train_and_load_with_a_savedmodel_encoder(tmp_path):
         "handle": str(encoder_dir),
         "preprocess": "none",
     }
-    assert model.encoder.dim == 16 and model.embed(["fix crash"]).shape == (1, 128)
+    # served space: the encoder's own 16-d vector (meaning) beside the 128-d head vector
+    assert model.encoder.dim == 16 and model.embed(["fix crash"]).shape == (1, 16 + 128)
+    assert model.meaning_encoder is None  # not fine-tuned: one encoder makes both parts
+

@@ -78,7 +78,7 @@ def test_typed_results_for_every_rpc(server):
         assert len(client.predict_many(texts, k=3)) == 19
 
         vectors = client.embed(texts)
-        assert vectors.shape == (19, 128) and np.allclose(
+        assert vectors.shape == (19, 512 + 128) and np.allclose(
             np.linalg.norm(vectors, axis=1), 1, atol=1e-5
         )
         info = client.info()

@@ -181,12 +181,12 @@ def test_predict_applies_the_models_abstention_rule(stub, model, index_dir):
 def test_embed_and_get_info(stub, model):
     response = stub.Embed(pb.EmbedRequest(texts=["Fix crash", "Add feature"]))
     vectors = np.array([e.values for e in response.embeddings])
-    assert response.dim == 128 and vectors.shape == (2, 128)
+    assert response.dim == 640 and vectors.shape == (2, 640)  # meaning 512 + labels 128
     np.testing.assert_allclose(vectors, model.embed(["Fix crash", "Add feature"]), atol=1e-5)
     assert response.model_fingerprint == model.fingerprint
     info = stub.GetInfo(pb.GetInfoRequest())
     assert info.model_fingerprint == model.fingerprint and info.index_type == "flat"
-    assert info.count == 100 and info.dim == 128 and info.index_version == "000001"
+    assert info.count == 100 and info.dim == 640 and info.index_version == "000001"
     assert {lc.label: lc.count for lc in info.labels} == {str(c): 20 for c in range(1, 6)}
     assert (info.max_k, info.max_text_chars, info.max_batch) == (20, 200, 8)
 
@@ -272,7 +272,10 @@ def test_query_cli_against_the_server(server, capsys, monkeypatch):
     out = capsys.readouterr().out
     queries = [line for line in out.splitlines() if line.startswith("> ")]
     assert queries == ["> first text", "> Fix NPE on startup", "> Speed up parsing"]
-    assert out.count("label ") == 3
+    assert sum(line.startswith("label ") for line in out.splitlines()) == 3
+    # an off-topic text is answered "none of these", saying why
+    assert query_main(["--target", target, "zebra safari tour in kenya", "--predict"]) == 0
+    assert "(abstained: none of these; the nearest texts voted" in capsys.readouterr().out
     # a threshold nothing reaches is said, not printed as an empty list
     assert query_main(["--target", target, "fix", "--min-score", "0.9999"]) == 0
     assert "no neighbour reached --min-score 0.9999" in capsys.readouterr().out

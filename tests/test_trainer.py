@@ -183,5 +183,6 @@ def test_model_directory_contents_and_numpy_keras_parity(trained_model, sample_t
         atol=1e-5,
     )
     embedded = model.embed(["Fix the build"])
-    assert embedded.shape == (1, 128)
+    assert embedded.shape == (1, 512 + 128)  # the served space: meaning beside labels
+    assert (trained_model / "space.npz").is_file() and manifest["space"]["label_dim"] == 128
     np.testing.assert_allclose(np.linalg.norm(embedded), 1.0, atol=1e-5)

@@ -21,11 +21,13 @@ import numpy as np
 
 from siamese_search.core.abstention import (
     DEFAULT_OOS_SHARE,
+    DOMAIN_QUANTILE,
     FEATURES,
     Abstention,
     fit_abstention,
     vote_features,
 )
+from siamese_search.core.served_space import fit_space, nearest_other
 from siamese_search.core.voting import nearest
 from siamese_search.trainer.config import TrainingConfig
 
@@ -79,8 +81,13 @@ def on_folds(
     config: TrainingConfig,
     train_head: Callable,
     oos_share: float = DEFAULT_OOS_SHARE,
+    label_share: float | None = None,
 ) -> Abstention:
-    """Fit on held-out folds of the training set (encoder vectors in, frozen heads)."""
+    """Fit on held-out folds of the training set (encoder vectors in, frozen heads).
+
+    With `label_share`, each fold votes in its own served space (`core.served_space`,
+    gated by the fold's training texts), as the model will; without, in the head's.
+    """
     from siamese_search.core.numpy_head import NumpyHead
 
     label_array = np.asarray(labels)
@@ -97,11 +104,16 @@ def on_folds(
             continue
         result = train_head(vectors[kept], label_array[kept].tolist(), fold_config, False)
         head = NumpyHead(result.weights)
+        space = fit_space(vectors[kept], head.output_dim, label_share) if label_share else None
+
+        def embed(rows: np.ndarray, head=head, space=space) -> np.ndarray:
+            return head(rows) if space is None else space.project(rows, head(rows))
+
         parts.append(
             vote_table(
-                head(vectors[kept]),
+                embed(vectors[kept]),
                 label_array[kept].tolist(),
-                head(vectors[held]),
+                embed(vectors[held]),
                 label_array[held].tolist(),
                 set(label_array[kept]),
             )
@@ -111,4 +123,20 @@ def on_folds(
     oos = np.concatenate([p[2] for p in parts])
     return fit_abstention(
         features, correct, oos, f"{FOLDS} held-out folds of the training set", oos_share
+    )
+
+
+def with_domain(rule: Abstention, model, texts: Sequence[str]) -> Abstention:
+    """`rule` plus the out-of-domain bars of `core.abstention`, measured on the model
+    as it is served: how close each distinct training text is to its nearest other
+    one, in the untuned encoder's space and in the served space (the DOMAIN_QUANTILE
+    quantile of each). Unchanged for a model without a served space."""
+    if model.space is None:
+        return rule
+    served = nearest_other(model.embed_unique(sorted(set(texts))))
+    meaning = nearest_other(model.space.anchors)
+    return rule.with_domain(
+        float(np.quantile(meaning, DOMAIN_QUANTILE)),
+        float(np.quantile(served, DOMAIN_QUANTILE)),
+        model.space.max_label_share,
     )

@@ -12,12 +12,14 @@ from siamese_search.core.cli_help import DefaultsHelpFormatter
 from siamese_search.core.encoders import DEFAULT_ENCODER, DEFAULT_MODE, MODES
 from siamese_search.core.encoders.base import sha256_files
 from siamese_search.core.errors import UserError, run_cli
+from siamese_search.core.numpy_head import NumpyHead
 from siamese_search.core.tables import Columns, Table, check_trainable, read_table
 from siamese_search.trainer.config import (
     FINE_TUNE_LAYERS,
     HEAD_KINDS,
     LOSSES,
     MINING_STRATEGIES,
+    SERVED_SPACES,
     HeadConfig,
     TrainingConfig,
 )
@@ -148,6 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
         "all-but-ngram with triplets",
     )
     parser.add_argument(
+        "--served-space",
+        default=defaults.served_space,
+        choices=SERVED_SPACES,
+        help="meaning+labels: each vector is the untuned encoder's (meaning) beside the "
+        "head's (labels), the label part fading out for texts unlike the training texts, "
+        "so Search ranks by meaning and off-topic queries abstain; labels: the head's "
+        "vector alone",
+    )
+    parser.add_argument(
+        "--label-share",
+        type=float,
+        default=defaults.label_share,
+        help="weight of the label part inside the training domain (meaning+labels)",
+    )
+    parser.add_argument(
         "--encoder-learning-rate",
         type=float,
         default=defaults.encoder_learning_rate,
@@ -180,6 +197,8 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
         fine_tune=args.fine_tune,
         fine_tune_layers=args.fine_tune_layers,
         encoder_learning_rate=args.encoder_learning_rate,
+        served_space=args.served_space,
+        label_share=args.label_share,
     )
 
 
@@ -217,10 +236,17 @@ def main(argv: list[str] | None = None) -> int:
         vectors = encoder.encode_unique(table.texts, progress=progress)
         result = train_head(vectors, table.label_list, config, show_progress=not args.quiet)
 
+    raw = vectors if vectors is not None else encoder.encode_unique(table.texts, progress)
+    space = None
+    if config.served_space == "meaning+labels":
+        from siamese_search.core.served_space import fit_space
+
+        space = fit_space(raw, NumpyHead(result.weights).output_dim, config.label_share)
+
     def fit_abstention(model) -> Abstention:
         """Calibrate the trained model (loaded from its staging directory)."""
         if validation is not None:
-            return calibrate.on_validation(
+            rule = calibrate.on_validation(
                 lambda texts: model.embed_unique(texts),
                 table.texts,
                 table.label_list,
@@ -229,8 +255,12 @@ def main(argv: list[str] | None = None) -> int:
                 source=f"validation table {args.validation_data}",
                 oos_share=args.oos_share,
             )
-        raw = vectors if vectors is not None else encoder.encode_unique(table.texts, progress)
-        return calibrate.on_folds(raw, table.label_list, config, train_head, args.oos_share)
+        else:
+            share = config.label_share if space is not None else None
+            rule = calibrate.on_folds(
+                raw, table.label_list, config, train_head, args.oos_share, share
+            )
+        return calibrate.with_domain(rule, model, table.texts)
 
     data_summary = {
         "source": str(args.data),
@@ -249,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         data_summary=data_summary,
         overwrite=args.overwrite,
         calibrate=fit_abstention,
+        space=space,
     )
     rule = manifest["abstention"]
     print(

@@ -36,6 +36,11 @@ TRIPLET_STEPS = 400
 TRIPLET_FINE_TUNE_STEPS = 150
 PROXY_STEPS = 300
 FINE_TUNE_EPOCHS = 10
+#: what the model serves (core.served_space): "meaning+labels", the untuned encoder's
+#: vector beside the head's, gated by the training domain (default: Search ranks by
+#: meaning, Predict separates the labels; bench/retrieval.py); "labels", the head's
+#: vector alone (the design card's space: scores saturate near 1, no general similarity)
+SERVED_SPACES = ("meaning+labels", "labels")
 FINE_TUNE_STEP_RANGE = (60, 150)
 
 
@@ -90,9 +95,17 @@ class TrainingConfig:
     fine_tune_layers: str = AUTO
     #: None: 3e-4 with the proxy loss, 1e-3 with the triplet loss (measured best of each)
     encoder_learning_rate: float | None = None
+    served_space: str = SERVED_SPACES[0]
+    #: the label part's weight inside the trained domain (meaning+labels only)
+    label_share: float = 0.5
 
     def __post_init__(self) -> None:
         checks = [
+            (
+                self.served_space in SERVED_SPACES,
+                f"--served-space must be one of {SERVED_SPACES}",
+            ),
+            (0.0 < self.label_share < 1.0, "--label-share must be in (0, 1)"),
             (self.head.kind in (AUTO, *HEAD_KINDS), f"--head must be auto or one of {HEAD_KINDS}"),
             (self.loss in (AUTO, *LOSSES), f"--loss must be auto or one of {LOSSES}"),
             (self.proxy_scale > 0, "--proxy-scale must be positive"),

@@ -105,9 +105,15 @@ def evaluate(
             neighbours = index.search(test_vectors, k)
         finally:
             index.close()
+    shares = model.label_shares(test_vectors)
     predictions = [
-        predict([h.label for h in hits], [h.score for h in hits], model.abstention)
-        for hits in neighbours
+        predict(
+            [h.label for h in hits],
+            [h.score for h in hits],
+            model.abstention,
+            label_share=None if shares is None else float(shares[row]),
+        )
+        for row, hits in enumerate(neighbours)
     ]
     truth = test.label_list
     voted = [p.voted for p in predictions]

@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--with-head",
         action="store_true",
-        help="include the siamese head: strings -> the model's 128-d vectors",
+        help="include the siamese head: strings -> the head's (label) vectors; not the "
+        "served space (meaning + labels) that the server's Embed returns",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
@@ -132,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model)
     export(model, args.out, args.with_head, overwrite=args.overwrite)
     what = "encoder + head" if args.with_head else "encoder"
+    if args.with_head and model.space is not None:
+        print(
+            "note: the export gives the head's label vectors; the server's Embed returns the "
+            "served space (the untuned encoder's vector beside them, gated by the training "
+            "domain), which has no TF graph yet",
+            file=sys.stderr,
+        )
     print(
         f"exported the {what} of {args.model} to {args.out} "
         "(load it with tensorflow_hub.load after `import tensorflow_text`)"

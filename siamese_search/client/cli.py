@@ -75,8 +75,17 @@ def _print_neighbors(neighbors, args) -> None:
         print(f"{rank:>3}. {n.score:6.3f}  {label}{n.text}  (id {n.id})")
 
 
+def _abstention_note(result, args) -> str:
+    if args.min_score is not None or not result.neighbors:
+        return _threshold_note(args)
+    return (
+        f"none of these; the nearest texts voted {result.voted_label!r}, but the model's "
+        "abstention rule found them too far or the vote too unsure"
+    )
+
+
 def _print_prediction(result, args) -> None:
-    shown = result.label or f"(abstained: {_threshold_note(args)})"
+    shown = result.label or f"(abstained: {_abstention_note(result, args)})"
     print(
         f"label {shown}  confidence {result.confidence:.3f}  (index version {result.index_version})"
     )

