@@ -315,6 +315,12 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 seq = committer.submit(change)
         except WritesUnavailable as error:
             raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(error)) from None
+        except OSError as error:  # the journal could not take it (disk full, size limit)
+            raise _Abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the write was not recorded (the write journal failed: {error}); "
+                "nothing of it was kept: retry it later",
+            ) from None
         return seq
 
     def Upsert(self, request, context):

@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 from siamese_search.core.atomic import write_bytes_atomic
 from siamese_search.core.model_artifact import EmbeddingModel
@@ -78,7 +77,9 @@ class Journal:
         self._next = max(self.records, default=0) + 1
         # rewritten at once: a line torn by a crash mid-append (never acknowledged) must
         # not stay, or the next append would continue it and be unreadable at replay
-        self._handle: TextIO | None = None
+        self._fd: int | None = None
+        #: why appends are refused: a failed append whose bytes could not be cut back
+        self._broken: str | None = None
         self._rewrite()
 
     @property
@@ -109,9 +110,38 @@ class Journal:
             "labels": list(change.labels) if change.labels is not None else None,
             "label": change.label,
         }
-        _append_line(self._handle, record)
+        self._append(_line(record))
         self.records[seq] = record
         return seq
+
+    def _append(self, data: bytes) -> None:
+        """Write and fsync one line; on failure (disk full, file size limit, I/O error)
+        cut the file back to where it was before raising, so no half line stays for the
+        next append to land on (that append would be acknowledged, then unreadable at
+        replay: a lost write). If even the cut fails, refuse every later append."""
+        if self._broken is not None:
+            raise OSError(f"the write journal {self.path} cannot take writes: {self._broken}")
+        assert self._fd is not None
+        before = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        except OSError as error:
+            try:
+                os.ftruncate(self._fd, before)
+                os.fsync(self._fd)
+            except OSError as cut_error:
+                self._broken = (
+                    f"an append failed ({error}) and its partial bytes could not be removed "
+                    f"({cut_error}); restart the server once the cause is fixed"
+                )
+            log.error(
+                "journal_append_failed",
+                extra={"fields": {"path": str(self.path), "error": str(error)[:300]}},
+            )
+            raise
 
     def drop_through(self, seq: int) -> None:
         """Forget entries up to `seq` (they are in a published version)."""
@@ -127,16 +157,22 @@ class Journal:
 
     def _rewrite(self) -> None:
         """The file replaced atomically by what `records` holds; reopened for appends."""
-        if self._handle is not None:
-            self._handle.close()
-        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records.values())
-        write_bytes_atomic(self.path, lines.encode("utf-8"))
-        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        write_bytes_atomic(self.path, b"".join(_line(r) for r in self.records.values()))
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._broken = None  # the file is whole again
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self._lock_file.close()
+
+
+def _line(record: dict) -> bytes:
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def _append_line(handle, record: dict) -> None:

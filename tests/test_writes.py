@@ -332,6 +332,53 @@ def test_a_line_torn_by_a_crash_does_not_swallow_the_next_write(tmp_path):
     replayed.close()
 
 
+_FAILING_APPEND = """
+import resource, sys
+from pathlib import Path
+from siamese_search.indexer.build import Change
+from siamese_search.server.writes import Journal
+
+journal = Journal(Path(sys.argv[1]))
+journal.append(Change("delete", ("first",)))
+size = (Path(sys.argv[1]) / "pending-writes.jsonl").stat().st_size
+hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 40, hard))  # room for part of a line
+try:
+    journal.append(Change("delete", tuple(f"id-{i}" for i in range(50))))
+    print("the oversized append was taken")
+    sys.exit(1)
+except OSError as error:  # EFBIG: past the file size limit (Python ignores SIGXFSZ)
+    print("refused:", error)
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+journal.append(Change("delete", ("acknowledged",)))  # acknowledged: must survive
+journal.close()
+"""
+
+
+def test_a_failed_append_leaves_nothing_for_the_next_acknowledged_write_to_land_on(tmp_path):
+    """Appends failing part-way (here a real file size limit, as with a full disk):
+    the write after it is acknowledged and must be replayed after a restart. Before
+    the fix, the failed append's partial bytes stayed and the next line landed on them."""
+    import subprocess
+    import sys
+
+    from siamese_search.server.writes import Journal
+
+    run = subprocess.run(
+        [sys.executable, "-c", _FAILING_APPEND, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "refused" in run.stdout
+    replayed = Journal(tmp_path)
+    try:
+        assert [change.ids for _, change in replayed.entries] == [("first",), ("acknowledged",)]
+    finally:
+        replayed.close()
+
+
 def test_a_second_server_on_the_same_index_refuses_writes(index_dir):
     first = _start(index_dir)
     second = _start(index_dir)
