@@ -175,12 +175,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: shortest token accepted: a token a guess could find is no lock
+MIN_TOKEN_CHARS = 16
+
+
 def _read_token(path: Path | None, flag: str, variable: str) -> str | None:
+    """The token a flag's file (or else the variable) holds. A file or variable that is
+    given but empty, short or not printable ASCII refuses the start: it would otherwise
+    leave auth off (or be unusable in a header) without a word."""
+    source = f"{path} ({flag})" if path is not None else f"${variable}"
     if path is None:
-        return os.environ.get(variable) or None
-    if not path.is_file():
-        raise UserError(f"{path}: no such file ({flag})")
-    return path.read_text("utf-8").strip() or None
+        token = os.environ.get(variable)
+        if token is None:
+            return None
+    else:
+        if not path.is_file():
+            raise UserError(f"{path}: no such file ({flag})")
+        try:
+            token = path.read_text("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"{source} is not UTF-8 text; put the token in it") from None
+    token = token.strip()
+    if not token:
+        raise UserError(
+            f"{source} is empty, which would leave auth off; put a token in it (e.g. "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or leave the "
+            "flag out to run without auth"
+        )
+    if len(token) < MIN_TOKEN_CHARS or not (token.isascii() and token.isprintable()):
+        raise UserError(
+            f"{source}: the token must be at least {MIN_TOKEN_CHARS} printable ASCII "
+            f"characters without spaces around it (this one has {len(token)})"
+        )
+    return token
 
 
 def config_from_args(args) -> ServerConfig:

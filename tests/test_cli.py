@@ -242,3 +242,17 @@ def test_train_and_load_with_a_savedmodel_encoder(tmp_path):
     assert model.encoder.dim == 16 and model.embed(["fix crash"]).shape == (1, 16 + 128)
     assert model.meaning_encoder is None  # not fine-tuned: one encoder makes both parts
 
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("", "is empty, which would leave auth off"), ("  \n\t\n", "is empty"), ("abc", "at least 16")],
+)
+def test_serve_refuses_a_token_file_that_would_leave_auth_off(tmp_path, capsys, content, message):
+    """An empty or whitespace-only --token-file used to start the server with auth off."""
+    from siamese_search.server.cli import main as serve_main
+
+    token_file = tmp_path / "token"
+    token_file.write_text(content)
+    argv = ["--index", str(tmp_path / "index"), "--port", "0", "--token-file", str(token_file)]
+    assert serve_main(argv) != 0
+    assert message in capsys.readouterr().err
