@@ -11,6 +11,16 @@ gRPC-Gateway's shape, `{"code": <gRPC code>, "message": ..., "details": []}`, wi
 gRPC-Gateway's HTTP status for the gRPC status. `GET /openapi.json` serves the
 OpenAPI document generated from the .proto (`server/generated/search.openapi.json`).
 
+Framing is strict, since a request the gateway refuses must never leave bytes that
+the next read would take for a request (request smuggling / desync): one
+Content-Length of digits only (a negative or repeated one is refused), no
+Transfer-Encoding, and every refusal made before the body is read closes the
+connection. A request's line, headers and body must arrive within
+REQUEST_SECONDS in all (a client trickling a byte at a time cannot hold a slot), and
+bodies must be `application/json` (so a browser page on another site cannot send a
+write as a "simple" cross-site request; no CORS headers are sent). Any other method
+gets 405 with a JSON body.
+
 A thread serves each connection, so open connections are capped (`max_connections`):
 one beyond the cap gets a 503 at once (plain HTTP) or is closed (HTTPS) and is logged.
 The TLS handshake runs in the connection's thread under the idle timeout: done in
@@ -63,6 +73,9 @@ HTTP_STATUS = {
     grpc.StatusCode.DATA_LOSS: 500,
 }
 IDLE_SECONDS = 30.0
+#: a request's line, headers and body must all arrive within this many seconds
+REQUEST_SECONDS = 30.0
+_DIGITS = re.compile(r"^[0-9]{1,18}$")
 _FULL = json.dumps(
     {
         "code": grpc.StatusCode.UNAVAILABLE.value[0],
@@ -241,8 +254,41 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self):
         self._dispatch("DELETE")
 
+    def _not_allowed(self) -> None:
+        """Methods no route takes (HEAD, OPTIONS, PATCH, TRACE, ...): 405 in JSON."""
+        self.close_connection = True  # a body, if any, is not read
+        self._error(
+            HTTPStatus.METHOD_NOT_ALLOWED,
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"method {self.command} is not served; GET /openapi.json lists the routes",
+        )
+
+    do_HEAD = do_OPTIONS = do_PATCH = do_TRACE = do_CONNECT = _not_allowed
+
+    def handle_one_request(self):
+        """One request under REQUEST_SECONDS for its line, headers and body (the socket
+        timeout alone bounds each read, not the request): when it runs out, the socket
+        is shut down and the connection ends."""
+        self._deadline = threading.Timer(REQUEST_SECONDS, self._out_of_time)
+        self._deadline.daemon = True
+        self._deadline.start()
+        try:
+            super().handle_one_request()
+        finally:
+            self._deadline.cancel()
+
+    def _out_of_time(self) -> None:
+        self.close_connection = True
+        try:
+            self.request.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     def _dispatch(self, verb: str) -> None:
         path = self.path.split("?", 1)[0]
+        if self.headers.get_all("Transfer-Encoding"):
+            self._refuse(411, "send the body with a Content-Length (no chunked bodies)")
+            return
         if verb == "GET" and path == "/openapi.json":
             self._send(200, self.owner.openapi)
             return
@@ -250,6 +296,7 @@ class _Handler(BaseHTTPRequestHandler):
         if route is None:
             known = any(p == path for _, p in self.owner.routes)
             http = HTTPStatus.METHOD_NOT_ALLOWED if known else HTTPStatus.NOT_FOUND
+            self.close_connection = True  # its body, if any, is not read
             self._error(
                 http,
                 grpc.StatusCode.UNIMPLEMENTED if known else grpc.StatusCode.NOT_FOUND,
@@ -259,11 +306,18 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             request = self._read_request(route)
         except _BadRequest as error:
-            self._error(error.http, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            self._refuse(error.http, str(error))
             return
-        metadata = tuple(
-            ("authorization", value) for value in self.headers.get_all("Authorization", [])
-        )
+        self._deadline.cancel()  # the request is in; the call has its own deadline
+        values = self.headers.get_all("Authorization", [])
+        if not all(value.isascii() and value.isprintable() for value in values):
+            self._error(
+                HTTPStatus.UNAUTHORIZED,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the Authorization header must be printable ASCII: 'Bearer <token>'",
+            )
+            return
+        metadata = tuple(("authorization", value) for value in values)
         timeout = _timeout(self.headers.get("Grpc-Timeout"))
         try:
             response = self.owner._calls[route.full_name](
@@ -278,25 +332,39 @@ class _Handler(BaseHTTPRequestHandler):
         )
         self._send(200, body.encode("utf-8"))
 
+    def _refuse(self, http: int, message: str) -> None:
+        """Answer a request refused before its body was read, and end the connection:
+        what is left unread must never be parsed as the next request."""
+        self.close_connection = True
+        self._error(http, grpc.StatusCode.INVALID_ARGUMENT, message)
+
     def _read_request(self, route: Route):
-        length_header = self.headers.get("Content-Length")
-        if route.has_body:
-            if self.headers.get("Transfer-Encoding"):
-                raise _BadRequest(411, "send the body with a Content-Length (no chunked bodies)")
-            if length_header is None:
-                raise _BadRequest(411, "send the body with a Content-Length")
-        try:
-            length = int(length_header or 0)
-        except ValueError:
-            raise _BadRequest(400, "Content-Length is not a number") from None
+        lengths = self.headers.get_all("Content-Length") or []
+        if len(lengths) > 1:
+            raise _BadRequest(400, "send one Content-Length header, not several")
+        length_header = lengths[0].strip() if lengths else None
+        if route.has_body and length_header is None:
+            raise _BadRequest(411, "send the body with a Content-Length")
+        if length_header is not None and not _DIGITS.match(length_header):
+            raise _BadRequest(400, f"Content-Length {length_header[:40]!r} is not a byte count")
+        length = int(length_header or 0)
         if length > self.owner.max_body_bytes:
-            self.close_connection = True  # the body is not read: the connection cannot go on
             raise _BadRequest(
                 413,
                 f"the body has {length} bytes; the limit is {self.owner.max_body_bytes}. "
                 "Split the call (the server's limits are in GET /v1/info)",
             )
+        if route.has_body:
+            kind = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+            if kind != "application/json":
+                raise _BadRequest(
+                    415, "send the body as JSON with 'Content-Type: application/json'"
+                )
+        if not route.has_body and length:
+            raise _BadRequest(400, f"{route.verb} {route.path} takes no body")
         raw = self.rfile.read(length) if length else b""
+        if len(raw) != length:
+            raise _BadRequest(400, f"the body ended after {len(raw)} of {length} bytes")
         request = route.request_class()
         if route.has_body:
             try:
@@ -308,8 +376,6 @@ class _Handler(BaseHTTPRequestHandler):
                     f"the body is not a valid {route.request_class.__name__} in JSON: "
                     f"{message[:300]}",
                 ) from None
-        elif raw:
-            raise _BadRequest(400, f"{route.verb} {route.path} takes no body")
         return request
 
     def _error(self, http: int, code: grpc.StatusCode, message: str) -> None:

@@ -217,3 +217,119 @@ def test_connections_beyond_the_cap_get_503_at_once(index_dir):
         for connection in idle:
             connection.close()
         running.stop(0)
+
+
+# ---- attacks on the framing, as an outsider would send them (raw sockets) -----------------
+def _raw(server, data: bytes, wait: float = 10.0) -> bytes:
+    """Send raw bytes, read until the server closes (or `wait` passes)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=wait) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except TimeoutError:
+            chunks.append(b"<still open>")
+        return b"".join(chunks)
+
+
+def test_a_negative_content_length_is_refused_before_any_body_is_read(server):
+    """It used to read the body to EOF, unbounded, before auth (200 MB sent took the
+    server past 1 GB). The answer must come with only the headers sent."""
+    answer = _raw(
+        server,
+        b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: -1\r\n\r\n",  # and no body: the answer must not wait for one
+    )
+    assert answer.startswith(b"HTTP/1.1 400") and b"not a byte count" in answer
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"POST /v1/nothing HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n",  # 404
+        b"PUT /v1/search HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n",  # 405
+        b"GET /v1/info HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n",  # body on GET
+        b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: %d\r\n\r\n",  # not JSON
+        b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nContent-Length: 5\r\n\r\n",
+        b"POST /v1/search HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"X-Length: %d\r\n\r\n",
+    ],
+)
+def test_a_refused_request_never_runs_what_was_sent_after_it(server, first):
+    """Request desync: the refused request's body is a second request; it used to be
+    parsed and executed on the same connection."""
+    smuggled = b"GET /v1/info HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = _raw(server, (first % len(smuggled)) + smuggled)
+    assert answer.count(b"HTTP/1.1 ") == 1, answer[:500]
+    assert b"HTTP/1.1 200" not in answer and b"<still open>" not in answer
+
+
+def test_a_cross_site_form_post_cannot_write(server):
+    """A browser page can POST text/plain anywhere without a preflight: writes must
+    need JSON."""
+    body = json.dumps({"examples": [{"id": "x1", "text": "evil", "label": "1"}], "wait": True})
+    status, answer = _http(
+        server, "POST", "/v1/examples:upsert", body.encode(), {"Content-Type": "text/plain"}
+    )
+    assert status == 415 and "application/json" in answer["message"]
+    with SearchClient(f"127.0.0.1:{server.port}") as client:
+        assert client.info().count == 100
+
+
+@pytest.mark.parametrize("verb", ["HEAD", "OPTIONS", "PATCH", "TRACE"])
+def test_other_methods_get_405_in_json(server, verb):
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+    try:
+        connection.request(verb, "/v1/search")
+        response = connection.getresponse()
+        assert response.status == 405
+        assert response.getheader("Content-Type") == "application/json"
+        if verb != "HEAD":
+            assert json.loads(response.read())["code"] == 12
+    finally:
+        connection.close()
+
+
+def test_a_non_ascii_authorization_header_is_401_not_500(server):
+    answer = _raw(
+        server,
+        b"GET /v1/info HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xe9t\xe9\r\n"
+        b"Connection: close\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+
+
+def test_a_client_trickling_its_headers_is_cut_off(server, monkeypatch):
+    """Slowloris: one header byte now and then kept a slot for as long as the client
+    liked (the idle limit is per read). The whole request has a deadline."""
+    import socket
+    import time
+
+    from siamese_search.server import gateway
+
+    monkeypatch.setattr(gateway, "REQUEST_SECONDS", 1.0)
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:
+        sock.sendall(b"GET /v1/info HTTP/1.1\r\n")
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < 8:
+            try:
+                sock.sendall(b"X")
+                time.sleep(0.2)
+                sock.setblocking(False)
+                try:
+                    if sock.recv(1024) == b"":
+                        closed = True
+                        break
+                except BlockingIOError:
+                    pass
+                finally:
+                    sock.setblocking(True)
+            except OSError:
+                closed = True
+                break
+        assert closed and time.monotonic() - started < 4
