@@ -177,6 +177,7 @@ class SearchServer:
                 model_for_writes=lambda: self.holder.model,
                 published=self._published,
                 options=BuildOptions(show_progress=False, milvus=config.milvus),
+                salvage_journal=config.salvage_journal,
             )
         except WritesUnavailable as error:
             log.warning("writes_off", extra={"fields": {"reason": str(error)}})

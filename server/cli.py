@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="... or once the oldest pending write is this old (0: no time trigger)",
     )
     parser.add_argument(
+        "--salvage-journal",
+        action="store_true",
+        help="start even if the write journal has unreadable lines: keep its readable "
+        "entries, move the unreadable lines to rejected-writes.jsonl (a copy of the damaged "
+        "file is kept either way); without it such a server refuses to start",
+    )
+    parser.add_argument(
         "--no-writes", action="store_true", help="refuse Upsert / Delete (FAILED_PRECONDITION)"
     )
     parser.add_argument("--workers", type=int, default=8, help="concurrent calls")
@@ -238,6 +245,7 @@ def config_from_args(args) -> ServerConfig:
         http_max_connections=args.http_max_connections,
         writes=not args.no_writes,
         commit_policy=CommitPolicy(args.commit_rows, args.commit_seconds),
+        salvage_journal=args.salvage_journal,
         model_dir=args.model,
         host=args.host,
         port=args.port,

@@ -76,6 +76,9 @@ class ServerConfig:
     #: take Upsert / Delete (needs index_dir: the writer works on the index directory)
     writes: bool = True
     commit_policy: CommitPolicy = CommitPolicy()
+    #: start with a damaged write journal: keep its readable entries, set the unreadable
+    #: lines aside in rejected-writes.jsonl (default: refuse to start, say where it is)
+    salvage_journal: bool = False
 
     @property
     def max_concurrent_calls(self) -> int:

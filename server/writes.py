@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from siamese_search.core.atomic import write_bytes_atomic
+from siamese_search.core.errors import UserError
 from siamese_search.core.model_artifact import EmbeddingModel
 from siamese_search.indexer.build import (
     BuildOptions,
@@ -56,14 +57,55 @@ class WritesUnavailable(Exception):
     """Writes cannot be taken (another server holds them, or no index directory)."""
 
 
+class JournalDamaged(UserError):
+    """The journal has lines that cannot be read: acknowledged writes may be in them."""
+
+
+KINDS = ("upsert", "delete", "delete-label")
+
+
+def why_invalid(record: object) -> str | None:
+    """Why a parsed journal record can never apply (None: it can). Checked when the
+    journal is read, so one bad entry is set aside instead of failing every commit."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if not isinstance(record.get("seq"), int) or record["seq"] < 1:
+        return "no positive integer seq"
+    if record.get("kind") not in KINDS:
+        return f"unknown kind {record.get('kind')!r}"
+    ids, texts, labels = record.get("ids", []), record.get("texts", []), record.get("labels")
+    for name, values in (("ids", ids), ("texts", texts)):
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            return f"{name} is not a list of strings"
+    if labels is not None and (
+        not isinstance(labels, list) or not all(isinstance(v, str) for v in labels)
+    ):
+        return "labels is not a list of strings"
+    if not isinstance(record.get("label", ""), str):
+        return "label is not a string"
+    if record["kind"] == "upsert" and (
+        len(texts) != len(ids) or (labels is not None and len(labels) != len(ids))
+    ):
+        return "ids, texts and labels differ in length"
+    return None
+
+
 class Journal:
     """Append-only log of acknowledged, not yet published changes (one process at a time).
 
     The file holds one JSON record a line; `records` mirrors it in memory (seq ->
     record), so rewrites never re-read or re-parse the file.
+
+    Read at open: a last line without its newline is an append torn by a crash (never
+    acknowledged: the acknowledgement follows the fsync of the whole line) and is
+    dropped. A record that parses but can never apply goes to `REJECTED` with the
+    reason. Any other unreadable line is damage, and may hold acknowledged writes: a
+    copy of the file is kept (`pending-writes.jsonl.damaged-<time>`) and the journal
+    refuses to open (`JournalDamaged`), unless `salvage`, which keeps the readable
+    entries and moves the unreadable lines to `REJECTED`.
     """
 
-    def __init__(self, index_dir: Path):
+    def __init__(self, index_dir: Path, salvage: bool = False):
         self.path = Path(index_dir) / JOURNAL
         self._lock_file = open(Path(index_dir) / WRITES_LOCK, "a+")  # noqa: SIM115
         try:
@@ -73,7 +115,11 @@ class Journal:
             raise WritesUnavailable(
                 f"another siamese-serve takes writes for {index_dir}; send writes there"
             ) from None
-        self.records: dict[int, dict] = self._read()
+        try:
+            self.records: dict[int, dict] = self._read(salvage)
+        except BaseException:
+            self._lock_file.close()
+            raise
         self._next = max(self.records, default=0) + 1
         # rewritten at once: a line torn by a crash mid-append (never acknowledged) must
         # not stay, or the next append would continue it and be unreadable at replay
@@ -86,16 +132,62 @@ class Journal:
     def entries(self) -> list[tuple[int, Change]]:
         return [(seq, _change(record)) for seq, record in self.records.items()]
 
-    def _read(self) -> dict[int, dict]:
+    def _read(self, salvage: bool) -> dict[int, dict]:
         if not self.path.is_file():
             return {}
-        records = {}
-        for line in self.path.read_text("utf-8").splitlines():
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        lines.pop()  # after the last newline: empty, or an append torn by a crash
+        records: dict[int, dict] = {}
+        unreadable: list[tuple[int, bytes]] = []
+        invalid: list[tuple[object, str]] = []
+        for number, line in enumerate(lines, start=1):
             try:
-                record = json.loads(line)
-                records[int(record["seq"])] = record
-            except (ValueError, KeyError, TypeError):
-                continue  # torn by a crash mid-append: it was never acknowledged
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                unreadable.append((number, line))
+                continue
+            reason = why_invalid(record)
+            if reason is not None or record["seq"] in records:
+                invalid.append((record, reason or f"seq {record['seq']} repeated"))
+                continue
+            records[record["seq"]] = record
+        if unreadable:
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            copy = self.path.with_name(f"{JOURNAL}.damaged-{stamp}")
+            write_bytes_atomic(copy, data)
+            lines_named = ", ".join(str(n) for n, _ in unreadable[:10])
+            log.error(
+                "journal_damaged",
+                extra={
+                    "fields": {
+                        "path": str(self.path),
+                        "copy": str(copy),
+                        "unreadable_lines": len(unreadable),
+                        "readable_entries": len(records),
+                        "salvage": salvage,
+                    }
+                },
+            )
+            if not salvage:
+                raise JournalDamaged(
+                    f"the write journal {self.path} has {len(unreadable)} unreadable line(s) "
+                    f"(line {lines_named}); they may hold acknowledged writes. A copy is in "
+                    f"{copy}. Look at it, then start with --salvage-journal to keep the "
+                    f"{len(records)} readable entries (the unreadable lines go to {REJECTED})"
+                )
+            invalid.extend(
+                ({"line": n, "bytes": line.decode("utf-8", "backslashreplace")}, "unreadable")
+                for n, line in unreadable
+            )
+        if invalid:
+            with open(self.path.parent / REJECTED, "a", encoding="utf-8") as handle:
+                for entry, reason in invalid:
+                    _append_line(handle, {"rejected": reason, "entry": entry})
+            log.error(
+                "journal_entries_rejected",
+                extra={"fields": {"path": str(self.path), "entries": len(invalid)}},
+            )
         return records
 
     def append(self, change: Change) -> int:
@@ -202,15 +294,19 @@ class Committer:
         model_for_writes: Callable[[], EmbeddingModel],
         published: Callable[[str], None],
         options: BuildOptions,
+        salvage_journal: bool = False,
     ):
         self.index_dir = Path(index_dir)
+        self._salvage = salvage_journal
         self.policy = policy
         self._model_for_writes = model_for_writes
         self._published = published  # called with the new version (the server swaps it in)
         self._options = options
         # a server may start before the index directory exists (it waits for a build):
         # the journal is then opened with the first write
-        self.journal: Journal | None = Journal(index_dir) if self.index_dir.is_dir() else None
+        self.journal: Journal | None = (
+            Journal(index_dir, salvage_journal) if self.index_dir.is_dir() else None
+        )
         self._cond = threading.Condition()
         self._committed_through = 0
         self._waiting = 0
@@ -232,7 +328,7 @@ class Committer:
         server holds this index's writes."""
         with self._cond:
             if self.journal is None:
-                self.journal = Journal(self.index_dir)
+                self.journal = Journal(self.index_dir, self._salvage)
             seq = self.journal.append(change)
             if self._oldest is None:
                 self._oldest = time.monotonic()

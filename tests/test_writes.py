@@ -379,6 +379,66 @@ def test_a_failed_append_leaves_nothing_for_the_next_acknowledged_write_to_land_
         replayed.close()
 
 
+_GOOD = '{"seq": %d, "kind": "delete", "ids": ["%s"], "texts": [], "labels": null, "label": ""}'
+
+
+@pytest.mark.parametrize("damage", [b"{not json at all", b'{"seq": 2, "kind": "del\xff\xfe"}'])
+def test_a_damaged_journal_is_kept_aside_and_refused_never_emptied(tmp_path, damage):
+    """An unreadable line in the middle (or a byte that is not UTF-8) used to be
+    skipped and the journal rewritten without it: acknowledged writes gone, nothing
+    said. Now the server refuses to start, a copy is kept, and --salvage-journal keeps
+    the readable entries and sets the unreadable line aside."""
+    import json
+
+    from siamese_search.server.writes import REJECTED, Journal, JournalDamaged
+
+    data = (
+        (_GOOD % (1, "a")).encode() + b"\n" + damage + b"\n" + (_GOOD % (3, "c")).encode() + b"\n"
+    )
+    (tmp_path / JOURNAL).write_bytes(data)
+    with pytest.raises(JournalDamaged, match="1 unreadable line.*--salvage-journal"):
+        Journal(tmp_path)
+    assert (tmp_path / JOURNAL).read_bytes() == data  # untouched
+    copies = list(tmp_path.glob(JOURNAL + ".damaged-*"))
+    assert len(copies) == 1 and copies[0].read_bytes() == data
+    salvaged = Journal(tmp_path, salvage=True)
+    try:
+        assert [change.ids for _, change in salvaged.entries] == [("a",), ("c",)]
+    finally:
+        salvaged.close()
+    rejected = [json.loads(line) for line in (tmp_path / REJECTED).read_text().splitlines()]
+    assert [r["rejected"] for r in rejected] == ["unreadable"] and rejected[0]["entry"]["line"] == 2
+
+
+def test_an_entry_that_can_never_apply_is_set_aside_and_later_writes_commit(index_dir):
+    """An entry with texts shorter than its ids (or an unknown kind) used to fail
+    every commit, for ever: every later write waited, then UNAVAILABLE."""
+    import json
+
+    from siamese_search.server.writes import REJECTED
+
+    bad = [
+        '{"seq": 1, "kind": "upsert", "ids": ["x", "y"], "texts": ["only one"], '
+        '"labels": ["1", "1"], "label": ""}',
+        '{"seq": 2, "kind": "shred", "ids": [], "texts": [], "labels": null, "label": ""}',
+    ]
+    (index_dir / JOURNAL).write_text("\n".join(bad) + "\n")
+    server = _start(index_dir)
+    try:
+        with SearchClient(f"127.0.0.1:{server.port}") as client:
+            written = client.upsert(
+                [Example("Translate the menu into Welsh", "1", "w1")], wait=True
+            )
+            assert written.committed
+            assert client.search("Translate the menu into Welsh", k=1).neighbors[0].id == "w1"
+    finally:
+        server.stop(0)
+    reasons = [
+        json.loads(line)["rejected"] for line in (index_dir / REJECTED).read_text().splitlines()
+    ]
+    assert reasons == ["ids, texts and labels differ in length", "unknown kind 'shred'"]
+
+
 def test_a_second_server_on_the_same_index_refuses_writes(index_dir):
     first = _start(index_dir)
     second = _start(index_dir)
