@@ -245,7 +245,11 @@ def test_train_and_load_with_a_savedmodel_encoder(tmp_path):
 
 @pytest.mark.parametrize(
     "content, message",
-    [("", "is empty, which would leave auth off"), ("  \n\t\n", "is empty"), ("abc", "at least 16")],
+    [
+        ("", "is empty, which would leave auth off"),
+        ("  \n\t\n", "is empty"),
+        ("abc", "at least 16"),
+    ],
 )
 def test_serve_refuses_a_token_file_that_would_leave_auth_off(tmp_path, capsys, content, message):
     """An empty or whitespace-only --token-file used to start the server with auth off."""
