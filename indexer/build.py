@@ -768,9 +768,18 @@ def rollback(
     """Point CURRENT at a retained version: `to`, or the newest one before the current.
 
     Returns (previous, now current). A server picks it up like any new version. The
-    target is verified (manifest checksum) before CURRENT moves.
+    target is verified (manifest checksum) before CURRENT moves. Refused while a server
+    takes writes for the index (see `layout.writes_are_taken`).
     """
     index_dir = Path(index_dir)
+    if layout.writes_are_taken(index_dir):
+        # its journal and commits build on CURRENT: moving CURRENT back under it would
+        # drop acknowledged writes, and a later rollback could bring them back
+        raise UserError(
+            f"a siamese-serve takes writes for {index_dir}; stop it (its pending writes "
+            "stay journaled and are applied on top of the rolled-back version at its next "
+            "start), or restart it with --no-writes, then roll back"
+        )
     with layout.writer_lock(index_dir, wait):
         current = layout.current_version(index_dir)
         versions = layout.list_versions(index_dir)

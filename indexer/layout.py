@@ -97,6 +97,24 @@ def version_dir(index_dir: Path, name: str) -> Path:
     return Path(index_dir) / VERSIONS / name
 
 
+#: held (flock) by the siamese-serve that takes writes for an index directory
+WRITES_LOCK = ".writes.lock"
+
+
+def writes_are_taken(index_dir: Path) -> bool:
+    """Whether a server takes writes (Upsert / Delete) for this index right now."""
+    path = Path(index_dir) / WRITES_LOCK
+    if not path.is_file():
+        return False
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return False
+
+
 @contextlib.contextmanager
 def writer_lock(index_dir: Path, wait: float = DEFAULT_WAIT_SECONDS) -> Iterator[None]:
     """One writer at a time per index directory, from reading its base to publishing.

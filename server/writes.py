@@ -31,6 +31,7 @@ from pathlib import Path
 from siamese_search.core.atomic import write_bytes_atomic
 from siamese_search.core.errors import UserError
 from siamese_search.core.model_artifact import EmbeddingModel
+from siamese_search.indexer import layout
 from siamese_search.indexer.build import (
     BuildOptions,
     BuildReport,
@@ -44,7 +45,7 @@ log = logging.getLogger("siamese.server")
 JOURNAL = "pending-writes.jsonl"
 #: journaled writes that could never apply (kept, not lost: an operator can look)
 REJECTED = "rejected-writes.jsonl"
-WRITES_LOCK = ".writes.lock"
+WRITES_LOCK = layout.WRITES_LOCK
 
 
 @dataclass(frozen=True)

@@ -199,7 +199,9 @@ def test_build_onto_versions_needs_replace_and_rollback_and_list(tmp_path, train
 
 def test_rollback_is_served_with_no_failed_call(tmp_path, model, index_dir):
     add_to_index(index_dir, model, _table(tmp_path / "b.csv", _rows("b", 5)), COLUMNS, QUIET)
-    server = SearchServer(ServerConfig(index_dir=index_dir, port=0, reload_interval=0.05)).start()
+    # a server that takes writes refuses rollbacks (next test): this one serves read-only
+    config = ServerConfig(index_dir=index_dir, port=0, reload_interval=0.05, writes=False)
+    server = SearchServer(config).start()
     failures, versions, stop = [], [], threading.Event()
 
     def client():
@@ -231,6 +233,24 @@ def test_rollback_is_served_with_no_failed_call(tmp_path, model, index_dir):
     assert not failures
     assert versions.count("000002") > 0 and versions[-1] == "000001"
     assert versions.index("000001") > versions.index("000002")
+
+
+def test_rollback_is_refused_while_a_server_takes_writes(tmp_path, model, index_dir):
+    """Rolling back under a server that takes writes silently dropped acknowledged
+    writes (its commits build on CURRENT), and a later rollback could resurrect them."""
+    from siamese_search.client import Example, SearchClient
+
+    server = SearchServer(ServerConfig(index_dir=index_dir, port=0)).start()
+    try:
+        with SearchClient(f"127.0.0.1:{server.port}") as client:
+            client.upsert([Example("Fix the flaky login test", "1", "w-1")], wait=True)
+        before = layout.current_version(index_dir)
+        with pytest.raises(UserError, match="takes writes"):
+            rollback(index_dir)
+        assert layout.current_version(index_dir) == before
+    finally:
+        server.stop(0)
+    assert rollback(index_dir) == (before, "000001")  # with the server gone it may
 
 
 def test_tampered_manifest_and_escaping_current_are_refused(tmp_path, index_dir):
