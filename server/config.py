@@ -112,6 +112,8 @@ class ServerConfig:
         for path in (self.tls_cert, self.tls_key):
             if path is not None and not Path(path).is_file():
                 raise UserError(f"{path}: no such file (TLS certificate or key)")
+        if self.tls_cert is not None and self.tls_key is not None:
+            _check_tls_pair(Path(self.tls_cert), Path(self.tls_key))
         for name, value in (("bearer token", self.token), ("admin token", self.admin_token)):
             if value is not None and len(value) < 16:
                 raise UserError(f"the {name} must be at least 16 characters")
@@ -127,3 +129,18 @@ class ServerConfig:
             raise UserError("--http-max-connections must be at least 1")
         if self.commit_policy.every_rows < 1 or self.commit_policy.every_seconds < 0:
             raise UserError("--commit-rows must be at least 1 and --commit-seconds at least 0")
+
+
+def _check_tls_pair(cert: Path, key: Path) -> None:
+    """Load the pair as the servers will, so a wrong file is named now: gRPC's own
+    failure only says it could not add the port ("is the port in use?")."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except ssl.SSLError as error:
+        raise UserError(
+            f"--tls-cert {cert} and --tls-key {key} are not a PEM certificate and its private "
+            f"key ({error.reason or error}); are the two swapped, or is one another file?"
+        ) from None

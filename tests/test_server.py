@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from siamese_search.client import RetryPolicy, SearchClient
 from siamese_search.client.cli import main as query_main
+from siamese_search.core.errors import UserError
 from siamese_search.core.model_artifact import load_model
 from siamese_search.core.tables import Columns
 from siamese_search.indexer.backends.milvus_backend import MilvusTarget
@@ -512,6 +513,12 @@ def _self_signed(tmp_path):
         )
     )
     return cert_path, key_path
+
+
+def test_swapped_tls_files_are_named_not_taken_for_a_busy_port(tmp_path, index_dir):
+    cert, key = _self_signed(tmp_path)
+    with pytest.raises(UserError, match="are the two swapped"):
+        ServerConfig(index_dir=index_dir, port=0, tls_cert=key, tls_key=cert)
 
 
 def test_tls_and_bearer_token(tmp_path, index_dir):
