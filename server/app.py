@@ -182,6 +182,10 @@ class SearchServer:
         except WritesUnavailable as error:
             log.warning("writes_off", extra={"fields": {"reason": str(error)}})
             return None, str(error)
+        self.metrics.commit_failing.set_function(lambda: float(committer.failing_since is not None))
+        self.metrics.pending_writes.set_function(
+            lambda: float(len(committer.journal.records)) if committer.journal else 0.0
+        )
         return committer, ""
 
     def _published(self, version: str) -> None:

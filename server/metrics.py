@@ -40,6 +40,16 @@ class Metrics:
             "1 while the last reload failed (GetInfo.last_reload_error says why)",
             registry=self.registry,
         )
+        self.commit_failing = Gauge(
+            "siamese_commit_failing",
+            "1 while commits of acknowledged writes fail (GetInfo.last_commit_error says why)",
+            registry=self.registry,
+        )
+        self.pending_writes = Gauge(
+            "siamese_pending_writes",
+            "Acknowledged writes not yet in a served index version",
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "siamese_calls_in_flight", "Unary calls being worked on", registry=self.registry
         )

@@ -264,6 +264,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 max_call_chars=self.limits.max_call_chars,
                 last_reload_error=self.holder.last_error or "",
                 last_reload_error_at=self.holder.last_error_at or "",
+                **self._write_status(),
                 server_version=self.version,
                 loaded_at=serving.loaded_at,
             )
@@ -271,6 +272,19 @@ class SearchService(pb_grpc.SearchServiceServicer):
         return self._call(context, work)
 
     # ---- writes ---------------------------------------------------------------
+    def _write_status(self) -> dict:
+        """GetInfo's write fields: what is pending and why commits fail, if they do."""
+        if not isinstance(self.writes, Committer):
+            return {}
+        since = self.writes.failing_since
+        return {
+            "pending_writes": len(self.writes.journal.records) if self.writes.journal else 0,
+            "last_commit_error": self.writes.last_failure[:2000] if since else "",
+            "last_commit_error_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+            if since
+            else "",
+        }
+
     def _committer(self) -> Committer:
         if not isinstance(self.writes, Committer):
             raise _Abort(

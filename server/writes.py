@@ -315,6 +315,8 @@ class Committer:
             time.monotonic() if self.journal and self.journal.records else None
         )
         self._failure: tuple[int, str] | None = None  # (through seq, why) of the last failure
+        #: when commits started failing (None: the last one succeeded); GetInfo, metrics
+        self.failing_since: float | None = None
         self._rejected: dict[int, str] = {}  # seq -> why it can never apply
         #: after a conflict, commit one write at a time to find (and reject) the bad one
         self._one_at_a_time = False
@@ -364,6 +366,12 @@ class Committer:
                 self._waiting -= 1
 
     @property
+    def last_failure(self) -> str:
+        """Why the last commit failed ("" once one succeeds)."""
+        failure = self._failure
+        return failure[1] if failure is not None else ""
+
+    @property
     def pending_rows(self) -> int:
         records = self.journal.records.values() if self.journal else ()
         return sum(max(len(r["ids"]), 1) for r in records)
@@ -405,9 +413,21 @@ class Committer:
                 self._conflict(batch, str(error))
                 continue
             except Exception as error:  # keep the journal; tell the waiters; retry later
-                log.error("commit_failed", extra={"fields": {"error": str(error)[:500]}})
+                cause = f"{type(error).__name__}: {error}"
+                log.error(
+                    "commit_failed",
+                    extra={
+                        "fields": {
+                            "index": str(self.index_dir),
+                            "writes": len(batch),
+                            "error": cause[:500],
+                        }
+                    },
+                )
                 with self._cond:
-                    self._failure = (through, f"commit failed: {error}")
+                    self._failure = (through, f"commit failed: {cause}")
+                    if self.failing_since is None:
+                        self.failing_since = time.time()
                     self._cond.notify_all()
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -419,6 +439,7 @@ class Committer:
                 self._committed_through = through
                 self._last_version = report.version
                 self._failure = None
+                self.failing_since = None
                 self._oldest = time.monotonic() if self.journal.records else None
                 if not self.journal.records:
                     self._one_at_a_time = False

@@ -20,6 +20,8 @@ from siamese_search.indexer.build import BuildOptions, build_index
 from siamese_search.indexer.store import open_index
 from siamese_search.server.app import SearchServer
 from siamese_search.server.config import Limits, ServerConfig
+from siamese_search.server.generated import search_pb2 as pb
+from siamese_search.server.generated import search_pb2_grpc as pb_grpc
 from siamese_search.server.writes import JOURNAL, CommitPolicy
 
 COLUMNS = Columns(text="text", label="class")
@@ -437,6 +439,38 @@ def test_an_entry_that_can_never_apply_is_set_aside_and_later_writes_commit(inde
         json.loads(line)["rejected"] for line in (index_dir / REJECTED).read_text().splitlines()
     ]
     assert reasons == ["ids, texts and labels differ in length", "unknown kind 'shred'"]
+
+
+def test_a_failing_commit_is_visible_in_get_info_and_metrics(index_dir):
+    """Commits that kept failing were invisible: health SERVING, nothing in GetInfo or
+    the metrics, a log line naming neither index nor cause. Here a stray file sits
+    where the next version goes, so publishing fails (a real OSError)."""
+    server = _start(index_dir)
+    blocker = layout.version_dir(index_dir, "000002")
+    blocker.write_text("not a version")
+    try:
+        target = f"127.0.0.1:{server.port}"
+        with SearchClient(target) as client, grpc.insecure_channel(target) as channel:
+            info_of = pb_grpc.SearchServiceStub(channel).GetInfo
+            client.upsert([Example("Translate the menu into Basque", "1", "eu-1")])
+            deadline = time.monotonic() + 20
+            while not info_of(pb.GetInfoRequest()).last_commit_error:
+                assert time.monotonic() < deadline, "the failing commit never showed"
+                time.sleep(0.1)
+            info = info_of(pb.GetInfoRequest())
+            assert info.pending_writes == 1 and "Error" in info.last_commit_error
+            assert info.last_commit_error_at.endswith("Z")
+            registry = server.metrics.registry
+            assert registry.get_sample_value("siamese_commit_failing") == 1.0
+            assert registry.get_sample_value("siamese_pending_writes") == 1.0
+            blocker.unlink()  # the cause goes: the retry commits, the error clears
+            while info_of(pb.GetInfoRequest()).pending_writes:
+                assert time.monotonic() < deadline + 20, "the retry never committed"
+                time.sleep(0.1)
+            assert info_of(pb.GetInfoRequest()).last_commit_error == ""
+            assert registry.get_sample_value("siamese_commit_failing") == 0.0
+    finally:
+        server.stop(0)
 
 
 def test_a_second_server_on_the_same_index_refuses_writes(index_dir):

@@ -128,7 +128,7 @@ class LabelCount(_message.Message):
     def __init__(self, label: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("model_fingerprint", "model_directory", "encoder_name", "encoder_version", "encoder_weights_sha256", "index_version", "index_directory", "index_type", "count", "dim", "labels", "index_params", "max_k", "max_text_chars", "max_batch", "server_version", "loaded_at", "max_text_tokens", "max_call_tokens", "last_reload_error", "last_reload_error_at", "max_call_chars")
+    __slots__ = ("model_fingerprint", "model_directory", "encoder_name", "encoder_version", "encoder_weights_sha256", "index_version", "index_directory", "index_type", "count", "dim", "labels", "index_params", "max_k", "max_text_chars", "max_batch", "server_version", "loaded_at", "max_text_tokens", "max_call_tokens", "last_reload_error", "last_reload_error_at", "max_call_chars", "pending_writes", "last_commit_error", "last_commit_error_at")
     class IndexParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,9 @@ class GetInfoResponse(_message.Message):
     LAST_RELOAD_ERROR_FIELD_NUMBER: _ClassVar[int]
     LAST_RELOAD_ERROR_AT_FIELD_NUMBER: _ClassVar[int]
     MAX_CALL_CHARS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_WRITES_FIELD_NUMBER: _ClassVar[int]
+    LAST_COMMIT_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_COMMIT_ERROR_AT_FIELD_NUMBER: _ClassVar[int]
     model_fingerprint: str
     model_directory: str
     encoder_name: str
@@ -180,7 +183,10 @@ class GetInfoResponse(_message.Message):
     last_reload_error: str
     last_reload_error_at: str
     max_call_chars: int
-    def __init__(self, model_fingerprint: _Optional[str] = ..., model_directory: _Optional[str] = ..., encoder_name: _Optional[str] = ..., encoder_version: _Optional[str] = ..., encoder_weights_sha256: _Optional[str] = ..., index_version: _Optional[str] = ..., index_directory: _Optional[str] = ..., index_type: _Optional[str] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., labels: _Optional[_Iterable[_Union[LabelCount, _Mapping]]] = ..., index_params: _Optional[_Mapping[str, str]] = ..., max_k: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_batch: _Optional[int] = ..., server_version: _Optional[str] = ..., loaded_at: _Optional[str] = ..., max_text_tokens: _Optional[int] = ..., max_call_tokens: _Optional[int] = ..., last_reload_error: _Optional[str] = ..., last_reload_error_at: _Optional[str] = ..., max_call_chars: _Optional[int] = ...) -> None: ...
+    pending_writes: int
+    last_commit_error: str
+    last_commit_error_at: str
+    def __init__(self, model_fingerprint: _Optional[str] = ..., model_directory: _Optional[str] = ..., encoder_name: _Optional[str] = ..., encoder_version: _Optional[str] = ..., encoder_weights_sha256: _Optional[str] = ..., index_version: _Optional[str] = ..., index_directory: _Optional[str] = ..., index_type: _Optional[str] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., labels: _Optional[_Iterable[_Union[LabelCount, _Mapping]]] = ..., index_params: _Optional[_Mapping[str, str]] = ..., max_k: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_batch: _Optional[int] = ..., server_version: _Optional[str] = ..., loaded_at: _Optional[str] = ..., max_text_tokens: _Optional[int] = ..., max_call_tokens: _Optional[int] = ..., last_reload_error: _Optional[str] = ..., last_reload_error_at: _Optional[str] = ..., max_call_chars: _Optional[int] = ..., pending_writes: _Optional[int] = ..., last_commit_error: _Optional[str] = ..., last_commit_error_at: _Optional[str] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("texts",)
