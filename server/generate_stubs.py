@@ -22,11 +22,15 @@ FILES = ("search_pb2.py", "search_pb2.pyi", "search_pb2_grpc.py")
 OPENAPI = "search.openapi.json"
 
 
-def _google_protos() -> str:
-    """Where googleapis-common-protos keeps google/api/*.proto (for the http annotations)."""
+#: google/api/{annotations,http}.proto, vendored unchanged (proto/google/README.md)
+VENDORED = ("google/api/annotations.proto", "google/api/http.proto")
+
+
+def installed_google_proto(name: str) -> Path:
+    """The googleapis-common-protos package's copy of a vendored file."""
     import google.api.annotations_pb2 as annotations
 
-    return str(Path(annotations.__file__).resolve().parents[2])
+    return Path(annotations.__file__).resolve().parents[2] / name
 
 
 def generate() -> dict[str, str]:
@@ -39,8 +43,7 @@ def generate() -> dict[str, str]:
                 sys.executable,
                 "-m",
                 "grpc_tools.protoc",
-                f"-I{PROTO_ROOT}",
-                f"-I{_google_protos()}",
+                f"-I{PROTO_ROOT}",  # self-contained: google/api is vendored there
                 f"--python_out={tmp}",
                 f"--descriptor_set_out={tmp}/search.desc",
                 "--include_source_info",

@@ -38,3 +38,44 @@ def test_version_stamps_are_all_that_is_set_aside():
     assert "GRPC_GENERATED_VERSION" in committed
     edited = committed.replace("def Search(", "def Searched(")
     assert without_version_stamps(edited) != without_version_stamps(committed)
+
+
+def test_the_contract_compiles_from_proto_alone(tmp_path):
+    """`proto/` is self-contained (google/api vendored): protoc with `-I proto` and
+    nothing else (protoc's own well-known types aside) compiles the service, as an
+    independent client's toolchain would (grpcurl -proto, buf, @grpc/proto-loader)."""
+    import subprocess
+    import sys
+
+    from siamese_search.server.generate_stubs import PROTO, PROTO_ROOT
+
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{PROTO_ROOT}",
+            f"--descriptor_set_out={tmp_path / 'out.desc'}",
+            "--include_imports",
+            str(PROTO),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    from google.protobuf import descriptor_pb2
+
+    files = descriptor_pb2.FileDescriptorSet.FromString((tmp_path / "out.desc").read_bytes())
+    names = {f.name for f in files.file}
+    assert {"google/api/annotations.proto", "google/api/http.proto"} <= names
+
+
+def test_the_vendored_google_protos_are_unchanged_copies():
+    from siamese_search.server.generate_stubs import PROTO_ROOT, VENDORED, installed_google_proto
+
+    for name in VENDORED:
+        assert (PROTO_ROOT / name).read_bytes() == installed_google_proto(name).read_bytes(), (
+            f"proto/{name} differs from googleapis-common-protos' copy: copy it again"
+        )
+    assert "Apache License" in (PROTO_ROOT / "google" / "LICENSE").read_text()
