@@ -173,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--admin-token-file",
         type=Path,
-        help="file holding the admin token that Reload needs (or set SIAMESE_ADMIN_TOKEN); "
-        "with auth on and no admin token, Reload is refused",
+        help="file holding the admin token that Reload, Upsert and Delete need (or set "
+        "SIAMESE_ADMIN_TOKEN); with auth on and no admin token, they are refused",
     )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning"], help="JSON log level"

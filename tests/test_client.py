@@ -177,3 +177,29 @@ def test_upsert_batches_large_uploads(tmp_path, trained_model, sample_train):
             assert again.ids == written.ids and client.info().count == 120
     finally:
         running.stop(0)
+
+
+def test_delete_of_more_ids_than_a_call_takes_is_split(server):
+    """The client sent every id in one call, which a server refuses beyond its batch
+    limit (8 here); upsert was already split."""
+    from siamese_search.client import Example
+
+    ids = [f"many-{i}" for i in range(20)]
+    with SearchClient(f"127.0.0.1:{server.port}", batch_size=8) as client:
+        before = client.info().count
+        client.upsert(
+            [Example(f"Translate page {i} into Welsh", "1", i_d) for i, i_d in enumerate(ids)],
+            wait=True,
+        )
+        assert client.info().count == before + 20
+        result = client.delete(ids=ids, wait=True)
+        assert result.committed and result.ids == ids
+        assert client.info().count == before
+
+
+def test_query_cli_refuses_labels_with_predict(server, capsys):
+    from siamese_search.client.cli import main as query_main
+
+    argv = ["--target", f"127.0.0.1:{server.port}", "fix", "--predict", "--labels", "1"]
+    assert query_main(argv) == 2
+    assert "--labels filters Search only" in capsys.readouterr().err

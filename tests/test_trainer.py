@@ -186,3 +186,13 @@ def test_model_directory_contents_and_numpy_keras_parity(trained_model, sample_t
     assert embedded.shape == (1, 512 + 128)  # the served space: meaning beside labels
     assert (trained_model / "space.npz").is_file() and manifest["space"]["label_dim"] == 128
     np.testing.assert_allclose(np.linalg.norm(embedded), 1.0, atol=1e-5)
+
+
+def test_auto_head_and_loss_are_accepted_as_documented():
+    from siamese_search.trainer.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(
+        ["--data", "x.csv", "--out", "m", "--head", "auto", "--loss", "auto"]
+    )
+    config = config_from_args(args)
+    assert config.head.kind == "auto" and config.loss == "auto"

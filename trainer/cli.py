@@ -15,6 +15,7 @@ from siamese_search.core.errors import UserError, run_cli
 from siamese_search.core.numpy_head import NumpyHead
 from siamese_search.core.tables import Columns, Table, check_trainable, read_table
 from siamese_search.trainer.config import (
+    AUTO,
     FINE_TUNE_LAYERS,
     HEAD_KINDS,
     LOSSES,
@@ -55,14 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--head",
         default=head.kind,
-        choices=HEAD_KINDS,
+        choices=(AUTO, *HEAD_KINDS),
         help="residual: unit(x + Dense(x)), starting at the encoder's own space; "
         "seed: the design card's 512-256-64-128 MLP ensemble",
     )
     parser.add_argument(
         "--loss",
         default=defaults.loss,
-        choices=LOSSES,
+        choices=(AUTO, *LOSSES),
         help="proxy: normalised softmax over learned class proxies; "
         "triplet: the design card's cosine triplet loss",
     )

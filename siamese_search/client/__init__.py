@@ -172,6 +172,17 @@ def _predict_batch_request(texts, k, min_score) -> pb.PredictBatchRequest:
     return request
 
 
+def _delete_requests(
+    ids: Sequence[str], label: str, wait: bool, batch_size: int
+) -> list[pb.DeleteRequest]:
+    """One DeleteRequest per `batch_size` ids (the label goes with the last one)."""
+    parts = [list(part) for part in _chunks(list(ids), batch_size)] or [[]]
+    return [
+        pb.DeleteRequest(ids=part, label=label if last else "", wait=wait)
+        for last, part in ((n == len(parts) - 1, part) for n, part in enumerate(parts))
+    ]
+
+
 def _with_ids(examples: Sequence[Example | str]) -> list[Example]:
     """Examples with an id each (made here when missing, so retries are idempotent)."""
     out = []
@@ -329,10 +340,14 @@ class SearchClient:
         wait: bool = False,
         timeout: float | None = None,
     ) -> WriteResult:
-        """Remove examples by id, or every example of `label`."""
-        request = pb.DeleteRequest(ids=list(ids), label=label, wait=wait)
-        response = self._call(self._stub.Delete, request, timeout)
-        return WriteResult(list(ids), response.committed, response.index_version)
+        """Remove examples by id (in calls of at most `batch_size` ids, the server's
+        limit), and/or every example of `label`."""
+        responses = [
+            self._call(self._stub.Delete, request, timeout)
+            for request in _delete_requests(ids, label, wait, self.batch_size)
+        ]
+        committed = all(r.committed for r in responses)
+        return WriteResult(list(ids), committed, responses[-1].index_version)
 
     def close(self) -> None:
         self._channel.close()
@@ -462,9 +477,12 @@ class AsyncSearchClient:
         wait: bool = False,
         timeout: float | None = None,
     ) -> WriteResult:
-        request = pb.DeleteRequest(ids=list(ids), label=label, wait=wait)
-        response = await self._call(self._stub.Delete, request, timeout)
-        return WriteResult(list(ids), response.committed, response.index_version)
+        responses = [
+            await self._call(self._stub.Delete, request, timeout)
+            for request in _delete_requests(ids, label, wait, self.batch_size)
+        ]
+        committed = all(r.committed for r in responses)
+        return WriteResult(list(ids), committed, responses[-1].index_version)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -109,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.info and not texts:
         print("error: give one or more query TEXTs ('-' for stdin), or --info", file=sys.stderr)
         return 2
+    if args.predict and args.labels:
+        print(
+            "error: --labels filters Search only; Predict votes among all labels "
+            "(drop --predict to search within labels)",
+            file=sys.stderr,
+        )
+        return 2
     token = os.environ.get("SIAMESE_TOKEN")
     if args.token_file:
         if not args.token_file.is_file():
