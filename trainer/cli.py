@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-share",
         type=float,
         default=defaults.label_share,
-        help="weight of the label part inside the training domain (meaning+labels)",
+        help="weight of the label part inside the training domain (meaning+labels; "
+        "default: 0.5 with the seed head, 0.8 with the residual head)",
     )
     parser.add_argument(
         "--encoder-learning-rate",
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.served_space == "meaning+labels":
         from siamese_search.core.served_space import fit_space
 
-        space = fit_space(raw, NumpyHead(result.weights).output_dim, config.label_share)
+        space = fit_space(raw, NumpyHead(result.weights).output_dim, config.label_share or 0.5)
 
     def fit_abstention(model) -> Abstention:
         """Calibrate the trained model (loaded from its staging directory)."""
@@ -261,7 +262,10 @@ def main(argv: list[str] | None = None) -> int:
             rule = calibrate.on_folds(
                 raw, table.label_list, config, train_head, args.oos_share, share
             )
-        return calibrate.with_domain(rule, model, table.texts)
+        held_out = (validation.texts, validation.label_list) if validation is not None else None
+        return calibrate.with_domain(
+            rule, model, (table.texts, table.label_list), held_out, args.oos_share
+        )
 
     data_summary = {
         "source": str(args.data),
