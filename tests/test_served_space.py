@@ -170,3 +170,65 @@ def test_a_label_added_by_writes_is_predicted_for_texts_like_its_examples(server
     _post(server, "/v1/examples:delete", {"label": "billing", "wait": True})
     gone = _post(server, "/v1/predict", query)
     assert gone["label"] != "billing" and gone.get("abstained") is True
+
+
+def test_with_a_validation_table_the_domain_bar_comes_from_its_rows(
+    sample_train, sample_test, tmp_path
+):
+    """With --validation-data (and out-of-scope rows in it), the served-space bar is
+    the validation rows' (not the training texts' own, biased for tuned models), and
+    off-topic requests still abstain."""
+    import pandas as pd
+
+    from siamese_search.core.abstention import predict
+    from siamese_search.trainer.cli import main
+
+    validation = pd.read_csv(sample_test).head(150)[["text", "class"]]
+    off_topic = [
+        "set an alarm for seven tomorrow",
+        "what is the weather in paris",
+        "transfer fifty dollars to my savings",
+        "play some jazz music",
+        "how do you say thank you in japanese",
+        "order a large pepperoni pizza",
+        "when does the pharmacy close",
+        "remind me to call my mother",
+    ]
+    rows = pd.concat([validation, pd.DataFrame({"text": off_topic, "class": "oos"})])
+    rows.to_csv(tmp_path / "val.csv", index=False)
+    out = tmp_path / "model"
+    argv = [
+        "--data",
+        str(sample_train),
+        "--label-column",
+        "class",
+        "--out",
+        str(out),
+        "--validation-data",
+        str(tmp_path / "val.csv"),
+        "--oos-label",
+        "oos",
+        "--no-fine-tune",
+        "--steps",
+        "60",
+        "--ensemble",
+        "2",
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    model = load_model(out)
+    rule = model.abstention
+    assert rule.source.startswith("validation table")
+    train = pd.read_csv(sample_train)
+    reference = model.embed(train.text.tolist())
+    queries = model.embed(OFF_DOMAIN)
+    shares = model.label_shares(queries)
+    abstained = []
+    for vector, share in zip(queries, shares, strict=True):
+        scores = reference @ vector
+        order = np.argsort(-scores)[:5]
+        labels = train["class"].astype(str).to_numpy()[order].tolist()
+        abstained.append(
+            predict(labels, scores[order].tolist(), rule, None, float(share)).abstained
+        )
+    assert all(abstained)
