@@ -79,6 +79,11 @@ def test_the_gate_is_fitted_on_the_training_texts_alone():
     assert np.allclose(far[0, :16], outside[0] / np.linalg.norm(outside))
     with pytest.raises(ValueError):
         fit_space(anchors[:1], label_dim=4)
+    tiny = fit_space(anchors[:2], label_dim=4)  # fewer anchors than gate neighbours
+    assert np.isfinite(tiny.gate_high) and tiny.gate_high == pytest.approx(
+        float(anchors[0] @ anchors[1] / np.linalg.norm(anchors[0]) / np.linalg.norm(anchors[1])),
+        abs=1e-5,
+    )
 
 
 def test_a_damaged_space_file_is_refused(trained_model, tmp_path):

@@ -9,7 +9,8 @@ with) puts two unit vectors side by side:
   knows of similarity, kept whole (STS Benchmark ~80 on its own).
 - `labels(x)`: the trained head's vector (on the fine-tuned encoder by default): texts
   of one class close together, classes apart.
-- `w(x)`, the label share, is `max_label_share` (0.5) for texts like the ones the head
+- `w(x)`, the label share, is `max_label_share` (0.5 with the seed head, 0.8 with the
+  residual head: `trainer.config.LABEL_SHARES`) for texts like the ones the head
   was trained on and 0 for texts unlike them: the *domain gate*, linear in the mean
   meaning similarity of x to its GATE_NEIGHBOURS (3) nearest training texts
   ("anchors"), from `gate_low` (w = 0) to `gate_high` (full share).
@@ -65,7 +66,7 @@ def nearest_other(vectors: np.ndarray, neighbours: int = 1) -> np.ndarray:
     (leave-one-out)."""
     similarity = vectors @ vectors.T
     np.fill_diagonal(similarity, -np.inf)
-    return mean_of_top(similarity, neighbours)
+    return mean_of_top(similarity, min(neighbours, len(vectors) - 1))
 
 
 def mean_of_top(similarity: np.ndarray, neighbours: int) -> np.ndarray:
