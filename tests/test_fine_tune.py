@@ -170,7 +170,8 @@ def test_export_as_savedmodel_matches_the_python_path(tmp_path, tuned_model, sam
     encoder_only = hub.load(str(tmp_path / "enc"))(tf.constant(texts)).numpy()
     assert np.sum(encoder_only * model.encoder.encode(texts), axis=1).min() >= 0.999
     with_head = hub.load(str(tmp_path / "full"))(tf.constant(texts)).numpy()
-    assert with_head.shape == (len(texts), 128)
+    # the served space: the shipped encoder's 512-d vector beside the gated head's 128-d
+    assert with_head.shape == (len(texts), 512 + 128)
     assert np.sum(with_head * model.embed(texts), axis=1).min() >= 0.999
     # the exported encoder serves the project's own TF-Hub encoder path
     hub_encoder = make_encoder(str(tmp_path / "enc"), "none")

@@ -11,7 +11,10 @@ Everything the Python path does happens in the graph: the text clean-up of the
 model's preprocess mode (`CODE_STEPS` of siamese_search/core/encoders/preprocess.py),
 SentencePiece tokenisation (tensorflow-text's op, fed the same sp.model), the USE
 network with the model's (possibly fine-tuned) weights, and with `--with-head` the
-siamese head. Only the embedded-encoder family (usem3, tuned or not) can be exported.
+siamese head and, for a model with a served space, the rest of it (the shipped
+network beside the tuned one, the domain gate over the stored anchors): the vectors
+the server's Embed returns. Only the embedded-encoder family (usem3, tuned or not)
+can be exported.
 """
 
 from __future__ import annotations
@@ -77,6 +80,13 @@ def build_module(model, with_head: bool):
                 self.head = {
                     name: tf.Variable(array, trainable=False) for name, array in head_arrays.items()
                 }
+            # the served space (core.served_space): the shipped encoder's vector beside
+            # the head's, the latter gated by the training domain, as Embed returns it
+            self.space = model.space if head_arrays is not None else None
+            if self.space is not None:
+                tuned = model.meaning_encoder is not None
+                self.meaning_network = UseNetwork(None, trainable=()) if tuned else None
+                self.anchors = tf.Variable(self.space.anchors, trainable=False)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def __call__(self, texts):
@@ -84,12 +94,27 @@ def build_module(model, with_head: bool):
             vectors = self.network(tokens.to_tensor(), tf.cast(tokens.row_lengths(), tf.int32))
             if self.head is None:
                 return vectors
-            return forward(
+            labels = forward(
                 vectors,
                 self.head,
                 relu=tf.nn.relu,
                 unit_rows=lambda t: tf.math.l2_normalize(t, axis=1),
             )
+            if self.space is None:
+                return labels
+            meaning = vectors
+            if self.meaning_network is not None:
+                meaning = self.meaning_network(
+                    tokens.to_tensor(), tf.cast(tokens.row_lengths(), tf.int32)
+                )
+            meaning = tf.math.l2_normalize(meaning, axis=1)
+            space = self.space
+            similarity = tf.matmul(meaning, self.anchors, transpose_b=True)
+            neighbours = min(space.gate_neighbours, int(space.anchors.shape[0]))
+            nearest = tf.reduce_mean(tf.math.top_k(similarity, k=neighbours).values, axis=1)
+            gate = (nearest - space.gate_low) / (space.gate_high - space.gate_low)
+            share = space.max_label_share * tf.clip_by_value(gate, 0.0, 1.0)[:, None]
+            return tf.concat([tf.sqrt(1.0 - share) * meaning, tf.sqrt(share) * labels], axis=1)
 
     return ExportedEncoder()
 
@@ -121,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--with-head",
         action="store_true",
-        help="include the siamese head: strings -> the head's (label) vectors; not the "
-        "served space (meaning + labels) that the server's Embed returns",
+        help="include the siamese head: strings -> the model's served vectors, as the "
+        "server's Embed returns them (meaning beside the gated label part)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
@@ -133,13 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model)
     export(model, args.out, args.with_head, overwrite=args.overwrite)
     what = "encoder + head" if args.with_head else "encoder"
-    if args.with_head and model.space is not None:
-        print(
-            "note: the export gives the head's label vectors; the server's Embed returns the "
-            "served space (the untuned encoder's vector beside them, gated by the training "
-            "domain), which has no TF graph yet",
-            file=sys.stderr,
-        )
     print(
         f"exported the {what} of {args.model} to {args.out} "
         "(load it with tensorflow_hub.load after `import tensorflow_text`)"
