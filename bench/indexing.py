@@ -2,7 +2,8 @@
 
 For each corpus size, on the same synthetic texts (commit messages from the sample
 test set, each made unique with two extra words so deduplication cannot flatter us):
-  - raw encoder: the model's encoder alone over the texts (texts/s)
+  - raw encoders: the encoders the model runs, alone over the texts (texts/s; two with
+    the served space of a fine-tuned model: the shipped one and the tuned one)
   - end-to-end: `build_index` from a CSV file (read, check, encode, head, SQLite,
     vectors file, FAISS index, manifest, fsync, publish), with the index type given
 Each measurement runs in its own process, so peak RSS (ru_maxrss) is its own.
@@ -48,8 +49,8 @@ def worker(args) -> dict:
     started = time.perf_counter()
     if args.mode == "raw":
         texts = read_table(args.data, Columns(text="text", label=None)).texts
-        started = time.perf_counter()  # time the encoder alone, not the CSV parsing
-        model.encoder.encode_unique(texts)
+        started = time.perf_counter()  # time the encoders alone, not the CSV parsing
+        model.features(texts, unique=True)  # every encoder the model runs (served space: two)
         count = len(texts)
     else:
         from siamese_search.indexer.build import BuildOptions, build_index

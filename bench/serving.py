@@ -2,8 +2,9 @@
 
 For each index size (synthetic commit-message-like texts, `--index-type auto`):
   - server:  `siamese-serve` (the product), Search with k=10
-  - floor:   a bare gRPC server whose handler does only: one encode + one head call +
-             one FAISS search, on raw bytes (no validation, no protobuf, no records)
+  - floor:   a bare gRPC server whose handler does only: the model's embed (its
+             encoders, head and served space) + one FAISS search, on raw bytes (no
+             validation, no protobuf, no records)
 Both run as separate processes with 1 BLAS thread (the serving default); the load
 generator is a third process. Single-client latency is p50 / p99 over sequential
 calls, measured *paired*: both servers up, one call to each in turn with the same
@@ -69,7 +70,7 @@ def run_floor_server(index_dir: Path) -> None:
         # one OpenMP thread per call, as the product server sets (the count is per
         # thread; left at 2, FAISS's idle OpenMP worker spins after every search)
         faiss.omp_set_num_threads(1)
-        vectors = model.head(model.encoder.encode([request.decode("utf-8")]))
+        vectors = model.embed([request.decode("utf-8")])  # encoder(s) + head (+ space)
         _, positions = searcher.search(vectors, K)
         return np.asarray(positions, dtype=np.int64).tobytes()
 
