@@ -633,7 +633,10 @@ def delete_from_index(
         extra = {"operation": {"kind": "delete", "base_version": base.name, "deleted": len(drop)}}
         return _Plan(kind, params, base.has_labels, _source_columns(base), fill, extra)
 
-    return _write_version(index_dir, model, options, plan_for, needs_base=True)
+    try:
+        return _write_version(index_dir, model, options, plan_for, needs_base=True)
+    except _NothingToChange as unchanged:
+        return unchanged.report
 
 
 class ChangeConflict(UserError):
@@ -657,12 +660,22 @@ class Change:
     label: str = ""
 
 
+class _NothingToChange(Exception):
+    """The changes leave the base version as it is: no new version is written."""
+
+    def __init__(self, report: BuildReport):
+        super().__init__(report.version)
+        self.report = report
+
+
 def apply_changes(
     index_dir: Path, model: EmbeddingModel, changes: Sequence[Change], options: BuildOptions
 ) -> BuildReport:
     """A new version: the current one with `changes` applied in order, by the same
     writer (lock, staging, atomic publish) as `add` and `delete`; only the texts
-    upserted are encoded. Deleting ids that are not there is not an error."""
+    upserted are encoded. Deleting ids that are not there is not an error, and
+    changes that change nothing (only such deletes) publish nothing: the report names
+    the current version (each one used to push an older version out of `--keep`)."""
     pending: dict[str, tuple[str, str | None]] = {}  # id -> (text, label), last wins
     dropped_ids: set[str] = set()
     dropped_labels: set[str] = set()
@@ -694,6 +707,8 @@ def apply_changes(
             doomed = [c for c, name in enumerate(base.label_names) if name in dropped_labels]
             drop.update(int(p) for p in np.flatnonzero(np.isin(codes, doomed)))
         replaced = len(drop)
+        if not pending and not drop:
+            raise _NothingToChange(BuildReport(base.name, base.count, 0, 0, base.kind))
         table = Table(
             texts=[text for text, _ in pending.values()],
             labels=[label or "" for _, label in pending.values()] if base.has_labels else None,
@@ -720,7 +735,10 @@ def apply_changes(
         }
         return _Plan(kind, params, base.has_labels, _source_columns(base), fill, extra)
 
-    return _write_version(index_dir, model, options, plan_for, needs_base=True)
+    try:
+        return _write_version(index_dir, model, options, plan_for, needs_base=True)
+    except _NothingToChange as unchanged:
+        return unchanged.report
 
 
 @dataclass(frozen=True)

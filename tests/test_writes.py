@@ -473,6 +473,21 @@ def test_a_failing_commit_is_visible_in_get_info_and_metrics(index_dir):
         server.stop(0)
 
 
+def test_a_delete_of_unknown_ids_publishes_no_version(index_dir):
+    """Each such delete used to publish a new version: three of them pushed every
+    older version out of --keep 3."""
+    server = _start(index_dir)
+    try:
+        with SearchClient(f"127.0.0.1:{server.port}") as client:
+            for attempt in range(3):
+                result = client.delete(ids=[f"nobody-{attempt}"], wait=True)
+                assert result.committed and result.index_version == "000001"
+            assert client.delete(ids=["0"], wait=True).index_version == "000002"
+    finally:
+        server.stop(0)
+    assert layout.list_versions(index_dir) == ["000001", "000002"]
+
+
 def test_a_second_server_on_the_same_index_refuses_writes(index_dir):
     first = _start(index_dir)
     second = _start(index_dir)
