@@ -56,23 +56,27 @@ def vote_table(
 
 
 def on_validation(
-    embed: Callable[[list[str]], np.ndarray],
-    train_texts: list[str],
-    train_labels: list[str],
-    validation_texts: list[str],
-    validation_labels: list[str],
+    model,
+    train: tuple[Sequence[str], Sequence[str]],
+    validation: tuple[Sequence[str], Sequence[str]],
     source: str,
     oos_share: float = DEFAULT_OOS_SHARE,
 ) -> Abstention:
-    """Fit on a validation table, with the trained model's `embed` (texts -> unit rows)."""
+    """Fit on a validation table, (texts, labels) each, with the trained model as it
+    is served: the confidence model and threshold, then (served space only) the
+    out-of-domain bars from the same vote (`with_domain`)."""
+    queries = model.embed_unique(list(validation[0]))
     features, correct, oos = vote_table(
-        embed(train_texts),
-        train_labels,
-        embed(validation_texts),
-        validation_labels,
-        set(train_labels),
+        model.embed_unique(list(train[0])),
+        list(train[1]),
+        queries,
+        list(validation[1]),
+        set(train[1]),
     )
-    return fit_abstention(features, correct, oos, source, oos_share)
+    rule = fit_abstention(features, correct, oos, source, oos_share)
+    if model.space is None or not (~oos).any():
+        return rule
+    return _validation_domain(rule, model, features, correct, oos, queries, oos_share)
 
 
 def on_folds(
@@ -126,49 +130,57 @@ def on_folds(
     )
 
 
-def with_domain(
-    rule: Abstention,
-    model,
-    train: tuple[Sequence[str], Sequence[str]],
-    validation: tuple[Sequence[str], Sequence[str]] | None = None,
-    oos_share: float = DEFAULT_OOS_SHARE,
-) -> Abstention:
-    """`rule` plus the out-of-domain bars of `core.abstention`, measured on the model
-    as it is served (unchanged for a model without a served space). `train` and
-    `validation` are (texts, labels).
+def with_domain(rule: Abstention, model, texts: Sequence[str]) -> Abstention:
+    """`rule` plus the out-of-domain bars of `core.abstention` when no validation table
+    was given, measured on the model as it is served (unchanged for a model without a
+    served space).
 
-    The meaning bar: the DOMAIN_QUANTILE quantile of each training text's similarity
-    to its nearest other one in the untuned encoder's space (not trained, so
-    unbiased). The served bar: with a validation table, the same quantile of its
-    in-scope rows' top similarity to the training texts; without one, of the training
-    texts' leave-one-out similarity in the served space (biased upwards for a
-    fine-tuned model, whose training texts sit closer together than new ones: on
-    CLINC150 seed 0 it cost 5 points of in-scope accuracy, the validation bar none).
-    With out-of-scope rows in the validation table, the bars are kept only if they
-    raise its `oos_share`-weighted accuracy.
+    The meaning bar (here and in `_validation_domain`): the DOMAIN_QUANTILE quantile
+    of each training text's similarity to its nearest other one in the untuned
+    encoder's space (not trained, so unbiased). The served bar: the same quantile of
+    the training texts' leave-one-out similarity in the served space, biased upwards
+    for a fine-tuned model, whose training texts sit closer together than new ones
+    (on CLINC150 seed 0 it cost 5 points of in-scope accuracy; a validation table's bar
+    none).
     """
     if model.space is None:
         return rule
-    share = model.space.max_label_share
-    meaning = float(np.quantile(nearest_other(model.space.anchors), DOMAIN_QUANTILE))
-    if validation is None:
-        served = nearest_other(model.embed_unique(sorted(set(train[0]))))
-        return rule.with_domain(meaning, float(np.quantile(served, DOMAIN_QUANTILE)), share)
-    reference = model.embed_unique(list(train[0]))
-    queries = model.embed_unique(list(validation[0]))
-    features, correct, oos = vote_table(
-        reference, list(train[1]), queries, list(validation[1]), set(train[1])
+    served = nearest_other(model.embed_unique(sorted(set(texts))))
+    return rule.with_domain(
+        _meaning_bar(model),
+        float(np.quantile(served, DOMAIN_QUANTILE)),
+        model.space.max_label_share,
     )
+
+
+def _meaning_bar(model) -> float:
+    return float(np.quantile(nearest_other(model.space.anchors), DOMAIN_QUANTILE))
+
+
+def _validation_domain(
+    rule: Abstention,
+    model,
+    features: np.ndarray,
+    correct: np.ndarray,
+    oos: np.ndarray,
+    queries: np.ndarray,
+    oos_share: float,
+) -> Abstention:
+    """The out-of-domain bars from a validation table's vote: the served bar is the
+    DOMAIN_QUANTILE quantile of its in-scope rows' top similarity to the training
+    texts. With out-of-scope rows, the bars are kept only if they raise its
+    `oos_share`-weighted accuracy."""
     top = features[:, FEATURES.index("top_score")]
-    if (~oos).sum() == 0:
-        return rule
-    candidate = rule.with_domain(meaning, float(np.quantile(top[~oos], DOMAIN_QUANTILE)), share)
+    candidate = rule.with_domain(
+        _meaning_bar(model),
+        float(np.quantile(top[~oos], DOMAIN_QUANTILE)),
+        model.space.max_label_share,
+    )
     if not oos.any():
         return candidate
     confidence = np.array([rule.confidence(row) for row in features])
     unsure = confidence < rule.threshold
-    shares = model.label_shares(queries)
-    bars = np.array([candidate.domain_bar(float(w)) for w in shares])
+    bars = np.array([candidate.domain_bar(float(w)) for w in model.label_shares(queries)])
     far = top < bars
 
     def weighted_accuracy(abstain: np.ndarray) -> float:

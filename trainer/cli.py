@@ -243,29 +243,22 @@ def main(argv: list[str] | None = None) -> int:
     if config.served_space == "meaning+labels":
         from siamese_search.core.served_space import fit_space
 
-        space = fit_space(raw, NumpyHead(result.weights).output_dim, config.label_share or 0.5)
+        assert config.label_share is not None  # resolved_for chose it
+        space = fit_space(raw, NumpyHead(result.weights).output_dim, config.label_share)
 
     def fit_abstention(model) -> Abstention:
         """Calibrate the trained model (loaded from its staging directory)."""
         if validation is not None:
-            rule = calibrate.on_validation(
-                lambda texts: model.embed_unique(texts),
-                table.texts,
-                table.label_list,
-                validation.texts,
-                validation.label_list,
+            return calibrate.on_validation(
+                model,
+                (table.texts, table.label_list),
+                (validation.texts, validation.label_list),
                 source=f"validation table {args.validation_data}",
                 oos_share=args.oos_share,
             )
-        else:
-            share = config.label_share if space is not None else None
-            rule = calibrate.on_folds(
-                raw, table.label_list, config, train_head, args.oos_share, share
-            )
-        held_out = (validation.texts, validation.label_list) if validation is not None else None
-        return calibrate.with_domain(
-            rule, model, (table.texts, table.label_list), held_out, args.oos_share
-        )
+        share = config.label_share if space is not None else None
+        rule = calibrate.on_folds(raw, table.label_list, config, train_head, args.oos_share, share)
+        return calibrate.with_domain(rule, model, table.texts)
 
     data_summary = {
         "source": str(args.data),
