@@ -103,15 +103,20 @@ WRITES_LOCK = ".writes.lock"
 
 def writes_are_taken(index_dir: Path) -> bool:
     """Whether a server takes writes (Upsert / Delete) for this index right now."""
-    path = Path(index_dir) / WRITES_LOCK
-    if not path.is_file():
-        return False
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return _flock_is_held(Path(index_dir) / WRITES_LOCK)
+
+
+def _flock_is_held(path: Path) -> bool:
+    """Whether another open file holds a flock on `path` (False if there is no file)."""
+    try:
+        with open(path, "rb") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            return False
+    except FileNotFoundError:
         return False
 
 
@@ -249,16 +254,7 @@ def hold_version(directory: Path):
 
 def is_held(directory: Path) -> bool:
     """Whether a reader (a server, say) holds this version open right now."""
-    try:
-        with open(Path(directory) / MANIFEST, "rb") as handle:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-            return False
-    except FileNotFoundError:
-        return False
+    return _flock_is_held(Path(directory) / MANIFEST)
 
 
 def prune(index_dir: Path, keep: int) -> list[str]:

@@ -182,7 +182,7 @@ class Journal:
                 for n, line in unreadable
             )
         if invalid:
-            with open(self.path.parent / REJECTED, "a", encoding="utf-8") as handle:
+            with open(self.path.parent / REJECTED, "ab") as handle:
                 for entry, reason in invalid:
                     _append_line(handle, {"rejected": reason, "entry": entry})
             log.error(
@@ -243,7 +243,7 @@ class Journal:
 
     def reject(self, seq: int, reason: str) -> None:
         """Move entry `seq` to the rejected file (appended, fsynced), then drop it."""
-        with open(self.path.parent / REJECTED, "a", encoding="utf-8") as handle:
+        with open(self.path.parent / REJECTED, "ab") as handle:
             _append_line(handle, {"rejected": reason, "entry": self.records[seq]})
         del self.records[seq]
         self._rewrite()
@@ -269,7 +269,8 @@ def _line(record: dict) -> bytes:
 
 
 def _append_line(handle, record: dict) -> None:
-    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    """Append one record to a binary file opened for appending, durably."""
+    handle.write(_line(record))
     handle.flush()
     os.fsync(handle.fileno())
 
