@@ -78,3 +78,28 @@ def test_round_trip_through_the_manifest():
     assert Abstention.from_dict(rule.to_dict()) == rule
     with pytest.raises(ValueError, match="features"):
         Abstention.from_dict({**rule.to_dict(), "features": ["other"]})
+
+
+def test_the_domain_bar_refuses_a_sure_vote_whose_neighbours_are_too_far():
+    """Out of domain: a vote the confidence model is sure of (all neighbours agree)
+    still abstains when the nearest neighbour is under the bar for the query's label
+    share (meaning bar at share 0, served bar at the full share, linear between)."""
+    sure = Abstention((0.0, 0.0, 0.0, 0.0), 10.0, 0.5, 0.2, "test", 10, 0.0)
+    rule = sure.with_domain(meaning=0.30, served=0.70, max_label_share=0.5)
+    assert rule.domain_bar(0.0) == pytest.approx(0.30)
+    assert rule.domain_bar(0.25) == pytest.approx(0.50)
+    assert rule.domain_bar(0.5) == pytest.approx(0.70)
+    labels = ["a", "a", "a"]
+
+    def decide(top: float, share: float):
+        return predict(labels, [top, top - 0.01, top - 0.02], rule, None, share)
+
+    far = decide(0.29, 0.0)
+    assert far.abstained and far.out_of_domain and far.label == "" and far.voted == "a"
+    assert not decide(0.31, 0.0).abstained  # close enough by meaning
+    assert decide(0.60, 0.5).out_of_domain  # inside the domain the served bar applies
+    assert not decide(0.71, 0.5).abstained
+    # without a label share (head-only models) or with the caller's min_score: no bar
+    assert not predict(labels, [0.1, 0.1, 0.1], rule, None, None).abstained
+    assert not predict(labels, [0.1, 0.1, 0.1], rule, 0.05, 0.0).abstained
+    assert sure.domain_bar(0.0) is None  # a model fitted without the rule has none
