@@ -93,7 +93,7 @@ class SearchServer:
             log.warning("no_index_at_start", extra={"fields": {"message": outcome.message}})
 
         interceptors: list[grpc.ServerInterceptor] = [
-            StreamCapInterceptor(config.max_streams, self.metrics),
+            StreamCapInterceptor(config.max_streams, config.max_streams_per_client, self.metrics),
             MetricsInterceptor(self.metrics),
         ]
         if config.token or config.admin_token:
@@ -195,6 +195,11 @@ class SearchServer:
         if serving is None or serving.index.name != version:
             raise RuntimeError(f"version {version} was published but not loaded: {outcome.message}")
 
+    def _serving_labelled(self) -> bool | None:
+        """Whether the serving index takes labels (None: nothing serves yet)."""
+        serving = self.holder.current
+        return None if serving is None else serving.index.has_labels
+
     def _stop_writes(self) -> None:
         if self.committer is not None:
             self.committer.stop()
@@ -210,7 +215,8 @@ class SearchServer:
                 target,
                 config.host,
                 int(config.http_port or 0),
-                max_body_bytes=3 * config.limits.max_request_bytes,  # JSON escapes grow text
+                limits=config.limits,
+                labelled=self._serving_labelled,
                 max_connections=config.http_max_connections,
                 metrics=self.metrics,
                 tls_cert=config.tls_cert,

@@ -120,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="streaming calls (health Watch, reflection) open at once, each on its own thread",
     )
     parser.add_argument(
+        "--max-streams-per-client",
+        type=int,
+        default=ServerConfig.max_streams_per_client,
+        help="streaming calls one client address may hold open (so no one client fills "
+        "--max-streams)",
+    )
+    parser.add_argument(
         "--max-queued",
         type=int,
         default=ServerConfig.max_queued,
@@ -228,6 +235,7 @@ def config_from_args(args) -> ServerConfig:
         "max_call_tokens",
         "max_call_chars",
         "max_streams",
+        "max_streams_per_client",
         "workers",
         "threads",
         "max_batch_texts",
@@ -261,6 +269,7 @@ def config_from_args(args) -> ServerConfig:
             args.max_call_chars,
         ),
         max_streams=args.max_streams,
+        max_streams_per_client=args.max_streams_per_client,
         max_queued=max(args.max_queued, 0),
         batching=BatchSettings(
             max_batch_texts=args.max_batch_texts,

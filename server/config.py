@@ -64,6 +64,9 @@ class ServerConfig:
     max_send_bytes: int = 64 * 1024 * 1024
     #: streaming calls (health Watch, reflection) open at once; each has its own thread
     max_streams: int = 16
+    #: of those, what one client address may hold: health Watch needs no token, so
+    #: without it one client could take every slot from the others
+    max_streams_per_client: int = 4
     #: unary calls waiting for a worker beyond the ones being worked on
     max_queued: int = 8
     #: dynamic batching of concurrent Search / Predict / Embed work

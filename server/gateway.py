@@ -11,21 +11,26 @@ gRPC-Gateway's shape, `{"code": <gRPC code>, "message": ..., "details": []}`, wi
 gRPC-Gateway's HTTP status for the gRPC status. `GET /openapi.json` serves the
 OpenAPI document generated from the .proto (`server/generated/search.openapi.json`).
 
-Framing is strict, since a request the gateway refuses must never leave bytes that
-the next read would take for a request (request smuggling / desync): one
-Content-Length of digits only (a negative or repeated one is refused), no
-Transfer-Encoding, and every refusal made before the body is read closes the
-connection. A request's line, headers and body must arrive within
-REQUEST_SECONDS in all (a client trickling a byte at a time cannot hold a slot), and
-bodies must be `application/json` (so a browser page on another site cannot send a
-write as a "simple" cross-site request; no CORS headers are sent). Any other method
-gets 405 with a JSON body.
+HTTP/1.1 framing is h11's (python-hyper's sans-I/O parser, the one under uvicorn's
+pure-Python mode and httpx): request line and headers capped at MAX_HEADER_BYTES,
+Content-Length validated (digits only; several must agree), chunked bodies decoded,
+and a connection is only reused when both sides finished their message, so a request
+refused before its body was read can never leave that body to be parsed as the next
+request (desync). What h11 leaves to its user, and uvicorn / hypercorn / aiohttp do
+not offer either, is here: a body limit that holds for every framing (a declared
+length over it is refused before a byte is read; a chunked body is cut off as it
+passes it), one deadline for a whole request (REQUEST_SECONDS for line, headers and
+body from its first byte, so a client trickling a byte at a time cannot hold a slot:
+the servers named above only time out between requests), a cap on open connections,
+and the TLS handshake in the connection's own thread. A request with both
+Transfer-Encoding and Content-Length is refused (the classic smuggling pair).
+
+Bodies must be `application/json`, so a browser page on another site cannot send a
+write as a "simple" cross-site request (no CORS headers are sent). Any method no
+route takes gets 405 with a JSON body.
 
 A thread serves each connection, so open connections are capped (`max_connections`):
 one beyond the cap gets a 503 at once (plain HTTP) or is closed (HTTPS) and is logged.
-The TLS handshake runs in the connection's thread under the idle timeout: done in
-the accepting thread (Python's default), one client that connects and sends nothing
-stalled every other client.
 """
 
 from __future__ import annotations
@@ -34,18 +39,23 @@ import json
 import logging
 import re
 import socket
+import socketserver
 import ssl
 import sys
 import threading
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import h11
+import jsonschema
 from google.api import annotations_pb2
 from google.protobuf import json_format
 
+from siamese_search.server.config import Limits
 from siamese_search.server.generated import search_pb2 as pb
+from siamese_search.server.openapi import serving_document
 
 log = logging.getLogger("siamese.server")
 
@@ -72,10 +82,18 @@ HTTP_STATUS = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DATA_LOSS: 500,
 }
+#: seconds a connection may wait for the next request, or for one read, before it is
+#: closed, so idle keep-alive or stalled clients cannot hold the gateway's threads
 IDLE_SECONDS = 30.0
-#: a request's line, headers and body must all arrive within this many seconds
+#: a request's line, headers and body must all arrive within this many seconds of its
+#: first byte
 REQUEST_SECONDS = 30.0
-_DIGITS = re.compile(r"^[0-9]{1,18}$")
+#: request line plus headers
+MAX_HEADER_BYTES = 16 * 1024
+_READ_BYTES = 64 * 1024
+#: after a refusal, how long and how much of the unread request is drained before closing
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024
 _FULL = json.dumps(
     {
         "code": grpc.StatusCode.UNAVAILABLE.value[0],
@@ -86,6 +104,25 @@ _FULL = json.dumps(
 ).encode("utf-8")
 _TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    409: b"Conflict",
+    411: b"Length Required",
+    413: b"Content Too Large",
+    415: b"Unsupported Media Type",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    499: b"Client Closed Request",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
 
 
 class Route:
@@ -118,17 +155,24 @@ class RestGateway:
         grpc_target: str,
         host: str,
         port: int,
-        max_body_bytes: int,
+        limits: Limits,
+        labelled: Callable[[], bool | None],
         max_connections: int,
         metrics,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
     ):
-        """`metrics` (server.metrics.Metrics) counts open and refused connections."""
+        """`labelled()` says whether the serving index takes labels (None: nothing
+        serves yet), for the document; `metrics` (server.metrics.Metrics) counts open
+        and refused connections."""
         self.channel = grpc.insecure_channel(grpc_target)
         self.routes = routes()
-        self.max_body_bytes = max_body_bytes
-        self.openapi = OPENAPI_FILE.read_bytes()
+        self.limits = limits
+        self.max_body_bytes = 3 * limits.max_request_bytes  # JSON escapes grow text
+        self._labelled = labelled
+        self._committed_document = json.loads(OPENAPI_FILE.read_bytes())
+        self._documents: dict[bool | None, _Document] = {}
+        self._documents_lock = threading.Lock()
         self._calls = {
             route.full_name: self.channel.unary_unary(
                 route.full_name,
@@ -137,16 +181,11 @@ class RestGateway:
             )
             for route in self.routes.values()
         }
-        gateway = self
-
-        class Handler(_Handler):
-            owner = gateway
-
-        self.httpd = _HttpServer((host, port), Handler, max_connections, metrics)
+        self.httpd = _HttpServer((host, port), self, max_connections, metrics)
         if tls_cert and tls_key:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(str(tls_cert), str(tls_key))
-            # the handshake is done by the connection's thread (_Handler.setup)
+            # the handshake is done by the connection's thread (_Handler.handle)
             self.httpd.socket = context.wrap_socket(
                 self.httpd.socket, server_side=True, do_handshake_on_connect=False
             )
@@ -164,17 +203,102 @@ class RestGateway:
         self.httpd.server_close()
         self.channel.close()
 
+    def document(self) -> _Document:
+        """The OpenAPI document for the index serving now, and its request validators."""
+        labelled = self._labelled()
+        with self._documents_lock:
+            if labelled not in self._documents:
+                served = serving_document(self._committed_document, self.limits, labelled)
+                self._documents[labelled] = _Document(served)
+            return self._documents[labelled]
 
-class _HttpServer(ThreadingHTTPServer):
+    def answer(self, route: Route, body: bytes, headers: dict[str, list[str]]):
+        """(HTTP status, JSON body) for a request whose body has been read in full."""
+        try:
+            request = self.document().parse(route, body)
+        except _Refusal as refusal:
+            return refusal.http, _error_body(grpc.StatusCode.INVALID_ARGUMENT, str(refusal))
+        values = headers.get("authorization", [])
+        if not all(value.isascii() and value.isprintable() for value in values):
+            return 401, _error_body(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the Authorization header must be printable ASCII: 'Bearer <token>'",
+            )
+        metadata = tuple(("authorization", value) for value in values)
+        timeout = _timeout(next(iter(headers.get("grpc-timeout", [])), None))
+        try:
+            response = self._calls[route.full_name](request, timeout=timeout, metadata=metadata)
+        except grpc.RpcError as error:
+            code = error.code()
+            return HTTP_STATUS.get(code, 500), _error_body(code, error.details() or code.name)
+        text = json_format.MessageToJson(
+            response, always_print_fields_with_no_presence=True, indent=None
+        )
+        return 200, text.encode("utf-8")
+
+    def refusal(self, method: str, path: str, headers: dict[str, list[str]]):
+        """What to answer before reading the body: (HTTP status, JSON body, extra
+        headers) for a request refused on its line and headers, or None to read the
+        body and call."""
+        if method == "GET" and path == "/openapi.json":
+            return None
+        route = self.routes.get((method, path))
+        if route is None:
+            allowed = sorted(verb for verb, p in self.routes if p == path)
+            if path == "/openapi.json":
+                allowed = ["GET"]
+            if allowed:
+                return (
+                    405,
+                    _error_body(
+                        grpc.StatusCode.UNIMPLEMENTED,
+                        f"no route {method} {path}; it takes {', '.join(allowed)}",
+                    ),
+                    [("Allow", ", ".join(allowed))],
+                )
+            return (
+                404,
+                _error_body(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"no route {method} {path}; GET /openapi.json lists them",
+                ),
+                [],
+            )
+        chunked = bool(headers.get("transfer-encoding"))
+        lengths = headers.get("content-length", [])
+        if chunked and lengths:
+            return _invalid(400, "send a Content-Length or a chunked body, not both")
+        length = int(lengths[0]) if lengths else 0
+        if route.has_body and not (lengths or chunked):
+            return _invalid(411, "send the body with a Content-Length (or chunked)")
+        if not route.has_body and (length or chunked):
+            return _invalid(400, f"{route.verb} {route.path} takes no body")
+        if length > self.max_body_bytes:
+            return _invalid(
+                413,
+                f"the body has {length} bytes; the limit is {self.max_body_bytes}. "
+                "Split the call (the server's limits are in GET /v1/info)",
+            )
+        if route.has_body:
+            kind = (headers.get("content-type") or [""])[0].split(";", 1)[0].strip().lower()
+            if kind != "application/json":
+                return _invalid(415, "send the body as JSON with 'Content-Type: application/json'")
+        return None
+
+
+class _HttpServer(socketserver.ThreadingTCPServer):
     """A thread per connection, at most `max_connections` at once."""
 
     daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
 
-    def __init__(self, address, handler, max_connections: int, metrics):
-        super().__init__(address, handler)
+    def __init__(self, address, gateway: RestGateway, max_connections: int, metrics):
+        self.gateway = gateway
         self._slots = threading.BoundedSemaphore(max_connections)
         self.max_connections = max_connections
         self._metrics = metrics
+        super().__init__(address, _Handler)
 
     def process_request(self, request, client_address):
         if self._slots.acquire(blocking=False):
@@ -225,175 +349,269 @@ class _HttpServer(ThreadingHTTPServer):
             log.exception("rest_gateway_error")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    owner: RestGateway
-    protocol_version = "HTTP/1.1"
-    server_version = "siamese-search-gateway"
-    #: seconds a connection may sit idle (or trickle a request) before it is closed, so
-    #: idle keep-alive or slow clients cannot hold the gateway's threads for ever
-    timeout = IDLE_SECONDS
+class _Handler(socketserver.BaseRequestHandler):
+    server: _HttpServer
 
-    def setup(self):
-        self.request.settimeout(self.timeout)
-        if isinstance(self.request, ssl.SSLSocket):
-            self.request.do_handshake()  # under the idle timeout, in this thread
-        super().setup()
+    def handle(self):
+        sock = self.request
+        if isinstance(sock, ssl.SSLSocket):
+            sock.settimeout(IDLE_SECONDS)
+            sock.do_handshake()  # under the idle timeout, in this thread
+        _Connection(sock, self.server.gateway).serve()
 
-    def log_message(self, format, *args):  # noqa: A002 - the base class's name
-        pass  # calls are logged and counted by the gRPC service behind
 
-    def do_GET(self):
-        self._dispatch("GET")
+class _Connection:
+    """One client connection: requests in turn, framed by h11, each under its deadline."""
 
-    def do_POST(self):
-        self._dispatch("POST")
+    def __init__(self, sock: socket.socket, gateway: RestGateway):
+        self.sock = sock
+        self.gateway = gateway
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.deadline: float | None = None  # of the request under way
 
-    def do_PUT(self):
-        self._dispatch("PUT")
+    def serve(self) -> None:
+        while self._one_request():
+            self.h11.start_next_cycle()
+        if self.h11.their_state is not h11.DONE:
+            self._linger()
 
-    def do_DELETE(self):
-        self._dispatch("DELETE")
-
-    def _not_allowed(self) -> None:
-        """Methods no route takes (HEAD, OPTIONS, PATCH, TRACE, ...): 405 in JSON."""
-        self.close_connection = True  # a body, if any, is not read
-        self._error(
-            HTTPStatus.METHOD_NOT_ALLOWED,
-            grpc.StatusCode.UNIMPLEMENTED,
-            f"method {self.command} is not served; GET /openapi.json lists the routes",
-        )
-
-    do_HEAD = do_OPTIONS = do_PATCH = do_TRACE = do_CONNECT = _not_allowed
-
-    def handle_one_request(self):
-        """One request under REQUEST_SECONDS for its line, headers and body (the socket
-        timeout alone bounds each read, not the request): when it runs out, the socket
-        is shut down and the connection ends."""
-        self._deadline = threading.Timer(REQUEST_SECONDS, self._out_of_time)
-        self._deadline.daemon = True
-        self._deadline.start()
+    def _linger(self) -> None:
+        """Closing a socket with unread bytes resets the connection, and the client may
+        lose the answer just sent (a 413 for a body it is still sending): say we are done
+        sending, then read and drop what comes for a moment, as nginx's lingering_close
+        does. Bounded in time and bytes; nothing read here is parsed."""
         try:
-            super().handle_one_request()
-        finally:
-            self._deadline.cancel()
-
-    def _out_of_time(self) -> None:
-        self.close_connection = True
-        try:
-            self.request.shutdown(socket.SHUT_RDWR)
-        except OSError:
+            self.sock.shutdown(socket.SHUT_WR)
+            until = time.monotonic() + LINGER_SECONDS
+            dropped = 0
+            while dropped < LINGER_BYTES and (wait := until - time.monotonic()) > 0:
+                self.sock.settimeout(wait)
+                data = self.sock.recv(_READ_BYTES)
+                if not data:
+                    return
+                dropped += len(data)
+        except OSError:  # reset, timed out, TLS already gone
             pass
 
-    def _dispatch(self, verb: str) -> None:
-        path = self.path.split("?", 1)[0]
-        if self.headers.get_all("Transfer-Encoding"):
-            self._refuse(411, "send the body with a Content-Length (no chunked bodies)")
-            return
-        if verb == "GET" and path == "/openapi.json":
-            self._send(200, self.owner.openapi)
-            return
-        route = self.owner.routes.get((verb, path))
-        if route is None:
-            known = any(p == path for _, p in self.owner.routes)
-            http = HTTPStatus.METHOD_NOT_ALLOWED if known else HTTPStatus.NOT_FOUND
-            self.close_connection = True  # its body, if any, is not read
-            self._error(
-                http,
-                grpc.StatusCode.UNIMPLEMENTED if known else grpc.StatusCode.NOT_FOUND,
-                f"no route {verb} {path}; GET /openapi.json lists them",
-            )
-            return
+    def _one_request(self) -> bool:
+        """Serve one request; True when the connection can carry another."""
+        self.deadline = None
         try:
-            request = self._read_request(route)
-        except _BadRequest as error:
-            self._refuse(error.http, str(error))
-            return
-        self._deadline.cancel()  # the request is in; the call has its own deadline
-        values = self.headers.get_all("Authorization", [])
-        if not all(value.isascii() and value.isprintable() for value in values):
-            self._error(
-                HTTPStatus.UNAUTHORIZED,
-                grpc.StatusCode.UNAUTHENTICATED,
-                "the Authorization header must be printable ASCII: 'Bearer <token>'",
-            )
-            return
-        metadata = tuple(("authorization", value) for value in values)
-        timeout = _timeout(self.headers.get("Grpc-Timeout"))
+            event = self._next_event()
+        except h11.RemoteProtocolError as error:
+            self._bad_framing(error)
+            return False
+        if not isinstance(event, h11.Request):
+            return False  # closed, or out of time
+        method = event.method.decode("ascii", "replace")
+        target = event.target.decode("ascii", "replace")
+        path = target.split("?", 1)[0]
+        headers: dict[str, list[str]] = {}
+        for name, value in event.headers:
+            headers.setdefault(name.decode("ascii"), []).append(value.decode("latin-1"))
+        head = method == "HEAD"
+        refusal = self.gateway.refusal(method, path, headers)
+        if refusal is not None:
+            status, body, extra = refusal
+            self._send(status, body, close=True, head=head, extra=extra)  # body left unread
+            return False
+        if self.h11.they_are_waiting_for_100_continue:
+            self._write(h11.InformationalResponse(status_code=100, headers=[]))
         try:
-            response = self.owner._calls[route.full_name](
-                request, timeout=timeout, metadata=metadata
+            body = self._read_body()
+        except h11.RemoteProtocolError as error:
+            self._bad_framing(error)
+            return False
+        except _Refusal as too_large:
+            self._send(
+                too_large.http,
+                _error_body(grpc.StatusCode.INVALID_ARGUMENT, str(too_large)),
+                close=True,
             )
-        except grpc.RpcError as error:
-            code = error.code()
-            self._error(HTTP_STATUS.get(code, 500), code, error.details() or code.name)
-            return
-        body = json_format.MessageToJson(
-            response, always_print_fields_with_no_presence=True, indent=None
+            return False
+        if body is None:
+            return False  # closed, or out of time
+        self.deadline = None  # the request is in; the call has its own deadline
+        if method == "GET" and path == "/openapi.json":
+            status, answer = 200, self.gateway.document().text
+        else:
+            status, answer = self.gateway.answer(self.gateway.routes[(method, path)], body, headers)
+        self._send(status, answer, close=False)
+        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+
+    def _next_event(self):
+        """The next h11 event, reading as needed; None when the client closed or the
+        request ran out of time."""
+        while True:
+            event = self.h11.next_event()
+            if event is h11.NEED_DATA:
+                data = self._receive()
+                if data is None:
+                    return None
+                self.h11.receive_data(data)
+                continue
+            if isinstance(event, h11.ConnectionClosed):
+                return None
+            return event
+
+    def _receive(self) -> bytes | None:
+        """Up to _READ_BYTES; b"" at the client's end of stream; None when out of time.
+        The request's deadline starts at its first byte."""
+        now = time.monotonic()
+        wait = IDLE_SECONDS
+        if self.deadline is not None:
+            wait = min(wait, self.deadline - now)
+            if wait <= 0:
+                return None
+        self.sock.settimeout(wait)
+        try:
+            data = self.sock.recv(_READ_BYTES)
+        except TimeoutError:
+            return None
+        if data and self.deadline is None:
+            self.deadline = now + REQUEST_SECONDS
+        return data
+
+    def _read_body(self) -> bytes | None:
+        """The body, whatever its framing, refused once it passes the limit."""
+        parts: list[bytes] = []
+        size = 0
+        limit = self.gateway.max_body_bytes
+        while True:
+            event = self._next_event()
+            if event is None:
+                return None
+            if isinstance(event, h11.EndOfMessage):
+                return b"".join(parts)
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > limit:
+                    raise _Refusal(
+                        413,
+                        f"the body passed the limit of {limit} bytes. Split the call "
+                        "(the server's limits are in GET /v1/info)",
+                    )
+                parts.append(event.data)
+
+    def _bad_framing(self, error: h11.RemoteProtocolError) -> None:
+        """A request h11 could not frame: say why if a response can still be sent."""
+        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            status = error.error_status_hint
+            if status == 400 and "too long" in str(error).lower():
+                status = 431
+            message = f"the request is not valid HTTP/1.1: {error}"
+            self._send(status, _error_body(grpc.StatusCode.INVALID_ARGUMENT, message), close=True)
+
+    def _send(self, status: int, body: bytes, close: bool, head: bool = False, extra=()) -> None:
+        headers = [
+            *extra,
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Server", "siamese-search-gateway"),
+        ]
+        if close:
+            headers.append(("Connection", "close"))
+        self._write(
+            h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
         )
-        self._send(200, body.encode("utf-8"))
+        if not head:
+            self._write(h11.Data(data=body))
+        self._write(h11.EndOfMessage())
 
-    def _refuse(self, http: int, message: str) -> None:
-        """Answer a request refused before its body was read, and end the connection:
-        what is left unread must never be parsed as the next request."""
-        self.close_connection = True
-        self._error(http, grpc.StatusCode.INVALID_ARGUMENT, message)
-
-    def _read_request(self, route: Route):
-        lengths = self.headers.get_all("Content-Length") or []
-        if len(lengths) > 1:
-            raise _BadRequest(400, "send one Content-Length header, not several")
-        length_header = lengths[0].strip() if lengths else None
-        if route.has_body and length_header is None:
-            raise _BadRequest(411, "send the body with a Content-Length")
-        if length_header is not None and not _DIGITS.match(length_header):
-            raise _BadRequest(400, f"Content-Length {length_header[:40]!r} is not a byte count")
-        length = int(length_header or 0)
-        if length > self.owner.max_body_bytes:
-            raise _BadRequest(
-                413,
-                f"the body has {length} bytes; the limit is {self.owner.max_body_bytes}. "
-                "Split the call (the server's limits are in GET /v1/info)",
-            )
-        if route.has_body:
-            kind = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
-            if kind != "application/json":
-                raise _BadRequest(
-                    415, "send the body as JSON with 'Content-Type: application/json'"
-                )
-        if not route.has_body and length:
-            raise _BadRequest(400, f"{route.verb} {route.path} takes no body")
-        raw = self.rfile.read(length) if length else b""
-        if len(raw) != length:
-            raise _BadRequest(400, f"the body ended after {len(raw)} of {length} bytes")
-        request = route.request_class()
-        if route.has_body:
-            try:
-                json_format.Parse(raw.decode("utf-8"), request)
-            except (json_format.ParseError, UnicodeDecodeError, ValueError) as error:
-                message = str(error)
-                raise _BadRequest(
-                    400,
-                    f"the body is not a valid {route.request_class.__name__} in JSON: "
-                    f"{message[:300]}",
-                ) from None
-        return request
-
-    def _error(self, http: int, code: grpc.StatusCode, message: str) -> None:
-        body = {"code": code.value[0], "message": message[:2000], "details": []}
-        self._send(int(http), json.dumps(body).encode("utf-8"))
-
-    def _send(self, http: int, body: bytes) -> None:
-        self.send_response(http)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    def _write(self, event) -> None:
+        self.sock.settimeout(IDLE_SECONDS)  # a client that does not read its answer
+        self.sock.sendall(self.h11.send(event))
 
 
-class _BadRequest(Exception):
+class _Refusal(Exception):
     def __init__(self, http: int, message: str):
         super().__init__(message)
         self.http = http
+
+
+def _invalid(http: int, message: str) -> tuple[int, bytes, list]:
+    """A refusal for a request that breaks a rule of the gateway's."""
+    return http, _error_body(grpc.StatusCode.INVALID_ARGUMENT, message), []
+
+
+def _error_body(code: grpc.StatusCode, message: str) -> bytes:
+    return json.dumps({"code": code.value[0], "message": message[:2000], "details": []}).encode()
+
+
+class _Document:
+    """One served OpenAPI document, and a validator per request message: a body is
+    checked against the schema the document shows before protobuf reads it, so what
+    the document calls valid and what the gateway accepts are one rule."""
+
+    def __init__(self, document: dict):
+        self.text = json.dumps(document).encode("utf-8")
+        components = {"components": document["components"]}
+        self._validators = {
+            name: jsonschema.Draft4Validator({**schema, **components})
+            for name, schema in document["components"]["schemas"].items()
+            if name.endswith("Request")
+        }
+
+    def parse(self, route: Route, raw: bytes):
+        """The request message from a JSON body; _Refusal(400) says what is wrong."""
+        request = route.request_class()
+        if not route.has_body:
+            return request
+        name = route.request_class.__name__
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as error:
+            raise _Refusal(
+                400, f"the body is not a valid {name} in JSON: {str(error)[:300]}"
+            ) from None
+        if not isinstance(body, dict):
+            raise _Refusal(400, f"the body is not a valid {name}: send a JSON object")
+        body = _json_names(route.request_class.DESCRIPTOR, body)
+        problem = jsonschema.exceptions.best_match(self._validators[name].iter_errors(body))
+        if problem is not None:
+            where = "".join(
+                f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem.absolute_path
+            )
+            raise _Refusal(400, f"{name}: {_say(where.lstrip('.') or 'the body', problem)}")
+        try:
+            json_format.ParseDict(body, request)
+        except (json_format.ParseError, ValueError) as error:
+            raise _Refusal(
+                400, f"the body is not a valid {name} in JSON: {str(error)[:300]}"
+            ) from None
+        return request
+
+
+def _say(field: str, error) -> str:
+    """What to fix, in the gRPC checks' words; never the whole value (it can be large)."""
+    rule, value = error.validator, error.validator_value
+    size = len(error.instance) if isinstance(error.instance, (str, list, dict)) else None
+    said = {
+        "maxItems": f"{field} has {size} items; the limit is {value}. Split the call",
+        "minItems": f"{field} is empty; send at least {value}",
+        "maxLength": f"{field} has {size} characters; the limit is {value}",
+        "minLength": f"{field} is empty",
+        "minimum": f"{field} is {error.instance}; it must be at least {value}",
+        "maximum": f"{field} is {error.instance}; it must be at most {value}",
+        "pattern": f"{field} has nothing to read: only white space, control or format characters",
+        "not": f"{field} has control characters or white space around it",
+        "type": f"{field} must be of JSON type {value}",
+        "anyOf": "nothing to delete: send ids, or a label",
+    }.get(rule)
+    return said or error.message[:300]
+
+
+def _json_names(descriptor, body: dict) -> dict:
+    """Fields named as in the .proto (`min_score`) renamed to their JSON names
+    (`minScore`), which the document uses; protobuf's JSON reader takes both."""
+    renamed = {}
+    for key, value in body.items():
+        field = descriptor.fields_by_name.get(key)
+        name = field.json_name if field is not None else key
+        if name in renamed:
+            raise _Refusal(400, f"{name} is sent twice (as {name} and as {key}); send it once")
+        renamed[name] = value
+    return renamed
 
 
 def _timeout(header: str | None) -> float | None:

@@ -108,12 +108,16 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
 
 
 class StreamCapInterceptor(grpc.ServerInterceptor):
-    """At most `cap` streaming calls open at once (health Watch, reflection); more are
-    refused with RESOURCE_EXHAUSTED, so idle streams cannot use up the worker threads."""
+    """At most `cap` streaming calls open at once (health Watch, reflection), and at
+    most `per_client` from one client address; more are refused with
+    RESOURCE_EXHAUSTED, so idle streams cannot use up the worker threads, and one
+    client (health Watch needs no token) cannot take every slot from the others."""
 
-    def __init__(self, cap: int, metrics=None):
+    def __init__(self, cap: int, per_client: int, metrics=None):
         self._cap = cap
+        self._per_client = per_client
         self._open = 0
+        self._by_client: dict[str, int] = {}
         self._lock = threading.Lock()
         self._metrics = metrics
 
@@ -130,19 +134,26 @@ class StreamCapInterceptor(grpc.ServerInterceptor):
             inner, wrap = handler.stream_unary, grpc.stream_unary_rpc_method_handler
 
         def capped(request_or_iterator, context):
+            client = _client_address(context.peer())
             with self._lock:
-                admitted = self._open < self._cap
-                if admitted:
+                held = self._by_client.get(client, 0)
+                if self._open >= self._cap:
+                    refusal = f"{self._cap} streaming calls are open; close one or retry later"
+                elif held >= self._per_client:
+                    refusal = (
+                        f"this client holds {held} streaming calls, the most one client may; "
+                        "close one first"
+                    )
+                else:
+                    refusal = None
                     self._open += 1
+                    self._by_client[client] = held + 1
                     self._gauge()
-            if not admitted:
+            if refusal is not None:
                 if self._metrics is not None:
                     self._metrics.requests.labels(method=name, code="RESOURCE_EXHAUSTED").inc()
-                context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"{self._cap} streaming calls are open; close one or retry later",
-                )
-            context.add_callback(self._release)
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+            context.add_callback(lambda: self._release(client))
             return inner(request_or_iterator, context)
 
         return wrap(
@@ -151,9 +162,14 @@ class StreamCapInterceptor(grpc.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    def _release(self) -> None:
+    def _release(self, client: str) -> None:
         with self._lock:
             self._open -= 1
+            left = self._by_client[client] - 1
+            if left:
+                self._by_client[client] = left
+            else:
+                del self._by_client[client]
             self._gauge()
 
     def _gauge(self) -> None:
@@ -219,3 +235,12 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(
             timed, request_deserializer=None, response_serializer=handler.response_serializer
         )
+
+
+def _client_address(peer: str) -> str:
+    """The client's address without its port: 'ipv4:10.0.0.7:51234' -> 'ipv4:10.0.0.7',
+    'ipv6:[::1]:51234' -> 'ipv6:[::1]'; anything else (unix sockets) as it is."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6") and ":" in rest:
+        return f"{kind}:{rest.rsplit(':', 1)[0]}"
+    return peer

@@ -10,6 +10,8 @@ names, 64-bit integers as strings), as gRPC-Gateway's protoc-gen-openapiv2 does.
 
 from __future__ import annotations
 
+import json
+
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
@@ -33,7 +35,10 @@ ERROR_RESPONSES = {
     "400": "INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE: the message says what to fix",
     "401": "UNAUTHENTICATED: missing or wrong bearer token",
     "403": "PERMISSION_DENIED: the call needs the admin token",
+    "404": "NOT_FOUND: a label filter names a label the index does not hold",
+    "411": "a body was sent without a length (send Content-Length, or a chunked body)",
     "413": "the request body is larger than the server accepts",
+    "415": "the body is not sent as 'Content-Type: application/json'",
     "429": "RESOURCE_EXHAUSTED: the server is at its admission limit; retry with backoff",
     "500": "INTERNAL: see the server log",
     "503": "UNAVAILABLE: nothing is serving yet, or the vector store is unreachable; retry",
@@ -155,3 +160,109 @@ def _field_schema(field, maps) -> dict:
     if field.label == _REPEATED:
         return {"type": "array", "items": schema}
     return schema
+
+
+def serving_document(document: dict, limits, labelled: bool | None) -> dict:
+    """The document a running gateway serves: the committed one with request schemas
+    that say what this server accepts (its limits; whether its index takes labels),
+    closed to unknown fields. The gateway validates every body against it, so the
+    document and the server cannot disagree on a rule a schema can state.
+
+    Two rules no JSON Schema can state remain: token counts (`maxTextTokens`,
+    `maxCallTokens`) and the characters of a whole call (`maxCallChars`), both in GET
+    /v1/info and in the descriptions here; a request over them gets 400.
+    """
+    from siamese_search.server.config import MAX_LABEL_CHARS, MAX_LABELS
+    from siamese_search.server.validation import MAX_ID_CHARS, READABLE_PATTERN
+
+    text = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": limits.max_text_chars,
+        "pattern": READABLE_PATTERN,
+        "description": f"At most {limits.max_text_chars} characters and "
+        f"{limits.max_text_tokens} tokens, with something to read (not only white space, "
+        "control or format characters).",
+    }
+    texts = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": limits.max_batch,
+        "items": text,
+        "description": f"1 .. {limits.max_batch} texts, together at most "
+        f"{limits.max_call_chars} characters and {limits.max_call_tokens} tokens.",
+    }
+    k = {"type": "integer", "format": "int32", "minimum": 1, "maximum": limits.max_k}
+    min_score = {"type": "number", "format": "float", "minimum": -1, "maximum": 1}
+    label = {"type": "string", "minLength": 1, "maxLength": MAX_LABEL_CHARS}
+    labels = {"type": "array", "maxItems": MAX_LABELS, "items": label}
+    # no control characters, no white space around it (a trailing newline included)
+    row_id = {
+        "type": "string",
+        "maxLength": MAX_ID_CHARS,
+        "not": {"anyOf": [{"pattern": "[\x00-\x1f\x7f-\x9f]"}, {"pattern": "^\\s|\\s$"}]},
+    }
+    example_label: dict
+    if labelled is None:  # nothing serving yet: writes are refused anyway
+        example_label, example_required = {"type": "string"}, ["text"]
+    elif labelled:
+        example_label, example_required = label, ["text", "label"]
+    else:
+        example_label, example_required = {"type": "string", "maxLength": 0}, ["text"]
+    rules = {
+        "SearchRequest": (
+            {"text": text, "k": k, "minScore": min_score, "labels": labels},
+            ["text", "k"],
+        ),
+        "SearchBatchRequest": (
+            {"texts": texts, "k": k, "minScore": min_score, "labels": labels},
+            ["texts", "k"],
+        ),
+        "PredictRequest": ({"text": text, "k": k, "minScore": min_score}, ["text", "k"]),
+        "PredictBatchRequest": ({"texts": texts, "k": k, "minScore": min_score}, ["texts", "k"]),
+        "EmbedRequest": ({"texts": texts}, ["texts"]),
+        "Example": ({"id": row_id, "text": text, "label": example_label}, example_required),
+        "UpsertRequest": (
+            {
+                "examples": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": limits.max_batch,
+                    "items": {"$ref": "#/components/schemas/Example"},
+                }
+            },
+            ["examples"],
+        ),
+        "DeleteRequest": (
+            {
+                "ids": {
+                    "type": "array",
+                    "maxItems": limits.max_batch,
+                    "items": {**row_id, "minLength": 1},
+                },
+                "label": {**label, "minLength": 0},
+            },
+            [],
+        ),
+        "GetInfoRequest": ({}, []),
+        "ReloadRequest": ({}, []),
+    }
+    served = json.loads(json.dumps(document))
+    schemas = served["components"]["schemas"]
+    for name, (properties, required) in rules.items():
+        schema = schemas[name]
+        for field, rule in properties.items():
+            described = schema["properties"][field].get("description")
+            schema["properties"][field] = {
+                **rule,
+                **({"description": described} if described else {}),
+            }
+        schema["additionalProperties"] = False
+        if required:
+            schema["required"] = required
+    # a Delete names ids, or a label, or both
+    schemas["DeleteRequest"]["anyOf"] = [
+        {"required": ["ids"], "properties": {"ids": {"minItems": 1}}},
+        {"required": ["label"], "properties": {"label": {"minLength": 1}}},
+    ]
+    return served

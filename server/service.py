@@ -1,6 +1,7 @@
 """The SearchService servicer: validate, embed, search, vote, convert.
 
-Errors map to status codes in one place (`_call`): bad input -> INVALID_ARGUMENT,
+Errors map to status codes in one place (`_call`): bad input -> INVALID_ARGUMENT, a
+label filter naming a label the index does not hold -> NOT_FOUND,
 no index loaded -> UNAVAILABLE (a retry can succeed), an unlabelled index asked to
 predict -> FAILED_PRECONDITION, an expired deadline -> DEADLINE_EXCEEDED, anything
 else -> INTERNAL with the details logged, not sent.
@@ -76,7 +77,10 @@ class SearchService(pb_grpc.SearchServiceServicer):
         except check.InvalidRequest as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except UnknownLabelError as error:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            # NOT_FOUND, not INVALID_ARGUMENT: the same filter is valid once the index
+            # holds the label (gRPC keeps INVALID_ARGUMENT for requests wrong whatever
+            # the state), and REST clients and fuzzers read 404 as "not there (now)"
+            context.abort(grpc.StatusCode.NOT_FOUND, str(error))
         except BackendUnavailableError as error:
             log.error("backend_unavailable", extra={"fields": {"error": str(error)[:500]}})
             context.abort(grpc.StatusCode.UNAVAILABLE, str(error)[:1000])

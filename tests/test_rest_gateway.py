@@ -90,7 +90,7 @@ def test_rest_and_grpc_give_identical_neighbours(server):
     [
         ("POST", "/v1/search", {"text": "x", "k": 0}, 400, 3, "k"),
         ("POST", "/v1/search", {"text": "", "k": 3}, 400, 3, "empty"),
-        ("POST", "/v1/search", {"text": "x", "k": 3, "labels": ["nope"]}, 400, 3, "unknown label"),
+        ("POST", "/v1/search", {"text": "x", "k": 3, "labels": ["nope"]}, 404, 5, "unknown label"),
         ("POST", "/v1/search", {"text": "x", "kk": 3}, 400, 3, "kk"),
         ("POST", "/v1/search", b"{not json", 400, 3, "not a valid SearchRequest"),
         ("POST", "/v1/search", b"\xff\xfe", 400, 3, "not a valid"),
@@ -155,7 +155,7 @@ def test_an_idle_connection_is_closed(index_dir, monkeypatch):
 
     from siamese_search.server import gateway
 
-    monkeypatch.setattr(gateway._Handler, "timeout", 0.5)
+    monkeypatch.setattr(gateway, "IDLE_SECONDS", 0.5)
     running = _start(index_dir)
     try:
         with socket.create_connection(("127.0.0.1", running.http_port), timeout=10) as idle:
@@ -243,7 +243,7 @@ def test_a_negative_content_length_is_refused_before_any_body_is_read(server):
         b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Content-Length: -1\r\n\r\n",  # and no body: the answer must not wait for one
     )
-    assert answer.startswith(b"HTTP/1.1 400") and b"not a byte count" in answer
+    assert answer.startswith(b"HTTP/1.1 400") and b"bad Content-Length" in answer
 
 
 @pytest.mark.parametrize(
@@ -333,3 +333,111 @@ def test_a_client_trickling_its_headers_is_cut_off(server, monkeypatch):
                 closed = True
                 break
         assert closed and time.monotonic() - started < 4
+
+
+def _chunked(payload: bytes, piece: int = 1000) -> bytes:
+    chunks = [payload[i : i + piece] for i in range(0, len(payload), piece)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+
+
+def test_a_chunked_body_is_read_and_answered(server):
+    body = json.dumps({"text": "Fix crash when saving a file", "k": 3}).encode()
+    answer = _raw(
+        server,
+        b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + _chunked(body, 7),
+    )
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert len(json.loads(answer.split(b"\r\n\r\n", 1)[1])["neighbors"]) == 3
+
+
+def test_a_request_with_both_framings_is_refused(server):
+    """Transfer-Encoding beside Content-Length is how requests are smuggled past a proxy
+    that reads the other one."""
+    smuggled = b"GET /v1/info HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = _raw(
+        server,
+        b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        % len(smuggled)
+        + smuggled,
+    )
+    assert answer.startswith(b"HTTP/1.1 400") and answer.count(b"HTTP/1.1 ") == 1, answer[:300]
+
+
+def test_oversize_headers_get_431(server):
+    answer = _raw(
+        server, b"GET /v1/info HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:300]
+
+
+def _peak_rss_reset() -> bool:
+    """Reset this process's peak RSS (VmHWM); False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/self/status")
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: -1\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"",  # no length at all
+    ],
+    ids=["negative-length", "chunked", "no-length"],
+)
+def test_a_200_mb_body_is_refused_within_the_memory_bound(server, framing):
+    """An attacker streams 200 MB at a body route. The gateway answers 400 / 411 / 413
+    having read at most its body limit (the chunked body up to the limit, the others
+    not at all), its peak memory grows by far less than what was sent, and the sender
+    is cut off long before 200 MB."""
+    import select
+    import socket
+
+    if not _peak_rss_reset():
+        pytest.skip("the kernel does not let a process reset its peak RSS")
+    gateway_limit = server.gateway.max_body_bytes
+    before = _status_kib("VmRSS")
+    piece = (
+        b"%x\r\n%s\r\n" % (1 << 20, b"x" * (1 << 20)) if b"chunked" in framing else b"x" * (1 << 20)
+    )
+    total = 200 << 20
+    sent = 0
+    answer = b""
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + framing
+            + b"\r\n"
+        )
+        while sent < total:
+            if select.select([sock], [], [], 0)[0]:
+                break
+            try:
+                sock.sendall(piece)
+            except OSError:
+                break
+            sent += len(piece)
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else None
+    assert status in (400, 411, 413), answer[:300]
+    assert sent < 32 << 20, f"the client could send {sent >> 20} MB"
+    grown_mib = (_status_kib("VmHWM") - before) / 1024
+    assert grown_mib < 4 * gateway_limit / (1 << 20) + 32, f"peak memory grew {grown_mib:.0f} MiB"

@@ -202,10 +202,6 @@ def test_embed_and_get_info(stub, model):
         (lambda s: s.Search(pb.SearchRequest(text="fix", k=21)), "between 1 and 20"),
         (lambda s: s.Search(pb.SearchRequest(text="fix", k=3, min_score=math.nan)), "min_score"),
         (lambda s: s.Search(pb.SearchRequest(text="fix", k=3, min_score=1.5)), "[-1, 1]"),
-        (
-            lambda s: s.Search(pb.SearchRequest(text="fix", k=3, labels=["nope"])),
-            "unknown label(s) 'nope'",
-        ),
         (lambda s: s.SearchBatch(pb.SearchBatchRequest(texts=["a"] * 9, k=3)), "the limit is 8"),
         (lambda s: s.SearchBatch(pb.SearchBatchRequest(texts=[], k=3)), "texts is empty"),
         (
@@ -219,6 +215,13 @@ def test_bad_input_is_invalid_argument_with_a_message(stub, make_call, message):
     code, details = _code(lambda: make_call(stub))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert message in details
+
+
+def test_a_label_the_index_does_not_hold_is_not_found(stub):
+    """State, not a malformed request: the same filter works once the label exists."""
+    code, details = _code(lambda: stub.Search(pb.SearchRequest(text="fix", k=3, labels=["nope"])))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert "unknown label(s) 'nope'" in details and "the index holds" in details
 
 
 def test_oversized_message_and_expired_deadline(stub, server):
@@ -641,5 +644,5 @@ def test_hostile_requests_get_invalid_argument_with_short_messages(server, stub)
     assert code == grpc.StatusCode.INVALID_ARGUMENT and len(details) < 300
     unknown = [f"unknown-{i}-{'y' * 100}" for i in range(900)]
     code, details = _code(lambda: stub.Search(pb.SearchRequest(text="fix", k=3, labels=unknown)))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "and 895 more" in details
+    assert code == grpc.StatusCode.NOT_FOUND and "and 895 more" in details
     assert len(details) < 1000

@@ -54,7 +54,7 @@ def _status(channel) -> int:
 
 
 def test_idle_streams_do_not_starve_unary_calls(index_dir):
-    server = _start(index_dir, workers=2, max_streams=16)
+    server = _start(index_dir, workers=2, max_streams=16, max_streams_per_client=16)
     held = []
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -86,6 +86,35 @@ def test_idle_streams_do_not_starve_unary_calls(index_dir):
             for stream in held:
                 stream.cancel()
             gate.set()
+    finally:
+        server.stop(0)
+
+
+def test_one_client_cannot_hold_every_stream(index_dir):
+    """Health Watch needs no token: one client opening Watch after Watch used to take
+    every --max-streams slot, and nobody else could watch."""
+    server = _start(index_dir, workers=2, max_streams=6, max_streams_per_client=2)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            held = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(2)]
+            for stream in held:
+                assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+            third = health.Watch(health_pb2.HealthCheckRequest())
+            with pytest.raises(grpc.RpcError) as refused:
+                next(third)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "the most one client may" in refused.value.details()
+            assert server.metrics.open_streams._value.get() == 2  # 4 left for the others
+            held.pop().cancel()  # a slot of this client's comes back when a stream ends
+            deadline = time.monotonic() + 5
+            while server.metrics.open_streams._value.get() != 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            again = health.Watch(health_pb2.HealthCheckRequest())
+            assert next(again).status == health_pb2.HealthCheckResponse.SERVING
+            again.cancel()
+            held[0].cancel()
     finally:
         server.stop(0)
 
@@ -262,7 +291,7 @@ def test_concurrent_calls_share_a_batch_and_keep_their_own_answers(index_dir, mo
             answers = [future.result() for future in searches]
             with pytest.raises(grpc.RpcError) as refused:
                 unknown.result()
-            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert refused.value.code() == grpc.StatusCode.NOT_FOUND
             filtered_hits = filtered.result().neighbors
             vectors = embedded.result().embeddings
             prediction = predicted.result()

@@ -95,7 +95,9 @@ def test_upsert_of_a_new_label_is_predicted_and_delete_by_label_removes_it(index
             assert "translation" not in client.info().labels
             with pytest.raises(grpc.RpcError) as caught:
                 client.search("x", labels=["translation"])
-            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert (
+                caught.value.code() == grpc.StatusCode.NOT_FOUND
+            )  # a label deleted is state, not a bad request
             # delete by id, and ids that are not there are ignored
             client.delete(ids=["0", "no-such-id"], wait=True)
             assert client.info().count == before.count - 1
@@ -503,3 +505,57 @@ def test_a_second_server_on_the_same_index_refuses_writes(index_dir):
     finally:
         second.stop(0)
         first.stop(0)
+
+
+@pytest.mark.slow
+def test_acknowledged_writes_survive_failing_appends_and_a_kill(index_dir):
+    """A server process whose journal appends start failing (a real file size limit,
+    set on the running process, as a full disk would) in the middle of a stream of
+    writes, then work again, then a SIGKILL: every acknowledged write is in the index
+    after the restart, and a write that failed was answered with an error, not OK."""
+    import resource
+
+    from tests.test_server_process import _serve
+
+    process, target = _serve(index_dir, "--commit-rows", "1000000")
+    acknowledged: list[str] = []
+    refused: list[grpc.StatusCode] = []
+    try:
+        with SearchClient(target, retry=RetryPolicy(attempts=1)) as client:
+
+            def write(n: int) -> None:
+                try:
+                    client.upsert([Example(f"appended text number {n}", "2", f"a{n}")])
+                    acknowledged.append(f"a{n}")
+                except grpc.RpcError as error:
+                    refused.append(error.code())
+
+            for n in range(5):
+                write(n)
+            size = (index_dir / JOURNAL).stat().st_size
+            hard = resource.prlimit(process.pid, resource.RLIMIT_FSIZE)[1]
+            # room for about one more line: the append after it fails part-way
+            resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (size + 150, hard))
+            for n in range(5, 15):
+                write(n)
+            resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (hard, hard))
+            for n in range(15, 25):
+                write(n)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+    assert refused and set(refused) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL}
+    assert len(acknowledged) >= 15  # the first five and the last ten at least
+    process, target = _serve(index_dir)  # replays the journal and commits it
+    try:
+        with SearchClient(target, retry=RetryPolicy(attempts=20, max_backoff=1.0)) as client:
+            deadline = time.monotonic() + 60
+            while client.info().raw.pending_writes and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert client.info().index_version != "000001"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    with open_index(index_dir) as version:
+        found = version.records().positions_of(acknowledged)
+    assert set(acknowledged) <= found.keys(), sorted(set(acknowledged) - found.keys())
