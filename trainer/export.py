@@ -152,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
     from siamese_search.core.model_artifact import load_model
-    from siamese_search.core.tf_runtime import configure_tensorflow_threads
+    from siamese_search.core.tf_runtime import configure_tensorflow_threads, require_tensorflow
 
+    require_tensorflow("siamese-export", ("tensorflow", "tensorflow_text"))
     configure_tensorflow_threads()
     model = load_model(args.model)
     export(model, args.out, args.with_head, overwrite=args.overwrite)

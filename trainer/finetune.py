@@ -1,16 +1,16 @@
 """Fine-tuning the encoder itself: USE multilingual v3's layers trained jointly with the head.
 
-Same objective as the frozen-encoder trainer (batch-hard triplet loss on cosine
-distance, margin 0.4, over the head ensemble's members), but the gradient also flows
-into the encoder (`trainer.use_network.UseNetwork`): projections, n-gram CNNs, layer
-norms and the deep averaging network. The embedding table (128k pieces x 512, stored
-8-bit) stays frozen: it holds most of the weights, the 100 examples touch a few
-hundred of its rows, and training those few would pull them away from the rest of
-the vocabulary that test texts use.
+Same objective as the frozen-encoder trainer (`trainer.train.Objective`: the proxy
+loss by default, or the cosine triplet loss, over the head ensemble's members), but
+the gradient also flows into the encoder (`trainer.use_network.UseNetwork`):
+projections, n-gram CNNs, layer norms and the deep averaging network. The embedding
+table (128k pieces x 512, stored 8-bit) stays frozen: it holds most of the weights,
+the 100 examples touch a few hundred of its rows, and training those few would pull
+them away from the rest of the vocabulary that test texts use.
 
 Why it works with 100 examples: the encoder starts from good weights, the step count
-is small (100 full-batch steps), the head's dropout and L2 stay on, and the result is
-averaged over the head ensemble. On the sample split this reaches SetFit's accuracy
+is small (`trainer.config.default_steps`), the head's dropout and L2 stay on, and the
+result is averaged over the head ensemble. On the sample split this reaches SetFit's accuracy
 in about a tenth of its training time (README.md, bench/results/).
 """
 

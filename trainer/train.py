@@ -1,11 +1,16 @@
-"""Fitting the siamese head on sentence vectors with a triplet loss.
+"""Fitting the siamese head on frozen sentence vectors, and what both trainers share.
 
-The encoder is frozen here, so every text is encoded once up front and training
-runs on the cached vectors: a 100-example job takes a few seconds on 2 cores.
+The loss (`Objective`) is the normalised softmax over one learned proxy per class by
+default (`--loss proxy`), or the design card's cosine triplet loss (`--loss triplet`,
+mined batch-hard, semi-hard or at random). With the encoder frozen, every text is
+encoded once up front and training runs on the cached vectors: a 100-example job
+takes a few seconds on 2 cores. `trainer.finetune` trains the encoder too, with the
+same objective and step loop (`run_steps`).
 
-Batches: when the labelled set fits in `batch_size`, every step sees all of it
-(online mining then finds the globally hardest triplets); otherwise each step draws
-P classes x K examples (`samples_per_class`), so every anchor has positives.
+Batches: when the labelled set fits in a batch, every step sees all of it (mining then
+finds the globally hardest triplets); otherwise each step draws P classes x K
+examples for the triplet losses (every anchor has positives), or a uniform random
+batch for the proxy loss (proxies stand for the classes a batch lacks).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Pick a vector-index backend by index kind (txtai-style factory)."""
+"""The FAISS index kinds behind `VectorIndex`: make or load one by kind ("auto" picks by
+size). Milvus (`milvus_backend`) is the other implementation of the interface, chosen
+by `--backend milvus` where a version is written, not here."""
 
 from __future__ import annotations
 

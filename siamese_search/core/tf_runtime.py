@@ -20,6 +20,21 @@ import tempfile
 from types import ModuleType
 
 from siamese_search.core.encoders.base import default_threads
+from siamese_search.core.errors import UserError
+
+TRAIN_EXTRA = "pip install 'siamese-search[train]'"
+
+
+def require_tensorflow(what: str, modules: tuple[str, ...] = ("tensorflow",)) -> None:
+    """UserError naming the extra to install when `what` needs TensorFlow (or TF-Hub)
+    and this install has none: serving and indexing do not, and install without it."""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(
+            f"{what} needs {', '.join(missing)}, which this install does not have: {TRAIN_EXTRA}"
+        )
 
 
 def import_tensorflow() -> ModuleType:

@@ -13,7 +13,7 @@ import numpy as np
 
 from siamese_search.core.encoders.base import Encoder, sha256_files
 from siamese_search.core.errors import UserError
-from siamese_search.core.tf_runtime import configure_tensorflow_threads
+from siamese_search.core.tf_runtime import configure_tensorflow_threads, require_tensorflow
 
 _PROBE = ["siamese-search probe sentence"]
 
@@ -32,6 +32,7 @@ class HubEncoder(Encoder):
 
     def __init__(self, handle: str, preprocess_mode: str, base_dir: Path | None = None):
         super().__init__(preprocess_mode)
+        require_tensorflow(f"the encoder {handle}", ("tensorflow", "tensorflow_hub"))
         configure_tensorflow_threads()  # imports TensorFlow quietly, sized to our cores
         import tensorflow as tf
         import tensorflow_hub as hub
