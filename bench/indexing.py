@@ -8,7 +8,11 @@ test set, each made unique with two extra words so deduplication cannot flatter 
     vectors file, FAISS index, manifest, fsync, publish), with the index type given
 Each measurement runs in its own process, so peak RSS (ru_maxrss) is its own.
 
+With --runtimes (e.g. `numpy openvino`), every measurement is made once per encoder
+runtime, in turn for each size (SIAMESE_ENCODER_RUNTIME for the worker process).
+
 Usage: python bench/indexing.py --model artifacts/model [--sizes 10000 100000]
+       [--runtimes numpy openvino]
 """
 
 from __future__ import annotations
@@ -74,7 +78,14 @@ def worker(args) -> dict:
     }
 
 
-def run_worker(model: Path, data: Path, mode: str, index_type: str, out: Path) -> dict:
+def run_worker(
+    model: Path, data: Path, mode: str, index_type: str, out: Path, runtime: str | None
+) -> dict:
+    import os
+
+    env = dict(os.environ)
+    if runtime is not None:
+        env["SIAMESE_ENCODER_RUNTIME"] = runtime
     result = subprocess.run(
         [
             sys.executable,
@@ -95,8 +106,42 @@ def run_worker(model: Path, data: Path, mode: str, index_type: str, out: Path) -
         capture_output=True,
         text=True,
         cwd=ROOT,
+        env=env,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def measure_size(args, size: int, data: Path, tmp: Path, runtime, results: list) -> None:
+    label = f"[{runtime}] " if runtime else ""
+    raw = run_worker(args.model, data, "raw", "-", tmp / "unused", runtime)
+    results.append({"size": size, "runtime": runtime, **raw})
+    print(
+        f"{label}{size:>7} texts  raw encoder      {raw['texts_per_second']:7.0f} texts/s  "
+        f"peak RSS {raw['peak_rss_mb']:6.0f} MB",
+        flush=True,
+    )
+    for kind in args.index_types:
+        out = tmp / f"index-{size}-{kind}-{runtime}"
+        e2e = run_worker(args.model, data, "build", kind, out, runtime)
+        manifest = json.loads((out / "versions" / "000001" / "manifest.json").read_text())
+        index_mb = manifest["files"]["index.faiss"]["bytes"] / 2**20
+        ratio = e2e["texts_per_second"] / raw["texts_per_second"]
+        results.append(
+            {
+                "size": size,
+                "runtime": runtime,
+                **e2e,
+                "resolved_type": manifest["index"]["type"],
+                "index_mb": index_mb,
+                "ratio_to_raw": ratio,
+            }
+        )
+        print(
+            f"{label}{size:>7} texts  build {kind:>5} ({manifest['index']['type']:>5})  "
+            f"{e2e['texts_per_second']:7.0f} texts/s  = {ratio:5.1%} of raw  "
+            f"peak RSS {e2e['peak_rss_mb']:6.0f} MB  (index file {index_mb:.0f} MB)",
+            flush=True,
+        )
 
 
 def main() -> int:
@@ -105,6 +150,7 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--index-types", nargs="+", default=["flat", "auto"])
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--runtimes", nargs="+", default=[None], help="encoder runtimes")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="raw", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -118,34 +164,8 @@ def main() -> int:
         for size in args.sizes:
             data = Path(tmp) / f"corpus-{size}.csv"
             make_corpus(data, size)
-            raw = run_worker(args.model, data, "raw", "-", Path(tmp) / "unused")
-            results.append({"size": size, **raw})
-            print(
-                f"{size:>7} texts  raw encoder      {raw['texts_per_second']:7.0f} texts/s  "
-                f"peak RSS {raw['peak_rss_mb']:6.0f} MB",
-                flush=True,
-            )
-            for kind in args.index_types:
-                out = Path(tmp) / f"index-{size}-{kind}"
-                e2e = run_worker(args.model, data, "build", kind, out)
-                manifest = json.loads((out / "versions" / "000001" / "manifest.json").read_text())
-                index_mb = manifest["files"]["index.faiss"]["bytes"] / 2**20
-                ratio = e2e["texts_per_second"] / raw["texts_per_second"]
-                results.append(
-                    {
-                        "size": size,
-                        **e2e,
-                        "resolved_type": manifest["index"]["type"],
-                        "index_mb": index_mb,
-                        "ratio_to_raw": ratio,
-                    }
-                )
-                print(
-                    f"{size:>7} texts  build {kind:>5} ({manifest['index']['type']:>5})  "
-                    f"{e2e['texts_per_second']:7.0f} texts/s  = {ratio:5.1%} of raw  "
-                    f"peak RSS {e2e['peak_rss_mb']:6.0f} MB  (index file {index_mb:.0f} MB)",
-                    flush=True,
-                )
+            for runtime in args.runtimes:
+                measure_size(args, size, data, Path(tmp), runtime, results)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")

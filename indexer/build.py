@@ -383,6 +383,9 @@ def _write_version(
                 if options.engine == "ray":  # what embedded the new rows
                     extra["engine"] = {"kind": "ray", **dataclasses.asdict(options.ray)}
                     del extra["engine"]["address"]  # may name a private host or token
+                # what ran the encoder's forward pass for the new rows (not part of the
+                # fingerprint: a runtime is only used once it gives numpy's vectors)
+                extra["encoder_runtime"] = model.encoder_runtime
                 if plan.columns is not None:
                     extra["source"] = {
                         "text_column": plan.columns.text,

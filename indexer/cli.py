@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from siamese_search.core.cli_help import DefaultsHelpFormatter
+from siamese_search.core.encoders.base import add_runtime_flag, apply_runtime_flag
 from siamese_search.core.errors import UserError, run_cli
 from siamese_search.core.tables import Columns, describe_problems, table_columns
 from siamese_search.indexer import layout
@@ -103,6 +104,7 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
 def _add_common_flags(parser: argparse.ArgumentParser) -> None:
     _add_wait_flag(parser)
     add_backend_flags(parser)
+    add_runtime_flag(parser)
     parser.add_argument(
         "--index-type",
         default="auto",
@@ -286,6 +288,7 @@ def _report(report, data: Path | None) -> None:
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_runtime_flag(args)
     if args.command == "info":
         with open_index(args.index) as version:
             print(json.dumps({"version": version.name, **version.manifest}, indent=2))

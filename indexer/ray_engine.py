@@ -35,7 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from siamese_search.core.encoders.base import ENCODE_BATCH, unique_texts
+from siamese_search.core.encoders.base import (
+    ENCODE_BATCH,
+    RUNTIME_VARIABLE,
+    encoder_runtime,
+    unique_texts,
+)
 from siamese_search.core.errors import UserError
 
 #: CPUs one encoding actor reserves (less than 1: see the module docstring)
@@ -95,7 +100,9 @@ def _start_local_cluster() -> None:
 class _EmbedActor:
     """One Ray actor: the model, rebuilt from its files, embedding batches of texts."""
 
-    def __init__(self, files, threads: int):
+    def __init__(self, files, threads: int, runtime: str):
+        """`runtime`: the driver's encoder runtime (a remote worker's environment is
+        not the driver's)."""
         import tempfile
 
         import ray
@@ -106,6 +113,7 @@ class _EmbedActor:
         if isinstance(files, ray.ObjectRef):  # Ray Data passes constructor args as given
             files = ray.get(files)
         limit_native_threads(threads)
+        os.environ[RUNTIME_VARIABLE] = runtime
         # removed with the actor (the model is loaded into memory from it)
         self._directory = tempfile.TemporaryDirectory(prefix="siamese-model-")
         for name, data in files.items():
@@ -246,7 +254,11 @@ class RayEmbedder:
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
         results = dataset.map_batches(
             _EmbedActor,
-            fn_constructor_args=(self._files, self.settings.threads_per_actor),
+            fn_constructor_args=(
+                self._files,
+                self.settings.threads_per_actor,
+                encoder_runtime(),
+            ),
             batch_size=1,
             # two rows in flight per actor: the next one is already there when an actor
             # finishes (with one, timestamps logged in the actors showed each idle

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from siamese_search.core.cli_help import DefaultsHelpFormatter
+from siamese_search.core.encoders.base import add_runtime_flag, apply_runtime_flag
 from siamese_search.core.errors import UserError, run_cli
 from siamese_search.indexer.backend_flags import add_backend_flags, milvus_target
 from siamese_search.server.batching import BatchSettings
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.splitlines()[0],
         formatter_class=DefaultsHelpFormatter,
     )
+    add_runtime_flag(parser)
     parser.add_argument(
         "--index",
         type=Path,
@@ -289,6 +291,7 @@ def config_from_args(args) -> ServerConfig:
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_runtime_flag(args)
     from siamese_search.server import logs
 
     logs.configure(args.log_level)

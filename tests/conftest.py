@@ -9,6 +9,12 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("SIAMESE_THREADS", "2")
+# The suite runs the numpy reference encoder (every process it starts inherits this):
+# the default runtime adds ~2 s to each model load, and ~60 server and worker starts
+# made the suite 6 minutes longer. tests/test_encoder_runtime.py runs the default
+# runtime on every path (encoders, fine-tuned weights, encoding processes, the index
+# CLI, a server, Ray actors).
+os.environ.setdefault("SIAMESE_ENCODER_RUNTIME", "numpy")
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "commit-messages"
 
@@ -49,6 +55,34 @@ def trained_model(tmp_path_factory, sample_train) -> Path:
         ]
     )
     assert code == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tuned_model(tmp_path_factory, sample_train) -> Path:
+    """A model trained with --fine-tune (3 steps): a tuned encoder beside the shipped one."""
+    from siamese_search.trainer.cli import main as train_main
+
+    out = tmp_path_factory.mktemp("tuned") / "model"
+    assert (
+        train_main(
+            [
+                "--data",
+                str(sample_train),
+                "--label-column",
+                "class",
+                "--out",
+                str(out),
+                "--fine-tune",
+                "--steps",
+                "3",
+                "--ensemble",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return out
 
 

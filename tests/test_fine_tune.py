@@ -71,31 +71,6 @@ def test_exported_weights_run_on_the_numpy_backend(tmp_path, sample_texts):
     assert np.sum(base.encode(texts) * got, axis=1).min() < 0.9999  # really changed
 
 
-@pytest.fixture(scope="module")
-def tuned_model(tmp_path_factory, sample_train):
-    out = tmp_path_factory.mktemp("tuned") / "model"
-    assert (
-        train_main(
-            [
-                "--data",
-                str(sample_train),
-                "--label-column",
-                "class",
-                "--out",
-                str(out),
-                "--fine-tune",
-                "--steps",
-                "3",
-                "--ensemble",
-                "1",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    return out
-
-
 def test_fine_tuned_model_directory_and_encoder(tuned_model, trained_model, sample_texts):
     manifest = json.loads((tuned_model / MANIFEST).read_text())
     assert manifest["encoder"]["spec"]["weights"] == ENCODER_WEIGHTS

@@ -125,3 +125,29 @@ def test_a_local_cluster_that_does_not_come_up_is_started_again(model, monkeypat
         with RayEmbedder(model, RaySettings(actors=1)) as embedder:
             list(embedder.embed(iter([texts])))
     assert len(calls) == ray_engine.LOCAL_START_ATTEMPTS
+
+
+def test_ray_actors_run_the_drivers_encoder_runtime(tmp_path, trained_model, monkeypatch):
+    """The actors get the runtime from the driver (a remote worker's environment is not
+    the driver's): a Ray build under --encoder-runtime openvino is the local build
+    under it, and not the numpy one."""
+    from siamese_search.core.encoders.base import RUNTIME_VARIABLE
+
+    corpus = _corpus(tmp_path / "corpus.csv", 1200)
+    monkeypatch.setenv(RUNTIME_VARIABLE, "numpy")
+    numpy_model = load_model(trained_model)
+    build_index(tmp_path / "numpy", numpy_model, corpus, COLUMNS, LOCAL)
+    monkeypatch.setenv(RUNTIME_VARIABLE, "openvino")
+    model = load_model(trained_model)
+    build_index(tmp_path / "local", model, corpus, COLUMNS, LOCAL)
+    build_index(tmp_path / "ray", model, corpus, COLUMNS, ON_RAY)
+    with (
+        open_index(tmp_path / "local") as a,
+        open_index(tmp_path / "ray") as b,
+        open_index(tmp_path / "numpy") as c,
+    ):
+        assert a.manifest["encoder_runtime"] == b.manifest["encoder_runtime"] == "openvino"
+        assert c.manifest["encoder_runtime"] == "numpy"
+        np.testing.assert_array_equal(b.vectors(), a.vectors())
+        assert not np.array_equal(a.vectors(), c.vectors())
+        assert np.sum(a.vectors() * c.vectors(), axis=1).min() > 0.999

@@ -20,6 +20,7 @@ import numpy as np
 from siamese_search.core.abstention import expected_calibration_error
 from siamese_search.core.atomic import write_json_atomic
 from siamese_search.core.cli_help import DefaultsHelpFormatter
+from siamese_search.core.encoders.base import add_runtime_flag, apply_runtime_flag
 from siamese_search.core.errors import UserError, run_cli
 from siamese_search.core.model_artifact import EmbeddingModel
 from siamese_search.core.tables import Columns, Table, read_table
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Label test texts by their nearest reference texts and score the result.",
     )
     parser.add_argument("--model", required=True, type=Path, help="model directory")
+    add_runtime_flag(parser)
     parser.add_argument(
         "--reference",
         required=True,
@@ -192,6 +194,7 @@ def _open_set_scores(
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_runtime_flag(args)
     if args.k < 1:
         raise UserError(f"--k must be at least 1, got {args.k}")
     columns = Columns(text=args.text_column, label=args.label_column)

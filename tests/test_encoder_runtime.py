@@ -1,0 +1,176 @@
+"""The embedded encoder on OpenVINO (core/encoders/usem3_runtime.py): numpy's vectors
+to the fidelity bars, for the shipped and for fine-tuned weights; a runtime that
+disagrees refused with its figures; safe from several threads; and every path that
+encodes (encoding processes, the index CLI, the server) runs it when asked."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from siamese_search.core.encoders import make_encoder
+from siamese_search.core.encoders.base import RUNTIME_VARIABLE
+from siamese_search.core.encoders.usem3_runtime import (
+    check_fidelity,
+    fidelity_sample,
+    top_k_overlap,
+)
+from siamese_search.core.errors import UserError
+from siamese_search.core.model_artifact import load_model
+
+TEXTS = [f"fix the parser crash number {i} in module {i % 7}" for i in range(60)]
+
+
+@pytest.fixture(scope="module")
+def numpy_encoder():
+    from siamese_search.core.encoders.usem3_encoder import Usem3Encoder
+
+    return Usem3Encoder("code", threads=1, runtime="numpy")
+
+
+@pytest.fixture(scope="module")
+def openvino_encoder():
+    from siamese_search.core.encoders.usem3_encoder import Usem3Encoder
+
+    return Usem3Encoder("code", threads=1, runtime="openvino")
+
+
+def test_openvino_gives_numpys_vectors(numpy_encoder, openvino_encoder):
+    assert openvino_encoder.runtime == "openvino"
+    expected, got = numpy_encoder.encode(TEXTS), openvino_encoder.encode(TEXTS)
+    cosine = np.sum(expected * got, axis=1)
+    assert cosine.min() > 0.999
+    assert not np.array_equal(expected, got)  # the runtime did run: bf16 differs a little
+    assert openvino_encoder.fingerprint() == numpy_encoder.fingerprint()
+
+
+def test_exact_fp32_runtime_and_a_long_text(numpy_encoder):
+    """fp32 agrees to float rounding, here on a text longer than one forward pass."""
+    from siamese_search.core.encoders.usem3_encoder import Usem3Encoder
+
+    exact = Usem3Encoder("code", threads=1, runtime="openvino-f32")
+    texts = [" ".join(TEXTS), *TEXTS[:5]]
+    np.testing.assert_allclose(exact.encode(texts), numpy_encoder.encode(texts), atol=2e-5)
+
+
+def test_a_runtime_that_disagrees_is_refused_with_its_figures(openvino_encoder):
+    reference = openvino_encoder._model._backend._numpy
+
+    class Shuffled:  # right shape, wrong vectors: what a broken graph would give
+        def encode(self, texts):
+            vectors = reference.encode(texts)
+            return np.roll(vectors, 1, axis=0)
+
+    with pytest.raises(UserError, match=r"fails the fidelity check.*top-10 overlap"):
+        check_fidelity(reference, Shuffled(), "openvino")
+    figures = check_fidelity(reference, openvino_encoder._model._backend, "openvino")
+    assert figures["mean_cosine"] > 0.999 and figures["top10_overlap"] >= 0.97
+    assert len(fidelity_sample()) == 300 and fidelity_sample() == fidelity_sample()
+
+
+def test_top_k_overlap():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(50, 8)).astype(np.float32)
+    assert top_k_overlap(a, a) == 1.0
+    assert top_k_overlap(a, rng.normal(size=(50, 8)).astype(np.float32)) < 0.5
+
+
+def test_several_threads_get_their_own_answers(openvino_encoder):
+    expected = {i: openvino_encoder.encode(TEXTS[i::4]) for i in range(4)}
+    got: dict[int, np.ndarray] = {}
+
+    def work(i: int) -> None:
+        for _ in range(5):
+            got[i] = openvino_encoder.encode(TEXTS[i::4])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i in range(4):
+        np.testing.assert_array_equal(got[i], expected[i])
+
+
+def test_fine_tuned_weights_run_on_the_runtime(tuned_model, monkeypatch):
+    """A fine-tuned model's encoders (its tuned one and the shipped meaning one) both
+    run on the runtime, with the numpy reference's vectors."""
+    monkeypatch.setenv(RUNTIME_VARIABLE, "numpy")
+    numpy_model = load_model(tuned_model, threads=1)
+    monkeypatch.setenv(RUNTIME_VARIABLE, "openvino")
+    runtime_model = load_model(tuned_model, threads=1)
+    assert runtime_model.encoder.runtime == "openvino"
+    assert runtime_model.meaning_encoder.runtime == "openvino"
+    assert numpy_model.encoder.runtime == "numpy"
+    cosine = np.sum(numpy_model.embed(TEXTS) * runtime_model.embed(TEXTS), axis=1)
+    assert cosine.min() > 0.999
+
+
+def test_encoding_processes_inherit_the_runtime(trained_model, monkeypatch):
+    """Workers are separate Python processes: they must run what the server runs."""
+    from siamese_search.server.encode_processes import EncoderProcesses
+
+    monkeypatch.setenv(RUNTIME_VARIABLE, "openvino")
+    model = load_model(trained_model, threads=1)
+    pool = EncoderProcesses(1, threads=1)
+    try:
+        np.testing.assert_array_equal(pool.embed(model, TEXTS), model.embed(TEXTS))
+    finally:
+        pool.close()
+    monkeypatch.setenv(RUNTIME_VARIABLE, "numpy")
+    assert not np.array_equal(load_model(trained_model, threads=1).embed(TEXTS), model.embed(TEXTS))
+
+
+def test_openvino_is_the_default(monkeypatch):
+    monkeypatch.delenv(RUNTIME_VARIABLE, raising=False)
+    assert make_encoder("usem3", "code").runtime == "openvino"
+
+
+def test_an_unknown_runtime_is_refused(monkeypatch):
+    monkeypatch.setenv(RUNTIME_VARIABLE, "tpu")
+    with pytest.raises(UserError, match="unknown encoder runtime 'tpu'.*numpy, openvino"):
+        make_encoder("usem3", "code")
+
+
+def test_the_index_cli_takes_the_runtime_flag(tmp_path, trained_model, sample_train, monkeypatch):
+    from siamese_search.indexer.cli import main as index_main
+    from siamese_search.indexer.store import open_index
+
+    monkeypatch.setenv(RUNTIME_VARIABLE, "numpy")  # restored after: the flag sets it
+    out = tmp_path / "index"
+    argv = ["build", "--model", str(trained_model), "--data", str(sample_train)]
+    argv += ["--label-column", "class", "--out", str(out), "--encoder-runtime", "openvino"]
+    assert index_main(argv) == 0
+    with open_index(out) as version:
+        assert version.manifest["encoder_runtime"] == "openvino"
+
+
+def test_a_server_on_the_default_runtime(tmp_path, trained_model, sample_train, monkeypatch):
+    """The whole serving path (model load, encoding processes, batching) on the runtime:
+    the neighbours of a query are the numpy server's, to the fidelity the check keeps."""
+    from siamese_search.client import SearchClient
+    from siamese_search.core.tables import Columns
+    from siamese_search.indexer.build import BuildOptions, build_index
+    from siamese_search.server.app import SearchServer
+    from siamese_search.server.config import ServerConfig
+
+    monkeypatch.setenv(RUNTIME_VARIABLE, "numpy")
+    index = tmp_path / "index"
+    columns = Columns(text="text", label="class")
+    build_index(
+        index, load_model(trained_model), sample_train, columns, BuildOptions(show_progress=False)
+    )
+    answers = {}
+    for runtime in ("numpy", "openvino"):
+        monkeypatch.setenv(RUNTIME_VARIABLE, runtime)
+        server = SearchServer(ServerConfig(index_dir=index, port=0)).start()
+        try:
+            assert server.holder.model.encoder_runtime == runtime
+            with SearchClient(f"127.0.0.1:{server.port}") as client:
+                found = client.search("Fix crash when saving a file", k=10).neighbors
+                answers[runtime] = [n.id for n in found]
+        finally:
+            server.stop(0)
+    assert len(set(answers["numpy"]) & set(answers["openvino"])) >= 9
