@@ -266,6 +266,8 @@ class SearchServer:
                     "metrics_port": self.config.metrics_port,
                     "http_port": self.http_port,
                     "writes": self.committer is not None,
+                    # who may write: any client (open), or holders of a token
+                    "writes_need_token": bool(self.config.token or self.config.admin_token),
                 }
             },
         )

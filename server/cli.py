@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-writes", action="store_true", help="refuse Upsert / Delete (FAILED_PRECONDITION)"
     )
+    parser.add_argument(
+        "--open-writes",
+        action="store_true",
+        help="take Upsert / Delete without a token on an address beyond loopback (refused "
+        "otherwise: anyone who reaches the port could change the index)"
+    )
     parser.add_argument("--workers", type=int, default=8, help="concurrent calls")
     parser.add_argument(
         "--threads",
@@ -254,6 +260,7 @@ def config_from_args(args) -> ServerConfig:
         http_port=args.http_port,
         http_max_connections=args.http_max_connections,
         writes=not args.no_writes,
+        open_writes=args.open_writes,
         commit_policy=CommitPolicy(args.commit_rows, args.commit_seconds),
         salvage_journal=args.salvage_journal,
         model_dir=args.model,

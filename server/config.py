@@ -78,6 +78,8 @@ class ServerConfig:
     http_max_connections: int = 256
     #: take Upsert / Delete (needs index_dir: the writer works on the index directory)
     writes: bool = True
+    #: take writes without any token on an address beyond loopback (refused otherwise)
+    open_writes: bool = False
     commit_policy: CommitPolicy = CommitPolicy()
     #: start with a damaged write journal: keep its readable entries, set the unreadable
     #: lines aside in rejected-writes.jsonl (default: refuse to start, say where it is)
@@ -128,6 +130,14 @@ class ServerConfig:
             raise UserError(f"--port {self.port} is not a TCP port")
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
             raise UserError(f"--http-port {self.http_port} is not a TCP port")
+        if self.writes and not (self.token or self.admin_token or self.open_writes):
+            if not _is_loopback(self.host):
+                raise UserError(
+                    f"--host {self.host} listens beyond this machine with writes on and no "
+                    "token: anyone who reaches the port could Upsert and Delete. Give "
+                    "--admin-token-file (or --token-file), or --no-writes, or --open-writes "
+                    "if that is what you want"
+                )
         if self.http_max_connections < 1:
             raise UserError("--http-max-connections must be at least 1")
         if self.commit_policy.every_rows < 1 or self.commit_policy.every_seconds < 0:
@@ -147,3 +157,15 @@ def _check_tls_pair(cert: Path, key: Path) -> None:
             f"--tls-cert {cert} and --tls-key {key} are not a PEM certificate and its private "
             f"key ({error.reason or error}); are the two swapped, or is one another file?"
         ) from None
+
+
+def _is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost; a wildcard or any other address is not."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve beyond this machine

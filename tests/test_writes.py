@@ -559,3 +559,19 @@ def test_acknowledged_writes_survive_failing_appends_and_a_kill(index_dir):
     with open_index(index_dir) as version:
         found = version.records().positions_of(acknowledged)
     assert set(acknowledged) <= found.keys(), sorted(set(acknowledged) - found.keys())
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "search.example.com"])
+def test_writes_beyond_loopback_need_a_token(tmp_path, host):
+    """With writes on by default, a server on a public address without a token let anyone
+    who reached the port Upsert and Delete. Refused, unless told so."""
+    from siamese_search.core.errors import UserError
+
+    with pytest.raises(UserError, match="listens beyond this machine with writes on"):
+        ServerConfig(index_dir=tmp_path, host=host)
+    ServerConfig(index_dir=tmp_path, host=host, admin_token="a" * 20)
+    ServerConfig(index_dir=tmp_path, host=host, token="q" * 20)
+    ServerConfig(index_dir=tmp_path, host=host, writes=False)
+    ServerConfig(index_dir=tmp_path, host=host, open_writes=True)
+    for loopback in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        ServerConfig(index_dir=tmp_path, host=loopback)
