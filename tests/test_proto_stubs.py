@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from siamese_search.server.generate_stubs import OUT, generate
+from tests.conftest import ROOT
 
 _VERSION_STAMPS = [
     re.compile(r"^# Protobuf Python Version: .*$", re.MULTILINE),
@@ -79,3 +82,56 @@ def test_the_vendored_google_protos_are_unchanged_copies():
             f"proto/{name} differs from googleapis-common-protos' copy: copy it again"
         )
     assert "Apache License" in (PROTO_ROOT / "google" / "LICENSE").read_text()
+
+
+@pytest.mark.slow
+def test_a_node_client_built_from_proto_alone_calls_the_server(
+    tmp_path, trained_model, sample_train
+):
+    """@grpc/proto-loader with includeDirs ['proto'] and nothing else: the contract
+    compiles outside Python (it did not once the REST annotations were added)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    from siamese_search.client import SearchClient
+    from siamese_search.core.model_artifact import load_model
+    from siamese_search.core.tables import Columns
+    from siamese_search.indexer.build import BuildOptions, build_index
+    from siamese_search.server.app import SearchServer
+    from siamese_search.server.config import ServerConfig
+
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("NODE.JS IS NOT INSTALLED: the Node client test did not run")
+    modules = tmp_path / "node"
+    modules.mkdir()
+    install = subprocess.run(
+        ["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(modules)]
+        + ["@grpc/grpc-js@1", "@grpc/proto-loader@0.8"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert install.returncode == 0, install.stderr[-2000:]
+    index = tmp_path / "index"
+    columns = Columns(text="text", label="class")
+    options = BuildOptions(show_progress=False)
+    build_index(index, load_model(trained_model), sample_train, columns, options)
+    server = SearchServer(ServerConfig(index_dir=index, port=0)).start()
+    try:
+        target = f"127.0.0.1:{server.port}"
+        run = subprocess.run(
+            ["node", str(ROOT / "tests" / "node_client.js"), target],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "NODE_PATH": str(modules / "node_modules")},
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        answer = json.loads(run.stdout.strip().splitlines()[-1])
+        with SearchClient(target) as client:
+            expected = [n.id for n in client.search("Fix crash when saving a file", k=3).neighbors]
+        assert answer == {"count": "100", "neighbors": expected}
+    finally:
+        server.stop(0)
