@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--open-writes",
         action="store_true",
         help="take Upsert / Delete without a token on an address beyond loopback (refused "
-        "otherwise: anyone who reaches the port could change the index)"
+        "otherwise: anyone who reaches the port could change the index)",
     )
     parser.add_argument("--workers", type=int, default=8, help="concurrent calls")
     parser.add_argument(

@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,8 +95,9 @@ def why_invalid(record: object) -> str | None:
 class Journal:
     """Append-only log of acknowledged, not yet published changes (one process at a time).
 
-    The file holds one JSON record a line; `records` mirrors it in memory (seq ->
-    record), so rewrites never re-read or re-parse the file.
+    The file holds one JSON record a line, after its CRC-32 (`_journal_line`);
+    `records` mirrors it in memory (seq -> record), so rewrites never re-read or
+    re-parse the file.
 
     Read at open: a last line without its newline is an append torn by a crash (never
     acknowledged: the acknowledgement follows the fsync of the whole line) and is
@@ -144,7 +146,7 @@ class Journal:
         invalid: list[tuple[object, str]] = []
         for number, line in enumerate(lines, start=1):
             try:
-                record = json.loads(line.decode("utf-8"))
+                record = _read_journal_line(line)
             except (UnicodeDecodeError, ValueError):
                 unreadable.append((number, line))
                 continue
@@ -203,7 +205,7 @@ class Journal:
             "labels": list(change.labels) if change.labels is not None else None,
             "label": change.label,
         }
-        self._append(_line(record))
+        self._append(_journal_line(record))
         self.records[seq] = record
         return seq
 
@@ -253,7 +255,7 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        write_bytes_atomic(self.path, b"".join(_line(r) for r in self.records.values()))
+        write_bytes_atomic(self.path, b"".join(_journal_line(r) for r in self.records.values()))
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         self._broken = None  # the file is whole again
 
@@ -266,6 +268,26 @@ class Journal:
 
 def _line(record: dict) -> bytes:
     return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _journal_line(record: dict) -> bytes:
+    """A journal record framed with its CRC-32: `<8 hex digits> <JSON>\n`. A flipped bit
+    inside a value still parses as JSON; the checksum makes it damage, not a wrong write."""
+    payload = json.dumps(record, ensure_ascii=False).encode("utf-8")
+    return b"%08x %s\n" % (zlib.crc32(payload), payload)
+
+
+def _read_journal_line(line: bytes) -> dict:
+    """The record of one journal line; ValueError when its checksum or JSON is wrong.
+    Lines without a checksum (journals written before it) are read as plain JSON."""
+    if line[:1] == b"{":
+        record = json.loads(line.decode("utf-8"))
+    else:
+        checksum, _, payload = line.partition(b" ")
+        if len(checksum) != 8 or int(checksum, 16) != zlib.crc32(payload):
+            raise ValueError("checksum mismatch")
+        record = json.loads(payload.decode("utf-8"))
+    return record  # a value that is not a record is for why_invalid to name
 
 
 def _append_line(handle, record: dict) -> None:

@@ -208,4 +208,3 @@ def test_an_unreadable_alias_stops_the_writer(milvus_uri, tmp_path, trained_mode
         never_made.close()
     assert _served(target) == ("000001", 50)
     assert _collections(target) == [target.collection_for("000001")]
-

@@ -414,6 +414,31 @@ def test_a_damaged_journal_is_kept_aside_and_refused_never_emptied(tmp_path, dam
     assert [r["rejected"] for r in rejected] == ["unreadable"] and rejected[0]["entry"]["line"] == 2
 
 
+def test_a_bit_flipped_inside_a_journal_value_is_damage_not_a_write(tmp_path):
+    """Every line carries its CRC-32: a flipped bit that still parses as JSON (an id
+    'a' become 'c') used to replay as a different write. Lines written before the
+    checksum (plain JSON) still replay."""
+    from siamese_search.indexer.build import Change
+    from siamese_search.server.writes import Journal, JournalDamaged
+
+    journal = Journal(tmp_path)
+    journal.append(Change("delete", ("a",)))
+    journal.append(Change("delete", ("b",)))
+    journal.close()
+    data = (tmp_path / JOURNAL).read_bytes()
+    assert data[8:10] == b" {"  # <crc32 hex> <json>
+    flipped = data.replace(b'"a"', b'"c"', 1)
+    (tmp_path / JOURNAL).write_bytes(flipped)
+    with pytest.raises(JournalDamaged, match="1 unreadable line"):
+        Journal(tmp_path)
+    (tmp_path / JOURNAL).write_bytes((_GOOD % (7, "old")).encode() + b"\n" + data)
+    replayed = Journal(tmp_path)
+    try:
+        assert [change.ids for _, change in replayed.entries] == [("old",), ("a",), ("b",)]
+    finally:
+        replayed.close()
+
+
 def test_an_entry_that_can_never_apply_is_set_aside_and_later_writes_commit(index_dir):
     """An entry with texts shorter than its ids (or an unknown kind) used to fail
     every commit, for ever: every later write waited, then UNAVAILABLE."""
