@@ -110,7 +110,9 @@ def test_a_local_cluster_that_does_not_come_up_is_started_again(model, monkeypat
     with RayEmbedder(model, RaySettings(actors=1)) as embedder:
         (vectors,) = embedder.embed(iter([texts]))
     np.testing.assert_array_equal(vectors, model.embed_unique(texts))
-    assert len(calls) == 2 and not ray.is_initialized()
+    # 2: the simulated failure, then a real start; a real start that itself times out
+    # (the CI flake this retry is for, seen again with this test) is tried once more
+    assert 2 <= len(calls) <= ray_engine.LOCAL_START_ATTEMPTS and not ray.is_initialized()
     assert "did not start (The current node timed out during startup.); trying again (2 of 3)" in (
         capsys.readouterr().err
     )
