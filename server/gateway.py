@@ -372,7 +372,9 @@ class _Connection:
     def serve(self) -> None:
         while self._one_request():
             self.h11.start_next_cycle()
-        if self.h11.their_state is not h11.DONE:
+        # a refusal was sent (our side must close) while the client's request was not
+        # read to its end: drain it; an idle or finished connection just closes
+        if self.h11.our_state is h11.MUST_CLOSE and self.h11.their_state is not h11.DONE:
             self._linger()
 
     def _linger(self) -> None:
