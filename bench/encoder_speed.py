@@ -73,7 +73,7 @@ def compare_runtimes(texts: list[str], model_dir: Path | None, rounds: int) -> d
         results["fidelity"][runtime] = {
             "mean_cosine": float(cosine.mean()),
             "min_cosine": float(cosine.min()),
-            "top10_overlap_300_queries": _query_overlap(reference, vectors, top_k_overlap),
+            "top10_overlap_300_queries": top_k_overlap(reference, vectors, queries=300),
         }
     if model_dir is not None:
         from siamese_search.core.model_artifact import load_model
@@ -84,23 +84,10 @@ def compare_runtimes(texts: list[str], model_dir: Path | None, rounds: int) -> d
             os.environ[RUNTIME_VARIABLE] = runtime
             vectors = load_model(model_dir).embed(texts)
             baseline = vectors if baseline is None else baseline
-            agreement[runtime] = _query_overlap(baseline, vectors, top_k_overlap)
+            agreement[runtime] = top_k_overlap(baseline, vectors, queries=300)
         del os.environ[RUNTIME_VARIABLE]
         results["model_index_top10_agreement_with_numpy"] = agreement
     return results
-
-
-def _query_overlap(reference, vectors, top_k_overlap) -> float:
-    """Top-10 overlap of the first 300 texts as queries against all texts."""
-    import numpy as np
-
-    queries = 300
-    sims_a, sims_b = reference[:queries] @ reference.T, vectors[:queries] @ vectors.T
-    for sims in (sims_a, sims_b):
-        sims[np.arange(queries), np.arange(queries)] = -np.inf
-    top_a = np.argsort(-sims_a, axis=1)[:, :10]
-    top_b = np.argsort(-sims_b, axis=1)[:, :10]
-    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_a, top_b, strict=True)]))
 
 
 def main() -> int:

@@ -45,6 +45,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from pathlib import Path
 
 import grpc
@@ -104,25 +105,6 @@ _FULL = json.dumps(
 ).encode("utf-8")
 _TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-_REASONS = {
-    200: b"OK",
-    400: b"Bad Request",
-    401: b"Unauthorized",
-    403: b"Forbidden",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    409: b"Conflict",
-    411: b"Length Required",
-    413: b"Content Too Large",
-    415: b"Unsupported Media Type",
-    429: b"Too Many Requests",
-    431: b"Request Header Fields Too Large",
-    499: b"Client Closed Request",
-    500: b"Internal Server Error",
-    501: b"Not Implemented",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-}
 
 
 class Route:
@@ -513,9 +495,7 @@ class _Connection:
         ]
         if close:
             headers.append(("Connection", "close"))
-        self._write(
-            h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
-        )
+        self._write(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
         if not head:
             self._write(h11.Data(data=body))
         self._write(h11.EndOfMessage())
@@ -529,6 +509,14 @@ class _Refusal(Exception):
     def __init__(self, http: int, message: str):
         super().__init__(message)
         self.http = http
+
+
+def _reason(status: int) -> bytes:
+    """The standard reason phrase (499, gRPC-Gateway's "client closed", has none)."""
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
 
 
 def _invalid(http: int, message: str) -> tuple[int, bytes, list]:

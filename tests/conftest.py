@@ -33,56 +33,24 @@ def sample_test() -> Path:
 def trained_model(tmp_path_factory, sample_train) -> Path:
     """A real model trained on the 100 sample texts (frozen encoder: the 5-class recipe,
     batch-hard triplets over the seed head; few steps, 2 members, seed 0)."""
-    from siamese_search.trainer.cli import main
-
     out = tmp_path_factory.mktemp("models") / "small"
-    code = main(
-        [
-            "--data",
-            str(sample_train),
-            "--label-column",
-            "class",
-            "--out",
-            str(out),
-            "--no-fine-tune",
-            "--steps",
-            "60",
-            "--ensemble",
-            "2",
-            "--seed",
-            "0",
-            "--quiet",
-        ]
-    )
-    assert code == 0
-    return out
+    flags = ("--no-fine-tune", "--steps", "60", "--ensemble", "2", "--seed", "0")
+    return train_model(sample_train, out, *flags)
 
 
 @pytest.fixture(scope="session")
 def tuned_model(tmp_path_factory, sample_train) -> Path:
     """A model trained with --fine-tune (3 steps): a tuned encoder beside the shipped one."""
-    from siamese_search.trainer.cli import main as train_main
-
     out = tmp_path_factory.mktemp("tuned") / "model"
-    assert (
-        train_main(
-            [
-                "--data",
-                str(sample_train),
-                "--label-column",
-                "class",
-                "--out",
-                str(out),
-                "--fine-tune",
-                "--steps",
-                "3",
-                "--ensemble",
-                "1",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    return train_model(sample_train, out, "--fine-tune", "--steps", "3", "--ensemble", "1")
+
+
+def train_model(data: Path, out: Path, *flags: str) -> Path:
+    """`siamese-train` on a table labelled in its `class` column, quietly; `out`."""
+    from siamese_search.trainer.cli import main
+
+    argv = ["--data", str(data), "--label-column", "class", "--out", str(out), *flags]
+    assert main([*argv, "--quiet"]) == 0
     return out
 
 

@@ -21,6 +21,7 @@ from siamese_search.core.tables import Columns
 from siamese_search.indexer.build import BuildOptions, build_index
 from siamese_search.server.app import SearchServer
 from siamese_search.server.config import Limits, ServerConfig
+from tests.conftest import train_model
 
 COLUMNS = Columns(text="text", label="class")
 OFF_DOMAIN = [
@@ -97,13 +98,8 @@ def test_a_damaged_space_file_is_refused(trained_model, tmp_path):
 
 
 def test_a_head_only_model_still_loads_and_serves_the_head_space(sample_train, tmp_path):
-    from siamese_search.trainer.cli import main
-
-    out = tmp_path / "labels-only"
-    flags = ["--no-fine-tune", "--steps", "20", "--ensemble", "1", "--quiet"]
-    argv = ["--data", str(sample_train), "--label-column", "class", "--out", str(out), *flags]
-    assert main([*argv, "--served-space", "labels"]) == 0
-    model = load_model(out)
+    flags = ("--no-fine-tune", "--steps", "20", "--ensemble", "1", "--served-space", "labels")
+    model = load_model(train_model(sample_train, tmp_path / "labels-only", *flags))
     assert model.space is None and "space" not in model.manifest
     assert model.embed(["fix crash"]).shape == (1, model.head.output_dim)
     assert model.label_shares(model.embed(["fix crash"])) is None
@@ -186,7 +182,6 @@ def test_with_a_validation_table_the_domain_bar_comes_from_its_rows(
     import pandas as pd
 
     from siamese_search.core.abstention import predict
-    from siamese_search.trainer.cli import main
 
     validation = pd.read_csv(sample_test).head(150)[["text", "class"]]
     off_topic = [
@@ -201,26 +196,12 @@ def test_with_a_validation_table_the_domain_bar_comes_from_its_rows(
     ]
     rows = pd.concat([validation, pd.DataFrame({"text": off_topic, "class": "oos"})])
     rows.to_csv(tmp_path / "val.csv", index=False)
-    out = tmp_path / "model"
-    argv = [
-        "--data",
-        str(sample_train),
-        "--label-column",
-        "class",
-        "--out",
-        str(out),
-        "--validation-data",
-        str(tmp_path / "val.csv"),
-        "--oos-label",
-        "oos",
-        "--no-fine-tune",
-        "--steps",
-        "60",
-        "--ensemble",
-        "2",
-        "--quiet",
-    ]
-    assert main(argv) == 0
+    out = train_model(
+        sample_train,
+        tmp_path / "model",
+        *("--validation-data", str(tmp_path / "val.csv"), "--oos-label", "oos"),
+        *("--no-fine-tune", "--steps", "60", "--ensemble", "2"),
+    )
     model = load_model(out)
     rule = model.abstention
     assert rule.source.startswith("validation table")

@@ -168,11 +168,13 @@ def check_fidelity(reference, candidate, runtime: str) -> dict:
     return figures
 
 
-def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
-    """Mean share of each row's k nearest other rows that two embeddings agree on."""
-    sims_a, sims_b = a @ a.T, b @ b.T
-    np.fill_diagonal(sims_a, -np.inf)
-    np.fill_diagonal(sims_b, -np.inf)
+def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int = 10, queries: int | None = None) -> float:
+    """Mean share of each row's k nearest other rows that two embeddings agree on; with
+    `queries`, of the first `queries` rows' (searched among all rows)."""
+    queries = len(a) if queries is None else queries
+    sims_a, sims_b = a[:queries] @ a.T, b[:queries] @ b.T
+    for sims in (sims_a, sims_b):
+        sims[np.arange(queries), np.arange(queries)] = -np.inf
     top_a = np.argpartition(-sims_a, k, axis=1)[:, :k]
     top_b = np.argpartition(-sims_b, k, axis=1)[:, :k]
     shared = [len(set(x) & set(y)) for x, y in zip(top_a, top_b, strict=True)]
