@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ os.environ.setdefault("SIAMESE_THREADS", "2")
 # runtime on every path (encoders, fine-tuned weights, encoding processes, the index
 # CLI, a server, Ray actors).
 os.environ.setdefault("SIAMESE_ENCODER_RUNTIME", "numpy")
+# what `auto` measured, and pinned runtimes' fidelity checks, are remembered per machine
+# (core/encoders/runtime_choice.py): the suite starts with none, in a folder of its own
+os.environ.setdefault("SIAMESE_CACHE_DIR", tempfile.mkdtemp(prefix="siamese-test-cache-"))
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "commit-messages"
 

