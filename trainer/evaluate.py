@@ -24,6 +24,7 @@ from siamese_search.core.encoders.base import add_runtime_flag, apply_runtime_fl
 from siamese_search.core.errors import UserError, run_cli
 from siamese_search.core.model_artifact import EmbeddingModel
 from siamese_search.core.tables import Columns, Table, read_table
+from siamese_search.trainer import metrics
 from siamese_search.trainer.cli import add_column_flags, without_out_of_scope
 
 DEFAULT_K = 5
@@ -85,9 +86,6 @@ def evaluate(
     exact (flat) index and searched through `indexer.store.open_index`: the same
     artifact, reader, search and vote that `siamese-serve` uses.
     """
-    from sklearn.metrics import accuracy_score, classification_report, f1_score
-    from sklearn.metrics import confusion_matrix as sk_confusion
-
     from siamese_search.core.abstention import predict
     from siamese_search.indexer.build import BuildOptions, build_index
     from siamese_search.indexer.store import open_index
@@ -125,21 +123,14 @@ def evaluate(
         predicted = voted
     open_set, confidence, correct = _open_set_scores(predictions, truth, oos_label)
     labels = sorted(set(reference.label_list) | set(truth))
-    report = classification_report(
-        test.label_list, predicted, labels=labels, output_dict=True, zero_division=0
-    )
     scores = {
-        "accuracy": float(accuracy_score(test.label_list, predicted)),
-        "macro_f1": float(
-            f1_score(test.label_list, predicted, labels=labels, average="macro", zero_division=0)
-        ),
+        "accuracy": metrics.accuracy(truth, predicted),
+        "macro_f1": metrics.macro_f1(truth, predicted, labels),
         "k": k,
         "labels": labels,
-        "per_class": {label: report[label] for label in labels},
-        "confusion_matrix": sk_confusion(test.label_list, predicted, labels=labels).tolist(),
-        "report_text": classification_report(
-            test.label_list, predicted, labels=labels, digits=3, zero_division=0
-        ),
+        "per_class": metrics.per_class(truth, predicted, labels),
+        "confusion_matrix": metrics.confusion(truth, predicted, labels).tolist(),
+        "report_text": metrics.report_text(truth, predicted, labels),
         "reference_rows": len(reference.texts),
         "test_rows": len(test.texts),
         "model_fingerprint": model.fingerprint,
@@ -231,7 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     result["model"] = str(args.model)
     if args.report_json:
         write_json_atomic(args.report_json, result)
-    if not args.no_plots:
+    if not args.no_plots and not plots.available():
+        print(
+            "plots skipped: they need matplotlib and scikit-learn, the plots extra "
+            "(pip install 'siamese-search[plots]'); --no-plots says you do not want them",
+            file=sys.stderr,
+        )
+    elif not args.no_plots:
         plots_dir = args.plots_dir or (
             args.report_json.parent if args.report_json else Path("evaluation")
         )

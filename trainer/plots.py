@@ -1,10 +1,13 @@
 """Pictures a person looks at: loss curve, confusion matrix, 2-D map of vectors.
 
 matplotlib with the Agg backend (no display); each figure is written atomically.
+matplotlib and scikit-learn come with the `plots` (and `train`) extra, not the base
+install: `siamese-evaluate` says so and skips its plots without them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from siamese_search.core.atomic import write_bytes_atomic
+
+
+def available() -> bool:
+    """Whether the plots extra (matplotlib; scikit-learn for t-SNE) is installed."""
+    return all(importlib.util.find_spec(name) for name in ("matplotlib", "sklearn"))
 
 
 def _pyplot():

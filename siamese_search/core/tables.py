@@ -193,6 +193,18 @@ def iter_table(
         yield last
 
 
+def _parquet():
+    """pyarrow.parquet, or a DataError naming the extra that installs it."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(
+            "reading Parquet needs pyarrow, the parquet extra: pip install "
+            "'siamese-search[parquet]' (or give the table as CSV or JSON Lines)"
+        ) from None
+    return pq
+
+
 def table_columns(path: str | Path) -> list[str]:
     """The column names of a table (CSV header, first JSON object, Parquet schema)."""
     path = Path(path)
@@ -200,7 +212,7 @@ def table_columns(path: str | Path) -> list[str]:
         raise DataError(f"{path}: no such file; check the path")
     fmt = table_format(path)
     if fmt == "parquet":
-        import pyarrow.parquet as pq
+        pq = _parquet()
 
         try:
             return list(pq.ParquetFile(path).schema_arrow.names)
@@ -233,7 +245,7 @@ def count_records(path: str | Path) -> int:
         raise DataError(f"{path}: no such file; check the path")
     fmt = table_format(path)
     if fmt == "parquet":
-        import pyarrow.parquet as pq
+        pq = _parquet()
 
         return int(pq.ParquetFile(path).metadata.num_rows)
     if fmt == "jsonl":
@@ -308,7 +320,7 @@ def _jsonl_rows(path: Path, columns: Columns):
 
 
 def _parquet_rows(path: Path, columns: Columns):
-    import pyarrow.parquet as pq
+    pq = _parquet()
 
     try:
         parquet = pq.ParquetFile(path)
