@@ -22,16 +22,15 @@ from siamese_search.indexer import layout
 from siamese_search.indexer.backend_flags import add_backend_flags, milvus_target
 from siamese_search.indexer.backends import INDEX_KINDS
 from siamese_search.indexer.build import (
-    BuildOptions,
     add_to_index,
     build_index,
     carried_index_settings,
     delete_from_index,
-    list_index_versions,
-    rollback,
 )
+from siamese_search.indexer.options import BuildOptions
 from siamese_search.indexer.ray_engine import RaySettings
 from siamese_search.indexer.store import model_directory_of, open_index, resolve_version_dir
+from siamese_search.indexer.versions import list_index_versions, rollback
 
 
 def _add_data_flags(parser: argparse.ArgumentParser, carried: bool) -> None:

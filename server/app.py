@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from siamese_search.core.errors import UserError, describe_os_error
 from siamese_search.core.native_threads import limit_native_threads
-from siamese_search.indexer.build import BuildOptions
+from siamese_search.indexer.options import BuildOptions
 from siamese_search.indexer.store import VersionSource
 from siamese_search.server.batching import Batcher
 from siamese_search.server.config import ServerConfig

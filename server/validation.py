@@ -8,7 +8,7 @@ import unicodedata
 import uuid
 from collections.abc import Sequence
 
-from siamese_search.indexer.build import Change
+from siamese_search.indexer.changes import Change
 from siamese_search.server.config import MAX_LABEL_CHARS, MAX_LABELS, Limits
 
 

@@ -33,13 +33,9 @@ from siamese_search.core.atomic import write_bytes_atomic
 from siamese_search.core.errors import UserError
 from siamese_search.core.model_artifact import EmbeddingModel
 from siamese_search.indexer import layout
-from siamese_search.indexer.build import (
-    BuildOptions,
-    BuildReport,
-    Change,
-    ChangeConflict,
-    apply_changes,
-)
+from siamese_search.indexer.build import apply_changes
+from siamese_search.indexer.changes import Change, ChangeConflict
+from siamese_search.indexer.options import BuildOptions, BuildReport
 
 log = logging.getLogger("siamese.server")
 

@@ -23,10 +23,10 @@ from siamese_search.indexer.build import (
     add_to_index,
     build_index,
     delete_from_index,
-    rollback,
 )
 from siamese_search.indexer.cli import main as index_main
 from siamese_search.indexer.store import open_index
+from siamese_search.indexer.versions import rollback
 from siamese_search.server.app import SearchServer
 from siamese_search.server.config import ServerConfig
 from siamese_search.server.generated import search_pb2 as pb

@@ -24,10 +24,10 @@ from siamese_search.indexer.build import (
     add_to_index,
     build_index,
     delete_from_index,
-    rollback,
 )
 from siamese_search.indexer.cli import main as index_main
 from siamese_search.indexer.store import open_index
+from siamese_search.indexer.versions import rollback
 from tests.conftest import write_csv
 from tests.test_crash_safety import BIG_ROWS, _kill_writer_at
 

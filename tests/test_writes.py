@@ -319,7 +319,7 @@ def test_a_write_that_can_never_apply_is_set_aside_and_the_others_commit(
 def test_a_line_torn_by_a_crash_does_not_swallow_the_next_write(tmp_path):
     """A crash mid-append leaves a torn last line (never acknowledged); the next
     acknowledged write must still be readable at replay."""
-    from siamese_search.indexer.build import Change
+    from siamese_search.indexer.changes import Change
     from siamese_search.server.writes import Journal
 
     first = '{"seq": 1, "kind": "delete", "ids": ["a"], "texts": [], "labels": null, "label": ""}'
@@ -339,7 +339,7 @@ def test_a_line_torn_by_a_crash_does_not_swallow_the_next_write(tmp_path):
 _FAILING_APPEND = """
 import resource, sys
 from pathlib import Path
-from siamese_search.indexer.build import Change
+from siamese_search.indexer.changes import Change
 from siamese_search.server.writes import Journal
 
 journal = Journal(Path(sys.argv[1]))
@@ -418,7 +418,7 @@ def test_a_bit_flipped_inside_a_journal_value_is_damage_not_a_write(tmp_path):
     """Every line carries its CRC-32: a flipped bit that still parses as JSON (an id
     'a' become 'c') used to replay as a different write. Lines written before the
     checksum (plain JSON) still replay."""
-    from siamese_search.indexer.build import Change
+    from siamese_search.indexer.changes import Change
     from siamese_search.server.writes import Journal, JournalDamaged
 
     journal = Journal(tmp_path)

@@ -1,0 +1,123 @@
+"""New rows into a version: read in chunks, checked (bad rows, duplicate ids), embedded
+here or on Ray, appended in input order."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from siamese_search.core.errors import DataError
+from siamese_search.core.model_artifact import EmbeddingModel
+from siamese_search.core.tables import (
+    Chunk,
+    Columns,
+    RowProblem,
+    Table,
+    count_records,
+    describe_problems,
+    iter_table,
+)
+from siamese_search.indexer import layout
+from siamese_search.indexer.options import BuildOptions
+from siamese_search.indexer.version_writer import VersionWriter
+
+
+def _chunks_of(
+    source: Path | Table, columns: Columns, options: BuildOptions, first_row_id: int
+) -> tuple[Iterator[Chunk], int]:
+    """The rows to ingest, in chunks, and how many records that is (for progress)."""
+    if isinstance(source, Table):  # already read and checked (siamese-evaluate)
+        chunk = Chunk(
+            texts=source.texts,
+            labels=source.labels if columns.label is not None else None,
+            ids=source.ids,
+            lines=list(range(1, len(source.texts) + 1)),
+        )
+        return iter([chunk]), len(chunk)
+    return iter_table(source, columns, options.chunk_rows, first_row_id), count_records(source)
+
+
+def ingest(
+    writer: VersionWriter,
+    model: EmbeddingModel,
+    source: Path | Table,
+    columns: Columns,
+    options: BuildOptions,
+    first_row_id: int = 0,
+) -> tuple[int, list]:
+    """Read, check, embed and append new rows. Returns (rows added, row problems).
+
+    Ids already written (from the base version, or earlier in the file) are duplicates.
+    Rows are checked here whatever the engine; only the embedding runs locally or on
+    Ray (`options.engine`), and rows are appended in input order either way.
+    """
+    problems: list[RowProblem] = []
+    added = 0
+    chunks, total = _chunks_of(source, columns, options, first_row_id)
+    name = source.name if isinstance(source, Path) else "rows"
+    accepted: deque[tuple[Chunk, list[int]]] = deque()  # checked, not yet written
+    pending: set[str] = set()  # their ids: an engine reads ahead of the writer
+
+    def checked_texts() -> Iterator[list[str]]:
+        for chunk in chunks:
+            problems.extend(chunk.problems)
+            keep = []
+            taken = writer.existing_ids(chunk.ids)
+            for i, row_id in enumerate(chunk.ids):
+                if row_id in pending or row_id in taken:
+                    problems.append(RowProblem(chunk.lines[i], f"duplicate id {row_id!r}"))
+                    continue
+                pending.add(row_id)
+                keep.append(i)
+            accepted.append((chunk, keep))
+            yield [chunk.texts[i] for i in keep]
+
+    bar = tqdm(
+        total=total,
+        desc=f"indexing {name}" + (" on Ray" if options.engine == "ray" else ""),
+        unit="text",
+        disable=not options.show_progress,
+        mininterval=0.5,
+        smoothing=0.1,
+    )
+    with bar, _embedder(model, options) as embed:
+        for vectors in embed(checked_texts()):
+            chunk, keep = accepted.popleft()
+            ids = [chunk.ids[i] for i in keep]
+            labels = [chunk.labels[i] for i in keep] if chunk.labels is not None else None
+            writer.append(ids, labels, [chunk.texts[i] for i in keep], vectors)
+            pending.difference_update(ids)
+            added += len(keep)
+            layout.checkpoint("during-ingest")
+            bar.update(len(chunk) + len(chunk.problems))
+            bar.set_postfix(indexed=writer.count, skipped=len(problems), refresh=False)
+    if problems and options.strict:
+        raise DataError(
+            describe_problems(Path(name), problems)
+            + "\n--strict is set: nothing was written. Fix these rows or drop --strict."
+        )
+    return added, problems
+
+
+@contextmanager
+def _embedder(
+    model: EmbeddingModel, options: BuildOptions
+) -> Iterator[Callable[[Iterator[list[str]]], Iterator[np.ndarray]]]:
+    """What turns lists of texts into arrays of vectors, one per list, in order."""
+    if options.engine == "ray":
+        from siamese_search.indexer.ray_engine import RayEmbedder
+
+        with RayEmbedder(model, options.ray) as ray_embedder:
+            yield ray_embedder.embed
+        return
+
+    def local(text_lists: Iterator[list[str]]) -> Iterator[np.ndarray]:
+        for texts in text_lists:
+            yield model.embed_unique(texts) if texts else np.zeros((0, model.dim), np.float32)
+
+    yield local

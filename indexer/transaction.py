@@ -1,0 +1,159 @@
+"""The write transaction every index write goes through: under the writer lock, read
+the current version (the base), decide what the new version holds (a `Plan`), stage
+it, publish it atomically, and mirror it (indexer.mirror).
+
+Reading the base and publishing happen under one lock, so a second writer builds on
+the first one's result instead of overwriting it (no lost update).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from siamese_search.core.model_artifact import EmbeddingModel
+from siamese_search.core.tables import Columns, RowProblem, Table
+from siamese_search.indexer import layout
+from siamese_search.indexer.ingest import ingest
+from siamese_search.indexer.mirror import mirror_for
+from siamese_search.indexer.options import BuildOptions, BuildReport
+from siamese_search.indexer.store import IndexVersion, open_index
+from siamese_search.indexer.version_writer import VersionWriter, copy_base
+
+MAX_REPORTED_PROBLEMS = 20
+
+
+@dataclass
+class Plan:
+    """What one write makes of its base version, decided under the writer lock: the
+    base's rows but `drop` (row positions), then the new rows of `source`."""
+
+    kind: str  # requested index type ("auto" resolves by size)
+    params: dict | None  # requested index parameters (sizes derive the rest)
+    with_labels: bool
+    columns: Columns | None  # how the rows were read (recorded for later adds)
+    extra: dict  # the manifest's record of the operation
+    drop: set[int] = field(default_factory=set)  # base rows left out (deleted, replaced)
+    source: Path | Table | None = None  # new rows: a table file or rows in memory
+    source_columns: Columns | None = None  # how to read `source`
+    first_row_id: int = 0  # row ids of `source` without an id column start here
+
+
+class NothingToChange(Exception):
+    """The write leaves the base version as it is: no new version is written."""
+
+    def __init__(self, report: BuildReport):
+        super().__init__(report.version)
+        self.report = report
+
+
+def write_version(
+    index_dir: Path,
+    model: EmbeddingModel,
+    options: BuildOptions,
+    plan_for: Callable[[IndexVersion | None], Plan],
+    needs_base: bool,
+) -> BuildReport:
+    """Under the writer lock: open the current version (the base), plan, stage, publish.
+
+    `plan_for` decides from the base (None without `needs_base`); it may raise to
+    refuse the write, or NothingToChange, whose report is returned.
+    """
+    started = time.perf_counter()
+    index_dir = Path(index_dir)
+    with (
+        layout.writer_lock(index_dir, options.wait_seconds),
+        mirror_for(options.milvus, options.show_progress) as mirror,
+    ):
+        mirror.reconcile(index_dir)
+        base = open_index(index_dir, model=model) if needs_base else None
+        try:
+            if base is not None:
+                mirror.accept_base(base.manifest)
+            layout.checkpoint("base-opened")
+            try:
+                plan = plan_for(base)
+            except NothingToChange as unchanged:
+                return unchanged.report
+            layout.sweep_staging(index_dir)
+            staging = layout.new_staging(index_dir)
+            try:
+                writer = VersionWriter(staging, model.dim, plan.with_labels)
+                added, problems = _fill(writer, base, plan, model, options)
+                layout.checkpoint("before-finish")
+                next_name = layout.next_version_name(index_dir)
+                extra = _manifest_extra(plan, problems, model, options, mirror.record(next_name))
+                manifest = writer.finish(plan.kind, plan.params, model, extra)
+                mirror.write(next_name, staging, manifest)  # the collection first
+                name = layout.publish(index_dir, staging, keep=options.keep_versions)
+                assert name == next_name, "version numbers move only under the writer lock"
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            mirror.published(name, index_dir)  # the alias last
+        finally:
+            if base is not None:
+                base.close()
+    return BuildReport(
+        name,
+        manifest["count"],
+        added,
+        len(plan.drop),
+        manifest["index"]["type"],
+        problems,
+        time.perf_counter() - started,
+    )
+
+
+def _fill(
+    writer: VersionWriter,
+    base: IndexVersion | None,
+    plan: Plan,
+    model: EmbeddingModel,
+    options: BuildOptions,
+) -> tuple[int, list[RowProblem]]:
+    """The base's kept rows, then the new ones: (rows added, row problems)."""
+    if base is not None:
+        copy_base(writer, base, plan.drop)
+    if plan.source is None:
+        return 0, []
+    assert plan.source_columns is not None
+    return ingest(writer, model, plan.source, plan.source_columns, options, plan.first_row_id)
+
+
+def _manifest_extra(
+    plan: Plan,
+    problems: list[RowProblem],
+    model: EmbeddingModel,
+    options: BuildOptions,
+    served_from: dict | None,
+) -> dict:
+    extra = {**plan.extra, "problems": _problem_summary(problems)}
+    if options.engine == "ray":  # what embedded the new rows
+        extra["engine"] = {"kind": "ray", **dataclasses.asdict(options.ray)}
+        del extra["engine"]["address"]  # may name a private host or token
+    # what ran the encoder's forward pass for the new rows (not part of the
+    # fingerprint: a runtime is only used once it gives numpy's vectors)
+    extra["encoder_runtime"] = model.encoder_runtime
+    if plan.columns is not None:
+        extra["source"] = {
+            "text_column": plan.columns.text,
+            "label_column": plan.columns.label,
+            "id_column": plan.columns.id,
+        }
+    if served_from is not None:
+        extra["backend"] = served_from
+    return extra
+
+
+def _problem_summary(problems: list[RowProblem]) -> dict:
+    return {
+        "count": len(problems),
+        "by_reason": dict(Counter(p.reason for p in problems)),
+        "first": [str(p) for p in problems[:MAX_REPORTED_PROBLEMS]],
+    }
