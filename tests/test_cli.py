@@ -211,6 +211,7 @@ def test_evaluate_rejects_a_directory_that_is_not_a_model(tmp_path, capsys, samp
     assert "is not a model directory" in _error(capsys)
 
 
+@pytest.mark.slow  # trains on an exported SavedModel (TensorFlow)
 def test_train_and_load_with_a_savedmodel_encoder(tmp_path):
     encoder_dir = build_tiny_savedmodel(tmp_path / "encoder")
     data = write_csv(tmp_path / "train.csv", TOY_ROWS)

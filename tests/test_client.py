@@ -119,6 +119,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow  # restarts a server and waits through its retries
 def test_retries_recover_from_a_server_restart(index_dir):
     port = _free_port()
     first = _start(index_dir, port)

@@ -96,6 +96,7 @@ def test_several_threads_get_their_own_answers(openvino_encoder):
         np.testing.assert_array_equal(got[i], expected[i])
 
 
+@pytest.mark.slow  # fine-tunes a model (the fast loop keeps the shipped weights on the runtime)
 def test_fine_tuned_weights_run_on_the_runtime(tuned_model, monkeypatch):
     """A fine-tuned model's encoders (its tuned one and the shipped meaning one) both
     run on the runtime, with the numpy reference's vectors."""
@@ -110,6 +111,7 @@ def test_fine_tuned_weights_run_on_the_runtime(tuned_model, monkeypatch):
     assert cosine.min() > 0.999
 
 
+@pytest.mark.slow  # worker processes on the runtime
 def test_encoding_processes_inherit_the_runtime(trained_model, monkeypatch):
     """Workers are separate Python processes: they must run what the server runs."""
     from siamese_search.server.encode_processes import EncoderProcesses
@@ -182,6 +184,7 @@ def test_the_index_cli_takes_the_runtime_flag(tmp_path, trained_model, sample_tr
         assert version.manifest["encoder_runtime"] == "openvino"
 
 
+@pytest.mark.slow  # two servers, one per runtime
 def test_a_server_on_the_default_runtime(tmp_path, trained_model, sample_train, monkeypatch):
     """The whole serving path (model load, encoding processes, batching) on the runtime:
     the neighbours of a query are the numpy server's, to the fidelity the check keeps."""

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from siamese_search.server.config import Limits
 from tests.test_rest_gateway import _start, index_dir  # noqa: F401 - the fixture
 
@@ -26,6 +28,8 @@ FUZZ_LIMITS = Limits(
     max_call_chars=800,
     max_call_tokens=4096,
 )
+
+pytestmark = pytest.mark.slow  # ~35 s of fuzzing: CI (make test-all) runs it
 
 
 def test_schemathesis_finds_nothing(index_dir, tmp_path):  # noqa: F811 - the fixture

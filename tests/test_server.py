@@ -385,8 +385,15 @@ def _train_small(out, sample_train, seed: int):
     return out
 
 
+@pytest.fixture(scope="module")
+def retrained_dir(tmp_path_factory, sample_train):
+    """Another model of the same data (seed 7): what a retrain makes."""
+    return _train_small(tmp_path_factory.mktemp("retrained") / "model", sample_train, seed=7)
+
+
+@pytest.mark.slow  # trains two more models and serves under load for seconds
 def test_retrained_model_swaps_in_with_its_index_under_load(
-    tmp_path, model, trained_model, sample_train
+    tmp_path, model, trained_model, sample_train, retrained_dir
 ):
     """Retrain -> re-index without a restart: the new version's model is loaded beside
     the serving one and swapped together with the index, with no failed call; a
@@ -394,7 +401,7 @@ def test_retrained_model_swaps_in_with_its_index_under_load(
     refused and the serving pair stays."""
     import shutil
 
-    retrained = load_model(_train_small(tmp_path / "retrained", sample_train, seed=7))
+    retrained = load_model(retrained_dir)
     index_dir = tmp_path / "index"
     build_index(index_dir, model, sample_train, COLUMNS, QUIET)
     running = _start(index_dir, reload_interval=0.05)  # no --model: follows the index
@@ -458,10 +465,10 @@ def test_retrained_model_swaps_in_with_its_index_under_load(
 
 
 def test_pinned_model_refuses_a_version_of_another_model(
-    tmp_path, model, trained_model, sample_train
+    tmp_path, model, trained_model, sample_train, retrained_dir
 ):
     """--model pins the model: a version built with another is refused, old keeps serving."""
-    other = load_model(_train_small(tmp_path / "other", sample_train, seed=7))
+    other = load_model(retrained_dir)
     index_dir = tmp_path / "index"
     build_index(index_dir, model, sample_train, COLUMNS, QUIET)
     running = _start(index_dir, reload_interval=0, model_dir=trained_model)

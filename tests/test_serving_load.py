@@ -207,6 +207,7 @@ def test_token_limits_are_checked_and_reported(index_dir):
         server.stop(0)
 
 
+@pytest.mark.slow  # restarts and stalls a server for seconds
 def test_readiness_is_honest_and_names_the_cause(tmp_path, trained_model, model, sample_train):
     from siamese_search.trainer.cli import main as train_main
 
