@@ -51,6 +51,9 @@ INDEX_FILE = "index.faiss"
 VECTORS_FILE = "vectors.f32"
 LABELS_FILE = "labels.i32"
 RECORDS_FILE = "records.sqlite"
+#: which files of a version were checked against the manifest's checksums, as they
+#: were then (size, mtime, inode): see record_verified
+VERIFIED = "verified.json"
 DEFAULT_KEEP_VERSIONS = 3
 DEFAULT_WAIT_SECONDS = 300.0
 _VERSION_NAME = re.compile(r"^[0-9]{6}$")
@@ -214,6 +217,38 @@ def write_manifest(directory: Path, manifest: dict) -> None:
     write_json_atomic(Path(directory) / MANIFEST, manifest)
     digest = sha256_files([Path(directory) / MANIFEST])
     write_bytes_atomic(Path(directory) / MANIFEST_SUM, (digest + "\n").encode("ascii"))
+
+
+def file_signature(path: Path) -> list[int]:
+    """What changes when a file is rewritten, replaced or copied: size, mtime, inode."""
+    status = Path(path).stat()
+    return [status.st_size, status.st_mtime_ns, status.st_ino]
+
+
+def record_verified(directory: Path, files: dict) -> None:
+    """Note that a version's files (name -> {"sha256"}) hold the bytes their checksums
+    say, as they are now: the writer, which has just hashed what it wrote, records
+    this, so opening the version later (the next write's base, a server's reload)
+    hashes only a file that changed since (verified_unchanged). Hashing every file
+    at every open made each write's cost grow with the index (bench/writes.py)."""
+    noted = {
+        name: {"sha256": info["sha256"], "signature": file_signature(Path(directory) / name)}
+        for name, info in files.items()
+    }
+    write_json_atomic(Path(directory) / VERIFIED, noted)
+
+
+def verified_unchanged(directory: Path, name: str, sha256: str) -> bool:
+    """Whether `name` was recorded as verified against `sha256` and is unchanged since
+    (same size, mtime and inode). Damage that keeps all three (a disk's own bit rot)
+    is not seen after the first check; an edit, a replacement or a copy is."""
+    try:
+        noted = json.loads((Path(directory) / VERIFIED).read_text("utf-8"))[name]
+        return noted["sha256"] == sha256 and noted["signature"] == file_signature(
+            Path(directory) / name
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def read_manifest(directory: Path, verify: bool = True) -> dict:

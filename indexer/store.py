@@ -226,6 +226,8 @@ class IndexVersion:
                     f"{path} is missing or has the wrong size; "
                     "the index version is damaged: rebuild it"
                 )
+            if layout.verified_unchanged(self.directory, name, info["sha256"]):
+                continue  # hashed when written, unchanged since (layout.record_verified)
             if sha256_files([path]) != info["sha256"]:
                 raise ArtifactMismatchError(
                     f"{path} does not match its checksum; the index version is damaged: rebuild it"

@@ -142,7 +142,8 @@ class VersionWriter:
             "versions": package_versions(),
             **extra,
         }
-        layout.write_manifest(self.staging, manifest)
+        layout.record_verified(self.staging, manifest["files"])
+        layout.write_manifest(self.staging, manifest)  # its checksum: the last file
         return manifest
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,6 +175,41 @@ def test_damaged_version_is_refused(tmp_path, model, corpus):
     vectors.write_bytes(bytes(raw))
     with pytest.raises(ArtifactMismatchError, match="does not match its checksum"):
         open_index(tmp_path / "idx")
+
+
+def test_files_verified_when_written_are_not_hashed_again_until_they_change(
+    tmp_path, model, corpus, monkeypatch
+):
+    """The writer records what it hashed (layout.record_verified): opening the version
+    (a server's reload, the next write's base) hashes no data file; a file changed
+    since, or a version without the record, is hashed, and damage is still refused."""
+    from siamese_search.indexer import store
+
+    build_index(tmp_path / "idx", model, corpus, COLUMNS, QUIET)
+    hashed: list[str] = []
+    real_sha256_files = store.sha256_files
+
+    def counting(paths):
+        hashed.extend(Path(p).name for p in paths)
+        return real_sha256_files(paths)
+
+    monkeypatch.setattr(store, "sha256_files", counting)
+    open_index(tmp_path / "idx").close()
+    assert hashed == []
+    directory = layout.version_dir(tmp_path / "idx", "000001")
+    vectors = directory / layout.VECTORS_FILE
+    raw = bytearray(vectors.read_bytes())
+    raw[0] ^= 0xFF
+    vectors.write_bytes(bytes(raw))  # an edit: new mtime
+    with pytest.raises(ArtifactMismatchError, match="does not match its checksum"):
+        open_index(tmp_path / "idx")
+    assert hashed == [layout.VECTORS_FILE]
+    raw[0] ^= 0xFF
+    vectors.write_bytes(bytes(raw))  # restored
+    (directory / layout.VERIFIED).unlink()  # a version written before the record
+    hashed.clear()
+    with open_index(tmp_path / "idx") as version:
+        assert sorted(hashed) == sorted(version.manifest["files"])
 
 
 @pytest.mark.slow
