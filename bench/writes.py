@@ -8,8 +8,11 @@ bench does not spend an hour encoding; the timed `add_to_index` then encodes its
 texts with the model like any add (the same texts at every size), copies the base,
 rebuilds the FAISS index and publishes. One process; sizes and index types in turn.
 
+With --profile, one more add per size runs under cProfile and its costliest calls
+(cumulative time) are printed: where a write's time goes.
+
 Usage: python bench/writes.py --model artifacts/model [--sizes 20000 200000]
-       [--index-types flat hnsw] [--add 100] [--out bench/results/writes.json]
+       [--index-types flat hnsw] [--add 100] [--profile] [--out bench/results/writes.json]
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def new_rows(path: Path, count: int, label: str) -> None:
             out.writerow([f"new-{i}", text, label])
 
 
-def measure(model, size: int, index_type: str, add: int, repeats: int) -> dict:
+def measure(model, size: int, index_type: str, add: int, repeats: int, profile: bool) -> dict:
     from siamese_search.core.tables import Columns
     from siamese_search.indexer.build import add_to_index
     from siamese_search.indexer.options import BuildOptions
@@ -88,6 +91,14 @@ def measure(model, size: int, index_type: str, add: int, repeats: int) -> dict:
             report = add_to_index(index_dir, model, data, columns, options, upsert=True)
             times.append(time.perf_counter() - started)
             assert report.count == size + add, report
+        if profile:
+            import cProfile
+            import pstats
+
+            profiler = cProfile.Profile()
+            profiler.runcall(add_to_index, index_dir, model, data, columns, options, upsert=True)
+            print(f"{index_type} {size:,} rows: one add under cProfile")
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(20)
     return {
         "size": size,
         "index_type": index_type,
@@ -105,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index-types", nargs="+", default=["flat", "hnsw"])
     parser.add_argument("--add", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="profile one more add per size")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -115,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for index_type in args.index_types:
         for size in args.sizes:
-            row = measure(model, size, index_type, args.add, args.repeats)
+            row = measure(model, size, index_type, args.add, args.repeats, args.profile)
             rows.append(row)
             print(
                 f"{index_type:5} {size:>9,} rows  add {args.add} texts: "
