@@ -29,6 +29,7 @@ from siamese_search.trainer.train import (
     TrainResult,
     run_steps,
     start_run,
+    step_signature,
 )
 
 EMBED_BATCH = 512
@@ -81,8 +82,10 @@ def fine_tune(
     head_optimizer = keras.optimizers.Adam(config.learning_rate)
     encoder_optimizer = keras.optimizers.Adam(config.encoder_learning_rate)
     encoder_variables = list(network.trainable_variables)
+    head_optimizer.build(head_variables)  # slots before tracing: train.step_signature
+    encoder_optimizer.build(encoder_variables)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=step_signature()[:1])
     def step(indices):
         ids = tf.gather(all_ids, indices)
         lengths_batch = tf.gather(all_lengths, indices)
