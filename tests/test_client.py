@@ -27,6 +27,7 @@ from siamese_search.core.tables import Columns
 from siamese_search.indexer.build import BuildOptions, build_index
 from siamese_search.server.app import SearchServer
 from siamese_search.server.config import Limits, ServerConfig
+from tests.conftest import encode_in_server
 
 COLUMNS = Columns(text="text", label="class")
 
@@ -40,7 +41,12 @@ def index_dir(tmp_path_factory, trained_model, sample_train):
 
 
 def _start(index_dir, port=0) -> SearchServer:
-    config = ServerConfig(index_dir=index_dir, port=port, limits=Limits(max_k=20, max_batch=8))
+    config = ServerConfig(
+        index_dir=index_dir,
+        port=port,
+        limits=Limits(max_k=20, max_batch=8),
+        batching=encode_in_server(),
+    )
     return SearchServer(config).start()
 
 

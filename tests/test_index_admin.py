@@ -31,7 +31,7 @@ from siamese_search.server.app import SearchServer
 from siamese_search.server.config import ServerConfig
 from siamese_search.server.generated import search_pb2 as pb
 from siamese_search.server.generated import search_pb2_grpc as pb_grpc
-from tests.conftest import ROOT, write_csv
+from tests.conftest import ROOT, encode_in_server, write_csv
 
 QUIET = BuildOptions(show_progress=False)
 COLUMNS = Columns(text="text", label="label", id="id")
@@ -200,7 +200,13 @@ def test_build_onto_versions_needs_replace_and_rollback_and_list(tmp_path, train
 def test_rollback_is_served_with_no_failed_call(tmp_path, model, index_dir):
     add_to_index(index_dir, model, _table(tmp_path / "b.csv", _rows("b", 5)), COLUMNS, QUIET)
     # a server that takes writes refuses rollbacks (next test): this one serves read-only
-    config = ServerConfig(index_dir=index_dir, port=0, reload_interval=0.05, writes=False)
+    config = ServerConfig(
+        index_dir=index_dir,
+        port=0,
+        reload_interval=0.05,
+        writes=False,
+        batching=encode_in_server(),
+    )
     server = SearchServer(config).start()
     failures, versions, stop = [], [], threading.Event()
 
@@ -240,7 +246,9 @@ def test_rollback_is_refused_while_a_server_takes_writes(tmp_path, model, index_
     writes (its commits build on CURRENT), and a later rollback could resurrect them."""
     from siamese_search.client import Example, SearchClient
 
-    server = SearchServer(ServerConfig(index_dir=index_dir, port=0)).start()
+    server = SearchServer(
+        ServerConfig(index_dir=index_dir, port=0, batching=encode_in_server())
+    ).start()
     try:
         with SearchClient(f"127.0.0.1:{server.port}") as client:
             client.upsert([Example("Fix the flaky login test", "1", "w-1")], wait=True)
@@ -330,7 +338,9 @@ def test_os_errors_name_the_path_and_cause(tmp_path, trained_model, capsys):
 
 
 def test_server_closes_a_replaced_version_after_its_last_call(tmp_path, model, index_dir):
-    server = SearchServer(ServerConfig(index_dir=index_dir, port=0, reload_interval=0)).start()
+    server = SearchServer(
+        ServerConfig(index_dir=index_dir, port=0, reload_interval=0, batching=encode_in_server())
+    ).start()
     try:
         old = server.holder.acquire()  # an in-flight call on version 000001
         assert old is not None and layout.is_held(old.index.directory)

@@ -16,6 +16,7 @@ from siamese_search.indexer.build import BuildOptions, build_index
 from siamese_search.server.app import SearchServer
 from siamese_search.server.config import Limits, ServerConfig
 from siamese_search.server.gateway import routes
+from tests.conftest import encode_in_server
 
 COLUMNS = Columns(text="text", label="class")
 
@@ -29,7 +30,13 @@ def index_dir(tmp_path_factory, trained_model, sample_train):
 
 
 def _start(index_dir, **overrides) -> SearchServer:
-    settings = dict(index_dir=index_dir, port=0, http_port=0, limits=Limits(max_k=20, max_batch=8))
+    settings = dict(
+        index_dir=index_dir,
+        port=0,
+        http_port=0,
+        limits=Limits(max_k=20, max_batch=8),
+        batching=encode_in_server(),
+    )
     settings.update(overrides)
     return SearchServer(ServerConfig(**settings)).start()
 

@@ -23,10 +23,11 @@ from siamese_search.core.tables import Columns
 from siamese_search.indexer.backends.milvus_backend import MilvusTarget
 from siamese_search.indexer.build import BuildOptions, add_to_index, build_index
 from siamese_search.server.app import SearchServer
+from siamese_search.server.batching import BatchSettings
 from siamese_search.server.config import Limits, ServerConfig
 from siamese_search.server.generated import search_pb2 as pb
 from siamese_search.server.generated import search_pb2_grpc as pb_grpc
-from tests.conftest import train_model, write_csv
+from tests.conftest import encode_in_server, train_model, write_csv
 
 LIMITS = Limits(max_k=20, max_text_chars=200, max_batch=8)
 COLUMNS = Columns(text="text", label="class")
@@ -47,7 +48,13 @@ def index_dir(tmp_path_factory, model, sample_train):
 
 def _start(index_dir, **overrides) -> SearchServer:
     settings = dict(
-        index_dir=index_dir, port=0, limits=LIMITS, reload_interval=0.2, workers=8, grace_seconds=5
+        index_dir=index_dir,
+        port=0,
+        limits=LIMITS,
+        reload_interval=0.2,
+        workers=8,
+        grace_seconds=5,
+        batching=encode_in_server(),
     )
     settings.update(overrides)
     return SearchServer(ServerConfig(**settings)).start()
@@ -70,9 +77,9 @@ def server(request, index_dir, tmp_path_factory, model, sample_train):
         options = _milvus_options(request, "contract")
         milvus_dir = tmp_path_factory.mktemp("serve-milvus") / "index"
         build_index(milvus_dir, model, sample_train, COLUMNS, options)
-        running = _start(None, milvus=options.milvus)
-    else:
-        running = _start(index_dir)
+        running = _start(None, milvus=options.milvus, batching=BatchSettings())
+    else:  # the default batching: encoding processes, one a core
+        running = _start(index_dir, batching=BatchSettings())
     yield running
     running.stop(0)
 

@@ -21,6 +21,7 @@ from siamese_search.server.app import SearchServer
 from siamese_search.server.config import Limits, ServerConfig
 from siamese_search.server.generated import search_pb2 as pb
 from siamese_search.server.generated import search_pb2_grpc as pb_grpc
+from tests.conftest import encode_in_server
 
 COLUMNS = Columns(text="text", label="class")
 QUIET = BuildOptions(show_progress=False)
@@ -46,6 +47,7 @@ def index_dir(tmp_path_factory, model, sample_train):
 
 
 def _start(index_dir, **settings) -> SearchServer:
+    settings = {"batching": encode_in_server(), **settings}
     return SearchServer(ServerConfig(index_dir=index_dir, port=0, **settings)).start()
 
 
@@ -160,7 +162,10 @@ def test_work_stops_soon_after_the_deadline(index_dir):
     """An abandoned call costs at most the piece being encoded: after its
     DEADLINE_EXCEEDED the server burns about one piece of CPU, not the rest of the
     call's texts, and an ordinary Search is answered at once."""
-    server = _start(index_dir, limits=WIDE)
+    from siamese_search.server.batching import BatchSettings
+
+    # the default batching: pieces are encoded in the encoding processes
+    server = _start(index_dir, limits=WIDE, batching=BatchSettings())
     piece_texts = server.config.batching.piece_texts
     texts = [f"improve the performance of module {i} " * 30 for i in range(12 * piece_texts)]
     try:

@@ -23,6 +23,7 @@ from siamese_search.server.config import Limits, ServerConfig
 from siamese_search.server.generated import search_pb2 as pb
 from siamese_search.server.generated import search_pb2_grpc as pb_grpc
 from siamese_search.server.writes import JOURNAL, CommitPolicy
+from tests.conftest import encode_in_server
 
 COLUMNS = Columns(text="text", label="class")
 TRANSLATIONS = [
@@ -54,6 +55,7 @@ def _start(index_dir, **overrides) -> SearchServer:
         limits=Limits(max_k=20, max_batch=16),
         reload_interval=0.2,
         grace_seconds=5,
+        batching=encode_in_server(),
     )
     settings.update(overrides)
     return SearchServer(ServerConfig(**settings)).start()
