@@ -64,9 +64,10 @@ def ensure_installed() -> Path:
 
 @dataclass
 class MilvusService:
-    process: subprocess.Popen
+    process: subprocess.Popen  # the launcher
     port: int
     data_dir: Path
+    pid: int  # Milvus's own process
 
     @property
     def uri(self) -> str:
@@ -107,7 +108,72 @@ def start(data_dir: Path) -> MilvusService:
             f"and {data_dir / 'logs'}"
         )
     info = json.loads(line[0])
-    return MilvusService(process, int(info["port"]), data_dir)
+    return MilvusService(process, int(info["port"]), data_dir, int(info["pid"]))
+
+
+def is_running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+@dataclass
+class ServiceCommand:
+    """`python tests/milvus_service.py` running as a child, as a user or a service
+    manager runs it; `stop` ends it with SIGTERM, as `kill` or a CI step's timeout does."""
+
+    process: subprocess.Popen
+    uri: str
+    pid: int  # Milvus's own process
+
+    def stop(self, wait: float = 120) -> bool:
+        """SIGTERM to the command; True when Milvus itself stopped within `wait` s.
+        (Milvus is killed either way, so a failed check leaves nothing running.)"""
+        self.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and is_running(self.pid):
+            time.sleep(0.5)
+        stopped = not is_running(self.pid)
+        if not stopped:
+            os.kill(self.pid, signal.SIGKILL)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        return stopped
+
+
+def run_command(data_dir: Path) -> ServiceCommand:
+    """Start `python tests/milvus_service.py --data DATA_DIR` and wait until it reports
+    Milvus up (RuntimeError with its output if it does not)."""
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--data", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen: list[str] = []
+
+    def read_until_up() -> None:
+        for line in process.stdout:
+            seen.append(line)
+            if line.startswith("Milvus is up at "):
+                return
+
+    reader = threading.Thread(target=read_until_up, daemon=True)
+    reader.start()
+    reader.join(START_SECONDS + 60)
+    up = seen and seen[-1].startswith("Milvus is up at ")
+    if not up:
+        process.kill()
+        process.wait()
+        raise RuntimeError("".join(seen)[-2000:] or "Milvus did not start (no output)")
+    words = seen[-1].split()  # Milvus is up at URI (pid N) after S s; ...
+    return ServiceCommand(process, words[4], int(words[6].rstrip(")")))
 
 
 def main() -> int:
@@ -122,7 +188,9 @@ def main() -> int:
     started = time.monotonic()
     service = start(data)
     print(
-        f"Milvus is up at {service.uri} after {time.monotonic() - started:.0f} s; Ctrl-C stops it"
+        f"Milvus is up at {service.uri} (pid {service.pid}) after "
+        f"{time.monotonic() - started:.0f} s; Ctrl-C or SIGTERM stops it",
+        flush=True,
     )
     try:
         service.process.wait()

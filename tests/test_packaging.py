@@ -171,6 +171,19 @@ def test_the_base_install_serves_indexes_queries_and_evaluates(
     added = _run(base_install, "siamese-index", "add", "--index", index, "--data", more, "--quiet")
     assert added.returncode == 0, added.stderr
 
+    import pandas as pd  # this (dev) environment has pyarrow; the base install does not
+
+    parquet = tmp_path / "more.parquet"
+    pd.DataFrame({"id": ["new-2"], "text": ["Add a dark theme"], "class": ["2"]}).to_parquet(
+        parquet
+    )
+    refused = _run(
+        base_install, "siamese-index", "add", "--index", index, "--data", parquet, "--quiet"
+    )
+    assert refused.returncode == 2
+    assert "pip install 'siamese-search[parquet]'" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
     server = subprocess.Popen(
         [str(base_install / "bin" / "siamese-serve"), "--index", str(index), "--port", "0"],
         cwd=base_install,
