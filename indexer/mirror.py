@@ -109,7 +109,8 @@ def mirror_for(target: MilvusTarget | None, show_progress: bool = True) -> Itera
 
 
 def reconcile_milvus(index_dir: Path, milvus: MilvusWriter, show_progress: bool = True) -> None:
-    """Point the alias at the local current version (hold the writer lock).
+    """Point the alias at the local current version (hold the writer lock), after
+    checking the alias serves this index (`MilvusWriter.claim`).
 
     A writer killed between publishing its version here and moving the alias left the
     two apart; so does a rollback. The current version's collection is written again
@@ -117,9 +118,11 @@ def reconcile_milvus(index_dir: Path, milvus: MilvusWriter, show_progress: bool 
     """
     current = layout.current_version(index_dir)
     if current is None:
+        milvus.claim(None, first_version=True)
         return
     directory = layout.version_dir(index_dir, current)
     manifest = layout.read_manifest(directory)
+    milvus.claim(manifest.get("index_id"), first_version=False)
     if (manifest.get("backend") or {}).get("name") != "milvus":
         return  # a FAISS-only version: the next write copies its successor to Milvus
     if milvus.aliased_collection() == milvus.target.collection_for(current):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +89,7 @@ def write_version(
                 layout.checkpoint("before-finish")
                 next_name = layout.next_version_name(index_dir)
                 extra = _manifest_extra(plan, problems, model, options, mirror.record(next_name))
+                extra["index_id"] = _index_id(index_dir)
                 manifest = writer.finish(plan.kind, plan.params, model, extra)
                 mirror.write(next_name, staging, manifest)  # the collection first
                 name = layout.publish(index_dir, staging, keep=options.keep_versions)
@@ -124,6 +126,18 @@ def _fill(
         return 0, []
     assert plan.source_columns is not None
     return ingest(writer, model, plan.source, plan.source_columns, options, plan.first_row_id)
+
+
+def _index_id(index_dir: Path) -> str:
+    """Which index the directory holds, the same in all its versions (a Milvus alias
+    is only written for the index it serves: MilvusWriter.claim): the current
+    version's, or a new id for a first version (or one written before ids were)."""
+    current = layout.current_version(index_dir)
+    if current is not None:
+        manifest = layout.read_manifest(layout.version_dir(index_dir, current), verify=False)
+        if manifest.get("index_id"):
+            return str(manifest["index_id"])
+    return uuid.uuid4().hex
 
 
 def _manifest_extra(

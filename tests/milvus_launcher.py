@@ -20,7 +20,7 @@ COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dat
 #: retrying the coordinators it has just stopped: 3 stops of 3 here were killed at 60 s),
 #: so it gets this long and is then killed. A kill leaves its etcd session for its TTL
 #: (30 s): a data directory reused sooner than that trips over it; tests use fresh ones.
-STOP_WAIT_SECONDS = 15
+STOP_WAIT_SECONDS = 5
 
 
 def main() -> int:

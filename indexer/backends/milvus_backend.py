@@ -206,6 +206,31 @@ class MilvusWriter:
     def has_version(self, version: str) -> bool:
         return self.client.has_collection(self.target.collection_for(version))
 
+    def claim(self, index_id: str | None, first_version: bool) -> None:
+        """Refuse to write for an index directory whose alias serves another index.
+
+        Two directories given the same alias (the default alias is the directory's
+        name, so `/srv/a/index` and `/srv/b/index` share one) would write the same
+        collection names: the second one's first build dropped the collection the
+        first one's servers were searching. Manifests record the index they belong
+        to (`index_id`, kept by every version of a directory); an alias whose
+        collection records another index, or any alias at all for a directory's
+        first version, is refused. When either side was written before ids were
+        recorded, a directory that already has versions is taken at its word."""
+        served = self.aliased_collection()
+        if served is None:
+            return
+        if not first_version:
+            owner = _manifest_of(self.client, served).get("index_id")
+            if owner is None or index_id is None or owner == index_id:
+                return
+        raise UserError(
+            f"Milvus alias {self.target.name} already serves another index (collection "
+            f"{served}); this index directory would overwrite its collections. Give this "
+            "index an alias of its own with --milvus-collection NAME (or drop the other "
+            "index's alias and collections in Milvus first)"
+        )
+
     def write_version(
         self, version: str, directory: Path, manifest: dict, show_progress: bool = True
     ) -> str:
@@ -218,7 +243,7 @@ class MilvusWriter:
 
         collection = self.target.collection_for(version)
         if self.client.has_collection(collection):
-            self.client.drop_collection(collection)
+            self._drop_leftover(collection, manifest.get("index_id"))
         index_type, build_params, _ = milvus_index(
             manifest["index"]["type"], manifest["index"]["params"]
         )
@@ -288,6 +313,21 @@ class MilvusWriter:
                 f"version {count}; nothing was published: run the job again"
             )
         return collection
+
+    def _drop_leftover(self, collection: str, index_id: str | None) -> None:
+        """Drop a collection of the name this version needs: a killed writer's
+        leftover, unless it records another index (see `claim`)."""
+        try:
+            owner = _manifest_of(self.client, collection).get("index_id")
+        except UserError:
+            owner = None  # killed before its description was readable: a leftover
+        if owner is not None and owner != index_id:
+            raise UserError(
+                f"Milvus collection {collection} belongs to another index; this index "
+                "directory would overwrite it. Give this index an alias of its own with "
+                "--milvus-collection NAME"
+            )
+        self.client.drop_collection(collection)
 
     def point_alias_at(self, version: str) -> None:
         """Move the alias to `version`'s collection (loading it if it was released)."""
