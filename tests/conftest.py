@@ -23,6 +23,21 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "commit-messages"
 
 
+@pytest.fixture(autouse=True)
+def _native_threads_restored():
+    """Each test starts with this process's native thread pools at SIAMESE_THREADS.
+
+    A SearchServer limits them for good in the thread that starts it (BLAS for the
+    whole process, FAISS's OpenMP for that thread), as siamese-serve wants: after the
+    first server a test started here, every later test's FAISS work in the main
+    thread ran on one thread (the 100k-vector IVF builds took 18-21 s, not 7-8 s).
+    """
+    yield
+    from siamese_search.core.native_threads import limit_native_threads
+
+    limit_native_threads(int(os.environ["SIAMESE_THREADS"]))
+
+
 @pytest.fixture(scope="session")
 def sample_train() -> Path:
     return SAMPLE / "train.csv"

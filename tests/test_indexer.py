@@ -212,10 +212,10 @@ def test_files_verified_when_written_are_not_hashed_again_until_they_change(
         assert sorted(hashed) == sorted(version.manifest["files"])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivf-sq8"])
-def test_approximate_indexes_recall_at_10_on_100k_vectors(kind):
-    """recall@10 >= 0.95 against exact search, on 100k clustered synthetic unit vectors."""
+@pytest.fixture(scope="module")
+def clustered_100k():
+    """100k clustered synthetic unit vectors, 200 queries near them, and the exact
+    top-10 of each query (shared by the index kinds: ~2 s to make)."""
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(200, 128)).astype(np.float32)
     data = centres[rng.integers(0, 200, 100_000)] + 0.6 * rng.normal(size=(100_000, 128))
@@ -224,9 +224,17 @@ def test_approximate_indexes_recall_at_10_on_100k_vectors(kind):
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
     exact = create_index("flat", 128, len(data))
     exact.add(data)
+    _, truth = exact.search(queries, 10)
+    return data, queries, truth
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivf-sq8"])
+def test_approximate_indexes_recall_at_10_on_100k_vectors(kind, clustered_100k):
+    """recall@10 >= 0.95 against exact search, on 100k clustered synthetic unit vectors."""
+    data, queries, truth = clustered_100k
     approximate = create_index(kind, 128, len(data))
     approximate.add(data)
-    _, truth = exact.search(queries, 10)
     _, found = approximate.search(queries, 10)
     recall = np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found, strict=True)])
     assert recall >= 0.95, f"{kind} recall@10 {recall:.3f}"

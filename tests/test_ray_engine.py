@@ -40,7 +40,21 @@ def model(trained_model):
     return load_model(trained_model)
 
 
-def test_a_ray_build_is_the_local_build(tmp_path, model):
+@pytest.fixture(scope="module")
+def running_cluster():
+    """One local Ray cluster for the tests that embed in this process (~6 s a start):
+    a RayEmbedder joins a cluster this process already runs and leaves it running, as
+    it does a cluster given by --ray-address. A start of its own is tested last
+    (test_a_local_cluster_that_does_not_come_up_is_started_again) and in a subprocess
+    (test_a_killed_ray_job_publishes_nothing)."""
+    import ray
+
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def test_a_ray_build_is_the_local_build(tmp_path, model, running_cluster):
     corpus = _corpus(tmp_path / "corpus.csv", 3000)
     local = build_index(tmp_path / "local", model, corpus, COLUMNS, LOCAL)
     on_ray = build_index(tmp_path / "ray", model, corpus, COLUMNS, ON_RAY)
@@ -72,7 +86,7 @@ def test_a_killed_ray_job_publishes_nothing(tmp_path, trained_model):
     assert layout.list_versions(index_dir) == ["000001"]
 
 
-def test_lists_come_back_in_order_with_empty_ones_anywhere(model):
+def test_lists_come_back_in_order_with_empty_ones_anywhere(model, running_cluster):
     """Lists are yielded as their batches come in, in input order, empty ones included
     (a chunk whose rows were all refused), each equal to the local embedding."""
     from siamese_search.indexer.ray_engine import RayEmbedder
@@ -87,12 +101,42 @@ def test_lists_come_back_in_order_with_empty_ones_anywhere(model):
             np.testing.assert_array_equal(vectors, model.embed_unique(texts))
 
 
+def test_ray_actors_run_the_drivers_encoder_runtime(
+    tmp_path, trained_model, monkeypatch, running_cluster
+):
+    """The actors get the runtime from the driver (a remote worker's environment is not
+    the driver's): a Ray build under --encoder-runtime openvino is the local build
+    under it, and not the numpy one."""
+    from siamese_search.core.encoders.base import RUNTIME_VARIABLE
+
+    corpus = _corpus(tmp_path / "corpus.csv", 1200)
+    monkeypatch.setenv(RUNTIME_VARIABLE, "numpy")
+    numpy_model = load_model(trained_model)
+    build_index(tmp_path / "numpy", numpy_model, corpus, COLUMNS, LOCAL)
+    monkeypatch.setenv(RUNTIME_VARIABLE, "openvino")
+    model = load_model(trained_model)
+    build_index(tmp_path / "local", model, corpus, COLUMNS, LOCAL)
+    build_index(tmp_path / "ray", model, corpus, COLUMNS, ON_RAY)
+    with (
+        open_index(tmp_path / "local") as a,
+        open_index(tmp_path / "ray") as b,
+        open_index(tmp_path / "numpy") as c,
+    ):
+        assert a.manifest["encoder_runtime"] == b.manifest["encoder_runtime"] == "openvino"
+        assert c.manifest["encoder_runtime"] == "numpy"
+        np.testing.assert_array_equal(b.vectors(), a.vectors())
+        assert not np.array_equal(a.vectors(), c.vectors())
+        assert np.sum(a.vectors() * c.vectors(), axis=1).min() > 0.999
+
+
 def test_a_local_cluster_that_does_not_come_up_is_started_again(model, monkeypatch, capsys):
     """Ray gives up on its own raylet after 30 s (seen once in CI): the start is tried
     again, and after LOCAL_START_ATTEMPTS failures the user gets one clear error."""
     import ray
 
     from siamese_search.core.errors import UserError
+
+    ray.shutdown()  # the shared cluster (running_cluster): this test starts its own
     from siamese_search.indexer import ray_engine
     from siamese_search.indexer.ray_engine import RayEmbedder
 
@@ -127,29 +171,3 @@ def test_a_local_cluster_that_does_not_come_up_is_started_again(model, monkeypat
         with RayEmbedder(model, RaySettings(actors=1)) as embedder:
             list(embedder.embed(iter([texts])))
     assert len(calls) == ray_engine.LOCAL_START_ATTEMPTS
-
-
-def test_ray_actors_run_the_drivers_encoder_runtime(tmp_path, trained_model, monkeypatch):
-    """The actors get the runtime from the driver (a remote worker's environment is not
-    the driver's): a Ray build under --encoder-runtime openvino is the local build
-    under it, and not the numpy one."""
-    from siamese_search.core.encoders.base import RUNTIME_VARIABLE
-
-    corpus = _corpus(tmp_path / "corpus.csv", 1200)
-    monkeypatch.setenv(RUNTIME_VARIABLE, "numpy")
-    numpy_model = load_model(trained_model)
-    build_index(tmp_path / "numpy", numpy_model, corpus, COLUMNS, LOCAL)
-    monkeypatch.setenv(RUNTIME_VARIABLE, "openvino")
-    model = load_model(trained_model)
-    build_index(tmp_path / "local", model, corpus, COLUMNS, LOCAL)
-    build_index(tmp_path / "ray", model, corpus, COLUMNS, ON_RAY)
-    with (
-        open_index(tmp_path / "local") as a,
-        open_index(tmp_path / "ray") as b,
-        open_index(tmp_path / "numpy") as c,
-    ):
-        assert a.manifest["encoder_runtime"] == b.manifest["encoder_runtime"] == "openvino"
-        assert c.manifest["encoder_runtime"] == "numpy"
-        np.testing.assert_array_equal(b.vectors(), a.vectors())
-        assert not np.array_equal(a.vectors(), c.vectors())
-        assert np.sum(a.vectors() * c.vectors(), axis=1).min() > 0.999

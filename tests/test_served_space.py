@@ -97,6 +97,7 @@ def test_a_damaged_space_file_is_refused(trained_model, tmp_path):
         load_model(copy)
 
 
+@pytest.mark.slow  # trains a model of its own
 def test_a_head_only_model_still_loads_and_serves_the_head_space(sample_train, tmp_path):
     flags = ("--no-fine-tune", "--steps", "20", "--ensemble", "1", "--served-space", "labels")
     model = load_model(train_model(sample_train, tmp_path / "labels-only", *flags))
@@ -173,6 +174,7 @@ def test_a_label_added_by_writes_is_predicted_for_texts_like_its_examples(server
     assert gone["label"] != "billing" and gone.get("abstained") is True
 
 
+@pytest.mark.slow  # trains; the validation-table path is fast in test_cli's out-of-scope test
 def test_with_a_validation_table_the_domain_bar_comes_from_its_rows(
     sample_train, sample_test, tmp_path
 ):

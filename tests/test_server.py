@@ -467,6 +467,7 @@ def test_retrained_model_swaps_in_with_its_index_under_load(
         running.stop(0)
 
 
+@pytest.mark.slow  # trains a second model: refusals of other models are fast elsewhere
 def test_pinned_model_refuses_a_version_of_another_model(
     tmp_path, model, trained_model, sample_train, retrained_dir
 ):
