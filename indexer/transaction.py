@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from siamese_search.core.errors import UserError
 from siamese_search.core.model_artifact import EmbeddingModel
 from siamese_search.core.tables import Columns, RowProblem, Table
 from siamese_search.indexer import layout
@@ -130,11 +131,14 @@ def _fill(
 
 def _index_id(index_dir: Path) -> str:
     """Which index the directory holds, the same in all its versions (a Milvus alias
-    is only written for the index it serves: MilvusWriter.claim): the current
-    version's, or a new id for a first version (or one written before ids were)."""
-    current = layout.current_version(index_dir)
-    if current is not None:
-        manifest = layout.read_manifest(layout.version_dir(index_dir, current), verify=False)
+    is only written for the index it serves: MilvusWriter.claim): the newest readable
+    version's, or a new id for a first version (or one written before ids were).
+    CURRENT is not read: a --replace build is how a damaged CURRENT is repaired."""
+    for name in reversed(layout.list_versions(index_dir)):
+        try:
+            manifest = layout.read_manifest(layout.version_dir(index_dir, name), verify=False)
+        except UserError:
+            continue
         if manifest.get("index_id"):
             return str(manifest["index_id"])
     return uuid.uuid4().hex

@@ -240,6 +240,27 @@ def test_approximate_indexes_recall_at_10_on_100k_vectors(kind, clustered_100k):
     assert recall >= 0.95, f"{kind} recall@10 {recall:.3f}"
 
 
+def test_every_version_of_a_directory_records_one_index_id(tmp_path, trained_model, corpus):
+    """What lets a Milvus alias refuse another directory's writes (MilvusWriter.claim):
+    adds, deletes and --replace builds keep the id, even over a damaged CURRENT."""
+    model, quiet, columns = load_model(trained_model), QUIET, COLUMNS
+    first, other = tmp_path / "first", tmp_path / "other"
+    build_index(first, model, corpus, columns, quiet)
+    build_index(other, model, corpus, columns, quiet)
+    add_to_index(first, model, corpus, columns, quiet, upsert=True)
+    (first / layout.CURRENT).write_bytes(b"garbage")
+    build_index(first, model, corpus, columns, BuildOptions(show_progress=False, replace=True))
+
+    def ids(index_dir):
+        return {
+            layout.read_manifest(layout.version_dir(index_dir, name))["index_id"]
+            for name in layout.list_versions(index_dir)
+        }
+
+    assert len(ids(first)) == len(ids(other)) == 1 and ids(first) != ids(other)
+    assert len(layout.list_versions(first)) == 3
+
+
 def test_cli_build_info_and_errors(tmp_path, trained_model, corpus, capsys):
     out = tmp_path / "idx"
     assert (
