@@ -111,10 +111,13 @@ def add_to_index(
             )
         # without an id column, new rows are numbered after the index's largest row number
         first_row_id = 0 if columns.id is not None else base.records().next_row_id()
-        # which base rows the new data replaces (upsert) or collides with (error)
+        # which base rows the new data replaces (upsert) or collides with (error); the
+        # same pass counts the records (the ingest's progress total: no pass of its own)
         new_ids: list[str] = []
+        records = 0
         for chunk in iter_table(data_path, columns, options.chunk_rows, first_row_id):
             new_ids.extend(chunk.ids)
+            records += len(chunk) + len(chunk.problems)
         clashes = base.records().positions_of(new_ids)
         if clashes and not upsert:
             shown = ", ".join(repr(i) for i in list(clashes)[:10])
@@ -143,6 +146,7 @@ def add_to_index(
             source=Path(data_path),
             source_columns=columns,
             first_row_id=first_row_id,
+            source_records=records,
         )
 
     return write_version(index_dir, model, options, plan_for, needs_base=True)

@@ -28,9 +28,14 @@ from siamese_search.indexer.version_writer import VersionWriter
 
 
 def _chunks_of(
-    source: Path | Table, columns: Columns, options: BuildOptions, first_row_id: int
+    source: Path | Table,
+    columns: Columns,
+    options: BuildOptions,
+    first_row_id: int,
+    records: int | None,
 ) -> tuple[Iterator[Chunk], int]:
-    """The rows to ingest, in chunks, and how many records that is (for progress)."""
+    """The rows to ingest, in chunks, and how many records that is (for progress:
+    `records` when the caller's own pass counted them, else one counting pass)."""
     if isinstance(source, Table):  # already read and checked (siamese-evaluate)
         chunk = Chunk(
             texts=source.texts,
@@ -39,7 +44,8 @@ def _chunks_of(
             lines=list(range(1, len(source.texts) + 1)),
         )
         return iter([chunk]), len(chunk)
-    return iter_table(source, columns, options.chunk_rows, first_row_id), count_records(source)
+    total = records if records is not None else count_records(source)
+    return iter_table(source, columns, options.chunk_rows, first_row_id), total
 
 
 def ingest(
@@ -49,8 +55,10 @@ def ingest(
     columns: Columns,
     options: BuildOptions,
     first_row_id: int = 0,
+    records: int | None = None,
 ) -> tuple[int, list]:
     """Read, check, embed and append new rows. Returns (rows added, row problems).
+    `records`: how many records `source` holds, when already counted.
 
     Ids already written (from the base version, or earlier in the file) are duplicates.
     Rows are checked here whatever the engine; only the embedding runs locally or on
@@ -58,7 +66,7 @@ def ingest(
     """
     problems: list[RowProblem] = []
     added = 0
-    chunks, total = _chunks_of(source, columns, options, first_row_id)
+    chunks, total = _chunks_of(source, columns, options, first_row_id, records)
     name = source.name if isinstance(source, Path) else "rows"
     accepted: deque[tuple[Chunk, list[int]]] = deque()  # checked, not yet written
     pending: set[str] = set()  # their ids: an engine reads ahead of the writer

@@ -44,6 +44,7 @@ class Plan:
     source: Path | Table | None = None  # new rows: a table file or rows in memory
     source_columns: Columns | None = None  # how to read `source`
     first_row_id: int = 0  # row ids of `source` without an id column start here
+    source_records: int | None = None  # records in `source`, when planning counted them
 
 
 class NothingToChange(Exception):
@@ -126,7 +127,15 @@ def _fill(
     if plan.source is None:
         return 0, []
     assert plan.source_columns is not None
-    return ingest(writer, model, plan.source, plan.source_columns, options, plan.first_row_id)
+    return ingest(
+        writer,
+        model,
+        plan.source,
+        plan.source_columns,
+        options,
+        plan.first_row_id,
+        plan.source_records,
+    )
 
 
 def _index_id(index_dir: Path) -> str:

@@ -240,6 +240,30 @@ def test_approximate_indexes_recall_at_10_on_100k_vectors(kind, clustered_100k):
     assert recall >= 0.95, f"{kind} recall@10 {recall:.3f}"
 
 
+def test_an_add_reads_its_table_twice(tmp_path, model, corpus, monkeypatch):
+    """Once for the ids (clashes with the index: refused, or replaced with --upsert)
+    and their count, once to ingest; it used to count the records in a third pass."""
+    from siamese_search.indexer import build, ingest
+
+    passes: list[str] = []
+
+    def counted(module, name):
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            passes.append(name)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    build_index(tmp_path / "idx", model, corpus, COLUMNS, QUIET)
+    for module, name in ((build, "iter_table"), (ingest, "iter_table"), (ingest, "count_records")):
+        counted(module, name)
+    report = add_to_index(tmp_path / "idx", model, corpus, COLUMNS, QUIET, upsert=True)
+    assert report.added == 8 and report.removed == 8
+    assert passes == ["iter_table", "iter_table"]
+
+
 def test_every_version_of_a_directory_records_one_index_id(tmp_path, trained_model, corpus):
     """What lets a Milvus alias refuse another directory's writes (MilvusWriter.claim):
     adds, deletes and --replace builds keep the id, even over a damaged CURRENT."""
