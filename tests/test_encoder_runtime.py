@@ -159,6 +159,25 @@ def test_a_pinned_runtime_remembers_its_fidelity_check(tmp_path, monkeypatch):
     assert make_encoder("usem3", "code").runtime == "openvino-f32"
 
 
+def test_concurrent_first_loads_each_keep_their_entry(tmp_path, monkeypatch):
+    """Encoding processes load at once: each one's remembered entry must survive the
+    others' (a read-modify-write without the lock lost most of them)."""
+    monkeypatch.setenv(runtime_choice.CACHE_VARIABLE, str(tmp_path))
+
+    def remember_many(slot: int) -> None:
+        for i in range(25):
+            runtime_choice.remember(f"{slot}-{i}", {"runtime": "numpy", "padding": "x" * 2000})
+
+    threads = [threading.Thread(target=remember_many, args=(slot,)) for slot in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    entries = json.loads((tmp_path / runtime_choice.CACHE_FILE).read_text())
+    assert len(entries) == 8 * 25
+    assert runtime_choice.recall("7-24") == {"runtime": "numpy", "padding": "x" * 2000}
+
+
 def test_auto_needs_a_clear_win_over_numpy():
     assert runtime_choice.pick({"numpy": 100.0, "openvino": 300.0, "f32": 120.0}) == "openvino"
     assert runtime_choice.pick({"numpy": 100.0, "openvino": 110.0}) == "numpy"

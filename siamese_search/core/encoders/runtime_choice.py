@@ -24,6 +24,7 @@ them measures again. An unreadable or unwritable cache only costs the measuremen
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -111,19 +112,22 @@ def recall(entry_key: str) -> dict | None:
 
 
 def remember(entry_key: str, entry: dict) -> None:
-    """Add an entry, replacing the file atomically (concurrent loads at worst both
-    measure, and the last writer's entries win)."""
+    """Add an entry, replacing the file atomically. The read-modify-write holds a lock
+    file: two first loads at once (a server's encoding processes) each add theirs,
+    where the second used to write back the file it read before the first's entry."""
     directory = cache_dir()
     path = directory / CACHE_FILE
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        try:
-            entries = json.loads(path.read_text(encoding="utf-8"))
-            entries = entries if isinstance(entries, dict) else {}
-        except (OSError, ValueError):
-            entries = {}
-        entries[entry_key] = entry
-        write_json_atomic(path, entries)
+        with open(directory / (CACHE_FILE + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            try:
+                entries = json.loads(path.read_text(encoding="utf-8"))
+                entries = entries if isinstance(entries, dict) else {}
+            except (OSError, ValueError):
+                entries = {}
+            entries[entry_key] = entry
+            write_json_atomic(path, entries)
     except OSError as error:
         log.warning("could not remember the encoder runtime in %s: %s", path, error)
 
