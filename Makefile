@@ -34,8 +34,8 @@ lint: setup
 	rm -rf $(LINT_VIEW) && mkdir -p $(LINT_VIEW)
 	cp -r siamese_search $(LINT_VIEW)/
 	for part in trainer indexer server; do cp -r $$part $(LINT_VIEW)/siamese_search/$$part; done
-	cd $(LINT_VIEW) && PYTHONPATH=. $(CURDIR)/$(BIN)/lint-imports $(CURDIR)/pyproject.toml --no-cache
-	cd $(LINT_VIEW) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml
+	cd $(LINT_VIEW) && PYTHONPATH=. $(CURDIR)/$(BIN)/lint-imports $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/build/import-linter-cache
+	cd $(LINT_VIEW) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/build/mypy-cache
 
 # The fast loop: everything but the tests marked `slow`.
 test: setup lint

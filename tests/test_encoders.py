@@ -65,6 +65,7 @@ def test_hub_path_that_cannot_load_is_a_clear_error(tmp_path):
         make_encoder(str(tmp_path / "not-a-model"), "none")
 
 
+@pytest.mark.slow  # loads the encoder twice: models of older specs
 def test_new_models_use_cpp_sentencepiece_and_old_specs_keep_the_pure_tokenizer(sample_train):
     """The C++ SentencePiece tokenizer is recorded in new specs and fingerprints; a spec
     written before (no tokenizer) loads the package's pure-Python port, so its
