@@ -182,7 +182,7 @@ def test_writes_need_the_admin_token(index_dir):
 
 @pytest.mark.slow
 def test_eight_writers_and_eight_readers_lose_nothing(index_dir):
-    """30 s of concurrent writes and reads: no failed call, and every acknowledged
+    """20 s of concurrent writes and reads: no failed call, and every acknowledged
     write (minus the acknowledged deletes) is in the index afterwards."""
     server = _start(index_dir, limits=Limits(max_k=20, max_batch=16), workers=16)
     target = f"127.0.0.1:{server.port}"
@@ -190,7 +190,7 @@ def test_eight_writers_and_eight_readers_lose_nothing(index_dir):
     present: set[str] = set()
     absent: set[str] = set()
     lock = threading.Lock()
-    stop = time.monotonic() + 30
+    stop = time.monotonic() + 20
 
     def writer(slot: int) -> None:
         rng = random.Random(slot)
