@@ -46,10 +46,13 @@ def running_cluster():
     a RayEmbedder joins a cluster this process already runs and leaves it running, as
     it does a cluster given by --ray-address. A start of its own is tested last
     (test_a_local_cluster_that_does_not_come_up_is_started_again) and in a subprocess
-    (test_a_killed_ray_job_publishes_nothing)."""
+    (test_a_killed_ray_job_publishes_nothing). Started as the engine starts one, with
+    its retries for a raylet that does not come up (seen in CI)."""
     import ray
 
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from siamese_search.indexer.ray_engine import _start_local_cluster
+
+    _start_local_cluster()
     yield
     ray.shutdown()
 
