@@ -1,6 +1,8 @@
-"""What one write costs as the index grows: `siamese-index add` of the same new texts to
-indexes of several sizes (issue 23's baseline and its bar: at most 1.5x from 20k to
-200k rows).
+"""What one write costs as the index grows (issue 23): `siamese-index add` of the same
+new texts to indexes of several sizes (its bar: at most 1.5x from 20k to 200k rows),
+and with --served, a served `Upsert` of 10 texts with `wait` on HNSW indexes of
+100k and 1M rows, search latency with one segment and with the most a version holds,
+and what `siamese-index compact` takes.
 
 Each base index is written through the project's own version writer from synthetic
 unit vectors (random, with the model's dimension, texts and labels made up), so the
@@ -13,6 +15,8 @@ With --profile, one more add per size runs under cProfile and its costliest call
 
 Usage: python bench/writes.py --model artifacts/model [--sizes 20000 200000]
        [--index-types flat hnsw] [--add 100] [--profile] [--out bench/results/writes.json]
+       python bench/writes.py --model artifacts/model --served [--sizes 100000 1000000]
+       [--upserts 10] [--out bench/results/writes-served.json]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -30,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def synthetic_index(index_dir: Path, model, size: int, index_type: str, seed: int = 0) -> None:
-    """A one-version index of `size` random unit vectors, written by VersionWriter."""
+    """A one-version index of `size` random unit vectors, written by VersionWriter
+    (its FAISS index built with every core: the base is setting, not what is timed)."""
     import numpy as np
 
     from siamese_search.indexer import layout
@@ -40,7 +46,7 @@ def synthetic_index(index_dir: Path, model, size: int, index_type: str, seed: in
     labels = sorted(model.manifest.get("labels") or ["a", "b", "c", "d", "e"])
     index_dir.mkdir(parents=True)
     staging = layout.new_staging(index_dir)
-    writer = VersionWriter(staging, model.dim, with_labels=True)
+    writer = VersionWriter(staging, model.dim, with_labels=True, segment_name="000001")
     for start in range(0, size, 50_000):
         n = min(50_000, size - start)
         vectors = rng.standard_normal((n, model.dim)).astype(np.float32)
@@ -60,14 +66,18 @@ def synthetic_index(index_dir: Path, model, size: int, index_type: str, seed: in
     layout.publish(index_dir, staging)
 
 
-def new_rows(path: Path, count: int, label: str) -> None:
+def commit_texts() -> list[str]:
     with open(ROOT / "data/commit-messages/test.csv", newline="", encoding="utf-8") as handle:
-        texts = [row["text"] for row in csv.DictReader(handle)][:count]
+        return [row["text"] for row in csv.DictReader(handle)]
+
+
+def new_rows(path: Path, count: int, label: str, offset: int = 0, prefix: str = "new") -> None:
+    texts = commit_texts()[offset : offset + count]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         out = csv.writer(handle)
         out.writerow(["id", "text", "class"])
         for i, text in enumerate(texts):
-            out.writerow([f"new-{i}", text, label])
+            out.writerow([f"{prefix}-{i}", text, label])
 
 
 def measure(model, size: int, index_type: str, add: int, repeats: int, profile: bool) -> dict:
@@ -109,14 +119,173 @@ def measure(model, size: int, index_type: str, add: int, repeats: int, profile: 
     }
 
 
+def _start_server(index_dir: Path):
+    """`siamese-serve` on the index (writes on: loopback), its address once SERVING."""
+    import subprocess
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "siamese_search.server.cli", "--index", str(index_dir)]
+        + ["--port", "0", "--log-level", "warning"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    line = process.stdout.readline()
+    if "listening on" not in line:
+        process.kill()
+        raise RuntimeError(f"siamese-serve did not start: {line!r}")
+    return process, line.strip().rsplit(" ", 1)[-1]
+
+
+def _search_p50(version, queries, repeats: int = 3) -> float:
+    """Median seconds of one single-query search of the open version (k=10)."""
+    times = []
+    for _ in range(repeats):
+        for query in queries:
+            started = time.perf_counter()
+            version.search(query[None, :], 10)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def measure_served(model, model_dir: Path, size: int, upserts: int, cache: Path | None) -> dict:
+    """On an HNSW index of `size` rows: served Upserts of 10 texts with wait (each
+    new ids), then search p50 in-process with the most segments a version holds
+    against the same rows compacted, and the compaction's time."""
+    from siamese_search.client import Example, SearchClient
+    from siamese_search.core.tables import Columns
+    from siamese_search.indexer import segments
+    from siamese_search.indexer.build import add_to_index, compact_index
+    from siamese_search.indexer.options import BuildOptions
+    from siamese_search.indexer.store import open_index
+
+    with tempfile.TemporaryDirectory(prefix="bench-writes-") as tmp:
+        index_dir = Path(tmp) / "index"
+        started = time.perf_counter()
+        cached = cache / f"hnsw-{size}" if cache else None
+        if cached is not None and cached.is_dir():
+            import shutil
+
+            shutil.copytree(cached, index_dir, copy_function=os.link)  # links: no copy
+        else:
+            synthetic_index(index_dir, model, size, "hnsw")
+            if cached is not None:
+                import shutil
+
+                shutil.copytree(index_dir, cached, copy_function=os.link)
+        base_seconds = time.perf_counter() - started
+        label = str(sorted(model.manifest.get("labels") or ["a"])[0])
+        texts = commit_texts()
+        process, target = _start_server(index_dir)
+        commit_times = []
+        try:
+            with SearchClient(target, timeout=600) as client:
+                for round_ in range(upserts + 1):  # the first one warms up
+                    batch = [
+                        Example(texts[(round_ * 10 + i) % len(texts)], label, f"up-{round_}-{i}")
+                        for i in range(10)
+                    ]
+                    started = time.perf_counter()
+                    result = client.upsert(batch, wait=True)
+                    if round_:
+                        commit_times.append(time.perf_counter() - started)
+                    assert result.committed, result
+                served_count = client.info().count
+        finally:
+            process.terminate()
+            process.wait(30)
+        assert served_count == size + 10 * (upserts + 1), served_count
+
+        # the most segments a version holds: adds of falling sizes (each kept, not merged)
+        quiet = BuildOptions(show_progress=False, keep_versions=2)
+        columns = Columns(text="text", label="class", id="id")
+        add = 400
+        while True:
+            with open_index(index_dir, load_indexes=False) as version:
+                if len(version.segments) >= segments.MAX_SEGMENTS:
+                    break
+                smallest = version.segments[-1].live
+            add = max(1, min(add, smallest - 1))
+            data = Path(tmp) / f"seg-{add}.csv"
+            new_rows(data, add, label, offset=1000, prefix=f"seg{add}")
+            add_to_index(index_dir, model, data, columns, quiet)
+            add = max(1, add // 2)
+        queries = model.embed(texts[2000:2200])
+        with open_index(index_dir) as version:
+            many = len(version.segments)
+            many_p50 = _search_p50(version, queries)
+            before = [[h.id for h in hits] for hits in version.search(queries, 10)]
+        started = time.perf_counter()
+        compact_index(index_dir, model, quiet)
+        compact_seconds = time.perf_counter() - started
+        with open_index(index_dir) as version:
+            assert len(version.segments) == 1
+            one_p50 = _search_p50(version, queries)
+            after = [[h.id for h in hits] for hits in version.search(queries, 10)]
+        overlap = statistics.mean(
+            len(set(a) & set(b)) / max(len(a), 1) for a, b in zip(before, after, strict=True)
+        )
+    return {
+        "size": size,
+        "index_type": "hnsw",
+        "base_build_seconds": base_seconds,
+        "upsert_10_wait_seconds": commit_times,
+        "upsert_10_wait_median": statistics.median(commit_times),
+        "segments_before_compaction": many,
+        "search_p50_ms_most_segments": many_p50 * 1e3,
+        "search_p50_ms_compacted": one_p50 * 1e3,
+        "top10_overlap_before_after_compaction": overlap,
+        "compact_seconds": compact_seconds,
+    }
+
+
+def served_main(args, model) -> int:
+    rows = []
+    for size in args.sizes:
+        row = measure_served(model, args.model, size, args.upserts, args.cache)
+        rows.append(row)
+        print(
+            f"hnsw {size:>9,} rows  Upsert 10 texts (wait): {row['upsert_10_wait_median']:.3f} s "
+            f"median of {args.upserts}; search p50 {row['search_p50_ms_most_segments']:.2f} ms "
+            f"with {row['segments_before_compaction']} segments, "
+            f"{row['search_p50_ms_compacted']:.2f} ms compacted "
+            f"(top-10 overlap {row['top10_overlap_before_after_compaction']:.3f}); "
+            f"compact {row['compact_seconds']:.1f} s (base written in "
+            f"{row['base_build_seconds']:.0f} s)",
+            flush=True,
+        )
+    if len(rows) > 1:
+        first, last = rows[0], rows[-1]
+        print(
+            f"hnsw {last['size'] // first['size']}x the rows: "
+            f"{last['upsert_10_wait_median'] / first['upsert_10_wait_median']:.2f}x the time "
+            "per Upsert"
+        )
+    if args.out:
+        payload = {"encoder_runtime": model.encoder_runtime, "served": rows}
+        args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 200_000])
+    parser.add_argument("--sizes", type=int, nargs="+")
     parser.add_argument("--index-types", nargs="+", default=["flat", "hnsw"])
     parser.add_argument("--add", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="profile one more add per size")
+    parser.add_argument(
+        "--served",
+        action="store_true",
+        help="served Upserts, segment search and compaction on HNSW indexes of --sizes "
+        "(default 100000 1000000) instead of adds",
+    )
+    parser.add_argument("--upserts", type=int, default=10, help="timed Upserts per size")
+    parser.add_argument(
+        "--cache", type=Path, help="keep the synthetic bases here (hard links) for later runs"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -124,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
 
     model = load_model(args.model)
     model.embed(["warm-up"])  # the encoder's first call is not a write's cost
+    if args.served:
+        args.sizes = args.sizes or [100_000, 1_000_000]
+        return served_main(args, model)
+    args.sizes = args.sizes or [20_000, 200_000]
     rows = []
     for index_type in args.index_types:
         for size in args.sizes:

@@ -3,17 +3,16 @@
 Each operation only decides, from the current version, what the next one holds (a
 `transaction.Plan`: which base rows to drop, which new rows to read); the write
 transaction (lock, staging, publish, mirroring: `indexer.transaction`) is the same
-for all. Every write makes a complete new version: the stored unit vectors
-(`vectors.f32`) of kept rows are copied, only new texts are encoded, and the FAISS
-index is rebuilt from the stored vectors.
+for all. Every write publishes a new version made of the base's segments (shared,
+with the write's deletions) and one new segment holding the new rows, so a write costs
+what it changes (indexer.segments); only new texts are encoded. `compact` rewrites the
+live rows as one segment.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-
-import numpy as np
 
 from siamese_search.core.errors import DataError, UserError
 from siamese_search.core.model_artifact import EmbeddingModel
@@ -208,11 +207,8 @@ def apply_changes(
         if base.has_labels and any(not label for _, label in pending.values()):
             raise ChangeConflict("the index is labelled; every example needs a label")
         drop = set(base.records().positions_of(sorted(folded.dropped_ids)).values())
-        codes = base.label_codes()
-        if folded.dropped_labels and codes is not None:
-            names = base.label_names
-            doomed = [c for c, name in enumerate(names) if name in folded.dropped_labels]
-            drop.update(int(p) for p in np.flatnonzero(np.isin(codes, doomed)))
+        if folded.dropped_labels and base.has_labels:
+            drop.update(int(p) for p in base.positions_labelled(set(folded.dropped_labels)))
         replaced = len(drop)
         if not pending and not drop:
             raise NothingToChange(BuildReport(base.name, base.count, 0, 0, base.kind))
@@ -243,5 +239,27 @@ def apply_changes(
             source=table if table.ids else None,
             source_columns=columns,
         )
+
+    return write_version(index_dir, model, options, plan_for, needs_base=True)
+
+
+def compact_index(index_dir: Path, model: EmbeddingModel, options: BuildOptions) -> BuildReport:
+    """A new version holding the current one's live rows as one segment: deleted rows
+    gone, one index of the requested type. Writes wait for it (the writer lock);
+    readers keep searching the current version until it is published."""
+
+    def plan_for(base: IndexVersion | None) -> Plan:
+        assert base is not None
+        if len(base.segments) == 1 and base.segments[0].deleted is None:
+            raise NothingToChange(BuildReport(base.name, base.count, 0, 0, base.kind))
+        kind, params = carried_index_settings(base.manifest, options)
+        extra = {
+            "operation": {
+                "kind": "compact",
+                "base_version": base.name,
+                "segments": len(base.segments),
+            }
+        }
+        return Plan(kind, params, base.has_labels, _source_columns(base), extra, compact=True)
 
     return write_version(index_dir, model, options, plan_for, needs_base=True)

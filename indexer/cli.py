@@ -3,6 +3,7 @@
 siamese-index build  --model M --data FILE --out INDEX_DIR [--index-type auto|flat|hnsw|...]
 siamese-index add    --index INDEX_DIR --data FILE [--upsert] [--model M]
 siamese-index delete --index INDEX_DIR --ids ID [ID ...] | --ids-file FILE
+siamese-index compact --index INDEX_DIR   (the live rows as one segment)
 siamese-index info   --index INDEX_DIR
 any writer: --backend milvus --milvus-uri URI also serves each version from Milvus
 """
@@ -25,6 +26,7 @@ from siamese_search.indexer.build import (
     add_to_index,
     build_index,
     carried_index_settings,
+    compact_index,
     delete_from_index,
 )
 from siamese_search.indexer.options import BuildOptions
@@ -178,6 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common_flags(delete)
 
+    compact = commands.add_parser(
+        "compact",
+        formatter_class=DefaultsHelpFormatter,
+        help="a new version holding the live rows as one segment (deleted rows gone, "
+        "one index of the requested type)",
+    )
+    compact.add_argument("--index", required=True, type=Path, help="index directory")
+    compact.add_argument("--model", type=Path, help="default: the model the index was built with")
+    _add_common_flags(compact)
+
     info = commands.add_parser(
         "info",
         formatter_class=DefaultsHelpFormatter,
@@ -323,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
             upsert=args.upsert,
         )
         _report(report, args.data)
+    elif args.command == "compact":
+        report = compact_index(args.index, _model_for(args, args.index), options)
+        _report(report, None)
     else:
         ids = list(args.ids)
         if args.ids_file:

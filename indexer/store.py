@@ -8,9 +8,10 @@ filter and a minimum score, returning ids, labels, texts and scores.
 
 from __future__ import annotations
 
+import bisect
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -21,11 +22,12 @@ from siamese_search.core.encoders.base import sha256_files
 from siamese_search.core.errors import ArtifactMismatchError, UserError
 from siamese_search.core.model_artifact import EmbeddingModel
 from siamese_search.indexer import layout
-from siamese_search.indexer.backends import load_index
-from siamese_search.indexer.records import RecordReader
+from siamese_search.indexer.segments import Segment, SegmentCache, entries_of, merge_top_k
 
 FORMAT = "siamese-search-index"
-FORMAT_VERSION = 1
+#: 2: a version is a list of segments (indexer.segments); 1: one set of files
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 NO_LABEL = -1
 
 
@@ -146,10 +148,18 @@ def check_model_matches(manifest: dict, name: str, where: str, model: EmbeddingM
 
 
 class IndexVersion:
-    """One immutable index version, open for searching (thread-safe)."""
+    """One immutable index version, open for searching (thread-safe): its segments
+    (indexer.segments), searched one by one and merged into an exact top-k."""
 
-    def __init__(self, directory: Path, verify: bool = True):
+    def __init__(
+        self,
+        directory: Path,
+        verify: bool = True,
+        load_indexes: bool = True,
+        cache: SegmentCache | None = None,
+    ):
         self.directory = Path(directory)
+        self._cache = cache if cache is not None else SegmentCache()
         self.name = self.directory.name
         # first of all, and until close() or garbage collection: writers will not
         # prune this version while this reader may still read from it
@@ -159,56 +169,62 @@ class IndexVersion:
             raise UserError(
                 f"{self.directory} was removed (pruned) while opening it; open the index again"
             ) from None
-        self._records: RecordReader | None = None
+        self.segments: list[Segment] = []
         try:
-            self._open(verify)
+            self._open(verify, load_indexes)
         except BaseException:
             self.close()  # a version that fails its checks does not keep its hold
             raise
 
-    def _open(self, verify: bool) -> None:
+    def _open(self, verify: bool, load_indexes: bool) -> None:
         self.manifest = layout.read_manifest(self.directory, verify=verify)
-        if (self.manifest.get("format"), self.manifest.get("format_version")) != (
-            FORMAT,
-            FORMAT_VERSION,
+        if (
+            self.manifest.get("format") != FORMAT
+            or self.manifest.get("format_version") not in READABLE_FORMAT_VERSIONS
         ):
             raise UserError(
-                f"{self.directory} is not a siamese-search index version "
-                f"(format {self.manifest.get('format')!r})"
+                f"{self.directory} is not a siamese-search index version this release reads "
+                f"(format {self.manifest.get('format')!r}, version "
+                f"{self.manifest.get('format_version')!r})"
             )
         if verify:
             self._verify_files()
-        index_info = self.manifest["index"]
-        self.kind = index_info["type"]
+        self.kind = self.manifest["index"]["type"]
         self.dim = int(self.manifest["dim"])
         self.count = int(self.manifest["count"])
-        self._index = load_index(
-            self.directory / layout.INDEX_FILE, self.kind, index_info["params"]
-        )
+        offset = 0
         try:
-            self._records = RecordReader(self.directory / layout.RECORDS_FILE)
+            for entry in entries_of(self.manifest, self.name):
+                self.segments.append(
+                    Segment(
+                        self.directory, entry, self.dim, offset, self.manifest["files"], self._cache
+                    )
+                )
+                offset += entry.rows
         except sqlite3.DatabaseError as error:
             raise ArtifactMismatchError(
-                f"{self.directory / layout.RECORDS_FILE} cannot be read ({error}); the index "
+                f"{self.directory}: a record store cannot be read ({error}); the index "
                 "version is damaged: rebuild it"
             ) from None
-        if self._records.count != self.count:
+        if sum(segment.live for segment in self.segments) != self.count:
             raise ArtifactMismatchError(
-                f"{self.directory / layout.RECORDS_FILE} holds {self._records.count} records, "
-                f"the manifest says {self.count}; the index version is damaged: rebuild it"
+                f"{self.directory}: its segments hold "
+                f"{sum(segment.live for segment in self.segments)} rows, the manifest says "
+                f"{self.count}; the index version is damaged: rebuild it"
             )
+        if load_indexes:  # everything a search needs is open before a server swaps it in
+            for segment in self.segments:
+                segment.index()
+        self._records = VersionRecords(self.segments)
         label_info = self.manifest.get("labels")
         self.label_names: list[str] = list(label_info["names"]) if label_info else []
         self._filter = LabelFilter(self.label_names, has_labels=label_info is not None)
-        self._label_codes = (
-            np.fromfile(self.directory / layout.LABELS_FILE, dtype=np.int32) if label_info else None
-        )
-        self._masks: OrderedDict[frozenset, np.ndarray] = OrderedDict()
+        self._masks: OrderedDict[frozenset, list[np.ndarray | None]] = OrderedDict()
 
     # ---- identity -----------------------------------------------------------
     @property
     def has_labels(self) -> bool:
-        return self._label_codes is not None
+        return self.manifest.get("labels") is not None
 
     @property
     def model_fingerprint(self) -> str:
@@ -235,35 +251,64 @@ class IndexVersion:
 
     # ---- data ---------------------------------------------------------------
     def vectors(self) -> np.ndarray:
-        """All stored unit vectors, memory-mapped (count, dim)."""
-        if self.count == 0:
+        """Every live row's unit vector (count, dim), in position order: a memory map
+        when the version is one segment without deletions, else a copy in memory."""
+        if len(self.segments) == 1 and self.segments[0].deleted is None:
+            return self.segments[0].vectors()
+        parts = [
+            segment.vectors() if segment.live_mask is None else segment.vectors()[segment.live_mask]
+            for segment in self.segments
+        ]
+        if not parts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.memmap(
-            self.directory / layout.VECTORS_FILE,
-            dtype=np.float32,
-            mode="r",
-            shape=(self.count, self.dim),
-        )
+        return np.concatenate([np.asarray(part) for part in parts])
 
-    def label_codes(self) -> np.ndarray | None:
-        return self._label_codes
+    def vectors_at(self, positions: np.ndarray) -> np.ndarray:
+        """The unit vectors of the rows at `positions` (len(positions), dim)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.empty((len(positions), self.dim), dtype=np.float32)
+        starts = np.array([segment.offset for segment in self.segments], dtype=np.int64)
+        at = np.searchsorted(starts, positions, side="right") - 1
+        for i, segment in enumerate(self.segments):
+            chosen = at == i
+            if chosen.any():
+                out[chosen] = segment.vectors()[positions[chosen] - segment.offset]
+        return out
 
-    def records(self) -> RecordReader:
-        assert self._records is not None, "the version failed to open"
+    def records(self) -> VersionRecords:
         return self._records
 
+    def positions_labelled(self, names: set[str]) -> np.ndarray:
+        """Positions of the live rows whose label is one of `names`."""
+        found = []
+        for segment in self.segments:
+            if segment.codes is not None:
+                mask = segment.label_mask(names)
+                if segment.live_mask is not None:
+                    mask &= segment.live_mask
+                found.append(np.flatnonzero(mask) + segment.offset)
+        return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
     # ---- search -------------------------------------------------------------
-    def _allowed(self, labels: Sequence[str]) -> np.ndarray:
+    @staticmethod
+    def _segment_mask(segment: Segment, labels: frozenset) -> np.ndarray | None:
+        """Which rows of `segment` a search may return: live, with one of `labels`."""
+        if not labels:
+            return segment.live_mask
+        mask = segment.label_mask(set(labels))
+        return mask if segment.live_mask is None else mask & segment.live_mask
+
+    def _allowed(self, labels: Sequence[str]) -> list[np.ndarray | None]:
         key = frozenset(labels)
-        mask = self._masks.get(key)
-        if mask is None:
-            codes = self._filter.codes(labels)  # refuses unknown labels, or none at all
-            assert self._label_codes is not None
-            mask = np.isin(self._label_codes, sorted(codes))
-            self._masks[key] = mask
+        masks = self._masks.get(key)
+        if masks is None:
+            if key:
+                self._filter.codes(labels)  # refuses unknown labels, or none at all
+            masks = [self._segment_mask(segment, key) for segment in self.segments]
+            self._masks[key] = masks
             if len(self._masks) > 64:
                 self._masks.popitem(last=False)
-        return mask
+        return masks
 
     def search(
         self, vectors: np.ndarray, k: int, labels: Sequence[str] = (), min_score: float = -1.0
@@ -272,10 +317,15 @@ class IndexVersion:
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if vectors.shape[1] != self.dim:
             raise UserError(f"query vectors have dim {vectors.shape[1]}, the index {self.dim}")
-        allowed = self._allowed(labels) if labels else None
-        if self.count == 0:
+        masks = self._allowed(labels)
+        found = [
+            segment.search(vectors, k, allowed)
+            for segment, allowed in zip(self.segments, masks, strict=True)
+            if segment.live and (allowed is None or allowed.any())
+        ]
+        if not found:
             return [[] for _ in range(len(vectors))]
-        scores, positions = self._index.search(vectors, k, allowed)
+        scores, positions = merge_top_k(found, k)
         wanted = {int(p) for p in positions.ravel() if p >= 0}
         records = self.records().fetch(wanted)
         results = []
@@ -290,16 +340,13 @@ class IndexVersion:
         return results
 
     def close(self) -> None:
-        """Release the record store's connections and the hold on this version.
+        """Release the segments' record stores and indexes and the hold on this version.
 
         Whoever opens a version closes it (or uses it as a context manager); the server
         closes a replaced version when its last in-flight call is done.
         """
-        if self._records is not None:
-            self._records.close()
-        index = getattr(self, "_index", None)
-        if index is not None:
-            index.close()
+        for segment in self.segments:
+            segment.close()
         self._hold.close()
 
     def __enter__(self) -> IndexVersion:
@@ -309,14 +356,70 @@ class IndexVersion:
         self.close()
 
 
+class VersionRecords:
+    """The records of a version's live rows, by position or id, across its segments."""
+
+    def __init__(self, segments: Sequence[Segment]):
+        self.segments = list(segments)
+        self._starts = [segment.offset for segment in self.segments]
+
+    def fetch(self, positions: Iterable[int]) -> dict[int, tuple[str, str | None, str]]:
+        """position -> (id, label, text) for the given positions."""
+        by_segment: dict[int, list[int]] = {}
+        for position in positions:
+            at = bisect.bisect_right(self._starts, int(position)) - 1
+            by_segment.setdefault(at, []).append(int(position) - self._starts[at])
+        out: dict[int, tuple[str, str | None, str]] = {}
+        for at, local in by_segment.items():
+            offset = self._starts[at]
+            for position, record in self.segments[at].records.fetch(local).items():
+                out[position + offset] = record
+        return out
+
+    def positions_of(self, ids: Sequence[str]) -> dict[str, int]:
+        """id -> position of the live rows with these ids."""
+        out: dict[str, int] = {}
+        for segment in self.segments:
+            for row_id, local in segment.records.positions_of(ids).items():
+                if segment.is_live(local):
+                    out[row_id] = local + segment.offset
+        return out
+
+    def next_row_id(self) -> int:
+        """1 + the largest all-digit id (deleted rows included): where row-number ids
+        of added rows start."""
+        return max((segment.records.next_row_id() for segment in self.segments), default=0)
+
+    def iter_all(self, batch: int = 8192) -> Iterator[list[tuple[int, str, str | None, str]]]:
+        """(position, id, label, text) of the live rows in position order, in batches."""
+        for segment in self.segments:
+            for rows in segment.records.iter_all(batch):
+                live = [
+                    (position + segment.offset, row_id, label, text)
+                    for position, row_id, label, text in rows
+                    if segment.is_live(position)
+                ]
+                if live:
+                    yield live
+
+
 def open_index(
-    path: str | Path, model: EmbeddingModel | None = None, verify: bool = True
+    path: str | Path,
+    model: EmbeddingModel | None = None,
+    verify: bool = True,
+    load_indexes: bool = True,
+    cache: SegmentCache | None = None,
 ) -> IndexVersion:
     """Open the current version of an index directory (or a version directory).
 
     With `model`, refuse (ArtifactMismatchError) an index built with another model.
+    Without `load_indexes`, a segment's FAISS index is read on its first search
+    (a writer reading its base never searches it). With `cache`, the segments a
+    version opened through it before also links are shared, not read again.
     """
-    version = IndexVersion(resolve_version_dir(Path(path)), verify=verify)
+    version = IndexVersion(
+        resolve_version_dir(Path(path)), verify=verify, load_indexes=load_indexes, cache=cache
+    )
     if model is not None:
         try:
             version.check_model(model)
@@ -350,12 +453,15 @@ class DirectorySource:
     def __init__(self, index_dir: str | Path):
         self.index_dir = Path(index_dir)
         self.location = str(self.index_dir)
+        #: the segments of the versions this source opened and that are still open:
+        #: a reload after a small write reads only the new segment
+        self.segments = SegmentCache()
 
     def current_name(self) -> str | None:
         return layout.current_version(self.index_dir)
 
     def open_current(self) -> IndexVersion:
-        return open_index(self.index_dir)
+        return open_index(self.index_dir, cache=self.segments)
 
     def model_directory(self) -> Path:
         return model_directory_of(self.index_dir)

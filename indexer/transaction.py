@@ -25,7 +25,7 @@ from siamese_search.indexer.ingest import ingest
 from siamese_search.indexer.mirror import mirror_for
 from siamese_search.indexer.options import BuildOptions, BuildReport
 from siamese_search.indexer.store import IndexVersion, open_index
-from siamese_search.indexer.version_writer import VersionWriter, copy_base
+from siamese_search.indexer.version_writer import VersionWriter, carry_base
 
 MAX_REPORTED_PROBLEMS = 20
 
@@ -45,6 +45,7 @@ class Plan:
     source_columns: Columns | None = None  # how to read `source`
     first_row_id: int = 0  # row ids of `source` without an id column start here
     source_records: int | None = None  # records in `source`, when planning counted them
+    compact: bool = False  # merge every kept segment into the new one (siamese-index compact)
 
 
 class NothingToChange(Exception):
@@ -74,7 +75,7 @@ def write_version(
         mirror_for(options.milvus, options.show_progress) as mirror,
     ):
         mirror.reconcile(index_dir)
-        base = open_index(index_dir, model=model) if needs_base else None
+        base = open_index(index_dir, model=model, load_indexes=False) if needs_base else None
         try:
             if base is not None:
                 mirror.accept_base(base.manifest)
@@ -86,10 +87,10 @@ def write_version(
             layout.sweep_staging(index_dir)
             staging = layout.new_staging(index_dir)
             try:
-                writer = VersionWriter(staging, model.dim, plan.with_labels)
+                next_name = layout.next_version_name(index_dir)
+                writer = VersionWriter(staging, model.dim, plan.with_labels, next_name)
                 added, problems = _fill(writer, base, plan, model, options)
                 layout.checkpoint("before-finish")
-                next_name = layout.next_version_name(index_dir)
                 extra = _manifest_extra(plan, problems, model, options, mirror.record(next_name))
                 extra["index_id"] = _index_id(index_dir)
                 manifest = writer.finish(plan.kind, plan.params, model, extra)
@@ -123,7 +124,7 @@ def _fill(
 ) -> tuple[int, list[RowProblem]]:
     """The base's kept rows, then the new ones: (rows added, row problems)."""
     if base is not None:
-        copy_base(writer, base, plan.drop)
+        carry_base(writer, base, plan.drop, _new_rows(plan), plan.compact)
     if plan.source is None:
         return 0, []
     assert plan.source_columns is not None
@@ -136,6 +137,15 @@ def _fill(
         plan.first_row_id,
         plan.source_records,
     )
+
+
+def _new_rows(plan: Plan) -> int:
+    """About how many rows the write adds (what the merge policy sizes the new segment by)."""
+    if plan.source is None:
+        return 0
+    if isinstance(plan.source, Table):
+        return len(plan.source.texts)
+    return plan.source_records or 0
 
 
 def _index_id(index_dir: Path) -> str:

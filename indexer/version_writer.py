@@ -1,13 +1,16 @@
-"""One version's files, filled in a staging directory: records, vectors and label codes
-as rows come, then the FAISS index from the stored vectors, then the manifest.
+"""One version's files, filled in a staging directory: the base version's segments it
+keeps (hard links, see indexer.segments), the one new segment of this write (records,
+vectors and label codes as rows come, then its FAISS index from the stored vectors),
+then the manifest.
 
-Memory stays bounded by the chunk size plus the index itself: texts go to SQLite,
-vectors to a flat file, and the FAISS index is filled from that file by sequential
-reads (an IVF index trains on a sample read through a memory map first).
+Memory stays bounded by the chunk size plus the new segment's index: texts go to
+SQLite, vectors to a flat file, and the FAISS index is filled from that file by
+sequential reads (an IVF index trains on a sample read through a memory map first).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,22 +22,36 @@ from siamese_search.core.errors import UserError
 from siamese_search.core.model_artifact import EmbeddingModel
 from siamese_search.core.provenance import package_versions, utc_now
 from siamese_search.indexer import layout
-from siamese_search.indexer.backends import create_index, resolve_kind
+from siamese_search.indexer.backends import SEARCH_PARAMS, create_index, resolve_kind
 from siamese_search.indexer.records import RecordWriter
+from siamese_search.indexer.segments import (
+    DATA_FILES,
+    DELETED_FILE,
+    SMALL_SEGMENT_ROWS,
+    Segment,
+    SegmentEntry,
+    link_segment,
+    segment_path,
+    segments_to_merge,
+    write_deleted,
+)
 from siamese_search.indexer.store import FORMAT, FORMAT_VERSION, NO_LABEL, IndexVersion
 
 ADD_BATCH = 65536
 
 
-class VersionWriter:
-    """Fills one staging directory: records, vectors, label codes; then index + manifest."""
+class SegmentWriter:
+    """Fills one new segment's directory: records, vectors, label codes; then its index."""
 
-    def __init__(self, staging: Path, dim: int, with_labels: bool):
-        self.staging = staging
+    def __init__(self, staging: Path, name: str, dim: int, with_labels: bool):
+        self.name = name
+        self.relative = segment_path(name)
+        self.directory = Path(staging) / self.relative
+        self.directory.mkdir(parents=True)
         self.dim = dim
-        self.records = RecordWriter(staging / layout.RECORDS_FILE)
-        self.vectors = open(staging / layout.VECTORS_FILE, "wb")
-        self.label_file = open(staging / layout.LABELS_FILE, "wb") if with_labels else None
+        self.records = RecordWriter(self.directory / layout.RECORDS_FILE)
+        self.vectors = open(self.directory / layout.VECTORS_FILE, "wb")
+        self.label_file = open(self.directory / layout.LABELS_FILE, "wb") if with_labels else None
         self.label_names: list[str] = []
         self._codes: dict[str, int] = {}
         self.label_counts: Counter = Counter()
@@ -72,12 +89,17 @@ class VersionWriter:
             self.label_names.append(label)
         return code
 
-    def finish(self, kind: str, params: dict | None, model: EmbeddingModel, extra: dict) -> dict:
+    def finish(self, kind: str, params: dict | None, whole_version: bool) -> SegmentEntry:
+        """Close the data files and build the segment's index: the requested type for
+        a segment that is the whole version (a build, a compaction) or a large one; an
+        exact (flat) index for a small segment a write adds (SMALL_SEGMENT_ROWS)."""
         self.records.close()
         self.vectors.close()
         if self.label_file is not None:
             self.label_file.close()
         count = self.count
+        if not whole_version and count < SMALL_SEGMENT_ROWS:
+            kind, params = "flat", None
         resolved = resolve_kind(kind, count)
         index = create_index(resolved, self.dim, count, params)
         needed = index.min_training_vectors
@@ -88,7 +110,7 @@ class VersionWriter:
                 "--index-type flat (exact; right below 50,000 vectors), hnsw, or auto"
             )
         if count:
-            vectors_path = self.staging / layout.VECTORS_FILE
+            vectors_path = self.directory / layout.VECTORS_FILE
             if index.needs_training:  # IVF: centroids from a random sample of the vectors
                 stored = np.memmap(
                     vectors_path, dtype=np.float32, mode="r", shape=(count, self.dim)
@@ -102,43 +124,143 @@ class VersionWriter:
             with open(vectors_path, "rb") as handle:
                 while batch := handle.read(ADD_BATCH * self.dim * 4):
                     index.add(np.frombuffer(batch, dtype=np.float32).reshape(-1, self.dim))
-        index.save(self.staging / layout.INDEX_FILE)
-        layout.checkpoint("before-manifest")
-        files = [layout.INDEX_FILE, layout.VECTORS_FILE, layout.RECORDS_FILE]
+        index.save(self.directory / layout.INDEX_FILE)
+        labels = self.label_names if self.label_file is not None else None
+        return SegmentEntry(self.name, count, 0, resolved, index.params, labels, self.relative)
+
+    def files(self) -> list[str]:
+        """The segment's data files, relative to the version directory."""
+        names = [layout.INDEX_FILE, layout.VECTORS_FILE, layout.RECORDS_FILE]
         if self.label_file is not None:
-            files.append(layout.LABELS_FILE)
+            names.append(layout.LABELS_FILE)
+        return [f"{self.relative}/{name}" for name in names]
+
+
+class VersionWriter:
+    """Fills one staging directory: the base segments kept (linked, with this
+    version's deletions), the new segment (`append`), then the manifest (`finish`)."""
+
+    def __init__(self, staging: Path, dim: int, with_labels: bool, segment_name: str):
+        self.staging = Path(staging)
+        self.dim = dim
+        self.with_labels = with_labels
+        self.new = SegmentWriter(self.staging, segment_name, dim, with_labels)
+        self._kept: list[SegmentEntry] = []
+        self._kept_files: dict[str, dict] = {}  # linked: path -> {"sha256", "bytes"}
+        self._kept_live = 0
+        self._kept_labels: Counter = Counter()
+
+    @property
+    def count(self) -> int:
+        return self._kept_live + self.new.count
+
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        """Ids among `ids` already in the new segment (the planner checked the base)."""
+        return self.new.existing_ids(ids)
+
+    def append(
+        self,
+        ids: Sequence[str],
+        labels: Sequence[str | None] | None,
+        texts: Sequence[str],
+        vectors: np.ndarray,
+    ) -> None:
+        self.new.append(ids, labels, texts, vectors)
+
+    def keep(self, segment: Segment, deleted: np.ndarray | None, base_files: dict) -> None:
+        """Link a base segment into this version as it is, with `deleted` rows."""
+        linked = link_segment(segment, self.staging)
+        for path in linked:
+            name = path.rsplit("/", 1)[1]
+            base_path = f"{segment.entry.path}/{name}" if segment.entry.path else name
+            self._kept_files[path] = base_files[base_path]
+        deleted_count = 0
+        if deleted is not None and deleted.any():
+            write_deleted(self.staging / segment_path(segment.name), deleted)
+            deleted_count = int(deleted.sum())
+        entry = SegmentEntry(
+            segment.name,
+            segment.rows,
+            deleted_count,
+            segment.entry.kind,
+            segment.entry.params,
+            segment.entry.labels,
+            segment_path(segment.name),
+        )
+        self._kept.append(entry)
+        self._kept_live += entry.live
+        if segment.codes is not None and segment.entry.labels is not None:
+            codes = segment.codes if deleted is None else segment.codes[~deleted]
+            counts = np.bincount(codes[codes >= 0], minlength=len(segment.entry.labels))
+            self._kept_labels.update(
+                {name: int(n) for name, n in zip(segment.entry.labels, counts, strict=True) if n}
+            )
+
+    def merge(self, segment: Segment, deleted: np.ndarray | None) -> None:
+        """Copy a base segment's live rows (not `deleted`) into the new segment."""
+        vectors = segment.vectors()
+        for rows in segment.records.iter_all():
+            if deleted is not None:
+                rows = [row for row in rows if not deleted[row[0]]]
+            if not rows:
+                continue
+            local = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+            labels = None
+            if segment.codes is not None and segment.entry.labels is not None:
+                names = segment.entry.labels
+                labels = [names[c] if c >= 0 else None for c in segment.codes[local]]
+            self.new.append(
+                [r[1] for r in rows], labels, [r[3] for r in rows], np.asarray(vectors[local])
+            )
+
+    def finish(self, kind: str, params: dict | None, model: EmbeddingModel, extra: dict) -> dict:
+        new = self.new.finish(kind, params, whole_version=not self._kept)
+        segments = [_with_search_params(entry, params) for entry in self._kept]
+        files = dict(self._kept_files)
+        for entry in self._kept:
+            if entry.deleted:
+                path = f"{entry.path}/{DELETED_FILE}"
+                files[path] = _described(self.staging, path)
+        if new.rows:
+            segments.append(new)
+            files.update({path: _described(self.staging, path) for path in self.new.files()})
+        else:  # a write that only deletes: no new segment
+            for name in DATA_FILES:
+                (self.new.directory / name).unlink(missing_ok=True)
+            self.new.directory.rmdir()
+        label_counts = self._kept_labels + self.new.label_counts
+        largest = max(segments, key=lambda entry: entry.live, default=new)
+        layout.checkpoint("before-manifest")
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "created_at": utc_now(),
-            "count": count,
+            "count": sum(entry.live for entry in segments),
             "dim": self.dim,
             "metric": "inner_product",
             "normalized": True,
             "similarity": "cosine (vectors are L2-normalised, so inner product = cosine)",
             "index": {
-                "type": resolved,
+                "type": largest.kind,
                 "requested_type": kind,
-                "params": index.params,
+                "params": largest.params,
                 "requested_params": params or {},
             },
+            "segments": [entry.to_manifest() for entry in segments],
             "model": {
                 "fingerprint": model.fingerprint,
                 "directory": str(Path(model.directory).absolute()),
                 "encoder_fingerprint": model.manifest["encoder"]["fingerprint"],
             },
             "labels": (
-                {"names": self.label_names, "counts": dict(self.label_counts)}
-                if self.label_file is not None
+                {
+                    "names": _live_names(segments, label_counts),
+                    "counts": {name: n for name, n in label_counts.items() if n},
+                }
+                if self.with_labels
                 else None
             ),
-            "files": {
-                name: {
-                    "sha256": sha256_files([self.staging / name]),
-                    "bytes": (self.staging / name).stat().st_size,
-                }
-                for name in files
-            },
+            "files": files,
             "versions": package_versions(),
             **extra,
         }
@@ -147,21 +269,55 @@ class VersionWriter:
         return manifest
 
 
-def copy_base(writer: VersionWriter, base: IndexVersion, drop: set[int]) -> int:
-    """Carry the base version's rows over (minus `drop` positions) without re-encoding."""
-    vectors = base.vectors()
-    codes = base.label_codes()
-    kept = 0
-    for rows in base.records().iter_all():
-        rows = [row for row in rows if row[0] not in drop]
-        if not rows:
-            continue
-        positions = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
-        labels = None
-        if codes is not None:
-            labels = [base.label_names[c] if c >= 0 else None for c in codes[positions]]
-        writer.append(
-            [r[1] for r in rows], labels, [r[3] for r in rows], np.asarray(vectors[positions])
-        )
-        kept += len(rows)
-    return kept
+def _with_search_params(entry: SegmentEntry, requested: dict | None) -> SegmentEntry:
+    """A kept segment searched with the search parameters this write asks for
+    (ef_search, nprobe: they apply to the whole version), its build ones unchanged."""
+    changed = {
+        name: value
+        for name, value in (requested or {}).items()
+        if name in SEARCH_PARAMS and name in entry.params
+    }
+    return dataclasses.replace(entry, params={**entry.params, **changed}) if changed else entry
+
+
+def _described(staging: Path, path: str) -> dict:
+    """A file this write made: its checksum and size, for the manifest."""
+    return {"sha256": sha256_files([staging / path]), "bytes": (staging / path).stat().st_size}
+
+
+def _live_names(segments: list[SegmentEntry], counts: Counter) -> list[str]:
+    """The labels the version holds rows of, in the order the segments first name them."""
+    names: dict[str, None] = {}
+    for entry in segments:
+        for name in entry.labels or ():
+            if counts.get(name):
+                names.setdefault(name)
+    return list(names)
+
+
+def carry_base(
+    writer: VersionWriter, base: IndexVersion, drop: set[int], new_rows: int, compact: bool
+) -> None:
+    """The base version's rows but `drop` (positions), without re-encoding: its
+    segments linked as they are (with the deletions), the newest merged into the new
+    segment where the size-tiered policy says so (segments_to_merge), or every one
+    with `compact`. A segment left with no live rows leaves the version."""
+    dropped = np.fromiter(drop, dtype=np.int64, count=len(drop))
+    carried: list[tuple[Segment, np.ndarray | None, int]] = []
+    for segment in base.segments:
+        deleted = segment.deleted
+        mine = dropped[(dropped >= segment.offset) & (dropped < segment.offset + segment.rows)]
+        if len(mine):
+            deleted = np.zeros(segment.rows, bool) if deleted is None else deleted.copy()
+            deleted[mine - segment.offset] = True
+        live = segment.rows - (int(deleted.sum()) if deleted is not None else 0)
+        if live:
+            carried.append((segment, deleted, live))
+    merged = (
+        len(carried) if compact else segments_to_merge([live for *_, live in carried], new_rows)
+    )
+    kept = len(carried) - merged
+    for segment, deleted, _ in carried[:kept]:
+        writer.keep(segment, deleted, base.manifest["files"])
+    for segment, deleted, _ in carried[kept:]:
+        writer.merge(segment, deleted)

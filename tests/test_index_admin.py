@@ -289,8 +289,9 @@ def test_created_files_follow_the_umask(tmp_path, model, umask, file_mode, dir_m
         os.umask(previous)
     version = layout.version_dir(tmp_path / "idx", "000001")
     assert stat.S_IMODE(version.stat().st_mode) == dir_mode
-    for path in [*version.iterdir(), tmp_path / "idx" / layout.CURRENT]:
-        assert stat.S_IMODE(path.stat().st_mode) == file_mode, path
+    for path in [*version.rglob("*"), tmp_path / "idx" / layout.CURRENT]:
+        expected = dir_mode if path.is_dir() else file_mode
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
 
 
 def test_failed_jobs_leave_nothing_and_say_what_to_do(tmp_path, trained_model, capsys):

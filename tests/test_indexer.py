@@ -50,7 +50,10 @@ def test_build_makes_a_current_version_that_matches_brute_force(tmp_path, model,
     manifest = version.manifest
     assert manifest["metric"] == "inner_product" and manifest["normalized"] is True
     assert manifest["model"]["fingerprint"] == model.fingerprint
-    assert set(manifest["files"]) == {"index.faiss", "vectors.f32", "records.sqlite", "labels.i32"}
+    assert set(manifest["files"]) == {
+        f"segments/000001/{name}"
+        for name in ("index.faiss", "vectors.f32", "records.sqlite", "labels.i32")
+    }
 
     queries = model.embed(["crash on save", "speed up the cache"])
     stored = version.vectors()
@@ -169,7 +172,8 @@ def test_index_from_another_model_is_refused(tmp_path, model, corpus, trained_mo
 
 def test_damaged_version_is_refused(tmp_path, model, corpus):
     build_index(tmp_path / "idx", model, corpus, COLUMNS, QUIET)
-    vectors = layout.version_dir(tmp_path / "idx", "000001") / layout.VECTORS_FILE
+    version_dir = layout.version_dir(tmp_path / "idx", "000001")
+    vectors = version_dir / "segments" / "000001" / layout.VECTORS_FILE
     raw = bytearray(vectors.read_bytes())
     raw[0] ^= 0xFF
     vectors.write_bytes(bytes(raw))
@@ -197,7 +201,7 @@ def test_files_verified_when_written_are_not_hashed_again_until_they_change(
     open_index(tmp_path / "idx").close()
     assert hashed == []
     directory = layout.version_dir(tmp_path / "idx", "000001")
-    vectors = directory / layout.VECTORS_FILE
+    vectors = directory / "segments" / "000001" / layout.VECTORS_FILE
     raw = bytearray(vectors.read_bytes())
     raw[0] ^= 0xFF
     vectors.write_bytes(bytes(raw))  # an edit: new mtime
@@ -209,7 +213,7 @@ def test_files_verified_when_written_are_not_hashed_again_until_they_change(
     (directory / layout.VERIFIED).unlink()  # a version written before the record
     hashed.clear()
     with open_index(tmp_path / "idx") as version:
-        assert sorted(hashed) == sorted(version.manifest["files"])
+        assert sorted(hashed) == sorted(Path(f).name for f in version.manifest["files"])
 
 
 @pytest.fixture(scope="module")

@@ -236,3 +236,30 @@ def test_a_burst_of_maximum_size_requests_stays_under_the_memory_bound(served_in
     assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, set(codes)
     bound_mb = ServerConfig(index_dir=served_index).request_memory_bound / 2**20
     assert max(samples) - baseline < bound_mb, (baseline, max(samples), bound_mb)
+
+
+def test_logs_follow_stderr_when_it_is_replaced(monkeypatch):
+    """The JSON log handler writes to the stderr of the moment: a program embedding the
+    server that swaps and closes its stderr (pytest between tests did, and the server's
+    worker threads then printed "--- Logging error ---") keeps its logs."""
+    import io
+    import json
+    import logging
+
+    from siamese_search.server import logs
+
+    logger = logging.getLogger("siamese")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    try:
+        first = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", first)
+        logs.configure("info")
+        logging.getLogger("siamese.test").info("one", extra={"fields": {"n": 1}})
+        first.close()  # what the embedding program did with the old stream
+        second = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("siamese.test").info("two", extra={"fields": {"n": 2}})
+        record = json.loads(second.getvalue())
+        assert (record["event"], record["n"], record["level"]) == ("two", 2, "info")
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved

@@ -9,6 +9,7 @@ from pathlib import Path
 from siamese_search.indexer.backends.base import VectorIndex
 from siamese_search.indexer.backends.faiss_backend import (
     KINDS,
+    SEARCH_PARAMS,
     FaissIndex,
     choose_kind,
     default_params,
@@ -16,7 +17,14 @@ from siamese_search.indexer.backends.faiss_backend import (
 
 INDEX_KINDS = ("auto", *KINDS)
 
-__all__ = ["VectorIndex", "INDEX_KINDS", "create_index", "load_index", "resolve_kind"]
+__all__ = [
+    "VectorIndex",
+    "INDEX_KINDS",
+    "SEARCH_PARAMS",
+    "create_index",
+    "load_index",
+    "resolve_kind",
+]
 
 
 def resolve_kind(kind: str, expected_count: int) -> str:

@@ -15,6 +15,9 @@ import numpy as np
 from siamese_search.indexer.backends.base import VectorIndex
 
 KINDS = ("flat", "hnsw", "ivf", "ivf-sq8", "ivf-pq")
+#: parameters read when searching, not when building: a later write may change them
+#: for an index it keeps as it is
+SEARCH_PARAMS = ("ef_search", "nprobe")
 _METRIC = faiss.METRIC_INNER_PRODUCT
 _MAX_TRAINING_POINTS_PER_LIST = 256
 

@@ -239,7 +239,7 @@ class MilvusWriter:
         from pymilvus import DataType, MilvusClient
 
         from siamese_search.indexer import layout
-        from siamese_search.indexer.records import RecordReader
+        from siamese_search.indexer.store import IndexVersion
 
         collection = self.target.collection_for(version)
         if self.client.has_collection(collection):
@@ -257,19 +257,10 @@ class MilvusWriter:
         schema.add_field("text", DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(manifest["dim"]))
         self.client.create_collection(collection, schema=schema, consistency_level=_CONSISTENCY)
-        count, dim = int(manifest["count"]), int(manifest["dim"])
-        labels = manifest.get("labels")
-        codes = (
-            np.fromfile(directory / layout.LABELS_FILE, dtype=np.int32)
-            if labels
-            else np.full(count, -1, dtype=np.int32)
-        )
-        vectors = (
-            np.memmap(directory / layout.VECTORS_FILE, np.float32, "r", shape=(count, dim))
-            if count
-            else np.zeros((0, dim), np.float32)
-        )
-        records = RecordReader(directory / layout.RECORDS_FILE)
+        count = int(manifest["count"])
+        label_names = (manifest.get("labels") or {}).get("names") or []
+        code_of = {name: code for code, name in enumerate(label_names)}  # MilvusVersion's
+        staged = IndexVersion(directory, verify=False, load_indexes=False)
         bar = tqdm(
             total=count,
             desc=f"copying to Milvus {collection}",
@@ -279,9 +270,11 @@ class MilvusWriter:
         )
         try:
             with bar:
-                for rows in records.iter_all(INSERT_ROWS):
+                for rows in staged.records().iter_all(INSERT_ROWS):
+                    positions = np.fromiter((row[0] for row in rows), np.int64, len(rows))
+                    vectors = staged.vectors_at(positions)
                     batch = []
-                    for position, row_id, label, text in rows:
+                    for (position, row_id, label, text), vector in zip(rows, vectors, strict=True):
                         _check_fits(row_id, "id")
                         _check_fits(text, "text", row_id)
                         batch.append(
@@ -289,16 +282,16 @@ class MilvusWriter:
                                 "position": int(position),
                                 "id": row_id,
                                 "label": label or "",
-                                "label_code": int(codes[position]),
+                                "label_code": code_of.get(label or "", -1),
                                 "text": text,
-                                "vector": np.asarray(vectors[position], np.float32).tolist(),
+                                "vector": vector.tolist(),
                             }
                         )
                     self.client.insert(collection, batch)
                     layout.checkpoint("milvus-inserting")
                     bar.update(len(batch))
         finally:
-            records.close()
+            staged.close()
         self.client.flush(collection)
         index_params = self.client.prepare_index_params()
         index_params.add_index(

@@ -1,0 +1,322 @@
+"""A version's rows live in segments: immutable directories of records, vectors, label
+codes and a FAISS index, written once by the write that added the rows and shared by
+every later version until a merge rewrites them (issue 23: a write costs what it
+changes, not what the index holds).
+
+    versions/000007/
+      manifest.json  manifest.sha256  verified.json
+      segments/000003/  index.faiss vectors.f32 records.sqlite labels.i32: hard links
+                        to the files version 000003 wrote; deleted.bits: this
+                        version's own record of which of those rows are deleted
+      segments/000007/  the rows version 000007 added (or merged)
+
+Why hard links: each version directory stays complete on its own, so the rest of the
+layout is unchanged: CURRENT, atomic publish, rollback, a reader's hold on a version,
+and pruning (removing a version's directory removes its links; the bytes stay while
+another version links them). A link costs no copy and keeps the inode, size and mtime
+the file was verified with, so a write hashes none of its base's files again.
+
+A *position* is a row's place in the concatenation of a version's segments, deleted
+rows included: positions are stable across the versions that share a segment (until a
+merge), and the write planners (`indexer.build`) name the rows they drop by position.
+
+Versions written before segments (format 1: the files at the version's top level) are
+read as one segment, and a write onto one links those files into its first segment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from siamese_search.core.errors import ArtifactMismatchError
+from siamese_search.indexer import layout
+from siamese_search.indexer.backends import VectorIndex, load_index
+from siamese_search.indexer.records import RecordReader
+
+SEGMENTS = "segments"
+DELETED_FILE = "deleted.bits"
+DATA_FILES = (layout.INDEX_FILE, layout.VECTORS_FILE, layout.RECORDS_FILE, layout.LABELS_FILE)
+#: a version holds at most this many segments: a write that would make more merges
+#: its new rows with the newest segments (search visits every segment)
+MAX_SEGMENTS = 8
+#: segments smaller than this that a write adds (or merges) are exact (flat) indexes
+#: whatever the requested type: searching them costs less than building a graph
+SMALL_SEGMENT_ROWS = 20_000
+
+
+def segment_path(name: str) -> str:
+    """Where a segment's files are, relative to the version directory."""
+    return f"{SEGMENTS}/{name}"
+
+
+@dataclass(frozen=True)
+class SegmentEntry:
+    """What a version's manifest says of one of its segments."""
+
+    name: str
+    rows: int  # rows written, deleted ones included
+    deleted: int
+    kind: str
+    params: dict
+    labels: list[str] | None  # label code -> name, for this segment's label file
+    path: str  # relative to the version directory ("" for a format-1 version)
+
+    @property
+    def live(self) -> int:
+        return self.rows - self.deleted
+
+    def to_manifest(self) -> dict:
+        return {
+            "name": self.name,
+            "rows": self.rows,
+            "deleted": self.deleted,
+            "index": {"type": self.kind, "params": self.params},
+            "labels": self.labels,
+        }
+
+    @classmethod
+    def from_manifest(cls, entry: dict) -> SegmentEntry:
+        return cls(
+            str(entry["name"]),
+            int(entry["rows"]),
+            int(entry["deleted"]),
+            str(entry["index"]["type"]),
+            dict(entry["index"]["params"]),
+            list(entry["labels"]) if entry.get("labels") is not None else None,
+            segment_path(str(entry["name"])),
+        )
+
+
+def entries_of(manifest: dict, version_name: str) -> list[SegmentEntry]:
+    """The segments a manifest lists; a format-1 version is one segment, its files at
+    the version's top level."""
+    if "segments" in manifest:
+        return [SegmentEntry.from_manifest(entry) for entry in manifest["segments"]]
+    labels = manifest.get("labels")
+    return [
+        SegmentEntry(
+            version_name,
+            int(manifest["count"]),
+            0,
+            manifest["index"]["type"],
+            dict(manifest["index"]["params"]),
+            list(labels["names"]) if labels else None,
+            "",
+        )
+    ]
+
+
+class SegmentFiles:
+    """A segment's files, open: its records, label codes and FAISS index (read on
+    first use, or by `Segment.load_index`). Shared by every version a reader opens
+    that links the same segment with the same search parameters (SegmentCache), so a
+    server reloading after a small write reads only the new segment, not the large
+    ones it already holds."""
+
+    def __init__(self, directory: Path, entry: SegmentEntry):
+        self.entry = entry
+        self.refs = 0
+        self.records = RecordReader(directory / layout.RECORDS_FILE)
+        try:
+            if self.records.count != entry.rows:
+                raise ArtifactMismatchError(
+                    f"{directory / layout.RECORDS_FILE} holds {self.records.count} records, "
+                    f"the manifest says {entry.rows}; the index version is damaged: rebuild it"
+                )
+            self.codes = (
+                np.fromfile(directory / layout.LABELS_FILE, dtype=np.int32)
+                if entry.labels is not None
+                else None
+            )
+        except BaseException:
+            self.records.close()
+            raise
+        self._index_path = directory / layout.INDEX_FILE
+        self._index: VectorIndex | None = None
+        self._index_lock = threading.Lock()
+
+    def index(self) -> VectorIndex:
+        with self._index_lock:
+            if self._index is None:
+                self._index = load_index(self._index_path, self.entry.kind, self.entry.params)
+            return self._index
+
+    def close(self) -> None:
+        self.records.close()
+        with self._index_lock:
+            if self._index is not None:
+                self._index.close()
+                self._index = None
+
+
+class SegmentCache:
+    """The segments' files a reader holds open, by what they are (name, checksums,
+    search parameters), counted by the open versions that use them: a version opened
+    through the same cache as the one before it shares the segments they have in
+    common (`DirectorySource` keeps one per index directory). Files are closed when
+    the last version using them is."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[str, SegmentFiles] = {}
+
+    def acquire(self, key: str, directory: Path, entry: SegmentEntry) -> SegmentFiles:
+        with self._lock:
+            files = self._open.get(key)
+            if files is None:
+                files = self._open[key] = SegmentFiles(directory, entry)
+            files.refs += 1
+            return files
+
+    def release(self, key: str, files: SegmentFiles) -> None:
+        with self._lock:
+            files.refs -= 1
+            if files.refs > 0:
+                return
+            if self._open.get(key) is files:
+                del self._open[key]
+        files.close()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+class Segment:
+    """One segment as a version holds it: the segment's (shared) files, where its rows
+    start among the version's positions, and this version's deletions."""
+
+    def __init__(
+        self,
+        version_dir: Path,
+        entry: SegmentEntry,
+        dim: int,
+        offset: int,
+        files: dict,
+        cache: SegmentCache,
+    ):
+        self.entry = entry
+        self.name = entry.name
+        self.rows = entry.rows
+        self.dim = dim
+        self.offset = offset  # the position of its first row in the version
+        self.directory = Path(version_dir) / entry.path if entry.path else Path(version_dir)
+        self.deleted = read_deleted(self.directory, self.rows) if entry.deleted else None
+        self.live_mask = None if self.deleted is None else ~self.deleted
+        self._cache = cache
+        self._key = _identity(entry, files)
+        self._files: SegmentFiles | None = cache.acquire(self._key, self.directory, entry)
+        self.records = self._files.records
+        self.codes = self._files.codes
+
+    @property
+    def live(self) -> int:
+        return self.entry.live
+
+    def index(self) -> VectorIndex:
+        assert self._files is not None, "the segment is closed"
+        return self._files.index()
+
+    def vectors(self) -> np.ndarray:
+        """Every row's unit vector, deleted rows included, memory-mapped (rows, dim)."""
+        if self.rows == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.memmap(
+            self.directory / layout.VECTORS_FILE,
+            dtype=np.float32,
+            mode="r",
+            shape=(self.rows, self.dim),
+        )
+
+    def label_mask(self, names: set[str]) -> np.ndarray:
+        """Which rows have one of `names` as their label."""
+        assert self.codes is not None and self.entry.labels is not None
+        wanted = [code for code, name in enumerate(self.entry.labels) if name in names]
+        return np.isin(self.codes, wanted)
+
+    def is_live(self, local: int) -> bool:
+        return self.deleted is None or not self.deleted[local]
+
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, version positions) among `allowed` rows; -1 pads."""
+        scores, local = self.index().search(queries, k, allowed)
+        positions = np.where(local >= 0, local + self.offset, -1)
+        return scores, positions
+
+    def close(self) -> None:
+        if self._files is not None:
+            self._cache.release(self._key, self._files)
+            self._files = None
+
+
+def _identity(entry: SegmentEntry, files: dict) -> str:
+    """What makes two versions' copies of a segment the same open files: its name, its
+    files' checksums (from the manifest) and the parameters it is searched with."""
+    prefix = f"{entry.path}/" if entry.path else ""
+    sums = [files.get(prefix + name, {}).get("sha256", "") for name in DATA_FILES]
+    return json.dumps([entry.name, sums, entry.params], sort_keys=True)
+
+
+def merge_top_k(
+    results: Sequence[tuple[np.ndarray, np.ndarray]], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top-k across segments' own top-k lists (scores, positions), best first."""
+    if len(results) == 1:
+        return results[0]
+    scores = np.concatenate([s for s, _ in results], axis=1)
+    positions = np.concatenate([p for _, p in results], axis=1)
+    scores = np.where(positions >= 0, scores, -np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(positions, order, axis=1)
+
+
+def read_deleted(directory: Path, rows: int) -> np.ndarray:
+    packed = np.fromfile(Path(directory) / DELETED_FILE, dtype=np.uint8)
+    return np.unpackbits(packed, count=rows, bitorder="little").astype(bool)
+
+
+def write_deleted(directory: Path, deleted: np.ndarray) -> None:
+    np.packbits(deleted.astype(np.uint8), bitorder="little").tofile(Path(directory) / DELETED_FILE)
+
+
+def link_segment(segment: Segment, staging: Path) -> list[str]:
+    """Hard-link a base segment's data files into a staging version; the files'
+    paths relative to the staging directory."""
+    target = Path(staging) / segment_path(segment.name)
+    target.mkdir(parents=True)
+    linked = []
+    for name in DATA_FILES:
+        source = segment.directory / name
+        if source.exists():
+            os.link(source, target / name)
+            linked.append(f"{segment_path(segment.name)}/{name}")
+    return linked
+
+
+def segments_to_merge(live: Sequence[int], new_rows: int) -> int:
+    """How many of the newest kept segments a write merges with its new rows (the
+    rest are linked as they are). Size-tiered, like Lucene's log merge policy: the
+    new segment absorbs the newest segments no bigger than what it already holds,
+    so a row is rewritten about log2(index / write) times over its life, and a large
+    segment only when the writes since reach its size; also while the version would
+    hold more than MAX_SEGMENTS. Deleted rows stay in their segment until it is
+    merged (or `siamese-index compact` rewrites everything)."""
+    merged = 0
+    size = new_rows
+    while merged < len(live):
+        previous = len(live) - 1 - merged
+        too_many = len(live) - merged + (1 if size else 0) > MAX_SEGMENTS
+        if too_many or (size and live[previous] <= size):
+            size += live[previous]
+            merged += 1
+            continue
+        break
+    return merged
