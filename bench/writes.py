@@ -149,10 +149,11 @@ def _search_p50(version, queries, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def measure_served(model, model_dir: Path, size: int, upserts: int, cache: Path | None) -> dict:
+def measure_served(model, size: int, upserts: int, cache: Path | None, compact: bool) -> dict:
     """On an HNSW index of `size` rows: served Upserts of 10 texts with wait (each
-    new ids), then search p50 in-process with the most segments a version holds
-    against the same rows compacted, and the compaction's time."""
+    new ids), then search p50 in-process with the most segments a version holds,
+    and with `compact`, against the same rows compacted, and the compaction's time
+    (an HNSW build of every row: minutes at 1M on two cores)."""
     from siamese_search.client import Example, SearchClient
     from siamese_search.core.tables import Columns
     from siamese_search.indexer import segments
@@ -216,6 +217,17 @@ def measure_served(model, model_dir: Path, size: int, upserts: int, cache: Path 
             many = len(version.segments)
             many_p50 = _search_p50(version, queries)
             before = [[h.id for h in hits] for hits in version.search(queries, 10)]
+        row = {
+            "size": size,
+            "index_type": "hnsw",
+            "base_build_seconds": base_seconds,
+            "upsert_10_wait_seconds": commit_times,
+            "upsert_10_wait_median": statistics.median(commit_times),
+            "segments_before_compaction": many,
+            "search_p50_ms_most_segments": many_p50 * 1e3,
+        }
+        if not compact:
+            return row
         started = time.perf_counter()
         compact_index(index_dir, model, quiet)
         compact_seconds = time.perf_counter() - started
@@ -227,13 +239,7 @@ def measure_served(model, model_dir: Path, size: int, upserts: int, cache: Path 
             len(set(a) & set(b)) / max(len(a), 1) for a, b in zip(before, after, strict=True)
         )
     return {
-        "size": size,
-        "index_type": "hnsw",
-        "base_build_seconds": base_seconds,
-        "upsert_10_wait_seconds": commit_times,
-        "upsert_10_wait_median": statistics.median(commit_times),
-        "segments_before_compaction": many,
-        "search_p50_ms_most_segments": many_p50 * 1e3,
+        **row,
         "search_p50_ms_compacted": one_p50 * 1e3,
         "top10_overlap_before_after_compaction": overlap,
         "compact_seconds": compact_seconds,
@@ -243,15 +249,20 @@ def measure_served(model, model_dir: Path, size: int, upserts: int, cache: Path 
 def served_main(args, model) -> int:
     rows = []
     for size in args.sizes:
-        row = measure_served(model, args.model, size, args.upserts, args.cache)
+        compact = size <= args.compact_up_to
+        row = measure_served(model, size, args.upserts, args.cache, compact)
         rows.append(row)
+        compacted = (
+            f", {row['search_p50_ms_compacted']:.2f} ms compacted (top-10 overlap "
+            f"{row['top10_overlap_before_after_compaction']:.3f}); compact "
+            f"{row['compact_seconds']:.1f} s"
+            if compact
+            else ""
+        )
         print(
             f"hnsw {size:>9,} rows  Upsert 10 texts (wait): {row['upsert_10_wait_median']:.3f} s "
             f"median of {args.upserts}; search p50 {row['search_p50_ms_most_segments']:.2f} ms "
-            f"with {row['segments_before_compaction']} segments, "
-            f"{row['search_p50_ms_compacted']:.2f} ms compacted "
-            f"(top-10 overlap {row['top10_overlap_before_after_compaction']:.3f}); "
-            f"compact {row['compact_seconds']:.1f} s (base written in "
+            f"with {row['segments_before_compaction']} segments{compacted} (base written in "
             f"{row['base_build_seconds']:.0f} s)",
             flush=True,
         )
@@ -283,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
         "(default 100000 1000000) instead of adds",
     )
     parser.add_argument("--upserts", type=int, default=10, help="timed Upserts per size")
+    parser.add_argument(
+        "--compact-up-to",
+        type=int,
+        default=200_000,
+        help="--served: compact (and compare search with one segment) up to this size",
+    )
     parser.add_argument(
         "--cache", type=Path, help="keep the synthetic bases here (hard links) for later runs"
     )

@@ -5,8 +5,8 @@ Each operation only decides, from the current version, what the next one holds (
 transaction (lock, staging, publish, mirroring: `indexer.transaction`) is the same
 for all. Every write publishes a new version made of the base's segments (shared,
 with the write's deletions) and one new segment holding the new rows, so a write costs
-what it changes (indexer.segments); only new texts are encoded. `compact` rewrites the
-live rows as one segment.
+what it changes (indexer.segments); only new texts are encoded. `indexer.compaction`
+rewrites the live rows as one segment.
 """
 
 from __future__ import annotations
@@ -239,27 +239,5 @@ def apply_changes(
             source=table if table.ids else None,
             source_columns=columns,
         )
-
-    return write_version(index_dir, model, options, plan_for, needs_base=True)
-
-
-def compact_index(index_dir: Path, model: EmbeddingModel, options: BuildOptions) -> BuildReport:
-    """A new version holding the current one's live rows as one segment: deleted rows
-    gone, one index of the requested type. Writes wait for it (the writer lock);
-    readers keep searching the current version until it is published."""
-
-    def plan_for(base: IndexVersion | None) -> Plan:
-        assert base is not None
-        if len(base.segments) == 1 and base.segments[0].deleted is None:
-            raise NothingToChange(BuildReport(base.name, base.count, 0, 0, base.kind))
-        kind, params = carried_index_settings(base.manifest, options)
-        extra = {
-            "operation": {
-                "kind": "compact",
-                "base_version": base.name,
-                "segments": len(base.segments),
-            }
-        }
-        return Plan(kind, params, base.has_labels, _source_columns(base), extra, compact=True)
 
     return write_version(index_dir, model, options, plan_for, needs_base=True)

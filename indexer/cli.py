@@ -26,9 +26,9 @@ from siamese_search.indexer.build import (
     add_to_index,
     build_index,
     carried_index_settings,
-    compact_index,
     delete_from_index,
 )
+from siamese_search.indexer.compaction import compact_index
 from siamese_search.indexer.options import BuildOptions
 from siamese_search.indexer.ray_engine import RaySettings
 from siamese_search.indexer.store import model_directory_of, open_index, resolve_version_dir

@@ -7,9 +7,13 @@
       .lock                held by the one writer at a time (build / add / delete /
                            rollback), from reading its base version to publishing
       .tmp-*               a version being written; ignored by readers, swept by writers
+      .compact-*           a compaction's merged segment, built outside the lock
+      .compact.lock        held by the one compaction at a time
 
 Each version holds `manifest.json` and `manifest.sha256` (the manifest's checksum,
 which covers the checksums of every other file), so a reader can trust all of it.
+Its data lives in segment directories that later versions share by hard links
+(`indexer.segments`).
 
 A writer builds a version under `.tmp-*`, fsyncs it, renames it into `versions/`,
 then replaces CURRENT. Killed at any point, the previous CURRENT stays intact and
@@ -175,10 +179,49 @@ def _acquire(handle, index_dir: Path, wait: float) -> None:
 
 
 def sweep_staging(index_dir: Path) -> None:
-    """Remove leftovers of writers that were killed (only call while holding the lock)."""
+    """Remove leftovers of writers that were killed (only call while holding the lock).
+    A killed compaction's `.compact-*` is the next compaction's to remove (a writer
+    cannot tell it from one being written right now)."""
     for entry in Path(index_dir).iterdir():
         if entry.name.startswith(TMP_PREFIX) and entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
+
+
+#: held (flock) by the one `siamese-index compact` of an index directory at a time; it
+#: merges outside the writer lock, into a `.compact-*` directory of its own
+COMPACT_LOCK = ".compact.lock"
+COMPACT_PREFIX = ".compact-"
+
+
+@contextlib.contextmanager
+def compaction_lock(index_dir: Path) -> Iterator[None]:
+    """One compaction at a time per index directory (refused at once while another
+    runs: a second one would only redo its work)."""
+    with open(Path(index_dir) / COMPACT_LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"{index_dir} is being compacted by another siamese-index process; "
+                "run this again when it is done"
+            ) from None
+        try:
+            for entry in Path(index_dir).iterdir():  # a killed compaction's work
+                if entry.name.startswith(COMPACT_PREFIX) and entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def compaction_running(index_dir: Path) -> bool:
+    """Whether a compaction holds the index right now: writes then leave the segments
+    it is merging as they are (indexer.compaction)."""
+    return _flock_is_held(Path(index_dir) / COMPACT_LOCK)
+
+
+def new_compaction_dir(index_dir: Path) -> Path:
+    return Path(tempfile.mkdtemp(prefix=COMPACT_PREFIX, dir=index_dir))
 
 
 def new_staging(index_dir: Path) -> Path:

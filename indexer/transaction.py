@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from siamese_search.core.errors import UserError
 from siamese_search.core.model_artifact import EmbeddingModel
@@ -26,6 +27,9 @@ from siamese_search.indexer.mirror import mirror_for
 from siamese_search.indexer.options import BuildOptions, BuildReport
 from siamese_search.indexer.store import IndexVersion, open_index
 from siamese_search.indexer.version_writer import VersionWriter, carry_base
+
+if TYPE_CHECKING:
+    from siamese_search.indexer.compaction import MergedSegment
 
 MAX_REPORTED_PROBLEMS = 20
 
@@ -45,7 +49,8 @@ class Plan:
     source_columns: Columns | None = None  # how to read `source`
     first_row_id: int = 0  # row ids of `source` without an id column start here
     source_records: int | None = None  # records in `source`, when planning counted them
-    compact: bool = False  # merge every kept segment into the new one (siamese-index compact)
+    compact: bool = False  # merge every kept segment into the new one
+    merged: MergedSegment | None = None  # a compaction's segment, replacing the ones it merged
 
 
 class NothingToChange(Exception):
@@ -89,7 +94,9 @@ def write_version(
             try:
                 next_name = layout.next_version_name(index_dir)
                 writer = VersionWriter(staging, model.dim, plan.with_labels, next_name)
-                added, problems = _fill(writer, base, plan, model, options)
+                # a running compaction is merging the base's segments: leave them be
+                may_merge = not layout.compaction_running(index_dir)
+                added, problems = _fill(writer, base, plan, model, options, may_merge)
                 layout.checkpoint("before-finish")
                 extra = _manifest_extra(plan, problems, model, options, mirror.record(next_name))
                 extra["index_id"] = _index_id(index_dir)
@@ -121,10 +128,19 @@ def _fill(
     plan: Plan,
     model: EmbeddingModel,
     options: BuildOptions,
+    may_merge: bool,
 ) -> tuple[int, list[RowProblem]]:
     """The base's kept rows, then the new ones: (rows added, row problems)."""
     if base is not None:
-        carry_base(writer, base, plan.drop, _new_rows(plan), plan.compact)
+        carry_base(
+            writer,
+            base,
+            plan.drop,
+            _new_rows(plan),
+            plan.compact,
+            plan.merged,
+            may_merge,
+        )
     if plan.source is None:
         return 0, []
     assert plan.source_columns is not None

@@ -11,9 +11,11 @@ sequential reads (an IVF index trains on a sample read through a memory map firs
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from siamese_search.indexer.records import RecordWriter
 from siamese_search.indexer.segments import (
     DATA_FILES,
     DELETED_FILE,
+    SEGMENTS,
     SMALL_SEGMENT_ROWS,
     Segment,
     SegmentEntry,
@@ -36,6 +39,9 @@ from siamese_search.indexer.segments import (
     write_deleted,
 )
 from siamese_search.indexer.store import FORMAT, FORMAT_VERSION, NO_LABEL, IndexVersion
+
+if TYPE_CHECKING:
+    from siamese_search.indexer.compaction import MergedSegment
 
 ADD_BATCH = 65536
 
@@ -88,6 +94,23 @@ class SegmentWriter:
             code = self._codes[label] = len(self.label_names)
             self.label_names.append(label)
         return code
+
+    def copy_rows(self, segment: Segment, deleted: np.ndarray | None) -> None:
+        """Append a segment's rows but `deleted`, in order, without re-encoding."""
+        vectors = segment.vectors()
+        names = segment.entry.labels
+        for rows in segment.records.iter_all():
+            if deleted is not None:
+                rows = [row for row in rows if not deleted[row[0]]]
+            if not rows:
+                continue
+            local = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+            labels = None
+            if segment.codes is not None and names is not None:
+                labels = [names[c] if c >= 0 else None for c in segment.codes[local]]
+            self.append(
+                [r[1] for r in rows], labels, [r[3] for r in rows], np.asarray(vectors[local])
+            )
 
     def finish(self, kind: str, params: dict | None, whole_version: bool) -> SegmentEntry:
         """Close the data files and build the segment's index: the requested type for
@@ -191,27 +214,34 @@ class VersionWriter:
         self._kept_live += entry.live
         if segment.codes is not None and segment.entry.labels is not None:
             codes = segment.codes if deleted is None else segment.codes[~deleted]
-            counts = np.bincount(codes[codes >= 0], minlength=len(segment.entry.labels))
-            self._kept_labels.update(
-                {name: int(n) for name, n in zip(segment.entry.labels, counts, strict=True) if n}
-            )
+            self._count_labels(codes, segment.entry.labels)
 
     def merge(self, segment: Segment, deleted: np.ndarray | None) -> None:
         """Copy a base segment's live rows (not `deleted`) into the new segment."""
-        vectors = segment.vectors()
-        for rows in segment.records.iter_all():
-            if deleted is not None:
-                rows = [row for row in rows if not deleted[row[0]]]
-            if not rows:
-                continue
-            local = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
-            labels = None
-            if segment.codes is not None and segment.entry.labels is not None:
-                names = segment.entry.labels
-                labels = [names[c] if c >= 0 else None for c in segment.codes[local]]
-            self.new.append(
-                [r[1] for r in rows], labels, [r[3] for r in rows], np.asarray(vectors[local])
-            )
+        self.new.copy_rows(segment, deleted)
+
+    def adopt(self, merged: MergedSegment, deleted: np.ndarray | None) -> None:
+        """Move a segment built beforehand (a compaction's) into this version, with
+        `deleted` rows; its files were hashed when it was built."""
+        relative = segment_path(merged.entry.name)
+        (self.staging / SEGMENTS).mkdir(exist_ok=True)
+        os.rename(merged.directory, self.staging / relative)
+        for name, info in merged.files.items():
+            self._kept_files[f"{relative}/{name}"] = info
+        count = 0
+        if deleted is not None:
+            write_deleted(self.staging / relative, deleted)
+            count = int(deleted.sum())
+        entry = dataclasses.replace(merged.entry, deleted=count)
+        self._kept.append(entry)
+        self._kept_live += entry.live
+        if entry.labels is not None:
+            codes = np.fromfile(self.staging / relative / layout.LABELS_FILE, dtype=np.int32)
+            self._count_labels(codes if deleted is None else codes[~deleted], entry.labels)
+
+    def _count_labels(self, codes: np.ndarray, names: list[str]) -> None:
+        counts = np.bincount(codes[codes >= 0], minlength=len(names))
+        self._kept_labels.update({name: int(n) for name, n in zip(names, counts, strict=True) if n})
 
     def finish(self, kind: str, params: dict | None, model: EmbeddingModel, extra: dict) -> dict:
         new = self.new.finish(kind, params, whole_version=not self._kept)
@@ -220,10 +250,10 @@ class VersionWriter:
         for entry in self._kept:
             if entry.deleted:
                 path = f"{entry.path}/{DELETED_FILE}"
-                files[path] = _described(self.staging, path)
+                files[path] = described(self.staging, path)
         if new.rows:
             segments.append(new)
-            files.update({path: _described(self.staging, path) for path in self.new.files()})
+            files.update({path: described(self.staging, path) for path in self.new.files()})
         else:  # a write that only deletes: no new segment
             for name in DATA_FILES:
                 (self.new.directory / name).unlink(missing_ok=True)
@@ -280,9 +310,13 @@ def _with_search_params(entry: SegmentEntry, requested: dict | None) -> SegmentE
     return dataclasses.replace(entry, params={**entry.params, **changed}) if changed else entry
 
 
-def _described(staging: Path, path: str) -> dict:
-    """A file this write made: its checksum and size, for the manifest."""
-    return {"sha256": sha256_files([staging / path]), "bytes": (staging / path).stat().st_size}
+def described(directory: Path, path: str) -> dict:
+    """A file a writer made (`path` under `directory`): its checksum and size, for the
+    manifest."""
+    return {
+        "sha256": sha256_files([directory / path]),
+        "bytes": (directory / path).stat().st_size,
+    }
 
 
 def _live_names(segments: list[SegmentEntry], counts: Counter) -> list[str]:
@@ -296,15 +330,29 @@ def _live_names(segments: list[SegmentEntry], counts: Counter) -> list[str]:
 
 
 def carry_base(
-    writer: VersionWriter, base: IndexVersion, drop: set[int], new_rows: int, compact: bool
+    writer: VersionWriter,
+    base: IndexVersion,
+    drop: set[int],
+    new_rows: int,
+    compact: bool,
+    merged: MergedSegment | None = None,
+    may_merge: bool = True,
 ) -> None:
     """The base version's rows but `drop` (positions), without re-encoding: its
     segments linked as they are (with the deletions), the newest merged into the new
     segment where the size-tiered policy says so (segments_to_merge), or every one
-    with `compact`. A segment left with no live rows leaves the version."""
+    with `compact`; none while a compaction runs (`may_merge` False: it is merging
+    them; the segment count may exceed MAX_SEGMENTS until the next write after it).
+    With `merged` (a compaction's segment, which replaces the base's oldest
+    segments), that one first, then the segments written since, linked. A segment
+    left with no live rows leaves the version."""
+    if merged is not None:
+        writer.adopt(merged, merged.deleted_since(base))
     dropped = np.fromiter(drop, dtype=np.int64, count=len(drop))
     carried: list[tuple[Segment, np.ndarray | None, int]] = []
     for segment in base.segments:
+        if merged is not None and segment.name in merged.replaces:
+            continue
         deleted = segment.deleted
         mine = dropped[(dropped >= segment.offset) & (dropped < segment.offset + segment.rows)]
         if len(mine):
@@ -313,10 +361,13 @@ def carry_base(
         live = segment.rows - (int(deleted.sum()) if deleted is not None else 0)
         if live:
             carried.append((segment, deleted, live))
-    merged = (
-        len(carried) if compact else segments_to_merge([live for *_, live in carried], new_rows)
-    )
-    kept = len(carried) - merged
+    if compact:
+        count = len(carried)
+    elif merged is not None or not may_merge:
+        count = 0
+    else:
+        count = segments_to_merge([live for *_, live in carried], new_rows)
+    kept = len(carried) - count
     for segment, deleted, _ in carried[:kept]:
         writer.keep(segment, deleted, base.manifest["files"])
     for segment, deleted, _ in carried[kept:]:

@@ -2,6 +2,8 @@
 
     python tests/crash_writer.py MODEL DATA INDEX_DIR STOP_AT [ENGINE [MILVUS_URI ALIAS]]
 
+DATA `compact` compacts the index instead of building it from a table.
+
 Prints `reached <stage>` (flushed) at every checkpoint the build passes; at the
 STOP_AT-th checkpoint (a number, counting from 1) or at the stage named STOP_AT it
 prints `stopped <stage>` and waits, so the test can SIGKILL it at a point it has
@@ -20,6 +22,7 @@ from siamese_search.core.tables import Columns
 from siamese_search.indexer import layout
 from siamese_search.indexer.backends.milvus_backend import MilvusTarget
 from siamese_search.indexer.build import BuildOptions, build_index
+from siamese_search.indexer.compaction import compact_index
 
 CHUNK_ROWS = 100
 
@@ -49,7 +52,10 @@ def main(
     options = BuildOptions(
         show_progress=False, chunk_rows=CHUNK_ROWS, replace=True, engine=engine, milvus=milvus
     )
-    build_index(Path(index_dir), load_model(model), Path(data), Columns(), options)
+    if data == "compact":
+        compact_index(Path(index_dir), load_model(model), options)
+    else:
+        build_index(Path(index_dir), load_model(model), Path(data), Columns(), options)
     print("finished", flush=True)
     return 0
 

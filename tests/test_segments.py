@@ -21,13 +21,14 @@ from siamese_search.indexer.build import (
     add_to_index,
     apply_changes,
     build_index,
-    compact_index,
     delete_from_index,
 )
 from siamese_search.indexer.changes import Change
 from siamese_search.indexer.cli import main as index_main
+from siamese_search.indexer.compaction import compact_index
 from siamese_search.indexer.segments import MAX_SEGMENTS, segments_to_merge
 from siamese_search.indexer.store import open_index
+from siamese_search.indexer.versions import rollback
 from tests.conftest import write_csv
 
 QUIET = BuildOptions(show_progress=False)
@@ -255,3 +256,91 @@ def test_a_reload_after_a_write_reads_only_the_new_segment(tmp_path, model):
     second.close()
     third.close()
     assert len(source.segments) == 0  # closed with the last version using them
+
+
+def _segmented(tmp_path, model) -> Path:
+    """An index of three segments, some rows deleted."""
+    index_dir = tmp_path / "idx"
+    build_index(index_dir, model, _table(tmp_path / "a.csv", _rows("a", 40)), COLUMNS, QUIET)
+    add_to_index(index_dir, model, _table(tmp_path / "b.csv", _rows("b", 6)), COLUMNS, QUIET)
+    add_to_index(index_dir, model, _table(tmp_path / "c.csv", _rows("c", 2)), COLUMNS, QUIET)
+    delete_from_index(index_dir, model, ["a1", "b2"], QUIET)
+    assert len(_segment_names(index_dir)) == 3
+    return index_dir
+
+
+def test_writes_made_while_compacting_are_kept(tmp_path, model):
+    """The merge runs outside the writer lock: a write published meanwhile (rows
+    added, rows deleted from segments being merged) is in the compacted version."""
+    index_dir = _segmented(tmp_path, model)
+    meanwhile = []
+
+    def write_meanwhile(stage: str) -> None:
+        if stage == "compact-merged" and not meanwhile:
+            meanwhile.append(stage)
+            table = _table(tmp_path / "d.csv", _rows("d", 3))
+            add_to_index(
+                index_dir, model, table, COLUMNS, BuildOptions(show_progress=False, wait_seconds=0)
+            )
+            delete_from_index(index_dir, model, ["a7", "c0"], QUIET)
+
+    layout.CHECKPOINT_OBSERVERS.append(write_meanwhile)
+    try:
+        report = compact_index(index_dir, model, QUIET)
+    finally:
+        layout.CHECKPOINT_OBSERVERS.remove(write_meanwhile)
+    assert meanwhile and report.count == 40 + 6 + 2 + 3 - 4
+    queries = model.embed(["parser bug in module 5", "number 7"])
+    with open_index(index_dir) as version:
+        assert [(s.name, s.entry.deleted) for s in version.segments] == [
+            ("c000004", 2),  # the snapshot (version 4) merged; a7 and c0 deleted since
+            ("000005", 0),  # d0-d2, written while compacting
+        ]
+        ids = {row[1] for batch in version.records().iter_all() for row in batch}
+        assert {"d0", "d1", "d2"} <= ids and not ids & {"a1", "b2", "a7", "c0"}
+        _same_answers(_search(version, queries, 10), _brute_force(version, queries, 10))
+    assert not [p for p in index_dir.iterdir() if p.name.startswith(layout.COMPACT_PREFIX)]
+
+
+def test_a_compaction_overtaken_by_a_rollback_publishes_nothing(tmp_path, model):
+    index_dir = _segmented(tmp_path, model)
+
+    def roll_back_meanwhile(stage: str) -> None:
+        if stage == "compact-merged":
+            rollback(index_dir, to="000002")
+
+    layout.CHECKPOINT_OBSERVERS.append(roll_back_meanwhile)
+    try:
+        with pytest.raises(store.UserError, match="changed while compacting.*compact again"):
+            compact_index(index_dir, model, QUIET)
+    finally:
+        layout.CHECKPOINT_OBSERVERS.remove(roll_back_meanwhile)
+    assert layout.current_version(index_dir) == "000002"  # the rollback's, untouched
+    assert not [p for p in index_dir.iterdir() if p.name.startswith(layout.COMPACT_PREFIX)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "stage", ["compact-merging", "compact-merged", "before-manifest", "after-current"]
+)
+def test_a_killed_compaction_leaves_a_valid_current_version(tmp_path, model, trained_model, stage):
+    from tests.test_crash_safety import _kill_writer_at
+
+    index_dir = _segmented(tmp_path, model)
+    queries = model.embed(["parser bug in module 5"])
+    with open_index(index_dir) as version:
+        before = _search(version, queries, 10)
+    reported = _kill_writer_at(trained_model, "compact", index_dir, stage)
+    assert reported[-1] == f"stopped {stage}"
+    compacted = stage == "after-current"
+    assert layout.current_version(index_dir) == ("000005" if compacted else "000004")
+    with open_index(index_dir) as version:  # verifies every file
+        assert len(version.segments) == (1 if compacted else 3) and version.count == 46
+        _same_answers(_search(version, queries, 10), before)
+    if stage.startswith("compact-"):  # the killed merge's work is left ...
+        assert [p for p in index_dir.iterdir() if p.name.startswith(layout.COMPACT_PREFIX)]
+    compact_index(index_dir, model, QUIET)  # ... for the next compaction to remove
+    assert not [p for p in index_dir.iterdir() if p.name.startswith(layout.COMPACT_PREFIX)]
+    with open_index(index_dir) as version:
+        assert len(version.segments) == 1
+        _same_answers(_search(version, queries, 10), before)
