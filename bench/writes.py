@@ -157,7 +157,8 @@ def measure_served(model, size: int, upserts: int, cache: Path | None, compact: 
     from siamese_search.client import Example, SearchClient
     from siamese_search.core.tables import Columns
     from siamese_search.indexer import segments
-    from siamese_search.indexer.build import add_to_index, compact_index
+    from siamese_search.indexer.build import add_to_index
+    from siamese_search.indexer.compaction import compact_index
     from siamese_search.indexer.options import BuildOptions
     from siamese_search.indexer.store import open_index
 
