@@ -49,6 +49,9 @@ MAX_SEGMENTS = 8
 #: segments smaller than this that a write adds (or merges) are exact (flat) indexes
 #: whatever the requested type: searching them costs less than building a graph
 SMALL_SEGMENT_ROWS = 20_000
+#: exact segments up to this size after a version's first are searched together as one
+#: matrix in memory, their records held too (SmallSegments)
+SMALL_MATRIX_ROWS = 5_000
 
 
 def segment_path(name: str) -> str:
@@ -263,6 +266,59 @@ def _identity(entry: SegmentEntry, files: dict) -> str:
     prefix = f"{entry.path}/" if entry.path else ""
     sums = [files.get(prefix + name, {}).get("sha256", "") for name in DATA_FILES]
     return json.dumps([entry.name, sums, entry.params], sort_keys=True)
+
+
+class SmallSegments:
+    """The small exact segments that writes add, searched together as one matrix held
+    in memory, with their records: each write's segment would otherwise cost a FAISS
+    call and a record lookup of its own per search (measured: a version of a 100k
+    HNSW segment and 7 small ones searched in 2.4x the time of the same rows as one
+    segment). A version's first segment is never one of them, so a version of one
+    segment searches exactly as before."""
+
+    def __init__(self, segments: Sequence[Segment]):
+        self.segments = list(segments)
+        self.names = {segment.name for segment in self.segments}
+        vectors = [np.asarray(segment.vectors()) for segment in self.segments]
+        self.vectors = np.concatenate(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
+        self.positions = (
+            np.concatenate(
+                [np.arange(s.offset, s.offset + s.rows, dtype=np.int64) for s in self.segments]
+            )
+            if self.segments
+            else np.zeros(0, dtype=np.int64)
+        )
+        self.records: dict[int, tuple[str, str | None, str]] = {}
+        for segment in self.segments:
+            for rows in segment.records.iter_all():
+                for local, row_id, label, text in rows:
+                    self.records[local + segment.offset] = (row_id, label, text)
+
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k (scores, version positions) among `allowed` rows; -1 pads."""
+        scores = queries @ self.vectors.T
+        if allowed is not None:
+            scores[:, ~allowed] = -np.inf
+        k = min(k, scores.shape[1])
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        top_scores = np.take_along_axis(top_scores, order, axis=1)
+        positions = np.where(np.isfinite(top_scores), self.positions[top], -1)
+        return top_scores.astype(np.float32), positions
+
+
+def small_segments(segments: Sequence[Segment]) -> list[Segment]:
+    """The segments searched as one matrix: exact ones of at most SMALL_MATRIX_ROWS
+    rows, after the version's first."""
+    return [
+        segment
+        for segment in segments[1:]
+        if segment.entry.kind == "flat" and segment.rows <= SMALL_MATRIX_ROWS
+    ]
 
 
 def merge_top_k(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import sqlite3
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,14 @@ from siamese_search.core.encoders.base import sha256_files
 from siamese_search.core.errors import ArtifactMismatchError, UserError
 from siamese_search.core.model_artifact import EmbeddingModel
 from siamese_search.indexer import layout
-from siamese_search.indexer.segments import Segment, SegmentCache, entries_of, merge_top_k
+from siamese_search.indexer.segments import (
+    Segment,
+    SegmentCache,
+    SmallSegments,
+    entries_of,
+    merge_top_k,
+    small_segments,
+)
 
 FORMAT = "siamese-search-index"
 #: 2: a version is a list of segments (indexer.segments); 1: one set of files
@@ -216,6 +224,10 @@ class IndexVersion:
             for segment in self.segments:
                 segment.index()
         self._records = VersionRecords(self.segments)
+        self._small_lock = threading.Lock()
+        self._small_held: SmallSegments | None = None
+        if load_indexes:
+            self._small_segments()
         label_info = self.manifest.get("labels")
         self.label_names: list[str] = list(label_info["names"]) if label_info else []
         self._filter = LabelFilter(self.label_names, has_labels=label_info is not None)
@@ -290,6 +302,15 @@ class IndexVersion:
         return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
     # ---- search -------------------------------------------------------------
+    def _small_segments(self) -> SmallSegments:
+        """The small segments searched as one matrix (read when first needed: a
+        writer reading its base never searches it)."""
+        with self._small_lock:
+            if self._small_held is None:
+                self._small_held = SmallSegments(small_segments(self.segments))
+                self._records.hold(self._small_held)
+            return self._small_held
+
     @staticmethod
     def _segment_mask(segment: Segment, labels: frozenset) -> np.ndarray | None:
         """Which rows of `segment` a search may return: live, with one of `labels`."""
@@ -318,11 +339,25 @@ class IndexVersion:
         if vectors.shape[1] != self.dim:
             raise UserError(f"query vectors have dim {vectors.shape[1]}, the index {self.dim}")
         masks = self._allowed(labels)
-        found = [
-            segment.search(vectors, k, allowed)
-            for segment, allowed in zip(self.segments, masks, strict=True)
-            if segment.live and (allowed is None or allowed.any())
-        ]
+        held = self._small_segments()
+        found = []
+        small: list[np.ndarray | None] = []
+        for segment, allowed in zip(self.segments, masks, strict=True):
+            if segment.name in held.names:
+                small.append(allowed)
+            elif segment.live and (allowed is None or allowed.any()):
+                found.append(segment.search(vectors, k, allowed))
+        if small:
+            allowed_small = None
+            if any(mask is not None for mask in small):
+                allowed_small = np.concatenate(
+                    [
+                        np.ones(segment.rows, bool) if mask is None else mask
+                        for segment, mask in zip(held.segments, small, strict=True)
+                    ]
+                )
+            if allowed_small is None or allowed_small.any():
+                found.append(held.search(vectors, k, allowed_small))
         if not found:
             return [[] for _ in range(len(vectors))]
         scores, positions = merge_top_k(found, k)
@@ -362,14 +397,23 @@ class VersionRecords:
     def __init__(self, segments: Sequence[Segment]):
         self.segments = list(segments)
         self._starts = [segment.offset for segment in self.segments]
+        self._held: dict[int, tuple[str, str | None, str]] = {}
+
+    def hold(self, small: SmallSegments) -> None:
+        """Answer the small segments' positions from the records they hold in memory."""
+        self._held = small.records
 
     def fetch(self, positions: Iterable[int]) -> dict[int, tuple[str, str | None, str]]:
         """position -> (id, label, text) for the given positions."""
         by_segment: dict[int, list[int]] = {}
+        out: dict[int, tuple[str, str | None, str]] = {}
         for position in positions:
+            held = self._held.get(int(position))
+            if held is not None:
+                out[int(position)] = held
+                continue
             at = bisect.bisect_right(self._starts, int(position)) - 1
             by_segment.setdefault(at, []).append(int(position) - self._starts[at])
-        out: dict[int, tuple[str, str | None, str]] = {}
         for at, local in by_segment.items():
             offset = self._starts[at]
             for position, record in self.segments[at].records.fetch(local).items():

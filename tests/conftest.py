@@ -96,6 +96,23 @@ def milvus_uri(tmp_path_factory):
     assert service.stop(), f"Milvus (pid {service.pid}) outlived SIGTERM to milvus_service.py"
 
 
+@pytest.fixture(scope="session")
+def running_cluster():
+    """One local Ray cluster for the tests that embed in this process (~6-10 s a start:
+    test_ray_engine.py's and the Ray build to Milvus): a RayEmbedder joins a cluster
+    this process already runs and leaves it running, as it does a cluster given by
+    --ray-address. A start of its own is tested last in test_ray_engine.py (which
+    shuts this one down first) and in a subprocess (a killed Ray job). Started as the
+    engine starts one, with its retries for a raylet that does not come up (seen in CI)."""
+    import ray
+
+    from siamese_search.indexer.ray_engine import _start_local_cluster
+
+    _start_local_cluster()
+    yield
+    ray.shutdown()
+
+
 #: how the servers of most tests encode: in the server process. A server's default
 #: (an encoding process a core, each loading the model) makes a start ~2 s instead of
 #: ~0.7 s, and the suite starts ~60 servers. That default path is tested where it is

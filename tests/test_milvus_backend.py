@@ -170,16 +170,19 @@ def test_writes_through_a_milvus_backed_server_reach_milvus(
         server.stop(0)
 
 
-def test_a_ray_build_is_written_to_milvus(milvus_uri, tmp_path, trained_model, sample_test):
+def test_a_ray_build_is_written_to_milvus(
+    milvus_uri, tmp_path, trained_model, sample_train, running_cluster
+):
     """`siamese-index build --engine ray --backend milvus`: the actors encode, the
-    version lands in Milvus, and Milvus serves the neighbours a local build gives."""
+    version lands in Milvus, and Milvus serves the neighbours a local build gives.
+    (The 100 sample texts: a large build on Ray is tests/test_ray_engine.py's.)"""
     target = MilvusTarget(milvus_uri, "from_ray")
     model = load_model(trained_model)
     local = tmp_path / "local"
     quiet = BuildOptions(show_progress=False)
-    build_index(local, model, sample_test, Columns(label="class"), quiet)
+    build_index(local, model, sample_train, Columns(label="class"), quiet)
     code = index_main(
-        ["build", "--model", str(trained_model), "--data", str(sample_test)]
+        ["build", "--model", str(trained_model), "--data", str(sample_train)]
         + ["--label-column", "class", "--out", str(tmp_path / "ray"), "--quiet"]
         + ["--engine", "ray", "--ray-actors", "2", "--backend", "milvus"]
         + ["--milvus-uri", milvus_uri, "--milvus-collection", "from_ray"]

@@ -40,23 +40,6 @@ def model(trained_model):
     return load_model(trained_model)
 
 
-@pytest.fixture(scope="module")
-def running_cluster():
-    """One local Ray cluster for the tests that embed in this process (~6 s a start):
-    a RayEmbedder joins a cluster this process already runs and leaves it running, as
-    it does a cluster given by --ray-address. A start of its own is tested last
-    (test_a_local_cluster_that_does_not_come_up_is_started_again) and in a subprocess
-    (test_a_killed_ray_job_publishes_nothing). Started as the engine starts one, with
-    its retries for a raylet that does not come up (seen in CI)."""
-    import ray
-
-    from siamese_search.indexer.ray_engine import _start_local_cluster
-
-    _start_local_cluster()
-    yield
-    ray.shutdown()
-
-
 def test_a_ray_build_is_the_local_build(tmp_path, model, running_cluster):
     corpus = _corpus(tmp_path / "corpus.csv", 3000)
     local = build_index(tmp_path / "local", model, corpus, COLUMNS, LOCAL)
@@ -139,7 +122,7 @@ def test_a_local_cluster_that_does_not_come_up_is_started_again(model, monkeypat
 
     from siamese_search.core.errors import UserError
 
-    ray.shutdown()  # the shared cluster (running_cluster): this test starts its own
+    ray.shutdown()  # the shared cluster (conftest.running_cluster): this test starts its own
     from siamese_search.indexer import ray_engine
     from siamese_search.indexer.ray_engine import RayEmbedder
 
