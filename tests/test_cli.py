@@ -78,6 +78,7 @@ OUT_OF_SCOPE = [
 ]
 
 
+@pytest.mark.slow  # trains a model of its own
 def test_out_of_scope_training_and_evaluation(sample_train, sample_test, tmp_path, capsys):
     """--validation-data / --oos-label fit the abstention rule; evaluate scores it."""
     from siamese_search.core.tables import Columns, read_table

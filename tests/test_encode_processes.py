@@ -87,6 +87,7 @@ def test_warm_loads_the_model_in_every_worker(trained_model, tmp_path, all_at_on
         pool.close()
 
 
+@pytest.mark.slow  # kills and restarts an encoding process
 def test_a_killed_worker_is_replaced_and_the_batch_retried(model, encoders):
     encoders.warm(model)
     before = encoders.pids

@@ -212,6 +212,7 @@ def _as_format_1(index_dir: Path) -> None:
     layout.write_manifest(directory, manifest)
 
 
+@pytest.mark.slow  # rewrites a version in the old format, then writes and compacts it
 def test_a_version_written_before_segments_is_read_and_written_onto(tmp_path, model, capsys):
     index_dir = tmp_path / "idx"
     build_index(index_dir, model, _table(tmp_path / "a.csv", _rows("a", 20)), COLUMNS, QUIET)
