@@ -118,10 +118,10 @@ def entries_of(manifest: dict, version_name: str) -> list[SegmentEntry]:
 
 class SegmentFiles:
     """A segment's files, open: its records, label codes and FAISS index (read on
-    first use, or by `Segment.load_index`). Shared by every version a reader opens
-    that links the same segment with the same search parameters (SegmentCache), so a
-    server reloading after a small write reads only the new segment, not the large
-    ones it already holds."""
+    first use, or when a version is opened with `load_indexes`). Shared by every
+    version a reader opens that links the same segment with the same search
+    parameters (SegmentCache), so a server reloading after a small write reads only
+    the new segment, not the large ones it already holds."""
 
     def __init__(self, directory: Path, entry: SegmentEntry):
         self.entry = entry

@@ -292,13 +292,12 @@ class IndexVersion:
 
     def positions_labelled(self, names: set[str]) -> np.ndarray:
         """Positions of the live rows whose label is one of `names`."""
-        found = []
-        for segment in self.segments:
-            if segment.codes is not None:
-                mask = segment.label_mask(names)
-                if segment.live_mask is not None:
-                    mask &= segment.live_mask
-                found.append(np.flatnonzero(mask) + segment.offset)
+        wanted = frozenset(names)
+        found = [
+            np.flatnonzero(self._labelled(segment, wanted)) + segment.offset
+            for segment in self.segments
+            if segment.codes is not None
+        ]
         return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
     # ---- search -------------------------------------------------------------
@@ -312,12 +311,16 @@ class IndexVersion:
             return self._small_held
 
     @staticmethod
-    def _segment_mask(segment: Segment, labels: frozenset) -> np.ndarray | None:
-        """Which rows of `segment` a search may return: live, with one of `labels`."""
-        if not labels:
-            return segment.live_mask
+    def _labelled(segment: Segment, labels: frozenset[str]) -> np.ndarray:
+        """Which live rows of `segment` have one of `labels`."""
         mask = segment.label_mask(set(labels))
         return mask if segment.live_mask is None else mask & segment.live_mask
+
+    @classmethod
+    def _segment_mask(cls, segment: Segment, labels: frozenset[str]) -> np.ndarray | None:
+        """Which rows of `segment` a search may return: live, with one of `labels`
+        (None: every row, when no label is asked for and none is deleted)."""
+        return cls._labelled(segment, labels) if labels else segment.live_mask
 
     def _allowed(self, labels: Sequence[str]) -> list[np.ndarray | None]:
         key = frozenset(labels)

@@ -49,7 +49,6 @@ class Plan:
     source_columns: Columns | None = None  # how to read `source`
     first_row_id: int = 0  # row ids of `source` without an id column start here
     source_records: int | None = None  # records in `source`, when planning counted them
-    compact: bool = False  # merge every kept segment into the new one
     merged: MergedSegment | None = None  # a compaction's segment, replacing the ones it merged
 
 
@@ -137,7 +136,6 @@ def _fill(
             base,
             plan.drop,
             _new_rows(plan),
-            plan.compact,
             plan.merged,
             may_merge,
         )

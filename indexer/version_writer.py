@@ -201,14 +201,8 @@ class VersionWriter:
         if deleted is not None and deleted.any():
             write_deleted(self.staging / segment_path(segment.name), deleted)
             deleted_count = int(deleted.sum())
-        entry = SegmentEntry(
-            segment.name,
-            segment.rows,
-            deleted_count,
-            segment.entry.kind,
-            segment.entry.params,
-            segment.entry.labels,
-            segment_path(segment.name),
+        entry = dataclasses.replace(
+            segment.entry, deleted=deleted_count, path=segment_path(segment.name)
         )
         self._kept.append(entry)
         self._kept_live += entry.live
@@ -334,14 +328,13 @@ def carry_base(
     base: IndexVersion,
     drop: set[int],
     new_rows: int,
-    compact: bool,
     merged: MergedSegment | None = None,
     may_merge: bool = True,
 ) -> None:
     """The base version's rows but `drop` (positions), without re-encoding: its
     segments linked as they are (with the deletions), the newest merged into the new
-    segment where the size-tiered policy says so (segments_to_merge), or every one
-    with `compact`; none while a compaction runs (`may_merge` False: it is merging
+    segment where the size-tiered policy says so (segments_to_merge); none while a
+    compaction runs (`may_merge` False: it is merging
     them; the segment count may exceed MAX_SEGMENTS until the next write after it).
     With `merged` (a compaction's segment, which replaces the base's oldest
     segments), that one first, then the segments written since, linked. A segment
@@ -361,9 +354,7 @@ def carry_base(
         live = segment.rows - (int(deleted.sum()) if deleted is not None else 0)
         if live:
             carried.append((segment, deleted, live))
-    if compact:
-        count = len(carried)
-    elif merged is not None or not may_merge:
+    if merged is not None or not may_merge:
         count = 0
     else:
         count = segments_to_merge([live for *_, live in carried], new_rows)
