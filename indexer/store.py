@@ -155,6 +155,17 @@ def check_model_matches(manifest: dict, name: str, where: str, model: EmbeddingM
         )
 
 
+@dataclass(frozen=True)
+class _Visit:
+    """What a search with one label filter visits: the segments searched on their own,
+    each with the rows it may return (None: all), and whether the small segments'
+    matrix is searched, with its rows (SmallSegments)."""
+
+    alone: list[tuple[Segment, np.ndarray | None]]
+    small: bool
+    small_mask: np.ndarray | None
+
+
 class IndexVersion:
     """One immutable index version, open for searching (thread-safe): its segments
     (indexer.segments), searched one by one and merged into an exact top-k."""
@@ -231,7 +242,7 @@ class IndexVersion:
         label_info = self.manifest.get("labels")
         self.label_names: list[str] = list(label_info["names"]) if label_info else []
         self._filter = LabelFilter(self.label_names, has_labels=label_info is not None)
-        self._masks: OrderedDict[frozenset, list[np.ndarray | None]] = OrderedDict()
+        self._masks: OrderedDict[frozenset, _Visit] = OrderedDict()
 
     # ---- identity -----------------------------------------------------------
     @property
@@ -322,17 +333,36 @@ class IndexVersion:
         (None: every row, when no label is asked for and none is deleted)."""
         return cls._labelled(segment, labels) if labels else segment.live_mask
 
-    def _allowed(self, labels: Sequence[str]) -> list[np.ndarray | None]:
+    def _allowed(self, labels: Sequence[str]) -> _Visit:
+        """What a search with this label filter visits, worked out once per filter."""
         key = frozenset(labels)
-        masks = self._masks.get(key)
-        if masks is None:
+        visit = self._masks.get(key)
+        if visit is None:
             if key:
                 self._filter.codes(labels)  # refuses unknown labels, or none at all
-            masks = [self._segment_mask(segment, key) for segment in self.segments]
-            self._masks[key] = masks
+            held = self._small_segments()
+            alone = []
+            small: list[np.ndarray | None] = []
+            for segment in self.segments:
+                mask = self._segment_mask(segment, key)
+                if segment.name in held.names:
+                    small.append(mask)
+                elif segment.live and (mask is None or mask.any()):
+                    alone.append((segment, mask))
+            small_mask = None
+            if any(mask is not None for mask in small):
+                small_mask = np.concatenate(
+                    [
+                        np.ones(segment.rows, bool) if mask is None else mask
+                        for segment, mask in zip(held.segments, small, strict=True)
+                    ]
+                )
+            searched = bool(small) and (small_mask is None or bool(small_mask.any()))
+            visit = _Visit(alone, searched, small_mask)
+            self._masks[key] = visit
             if len(self._masks) > 64:
                 self._masks.popitem(last=False)
-        return masks
+        return visit
 
     def search(
         self, vectors: np.ndarray, k: int, labels: Sequence[str] = (), min_score: float = -1.0
@@ -341,26 +371,10 @@ class IndexVersion:
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if vectors.shape[1] != self.dim:
             raise UserError(f"query vectors have dim {vectors.shape[1]}, the index {self.dim}")
-        masks = self._allowed(labels)
-        held = self._small_segments()
-        found = []
-        small: list[np.ndarray | None] = []
-        for segment, allowed in zip(self.segments, masks, strict=True):
-            if segment.name in held.names:
-                small.append(allowed)
-            elif segment.live and (allowed is None or allowed.any()):
-                found.append(segment.search(vectors, k, allowed))
-        if small:
-            allowed_small = None
-            if any(mask is not None for mask in small):
-                allowed_small = np.concatenate(
-                    [
-                        np.ones(segment.rows, bool) if mask is None else mask
-                        for segment, mask in zip(held.segments, small, strict=True)
-                    ]
-                )
-            if allowed_small is None or allowed_small.any():
-                found.append(held.search(vectors, k, allowed_small))
+        visit = self._allowed(labels)
+        found = [segment.search(vectors, k, mask) for segment, mask in visit.alone]
+        if visit.small:
+            found.append(self._small_segments().search(vectors, k, visit.small_mask))
         if not found:
             return [[] for _ in range(len(vectors))]
         scores, positions = merge_top_k(found, k)
