@@ -4,12 +4,13 @@ The write transaction (`indexer.transaction`) and `rollback` call the same steps
 either, so neither branches on Milvus:
 
     reconcile(index_dir)           before the base is read: bring the mirror back to
-                                   CURRENT (a writer killed between publishing and
-                                   moving the alias left them apart; so does a rollback)
+                                   CURRENT (a writer killed before moving the alias
+                                   left them apart; so does a rollback)
     accept_base(manifest)          refuse a version this mirror cannot write onto
     record(version)                what the manifest says of where the version is
                                    served (None: nothing to say)
-    write(version, staging, ...)   before publishing: the collection first ...
+    write(index_dir, version, staging, manifest, base)
+                                   before publishing: the version's delta first ...
     published(version, index_dir)  ... after publishing: the alias last, then pruning
 """
 
@@ -21,8 +22,8 @@ from pathlib import Path
 from typing import Protocol
 
 from siamese_search.core.errors import UserError
-from siamese_search.indexer import layout
-from siamese_search.indexer.backends.milvus_backend import MilvusTarget, MilvusWriter
+from siamese_search.indexer.backends.milvus_backend import MilvusTarget
+from siamese_search.indexer.backends.milvus_writer import MilvusWriter
 
 
 class Mirror(Protocol):
@@ -32,7 +33,9 @@ class Mirror(Protocol):
 
     def record(self, version: str) -> dict | None: ...
 
-    def write(self, version: str, staging: Path, manifest: dict) -> None: ...
+    def write(
+        self, index_dir: Path, version: str, staging: Path, manifest: dict, base: Path | None
+    ) -> None: ...
 
     def published(self, version: str, index_dir: Path) -> None: ...
 
@@ -56,7 +59,9 @@ class LocalOnly:
     def record(self, version: str) -> dict | None:
         return None
 
-    def write(self, version: str, staging: Path, manifest: dict) -> None:
+    def write(
+        self, index_dir: Path, version: str, staging: Path, manifest: dict, base: Path | None
+    ) -> None:
         pass
 
     def published(self, version: str, index_dir: Path) -> None:
@@ -64,14 +69,16 @@ class LocalOnly:
 
 
 class MilvusMirror:
-    """Each version also a Milvus collection, one alias pointing at the current one."""
+    """Each version also in Milvus: its delta written to the index's data collection,
+    a head collection naming its rows, one alias on the current version's head
+    (indexer.backends.milvus_writer)."""
 
     def __init__(self, writer: MilvusWriter, show_progress: bool = True):
         self.writer = writer
         self.show_progress = show_progress
 
     def reconcile(self, index_dir: Path) -> None:
-        reconcile_milvus(index_dir, self.writer, self.show_progress)
+        self.writer.reconcile(index_dir, self.show_progress)
 
     def accept_base(self, manifest: dict) -> None:
         pass  # a FAISS-only base: its successor is copied to Milvus
@@ -86,13 +93,13 @@ class MilvusMirror:
             "server_version": self.writer.server_version(),
         }
 
-    def write(self, version: str, staging: Path, manifest: dict) -> None:
-        self.writer.write_version(version, staging, manifest, self.show_progress)
+    def write(
+        self, index_dir: Path, version: str, staging: Path, manifest: dict, base: Path | None
+    ) -> None:
+        self.writer.write_version(index_dir, version, staging, manifest, base, self.show_progress)
 
     def published(self, version: str, index_dir: Path) -> None:
-        self.writer.point_alias_at(version)
-        layout.checkpoint("after-alias")
-        self.writer.prune(layout.list_versions(index_dir))
+        self.writer.published(version, index_dir)
 
 
 @contextmanager
@@ -106,27 +113,3 @@ def mirror_for(target: MilvusTarget | None, show_progress: bool = True) -> Itera
         yield MilvusMirror(writer, show_progress)
     finally:
         writer.close()
-
-
-def reconcile_milvus(index_dir: Path, milvus: MilvusWriter, show_progress: bool = True) -> None:
-    """Point the alias at the local current version (hold the writer lock), after
-    checking the alias serves this index (`MilvusWriter.claim`).
-
-    A writer killed between publishing its version here and moving the alias left the
-    two apart; so does a rollback. The current version's collection is written again
-    from the local files when it is missing.
-    """
-    current = layout.current_version(index_dir)
-    if current is None:
-        milvus.claim(None, first_version=True)
-        return
-    directory = layout.version_dir(index_dir, current)
-    manifest = layout.read_manifest(directory)
-    milvus.claim(manifest.get("index_id"), first_version=False)
-    if (manifest.get("backend") or {}).get("name") != "milvus":
-        return  # a FAISS-only version: the next write copies its successor to Milvus
-    if milvus.aliased_collection() == milvus.target.collection_for(current):
-        return
-    if not milvus.has_version(current):
-        milvus.write_version(current, directory, manifest, show_progress)
-    milvus.point_alias_at(current)

@@ -100,7 +100,8 @@ def write_version(
                 extra = _manifest_extra(plan, problems, model, options, mirror.record(next_name))
                 extra["index_id"] = _index_id(index_dir)
                 manifest = writer.finish(plan.kind, plan.params, model, extra)
-                mirror.write(next_name, staging, manifest)  # the collection first
+                base_dir = base.directory if base is not None else None
+                mirror.write(index_dir, next_name, staging, manifest, base_dir)  # delta first
                 name = layout.publish(index_dir, staging, keep=options.keep_versions)
                 assert name == next_name, "version numbers move only under the writer lock"
             except BaseException:

@@ -2,7 +2,8 @@
 
     python tests/crash_writer.py MODEL DATA INDEX_DIR STOP_AT [ENGINE [MILVUS_URI ALIAS]]
 
-DATA `compact` compacts the index instead of building it from a table.
+DATA `compact` compacts the index instead of building it from a table; `delete:ID,ID`
+deletes those ids from it.
 
 Prints `reached <stage>` (flushed) at every checkpoint the build passes; at the
 STOP_AT-th checkpoint (a number, counting from 1) or at the stage named STOP_AT it
@@ -21,7 +22,7 @@ from siamese_search.core.model_artifact import load_model
 from siamese_search.core.tables import Columns
 from siamese_search.indexer import layout
 from siamese_search.indexer.backends.milvus_backend import MilvusTarget
-from siamese_search.indexer.build import BuildOptions, build_index
+from siamese_search.indexer.build import BuildOptions, build_index, delete_from_index
 from siamese_search.indexer.compaction import compact_index
 
 CHUNK_ROWS = 100
@@ -54,6 +55,9 @@ def main(
     )
     if data == "compact":
         compact_index(Path(index_dir), load_model(model), options)
+    elif data.startswith("delete:"):
+        ids = data.removeprefix("delete:").split(",")
+        delete_from_index(Path(index_dir), load_model(model), ids, options)
     else:
         build_index(Path(index_dir), load_model(model), Path(data), Columns(), options)
     print("finished", flush=True)

@@ -16,9 +16,10 @@ from siamese_search.indexer import layout
 from siamese_search.indexer.backends.milvus_backend import (
     MilvusSource,
     MilvusTarget,
-    MilvusWriter,
     connect,
+    head_of,
 )
+from siamese_search.indexer.backends.milvus_writer import PENDING, MilvusWriter
 from siamese_search.indexer.build import (
     BuildOptions,
     add_to_index,
@@ -26,6 +27,7 @@ from siamese_search.indexer.build import (
     delete_from_index,
 )
 from siamese_search.indexer.cli import main as index_main
+from siamese_search.indexer.compaction import compact_index
 from siamese_search.indexer.store import open_index
 from siamese_search.indexer.versions import rollback
 from tests.conftest import write_csv
@@ -217,7 +219,7 @@ def test_an_unreadable_alias_stops_the_writer(milvus_uri, tmp_path, trained_mode
 
         writer.client.describe_alias = unreachable
         with pytest.raises(UserError, match="cannot read alias unreadable: connection reset"):
-            writer.prune(keep=[])
+            writer.prune(index_dir)
         with pytest.raises(UserError, match="cannot read alias"):
             writer.point_alias_at("000001")
     finally:
@@ -225,3 +227,121 @@ def test_an_unreadable_alias_stops_the_writer(milvus_uri, tmp_path, trained_mode
         never_made.close()
     assert _served(target) == ("000001", 50)
     assert _collections(target) == [target.collection_for("000001")]
+
+
+# ---- writes as deltas (issue 23): one data collection, partitions, deletion marks -------
+
+
+def _served_ids(target: MilvusTarget, model, k: int = 200) -> tuple[str, set[str]]:
+    """The version the alias serves and every id it returns (k above its rows)."""
+    with MilvusSource(target).open_current() as served:
+        hits = served.search(model.embed(["fixing bugs"]), k=min(k, max(served.count, 1)))
+        return served.name, {hit.id for hit in hits[0]}
+
+
+def _local_ids(index_dir) -> tuple[str, set[str]]:
+    with open_index(index_dir) as local:
+        return local.name, {row[1] for rows in local.records().iter_all() for row in rows}
+
+
+def _head(target: MilvusTarget, version: str):
+    client = connect(target)
+    try:
+        if not client.has_collection(target.collection_for(version)):
+            return None
+        return head_of(client, target.collection_for(version))[1]
+    finally:
+        client.close()
+
+
+def _stored_rows(target: MilvusTarget, data: str) -> int:
+    client = connect(target)
+    try:
+        counted = client.query(data, output_fields=["count(*)"], consistency_level="Strong")
+        return int(counted[0]["count(*)"])
+    finally:
+        client.close()
+
+
+def test_a_write_sends_milvus_its_delta_and_rollback_keeps_every_view(
+    milvus_uri, tmp_path, trained_model, corpus
+):
+    small, _ = corpus
+    target = MilvusTarget(milvus_uri, "deltas")
+    index_dir = tmp_path / "index"
+    model = load_model(trained_model)
+    options = BuildOptions(show_progress=False, keep_versions=5, milvus=target)
+    build_index(index_dir, model, small, Columns(), options)
+    more = write_csv(tmp_path / "more.csv", [("a brand new text", "2")], header=("text", "label"))
+    add_to_index(index_dir, model, more, Columns(), options)  # 000002: row "50"
+    delete_from_index(index_dir, model, ["0", "1"], options)  # 000003
+
+    # one data collection holds each row once: the writes inserted 1 row and marked 2
+    first, third = _head(target, "000001"), _head(target, "000003")
+    assert third.data == first.data and _stored_rows(target, third.data) == 51
+    assert third.partitions == ("s_000001", "s_000002")
+    # each version's searches wait for its own writes (read-your-writes on any replica)
+    assert third.ts > first.ts > 0
+    assert _served_ids(target, model) == _local_ids(index_dir)
+    assert {"0", "1"}.isdisjoint(_served_ids(target, model)[1])
+
+    # rollback moves the alias (version 1 never stopped seeing rows 0 and 1), then undoes
+    # the later versions' marks: their heads are dropped, their local files kept
+    rollback(index_dir, to="000001", milvus=target)
+    assert _head(target, "000003") is None
+    assert (
+        _served_ids(target, model) == _local_ids(index_dir) == ("000001", _local_ids(index_dir)[1])
+    )
+    assert {"0", "1"} <= _served_ids(target, model)[1]
+    # a write onto the rolled-back version sees them too
+    add_to_index(index_dir, model, more, Columns(), options, upsert=False)  # 000004
+    assert _served_ids(target, model) == _local_ids(index_dir)
+    assert {"0", "1"} <= _served_ids(target, model)[1]
+
+    # rolling forward to 3 writes its marks back (4's head is then wrong: dropped)
+    rollback(index_dir, to="000003", milvus=target)
+    assert _served_ids(target, model) == _local_ids(index_dir)
+    assert {"0", "1"}.isdisjoint(_served_ids(target, model)[1])
+    rollback(index_dir, to="000004", milvus=target)
+    assert _served_ids(target, model) == _local_ids(index_dir)
+    assert _stored_rows(target, _head(target, "000004").data) == 52
+
+    # a compaction's segment is one new partition; partitions no retained version
+    # lists are dropped (pruning keeps versions 4 and 5 here)
+    compact_index(
+        index_dir, model, BuildOptions(show_progress=False, keep_versions=1, milvus=target)
+    )
+    assert _served_ids(target, model) == _local_ids(index_dir)
+    assert _head(target, "000005").partitions == ("s_c000004",)
+    assert layout.list_versions(index_dir) == ["000004", "000005"]
+    client = connect(target)
+    try:
+        partitions = sorted(client.list_partitions("deltas_g000001"))
+        assert partitions == ["_default", "s_000001", "s_000004", "s_c000004"]
+    finally:
+        client.close()
+
+
+def test_a_writer_killed_while_marking_deletions_is_reconciled(
+    milvus_uri, tmp_path, trained_model, corpus
+):
+    """Killed after marking rows deleted in Milvus, before its version was published:
+    servers still see every row (the alias never moved), and the next write undoes
+    the marks before it writes, so its version sees those rows too."""
+    small, _ = corpus
+    target = MilvusTarget(milvus_uri, "killed_delete")
+    index_dir = tmp_path / "index"
+    model = load_model(trained_model)
+    options = BuildOptions(show_progress=False, milvus=target)
+    build_index(index_dir, model, small, Columns(), options)
+    reported = _kill_writer_at(
+        trained_model, "delete:0,1", index_dir, "milvus-inserting", milvus=(milvus_uri, target.name)
+    )
+    assert reported[-1] == "stopped milvus-inserting"
+    assert (index_dir / PENDING).exists()
+    assert _served_ids(target, model) == ("000001", _local_ids(index_dir)[1])
+    more = write_csv(tmp_path / "more.csv", [("a brand new text", "2")], header=("text", "label"))
+    add_to_index(index_dir, model, more, Columns(), options)
+    assert not (index_dir / PENDING).exists()
+    name, ids = _served_ids(target, model)
+    assert (name, ids) == _local_ids(index_dir) and len(ids) == 51 and {"0", "1"} <= ids

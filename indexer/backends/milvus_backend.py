@@ -1,21 +1,18 @@
-"""Milvus backend: each index version is a Milvus collection, the live one an alias.
+"""Milvus backend, the reading side: where an index lives in Milvus, and the versions
+`siamese-serve` searches there (the writing side: `milvus_writer.py`).
 
-    alias NAME            -> NAME_v000003      (switched atomically by `alter_alias`)
-    collection NAME_v000003: position (primary key), id, label, label_code, text, vector
-                             description = the version's manifest (JSON) + its sha256
+    alias NAME            -> NAME_v000007   (a version's head: its manifest, and where
+                                             its rows are: a Placement)
+    data collection NAME_g000001            the rows; version 7 searches its partitions
+                                            with `deleted_in > 7`
 
 Vectors, ids, labels and texts live in Milvus, so `siamese-serve` replicas on other
 machines serve one index with nothing local: they follow the alias, read the manifest
-from the collection, and search it (label filter and `min_score` run in Milvus, as a
-`label_code in [...]` filter and a range search). The writer still stages each
-version as files (its own copy, what `add` and `delete` build on and `rollback`
-returns to), then copies it into a new collection, loads it, publishes the local
-version and moves the alias last: a killed writer leaves the alias where it was, and
-the next writer first re-points the alias at the local current version (the
-`reconcile` step), so the two never stay apart.
-
-A version's collection never changes once the alias can name it, so searches use
-Bounded consistency (Strong costs ~200 ms a call waiting for a time tick).
+from the head, and search the data collection (label filter and `min_score` run in
+Milvus, as a `label_key in [...]` filter and a range search). Searches pass the
+version's recorded write timestamp as their guarantee, so a replica never searches a
+version before its rows are visible. Versions written before segments are a whole
+collection each (no placement) and are still served.
 """
 
 from __future__ import annotations
@@ -29,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from siamese_search.core.errors import ArtifactMismatchError, UserError
 
@@ -155,22 +151,105 @@ def milvus_index(kind: str, params: dict) -> tuple[str, dict, dict]:
     raise UserError(f"index kind {kind!r} has no Milvus counterpart")
 
 
-# ---- the manifest, stored with the collection -----------------------------------------
+# ---- a version's head: its manifest and where its rows are -----------------------------
+
+#: `deleted_in` of a row no version has deleted
+NOT_DELETED = 2**62
 
 
-def _encode_manifest(manifest: dict) -> str:
+@dataclass(frozen=True)
+class Placement:
+    """Where a version's rows are in Milvus (recorded in its head collection).
+
+    `data`: the index's data collection; `partitions`: one per segment the version
+    lists; the version sees a row of those partitions while `deleted_in > version`.
+    `ts`: the Milvus timestamp of the last write the version needs, passed to
+    searches as their guarantee (read-your-writes for every client; Bounded
+    consistency would hide rows written in the last seconds). `index`: the Milvus
+    index of the data collection (versions share it only with the same one)."""
+
+    data: str
+    partitions: tuple[str, ...]
+    version: int
+    ts: int
+    index: dict
+
+    def to_json(self) -> dict:
+        return {
+            "data": self.data,
+            "partitions": list(self.partitions),
+            "version": self.version,
+            "ts": self.ts,
+            "index": self.index,
+        }
+
+    @classmethod
+    def from_json(cls, stored: dict) -> Placement:
+        return cls(
+            str(stored["data"]),
+            tuple(str(p) for p in stored["partitions"]),
+            int(stored["version"]),
+            int(stored["ts"]),
+            dict(stored["index"]),
+        )
+
+
+def index_signature(manifest: dict) -> dict:
+    """The Milvus index a version's rows need: (type, build parameters)."""
+    index_type, build_params, _ = milvus_index(
+        manifest["index"]["type"], manifest["index"]["params"]
+    )
+    return {"type": index_type, "params": build_params}
+
+
+def partition_name(segment: str) -> str:
+    return f"s_{segment}"
+
+
+def segment_number(segment: str) -> int:
+    """A segment's number among the index's segments: a write's segment is named
+    after its version (000007), a compaction's after its snapshot (c000007)."""
+    merged = segment.startswith("c")
+    digits = segment[1:] if merged else segment
+    if not digits.isdigit():
+        raise ArtifactMismatchError(f"segment name {segment!r} is not one this release writes")
+    return int(digits) * 2 + (1 if merged else 0)
+
+
+def row_key(segment: str, local: int) -> int:
+    """A row's primary key in the data collection: its segment and row there, the
+    same in every version that lists the segment."""
+    return (segment_number(segment) << 32) | int(local)
+
+
+def label_key(label: str | None) -> int:
+    """A label as an INT64 for filters (`label_key in [...]`): a hash, so a label
+    needs no quoting in a Milvus expression and keeps its key in every version."""
+    digest = hashlib.sha256((label or "").encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def encode_head(manifest: dict, placement: Placement | None = None) -> str:
+    """A collection description: the manifest (and the placement), with a checksum."""
     body = json.dumps(manifest, sort_keys=True, ensure_ascii=True)
-    digest = hashlib.sha256(body.encode("ascii")).hexdigest()
-    return json.dumps({"siamese_manifest": body, "sha256": digest})
+    stored: dict = {"siamese_manifest": body}
+    checked = body
+    if placement is not None:
+        stored["placement"] = json.dumps(placement.to_json(), sort_keys=True)
+        checked += stored["placement"]
+    stored["sha256"] = hashlib.sha256(checked.encode("ascii")).hexdigest()
+    return json.dumps(stored)
 
 
-def _decode_manifest(description: str, collection: str) -> dict:
+def _decode_head(description: str, collection: str) -> tuple[dict, Placement | None]:
     try:
         stored = json.loads(description)
         body = stored["siamese_manifest"]
-        if hashlib.sha256(body.encode("ascii")).hexdigest() != stored["sha256"]:
+        placement = stored.get("placement")
+        checked = body + (placement or "")
+        if hashlib.sha256(checked.encode("ascii")).hexdigest() != stored["sha256"]:
             raise ValueError("checksum mismatch")
-        return json.loads(body)
+        return json.loads(body), (Placement.from_json(json.loads(placement)) if placement else None)
     except (ValueError, KeyError, TypeError, UnicodeEncodeError) as error:
         raise ArtifactMismatchError(
             f"Milvus collection {collection} holds no readable siamese-search manifest "
@@ -178,174 +257,19 @@ def _decode_manifest(description: str, collection: str) -> dict:
         ) from None
 
 
-def _manifest_of(client, collection: str) -> dict:
-    """A version's manifest, read from its collection's description and checked."""
+def head_of(client, collection: str) -> tuple[dict, Placement | None]:
+    """A version's manifest and placement, read from its head collection's
+    description and checked (placement None: a whole-version collection, as versions
+    were written before segments)."""
     try:
         described = client.describe_collection(collection)
     except Exception as error:
         raise UserError(f"Milvus collection {collection}: {_short(error)}") from None
-    return _decode_manifest(described.get("description", ""), collection)
+    return _decode_head(described.get("description", ""), collection)
 
 
-# ---- writing -----------------------------------------------------------------------
-
-
-class MilvusWriter:
-    """Copies staged versions into collections and moves the alias (the writer's side)."""
-
-    def __init__(self, target: MilvusTarget):
-        self.target = target
-        self.client = connect(target)
-
-    def server_version(self) -> str:
-        return str(self.client.get_server_version())
-
-    def aliased_collection(self) -> str | None:
-        return aliased_collection(self.client, self.target.name)
-
-    def has_version(self, version: str) -> bool:
-        return self.client.has_collection(self.target.collection_for(version))
-
-    def claim(self, index_id: str | None, first_version: bool) -> None:
-        """Refuse to write for an index directory whose alias serves another index.
-
-        Two directories given the same alias (the default alias is the directory's
-        name, so `/srv/a/index` and `/srv/b/index` share one) would write the same
-        collection names: the second one's first build dropped the collection the
-        first one's servers were searching. Manifests record the index they belong
-        to (`index_id`, kept by every version of a directory); an alias whose
-        collection records another index, or any alias at all for a directory's
-        first version, is refused. When either side was written before ids were
-        recorded, a directory that already has versions is taken at its word."""
-        served = self.aliased_collection()
-        if served is None:
-            return
-        if not first_version:
-            owner = _manifest_of(self.client, served).get("index_id")
-            if owner is None or index_id is None or owner == index_id:
-                return
-        raise UserError(
-            f"Milvus alias {self.target.name} already serves another index (collection "
-            f"{served}); this index directory would overwrite its collections. Give this "
-            "index an alias of its own with --milvus-collection NAME (or drop the other "
-            "index's alias and collections in Milvus first)"
-        )
-
-    def write_version(
-        self, version: str, directory: Path, manifest: dict, show_progress: bool = True
-    ) -> str:
-        """A new collection holding the staged version in `directory`, indexed and
-        loaded; a leftover of the same name (a killed writer's) is dropped first."""
-        from pymilvus import DataType, MilvusClient
-
-        from siamese_search.indexer import layout
-        from siamese_search.indexer.store import IndexVersion
-
-        collection = self.target.collection_for(version)
-        if self.client.has_collection(collection):
-            self._drop_leftover(collection, manifest.get("index_id"))
-        index_type, build_params, _ = milvus_index(
-            manifest["index"]["type"], manifest["index"]["params"]
-        )
-        schema = MilvusClient.create_schema(
-            auto_id=False, enable_dynamic_field=False, description=_encode_manifest(manifest)
-        )
-        schema.add_field("position", DataType.INT64, is_primary=True)
-        schema.add_field("id", DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES)
-        schema.add_field("label", DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES)
-        schema.add_field("label_code", DataType.INT32)
-        schema.add_field("text", DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(manifest["dim"]))
-        self.client.create_collection(collection, schema=schema, consistency_level=_CONSISTENCY)
-        count = int(manifest["count"])
-        label_names = (manifest.get("labels") or {}).get("names") or []
-        code_of = {name: code for code, name in enumerate(label_names)}  # MilvusVersion's
-        staged = IndexVersion(directory, verify=False, load_indexes=False)
-        bar = tqdm(
-            total=count,
-            desc=f"copying to Milvus {collection}",
-            unit="row",
-            disable=not show_progress,
-            mininterval=0.5,
-        )
-        try:
-            with bar:
-                for rows in staged.records().iter_all(INSERT_ROWS):
-                    positions = np.fromiter((row[0] for row in rows), np.int64, len(rows))
-                    vectors = staged.vectors_at(positions)
-                    batch = []
-                    for (position, row_id, label, text), vector in zip(rows, vectors, strict=True):
-                        _check_fits(row_id, "id")
-                        _check_fits(text, "text", row_id)
-                        batch.append(
-                            {
-                                "position": int(position),
-                                "id": row_id,
-                                "label": label or "",
-                                "label_code": code_of.get(label or "", -1),
-                                "text": text,
-                                "vector": vector.tolist(),
-                            }
-                        )
-                    self.client.insert(collection, batch)
-                    layout.checkpoint("milvus-inserting")
-                    bar.update(len(batch))
-        finally:
-            staged.close()
-        self.client.flush(collection)
-        index_params = self.client.prepare_index_params()
-        index_params.add_index(
-            "vector", index_type=index_type, metric_type="IP", params=build_params
-        )
-        self.client.create_index(collection, index_params)
-        self.client.load_collection(collection)
-        stored = int(self.client.get_collection_stats(collection)["row_count"])
-        if stored != count:
-            raise ArtifactMismatchError(
-                f"Milvus collection {collection} holds {stored} rows after the copy, the "
-                f"version {count}; nothing was published: run the job again"
-            )
-        return collection
-
-    def _drop_leftover(self, collection: str, index_id: str | None) -> None:
-        """Drop a collection of the name this version needs: a killed writer's
-        leftover, unless it records another index (see `claim`)."""
-        try:
-            owner = _manifest_of(self.client, collection).get("index_id")
-        except UserError:
-            owner = None  # killed before its description was readable: a leftover
-        if owner is not None and owner != index_id:
-            raise UserError(
-                f"Milvus collection {collection} belongs to another index; this index "
-                "directory would overwrite it. Give this index an alias of its own with "
-                "--milvus-collection NAME"
-            )
-        self.client.drop_collection(collection)
-
-    def point_alias_at(self, version: str) -> None:
-        """Move the alias to `version`'s collection (loading it if it was released)."""
-        collection = self.target.collection_for(version)
-        self.client.load_collection(collection)
-        if self.aliased_collection() is None:
-            self.client.create_alias(collection, self.target.name)
-        else:
-            self.client.alter_alias(collection, self.target.name)
-
-    def prune(self, keep: Sequence[str]) -> list[str]:
-        """Drop this index's version collections not in `keep` (never the aliased one)."""
-        aliased = self.aliased_collection()
-        dropped = []
-        for collection in self.client.list_collections():
-            match = _VERSION_SUFFIX.match(collection)
-            if not match or match["alias"] != self.target.name or collection == aliased:
-                continue
-            if match["version"] not in keep:
-                self.client.drop_collection(collection)
-                dropped.append(collection)
-        return dropped
-
-    def close(self) -> None:
-        self.client.close()
+def _manifest_of(client, collection: str) -> dict:
+    return head_of(client, collection)[0]
 
 
 def _check_fits(value: str, what: str, row_id: str | None = None) -> None:
@@ -371,7 +295,7 @@ class MilvusVersion:
         self._client = client
         self.collection = collection
         self.directory = Path(target.describe())
-        self.manifest = _manifest_of(client, collection)
+        self.manifest, self.placement = head_of(client, collection)
         backend = self.manifest.get("backend") or {}
         suffix = _VERSION_SUFFIX.match(collection)
         self.name = str(backend.get("version") or (suffix["version"] if suffix else collection))
@@ -379,16 +303,57 @@ class MilvusVersion:
         self.dim = int(self.manifest["dim"])
         self.kind = self.manifest["index"]["type"]
         _, _, self._search_params = milvus_index(self.kind, self.manifest["index"]["params"])
-        client.load_collection(collection)  # a no-op when loaded; a replica may be first
-        stored = int(client.get_collection_stats(collection)["row_count"])
-        if stored != self.count:
-            raise ArtifactMismatchError(
-                f"Milvus collection {collection} holds {stored} rows, its manifest says "
-                f"{self.count}; the version is damaged: rebuild it"
-            )
         label_info = self.manifest.get("labels")
         self.label_names: list[str] = list(label_info["names"]) if label_info else []
         self._filter = LabelFilter(self.label_names, has_labels=label_info is not None)
+        stored = self._stored_rows()
+        if stored != self.count:
+            raise ArtifactMismatchError(
+                f"Milvus collection {self._searched} holds {stored} rows of version "
+                f"{self.name}, its manifest says {self.count}; the version is damaged: "
+                "rebuild it"
+            )
+
+    @property
+    def _searched(self) -> str:
+        return self.placement.data if self.placement else self.collection
+
+    def _consistency(self) -> dict:
+        """Searches see every write the version needs: its recorded timestamp as the
+        guarantee (Strong when none was recorded: slower, never stale)."""
+        if self.placement is None:  # a whole-version collection never changes
+            return {"consistency_level": _CONSISTENCY}
+        if self.placement.ts:
+            return {"consistency_level": "Customized", "guarantee_timestamp": self.placement.ts}
+        return {"consistency_level": "Strong"}
+
+    def _scope(self) -> dict:
+        """The partitions and filter that make the data collection this version."""
+        if self.placement is None:
+            return {}
+        return {
+            "partition_names": list(self.placement.partitions),
+            "filter": f"deleted_in > {self.placement.version}",
+        }
+
+    def _stored_rows(self) -> int:
+        if self.placement is None:
+            self._client.load_collection(self.collection)  # a no-op when loaded
+            return int(self._client.get_collection_stats(self.collection)["row_count"])
+        if not self.placement.partitions:
+            return 0
+        self._client.load_collection(self.placement.data)  # a replica may be first
+        counted = self._client.query(
+            self.placement.data, output_fields=["count(*)"], **self._scope(), **self._consistency()
+        )
+        return int(counted[0]["count(*)"])
+
+    def _label_filter(self, labels: Sequence[str]) -> str:
+        codes = self._filter.codes(labels)  # refuses unknown labels
+        if self.placement is None:
+            return f"label_code in {sorted(codes)}"
+        keys = sorted(label_key(self.label_names[code]) for code in codes)
+        return f"label_key in {keys}"
 
     @property
     def has_labels(self) -> bool:
@@ -409,7 +374,7 @@ class MilvusVersion:
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if vectors.shape[1] != self.dim:
             raise UserError(f"query vectors have dim {vectors.shape[1]}, the index {self.dim}")
-        codes = self._filter.codes(labels) if labels else None
+        label_filter = self._label_filter(labels) if labels else ""
         if self.count == 0 or len(vectors) == 0:
             return [[] for _ in range(len(vectors))]
         k = max(1, min(int(k), self.count))
@@ -421,20 +386,22 @@ class MilvusVersion:
         if min_score > -1.0:  # a range search: only hits above the radius come back
             params["radius"] = float(min_score) - 1e-6
             params["range_filter"] = max(1.0, float(min_score)) + 1e-3  # must exceed radius
+        scope = self._scope()
+        scope["filter"] = " and ".join(f for f in (scope.get("filter", ""), label_filter) if f)
         try:
             found = self._client.search(
-                self.collection,
+                self._searched,
                 data=vectors.tolist(),
                 limit=k,
                 anns_field="vector",
                 search_params={"metric_type": "IP", "params": params},
-                filter=f"label_code in {sorted(codes)}" if codes is not None else "",
                 output_fields=["id", "label", "text"],
-                consistency_level=_CONSISTENCY,
+                **scope,
+                **self._consistency(),
             )
         except Exception as error:  # Milvus down, collection dropped under us, ...
             raise BackendUnavailableError(
-                f"Milvus search of {self.collection} failed: {_short(error)}"
+                f"Milvus search of {self._searched} failed: {_short(error)}"
             ) from None
         results = []
         for row in found:
