@@ -16,7 +16,8 @@ With --profile, one more add per size runs under cProfile and its costliest call
 Usage: python bench/writes.py --model artifacts/model [--sizes 20000 200000]
        [--index-types flat hnsw] [--add 100] [--profile] [--out bench/results/writes.json]
        python bench/writes.py --model artifacts/model --served [--sizes 100000 1000000]
-       [--upserts 10] [--clustered] [--cache DIR] [--out bench/results/writes-served.json]
+       [--upserts 10] [--clustered] [--cache DIR] [--milvus-uri URI]
+       [--out bench/results/writes-served.json]
 """
 
 from __future__ import annotations
@@ -128,13 +129,19 @@ def measure(model, size: int, index_type: str, add: int, repeats: int, profile: 
     }
 
 
-def _start_server(index_dir: Path):
-    """`siamese-serve` on the index (writes on: loopback), its address once SERVING."""
+def _start_server(index_dir: Path, milvus=None):
+    """`siamese-serve` on the index (writes on: loopback), its address once SERVING;
+    with `milvus` (a MilvusTarget), serving the Milvus alias and writing to it."""
     import subprocess
 
+    backend = (
+        ["--backend", "milvus", "--milvus-uri", milvus.uri, "--milvus-collection", milvus.name]
+        if milvus is not None
+        else []
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "siamese_search.server.cli", "--index", str(index_dir)]
-        + ["--port", "0", "--log-level", "warning"],
+        + ["--port", "0", "--log-level", "warning", *backend],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -159,19 +166,37 @@ def _search_p50(version, queries, repeats: int = 3) -> float:
 
 
 def measure_served(
-    model, size: int, upserts: int, cache: Path | None, compact: bool, clustered: bool
+    model,
+    size: int,
+    upserts: int,
+    cache: Path | None,
+    compact: bool,
+    clustered: bool,
+    milvus_uri: str | None = None,
 ) -> dict:
     """On an HNSW index of `size` rows: served Upserts of 10 texts with wait (each
     new ids), then search p50 in-process with the most segments a version holds,
     and with `compact`, against the same rows compacted, and the compaction's time
-    (an HNSW build of every row: minutes at 1M on two cores)."""
+    (an HNSW build of every row: minutes at 1M on two cores).
+
+    With `milvus_uri`, the index is served from and written to Milvus: the base is
+    first copied there by one add (its time is `milvus_seed_seconds`), and searches
+    are Milvus searches of the current version (one RPC each)."""
     from siamese_search.client import Example, SearchClient
     from siamese_search.core.tables import Columns
     from siamese_search.indexer import segments
-    from siamese_search.indexer.build import add_to_index
+    from siamese_search.indexer.backends.milvus_backend import MilvusSource, MilvusTarget
+    from siamese_search.indexer.build import add_to_index, delete_from_index
     from siamese_search.indexer.compaction import compact_index
     from siamese_search.indexer.options import BuildOptions
     from siamese_search.indexer.store import open_index
+
+    milvus = MilvusTarget(milvus_uri, f"bench_writes_{size}") if milvus_uri else None
+
+    def open_served(index_dir: Path):
+        if milvus is None:
+            return open_index(index_dir)
+        return MilvusSource(milvus).open_current()
 
     with tempfile.TemporaryDirectory(prefix="bench-writes-") as tmp:
         index_dir = Path(tmp) / "index"
@@ -191,7 +216,15 @@ def measure_served(
         base_seconds = time.perf_counter() - started
         label = str(sorted(model.manifest.get("labels") or ["a"])[0])
         texts = commit_texts()
-        process, target = _start_server(index_dir)
+        quiet = BuildOptions(show_progress=False, keep_versions=2, milvus=milvus)
+        columns = Columns(text="text", label="class", id="id")
+        seed_seconds = None
+        if milvus is not None:  # the base into Milvus: the first Milvus write copies it
+            _drop_alias_and_collections(milvus)  # (a delete: it adds no segment)
+            started = time.perf_counter()
+            delete_from_index(index_dir, model, ["doc-0"], BuildOptions(milvus=milvus))
+            seed_seconds = time.perf_counter() - started
+        process, target = _start_server(index_dir, milvus)
         commit_times = []
         try:
             with SearchClient(target, timeout=600) as client:
@@ -209,11 +242,10 @@ def measure_served(
         finally:
             process.terminate()
             process.wait(30)
-        assert served_count == size + 10 * (upserts + 1), served_count
+        seeded = -1 if milvus is not None else 0
+        assert served_count == size + seeded + 10 * (upserts + 1), served_count
 
         # the most segments a version holds: adds of falling sizes (each kept, not merged)
-        quiet = BuildOptions(show_progress=False, keep_versions=2)
-        columns = Columns(text="text", label="class", id="id")
         add = 400
         while True:
             with open_index(index_dir, load_indexes=False) as version:
@@ -226,14 +258,17 @@ def measure_served(
             add_to_index(index_dir, model, data, columns, quiet)
             add = max(1, add // 2)
         queries = model.embed(texts[2000:2200])
-        with open_index(index_dir) as version:
+        with open_index(index_dir, load_indexes=False) as version:
             many = len(version.segments)
+        with open_served(index_dir) as version:
             many_p50 = _search_p50(version, queries)
             before = [[h.id for h in hits] for hits in version.search(queries, 10)]
         row = {
             "size": size,
             "index_type": "hnsw",
             "base": "clustered" if clustered else "random",
+            "served_from": "milvus" if milvus is not None else "faiss",
+            "milvus_seed_seconds": seed_seconds,
             "base_build_seconds": base_seconds,
             "upsert_10_wait_seconds": commit_times,
             "upsert_10_wait_median": statistics.median(commit_times),
@@ -245,8 +280,9 @@ def measure_served(
         started = time.perf_counter()
         compact_index(index_dir, model, quiet)
         compact_seconds = time.perf_counter() - started
-        with open_index(index_dir) as version:
+        with open_index(index_dir, load_indexes=False) as version:
             assert len(version.segments) == 1
+        with open_served(index_dir) as version:
             one_p50 = _search_p50(version, queries)
             after = [[h.id for h in hits] for hits in version.search(queries, 10)]
         overlap = statistics.mean(
@@ -260,11 +296,28 @@ def measure_served(
     }
 
 
+def _drop_alias_and_collections(target) -> None:
+    """A clean start in Milvus for the bench's alias (an earlier run's collections)."""
+    from siamese_search.indexer.backends.milvus_backend import connect
+
+    client = connect(target)
+    try:
+        if target.name in client.list_aliases().get("aliases", []):
+            client.drop_alias(target.name)
+        for collection in client.list_collections():
+            if collection.startswith(target.name + "_"):
+                client.drop_collection(collection)
+    finally:
+        client.close()
+
+
 def served_main(args, model) -> int:
     rows = []
     for size in args.sizes:
         compact = size <= args.compact_up_to
-        row = measure_served(model, size, args.upserts, args.cache, compact, args.clustered)
+        row = measure_served(
+            model, size, args.upserts, args.cache, compact, args.clustered, args.milvus_uri
+        )
         rows.append(row)
         compacted = (
             f", {row['search_p50_ms_compacted']:.2f} ms compacted (top-10 overlap "
@@ -277,7 +330,12 @@ def served_main(args, model) -> int:
             f"hnsw {size:>9,} rows  Upsert 10 texts (wait): {row['upsert_10_wait_median']:.3f} s "
             f"median of {args.upserts}; search p50 {row['search_p50_ms_most_segments']:.2f} ms "
             f"with {row['segments_before_compaction']} segments{compacted} (base written in "
-            f"{row['base_build_seconds']:.0f} s)",
+            f"{row['base_build_seconds']:.0f} s"
+            + (
+                f"; copied to Milvus in {row['milvus_seed_seconds']:.0f} s)"
+                if row["milvus_seed_seconds"] is not None
+                else ")"
+            ),
             flush=True,
         )
     if len(rows) > 1:
@@ -321,6 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--cache", type=Path, help="keep the synthetic bases here (hard links) for later runs"
+    )
+    parser.add_argument(
+        "--milvus-uri",
+        help="--served: serve and write the index through this Milvus (e.g. "
+        "http://127.0.0.1:19530; `python tests/milvus_service.py` runs one)",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)

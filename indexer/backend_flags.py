@@ -17,8 +17,9 @@ def add_backend_flags(parser: argparse.ArgumentParser) -> None:
         "--backend",
         choices=["faiss", "milvus"],
         default="faiss",
-        help="faiss: the index directory alone; milvus: each version is also a Milvus "
-        "collection, the current one an alias that servers follow",
+        help="faiss: the index directory alone; milvus: each version is also in Milvus "
+        "(its rows in the index's data collection, a head collection per version), the "
+        "current one under an alias that servers follow",
     )
     parser.add_argument(
         "--milvus-uri",
@@ -28,8 +29,8 @@ def add_backend_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--milvus-collection",
         metavar="ALIAS",
-        help="the alias naming the index in Milvus; versions are ALIAS_v000001, ... "
-        "(default: the index directory's name)",
+        help="the alias naming the index in Milvus; version heads are ALIAS_v000001, "
+        "..., rows in ALIAS_g000001 (default: the index directory's name)",
     )
     parser.add_argument(
         "--milvus-ca-cert", type=Path, help="CA certificate for an https:// Milvus URI"

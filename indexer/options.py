@@ -27,8 +27,9 @@ class BuildOptions:
     #: where texts are embedded: "local" (this process) or "ray" (indexer.ray_engine)
     engine: str = "local"
     ray: RaySettings = field(default_factory=RaySettings)
-    #: also serve each version from Milvus (a collection per version, an alias to the
-    #: current one); None: the index directory alone (FAISS)
+    #: also serve each version from Milvus (each write's delta into the index's data
+    #: collection, a head per version, an alias to the current one); None: the index
+    #: directory alone (FAISS)
     milvus: MilvusTarget | None = None
 
     def __post_init__(self) -> None:

@@ -7,6 +7,7 @@ Milvus-backed server in tests/test_server.py; both run against every backend.)
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from siamese_search.core.errors import UserError
@@ -345,3 +346,72 @@ def test_a_writer_killed_while_marking_deletions_is_reconciled(
     assert not (index_dir / PENDING).exists()
     name, ids = _served_ids(target, model)
     assert (name, ids) == _local_ids(index_dir) and len(ids) == 51 and {"0", "1"} <= ids
+
+
+def test_a_whole_collection_version_from_before_segments_is_still_served(
+    milvus_uri, tmp_path, trained_model, corpus
+):
+    """Versions written before segments are one collection each (position, id, label,
+    label_code, text, vector; the manifest as description, no placement). Servers
+    still search them, label filter included, and the next write copies the version
+    into a data collection once and moves the alias to its head."""
+    from pymilvus import DataType, MilvusClient
+
+    from siamese_search.indexer.backends.milvus_backend import encode_head
+
+    small, _ = corpus
+    target = MilvusTarget(milvus_uri, "legacy")
+    index_dir = tmp_path / "index"
+    model = load_model(trained_model)
+    build_index(index_dir, model, small, Columns(), BuildOptions(show_progress=False))
+    client = connect(target)
+    try:
+        with open_index(index_dir) as local:
+            names = local.manifest["labels"]["names"]
+            schema = MilvusClient.create_schema(
+                auto_id=False, enable_dynamic_field=False, description=encode_head(local.manifest)
+            )
+            schema.add_field("position", DataType.INT64, is_primary=True)
+            for field in ("id", "label", "text"):
+                schema.add_field(field, DataType.VARCHAR, max_length=65_535)
+            schema.add_field("label_code", DataType.INT32)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=local.dim)
+            client.create_collection("legacy_v000001", schema=schema)
+            rows = [row for batch in local.records().iter_all() for row in batch]
+            vectors = local.vectors_at(np.asarray([row[0] for row in rows]))
+            client.insert(
+                "legacy_v000001",
+                [
+                    {
+                        "position": position,
+                        "id": row_id,
+                        "label": label,
+                        "label_code": names.index(label),
+                        "text": text,
+                        "vector": vector.tolist(),
+                    }
+                    for (position, row_id, label, text), vector in zip(rows, vectors, strict=True)
+                ],
+            )
+        client.flush("legacy_v000001")  # as that writer did: its row count is flushed rows
+        index_params = client.prepare_index_params()
+        index_params.add_index("vector", index_type="FLAT", metric_type="IP", params={})
+        client.create_index("legacy_v000001", index_params)
+        client.load_collection("legacy_v000001")
+        client.create_alias("legacy_v000001", "legacy")
+        assert _served_ids(target, model) == _local_ids(index_dir)
+        with MilvusSource(target).open_current() as served:
+            assert served.placement is None
+            assert len(served.search(model.embed(["fixing bugs"]), k=5, labels=["1"])[0]) == 5
+
+        more = write_csv(
+            tmp_path / "more.csv", [("a brand new text", "2")], header=("text", "label")
+        )
+        add_to_index(
+            index_dir, model, more, Columns(), BuildOptions(show_progress=False, milvus=target)
+        )
+        assert _served_ids(target, model) == _local_ids(index_dir)
+        assert _head(target, "000002").data == "legacy_g000002"
+        assert client.has_collection("legacy_v000001")  # version 1 is retained
+    finally:
+        client.close()
