@@ -2,7 +2,8 @@
 new texts to indexes of several sizes (its bar: at most 1.5x from 20k to 200k rows),
 and with --served, a served `Upsert` of 10 texts with `wait` on HNSW indexes of
 100k and 1M rows, search latency with one segment and with the most a version holds,
-and what `siamese-index compact` takes.
+and what `siamese-index compact` takes; with --milvus-uri, the same served from and
+written to Milvus.
 
 Each base index is written through the project's own version writer from synthetic
 unit vectors (random, with the model's dimension, texts and labels made up), so the
