@@ -15,7 +15,8 @@ With --profile, one more add per size runs under cProfile and its costliest call
 (cumulative time) are printed: where a write's time goes.
 
 Usage: python bench/writes.py --model artifacts/model [--sizes 20000 200000]
-       [--index-types flat hnsw] [--add 100] [--profile] [--out bench/results/writes.json]
+       [--index-types flat hnsw] [--add 100] [--profile] [--cache DIR] [--milvus-uri URI]
+       [--out bench/results/writes.json]
        python bench/writes.py --model artifacts/model --served [--sizes 100000 1000000]
        [--upserts 10] [--clustered] [--cache DIR] [--milvus-uri URI]
        [--out bench/results/writes-served.json]
@@ -91,27 +92,69 @@ def new_rows(path: Path, count: int, label: str, offset: int = 0, prefix: str = 
             out.writerow([f"{prefix}-{i}", text, label])
 
 
-def measure(model, size: int, index_type: str, add: int, repeats: int, profile: bool) -> dict:
+def base_index(
+    index_dir: Path, model, size: int, index_type: str, cache: Path | None, clustered=False
+) -> float:
+    """The synthetic base at `index_dir` (hard links from `cache` when it holds one,
+    kept there otherwise); the seconds it took."""
+    import shutil
+
+    started = time.perf_counter()
+    cached = cache / f"{index_type}-{size}{'-clustered' if clustered else ''}" if cache else None
+    if cached is not None and cached.is_dir():
+        shutil.copytree(cached, index_dir, copy_function=os.link)  # links: no copy
+    else:
+        centres = model.embed(commit_texts()[:2000]) if clustered else None
+        synthetic_index(index_dir, model, size, index_type, centres=centres)
+        if cached is not None:
+            shutil.copytree(index_dir, cached, copy_function=os.link)
+    return time.perf_counter() - started
+
+
+def seed_milvus(index_dir: Path, model, target) -> float:
+    """The base into Milvus (the first Milvus write copies it): a delete of one row,
+    which adds no segment; the seconds it took."""
+    from siamese_search.indexer.build import delete_from_index
+    from siamese_search.indexer.options import BuildOptions
+
+    _drop_alias_and_collections(target)
+    started = time.perf_counter()
+    delete_from_index(index_dir, model, ["doc-0"], BuildOptions(milvus=target))
+    return time.perf_counter() - started
+
+
+def measure(
+    model,
+    size: int,
+    index_type: str,
+    add: int,
+    repeats: int,
+    profile: bool,
+    cache: Path | None = None,
+    milvus_uri: str | None = None,
+) -> dict:
     from siamese_search.core.tables import Columns
+    from siamese_search.indexer.backends.milvus_backend import MilvusTarget
     from siamese_search.indexer.build import add_to_index
     from siamese_search.indexer.options import BuildOptions
 
+    milvus = MilvusTarget(milvus_uri, f"bench_adds_{index_type}_{size}") if milvus_uri else None
     with tempfile.TemporaryDirectory(prefix="bench-writes-") as tmp:
         index_dir = Path(tmp) / "index"
-        started = time.perf_counter()
-        synthetic_index(index_dir, model, size, index_type)
-        base_seconds = time.perf_counter() - started
+        base_seconds = base_index(index_dir, model, size, index_type, cache)
+        seed_seconds = seed_milvus(index_dir, model, milvus) if milvus is not None else None
+        seeded = -1 if milvus is not None else 0
         label = str(sorted(model.manifest.get("labels") or ["a"])[0])
         data = Path(tmp) / "new.csv"
         new_rows(data, add, label)
         columns = Columns(text="text", label="class", id="id")
         times = []
         for _ in range(repeats):  # each add replaces the same rows (upsert): same size
-            options = BuildOptions(show_progress=False, keep_versions=2)
+            options = BuildOptions(show_progress=False, keep_versions=2, milvus=milvus)
             started = time.perf_counter()
             report = add_to_index(index_dir, model, data, columns, options, upsert=True)
             times.append(time.perf_counter() - started)
-            assert report.count == size + add, report
+            assert report.count == size + seeded + add, report
         if profile:
             import cProfile
             import pstats
@@ -124,7 +167,9 @@ def measure(model, size: int, index_type: str, add: int, repeats: int, profile: 
         "size": size,
         "index_type": index_type,
         "added": add,
+        "served_from": "milvus" if milvus is not None else "faiss",
         "base_build_seconds": base_seconds,
+        "milvus_seed_seconds": seed_seconds,
         "add_seconds": times,
         "add_seconds_median": statistics.median(times),
     }
@@ -187,7 +232,7 @@ def measure_served(
     from siamese_search.core.tables import Columns
     from siamese_search.indexer import segments
     from siamese_search.indexer.backends.milvus_backend import MilvusSource, MilvusTarget
-    from siamese_search.indexer.build import add_to_index, delete_from_index
+    from siamese_search.indexer.build import add_to_index
     from siamese_search.indexer.compaction import compact_index
     from siamese_search.indexer.options import BuildOptions
     from siamese_search.indexer.store import open_index
@@ -201,30 +246,12 @@ def measure_served(
 
     with tempfile.TemporaryDirectory(prefix="bench-writes-") as tmp:
         index_dir = Path(tmp) / "index"
-        started = time.perf_counter()
-        cached = cache / f"hnsw-{size}{'-clustered' if clustered else ''}" if cache else None
-        if cached is not None and cached.is_dir():
-            import shutil
-
-            shutil.copytree(cached, index_dir, copy_function=os.link)  # links: no copy
-        else:
-            centres = model.embed(commit_texts()[:2000]) if clustered else None
-            synthetic_index(index_dir, model, size, "hnsw", centres=centres)
-            if cached is not None:
-                import shutil
-
-                shutil.copytree(index_dir, cached, copy_function=os.link)
-        base_seconds = time.perf_counter() - started
+        base_seconds = base_index(index_dir, model, size, "hnsw", cache, clustered)
+        seed_seconds = seed_milvus(index_dir, model, milvus) if milvus is not None else None
         label = str(sorted(model.manifest.get("labels") or ["a"])[0])
         texts = commit_texts()
         quiet = BuildOptions(show_progress=False, keep_versions=2, milvus=milvus)
         columns = Columns(text="text", label="class", id="id")
-        seed_seconds = None
-        if milvus is not None:  # the base into Milvus: the first Milvus write copies it
-            _drop_alias_and_collections(milvus)  # (a delete: it adds no segment)
-            started = time.perf_counter()
-            delete_from_index(index_dir, model, ["doc-0"], BuildOptions(milvus=milvus))
-            seed_seconds = time.perf_counter() - started
         process, target = _start_server(index_dir, milvus)
         commit_times = []
         try:
@@ -383,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--milvus-uri",
-        help="--served: serve and write the index through this Milvus (e.g. "
+        help="write the index through this Milvus, and with --served serve it from there (e.g. "
         "http://127.0.0.1:19530; `python tests/milvus_service.py` runs one)",
     )
     parser.add_argument("--out", type=Path)
@@ -400,12 +427,26 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for index_type in args.index_types:
         for size in args.sizes:
-            row = measure(model, size, index_type, args.add, args.repeats, args.profile)
+            row = measure(
+                model,
+                size,
+                index_type,
+                args.add,
+                args.repeats,
+                args.profile,
+                args.cache,
+                args.milvus_uri,
+            )
             rows.append(row)
             print(
                 f"{index_type:5} {size:>9,} rows  add {args.add} texts: "
                 f"{row['add_seconds_median']:.2f} s median of {args.repeats} "
-                f"(base written in {row['base_build_seconds']:.1f} s)",
+                f"(base written in {row['base_build_seconds']:.1f} s"
+                + (
+                    f"; copied to Milvus in {row['milvus_seed_seconds']:.0f} s)"
+                    if row["milvus_seed_seconds"] is not None
+                    else ")"
+                ),
                 flush=True,
             )
         first, last = rows[-len(args.sizes)], rows[-1]
