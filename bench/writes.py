@@ -219,11 +219,12 @@ def measure_served(
     compact: bool,
     clustered: bool,
     milvus_uri: str | None = None,
+    index_type: str = "hnsw",
 ) -> dict:
-    """On an HNSW index of `size` rows: served Upserts of 10 texts with wait (each
-    new ids), then search p50 in-process with the most segments a version holds,
-    and with `compact`, against the same rows compacted, and the compaction's time
-    (an HNSW build of every row: minutes at 1M on two cores).
+    """On an index of `size` rows (HNSW unless `index_type`): served Upserts of 10
+    texts with wait (each new ids), then search p50 in-process with the most segments
+    a version holds, and with `compact`, against the same rows compacted, and the
+    compaction's time (for HNSW a build of every row: minutes at 1M on two cores).
 
     With `milvus_uri`, the index is served from and written to Milvus: the base is
     first copied there by one add (its time is `milvus_seed_seconds`), and searches
@@ -237,7 +238,7 @@ def measure_served(
     from siamese_search.indexer.options import BuildOptions
     from siamese_search.indexer.store import open_index
 
-    milvus = MilvusTarget(milvus_uri, f"bench_writes_{size}") if milvus_uri else None
+    milvus = MilvusTarget(milvus_uri, f"bench_writes_{index_type}_{size}") if milvus_uri else None
 
     def open_served(index_dir: Path):
         if milvus is None:
@@ -246,7 +247,7 @@ def measure_served(
 
     with tempfile.TemporaryDirectory(prefix="bench-writes-") as tmp:
         index_dir = Path(tmp) / "index"
-        base_seconds = base_index(index_dir, model, size, "hnsw", cache, clustered)
+        base_seconds = base_index(index_dir, model, size, index_type, cache, clustered)
         seed_seconds = seed_milvus(index_dir, model, milvus) if milvus is not None else None
         label = str(sorted(model.manifest.get("labels") or ["a"])[0])
         texts = commit_texts()
@@ -293,7 +294,7 @@ def measure_served(
             before = [[h.id for h in hits] for hits in version.search(queries, 10)]
         row = {
             "size": size,
-            "index_type": "hnsw",
+            "index_type": index_type,
             "base": "clustered" if clustered else "random",
             "served_from": "milvus" if milvus is not None else "faiss",
             "milvus_seed_seconds": seed_seconds,
@@ -344,7 +345,14 @@ def served_main(args, model) -> int:
     for size in args.sizes:
         compact = size <= args.compact_up_to
         row = measure_served(
-            model, size, args.upserts, args.cache, compact, args.clustered, args.milvus_uri
+            model,
+            size,
+            args.upserts,
+            args.cache,
+            compact,
+            args.clustered,
+            args.milvus_uri,
+            args.index_types[0] if args.index_types else "hnsw",
         )
         rows.append(row)
         compacted = (
@@ -355,7 +363,8 @@ def served_main(args, model) -> int:
             else ""
         )
         print(
-            f"hnsw {size:>9,} rows  Upsert 10 texts (wait): {row['upsert_10_wait_median']:.3f} s "
+            f"{row['index_type']} {size:>9,} rows  Upsert 10 texts (wait): "
+            f"{row['upsert_10_wait_median']:.3f} s "
             f"median of {args.upserts}; search p50 {row['search_p50_ms_most_segments']:.2f} ms "
             f"with {row['segments_before_compaction']} segments{compacted} (base written in "
             f"{row['base_build_seconds']:.0f} s"
@@ -369,7 +378,7 @@ def served_main(args, model) -> int:
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
         print(
-            f"hnsw {last['size'] // first['size']}x the rows: "
+            f"{last['index_type']} {last['size'] // first['size']}x the rows: "
             f"{last['upsert_10_wait_median'] / first['upsert_10_wait_median']:.2f}x the time "
             "per Upsert"
         )
@@ -383,7 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--sizes", type=int, nargs="+")
-    parser.add_argument("--index-types", nargs="+", default=["flat", "hnsw"])
+    parser.add_argument(
+        "--index-types",
+        nargs="+",
+        help="default flat hnsw; with --served, the first one (default hnsw)",
+    )
     parser.add_argument("--add", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="profile one more add per size")
@@ -424,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         args.sizes = args.sizes or [100_000, 1_000_000]
         return served_main(args, model)
     args.sizes = args.sizes or [20_000, 200_000]
+    args.index_types = args.index_types or ["flat", "hnsw"]
     rows = []
     for index_type in args.index_types:
         for size in args.sizes:
