@@ -50,7 +50,6 @@ from siamese_search.indexer.backends.milvus_backend import (
     Placement,
     _check_fits,
     _manifest_of,
-    _short,
     aliased_collection,
     connect,
     encode_head,
@@ -231,8 +230,12 @@ class MilvusWriter:
     def _unmark_after(self, placement: Placement) -> None:
         """Rows of the version's partitions marked deleted by a later version: live again."""
         newer = f"deleted_in > {placement.version} and deleted_in < {NOT_DELETED}"
-        for keys in self._keys_where(placement.data, list(placement.partitions), newer):
-            self._set_deleted(placement.data, keys, NOT_DELETED)
+        fields = ["key", "id", "label", "label_key", "text", "deleted_in", "vector"]
+        for part in placement.partitions:
+            for rows in self._rows_where(placement.data, part, newer, fields):
+                live = [{**row, "deleted_in": NOT_DELETED} for row in rows]  # read back whole
+                self.client.upsert(placement.data, live, partition_name=part)
+                self._note_write(placement.data)
 
     def _rewrite_version(
         self, name: str, directory: Path, manifest: dict, heads: dict, show_progress: bool
@@ -244,9 +247,10 @@ class MilvusWriter:
         server on one of them sees this version's deletions until it follows)."""
         version = int(name)
         signature = index_signature(manifest)
+        placements = {other: head_of(self.client, head)[1] for other, head in heads.items()}
         data, ts = None, 0
-        for head in sorted(heads.values(), reverse=True):
-            placement = head_of(self.client, head)[1]
+        for other in sorted(placements, reverse=True):  # the newest head's data first
+            placement = placements[other]
             if placement is not None and placement.index == signature:
                 if self.client.has_collection(placement.data):
                     data, ts = placement.data, placement.ts
@@ -271,12 +275,13 @@ class MilvusWriter:
             self._seal_if_large(data, written)
         finally:
             opened.close()
-        stale = set()
-        for head_name, head in heads.items():
-            if int(head_name) >= invalid_from and head_name != name:
-                placement = head_of(self.client, head)[1]
-                if placement is None or placement.data == data:
-                    stale.add(head_name)
+        stale = {
+            other
+            for other, placement in placements.items()
+            if int(other) >= invalid_from
+            and other != name
+            and (placement is None or placement.data == data)
+        }
         placement = Placement(
             data,
             tuple(partition_name(s) for s in _segment_names(manifest, name)),
@@ -311,7 +316,7 @@ class MilvusWriter:
         whose marks were undone (its head no longer right), or version + 1."""
         part = partition_name(segment.name)
         marked: dict[int, int] = {}
-        for rows in self._rows_where(data, [part], f"deleted_in < {NOT_DELETED}"):
+        for rows in self._rows_where(data, part, f"deleted_in < {NOT_DELETED}"):
             marked.update((int(row["key"]), int(row["deleted_in"])) for row in rows)
         deleted = _deleted(segment)
         base_key = row_key(segment.name, 0)
@@ -396,30 +401,12 @@ class MilvusWriter:
             self._note_write(data)
             layout.checkpoint("milvus-inserting")
 
-    def _set_deleted(self, data: str, keys: list[dict], deleted_in: int) -> None:
-        """Upsert rows read back from Milvus (every field) with another `deleted_in`."""
-        by_partition: dict[str, list[dict]] = {}
-        for row in keys:
-            segment = _segment_of_key(int(row["key"]))
-            by_partition.setdefault(partition_name(segment), []).append(
-                {**row, "deleted_in": deleted_in}
-            )
-        for part, rows in by_partition.items():
-            self.client.upsert(data, rows, partition_name=part)
-            self._note_write(data)
-
-    def _keys_where(self, data: str, partitions: list[str], condition: str):
-        """Every field of the rows matching `condition`, in batches."""
-        fields = ["key", "id", "label", "label_key", "text", "deleted_in", "vector"]
-        yield from self._rows_where(data, partitions, condition, fields)
-
-    def _rows_where(self, data, partitions, condition, fields=("key", "deleted_in")):
-        """The rows matching `condition`, a partition (and key range) at a time, with
+    def _rows_where(self, data, part, condition, fields=("key", "deleted_in")):
+        """The rows of a partition matching `condition`, a key range at a time, with
         Strong consistency. Not pymilvus's query iterator: against Milvus 2.3.5 it
         falls back to a client-side timestamp and missed rows upserted just before."""
-        for part in partitions:
-            first = row_key(part.removeprefix("s_"), 0)
-            yield from self._rows_in_range(data, part, condition, fields, first, first + 2**32)
+        first = row_key(part.removeprefix("s_"), 0)
+        yield from self._rows_in_range(data, part, condition, fields, first, first + 2**32)
 
     def _rows_in_range(self, data, part, condition, fields, low, high):
         where = f"key >= {low} and key < {high} and ({condition})"
@@ -569,11 +556,6 @@ def _row(segment: str, local: int, row_id: str, label, text: str, vector) -> dic
     }
 
 
-def _segment_of_key(key: int) -> str:
-    number = key >> 32
-    return (f"c{number // 2:06d}") if number % 2 else f"{number // 2:06d}"
-
-
 def _segment_names(manifest: dict, version: str) -> list[str]:
     """The segments a version lists (a version written before segments: one, named
     after the version)."""
@@ -608,6 +590,3 @@ def _mark_pending(index_dir: Path, version: str) -> None:
 
 def _clear_pending(index_dir: Path) -> None:
     (Path(index_dir) / PENDING).unlink(missing_ok=True)
-
-
-__all__ = ["PENDING", "MilvusWriter", "_short"]
