@@ -56,6 +56,22 @@ def _served(target: MilvusTarget) -> tuple[str | None, int]:
         return name, version.count
 
 
+def _built_on_milvus(milvus_uri, alias, tmp_path, trained_model, data, **options):
+    """An index directory built from `data`, each version also written to Milvus
+    under `alias`: (target, index_dir, model, the options later writes use)."""
+    target = MilvusTarget(milvus_uri, alias)
+    index_dir = tmp_path / "index"
+    model = load_model(trained_model)
+    options = BuildOptions(show_progress=False, milvus=target, **options)
+    build_index(index_dir, model, data, Columns(), options)
+    return target, index_dir, model, options
+
+
+def _one_more_text(tmp_path):
+    """A table of one new text with label "2" (no ids: it gets the next row number)."""
+    return write_csv(tmp_path / "more.csv", [("a brand new text", "2")], header=("text", "label"))
+
+
 def _collections(target: MilvusTarget) -> list[str]:
     client = connect(target)
     try:
@@ -94,12 +110,10 @@ def test_killed_writer_leaves_the_alias_on_a_complete_version(
 
 def test_add_delete_rollback_and_prune_move_the_alias(milvus_uri, tmp_path, trained_model, corpus):
     small, _ = corpus
-    target = MilvusTarget(milvus_uri, "lifecycle")
-    index_dir = tmp_path / "index"
-    model = load_model(trained_model)
-    options = BuildOptions(show_progress=False, keep_versions=2, milvus=target)
-    build_index(index_dir, model, small, Columns(), options)
-    more = write_csv(tmp_path / "more.csv", [("a brand new text", "2")], header=("text", "label"))
+    target, index_dir, model, options = _built_on_milvus(
+        milvus_uri, "lifecycle", tmp_path, trained_model, small, keep_versions=2
+    )
+    more = _one_more_text(tmp_path)
 
     # the alias is this directory's: the default alias is a directory's name, so
     # `a/index` and `b/index` share one, and another directory's first build used to
@@ -204,11 +218,9 @@ def test_an_unreadable_alias_stops_the_writer(milvus_uri, tmp_path, trained_mode
     the writer before it re-creates the alias or prunes (it would no longer know which
     collection is served), and the served version stays as it was."""
     small, _ = corpus
-    target = MilvusTarget(milvus_uri, "unreadable")
-    index_dir = tmp_path / "index"
-    model = load_model(trained_model)
-    options = BuildOptions(show_progress=False, keep_versions=1, milvus=target)
-    build_index(index_dir, model, small, Columns(), options)
+    target, index_dir, model, options = _built_on_milvus(
+        milvus_uri, "unreadable", tmp_path, trained_model, small, keep_versions=1
+    )
     never_made = MilvusWriter(MilvusTarget(milvus_uri, "never_made"))
     writer = MilvusWriter(target)
     try:
@@ -268,12 +280,10 @@ def test_a_write_sends_milvus_its_delta_and_rollback_keeps_every_view(
     milvus_uri, tmp_path, trained_model, corpus
 ):
     small, _ = corpus
-    target = MilvusTarget(milvus_uri, "deltas")
-    index_dir = tmp_path / "index"
-    model = load_model(trained_model)
-    options = BuildOptions(show_progress=False, keep_versions=5, milvus=target)
-    build_index(index_dir, model, small, Columns(), options)
-    more = write_csv(tmp_path / "more.csv", [("a brand new text", "2")], header=("text", "label"))
+    target, index_dir, model, options = _built_on_milvus(
+        milvus_uri, "deltas", tmp_path, trained_model, small, keep_versions=5
+    )
+    more = _one_more_text(tmp_path)
     add_to_index(index_dir, model, more, Columns(), options)  # 000002: row "50"
     delete_from_index(index_dir, model, ["0", "1"], options)  # 000003
 
@@ -330,18 +340,16 @@ def test_a_writer_killed_while_marking_deletions_is_reconciled(
     servers still see every row (the alias never moved), and the next write undoes
     the marks before it writes, so its version sees those rows too."""
     small, _ = corpus
-    target = MilvusTarget(milvus_uri, "killed_delete")
-    index_dir = tmp_path / "index"
-    model = load_model(trained_model)
-    options = BuildOptions(show_progress=False, milvus=target)
-    build_index(index_dir, model, small, Columns(), options)
+    target, index_dir, model, options = _built_on_milvus(
+        milvus_uri, "killed_delete", tmp_path, trained_model, small
+    )
     reported = _kill_writer_at(
         trained_model, "delete:0,1", index_dir, "milvus-inserting", milvus=(milvus_uri, target.name)
     )
     assert reported[-1] == "stopped milvus-inserting"
     assert (index_dir / PENDING).exists()
     assert _served_ids(target, model) == ("000001", _local_ids(index_dir)[1])
-    more = write_csv(tmp_path / "more.csv", [("a brand new text", "2")], header=("text", "label"))
+    more = _one_more_text(tmp_path)
     add_to_index(index_dir, model, more, Columns(), options)
     assert not (index_dir / PENDING).exists()
     name, ids = _served_ids(target, model)
@@ -404,9 +412,7 @@ def test_a_whole_collection_version_from_before_segments_is_still_served(
             assert served.placement is None
             assert len(served.search(model.embed(["fixing bugs"]), k=5, labels=["1"])[0]) == 5
 
-        more = write_csv(
-            tmp_path / "more.csv", [("a brand new text", "2")], header=("text", "label")
-        )
+        more = _one_more_text(tmp_path)
         add_to_index(
             index_dir, model, more, Columns(), BuildOptions(show_progress=False, milvus=target)
         )
