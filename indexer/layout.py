@@ -9,6 +9,8 @@
       .tmp-*               a version being written; ignored by readers, swept by writers
       .compact-*           a compaction's merged segment, built outside the lock
       .compact.lock        held by the one compaction at a time
+      .milvus-pending      a write to Milvus started and its alias not yet moved: the
+                           next writer reconciles Milvus first (backends/milvus_writer.py)
 
 Each version holds `manifest.json` and `manifest.sha256` (the manifest's checksum,
 which covers the checksums of every other file), so a reader can trust all of it.

@@ -63,7 +63,7 @@ from siamese_search.indexer.segments import Segment
 from siamese_search.indexer.store import IndexVersion
 
 #: in the index directory while a write to Milvus has started and not yet moved the
-#: alias: the next writer reconciles Milvus before writing (layout.py)
+#: alias: the next writer reconciles Milvus before writing (listed in layout.py)
 PENDING = ".milvus-pending"
 _MARK_BATCH = 1_000
 MAX_QUERY_ROWS = 16_384  # Milvus returns at most this many rows a query
