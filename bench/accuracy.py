@@ -2,8 +2,12 @@
 
 Runs the real console scripts (siamese-train, siamese-evaluate) so the numbers are
 what a user gets. Usage:
-    python bench/accuracy.py [--dataset commits|clinc] [--seeds 0 1 2] [--out FILE] [-- TRAIN FLAGS]
+    python bench/accuracy.py [--dataset commits|clinc] [--seeds 0 1 2] [--out FILE]
+        [--runtimes numpy openvino] [-- TRAIN FLAGS]
 Anything after `--` is passed to siamese-train (e.g. `-- --mining random --ensemble 1`).
+With --runtimes, each seed's model is trained once and evaluated on each encoder
+runtime (siamese-evaluate --encoder-runtime), so the runtimes are compared on the
+same models; a run then names its runtime and the means are per runtime.
 """
 
 from __future__ import annotations
@@ -61,9 +65,16 @@ SCORES = (
 )
 
 
-def run(seed: int, data: Dataset, train_flags: list[str], k: int, workdir: Path) -> dict:
+def run(
+    seed: int,
+    data: Dataset,
+    train_flags: list[str],
+    k: int,
+    workdir: Path,
+    runtimes: list[str | None],
+) -> list[dict]:
+    """One seed: train, then evaluate on each runtime (None: the default)."""
     model = workdir / f"model-{seed}"
-    report = workdir / f"report-{seed}.json"
     started = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "siamese_search.trainer.cli", "--data", str(data.train(seed))]
@@ -74,24 +85,32 @@ def run(seed: int, data: Dataset, train_flags: list[str], k: int, workdir: Path)
         check=True,
     )
     wall = time.perf_counter() - started
-    subprocess.run(
-        [sys.executable, "-m", "siamese_search.trainer.evaluate", "--model", str(model)]
-        + ["--reference", str(data.train(seed)), "--test", str(data.test)]
-        + data.columns
-        + ["--k", str(k), "--report-json", str(report), "--no-plots", "--quiet"]
-        + data.evaluate_flags,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    scores = json.loads(report.read_text())
     manifest = json.loads((model / "manifest.json").read_text())
-    return {
-        "seed": seed,
-        **{key: scores[key] for key in SCORES if key in scores},
-        "train_seconds": manifest["training"]["seconds"],
-        "train_wall_seconds": wall,
-        "resolved_config": manifest["training"]["config"],
-    }
+    runs = []
+    for runtime in runtimes:
+        report = workdir / f"report-{seed}-{runtime}.json"
+        subprocess.run(
+            [sys.executable, "-m", "siamese_search.trainer.evaluate", "--model", str(model)]
+            + ["--reference", str(data.train(seed)), "--test", str(data.test)]
+            + data.columns
+            + ["--k", str(k), "--report-json", str(report), "--no-plots", "--quiet"]
+            + (["--encoder-runtime", runtime] if runtime else [])
+            + data.evaluate_flags,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        scores = json.loads(report.read_text())
+        runs.append(
+            {
+                "seed": seed,
+                **({"runtime": runtime} if runtime else {}),
+                **{key: scores[key] for key in SCORES if key in scores},
+                "train_seconds": manifest["training"]["seconds"],
+                "train_wall_seconds": wall,
+                "resolved_config": manifest["training"]["config"],
+            }
+        )
+    return runs
 
 
 def main() -> int:
@@ -106,19 +125,34 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--runtimes", nargs="+", default=[None], help="evaluate each model on these runtimes"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         data = dataset(args.dataset, args.clinc_dir)
-        runs = [run(seed, data, train_flags, args.k, Path(tmp)) for seed in args.seeds]
+        runs = [
+            r
+            for seed in args.seeds
+            for r in run(seed, data, train_flags, args.k, Path(tmp), args.runtimes)
+        ]
     keys = [key for key in (*SCORES, "train_seconds", "train_wall_seconds") if key in runs[0]]
 
     def line(values: dict) -> str:
         return "  ".join(f"{key} {values[key]:.4f}" for key in keys)
 
+    def label(runtime: str | None) -> str:
+        return f" [{runtime}]" if runtime else ""
+
     for r in runs:
-        print(f"seed {r['seed']}: {line(r)}")
-    mean = {key: sum(r[key] for r in runs) / len(runs) for key in keys}
-    print(f"mean: {line(mean)}   flags: {' '.join(train_flags) or '(defaults)'}")
+        print(f"seed {r['seed']}{label(r.get('runtime'))}: {line(r)}")
+    means = {}
+    for runtime in args.runtimes:
+        mine = [r for r in runs if r.get("runtime") == runtime]
+        means[runtime] = {key: sum(r[key] for r in mine) / len(mine) for key in keys}
+        flags = " ".join(train_flags) or "(defaults)"
+        print(f"mean{label(runtime)}: {line(means[runtime])}   flags: {flags}")
+    mean = means[args.runtimes[0]] if len(args.runtimes) == 1 else means
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(

@@ -4,7 +4,9 @@ For each index size (synthetic commit-message-like texts, `--index-type auto`):
   - server:  `siamese-serve` (the product), Search with k=10
   - floor:   a bare gRPC server whose handler does only: the model's embed (its
              encoders, head and served space) + one FAISS search, on raw bytes (no
-             validation, no protobuf, no records)
+             validation, no protobuf, no records), its encoders on the numpy
+             reference runtime (`--floor-runtime`); the product server runs the
+             default runtime (auto) unless `--server-args` names one
 Both run as separate processes with 1 BLAS thread (the serving default); the load
 generator is a third process. Single-client latency is p50 / p99 over sequential
 calls, measured *paired*: both servers up, one call to each in turn with the same
@@ -42,6 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+from siamese_search.core.encoders.base import RUNTIME_VARIABLE  # noqa: E402
+
 FLOOR_METHOD = "/bench.Floor/Search"
 K = 10
 CLIENTS = (8, 32)  # concurrent clients in the throughput phases
@@ -64,7 +68,8 @@ def run_floor_server(index_dir: Path) -> None:
     limit_native_threads(1)
     version = open_index(index_dir, verify=False)
     model = load_model(version.manifest["model"]["directory"], threads=1)
-    searcher = version._index  # the bare FAISS index: no record lookup
+    (segment,) = version.segments  # a fresh build is one segment
+    searcher = segment.index()  # the bare FAISS index: no record lookup
 
     def handle(request: bytes, context) -> bytes:
         # one OpenMP thread per call, as the product server sets (the count is per
@@ -263,10 +268,10 @@ def run_burst(target: str, requests: int, connections: int = 1) -> dict:
 
 
 # ---- orchestration -----------------------------------------------------------------------
-def _start(command: list[str]) -> tuple[subprocess.Popen, str, float]:
+def _start(command: list[str], env: dict | None = None) -> tuple[subprocess.Popen, str, float]:
     """Start a server; its address and the seconds until it answered health SERVING
     (for the floor, which has no health service: until it printed its address)."""
-    env = {**os.environ, "SIAMESE_THREADS": "1"}
+    env = {**os.environ, "SIAMESE_THREADS": "1", **(env or {})}
     started = time.perf_counter()
     process = subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
@@ -386,6 +391,12 @@ def main() -> int:
         default="",
         help="extra siamese-serve flags for the product server, e.g. '--batch-threads 2'",
     )
+    parser.add_argument(
+        "--floor-runtime",
+        default="numpy",
+        help="the floor's encoder runtime (default numpy: the floor is the raw encoder's "
+        "cost; the product server runs the default, auto, unless --server-args says)",
+    )
     parser.add_argument("--no-burst", action="store_true", help="skip the memory burst")
     parser.add_argument(
         "--milvus", action="store_true", help="also measure the server on the Milvus backend"
@@ -442,7 +453,8 @@ def main() -> int:
             )
             row: dict = {"size": size, "index_type": report.index_type}
             floor_process, floor_target, _ = _start(
-                [sys.executable, __file__, "--floor-server", str(index_dir)]
+                [sys.executable, __file__, "--floor-server", str(index_dir)],
+                {RUNTIME_VARIABLE: args.floor_runtime},
             )
             try:
                 server_process, server_target, start_seconds = _start(

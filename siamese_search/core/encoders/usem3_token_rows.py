@@ -8,9 +8,10 @@ ids would take 7.9 GB (15 KB a row); the texts of one deployment use a few thous
 full the next group starts a fresh one: groups still running keep the old one (they
 hold a reference, rows are never overwritten), so no lock is held during inference.
 
-Rows are computed in fixed-size chunks (FILL_ROWS, padded: one compiled shape). A row
-is computed alone from its id, so a text's vector does not depend on what was encoded
-before or in which process (tested bit for bit; the Ray build stays the local build).
+Rows are computed in chunks padded to a few sizes (FILL_BUCKETS: a few compiled
+shapes; a query with one new id should not pay for 128). A row is computed alone from
+its id, so a text's vector does not depend on what was encoded before or in which
+process (tested bit for bit; the Ray build stays the local build).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from siamese_search.core.encoders.usem3_graph import CNN_DIM, EMB_DIM, ROW_BLOCK
 
 #: token ids a table holds: 8,192 rows are 126 MB, allocated as they fill
 CAPACITY = 8192
-#: rows computed per call of the token-row graph (one plan, one kernel shape)
-FILL_ROWS = 128
+#: rows per call of the token-row graph, padded up to one of these
+FILL_BUCKETS = (4, 16, 64, 256)
 
 
 class TokenRows:
@@ -78,11 +79,11 @@ class TokenRowCache:
     def _compute(self, ids: np.ndarray) -> np.ndarray:
         backend = self._numpy
         rows = np.empty((len(ids), ROW_BLOCKS * CNN_DIM), dtype=np.float32)
-        embeddings = np.zeros((FILL_ROWS, EMB_DIM), dtype=np.float32)
-        for start in range(0, len(ids), FILL_ROWS):
-            chunk_ids = ids[start : start + FILL_ROWS]
+        for start in range(0, len(ids), FILL_BUCKETS[-1]):
+            chunk_ids = ids[start : start + FILL_BUCKETS[-1]]
             n = len(chunk_ids)
-            embeddings[n:] = 0.0
+            size = next(bucket for bucket in FILL_BUCKETS if n <= bucket)
+            embeddings = np.zeros((size, EMB_DIM), dtype=np.float32)
             # the uint8 table's rows, dequantised as the numpy backend does
             chunk = chunk_ids % 17
             np.copyto(embeddings[:n], backend.table[chunk_ids])
