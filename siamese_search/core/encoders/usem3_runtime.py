@@ -32,8 +32,6 @@ input shape, and unpadded shapes ran ~2x slower.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import threading
 import time
 from functools import cache
@@ -211,20 +209,11 @@ def compile_backend(numpy_backend, runtime: str) -> GraphBackend:
         "INFERENCE_PRECISION_HINT": "f32",
         "PERFORMANCE_HINT": "LATENCY",
     }
-    rows = _compile(core, usem3_graph.token_rows(numpy_backend), options)
+    rows = core.compile_model(usem3_graph.token_rows(numpy_backend), "CPU", options)
     if int8:
         options["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = INT8_GROUP
-    forward = _compile(core, usem3_graph.forward(numpy_backend, int8=int8), options)
+    forward = core.compile_model(usem3_graph.forward(numpy_backend, int8=int8), "CPU", options)
     return GraphBackend(numpy_backend, forward, TokenRowCache(numpy_backend, rows), runtime)
-
-
-def _compile(core, model, options: dict):
-    import onnx
-
-    with tempfile.TemporaryDirectory(prefix="siamese-usem3-") as directory:
-        path = os.path.join(directory, "usem3.onnx")
-        onnx.save(model, path)
-        return core.compile_model(core.read_model(path), "CPU", options)
 
 
 def check_fidelity(reference, candidate, runtime: str) -> dict:

@@ -40,18 +40,19 @@ class TokenRows:
         self._used = 1
 
     def slots(self, ids: np.ndarray, compute) -> np.ndarray | None:
-        """Each id's slot, computing missing rows with `compute(ids) -> rows`; None if
-        they do not fit (the caller starts a fresh table)."""
+        """Each id's slot, computing missing rows with `compute(ids, out)` (into the
+        table's next free rows); None if they do not fit (the caller starts a fresh
+        table)."""
         slots = self._slot[ids]
         missing = np.unique(ids[slots == 0])
         if not missing.size:
             return slots
         if self._used + missing.size > self.capacity + 1:
             return None
-        new = np.arange(self._used, self._used + missing.size, dtype=np.int32)
-        self._rows[new] = compute(missing)
-        self._slot[missing] = new  # published after the rows are written
-        self._used += missing.size
+        first, stop = self._used, self._used + missing.size
+        compute(missing, self._rows[first:stop])
+        self._slot[missing] = np.arange(first, stop, dtype=np.int32)  # after the rows
+        self._used = stop
         return self._slot[ids]
 
 
@@ -76,9 +77,8 @@ class TokenRowCache:
             assert slots is not None  # a fresh table holds every id of the group
             return current.table, slots
 
-    def _compute(self, ids: np.ndarray) -> np.ndarray:
+    def _compute(self, ids: np.ndarray, rows: np.ndarray) -> None:
         backend = self._numpy
-        rows = np.empty((len(ids), ROW_BLOCKS * CNN_DIM), dtype=np.float32)
         for start in range(0, len(ids), FILL_BUCKETS[-1]):
             chunk_ids = ids[start : start + FILL_BUCKETS[-1]]
             n = len(chunk_ids)
@@ -91,4 +91,3 @@ class TokenRowCache:
             embeddings[:n] += backend.lo[chunk, None]
             self._request.infer({"embeddings": embeddings})
             rows[start : start + n] = self._request.get_output_tensor(0).data[:n]
-        return rows
