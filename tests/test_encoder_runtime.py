@@ -121,6 +121,13 @@ def test_token_rows_are_filled_safely_from_several_threads(monkeypatch):
     assert not failures
 
 
+def test_the_runtime_does_not_pin_threads_to_cores(openvino_encoder):
+    """Encoding processes and Ray actors each run one thread: pinned, OpenVINO put them
+    all on the same core."""
+    backend = openvino_encoder._model._backend
+    assert backend._compiled.get_property("ENABLE_CPU_PINNING") is False
+
+
 def test_top_k_overlap():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(50, 8)).astype(np.float32)

@@ -208,6 +208,10 @@ def compile_backend(numpy_backend, runtime: str) -> GraphBackend:
         # bf16, which moved neighbours and, without AMX, ran slower than fp32
         "INFERENCE_PRECISION_HINT": "f32",
         "PERFORMANCE_HINT": "LATENCY",
+        # OpenVINO pins its inference threads to cores by default, each process from
+        # core 0: two one-thread encoding processes (or Ray actors) then shared one core
+        # (two processes measured 1,350 sentences/s each pinned, 2,470-2,880 not)
+        "ENABLE_CPU_PINNING": False,
     }
     rows = core.compile_model(usem3_graph.token_rows(numpy_backend), "CPU", options)
     if int8:
