@@ -265,6 +265,27 @@ def test_the_index_cli_takes_the_runtime_flag(tmp_path, trained_model, sample_tr
         assert version.manifest["encoder_runtime"] == "openvino"
 
 
+def test_evaluate_scores_on_the_runtime_it_is_given(
+    tmp_path, trained_model, sample_train, monkeypatch
+):
+    """siamese-evaluate --encoder-runtime: the report names the runtime that scored it,
+    and the labels are numpy's."""
+    from siamese_search.trainer.evaluate import main as evaluate_main
+
+    monkeypatch.setenv(RUNTIME_VARIABLE, "numpy")  # restored after: the flag sets it
+    reports = {}
+    for runtime in ("numpy", "openvino"):
+        out = tmp_path / f"{runtime}.json"
+        argv = ["--model", str(trained_model), "--reference", str(sample_train)]
+        argv += ["--test", str(sample_train), "--label-column", "class", "--quiet"]
+        argv += ["--no-plots", "--report-json", str(out), "--encoder-runtime", runtime]
+        assert evaluate_main(argv) == 0
+        reports[runtime] = json.loads(out.read_text())
+    assert reports["openvino"]["encoder_runtime"] == "openvino"
+    assert reports["numpy"]["encoder_runtime"] == "numpy"
+    assert reports["openvino"]["accuracy"] == pytest.approx(reports["numpy"]["accuracy"], abs=0.02)
+
+
 @pytest.mark.slow  # two servers, one per runtime
 def test_a_server_on_the_default_runtime(tmp_path, trained_model, sample_train, monkeypatch):
     """The whole serving path (model load, encoding processes, batching) on the runtime:

@@ -134,6 +134,8 @@ def evaluate(
         "reference_rows": len(reference.texts),
         "test_rows": len(test.texts),
         "model_fingerprint": model.fingerprint,
+        # what ran the encoder (usem3_runtime): scores on another runtime may differ a little
+        "encoder_runtime": model.encoder_runtime,
         **open_set,
     }
     return Evaluation(scores, test_vectors, confidence, correct)

@@ -57,7 +57,8 @@ def cache_dir() -> Path:
 
 @cache
 def machine() -> dict:
-    """The CPU this process runs on, as far as speed and bf16 rounding depend on it."""
+    """The CPU this process runs on, as far as speed and rounding depend on it (int8
+    products need VNNI)."""
     fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
