@@ -58,6 +58,16 @@ PRODUCT_BLOCK = PROJECTION_BLOCK + len(ORDERS)  # order n's products follow the 
 ROW_BLOCKS = PRODUCT_BLOCK + sum(n for n, _ in ORDERS)  # 15
 
 
+def padded(size: int, buckets: tuple[int, ...]) -> int:
+    """`size` padded up to the first bucket that holds it (beyond the largest: whole
+    multiples of it). Inputs come in a few shapes because OpenVINO plans each new one."""
+    for bucket in buckets:
+        if size <= bucket:
+            return bucket
+    step = buckets[-1]
+    return -(-size // step) * step
+
+
 def product_blocks(order_index: int) -> range:
     """The blocks holding ORDERS[order_index]'s window-position products."""
     first = PRODUCT_BLOCK + sum(n for n, _ in ORDERS[:order_index])

@@ -47,8 +47,6 @@ from siamese_search.core.errors import UserError
 log = logging.getLogger(__name__)
 
 NUMPY = "numpy"
-
-
 #: OpenVINO runtime -> whether the second n-gram layer (the one matrix product whose
 #: cost is per token) runs in int8; everything else computes in fp32
 OPENVINO = {"openvino": True, "openvino-f32": False}
@@ -68,14 +66,6 @@ SENTENCE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 MIN_MEAN_COSINE = 0.999
 MIN_TOP10_OVERLAP = 0.97
 SAME_VECTORS_COSINE = 0.99999
-
-
-def _bucket(size: int, buckets: tuple[int, ...]) -> int:
-    for bucket in buckets:
-        if size <= bucket:
-            return bucket
-    step = buckets[-1]
-    return -(-size // step) * step  # a long sentence: whole multiples of the largest
 
 
 class GraphBackend:
@@ -111,8 +101,8 @@ class GraphBackend:
         return out
 
     def _encode_group(self, group: list[list[int]], n_tokens: int) -> np.ndarray:
-        tokens = _bucket(n_tokens, TOKEN_BUCKETS)
-        sentences = _bucket(len(group), SENTENCE_BUCKETS)
+        tokens = usem3_graph.padded(n_tokens, TOKEN_BUCKETS)
+        sentences = usem3_graph.padded(len(group), SENTENCE_BUCKETS)
         lens = np.fromiter(map(len, group), dtype=np.int64, count=len(group))
         flat = np.fromiter(chain.from_iterable(group), dtype=np.int64, count=n_tokens)
         starts = np.zeros(len(group), dtype=np.int64)
@@ -197,7 +187,8 @@ def _measure_and_choose(numpy_backend, entry_key: str) -> tuple[object, str]:
 
 
 def compile_backend(numpy_backend, runtime: str) -> GraphBackend:
-    """`numpy_backend`'s network compiled by OpenVINO at `runtime`'s precision."""
+    """`numpy_backend`'s network compiled by OpenVINO as `runtime` says (int8 in the
+    second n-gram layer or not), with its token-row table."""
     import openvino as ov
 
     int8 = OPENVINO[runtime]

@@ -20,7 +20,7 @@ import threading
 
 import numpy as np
 
-from siamese_search.core.encoders.usem3_graph import CNN_DIM, EMB_DIM, ROW_BLOCKS
+from siamese_search.core.encoders.usem3_graph import CNN_DIM, EMB_DIM, ROW_BLOCKS, padded
 
 #: token ids a table holds: 8,192 rows are 126 MB, allocated as they fill
 CAPACITY = 8192
@@ -82,10 +82,10 @@ class TokenRowCache:
         for start in range(0, len(ids), FILL_BUCKETS[-1]):
             chunk_ids = ids[start : start + FILL_BUCKETS[-1]]
             n = len(chunk_ids)
-            size = next(bucket for bucket in FILL_BUCKETS if n <= bucket)
-            embeddings = np.zeros((size, EMB_DIM), dtype=np.float32)
-            # the uint8 table's rows, dequantised as the numpy backend does
-            chunk = chunk_ids % 17
+            embeddings = np.zeros((padded(n, FILL_BUCKETS), EMB_DIM), dtype=np.float32)
+            # the uint8 table's rows, dequantised as the numpy backend does (id % the
+            # number of quantisation chunks names the id's scale and offset)
+            chunk = chunk_ids % len(backend.scale)
             np.copyto(embeddings[:n], backend.table[chunk_ids])
             embeddings[:n] *= backend.scale[chunk, None]
             embeddings[:n] += backend.lo[chunk, None]
