@@ -76,7 +76,8 @@ def test_a_runtime_that_disagrees_is_refused_with_its_figures(openvino_encoder):
 def test_token_rows_do_not_depend_on_what_came_before(runtime, monkeypatch):
     """A text's vector is the same whatever the token-row table already held: a fresh
     encoder, one that encoded other texts first, and one whose table is so small it
-    starts afresh many times (and one text longer than it) agree bit for bit."""
+    starts over many times agree bit for bit; a text with more distinct ids than the
+    table holds is encoded by numpy (bounded memory, not a table sized to it)."""
     from siamese_search.core.encoders import usem3_token_rows
     from siamese_search.core.encoders.usem3_encoder import Usem3Encoder
 
@@ -86,17 +87,29 @@ def test_token_rows_do_not_depend_on_what_came_before(runtime, monkeypatch):
     seasoned = Usem3Encoder("code", threads=1, runtime=runtime)
     seasoned.encode(fidelity_sample()[::-1])
     np.testing.assert_array_equal(seasoned.encode(texts), expected)
-    monkeypatch.setattr(usem3_token_rows, "CAPACITY", 64)
+    # room for any group (TOKEN_BUDGET ids), not for all the texts' ids: it starts over
+    monkeypatch.setattr(usem3_token_rows, "CAPACITY", 1100)
     small = Usem3Encoder("code", threads=1, runtime=runtime)
     backend = small._model._backend
+    table = backend._token_rows._rows.table
+    small.encode(fidelity_sample()[::-1])  # ~2,400 distinct ids
+    resets = backend._token_rows.resets
     np.testing.assert_array_equal(small.encode(texts), expected)
-    first_table = backend._token_rows._current
-    np.testing.assert_array_equal(small.encode(texts[:8]), expected[:8])
-    assert backend._token_rows._current is not first_table  # it did start afresh
+    assert resets > 0  # it did start over, in place
+    assert backend._token_rows._rows.table is table
+    # smaller than a group: groups are split; a text still too varied goes to numpy
+    monkeypatch.setattr(usem3_token_rows, "CAPACITY", 64)
+    tiny = Usem3Encoder("code", threads=1, runtime=runtime)
+    got = tiny.encode(texts)
+    assert tiny._model._backend._token_rows._rows.capacity == 64
+    numpy_vector = Usem3Encoder("code", threads=1, runtime="numpy").encode([long_text])[0]
+    np.testing.assert_array_equal(got[len(TEXTS)], numpy_vector)
+    np.testing.assert_allclose(got, expected, atol=2e-3)
 
 
 def test_token_rows_are_filled_safely_from_several_threads(monkeypatch):
-    """Threads that fill and replace a small table at once still get their answers."""
+    """Threads that fill a small table and start it over at once still get their
+    answers (a reset waits for the groups reading the table)."""
     from siamese_search.core.encoders import usem3_token_rows
     from siamese_search.core.encoders.usem3_encoder import Usem3Encoder
 
@@ -119,6 +132,7 @@ def test_token_rows_are_filled_safely_from_several_threads(monkeypatch):
     for thread in threads:
         thread.join()
     assert not failures
+    assert encoder._model._backend._token_rows.resets > 0
 
 
 def test_the_runtime_does_not_pin_threads_to_cores(openvino_encoder):

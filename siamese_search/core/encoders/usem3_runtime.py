@@ -34,6 +34,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from itertools import chain
 
@@ -60,6 +62,8 @@ CHOICES = (AUTO, *RUNTIMES)
 
 #: tokens per forward pass (numpy's is 384: the runtime's cost per call is higher)
 TOKEN_BUDGET = 1024
+#: inference requests one backend runs at once (InferRequests); groups beyond wait
+INFER_REQUESTS = 2
 TOKEN_BUCKETS = (32, 64, 128, 256, 512, 1024)
 SENTENCE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 #: the fidelity check's bars, on its fixed sample (see fidelity_sample)
@@ -68,18 +72,53 @@ MIN_TOP10_OVERLAP = 0.97
 SAME_VECTORS_COSINE = 0.99999
 
 
+class InferRequests:
+    """At most `size` inference requests of a compiled graph, lent one a group.
+
+    Why a pool and not one a thread: a request keeps the buffers of the largest shape
+    it ran (a 1,024-token group: ~30 MB) for as long as it lives, and a serving
+    process encodes on whichever of its gRPC threads got a lone call, so one request
+    a thread grew with the thread pool. Requests are made on first need; a group
+    waits for one when `size` are busy (more groups at once than cores buy nothing)."""
+
+    def __init__(self, compiled, size: int):
+        self._compiled = compiled
+        self._idle: list = []
+        self._made = 0
+        self._size = size
+        self._free = threading.Condition()
+
+    @contextmanager
+    def borrow(self) -> Iterator:
+        with self._free:
+            while not self._idle and self._made >= self._size:
+                self._free.wait()
+            if self._idle:
+                request = self._idle.pop()
+            else:
+                request = self._compiled.create_infer_request()
+                self._made += 1
+        try:
+            yield request
+        finally:
+            with self._free:
+                self._idle.append(request)
+                self._free.notify()
+
+
 class GraphBackend:
     """The NumpyBackend interface (`encode(texts) -> (n, 512)`) on a compiled graph.
 
     Keeps the numpy backend for its tokenizer, uint8 table and window index, and a
     token-row table (usem3_token_rows.py) that the graph starts from. Safe to call
-    from several threads: each has its own inference request."""
+    from several threads; memory is a fixed pool whatever the calls (the table and at
+    most INFER_REQUESTS requests: `memory_bound`)."""
 
     def __init__(self, numpy_backend, compiled, token_rows, runtime: str):
         self._numpy = numpy_backend
         self._compiled = compiled
         self._token_rows = token_rows
-        self._requests = threading.local()
+        self._requests = InferRequests(compiled, INFER_REQUESTS)
         self.runtime = runtime
         self.sp = numpy_backend.sp
         self.threads = numpy_backend.threads
@@ -105,15 +144,51 @@ class GraphBackend:
         sentences = usem3_graph.padded(len(group), SENTENCE_BUCKETS)
         lens = np.fromiter(map(len, group), dtype=np.int64, count=len(group))
         flat = np.fromiter(chain.from_iterable(group), dtype=np.int64, count=n_tokens)
+        if len(np.unique(flat)) > self._token_rows.capacity:
+            return self._encode_oversized(group)
         starts = np.zeros(len(group), dtype=np.int64)
         np.cumsum(lens[:-1], out=starts[1:])
-        table, token_slots = self._token_rows.lookup(flat)
-        # slot per position; padding and position `tokens` (outside a sentence): row 0
-        slots = np.zeros(tokens + 1, dtype=np.int32)
-        slots[:n_tokens] = token_slots
         windows = np.full((tokens, 5), tokens, dtype=np.int64)
         inside = self._numpy._window_index(starts, lens, n_tokens)
         windows[:n_tokens] = np.where(inside == n_tokens, tokens, inside)
+        members = np.zeros((sentences, tokens), dtype=np.float32)
+        members[np.repeat(np.arange(len(group)), lens), np.arange(n_tokens)] = 1.0
+        with self._requests.borrow() as request, self._token_rows.lease(flat) as leased:
+            table, token_slots = leased
+            index = self._gather_index(token_slots, windows, tokens, n_tokens)
+            inputs = {"table": table, "index": index, "windows": windows, "members": members}
+            request.infer(inputs, share_inputs=True)  # the table is not copied
+            return request.get_output_tensor(0).data[: len(group)].copy()
+
+    def _encode_oversized(self, group: list[list[int]]) -> np.ndarray:
+        """A group with more distinct ids than the table holds (never with the default
+        table and TOKEN_BUDGET, unless one text is that long: the indexer takes texts
+        of any length): halves of it in turn, and a text alone that is still too
+        varied on numpy's forward pass, whose memory is bounded by its own token
+        budget, not by a table sized to the text."""
+        if len(group) > 1:
+            half = len(group) // 2
+            return np.concatenate(
+                [
+                    self._encode_group(part, sum(map(len, part)))
+                    for part in (group[:half], group[half:])
+                ]
+            )
+        out = np.empty((1, 512), dtype=np.float32)
+        backend = self._numpy
+        if backend._threadpool is None:
+            backend._encode_batch(group, len(group[0]), out)
+        else:
+            with backend._threadpool(limits=backend.threads, user_api="blas"):
+                backend._encode_batch(group, len(group[0]), out)
+        return out
+
+    @staticmethod
+    def _gather_index(token_slots, windows, tokens: int, n_tokens: int) -> np.ndarray:
+        """Each position's rows in the table: its own, and its window's products."""
+        # slot per position; padding and position `tokens` (outside a sentence): row 0
+        slots = np.zeros(tokens + 1, dtype=np.int32)
+        slots[:n_tokens] = token_slots
         index = np.empty((tokens, usem3_graph.ROW_BLOCKS), dtype=np.int32)
         own = slots[:tokens, None] * usem3_graph.ROW_BLOCKS
         index[:, : usem3_graph.PRODUCT_BLOCK] = own + np.arange(usem3_graph.PRODUCT_BLOCK)
@@ -121,14 +196,7 @@ class GraphBackend:
             blocks = usem3_graph.product_blocks(i)
             window = windows[:, usem3_graph.MAX_LEFT - left : usem3_graph.MAX_LEFT - left + n]
             index[:, blocks.start : blocks.stop] = slots[window] * usem3_graph.ROW_BLOCKS + blocks
-        members = np.zeros((sentences, tokens), dtype=np.float32)
-        members[np.repeat(np.arange(len(group)), lens), np.arange(n_tokens)] = 1.0
-        request = getattr(self._requests, "request", None)
-        if request is None:
-            request = self._requests.request = self._compiled.create_infer_request()
-        inputs = {"table": table, "index": index, "windows": windows, "members": members}
-        request.infer(inputs, share_inputs=True)  # the table is not copied
-        return request.get_output_tensor(0).data[: len(group)].copy()
+        return index
 
 
 def load_backend(numpy_backend, requested: str, weights_sha256: str) -> tuple[object, str]:

@@ -4,9 +4,19 @@ products), computed once per token id and kept for the graph to gather.
 
 Why a bounded table filled on first use rather than every id up front: all 128,010
 ids would take 7.9 GB (15 KB a row); the texts of one deployment use a few thousand
-(the 3,277 commit test texts: 5,055 distinct ids in 69,777 tokens). When a table is
-full the next group starts a fresh one: groups still running keep the old one (they
-hold a reference, rows are never overwritten), so no lock is held during inference.
+(the 3,277 commit test texts: 5,055 distinct ids in 69,777 tokens).
+
+Why one table per encoder, reset in place when full: memory. A table is at most
+CAPACITY rows (126 MB), allocated once and filled as ids arrive, and it is the only
+one: when a group's new ids do not fit, the table waits until no group is reading it
+(groups hold a lease while their inference runs, a few milliseconds), forgets every
+id and fills again. An earlier table replaced a full one with a fresh allocation;
+groups still running kept the old one alive, and so did each thread's inference
+request (OpenVINO holds the arrays it was given), so calls made of many distinct
+words (a vocabulary list, say) held several tables per encoder at once and never gave
+them back (issue 34: +1.4 GB in a server with its two encoding processes). A group
+has at most usem3_runtime.TOKEN_BUDGET tokens, or one text of at most the server's
+max_text_tokens, so its ids always fit an empty table.
 
 Rows are computed in chunks padded to a few sizes (FILL_BUCKETS: a few compiled
 shapes; a query with one new id should not pay for 128). A row is computed alone from
@@ -17,6 +27,8 @@ process (tested bit for bit; the Ray build stays the local build).
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -24,6 +36,8 @@ from siamese_search.core.encoders.usem3_graph import CNN_DIM, EMB_DIM, ROW_BLOCK
 
 #: token ids a table holds: 8,192 rows are 126 MB, allocated as they fill
 CAPACITY = 8192
+#: bytes of one row (ROW_BLOCKS blocks of CNN_DIM float32)
+ROW_BYTES = ROW_BLOCKS * CNN_DIM * 4
 #: rows per call of the token-row graph, padded up to one of these
 FILL_BUCKETS = (4, 16, 64, 256)
 
@@ -41,8 +55,7 @@ class TokenRows:
 
     def slots(self, ids: np.ndarray, compute) -> np.ndarray | None:
         """Each id's slot, computing missing rows with `compute(ids, out)` (into the
-        table's next free rows); None if they do not fit (the caller starts a fresh
-        table)."""
+        table's next free rows); None if they do not fit."""
         slots = self._slot[ids]
         missing = np.unique(ids[slots == 0])
         if not missing.size:
@@ -55,27 +68,60 @@ class TokenRows:
         self._used = stop
         return self._slot[ids]
 
+    def forget(self) -> None:
+        """Every id uncomputed again; the rows are overwritten as ids arrive (the
+        memory stays allocated: it is the table's, not garbage)."""
+        self._slot[:] = 0
+        self._used = 1
+
 
 class TokenRowCache:
-    """The current TokenRows of one backend, filled under a lock; thread-safe."""
+    """The one TokenRows of a backend, filled under a lock; thread-safe.
 
-    def __init__(self, numpy_backend, compiled_rows):
+    `lease(ids)` gives a group the table and its ids' slots, and holds the table
+    unchanged until the group's inference is done; refilling a full table waits for
+    the leases out (new leases wait behind it)."""
+
+    def __init__(self, numpy_backend, compiled_rows, capacity: int | None = None):
         self._numpy = numpy_backend
         self._request = compiled_rows.create_infer_request()
-        self._lock = threading.Lock()
-        self._current = TokenRows(len(numpy_backend.table), CAPACITY)
+        self._changed = threading.Condition()
+        self._readers = 0
+        self._rows = TokenRows(len(numpy_backend.table), capacity or CAPACITY)
+        #: times the table was full and started over (tests, and a reader of a profile)
+        self.resets = 0
 
-    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(table, each id's slot in it)."""
-        with self._lock:
-            current = self._current
-            slots = current.slots(ids, self._compute)
-            if slots is None:  # full: a fresh table (a very long text may need more)
-                capacity = max(CAPACITY, len(np.unique(ids)))
-                current = self._current = TokenRows(len(self._numpy.table), capacity)
-                slots = current.slots(ids, self._compute)
-            assert slots is not None  # a fresh table holds every id of the group
-            return current.table, slots
+    @property
+    def capacity(self) -> int:
+        return self._rows.capacity
+
+    @contextmanager
+    def lease(self, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(table, each id's slot in it), valid until the block ends."""
+        distinct = len(np.unique(ids))
+        if distinct > self._rows.capacity:
+            raise ValueError(
+                f"a group of {distinct} distinct token ids cannot fit a table of "
+                f"{self._rows.capacity}; encode fewer tokens at once"
+            )
+        with self._changed:
+            # new rows go into free slots, which no running group reads
+            slots = self._rows.slots(ids, self._compute)
+            if slots is None:  # full: start over once no group reads the rows
+                while self._readers:
+                    self._changed.wait()
+                self._rows.forget()
+                self.resets += 1
+                slots = self._rows.slots(ids, self._compute)
+            assert slots is not None  # an empty table holds every id of a group
+            self._readers += 1
+        try:
+            yield self._rows.table, slots
+        finally:
+            with self._changed:
+                self._readers -= 1
+                if not self._readers:
+                    self._changed.notify_all()
 
     def _compute(self, ids: np.ndarray, rows: np.ndarray) -> None:
         backend = self._numpy
