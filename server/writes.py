@@ -39,7 +39,11 @@ from siamese_search.indexer.options import BuildOptions, BuildReport
 
 log = logging.getLogger("siamese.server")
 
-JOURNAL = "pending-writes.jsonl"
+JOURNAL = "pending-writes.log"
+#: the journal's name before it had a header (read once, then rewritten as JOURNAL)
+LEGACY_JOURNAL = "pending-writes.jsonl"
+#: the header's format number
+JOURNAL_FORMAT = 2
 #: journaled writes that could never apply (kept, not lost: an operator can look)
 REJECTED = "rejected-writes.jsonl"
 WRITES_LOCK = layout.WRITES_LOCK
@@ -91,17 +95,31 @@ def why_invalid(record: object) -> str | None:
 class Journal:
     """Append-only log of acknowledged, not yet published changes (one process at a time).
 
-    The file holds one JSON record a line, after its CRC-32 (`_journal_line`);
-    `records` mirrors it in memory (seq -> record), so rewrites never re-read or
-    re-parse the file.
+    The file holds a header line, then one record a line, each framed with its CRC-32
+    (`_journal_line`); `records` mirrors it in memory (seq -> record), so rewrites never
+    re-read or re-parse the file.
+
+    The journal knows its own length: each rewrite (at open, after a commit, after a
+    rejection) writes a header naming the sequence numbers it holds (`seqs`, as ranges)
+    and the one the next append gets (`next`); appends follow in order. So a line
+    removed from the middle, a file cut short inside what the last rewrite wrote, or an
+    emptied file is a known loss, named by sequence number, not a journal that reads
+    as if nothing were missing. (Appends after the last rewrite cut from the end look
+    like a crash mid-append: the fsync-per-append design cannot tell them apart without
+    a second write per append.)
 
     Read at open: a last line without its newline is an append torn by a crash (never
     acknowledged: the acknowledgement follows the fsync of the whole line) and is
     dropped. A record that parses but can never apply goes to `REJECTED` with the
-    reason. Any other unreadable line is damage, and may hold acknowledged writes: a
-    copy of the file is kept (`pending-writes.jsonl.damaged-<time>`) and the journal
-    refuses to open (`JournalDamaged`), unless `salvage`, which keeps the readable
-    entries and moves the unreadable lines to `REJECTED`.
+    reason. Anything else (an unreadable line, missing records) is damage and may hold
+    acknowledged writes: a copy of the file is kept (`<journal>.damaged-<time>`) and
+    the journal refuses to open (`JournalDamaged`), unless `salvage`, which keeps the
+    readable entries, moves the unreadable lines to `REJECTED` and names what it could
+    not recover there and in the log.
+
+    A journal of the format before the header (`LEGACY_JOURNAL`) is read once and
+    rewritten in this one; plain-JSON lines (older still) are read only from a legacy
+    file with no framed line.
     """
 
     def __init__(self, index_dir: Path, salvage: bool = False):
@@ -114,85 +132,121 @@ class Journal:
             raise WritesUnavailable(
                 f"another siamese-serve takes writes for {index_dir}; send writes there"
             ) from None
+        legacy = Path(index_dir) / LEGACY_JOURNAL
         try:
-            self.records: dict[int, dict] = self._read(salvage)
+            if self.path.is_file():
+                self.records, self._next = self._read(salvage)
+            elif legacy.is_file():
+                self.records = _read_legacy(legacy, salvage)
+                self._next = max(self.records, default=0) + 1
+            else:
+                self.records, self._next = {}, 1
         except BaseException:
             self._lock_file.close()
             raise
-        self._next = max(self.records, default=0) + 1
         # rewritten at once: a line torn by a crash mid-append (never acknowledged) must
         # not stay, or the next append would continue it and be unreadable at replay
         self._fd: int | None = None
         #: why appends are refused: a failed append whose bytes could not be cut back
         self._broken: str | None = None
         self._rewrite()
+        legacy.unlink(missing_ok=True)  # its records are in the journal now
 
     @property
     def entries(self) -> list[tuple[int, Change]]:
         return [(seq, _change(record)) for seq, record in self.records.items()]
 
-    def _read(self, salvage: bool) -> dict[int, dict]:
-        if not self.path.is_file():
-            return {}
+    def _read(self, salvage: bool) -> tuple[dict[int, dict], int]:
+        """(records, next seq) of the journal file; JournalDamaged on damage."""
         data = self.path.read_bytes()
         lines = data.split(b"\n")
         lines.pop()  # after the last newline: empty, or an append torn by a crash
-        records: dict[int, dict] = {}
-        unreadable: list[tuple[int, bytes]] = []
-        invalid: list[tuple[object, str]] = []
-        for number, line in enumerate(lines, start=1):
+        header = None
+        if lines:
             try:
-                record = _read_journal_line(line)
+                header = _header(_read_journal_line(lines[0]))
             except (UnicodeDecodeError, ValueError):
-                unreadable.append((number, line))
-                continue
-            reason = why_invalid(record)
-            if reason is not None or record["seq"] in records:
-                invalid.append((record, reason or f"seq {record['seq']} repeated"))
-                continue
-            records[record["seq"]] = record
+                header = None
+        if header is None:
+            # no header: emptied, cut inside it, or overwritten. Nothing can say what
+            # it held; a salvage keeps whatever records still read
+            expected: list[int] = []
+            next_seq = 1
+            body = list(enumerate(lines, start=1))
+            problems = [
+                "its header line is missing or unreadable"
+                if lines
+                else "it is empty (a journal always holds its header line)"
+            ]
+        else:
+            expected, next_seq = header
+            body = list(enumerate(lines[1:], start=2))
+            problems = []
+        records, unreadable, invalid, accounted = _parse_records(body, plain=False)
+        lost = _missing(expected, next_seq, accounted)
         if unreadable:
-            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-            copy = self.path.with_name(f"{JOURNAL}.damaged-{stamp}")
-            write_bytes_atomic(copy, data)
-            lines_named = ", ".join(str(n) for n, _ in unreadable[:10])
-            log.error(
-                "journal_damaged",
-                extra={
-                    "fields": {
-                        "path": str(self.path),
-                        "copy": str(copy),
-                        "unreadable_lines": len(unreadable),
-                        "readable_entries": len(records),
-                        "salvage": salvage,
-                    }
-                },
+            problems.append(
+                f"{len(unreadable)} unreadable line(s) (line "
+                + ", ".join(str(n) for n, _ in unreadable[:10])
+                + ")"
             )
-            if not salvage:
-                raise JournalDamaged(
-                    f"the write journal {self.path} has {len(unreadable)} unreadable line(s) "
-                    f"(line {lines_named}); they may hold acknowledged writes. A copy is in "
-                    f"{copy}. Look at it, then start with --salvage-journal to keep the "
-                    f"{len(records)} readable entries (the unreadable lines go to {REJECTED})"
-                )
+        if lost:
+            problems.append(f"records {_ranges_text(lost)} are missing")
+        if problems:
+            self._damaged(data, problems, lost, unreadable, len(records), salvage)
             invalid.extend(
                 ({"line": n, "bytes": line.decode("utf-8", "backslashreplace")}, "unreadable")
                 for n, line in unreadable
             )
+            if lost:
+                invalid.append(({"seqs": _ranges(lost)}, "missing: not recovered"))
         if invalid:
-            with open(self.path.parent / REJECTED, "ab") as handle:
-                for entry, reason in invalid:
-                    _append_line(handle, {"rejected": reason, "entry": entry})
-            log.error(
-                "journal_entries_rejected",
-                extra={"fields": {"path": str(self.path), "entries": len(invalid)}},
+            _set_aside(self.path.parent, invalid)
+        highest = max([*accounted, *lost, next_seq - 1], default=0)
+        return dict(sorted(records.items())), highest + 1
+
+    def _damaged(self, data, problems, lost, unreadable, readable, salvage) -> None:
+        """Keep a copy and log; raise JournalDamaged unless salvaging."""
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        copy = self.path.with_name(f"{JOURNAL}.damaged-{stamp}")
+        write_bytes_atomic(copy, data)
+        said = "; ".join(problems)
+        log.error(
+            "journal_damaged",
+            extra={
+                "fields": {
+                    "path": str(self.path),
+                    "copy": str(copy),
+                    "problems": said,
+                    "missing_seqs": _ranges_text(lost),
+                    "unreadable_lines": len(unreadable),
+                    "readable_entries": readable,
+                    "salvage": salvage,
+                }
+            },
+        )
+        if not salvage:
+            raise JournalDamaged(
+                f"the write journal {self.path} is damaged: {said}; acknowledged writes may "
+                f"be lost. A copy is in {copy}. Look at it, then start with "
+                f"--salvage-journal to keep the {readable} readable entries (what cannot be "
+                f"recovered is named in {REJECTED} and the log)"
             )
-        return records
+        log.error(
+            "journal_salvaged",
+            extra={
+                "fields": {
+                    "path": str(self.path),
+                    "kept_entries": readable,
+                    "not_recovered_seqs": _ranges_text(lost),
+                    "not_recovered_lines": [n for n, _ in unreadable][:100],
+                }
+            },
+        )
 
     def append(self, change: Change) -> int:
         """Durably record `change`; returns its sequence number (the acknowledgement)."""
         seq = self._next
-        self._next += 1
         record = {
             "seq": seq,
             "kind": change.kind,
@@ -202,6 +256,8 @@ class Journal:
             "label": change.label,
         }
         self._append(_journal_line(record))
+        # only now: a failed append takes no number (the next record must follow on)
+        self._next += 1
         self.records[seq] = record
         return seq
 
@@ -251,7 +307,11 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        write_bytes_atomic(self.path, b"".join(_journal_line(r) for r in self.records.values()))
+        header = {"journal": JOURNAL_FORMAT, "seqs": _ranges(self.records), "next": self._next}
+        write_bytes_atomic(
+            self.path,
+            _journal_line(header) + b"".join(_journal_line(r) for r in self.records.values()),
+        )
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         self._broken = None  # the file is whole again
 
@@ -260,6 +320,125 @@ class Journal:
             os.close(self._fd)
             self._fd = None
         self._lock_file.close()
+
+
+def _parse_records(numbered_lines, plain: bool):
+    """(records by seq, unreadable (line number, bytes), invalid (record, why), every
+    seq seen) of journal lines; `plain`: unframed JSON lines are read too."""
+    records: dict[int, dict] = {}
+    unreadable: list[tuple[int, bytes]] = []
+    invalid: list[tuple[object, str]] = []
+    accounted: set[int] = set()  # seqs whose line was there, applicable or not
+    for number, line in numbered_lines:
+        try:
+            record = _read_journal_line(line, plain=plain)
+        except (UnicodeDecodeError, ValueError):
+            unreadable.append((number, line))
+            continue
+        seq = record.get("seq") if isinstance(record, dict) else None
+        if isinstance(seq, int) and seq > 0:
+            accounted.add(seq)
+        reason = why_invalid(record)
+        if reason is not None or record["seq"] in records:
+            invalid.append((record, reason or f"seq {record['seq']} repeated"))
+            continue
+        records[record["seq"]] = record
+    return records, unreadable, invalid, accounted
+
+
+def _read_legacy(path: Path, salvage: bool) -> dict[int, dict]:
+    """The records of a journal written before the header (no length to check): CRC
+    lines, or plain JSON lines in a file that has no CRC line (a file was always
+    rewritten whole in one format). Damage is refused as in `Journal`."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    lines.pop()
+    plain = not any(line[:1] != b"{" for line in lines if line)
+    records, unreadable, invalid, _ = _parse_records(enumerate(lines, start=1), plain=plain)
+    if unreadable:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        copy = path.with_name(f"{path.name}.damaged-{stamp}")
+        write_bytes_atomic(copy, data)
+        lines_named = ", ".join(str(n) for n, _ in unreadable[:10])
+        log.error(
+            "journal_damaged",
+            extra={
+                "fields": {
+                    "path": str(path),
+                    "copy": str(copy),
+                    "unreadable_lines": len(unreadable),
+                    "readable_entries": len(records),
+                    "salvage": salvage,
+                }
+            },
+        )
+        if not salvage:
+            raise JournalDamaged(
+                f"the write journal {path} has {len(unreadable)} unreadable line(s) "
+                f"(line {lines_named}); they may hold acknowledged writes. A copy is in "
+                f"{copy}. Look at it, then start with --salvage-journal to keep the "
+                f"{len(records)} readable entries (the unreadable lines go to {REJECTED})"
+            )
+        invalid.extend(
+            ({"line": n, "bytes": line.decode("utf-8", "backslashreplace")}, "unreadable")
+            for n, line in unreadable
+        )
+    if invalid:
+        _set_aside(path.parent, invalid)
+    return dict(sorted(records.items()))
+
+
+def _set_aside(directory: Path, invalid: list[tuple[object, str]]) -> None:
+    with open(directory / REJECTED, "ab") as handle:
+        for entry, reason in invalid:
+            _append_line(handle, {"rejected": reason, "entry": entry})
+    log.error(
+        "journal_entries_rejected",
+        extra={"fields": {"path": str(directory / JOURNAL), "entries": len(invalid)}},
+    )
+
+
+def _header(record: object) -> tuple[list[int], int] | None:
+    """(seqs the last rewrite wrote, the seq the first append after it got) of a header
+    record; None if `record` is not one."""
+    if not isinstance(record, dict) or record.get("journal") != JOURNAL_FORMAT:
+        return None
+    ranges, next_seq = record.get("seqs"), record.get("next")
+    if not isinstance(next_seq, int) or next_seq < 1 or not isinstance(ranges, list):
+        return None
+    seqs: list[int] = []
+    for pair in ranges:
+        if not (
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, int) for v in pair)
+        ):
+            return None
+        seqs.extend(range(pair[0], pair[1] + 1))
+    return seqs, next_seq
+
+
+def _missing(expected: list[int], next_seq: int, seen: set[int]) -> list[int]:
+    """Seqs that should be in the journal and are not: any the header names, and any
+    gap among the appends after it (next, next + 1, ... up to the last one seen)."""
+    lost = [seq for seq in expected if seq not in seen]
+    appended = sorted(seq for seq in seen if seq >= next_seq)
+    if appended:
+        lost.extend(seq for seq in range(next_seq, appended[-1]) if seq not in seen)
+    return lost
+
+
+def _ranges(seqs) -> list[list[int]]:
+    """Sorted seqs as inclusive [first, last] runs: [1, 2, 3, 7] -> [[1, 3], [7, 7]]."""
+    runs: list[list[int]] = []
+    for seq in sorted(seqs):
+        if runs and seq == runs[-1][1] + 1:
+            runs[-1][1] = seq
+        else:
+            runs.append([seq, seq])
+    return runs
+
+
+def _ranges_text(seqs) -> str:
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in _ranges(seqs))
 
 
 def _line(record: dict) -> bytes:
@@ -273,10 +452,12 @@ def _journal_line(record: dict) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(payload), payload)
 
 
-def _read_journal_line(line: bytes) -> dict:
+def _read_journal_line(line: bytes, plain: bool = False) -> dict:
     """The record of one journal line; ValueError when its checksum or JSON is wrong.
-    Lines without a checksum (journals written before it) are read as plain JSON."""
-    if line[:1] == b"{":
+    With `plain`, lines without a checksum (journals written before it) are read as
+    plain JSON; otherwise such a line is damage (an edited line must not be taken as a
+    different write)."""
+    if plain and line[:1] == b"{":
         record = json.loads(line.decode("utf-8"))
     else:
         checksum, _, payload = line.partition(b" ")

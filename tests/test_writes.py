@@ -8,6 +8,7 @@ import random
 import signal
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -22,7 +23,7 @@ from siamese_search.server.app import SearchServer
 from siamese_search.server.config import Limits, ServerConfig
 from siamese_search.server.generated import search_pb2 as pb
 from siamese_search.server.generated import search_pb2_grpc as pb_grpc
-from siamese_search.server.writes import JOURNAL, CommitPolicy
+from siamese_search.server.writes import JOURNAL, LEGACY_JOURNAL, CommitPolicy
 from tests.conftest import encode_in_server
 
 COLUMNS = Columns(text="text", label="class")
@@ -275,7 +276,7 @@ def test_acknowledged_writes_survive_a_kill(index_dir):
                 n.id for n in client.search("durable text", k=10).neighbors
             }
             assert hits[0].id == "d1"
-        assert (index_dir / JOURNAL).read_text() == ""
+        assert _journal_records(index_dir) == []
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
@@ -311,11 +312,19 @@ def test_a_write_that_can_never_apply_is_set_aside_and_the_others_commit(
             assert written.committed
             ids = {n.id for n in client.search("an unlabelled example", k=5).neighbors}
             assert "good" in ids and "bad" not in ids
-        assert (index_dir / JOURNAL).read_text() == ""
+        assert _journal_records(index_dir) == []
         rejected = (index_dir / REJECTED).read_text()
         assert '"bad"' in rejected and "no labels" in rejected
     finally:
         server.stop(0)
+
+
+def _journal_records(index_dir: Path) -> list[dict]:
+    """The records a journal file holds after its header (CRC-framed JSON lines)."""
+    import json
+
+    lines = (index_dir / JOURNAL).read_bytes().splitlines()
+    return [json.loads(line.partition(b" ")[2]) for line in lines[1:]]
 
 
 def test_a_line_torn_by_a_crash_does_not_swallow_the_next_write(tmp_path):
@@ -324,8 +333,11 @@ def test_a_line_torn_by_a_crash_does_not_swallow_the_next_write(tmp_path):
     from siamese_search.indexer.changes import Change
     from siamese_search.server.writes import Journal
 
-    first = '{"seq": 1, "kind": "delete", "ids": ["a"], "texts": [], "labels": null, "label": ""}'
-    (tmp_path / JOURNAL).write_text(first + '\n{"seq": 2, "kind": "ups')
+    journal = Journal(tmp_path)
+    assert journal.append(Change("delete", ("a",))) == 1
+    journal.close()
+    with open(tmp_path / JOURNAL, "ab") as handle:
+        handle.write(b'0badc0de {"seq": 2, "kind": "ups')
     journal = Journal(tmp_path)
     assert [seq for seq, _ in journal.entries] == [1]
     assert journal.append(Change("delete", ("b",))) == 2
@@ -334,7 +346,8 @@ def test_a_line_torn_by_a_crash_does_not_swallow_the_next_write(tmp_path):
     assert [(seq, change.ids) for seq, change in replayed.entries] == [(1, ("a",)), (2, ("b",))]
     replayed.drop_through(1)
     replayed.reject(2, "test")
-    assert replayed.entries == [] and (tmp_path / JOURNAL).read_text() == ""
+    assert replayed.entries == [] and _journal_records(tmp_path) == []
+    assert replayed.append(Change("delete", ("c",))) == 3  # numbers never restart
     replayed.close()
 
 
@@ -346,7 +359,7 @@ from siamese_search.server.writes import Journal
 
 journal = Journal(Path(sys.argv[1]))
 journal.append(Change("delete", ("first",)))
-size = (Path(sys.argv[1]) / "pending-writes.jsonl").stat().st_size
+size = (Path(sys.argv[1]) / "pending-writes.log").stat().st_size
 hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
 resource.setrlimit(resource.RLIMIT_FSIZE, (size + 40, hard))  # room for part of a line
 try:
@@ -401,11 +414,11 @@ def test_a_damaged_journal_is_kept_aside_and_refused_never_emptied(tmp_path, dam
     data = (
         (_GOOD % (1, "a")).encode() + b"\n" + damage + b"\n" + (_GOOD % (3, "c")).encode() + b"\n"
     )
-    (tmp_path / JOURNAL).write_bytes(data)
+    (tmp_path / LEGACY_JOURNAL).write_bytes(data)  # a journal of the format before
     with pytest.raises(JournalDamaged, match="1 unreadable line.*--salvage-journal"):
         Journal(tmp_path)
-    assert (tmp_path / JOURNAL).read_bytes() == data  # untouched
-    copies = list(tmp_path.glob(JOURNAL + ".damaged-*"))
+    assert (tmp_path / LEGACY_JOURNAL).read_bytes() == data  # untouched
+    copies = list(tmp_path.glob(LEGACY_JOURNAL + ".damaged-*"))
     assert len(copies) == 1 and copies[0].read_bytes() == data
     salvaged = Journal(tmp_path, salvage=True)
     try:
@@ -433,12 +446,93 @@ def test_a_bit_flipped_inside_a_journal_value_is_damage_not_a_write(tmp_path):
     (tmp_path / JOURNAL).write_bytes(flipped)
     with pytest.raises(JournalDamaged, match="1 unreadable line"):
         Journal(tmp_path)
-    (tmp_path / JOURNAL).write_bytes((_GOOD % (7, "old")).encode() + b"\n" + data)
-    replayed = Journal(tmp_path)
+    legacy = b"".join(line.partition(b" ")[2] + b"\n" for line in data.splitlines()[1:])
+    (tmp_path / JOURNAL).unlink()
+    (tmp_path / LEGACY_JOURNAL).write_bytes((_GOOD % (7, "old")).encode() + b"\n" + legacy)
+    replayed = Journal(tmp_path)  # plain JSON, from a journal of the format before
     try:
-        assert [change.ids for _, change in replayed.entries] == [("old",), ("a",), ("b",)]
+        assert [change.ids for _, change in replayed.entries] == [("a",), ("b",), ("old",)]
+        assert not (tmp_path / LEGACY_JOURNAL).exists()  # rewritten in today's format
     finally:
         replayed.close()
+
+
+def test_a_plain_json_line_in_a_framed_journal_is_damage(tmp_path):
+    """An edited line without its checksum used to be read as a write."""
+    from siamese_search.indexer.changes import Change
+    from siamese_search.server.writes import Journal, JournalDamaged
+
+    journal = Journal(tmp_path)
+    journal.append(Change("delete", ("a",)))
+    journal.close()
+    with open(tmp_path / JOURNAL, "ab") as handle:
+        handle.write((_GOOD % (2, "edited")).encode() + b"\n")
+    with pytest.raises(JournalDamaged, match="1 unreadable line"):
+        Journal(tmp_path)
+
+
+def _five_pending(directory: Path, committed: int = 0) -> bytes:
+    """A journal whose last rewrite left 5 records pending (seqs 3-7), then 3 appends."""
+    from siamese_search.indexer.changes import Change
+    from siamese_search.server.writes import Journal
+
+    journal = Journal(directory)
+    for i in range(7):
+        journal.append(Change("delete", (f"id-{i + 1}",)))
+    journal.drop_through(2)  # a commit: 3-7 pending
+    for i in range(7, 10):
+        journal.append(Change("delete", (f"id-{i + 1}",)))
+    journal.close()
+    return (directory / JOURNAL).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "cut, missing, kept",
+    [
+        (lambda lines: lines[:3] + lines[4:], "records 5 are missing", [3, 4, 6, 7, 8, 9, 10]),
+        (lambda lines: lines[:4], "records 6-7 are missing", [3, 4, 5]),
+        (lambda lines: lines[:7] + lines[8:], "records 9 are missing", [3, 4, 5, 6, 7, 8, 10]),
+        (lambda lines: [], "it is empty", []),
+        (lambda lines: lines[1:], "header line is missing", [3, 4, 5, 6, 7, 8, 9, 10]),
+    ],
+    ids=["middle-line", "cut-short", "appended-line", "emptied", "no-header"],
+)
+def test_a_journal_with_records_missing_is_damage_named_by_seq(tmp_path, cut, missing, kept):
+    """A journal cut short, emptied or with a line taken out used to read as if nothing
+    were missing: the acknowledged writes in it were gone without a word. Now the
+    header and the sequence numbers say what is missing; the server refuses to start,
+    keeps a copy, and --salvage-journal names what it could not recover."""
+    import json
+
+    from siamese_search.server.writes import REJECTED, Journal, JournalDamaged
+
+    lines = _five_pending(tmp_path).splitlines(keepends=True)
+    assert len(lines) == 9  # header, seqs 3-7, appends 8-10
+    damaged = b"".join(cut(lines))
+    (tmp_path / JOURNAL).write_bytes(damaged)
+    with pytest.raises(JournalDamaged, match=missing + ".*--salvage-journal"):
+        Journal(tmp_path)
+    assert (tmp_path / JOURNAL).read_bytes() == damaged  # untouched
+    assert len(list(tmp_path.glob(JOURNAL + ".damaged-*"))) == 1
+    salvaged = Journal(tmp_path, salvage=True)
+    assert [seq for seq, _ in salvaged.entries] == kept
+    salvaged.close()
+    if "are missing" in missing:
+        said = [json.loads(line) for line in (tmp_path / REJECTED).read_text().splitlines()]
+        assert said[-1]["rejected"] == "missing: not recovered"
+    again = Journal(tmp_path)  # salvaged: whole again, nothing more said missing
+    assert [seq for seq, _ in again.entries] == kept
+    again.close()
+
+
+def test_a_truncated_journal_refuses_a_server_start(index_dir, capsys):
+    """The server itself refuses a journal with a record missing, with the seq named."""
+    from siamese_search.server.writes import JournalDamaged
+
+    lines = _five_pending(index_dir).splitlines(keepends=True)
+    (index_dir / JOURNAL).write_bytes(b"".join(lines[:3] + lines[4:]))
+    with pytest.raises(JournalDamaged, match="records 5 are missing"):
+        _start(index_dir)
 
 
 def test_an_entry_that_can_never_apply_is_set_aside_and_later_writes_commit(index_dir):
@@ -453,7 +547,7 @@ def test_an_entry_that_can_never_apply_is_set_aside_and_later_writes_commit(inde
         '"labels": ["1", "1"], "label": ""}',
         '{"seq": 2, "kind": "shred", "ids": [], "texts": [], "labels": null, "label": ""}',
     ]
-    (index_dir / JOURNAL).write_text("\n".join(bad) + "\n")
+    (index_dir / LEGACY_JOURNAL).write_text("\n".join(bad) + "\n")
     server = _start(index_dir)
     try:
         with SearchClient(f"127.0.0.1:{server.port}") as client:
