@@ -344,13 +344,11 @@ class SearchService(pb_grpc.SearchServiceServicer):
     def Upsert(self, request, context):
         def work():
             committer = self._committer()
-            change = check.check_upsert(request, self.limits, self._labelled())
+            change, ids = check.check_upsert(request, self.limits, self._labelled())
             check.check_tokens(self.holder.model, list(change.texts), self.limits)
             seq = self._submit(committer, [change])
             committed, version = self._written(committer, seq, request.wait, context)
-            return pb.UpsertResponse(
-                ids=list(change.ids), committed=committed, index_version=version
-            )
+            return pb.UpsertResponse(ids=ids, committed=committed, index_version=version)
 
         return self._call(context, work)
 

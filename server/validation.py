@@ -153,20 +153,17 @@ def _check_id(row_id: str, where: str) -> str:
     return row_id
 
 
-def check_upsert(request, limits: Limits, labelled: bool) -> Change:
-    """An Upsert as one change; ids made (UUIDs) where none was sent."""
+def check_upsert(request, limits: Limits, labelled: bool) -> tuple[Change, list[str]]:
+    """An Upsert as one change, and each example's id in request order (made, a
+    UUID, where none was sent)."""
     examples = list(request.examples)
     if not examples:
         raise InvalidRequest("no examples; send at least one example (text, label, id)")
     texts = check_texts([e.text for e in examples], limits)
     ids: list[str] = []
-    seen: set[str] = set()
     labels: list[str] = []
     for i, example in enumerate(examples):
         row_id = _check_id(example.id, f"examples[{i}].id") if example.id else uuid.uuid4().hex
-        if row_id in seen:
-            raise InvalidRequest(f"id {echo(row_id)} appears twice in this call; send it once")
-        seen.add(row_id)
         ids.append(row_id)
         if labelled and not example.label:
             raise InvalidRequest(
@@ -178,7 +175,17 @@ def check_upsert(request, limits: Limits, labelled: bool) -> Change:
         if example.label:
             check_labels([example.label])
         labels.append(example.label)
-    return Change("upsert", tuple(ids), tuple(texts), tuple(labels) if labelled else None)
+    # an id sent twice in one call: the last one wins, as in Qdrant (and as two calls
+    # would do), so a client that merges batches need not de-duplicate them first
+    last = {row_id: i for i, row_id in enumerate(ids)}
+    kept = sorted(last.values())
+    change = Change(
+        "upsert",
+        tuple(ids[i] for i in kept),
+        tuple(texts[i] for i in kept),
+        tuple(labels[i] for i in kept) if labelled else None,
+    )
+    return change, ids
 
 
 def check_delete(request, limits: Limits) -> list[Change]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 
 import pytest
 
@@ -448,3 +449,50 @@ def test_a_200_mb_body_is_refused_within_the_memory_bound(server, framing):
     assert sent < 32 << 20, f"the client could send {sent >> 20} MB"
     grown_mib = (_status_kib("VmHWM") - before) / 1024
     assert grown_mib < 4 * gateway_limit / (1 << 20) + 32, f"peak memory grew {grown_mib:.0f} MiB"
+
+
+def test_json_nested_thousands_deep_is_400_before_it_is_parsed(server, caplog):
+    """5,000 nested arrays used to close the connection unanswered, with a
+    RecursionError traceback logged per request (no token needed: parsed before auth)."""
+    deep = b'{"text": "fix", "k": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    with caplog.at_level("ERROR"):
+        status, body = _http(server, "POST", "/v1/search", deep)
+    assert status == 400 and "nests arrays and objects 5001 deep" in body["message"]
+    assert "RecursionError" not in caplog.text
+    status, body = _http(server, "POST", "/v1/search", {"text": "[[[[{{{{", "k": 1})
+    assert status == 200  # brackets inside strings do not count
+
+
+def test_an_id_sent_twice_in_one_upsert_is_written_once_the_last_one_wins(server):
+    """The served schema allows the same id twice; the fuzzer's call was refused (400).
+    Now it is taken, as Qdrant takes it: the last example of an id is the one written."""
+    examples = [
+        {"id": "twice", "text": "first text of the repeated id", "label": "1"},
+        {"id": "twice", "text": "Translate the settings menu into Welsh", "label": "2"},
+    ]
+    status, body = _http(
+        server, "POST", "/v1/examples:upsert", {"examples": examples, "wait": True}
+    )
+    assert status == 200, body
+    assert body["ids"] == ["twice", "twice"] and body["committed"]
+    status, body = _http(server, "POST", "/v1/search", {"text": "menu in Welsh", "k": 3})
+    found = [n for n in body["neighbors"] if n["id"] == "twice"]
+    assert len(found) == 1 and found[0]["text"].endswith("into Welsh") and found[0]["label"] == "2"
+
+
+def test_a_huge_grpc_timeout_is_capped_not_taken_as_expired(server):
+    """`Grpc-Timeout: 99999999H` (the header's largest) answered 504 at once."""
+    status, body = _http(
+        server, "POST", "/v1/search", {"text": "fix", "k": 1}, {"Grpc-Timeout": "99999999H"}
+    )
+    assert status == 200, body
+
+
+@pytest.mark.parametrize("line", [b"GET /\r\n", b"hello there\r\n", b"GET / HTTP/1.1 extra\r\n"])
+def test_a_request_line_that_is_not_http_1_is_answered_400_at_once(server, line):
+    """An HTTP/0.9-style line got no answer until the 30 s request deadline."""
+    started = time.monotonic()
+    answer = _raw(server, line, wait=10.0)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"request line" in answer
+    assert time.monotonic() - started < 5.0
