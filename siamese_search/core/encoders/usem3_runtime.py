@@ -43,7 +43,7 @@ import numpy as np
 
 from siamese_search.core.encoders import runtime_choice, usem3_graph
 from siamese_search.core.encoders.runtime_choice import AUTO
-from siamese_search.core.encoders.usem3_token_rows import TokenRowCache
+from siamese_search.core.encoders.usem3_token_rows import CAPACITY, ROW_BYTES, TokenRowCache
 from siamese_search.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,13 @@ CHOICES = (AUTO, *RUNTIMES)
 TOKEN_BUDGET = 1024
 #: inference requests one backend runs at once (InferRequests); groups beyond wait
 INFER_REQUESTS = 2
+#: what one inference request holds at most: the buffers of a TOKEN_BUDGET group (the
+#: gathered rows, 1,024 x 15 x 256 floats, 15.7 MB, the layers after them, the
+#: sentence sums), measured: bench/vocabulary_memory.py
+REQUEST_BYTES = 40 * 2**20
+#: one backend's memory beyond its weights, whatever it encodes: a full token-row table
+#: and its inference requests (docs/serving.md, "Memory")
+ENCODER_MEMORY_BOUND = CAPACITY * ROW_BYTES + INFER_REQUESTS * REQUEST_BYTES
 TOKEN_BUCKETS = (32, 64, 128, 256, 512, 1024)
 SENTENCE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 #: the fidelity check's bars, on its fixed sample (see fidelity_sample)
