@@ -5,6 +5,8 @@ siamese-index add    --index INDEX_DIR --data FILE [--upsert] [--model M]
 siamese-index delete --index INDEX_DIR --ids ID [ID ...] | --ids-file FILE
 siamese-index compact --index INDEX_DIR   (the live rows as one segment)
 siamese-index info   --index INDEX_DIR
+siamese-index export --index INDEX_DIR --out FILE   (live rows: id, label, text)
+siamese-index reembed --index INDEX_DIR --model NEW (every live row with another model)
 any writer: --backend milvus --milvus-uri URI also serves each version from Milvus
 """
 
@@ -190,6 +192,28 @@ def build_parser() -> argparse.ArgumentParser:
     compact.add_argument("--model", type=Path, help="default: the model the index was built with")
     _add_common_flags(compact)
 
+    export = commands.add_parser(
+        "export",
+        formatter_class=DefaultsHelpFormatter,
+        help="write a version's live rows (id, label, text) to a CSV, JSON Lines or "
+        "Parquet file (by its suffix): what Upsert added included",
+    )
+    export.add_argument("--index", required=True, type=Path, help="index directory")
+    export.add_argument("--version", help="a retained version (default: the current one)")
+    export.add_argument("--out", required=True, type=Path, help=".csv, .jsonl or .parquet")
+    export.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    reembed = commands.add_parser(
+        "reembed",
+        formatter_class=DefaultsHelpFormatter,
+        help="a new version holding every live row embedded with another model (read "
+        "from the index itself; servers keep serving and writing meanwhile)",
+    )
+    reembed.add_argument("--index", required=True, type=Path, help="index directory")
+    reembed.add_argument("--model", required=True, type=Path, help="the new model directory")
+    _add_common_flags(reembed)
+    _add_engine_flags(reembed)
+
     info = commands.add_parser(
         "info",
         formatter_class=DefaultsHelpFormatter,
@@ -310,6 +334,12 @@ def main(argv: list[str] | None = None) -> int:
             state = ", ".join(s for s, on in (("current", v.current), ("held", v.held)) if on)
             print(f"{v.name:<8} {v.count:>10}  {v.created_at:<25} {v.operation:<8} {state}")
         return 0
+    if args.command == "export":
+        from siamese_search.indexer.export import export_version
+
+        exported = export_version(args.index, args.out, args.version, not args.quiet)
+        print(f"version {exported.version}: {exported.rows} rows to {exported.path}")
+        return 0
     if args.command == "rollback":
         previous, now = rollback(args.index, args.to, args.wait, milvus_target(args, args.index))
         print(f"{args.index}: CURRENT {previous or '(none)'} -> {now}; servers reload it")
@@ -335,6 +365,17 @@ def main(argv: list[str] | None = None) -> int:
             upsert=args.upsert,
         )
         _report(report, args.data)
+    elif args.command == "reembed":
+        from siamese_search.core.model_artifact import load_model
+        from siamese_search.indexer.reembed import reembed_index
+
+        if options.milvus is not None:
+            raise UserError(
+                "siamese-index reembed does not write to Milvus yet: re-embed the local "
+                "index, then siamese-index build --backend milvus from an export of it"
+            )
+        report = reembed_index(args.index, load_model(args.model), options)
+        _report(report, None)
     elif args.command == "compact":
         report = compact_index(args.index, _model_for(args, args.index), options)
         _report(report, None)

@@ -93,7 +93,7 @@ def ingest(
         mininterval=0.5,
         smoothing=0.1,
     )
-    with bar, _embedder(model, options) as embed:
+    with bar, embedder(model, options) as embed:
         for vectors in embed(checked_texts()):
             chunk, keep = accepted.popleft()
             ids = [chunk.ids[i] for i in keep]
@@ -113,7 +113,7 @@ def ingest(
 
 
 @contextmanager
-def _embedder(
+def embedder(
     model: EmbeddingModel, options: BuildOptions
 ) -> Iterator[Callable[[Iterator[list[str]]], Iterator[np.ndarray]]]:
     """What turns lists of texts into arrays of vectors, one per list, in order."""

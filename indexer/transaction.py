@@ -66,11 +66,15 @@ def write_version(
     options: BuildOptions,
     plan_for: Callable[[IndexVersion | None], Plan],
     needs_base: bool,
+    model_change: bool = False,
 ) -> BuildReport:
     """Under the writer lock: open the current version (the base), plan, stage, publish.
 
     `plan_for` decides from the base (None without `needs_base`); it may raise to
-    refuse the write, or NothingToChange, whose report is returned.
+    refuse the write, or NothingToChange, whose report is returned. The base must have
+    been built with `model`, unless `model_change` (a re-embedding job): then the plan
+    must leave nothing of the base's vectors (check_one_model), so that no version
+    holds vectors of two models.
     """
     started = time.perf_counter()
     index_dir = Path(index_dir)
@@ -79,7 +83,8 @@ def write_version(
         mirror_for(options.milvus, options.show_progress) as mirror,
     ):
         mirror.reconcile(index_dir)
-        base = open_index(index_dir, model=model, load_indexes=False) if needs_base else None
+        checked = None if model_change else model
+        base = open_index(index_dir, model=checked, load_indexes=False) if needs_base else None
         try:
             if base is not None:
                 mirror.accept_base(base.manifest)
@@ -88,6 +93,8 @@ def write_version(
                 plan = plan_for(base)
             except NothingToChange as unchanged:
                 return unchanged.report
+            if model_change and base is not None:
+                check_one_model(base, plan, model)
             layout.sweep_staging(index_dir)
             staging = layout.new_staging(index_dir)
             try:
@@ -120,6 +127,29 @@ def write_version(
         problems,
         time.perf_counter() - started,
     )
+
+
+def check_one_model(base: IndexVersion, plan: Plan, model: EmbeddingModel) -> None:
+    """Refuse a plan that would carry any of `base`'s vectors into a version of another
+    model: every base segment must be replaced by the plan's re-embedded segment or
+    have all its rows dropped (rows written since a re-embedding's snapshot are
+    embedded again, as new rows)."""
+    if base.model_fingerprint == model.fingerprint:
+        return
+    replaced = plan.merged.replaces if plan.merged is not None else {}
+    carried = [
+        segment.name
+        for segment in base.segments
+        if segment.name not in replaced
+        and not set(range(segment.offset, segment.offset + segment.rows)) <= plan.drop
+    ]
+    if carried:
+        raise UserError(
+            f"refused: version {base.name} was embedded with another model than "
+            f"{model.directory}, and the new version would keep its segment(s) "
+            f"{', '.join(carried[:5])}: a version never holds vectors of two models. "
+            "Re-embed every row (siamese-index reembed)"
+        )
 
 
 def _fill(

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from siamese_search.core.atomic import write_bytes_atomic
-from siamese_search.core.errors import UserError
+from siamese_search.core.errors import ArtifactMismatchError, UserError
 from siamese_search.core.model_artifact import EmbeddingModel
 from siamese_search.indexer import layout
 from siamese_search.indexer.build import apply_changes
@@ -671,6 +671,16 @@ class Committer:
         log.error("write_rejected", extra={"fields": {"seq": seq, "reason": reason[:500]}})
 
     def _commit(self, changes: list[Change]) -> BuildReport:
-        report = apply_changes(self.index_dir, self._model_for_writes(), changes, self._options)
+        try:
+            report = apply_changes(self.index_dir, self._model_for_writes(), changes, self._options)
+        except ArtifactMismatchError:
+            # the current version was made with another model (a re-embedding job
+            # published it): serve it, model and index together, then commit onto it
+            # with its model, so the write is embedded as the version it joins
+            current = layout.current_version(self.index_dir)
+            if current is None:
+                raise
+            self._published(current)
+            report = apply_changes(self.index_dir, self._model_for_writes(), changes, self._options)
         self._published(report.version)
         return report

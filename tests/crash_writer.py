@@ -3,7 +3,7 @@
     python tests/crash_writer.py MODEL DATA INDEX_DIR STOP_AT [ENGINE [MILVUS_URI ALIAS]]
 
 DATA `compact` compacts the index instead of building it from a table; `delete:ID,ID`
-deletes those ids from it.
+deletes those ids from it; `reembed` re-embeds it with MODEL.
 
 Prints `reached <stage>` (flushed) at every checkpoint the build passes; at the
 STOP_AT-th checkpoint (a number, counting from 1) or at the stage named STOP_AT it
@@ -24,6 +24,7 @@ from siamese_search.indexer import layout
 from siamese_search.indexer.backends.milvus_backend import MilvusTarget
 from siamese_search.indexer.build import BuildOptions, build_index, delete_from_index
 from siamese_search.indexer.compaction import compact_index
+from siamese_search.indexer.reembed import reembed_index
 
 CHUNK_ROWS = 100
 
@@ -55,6 +56,8 @@ def main(
     )
     if data == "compact":
         compact_index(Path(index_dir), load_model(model), options)
+    elif data == "reembed":
+        reembed_index(Path(index_dir), load_model(model), options)
     elif data.startswith("delete:"):
         ids = data.removeprefix("delete:").split(",")
         delete_from_index(Path(index_dir), load_model(model), ids, options)

@@ -1,0 +1,191 @@
+"""The learning loop (issue 33): what the index holds (API writes included) exported,
+trained on, and re-embedded with the new model as a new version while writes go on;
+no version ever holds vectors of two models."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from siamese_search.core.errors import UserError
+from siamese_search.core.model_artifact import load_model
+from siamese_search.core.tables import Columns, read_table
+from siamese_search.indexer import layout
+from siamese_search.indexer.build import BuildOptions, apply_changes, build_index
+from siamese_search.indexer.changes import Change
+from siamese_search.indexer.export import export_version
+from siamese_search.indexer.reembed import reembed_index
+from siamese_search.indexer.store import open_index
+from siamese_search.indexer.transaction import Plan, write_version
+from tests.conftest import ROOT
+
+COLUMNS = Columns(text="text", label="class")
+QUIET = BuildOptions(show_progress=False)
+ADDED = [
+    ("Translate the settings menu into Welsh", "welsh", "api-1"),
+    ("Welsh translation of the login page", "welsh", "api-2"),
+    ('A text with "quotes", commas, and a\nnewline', "welsh", "api-3"),
+]
+
+
+def _rows(index_dir) -> dict[str, tuple[str | None, str]]:
+    with open_index(index_dir) as version:
+        return {
+            row_id: (label, text)
+            for rows in version.records().iter_all()
+            for _, row_id, label, text in rows
+        }
+
+
+@pytest.fixture
+def written_index(tmp_path, trained_model, sample_train):
+    """An index of the sample texts, then API-style writes: a new label, a delete."""
+    index_dir = tmp_path / "index"
+    model = load_model(trained_model)
+    build_index(index_dir, model, sample_train, COLUMNS, QUIET)
+    upsert = Change(
+        "upsert",
+        tuple(i for _, _, i in ADDED),
+        tuple(t for t, _, _ in ADDED),
+        tuple(label for _, label, _ in ADDED),
+    )
+    apply_changes(index_dir, model, [upsert, Change("delete", ("3",))], QUIET)
+    return index_dir
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_export_then_build_keeps_every_id_label_and_text(
+    written_index, trained_model, tmp_path, suffix
+):
+    """What Upsert added comes out (and what Delete removed does not); a build from
+    the export holds the same rows."""
+    out = tmp_path / f"export{suffix}"
+    report = export_version(written_index, out, show_progress=False)
+    before = _rows(written_index)
+    assert report.rows == len(before) and "api-3" in before and "3" not in before
+    rebuilt = tmp_path / "rebuilt"
+    columns = Columns(text="text", label="label", id="id")
+    build_index(rebuilt, load_model(trained_model), out, columns, QUIET)
+    assert _rows(rebuilt) == before
+    old = export_version(written_index, tmp_path / f"v1{suffix}", "000001", show_progress=False)
+    assert old.rows == len(before) - len(ADDED) + 1  # the version before the writes
+
+
+def test_export_refuses_what_it_cannot_write(written_index, tmp_path):
+    with pytest.raises(UserError, match="unsupported file type '.xlsx'"):
+        export_version(written_index, tmp_path / "rows.xlsx", show_progress=False)
+    with pytest.raises(UserError, match="no version '000009'; retained: 000001, 000002"):
+        export_version(written_index, tmp_path / "rows.csv", "000009", show_progress=False)
+    assert not list(tmp_path.glob(".rows.csv*"))  # nothing half-written left
+
+
+def test_reembed_gives_every_row_the_new_models_vector(written_index, tuned_model):
+    """The new version: the same rows, each vector the new model's, its manifest naming
+    the new model (servers swap model and index together on it)."""
+    before = _rows(written_index)
+    new_model = load_model(tuned_model)
+    report = reembed_index(written_index, new_model, QUIET)
+    assert report.version == "000003" and report.count == len(before)
+    assert _rows(written_index) == before
+    with open_index(written_index, model=new_model) as version:  # refuses another model
+        ids = [row_id for rows in version.records().iter_all() for _, row_id, _, _ in rows]
+        texts = [before[i][1] for i in ids]
+        np.testing.assert_allclose(version.vectors(), new_model.embed(texts), atol=1e-5)
+        assert version.manifest["operation"]["kind"] == "reembed"
+        assert len(version.segments) == 1
+
+
+def test_writes_during_the_job_are_there_exactly_once_after_it(
+    written_index, trained_model, tuned_model
+):
+    """Writes committed while the job embeds (an upsert of a new id, an upsert that
+    replaces a snapshot row, a delete) are in the published version, embedded with the
+    new model; the deleted row is gone."""
+    old_model, new_model = load_model(trained_model), load_model(tuned_model)
+    during = [
+        Change("upsert", ("late-1",), ("Add a Welsh keyboard layout",), ("welsh",)),
+        Change("upsert", ("api-1",), ("Translate the help pages into Welsh",), ("welsh",)),
+        Change("delete", ("api-2",)),
+    ]
+
+    def write_meanwhile(stage: str) -> None:
+        if stage == "reembed-embedded":
+            apply_changes(written_index, old_model, during, QUIET)  # a server's commit
+
+    layout.CHECKPOINT_OBSERVERS.append(write_meanwhile)
+    try:
+        reembed_index(written_index, new_model, QUIET)
+    finally:
+        layout.CHECKPOINT_OBSERVERS.remove(write_meanwhile)
+    rows = _rows(written_index)
+    assert rows["late-1"] == ("welsh", "Add a Welsh keyboard layout")
+    assert rows["api-1"][1] == "Translate the help pages into Welsh"
+    assert "api-2" not in rows
+    with open_index(written_index, model=new_model) as version:
+        positions = version.records().positions_of(["late-1", "api-1"])
+        got = version.vectors_at(np.array([positions["late-1"], positions["api-1"]]))
+        expected = new_model.embed([rows["late-1"][1], rows["api-1"][1]])
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        assert version.manifest["operation"]["rows_written_since"] == 2
+    # and the old model can no longer write to it: the committer's cue to swap models
+    with pytest.raises(UserError, match="was built with model"):
+        apply_changes(written_index, old_model, [Change("delete", ("late-1",))], QUIET)
+
+
+def test_a_version_mixing_two_models_is_refused(written_index, tuned_model):
+    """A plan that keeps a segment of the old model in a version of the new one."""
+
+    def keep_everything(base):
+        return Plan("flat", None, base.has_labels, None, {"operation": {"kind": "test"}})
+
+    with pytest.raises(UserError, match="never holds vectors of two models"):
+        write_version(
+            written_index, load_model(tuned_model), QUIET, keep_everything, True, model_change=True
+        )
+    assert layout.current_version(written_index) == "000002"
+
+
+@pytest.mark.parametrize("stop_at", ["reembed-page", "reembed-embedded", "before-finish"])
+def test_a_killed_job_leaves_the_current_version_serving_and_the_next_run_works(
+    written_index, tuned_model, stop_at
+):
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "crash_writer.py"), str(tuned_model)]
+        + ["reembed", str(written_index), stop_at],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("stopped"):
+                break
+        else:
+            raise AssertionError(process.stderr.read() if process.stderr else "")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    assert layout.current_version(written_index) == "000002"
+    before = _rows(written_index)  # opens and verifies the current version
+    report = reembed_index(written_index, load_model(tuned_model), QUIET)
+    assert report.version == "000003" and _rows(written_index) == before
+
+
+def test_the_index_cli_exports_and_reembeds(written_index, tuned_model, tmp_path):
+    from siamese_search.indexer.cli import main
+
+    out = tmp_path / "rows.jsonl"
+    assert main(["export", "--index", str(written_index), "--out", str(out), "--quiet"]) == 0
+    first = json.loads(out.read_text().splitlines()[0])
+    assert set(first) == {"id", "label", "text"}
+    flags = ["--index", str(written_index), "--model", str(tuned_model), "--quiet"]
+    assert main(["reembed", *flags]) == 0
+    with open_index(written_index, model=load_model(tuned_model)) as version:
+        assert version.count == len(read_table(out, Columns(label="label", id="id")).texts)
