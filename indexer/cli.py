@@ -7,6 +7,7 @@ siamese-index compact --index INDEX_DIR   (the live rows as one segment)
 siamese-index info   --index INDEX_DIR
 siamese-index export --index INDEX_DIR --out FILE   (live rows: id, label, text)
 siamese-index reembed --index INDEX_DIR --model NEW (every live row with another model)
+siamese-index retrain --index INDEX_DIR --out NEW_MODEL [-- TRAIN FLAGS] (train, re-embed)
 any writer: --backend milvus --milvus-uri URI also serves each version from Milvus
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from siamese_search.core.cli_help import DefaultsHelpFormatter
@@ -214,6 +216,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_flags(reembed)
     _add_engine_flags(reembed)
 
+    retrain = commands.add_parser(
+        "retrain",
+        formatter_class=DefaultsHelpFormatter,
+        help="the learning loop in one command: train a model on what the index holds "
+        "(siamese-train --from-index), then re-embed every row with it (reembed)",
+    )
+    retrain.add_argument("--index", required=True, type=Path, help="index directory")
+    retrain.add_argument("--out", required=True, type=Path, help="the new model directory")
+    retrain.add_argument(
+        "train_flags",
+        nargs=argparse.REMAINDER,
+        help="after --: flags for siamese-train (recipe, --seed, --validation-data, ...)",
+    )
+    _add_common_flags(retrain)
+    _add_engine_flags(retrain)
+
     info = commands.add_parser(
         "info",
         formatter_class=DefaultsHelpFormatter,
@@ -320,6 +338,26 @@ def _report(report, data: Path | None) -> None:
     )
 
 
+def _retrain(args, options: BuildOptions):
+    """siamese-train --from-index in its own process (the indexer never imports the
+    trainer: TensorFlow stays out of an install that only indexes and serves), then
+    the re-embedding job with the model it wrote."""
+    import subprocess
+
+    from siamese_search.core.model_artifact import load_model
+    from siamese_search.indexer.reembed import reembed_index
+
+    flags = [flag for flag in args.train_flags if flag != "--"]
+    command = [sys.executable, "-m", "siamese_search.trainer.cli", "--from-index"]
+    command += [str(args.index), "--out", str(args.out), *flags]
+    started = time.perf_counter()
+    if subprocess.run(command).returncode != 0:
+        raise UserError("siamese-train failed (its message is above); the index is unchanged")
+    trained = time.perf_counter() - started
+    print(f"trained {args.out} in {trained:.1f} s; re-embedding {args.index} with it")
+    return reembed_index(args.index, load_model(args.out), options)
+
+
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -375,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
                 "index, then siamese-index build --backend milvus from an export of it"
             )
         report = reembed_index(args.index, load_model(args.model), options)
+        _report(report, None)
+    elif args.command == "retrain":
+        report = _retrain(args, options)
         _report(report, None)
     elif args.command == "compact":
         report = compact_index(args.index, _model_for(args, args.index), options)

@@ -151,4 +151,8 @@ class _ParquetWriter:
         self._writer.close()
 
 
-_WRITERS = {"csv": _CsvWriter, "jsonl": _JsonlWriter, "parquet": _ParquetWriter}
+_WRITERS: dict[str, type[_CsvWriter | _JsonlWriter | _ParquetWriter]] = {
+    "csv": _CsvWriter,
+    "jsonl": _JsonlWriter,
+    "parquet": _ParquetWriter,
+}

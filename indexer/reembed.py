@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,7 @@ def _reembed(
     replaces: dict[str, tuple[int, np.ndarray]] = {}
     pages: list[tuple[list, np.ndarray, int]] = []  # read, not yet written
 
-    def texts() -> object:
+    def texts() -> Iterator[list[str]]:
         for segment in snapshot.segments:
             moved = np.full(segment.rows, -1, dtype=np.int64)
             replaces[segment.name] = (segment.rows, moved)

@@ -150,6 +150,7 @@ def test_a_version_mixing_two_models_is_refused(written_index, tuned_model):
     assert layout.current_version(written_index) == "000002"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_at", ["reembed-page", "reembed-embedded", "before-finish"])
 def test_a_killed_job_leaves_the_current_version_serving_and_the_next_run_works(
     written_index, tuned_model, stop_at
@@ -189,3 +190,39 @@ def test_the_index_cli_exports_and_reembeds(written_index, tuned_model, tmp_path
     assert main(["reembed", *flags]) == 0
     with open_index(written_index, model=load_model(tuned_model)) as version:
         assert version.count == len(read_table(out, Columns(label="label", id="id")).texts)
+
+
+@pytest.mark.slow
+def test_retrain_learns_the_labels_added_over_the_api_and_reembeds(written_index, tmp_path):
+    """The whole cycle in one command: siamese-train --from-index (the Upsert-added
+    label is a class of the new model), then the index re-embedded with it."""
+    from siamese_search.indexer.cli import main
+
+    out = tmp_path / "retrained"
+    train_flags = ["--no-fine-tune", "--steps", "20", "--ensemble", "1", "--seed", "0"]
+    flags = ["--index", str(written_index), "--out", str(out), "--quiet"]
+    assert main(["retrain", *flags, "--", *train_flags, "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    data = manifest["data"]
+    assert data["label_counts"]["welsh"] == len(ADDED)
+    assert data["from_index"] == {
+        "index": str(written_index),
+        "version": "000002",
+        "rows": len(_rows(written_index)),
+        "skipped_unlabelled": 0,
+    }
+    assert layout.current_version(written_index) == "000003"
+    with open_index(written_index, model=load_model(out)) as version:
+        assert version.manifest["operation"]["kind"] == "reembed"
+
+
+def test_train_from_an_index_without_labels_says_what_to_do(tmp_path, trained_model, capsys):
+    from siamese_search.trainer.cli import main
+    from tests.conftest import write_csv
+
+    plain = write_csv(tmp_path / "plain.csv", [("one text",), ("another",)], header=("text",))
+    index_dir = tmp_path / "plain-index"
+    build_index(index_dir, load_model(trained_model), plain, Columns(label=None), QUIET)
+    code = main(["--from-index", str(index_dir), "--out", str(tmp_path / "m"), "--quiet"])
+    assert code != 0
+    assert "has no labels" in capsys.readouterr().err

@@ -157,3 +157,23 @@ def test_a_local_cluster_that_does_not_come_up_is_started_again(model, monkeypat
         with RayEmbedder(model, RaySettings(actors=1)) as embedder:
             list(embedder.embed(iter([texts])))
     assert len(calls) == ray_engine.LOCAL_START_ATTEMPTS
+
+
+def test_a_ray_reembedding_is_the_local_one(tmp_path, model, tuned_model, running_cluster):
+    """siamese-index reembed on Ray gives the local job's vectors bit for bit (each page
+    of rows is one actor call, encoded as locally)."""
+    import shutil
+
+    from siamese_search.indexer.reembed import reembed_index
+
+    corpus = _corpus(tmp_path / "corpus.csv", 3000)
+    build_index(tmp_path / "local", model, corpus, COLUMNS, LOCAL)
+    shutil.copytree(tmp_path / "local", tmp_path / "ray")
+    new_model = load_model(tuned_model)
+    local = reembed_index(tmp_path / "local", new_model, LOCAL)
+    on_ray = reembed_index(tmp_path / "ray", new_model, ON_RAY)
+    assert local.count == on_ray.count == 2998
+    with open_index(tmp_path / "local", model=new_model) as a:
+        with open_index(tmp_path / "ray", model=new_model) as b:
+            assert b.manifest["engine"]["kind"] == "ray"
+            np.testing.assert_array_equal(b.vectors(), a.vectors())

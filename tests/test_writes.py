@@ -115,7 +115,6 @@ def test_upsert_of_a_new_label_is_predicted_and_delete_by_label_removes_it(index
         ([Example("", "1", "a")], "empty"),
         ([Example("fine text", "", "a")], "needs a label"),
         ([Example("fine text", "1", "x" * 300)], "id"),
-        ([Example("one", "1", "same"), Example("two", "1", "same")], "twice"),
     ],
 )
 def test_bad_writes_are_invalid_argument(index_dir, examples, message):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,7 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=DefaultsHelpFormatter,
         description="Train the siamese head on a few labelled texts (CSV, JSONL or Parquet).",
     )
-    parser.add_argument("--data", required=True, type=Path, help="labelled training table")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="labelled training table")
+    source.add_argument(
+        "--from-index",
+        type=Path,
+        metavar="INDEX_DIR",
+        help="train on the labelled rows of an index's current version (what Upsert "
+        "added included; rows without a label are skipped and counted)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="model directory to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_column_flags(parser)
@@ -219,7 +229,53 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 <= args.oos_share < 1.0:
         raise UserError(f"--oos-share must be in [0, 1), got {args.oos_share}")
     columns = Columns(text=args.text_column, label=args.label_column)
-    table = without_out_of_scope(read_table(args.data, columns), args.oos_label, args.data)
+    with tempfile.TemporaryDirectory(prefix="siamese-train-") as scratch:
+        from_index = None
+        if args.from_index is not None:
+            args.data, from_index = index_table(args.from_index, Path(scratch), args.quiet)
+            data_columns = Columns(text="text", label="label", id="id")
+        else:
+            data_columns = columns
+        return _train(args, config, columns, data_columns, from_index)
+
+
+def index_table(index_dir: Path, scratch: Path, quiet: bool) -> tuple[Path, dict]:
+    """The labelled rows of an index's current version as a table under `scratch`
+    (indexer.export, bounded memory), and what the model's manifest records of it."""
+    from siamese_search.indexer.export import export_version
+
+    exported = export_version(index_dir, scratch / "rows.csv", show_progress=not quiet)
+    if not exported.labelled:
+        raise UserError(
+            f"{index_dir} has no labels (built with --no-labels): nothing to train on; "
+            "train from a labelled table with --data"
+        )
+    table = read_table(exported.path, Columns(text="text", label="label", id="id"))
+    unlabelled = sum(1 for label in table.label_list if not label)
+    if unlabelled:
+        keep = [i for i, label in enumerate(table.label_list) if label]
+        kept = scratch / "labelled.csv"
+        with open(kept, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["id", "label", "text"])
+            writer.writerows((table.ids[i], table.label_list[i], table.texts[i]) for i in keep)
+        print(f"note: {unlabelled} row(s) of {index_dir} have no label and were skipped")
+    else:
+        kept = exported.path
+    print(
+        f"training on the {exported.rows - unlabelled} labelled rows of {index_dir} "
+        f"version {exported.version}"
+    )
+    return kept, {
+        "index": str(index_dir),
+        "version": exported.version,
+        "rows": exported.rows,
+        "skipped_unlabelled": unlabelled,
+    }
+
+
+def _train(args, config, columns: Columns, data_columns: Columns, from_index: dict | None) -> int:
+    table = without_out_of_scope(read_table(args.data, data_columns), args.oos_label, args.data)
     counts = check_trainable(args.data, table.label_list)
     validation = read_table(args.validation_data, columns) if args.validation_data else None
     config = config.resolved_for(len(table.texts), len(counts))
@@ -263,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         return calibrate.with_domain(rule, model, table.texts)
 
     data_summary = {
-        "source": str(args.data),
+        "source": str(args.data) if from_index is None else f"index {args.from_index}",
         "source_sha256": sha256_files([args.data]),
         "rows": len(table.texts),
         "distinct_texts": len(set(table.texts)),
@@ -271,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         "label_column": args.label_column,
         "label_counts": dict(sorted(counts.items())),
     }
+    if from_index is not None:
+        data_summary["from_index"] = from_index
     manifest = save_model(
         args.out,
         encoder=encoder,
