@@ -407,11 +407,6 @@ def main(argv: list[str] | None = None) -> int:
         from siamese_search.core.model_artifact import load_model
         from siamese_search.indexer.reembed import reembed_index
 
-        if options.milvus is not None:
-            raise UserError(
-                "siamese-index reembed does not write to Milvus yet: re-embed the local "
-                "index, then siamese-index build --backend milvus from an export of it"
-            )
         report = reembed_index(args.index, load_model(args.model), options)
         _report(report, None)
     elif args.command == "retrain":

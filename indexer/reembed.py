@@ -88,7 +88,9 @@ def _reembed(
     options: BuildOptions,
 ) -> MergedSegment:
     """The snapshot's live rows, in order, embedded with `model` as one new segment."""
-    name = f"e{snapshot.name}"  # unique in any version that can hold it
+    # named as a compaction's segment would be (it replaces the snapshot's segments
+    # the same way): unique in any version that can hold it, and a Milvus row key
+    name = f"c{snapshot.name}"
     writer = SegmentWriter(workspace, name, model.dim, snapshot.has_labels)
     replaces: dict[str, tuple[int, np.ndarray]] = {}
     pages: list[tuple[list, np.ndarray, int]] = []  # read, not yet written

@@ -226,3 +226,79 @@ def test_train_from_an_index_without_labels_says_what_to_do(tmp_path, trained_mo
     code = main(["--from-index", str(index_dir), "--out", str(tmp_path / "m"), "--quiet"])
     assert code != 0
     assert "has no labels" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reload_interval", [0.2, 0.0], ids=["polling", "no-polling"])
+def test_a_served_index_swaps_to_the_reembedded_version_under_load(
+    written_index, tuned_model, reload_interval
+):
+    """Searches and acknowledged writes run before, during and after the job: no call
+    fails, every acknowledged write is there exactly once afterwards, and every one of
+    them is embedded with the new model (those committed during the job at its
+    publish, those after the swap by the server's committer with the model it swapped
+    to). Without polling, the first commit after the publish is what swaps the server
+    (its committer meets a version of another model)."""
+    import threading
+    import time
+
+    from siamese_search.client import Example, SearchClient
+    from tests.test_writes import _start
+
+    new_model = load_model(tuned_model)
+    server = _start(written_index, reload_interval=reload_interval)
+    failures: list[str] = []
+    acknowledged: dict[str, str] = {}
+    stop = threading.Event()
+
+    def search() -> None:
+        with SearchClient(f"127.0.0.1:{server.port}") as client:
+            while not stop.is_set():
+                try:
+                    assert client.search("Fix the login crash", k=5).neighbors
+                except Exception as error:  # noqa: BLE001 - every failure is the finding
+                    failures.append(f"search: {error!r}")
+
+    def write() -> None:
+        with SearchClient(f"127.0.0.1:{server.port}") as client:
+            i = 0
+            while not stop.is_set():
+                text = f"Translate screen {i} of the settings into Welsh"
+                try:
+                    client.upsert([Example(text, "welsh", f"w{i}")], wait=True)
+                    acknowledged[f"w{i}"] = text
+                except Exception as error:  # noqa: BLE001
+                    failures.append(f"upsert w{i}: {error!r}")
+                i += 1
+
+    workers = [threading.Thread(target=search), threading.Thread(target=write)]
+    try:
+        for worker in workers:
+            worker.start()
+        time.sleep(1.0)
+        reembed_index(written_index, new_model, QUIET)
+        deadline = time.monotonic() + 60
+        with SearchClient(f"127.0.0.1:{server.port}") as client:
+            while time.monotonic() < deadline:
+                info = client.info()
+                if info.model_fingerprint == new_model.fingerprint:
+                    break
+                time.sleep(0.1)
+            assert info.model_fingerprint == new_model.fingerprint
+        time.sleep(2.0)  # writes after the swap
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=60)
+        server.stop(0)
+    assert not failures, failures[:5]
+    assert len(acknowledged) > 5
+    with open_index(written_index, model=new_model) as version:
+        found = version.records().positions_of(sorted(acknowledged))
+        assert found.keys() == acknowledged.keys()
+        ids = [row_id for rows in version.records().iter_all() for _, row_id, _, _ in rows]
+        assert len(ids) == len(set(ids))  # nothing twice
+        order = sorted(acknowledged)
+        got = version.vectors_at(np.array([found[i] for i in order]))
+        expected = new_model.embed([acknowledged[i] for i in order])
+        np.testing.assert_allclose(got, expected, atol=1e-5)

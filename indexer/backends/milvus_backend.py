@@ -195,11 +195,25 @@ class Placement:
 
 
 def index_signature(manifest: dict) -> dict:
-    """The Milvus index a version's rows need: (type, build parameters)."""
+    """The data collection a version's rows need: its Milvus index (type, build
+    parameters) and the model that embedded them (a re-embedded version changes
+    every vector: it gets a data collection of its own; shares_data)."""
     index_type, build_params, _ = milvus_index(
         manifest["index"]["type"], manifest["index"]["params"]
     )
-    return {"type": index_type, "params": build_params}
+    return {
+        "type": index_type,
+        "params": build_params,
+        "model": manifest["model"]["fingerprint"],
+    }
+
+
+def shares_data(held: dict, needed: dict) -> bool:
+    """Whether a version of signature `needed` can be written into a data collection
+    of signature `held`. Signatures written before they named the model have none: the
+    model was the base's then (every write checks it), so they match any."""
+    same_index = (held.get("type"), held.get("params")) == (needed["type"], needed["params"])
+    return same_index and held.get("model", needed["model"]) == needed["model"]
 
 
 def partition_name(segment: str) -> str:

@@ -58,6 +58,7 @@ from siamese_search.indexer.backends.milvus_backend import (
     label_key,
     partition_name,
     row_key,
+    shares_data,
 )
 from siamese_search.indexer.segments import Segment
 from siamese_search.indexer.store import IndexVersion
@@ -150,7 +151,7 @@ class MilvusWriter:
         _mark_pending(index_dir, version)
         signature = index_signature(manifest)
         base_placement = self.placement_of(base.name) if base is not None else None
-        if base_placement is not None and base_placement.index == signature:
+        if base_placement is not None and shares_data(base_placement.index, signature):
             data, ts = base_placement.data, base_placement.ts
             known = set(base_placement.partitions)
         else:  # a first version, a FAISS-only or whole-collection base, another index
@@ -251,7 +252,7 @@ class MilvusWriter:
         data, ts = None, 0
         for other in sorted(placements, reverse=True):  # the newest head's data first
             placement = placements[other]
-            if placement is not None and placement.index == signature:
+            if placement is not None and shares_data(placement.index, signature):
                 if self.client.has_collection(placement.data):
                     data, ts = placement.data, placement.ts
                     break
