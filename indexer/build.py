@@ -216,6 +216,9 @@ def apply_changes(
             texts=[text for text, _ in pending.values()],
             labels=[label or "" for _, label in pending.values()] if base.has_labels else None,
             ids=list(pending),
+            metadata=[folded.metadata.get(row_id, {}) for row_id in pending]
+            if folded.metadata
+            else None,
         )
         columns = Columns(text="text", label="label" if base.has_labels else None, id="id")
 

@@ -33,6 +33,8 @@ class Change:
     texts: tuple[str, ...] = ()
     labels: tuple[str, ...] | None = None
     label: str = ""
+    #: each upserted row's metadata fields (indexer.metadata); None: none
+    metadata: tuple[dict, ...] | None = None
 
 
 @dataclass
@@ -41,6 +43,8 @@ class ChangeSet:
 
     #: id -> (text, label) to write, the last upsert of an id winning
     upserts: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    #: id -> metadata fields of the upserts that have any
+    metadata: dict[str, dict] = field(default_factory=dict)
     #: ids whose current rows go (deleted, or replaced by an upsert)
     dropped_ids: set[str] = field(default_factory=set)
     #: labels whose every current row goes
@@ -52,12 +56,19 @@ class ChangeSet:
         for change in changes:
             if change.kind == "upsert":
                 labels = change.labels or (None,) * len(change.ids)
-                for row_id, text, label in zip(change.ids, change.texts, labels, strict=True):
+                fields = change.metadata or ({},) * len(change.ids)
+                for row_id, text, label, found in zip(
+                    change.ids, change.texts, labels, fields, strict=True
+                ):
                     folded.upserts[row_id] = (text, label)
+                    folded.metadata.pop(row_id, None)
+                    if found:
+                        folded.metadata[row_id] = found
                     folded.dropped_ids.add(row_id)
             elif change.kind == "delete":
                 for row_id in change.ids:
                     folded.upserts.pop(row_id, None)
+                    folded.metadata.pop(row_id, None)
                     folded.dropped_ids.add(row_id)
             elif change.kind == "delete-label":
                 folded.upserts = {

@@ -23,6 +23,7 @@ from siamese_search.core.tables import (
     iter_table,
 )
 from siamese_search.indexer import layout
+from siamese_search.indexer.metadata import MetadataError, check_metadata, encode
 from siamese_search.indexer.options import BuildOptions
 from siamese_search.indexer.version_writer import VersionWriter
 
@@ -36,12 +37,13 @@ def _chunks_of(
 ) -> tuple[Iterator[Chunk], int]:
     """The rows to ingest, in chunks, and how many records that is (for progress:
     `records` when the caller's own pass counted them, else one counting pass)."""
-    if isinstance(source, Table):  # already read and checked (siamese-evaluate)
+    if isinstance(source, Table):  # already read and checked (siamese-evaluate, writes)
         chunk = Chunk(
             texts=source.texts,
             labels=source.labels if columns.label is not None else None,
             ids=source.ids,
             lines=list(range(1, len(source.texts) + 1)),
+            metadata=source.metadata,
         )
         return iter([chunk]), len(chunk)
     total = records if records is not None else count_records(source)
@@ -71,18 +73,28 @@ def ingest(
     accepted: deque[tuple[Chunk, list[int]]] = deque()  # checked, not yet written
     pending: set[str] = set()  # their ids: an engine reads ahead of the writer
 
+    stored: deque[list[str | None] | None] = deque()  # the accepted rows' metadata
+
     def checked_texts() -> Iterator[list[str]]:
         for chunk in chunks:
             problems.extend(chunk.problems)
             keep = []
+            fields: list[str | None] = []
             taken = writer.existing_ids(chunk.ids)
             for i, row_id in enumerate(chunk.ids):
                 if row_id in pending or row_id in taken:
                     problems.append(RowProblem(chunk.lines[i], f"duplicate id {row_id!r}"))
                     continue
+                if chunk.metadata is not None:
+                    try:
+                        fields.append(encode(check_metadata(chunk.metadata[i])))
+                    except MetadataError as error:
+                        problems.append(RowProblem(chunk.lines[i], str(error)))
+                        continue
                 pending.add(row_id)
                 keep.append(i)
             accepted.append((chunk, keep))
+            stored.append(fields if chunk.metadata is not None else None)
             yield [chunk.texts[i] for i in keep]
 
     bar = tqdm(
@@ -98,7 +110,7 @@ def ingest(
             chunk, keep = accepted.popleft()
             ids = [chunk.ids[i] for i in keep]
             labels = [chunk.labels[i] for i in keep] if chunk.labels is not None else None
-            writer.append(ids, labels, [chunk.texts[i] for i in keep], vectors)
+            writer.append(ids, labels, [chunk.texts[i] for i in keep], vectors, stored.popleft())
             pending.difference_update(ids)
             added += len(keep)
             layout.checkpoint("during-ingest")

@@ -1,4 +1,4 @@
-"""The record store of one index version: position -> (id, label, text), in SQLite.
+"""The record store of one index version: position -> (id, label, text, metadata), in SQLite.
 
 Why SQLite (standard library): random access by position for the top-k hits of a
 query without holding millions of texts in memory, and a UNIQUE index on ids that
@@ -18,9 +18,12 @@ CREATE TABLE records (
     position INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
     label TEXT,
-    text TEXT NOT NULL
+    text TEXT NOT NULL,
+    metadata TEXT
 );
 """
+#: where a filter's SQL (indexer.metadata) reads a row's metadata
+METADATA_COLUMN = "records.metadata"
 _SQL_VARIABLES = 900  # stay under SQLite's bound-parameter limit on any build
 
 
@@ -48,13 +51,21 @@ class RecordWriter:
         return found
 
     def append(
-        self, ids: Sequence[str], labels: Sequence[str | None], texts: Sequence[str]
+        self,
+        ids: Sequence[str],
+        labels: Sequence[str | None],
+        texts: Sequence[str],
+        metadata: Sequence[str | None] | None = None,
     ) -> None:
+        """Rows in order; `metadata`: each row's fields as stored JSON (None: none)."""
+        stored = metadata if metadata is not None else [None] * len(ids)
         rows = (
-            (self.count + i, row_id, label, text)
-            for i, (row_id, label, text) in enumerate(zip(ids, labels, texts, strict=True))
+            (self.count + i, row_id, label, text, fields)
+            for i, (row_id, label, text, fields) in enumerate(
+                zip(ids, labels, texts, stored, strict=True)
+            )
         )
-        self._db.executemany("INSERT INTO records VALUES (?, ?, ?, ?)", rows)
+        self._db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?)", rows)
         self.count += len(ids)
 
     def close(self) -> None:
@@ -83,6 +94,10 @@ class RecordReader:
             self.close()
             raise
         self.count = 0 if largest is None else int(largest) + 1
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
+        #: stores written before metadata have no column for it: read as none
+        self.has_metadata = "metadata" in columns
+        self._keys: dict[str, set[str]] | None = None
 
     def _execute(self, sql: str, parameters=()):
         if self._db is None:
@@ -113,6 +128,59 @@ class RecordReader:
                     out[row_id] = position
         return out
 
+    def metadata_of(self, positions: Iterable[int]) -> dict[int, str]:
+        """position -> stored metadata JSON, for the positions that have any."""
+        if not self.has_metadata:
+            return {}
+        wanted = [int(p) for p in positions]
+        out: dict[int, str] = {}
+        with self._lock:
+            for start in range(0, len(wanted), _SQL_VARIABLES):
+                part = wanted[start : start + _SQL_VARIABLES]
+                marks = ",".join("?" * len(part))
+                sql = (
+                    f"SELECT position, metadata FROM records WHERE position IN ({marks}) "
+                    "AND metadata IS NOT NULL"
+                )
+                for position, stored in self._execute(sql, part):
+                    out[position] = stored
+        return out
+
+    def positions_where(self, condition: str, parameters: tuple) -> list[int]:
+        """Positions of the rows meeting an SQL condition on `records` (a compiled
+        filter, indexer.metadata), in order."""
+        if not self.has_metadata:  # no fields at all: a field's test sees none
+            condition = condition.replace(METADATA_COLUMN, "NULL")
+        with self._lock:
+            rows = self._execute(
+                f"SELECT position FROM records WHERE {condition} ORDER BY position", parameters
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def metadata_keys(self) -> dict[str, set[str]]:
+        """The metadata fields this store holds, and their value kinds ("string",
+        "number", "bool"): read once (a scan), for filters to check their keys."""
+        if self._keys is None:
+            keys: dict[str, set[str]] = {}
+            if self.has_metadata:
+                kinds = {"text": "string", "integer": "number", "real": "number"}
+                kinds.update({"true": "bool", "false": "bool"})
+                # a list's items by their own types; a scalar by its type (json_each
+                # of a boolean's value would see 1 or 0)
+                sql = (
+                    "SELECT DISTINCT field.key, CASE WHEN field.type = 'array' THEN item.type "
+                    "ELSE field.type END FROM records, json_each(records.metadata) AS field, "
+                    "json_each(CASE WHEN field.type = 'array' THEN field.value ELSE '[0]' END) "
+                    "AS item WHERE records.metadata IS NOT NULL"
+                )
+                with self._lock:
+                    found = self._execute(sql).fetchall()
+                for key, kind in found:
+                    if kind in kinds:
+                        keys.setdefault(key, set()).add(kinds[kind])
+            self._keys = keys
+        return self._keys
+
     def next_row_id(self) -> int:
         """1 + the largest all-digit id: where row-number ids of added rows start."""
         with self._lock:
@@ -121,14 +189,18 @@ class RecordReader:
             ).fetchone()
         return 0 if largest is None else int(largest) + 1
 
-    def iter_all(self, batch: int = 8192):
-        """(position, id, label, text) in position order, in batches (for add/delete)."""
-        last = -1
+    def iter_all(self, batch: int = 8192, with_metadata: bool = False, after: int = -1):
+        """(position, id, label, text) in position order, in batches (for add/delete);
+        `with_metadata`: and the stored metadata JSON (None: none); `after`: from the
+        position after this one."""
+        last = after
+        fields = "position, id, label, text"
+        if with_metadata:
+            fields += ", metadata" if self.has_metadata else ", NULL"
         while True:  # keyset pages: no cursor stays open across the lock
             with self._lock:
                 rows = self._execute(
-                    "SELECT position, id, label, text FROM records WHERE position > ? "
-                    "ORDER BY position LIMIT ?",
+                    f"SELECT {fields} FROM records WHERE position > ? ORDER BY position LIMIT ?",
                     (last, batch),
                 ).fetchall()
             if not rows:

@@ -38,6 +38,7 @@ from siamese_search.indexer import layout
 from siamese_search.indexer.build import _source_columns, carried_index_settings
 from siamese_search.indexer.compaction import MergedSegment
 from siamese_search.indexer.ingest import embedder
+from siamese_search.indexer.metadata import decode
 from siamese_search.indexer.options import BuildOptions, BuildReport
 from siamese_search.indexer.store import IndexVersion, open_index
 from siamese_search.indexer.transaction import Plan, write_version
@@ -99,11 +100,11 @@ def _reembed(
         for segment in snapshot.segments:
             moved = np.full(segment.rows, -1, dtype=np.int64)
             replaces[segment.name] = (segment.rows, moved)
-            for rows in segment.records.iter_all(PAGE_ROWS):
+            for rows in segment.records.iter_all(PAGE_ROWS, with_metadata=True):
                 live = [row for row in rows if segment.is_live(row[0])]
                 if live:
                     pages.append((live, moved, segment.offset))
-                    yield [text for *_, text in live]
+                    yield [row[3] for row in live]
 
     bar = tqdm(
         total=snapshot.count,
@@ -117,10 +118,11 @@ def _reembed(
             live, moved, _ = pages.pop(0)
             first = writer.count
             writer.append(
-                [row_id for _, row_id, _, _ in live],
-                [label for _, _, label, _ in live] if snapshot.has_labels else None,
-                [text for *_, text in live],
+                [row[1] for row in live],
+                [row[2] for row in live] if snapshot.has_labels else None,
+                [row[3] for row in live],
                 vectors,
+                [row[4] for row in live],
             )
             moved[[local for local, *_ in live]] = np.arange(first, writer.count)
             bar.update(len(live))
@@ -153,15 +155,22 @@ def _publish_plan(
     ids: list[str] = []
     labels: list[str] = []
     texts: list[str] = []
+    fields: list[dict] = []
     for segment in since:
-        for rows in segment.records.iter_all(PAGE_ROWS):
-            for local, row_id, label, text in rows:
+        for rows in segment.records.iter_all(PAGE_ROWS, with_metadata=True):
+            for local, row_id, label, text, stored in rows:
                 drop.add(local + segment.offset)
                 if segment.is_live(local):
                     ids.append(row_id)
                     labels.append(label or "")
                     texts.append(text)
-    source = Table(texts=texts, labels=labels if base.has_labels else None, ids=ids)
+                    fields.append(decode(stored))
+    source = Table(
+        texts=texts,
+        labels=labels if base.has_labels else None,
+        ids=ids,
+        metadata=fields if any(fields) else None,
+    )
     columns = Columns(text="text", label="label" if base.has_labels else None, id="id")
     extra = {
         "operation": {

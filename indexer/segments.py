@@ -249,15 +249,46 @@ class Segment:
     def search(
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, version positions) among `allowed` rows; -1 pads."""
+        """Top-k (scores, version positions) among `allowed` rows; -1 pads.
+
+        A graph or IVF index searched with a selector that lets few rows through finds
+        too few of them (the walk is cut off among rows it may not return), so a
+        subset of at most EXACT_SUBSET_ROWS rows is scored exactly from the vectors,
+        as Qdrant plans a filtered search below its cardinality threshold."""
+        if allowed is not None and self.entry.kind != "flat":
+            chosen = np.flatnonzero(allowed)
+            if len(chosen) <= EXACT_SUBSET_ROWS:
+                return self._exact(queries, k, chosen)
         scores, local = self.index().search(queries, k, allowed)
         positions = np.where(local >= 0, local + self.offset, -1)
         return scores, positions
+
+    def _exact(
+        self, queries: np.ndarray, k: int, chosen: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        out_positions = np.full((len(queries), k), -1, dtype=np.int64)
+        if not len(chosen):
+            return out_scores, out_positions
+        scores = queries @ np.asarray(self.vectors()[chosen]).T
+        n = min(k, len(chosen))
+        top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        out_scores[:, :n] = np.take_along_axis(top_scores, order, axis=1)
+        out_positions[:, :n] = chosen[top] + self.offset
+        return out_scores, out_positions
 
     def close(self) -> None:
         if self._files is not None:
             self._cache.release(self._key, self._files)
             self._files = None
+
+
+#: a filtered search of a graph or IVF segment lets at most this many rows through is
+#: scored exactly (Segment.search); bench/filters.py measures the choice
+EXACT_SUBSET_ROWS = 20_000
 
 
 def _identity(entry: SegmentEntry, files: dict) -> str:

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -23,6 +23,7 @@ from siamese_search.core.encoders.base import sha256_files
 from siamese_search.core.errors import ArtifactMismatchError, UserError
 from siamese_search.core.model_artifact import EmbeddingModel
 from siamese_search.indexer import layout
+from siamese_search.indexer.metadata import Filter, decode, parse_filter
 from siamese_search.indexer.segments import (
     Segment,
     SegmentCache,
@@ -54,6 +55,18 @@ class Hit:
     label: str  # "" when the index has no labels
     text: str
     score: float  # cosine similarity, in [-1, 1]
+    position: int
+    metadata: dict = field(default_factory=dict)  # the row's fields (indexer.metadata)
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    """A live row as stored: what Get and Scroll answer."""
+
+    id: str
+    label: str
+    text: str
+    metadata: dict
     position: int
 
 
@@ -242,7 +255,7 @@ class IndexVersion:
         label_info = self.manifest.get("labels")
         self.label_names: list[str] = list(label_info["names"]) if label_info else []
         self._filter = LabelFilter(self.label_names, has_labels=label_info is not None)
-        self._masks: OrderedDict[frozenset, _Visit] = OrderedDict()
+        self._masks: OrderedDict[tuple, _Visit] = OrderedDict()
 
     # ---- identity -----------------------------------------------------------
     @property
@@ -328,23 +341,46 @@ class IndexVersion:
         return mask if segment.live_mask is None else mask & segment.live_mask
 
     @classmethod
-    def _segment_mask(cls, segment: Segment, labels: frozenset[str]) -> np.ndarray | None:
-        """Which rows of `segment` a search may return: live, with one of `labels`
-        (None: every row, when no label is asked for and none is deleted)."""
-        return cls._labelled(segment, labels) if labels else segment.live_mask
+    def _segment_mask(
+        cls, segment: Segment, labels: frozenset[str], where: Filter | None
+    ) -> np.ndarray | None:
+        """Which rows of `segment` a search may return: live, with one of `labels`,
+        passing `where` (None: every row, when nothing is asked and none is deleted)."""
+        mask = cls._labelled(segment, labels) if labels else segment.live_mask
+        if where is None:
+            return mask
+        passing = np.zeros(segment.rows, dtype=bool)
+        passing[segment.records.positions_where(where.sql, where.params)] = True
+        return passing if mask is None else mask & passing
 
-    def _allowed(self, labels: Sequence[str]) -> _Visit:
-        """What a search with this label filter visits, worked out once per filter."""
-        key = frozenset(labels)
+    def metadata_keys(self) -> dict[str, set[str]]:
+        """The metadata fields the version's rows hold, and their value kinds."""
+        keys: dict[str, set[str]] = {}
+        for segment in self.segments:
+            for key, kinds in segment.records.metadata_keys().items():
+                keys.setdefault(key, set()).update(kinds)
+        return keys
+
+    def parse_filter(self, spec: dict | None) -> Filter | None:
+        """A filter in Qdrant's shape checked against the fields this version holds
+        (FilterError says what to fix); None for no filter."""
+        if not spec:
+            return None
+        return parse_filter(spec, self.metadata_keys())
+
+    def _allowed(self, labels: Sequence[str], where: Filter | None = None) -> _Visit:
+        """What a search with this label filter (and filter) visits, worked out once
+        per filter."""
+        key = (frozenset(labels), where.key if where is not None else "")
         visit = self._masks.get(key)
         if visit is None:
-            if key:
+            if key[0]:
                 self._filter.codes(labels)  # refuses unknown labels, or none at all
             held = self._small_segments()
             alone = []
             small: list[np.ndarray | None] = []
             for segment in self.segments:
-                mask = self._segment_mask(segment, key)
+                mask = self._segment_mask(segment, key[0], where)
                 if segment.name in held.names:
                     small.append(mask)
                 elif segment.live and (mask is None or mask.any()):
@@ -365,13 +401,24 @@ class IndexVersion:
         return visit
 
     def search(
-        self, vectors: np.ndarray, k: int, labels: Sequence[str] = (), min_score: float = -1.0
+        self,
+        vectors: np.ndarray,
+        k: int,
+        labels: Sequence[str] = (),
+        min_score: float = -1.0,
+        where: Filter | None = None,
+        exclude: Sequence[int] = (),
     ) -> list[list[Hit]]:
-        """Top-k hits per query vector, best first, each with score >= min_score."""
+        """Top-k hits per query vector, best first, each with score >= min_score,
+        among the rows with one of `labels` that pass `where` (the exact top-k among
+        them: segments.Segment.search), but the positions in `exclude` (a search by
+        an existing row leaves the row out)."""
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if vectors.shape[1] != self.dim:
             raise UserError(f"query vectors have dim {vectors.shape[1]}, the index {self.dim}")
-        visit = self._allowed(labels)
+        if exclude:
+            k += len(exclude)
+        visit = self._allowed(labels, where)
         found = [segment.search(vectors, k, mask) for segment, mask in visit.alone]
         if visit.small:
             found.append(self._small_segments().search(vectors, k, visit.small_mask))
@@ -380,16 +427,59 @@ class IndexVersion:
         scores, positions = merge_top_k(found, k)
         wanted = {int(p) for p in positions.ravel() if p >= 0}
         records = self.records().fetch(wanted)
+        fields = self.records().metadata_of(wanted)
+        left_out = {int(p) for p in exclude}
         results = []
         for row_scores, row_positions in zip(scores, positions, strict=True):
             hits = []
             for score, position in zip(row_scores, row_positions, strict=True):
-                if position < 0 or score < min_score:
+                if position < 0 or score < min_score or int(position) in left_out:
                     continue
                 row_id, label, text = records[int(position)]
-                hits.append(Hit(row_id, label or "", text, float(score), int(position)))
-            results.append(hits)
+                found_fields = decode(fields.get(int(position)))
+                hits.append(
+                    Hit(row_id, label or "", text, float(score), int(position), found_fields)
+                )
+            results.append(hits[: k - len(left_out)] if left_out else hits)
         return results
+
+    def get(self, ids: Sequence[str]) -> list[StoredRow]:
+        """The live rows with these ids, in the order asked (ids not held: left out)."""
+        positions = self.records().positions_of(list(ids))
+        found = [positions[i] for i in dict.fromkeys(ids) if i in positions]
+        return self._rows(found)
+
+    def scroll(
+        self, where: Filter | None, limit: int, after: int = -1
+    ) -> tuple[list[StoredRow], int | None]:
+        """Up to `limit` live rows passing `where`, in position order, from the position
+        after `after`; and the last position given when more may follow (None: done)."""
+        visit_masks = {
+            segment.name: self._segment_mask(segment, frozenset(), where)
+            for segment in self.segments
+        }
+        chosen: list[int] = []
+        for segment in self.segments:
+            if segment.offset + segment.rows - 1 <= after:
+                continue
+            mask = visit_masks[segment.name]
+            local = np.arange(segment.rows) if mask is None else np.flatnonzero(mask)
+            local = local[local + segment.offset > after]
+            chosen.extend(int(p) for p in (local[: limit + 1 - len(chosen)] + segment.offset))
+            if len(chosen) > limit:
+                break
+        more = len(chosen) > limit
+        rows = self._rows(chosen[:limit])
+        return rows, (rows[-1].position if more and rows else None)
+
+    def _rows(self, positions: list[int]) -> list[StoredRow]:
+        records = self.records().fetch(positions)
+        fields = self.records().metadata_of(positions)
+        return [
+            StoredRow(records[p][0], records[p][1] or "", records[p][2], decode(fields.get(p)), p)
+            for p in positions
+            if p in records
+        ]
 
     def close(self) -> None:
         """Release the segments' record stores and indexes and the hold on this version.
@@ -437,6 +527,19 @@ class VersionRecords:
                 out[position + offset] = record
         return out
 
+    def metadata_of(self, positions: Iterable[int]) -> dict[int, str]:
+        """position -> stored metadata JSON, for the given positions that have any."""
+        by_segment: dict[int, list[int]] = {}
+        for position in positions:
+            at = bisect.bisect_right(self._starts, int(position)) - 1
+            by_segment.setdefault(at, []).append(int(position) - self._starts[at])
+        out: dict[int, str] = {}
+        for at, local in by_segment.items():
+            offset = self._starts[at]
+            for position, stored in self.segments[at].records.metadata_of(local).items():
+                out[position + offset] = stored
+        return out
+
     def positions_of(self, ids: Sequence[str]) -> dict[str, int]:
         """id -> position of the live rows with these ids."""
         out: dict[str, int] = {}
@@ -451,14 +554,13 @@ class VersionRecords:
         of added rows start."""
         return max((segment.records.next_row_id() for segment in self.segments), default=0)
 
-    def iter_all(self, batch: int = 8192) -> Iterator[list[tuple[int, str, str | None, str]]]:
-        """(position, id, label, text) of the live rows in position order, in batches."""
+    def iter_all(self, batch: int = 8192, with_metadata: bool = False) -> Iterator[list[tuple]]:
+        """(position, id, label, text) of the live rows in position order, in batches;
+        `with_metadata`: and each row's stored metadata JSON (None: none)."""
         for segment in self.segments:
-            for rows in segment.records.iter_all(batch):
+            for rows in segment.records.iter_all(batch, with_metadata=with_metadata):
                 live = [
-                    (position + segment.offset, row_id, label, text)
-                    for position, row_id, label, text in rows
-                    if segment.is_live(position)
+                    (row[0] + segment.offset, *row[1:]) for row in rows if segment.is_live(row[0])
                 ]
                 if live:
                     yield live

@@ -75,7 +75,9 @@ class SegmentWriter:
         labels: Sequence[str | None] | None,
         texts: Sequence[str],
         vectors: np.ndarray,
+        metadata: Sequence[str | None] | None = None,
     ) -> None:
+        """Rows in order; `metadata`: each row's fields as stored JSON (None: none)."""
         if not ids:
             return
         if self.label_file is not None:
@@ -83,7 +85,9 @@ class SegmentWriter:
             codes = np.array([self._code(label) for label in labels], dtype=np.int32)
             codes.tofile(self.label_file)
             self.label_counts.update(label for label in labels if label)
-        self.records.append(ids, labels if labels is not None else [None] * len(ids), texts)
+        self.records.append(
+            ids, labels if labels is not None else [None] * len(ids), texts, metadata
+        )
         np.ascontiguousarray(vectors, dtype=np.float32).tofile(self.vectors)
 
     def _code(self, label: str | None) -> int:
@@ -99,7 +103,7 @@ class SegmentWriter:
         """Append a segment's rows but `deleted`, in order, without re-encoding."""
         vectors = segment.vectors()
         names = segment.entry.labels
-        for rows in segment.records.iter_all():
+        for rows in segment.records.iter_all(with_metadata=True):
             if deleted is not None:
                 rows = [row for row in rows if not deleted[row[0]]]
             if not rows:
@@ -109,7 +113,11 @@ class SegmentWriter:
             if segment.codes is not None and names is not None:
                 labels = [names[c] if c >= 0 else None for c in segment.codes[local]]
             self.append(
-                [r[1] for r in rows], labels, [r[3] for r in rows], np.asarray(vectors[local])
+                [r[1] for r in rows],
+                labels,
+                [r[3] for r in rows],
+                np.asarray(vectors[local]),
+                [r[4] for r in rows],
             )
 
     def finish(self, kind: str, params: dict | None, whole_version: bool) -> SegmentEntry:
@@ -187,8 +195,9 @@ class VersionWriter:
         labels: Sequence[str | None] | None,
         texts: Sequence[str],
         vectors: np.ndarray,
+        metadata: Sequence[str | None] | None = None,
     ) -> None:
-        self.new.append(ids, labels, texts, vectors)
+        self.new.append(ids, labels, texts, vectors, metadata)
 
     def keep(self, segment: Segment, deleted: np.ndarray | None, base_files: dict) -> None:
         """Link a base segment into this version as it is, with `deleted` rows."""

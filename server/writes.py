@@ -89,6 +89,13 @@ def why_invalid(record: object) -> str | None:
         len(texts) != len(ids) or (labels is not None and len(labels) != len(ids))
     ):
         return "ids, texts and labels differ in length"
+    metadata = record.get("metadata")
+    if metadata is not None and (
+        not isinstance(metadata, list)
+        or len(metadata) != len(ids)
+        or not all(isinstance(fields, dict) for fields in metadata)
+    ):
+        return "metadata is not one object per id"
     return None
 
 
@@ -255,6 +262,8 @@ class Journal:
             "labels": list(change.labels) if change.labels is not None else None,
             "label": change.label,
         }
+        if change.metadata is not None:
+            record["metadata"] = list(change.metadata)
         self._append(_journal_line(record))
         # only now: a failed append takes no number (the next record must follow on)
         self._next += 1
@@ -476,12 +485,14 @@ def _append_line(handle, record: dict) -> None:
 
 def _change(record: dict) -> Change:
     labels = record.get("labels")
+    metadata = record.get("metadata")
     return Change(
         record["kind"],
         tuple(record.get("ids", ())),
         tuple(record.get("texts", ())),
         tuple(labels) if labels is not None else None,
         record.get("label", ""),
+        tuple(metadata) if metadata is not None else None,
     )
 
 

@@ -38,6 +38,8 @@ class Columns:
     text: str = "text"
     label: str | None = "label"
     id: str | None = None
+    #: columns whose values become each row's metadata fields (indexer.metadata)
+    metadata: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class Chunk:
     ids: list[str] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
     problems: list[RowProblem] = field(default_factory=list)
+    #: each row's fields from the metadata columns, as the format types them (None:
+    #: no metadata columns)
+    metadata: list[dict] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -75,12 +80,18 @@ def table_format(path: Path) -> str:
     return fmt
 
 
-def _check_columns(path: Path, available: list[str], columns: Columns) -> None:
+def _check_columns(
+    path: Path, available: list[str], columns: Columns, fields_optional: bool = False
+) -> None:
+    """Every column named must be there; with `fields_optional` (JSON Lines, whose
+    objects may leave a field out) the metadata columns need not be."""
     wanted = [("--text-column", columns.text)]
     if columns.label is not None:
         wanted.append(("--label-column", columns.label))
     if columns.id is not None:
         wanted.append(("--id-column", columns.id))
+    if not fields_optional:
+        wanted += [("--metadata-columns", name) for name in columns.metadata]
     for flag, name in wanted:
         if name not in available:
             shown = ", ".join(repr(c) for c in available) or "(none)"
@@ -99,7 +110,10 @@ class _ChunkBuilder:
         self.chunk = self._new_chunk()
 
     def _new_chunk(self) -> Chunk:
-        return Chunk(labels=[] if self.columns.label is not None else None)
+        return Chunk(
+            labels=[] if self.columns.label is not None else None,
+            metadata=[] if self.columns.metadata else None,
+        )
 
     def add(self, line: int, record: dict[str, object] | None, error: str | None = None) -> None:
         row_index = self.row_index
@@ -134,6 +148,14 @@ class _ChunkBuilder:
         if self.chunk.labels is not None:
             assert label is not None
             self.chunk.labels.append(label)
+        if self.chunk.metadata is not None:
+            self.chunk.metadata.append(
+                {
+                    name: record[name]
+                    for name in self.columns.metadata
+                    if not _missing(record.get(name))
+                }
+            )
 
     def full(self) -> bool:
         return len(self.chunk) + len(self.chunk.problems) >= self.chunk_rows
@@ -153,6 +175,11 @@ def _text_problem(text: object, column: str) -> str | None:
     if _UNDECODABLE.search(text):
         return f"bytes that are not UTF-8 in column {column!r}"
     return None
+
+
+def _missing(value: object) -> bool:
+    """A metadata cell with nothing in it: absent, null, NaN, or an empty CSV cell."""
+    return value is None or value == "" or (isinstance(value, float) and value != value)
 
 
 def _as_key(value: object) -> str | None:
@@ -312,7 +339,7 @@ def _jsonl_rows(path: Path, columns: Columns):
                 yield line_no, None, f"a JSON {type(record).__name__}, expected an object"
                 continue
             if not checked:
-                _check_columns(path, list(record), columns)
+                _check_columns(path, list(record), columns, fields_optional=True)
                 checked = True
             yield line_no, record, None
     if not checked:
@@ -328,6 +355,7 @@ def _parquet_rows(path: Path, columns: Columns):
         raise DataError(f"{path}: not a readable Parquet file ({error})") from None
     _check_columns(path, parquet.schema_arrow.names, columns)
     wanted = [c for c in (columns.text, columns.label, columns.id) if c is not None]
+    wanted += [c for c in columns.metadata if c not in wanted]
     row = 0
     for batch in parquet.iter_batches(batch_size=DEFAULT_CHUNK_ROWS, columns=wanted):
         values = {name: batch.column(name).to_pylist() for name in wanted}
@@ -352,6 +380,8 @@ class Table:
     texts: list[str]
     labels: list[str] | None
     ids: list[str]
+    #: each row's metadata fields (None: none given)
+    metadata: list[dict] | None = None
 
     @property
     def label_list(self) -> list[str]:

@@ -1,0 +1,296 @@
+"""Metadata on examples, and filters over it (issue 36): what a row carries besides id,
+label and text, and how a search is limited to the rows that pass a filter.
+
+An example's metadata is a flat JSON object: keys of letters, digits, `_` and `-`;
+values strings, integers, floats, booleans, or lists of these (no nested objects:
+a filter names a key, not a path). Bounded (MAX_KEYS, MAX_BYTES, MAX_LIST) so one
+row cannot hold a document. Stored as JSON text beside the record (indexer.records).
+
+Filters take Qdrant's shape, which users of vector stores already write:
+
+    {"must": [cond, ...], "should": [cond, ...], "must_not": [cond, ...]}
+    cond: {"key": K, "match": {"value": V}}       K equals V (for a list: holds V)
+          {"key": K, "match": {"any": [V, ...]}}  K equals one of them
+          {"key": K, "range": {"gt"|"gte"|"lt"|"lte": number, ...}}
+          a filter (nested)
+
+`must`: every condition; `should`: at least one (when any are given); `must_not`:
+none. The key `label` is the row's label and `id` its id, so the label filter is one
+such condition. A filter compiles to one SQL condition over a segment's record store
+(SQLite's JSON functions; json_each makes a list match when one of its items does);
+the search then runs on the rows that pass (indexer.store). Unknown keys, a range on
+a key that holds no numbers, values of the wrong type, a filter too deep or too large
+are refused with what to fix (FilterError, a UserError: INVALID_ARGUMENT).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+
+from siamese_search.core.errors import UserError
+
+MAX_KEYS = 64
+MAX_BYTES = 16 * 1024  # one example's metadata as JSON
+MAX_LIST = 256
+MAX_KEY_CHARS = 64
+#: a filter's bounds: nesting, conditions in all, values in one `any`
+MAX_FILTER_DEPTH = 4
+MAX_CONDITIONS = 64
+MAX_ANY = 1000
+#: keys that name a record's own fields, not its metadata
+RECORD_KEYS = ("label", "id")
+_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+_RANGE_OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+#: the JSON types a value may have, by the type SQLite's json_each names
+SCALAR = (str, int, float, bool)
+
+
+class MetadataError(UserError):
+    """Metadata that cannot be stored (wrong shape, too large)."""
+
+
+class FilterError(UserError):
+    """A filter that cannot be applied (unknown key, wrong type, too large)."""
+
+
+def check_metadata(metadata: object, where: str = "metadata") -> dict:
+    """`metadata` checked and normalised (integral floats stay floats; None: {})."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise MetadataError(f"{where} must be a JSON object of fields, not {_kind(metadata)}")
+    if len(metadata) > MAX_KEYS:
+        raise MetadataError(f"{where} has {len(metadata)} fields; the limit is {MAX_KEYS}")
+    out = {}
+    for key, value in metadata.items():
+        check_key(key, where)
+        if key in RECORD_KEYS:
+            raise MetadataError(
+                f"{where}.{key}: '{key}' is the example's own field; name the field otherwise"
+            )
+        if isinstance(value, list):
+            if len(value) > MAX_LIST:
+                raise MetadataError(
+                    f"{where}.{key} is a list of {len(value)} items; the limit is {MAX_LIST}"
+                )
+            for item in value:
+                _check_scalar(item, f"{where}.{key}[]")
+        else:
+            _check_scalar(value, f"{where}.{key}")
+        out[key] = value
+    size = len(encode(out) or "")
+    if size > MAX_BYTES:
+        raise MetadataError(f"{where} is {size} bytes as JSON; the limit is {MAX_BYTES}")
+    return out
+
+
+def check_key(key: object, where: str) -> str:
+    if not isinstance(key, str) or not _KEY.match(key) or len(key) > MAX_KEY_CHARS:
+        raise MetadataError(
+            f"{where}: field name {str(key)[:80]!r} must be 1-{MAX_KEY_CHARS} letters, digits, "
+            "'_' or '-'"
+        )
+    return key
+
+
+def _check_scalar(value: object, where: str) -> None:
+    if not isinstance(value, SCALAR):
+        raise MetadataError(
+            f"{where} is {_kind(value)}; values are strings, numbers, booleans or lists of these"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MetadataError(f"{where} is {value}; numbers must be finite")
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return "null" if value is None else type(value).__name__
+
+
+def encode(metadata: dict | None) -> str | None:
+    """The stored form: compact JSON, keys sorted; None for no fields."""
+    if not metadata:
+        return None
+    return json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def decode(stored: str | None) -> dict:
+    return json.loads(stored) if stored else {}
+
+
+def key_types(metadata: dict) -> dict[str, set[str]]:
+    """key -> the kinds of values it holds here ("string", "number", "bool")."""
+    out: dict[str, set[str]] = {}
+    for key, value in metadata.items():
+        for item in value if isinstance(value, list) else [value]:
+            out.setdefault(key, set()).add(_value_kind(item))
+    return out
+
+
+def _value_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "string"
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A checked filter (`parse_filter`) and its SQL over a record store."""
+
+    spec: dict  # the filter as given, normalised (the cache key's source)
+    sql: str  # a condition on the `records` table
+    params: tuple
+    keys: frozenset[str]  # metadata keys it names (not label / id)
+
+    @property
+    def key(self) -> str:
+        return json.dumps(self.spec, sort_keys=True)
+
+
+def parse_filter(spec: object, known: dict[str, set[str]] | None) -> Filter:
+    """Check a filter in Qdrant's shape and compile it. `known`: the metadata keys the
+    index holds and their value kinds (None: do not check keys)."""
+    counter = [0]
+    keys: set[str] = set()
+    sql, params = _filter_sql(spec, "filter", 1, counter, keys, known)
+    return Filter(_normalised(spec), sql, tuple(params), frozenset(keys))
+
+
+def _normalised(spec: object) -> dict:
+    return json.loads(json.dumps(spec, sort_keys=True))
+
+
+def _filter_sql(spec, where, depth, counter, keys, known) -> tuple[str, list]:
+    if not isinstance(spec, dict):
+        raise FilterError(f"{where} must be an object with must / should / must_not lists")
+    if depth > MAX_FILTER_DEPTH:
+        raise FilterError(f"{where} nests filters {depth} deep; the limit is {MAX_FILTER_DEPTH}")
+    unknown = set(spec) - {"must", "should", "must_not"}
+    if unknown:
+        raise FilterError(
+            f"{where} has {', '.join(sorted(unknown))}; a filter takes must, should, must_not"
+        )
+    parts: list[str] = []
+    params: list = []
+    for clause in ("must", "should", "must_not"):
+        conditions = spec.get(clause) or []
+        if not isinstance(conditions, list):
+            raise FilterError(f"{where}.{clause} must be a list of conditions")
+        compiled = []
+        for i, condition in enumerate(conditions):
+            counter[0] += 1
+            if counter[0] > MAX_CONDITIONS:
+                raise FilterError(f"the filter has over {MAX_CONDITIONS} conditions; simplify it")
+            sql, values = _condition_sql(
+                condition, f"{where}.{clause}[{i}]", depth, counter, keys, known
+            )
+            compiled.append(sql)
+            params.extend(values)
+        if not compiled:
+            continue
+        if clause == "must":
+            parts.append("(" + " AND ".join(compiled) + ")")
+        elif clause == "should":
+            parts.append("(" + " OR ".join(compiled) + ")")
+        else:
+            parts.append("NOT (" + " OR ".join(compiled) + ")")
+    return ("(" + " AND ".join(parts) + ")" if parts else "1"), params
+
+
+def _condition_sql(condition, where, depth, counter, keys, known) -> tuple[str, list]:
+    if not isinstance(condition, dict):
+        raise FilterError(f"{where} must be an object: {{key, match | range}} or a filter")
+    if "key" not in condition:
+        if set(condition) & {"must", "should", "must_not"}:
+            return _filter_sql(condition, where, depth + 1, counter, keys, known)
+        raise FilterError(f"{where} names no key; a condition is {{key, match | range}}")
+    key = condition["key"]
+    if not isinstance(key, str):
+        raise FilterError(f"{where}.key must be a string")
+    extra = set(condition) - {"key", "match", "range"}
+    if extra or ("match" in condition) == ("range" in condition):
+        raise FilterError(f"{where} needs exactly one of match or range beside key")
+    if key not in RECORD_KEYS:
+        check_key(key, where)
+        if known is not None and key not in known:
+            listed = ", ".join(sorted(known)[:20]) or "none"
+            raise FilterError(
+                f"{where}: the index holds no field {key!r} (fields: {listed}; and label, id)"
+            )
+        keys.add(key)
+    if "match" in condition:
+        return _match_sql(key, condition["match"], where, known)
+    return _range_sql(key, condition["range"], where, known)
+
+
+def _values_of(key: str) -> str:
+    """The SQL rows a metadata field's value(s) are: json_each of it (one row for a
+    scalar, one per item for a list; none when the row lacks the field)."""
+    return f"json_each(records.metadata, '$.\"{key}\"')"
+
+
+def _match_sql(key: str, match, where: str, known) -> tuple[str, list]:
+    if not isinstance(match, dict) or len(match) != 1 or not set(match) <= {"value", "any"}:
+        raise FilterError(f"{where}.match must be {{value: V}} or {{any: [V, ...]}}")
+    if "value" in match:
+        values = [match["value"]]
+    else:
+        values = match["any"]
+        if not isinstance(values, list) or not values:
+            raise FilterError(f"{where}.match.any must be a non-empty list")
+        if len(values) > MAX_ANY:
+            raise FilterError(f"{where}.match.any has {len(values)} values; the limit is {MAX_ANY}")
+    for value in values:
+        if not isinstance(value, SCALAR):
+            raise FilterError(f"{where}.match: {_kind(value)} is not a value to match")
+    if key in RECORD_KEYS:
+        if not all(isinstance(value, str) for value in values):
+            raise FilterError(f"{where}.match: {key} is a string; match it with strings")
+        return f"records.{key} IN ({','.join('?' * len(values))})", list(values)
+    tests: list[str] = []
+    params: list[object] = []
+    for value in values:
+        if isinstance(value, bool):
+            tests.append("type = ?")
+            params.append("true" if value else "false")
+        elif isinstance(value, (int, float)):
+            tests.append("(type IN ('integer', 'real') AND value = ?)")
+            params.append(value)
+        else:
+            tests.append("(type = 'text' AND value = ?)")
+            params.append(value)
+    sql = f"EXISTS (SELECT 1 FROM {_values_of(key)} WHERE {' OR '.join(tests)})"
+    return sql, params
+
+
+def _range_sql(key: str, bounds, where: str, known) -> tuple[str, list]:
+    if key in RECORD_KEYS:
+        raise FilterError(f"{where}: {key} is a string; a range takes a numeric field")
+    if not isinstance(bounds, dict) or not bounds or set(bounds) - set(_RANGE_OPS):
+        raise FilterError(f"{where}.range takes one or more of gt, gte, lt, lte")
+    if known is not None and "number" not in known.get(key, {"number"}):
+        raise FilterError(
+            f"{where}: field {key!r} holds {', '.join(sorted(known[key]))} values, not numbers; "
+            "use match for it"
+        )
+    tests: list[str] = []
+    params: list[object] = []
+    for op, bound in sorted(bounds.items()):
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            raise FilterError(f"{where}.range.{op} must be a number, not {_kind(bound)}")
+        tests.append(f"value {_RANGE_OPS[op]} ?")
+        params.append(bound)
+    sql = (
+        f"EXISTS (SELECT 1 FROM {_values_of(key)} WHERE type IN ('integer', 'real') AND "
+        + " AND ".join(tests)
+        + ")"
+    )
+    return sql, params

@@ -1,0 +1,278 @@
+"""Metadata on examples and filters over it (issue 36), on FAISS: stored with the rows,
+carried through writes, compaction and re-embedding; filtered search exact on the
+subset that passes (flat, and graph indexes below the exact-subset threshold); Get,
+Scroll and search by an existing row; bad filters and metadata refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from siamese_search.core.model_artifact import load_model
+from siamese_search.core.tables import Columns
+from siamese_search.indexer.build import BuildOptions, apply_changes, build_index
+from siamese_search.indexer.changes import Change
+from siamese_search.indexer.compaction import compact_index
+from siamese_search.indexer.metadata import FilterError, MetadataError, check_metadata
+from siamese_search.indexer.store import open_index
+
+REPOS = ["core", "web", "docs"]
+COLUMNS = Columns(text="text", label="label", id="id", metadata=("repo", "year", "tags", "ok"))
+QUIET = BuildOptions(show_progress=False)
+VERBS = ["Fix", "Add", "Remove", "Speed up", "Document", "Refactor"]
+THINGS = ["the parser", "login", "the cache", "search", "the settings page", "tests"]
+
+
+def _rows(n: int = 240) -> list[dict]:
+    rows = []
+    for i in range(n):
+        row = {
+            "id": f"r{i}",
+            "text": f"{VERBS[i % 6]} {THINGS[(i // 6) % 6]} in module {i}",
+            "label": str(i % 3 + 1),
+            "repo": REPOS[i % 3],
+            "year": 2018 + i % 7,
+            "ok": i % 2 == 0,
+        }
+        if i % 4:
+            row["tags"] = [f"t{i % 5}", f"t{i % 7}"]
+        if i % 11 == 0:
+            del row["repo"]  # a row without the field
+        rows.append(row)
+    return rows
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture
+def indexed(tmp_path, trained_model):
+    rows = _rows()
+    data = _jsonl(tmp_path / "rows.jsonl", rows)
+    index_dir = tmp_path / "index"
+    model = load_model(trained_model)
+    build_index(index_dir, model, data, COLUMNS, QUIET)
+    return index_dir, model, {row["id"]: row for row in rows}
+
+
+def _passes(row: dict, spec: dict) -> bool:
+    """The filter's meaning, written plainly: the reference the SQL is held to."""
+
+    def holds(condition: dict) -> bool:
+        if "key" not in condition:
+            return _passes(row, condition)
+        key = condition["key"]
+        value = row.get(key)
+        values = value if isinstance(value, list) else ([] if value is None else [value])
+        if "match" in condition:
+            wanted = condition["match"].get("any", [condition["match"].get("value")])
+            return any(v == w and type(v) is type(w) for v in values for w in wanted)
+        ops = {"gt": np.greater, "gte": np.greater_equal, "lt": np.less, "lte": np.less_equal}
+        return any(
+            not isinstance(v, (str, bool))
+            and all(ops[o](v, b) for o, b in condition["range"].items())
+            for v in values
+        )
+
+    must = all(holds(c) for c in spec.get("must", []))
+    should = not spec.get("should") or any(holds(c) for c in spec["should"])
+    must_not = not any(holds(c) for c in spec.get("must_not", []))
+    return must and should and must_not
+
+
+FILTERS = [
+    {"must": [{"key": "repo", "match": {"value": "web"}}]},
+    {"must": [{"key": "year", "range": {"gte": 2020, "lt": 2023}}]},
+    {"must": [{"key": "tags", "match": {"any": ["t1", "t6"]}}]},
+    {"must_not": [{"key": "repo", "match": {"value": "core"}}]},
+    {"should": [{"key": "ok", "match": {"value": True}}, {"key": "year", "range": {"lt": 2019}}]},
+    {
+        "must": [
+            {"key": "label", "match": {"value": "2"}},
+            {
+                "should": [
+                    {"key": "repo", "match": {"value": "docs"}},
+                    {"key": "tags", "match": {"value": "t0"}},
+                ]
+            },
+        ],
+        "must_not": [{"key": "ok", "match": {"value": False}}],
+    },
+    {"must": [{"key": "id", "match": {"any": ["r3", "r7", "r200"]}}]},
+    {"must": [{"key": "year", "range": {"gt": 2030}}]},  # passes nothing
+]
+
+
+@pytest.mark.parametrize("spec", FILTERS, ids=[f"filter{i}" for i in range(len(FILTERS))])
+def test_a_filtered_search_is_brute_force_on_the_subset(indexed, spec):
+    index_dir, model, rows = indexed
+    queries = model.embed(["Fix the parser crash", "document the settings"])
+    with open_index(index_dir) as version:
+        where = version.parse_filter(spec)
+        got = version.search(queries, k=10, where=where)
+        ids = [r[1] for rows_ in version.records().iter_all() for r in rows_]
+        vectors = version.vectors()
+    passing = np.array([_passes(rows[i], spec) for i in ids])
+    for query, hits in zip(queries, got, strict=True):
+        scores = vectors @ query
+        scores[~passing] = -np.inf
+        order = np.argsort(-scores, kind="stable")[: min(10, int(passing.sum()))]
+        assert [h.id for h in hits] == [ids[i] for i in order]
+        for hit in hits:
+            assert hit.metadata == {
+                k: v for k, v in rows[hit.id].items() if k not in ("id", "text", "label")
+            }
+
+
+def test_a_graph_index_searches_a_small_subset_exactly(tmp_path, trained_model):
+    data = _jsonl(tmp_path / "rows.jsonl", _rows(600))
+    index_dir = tmp_path / "hnsw"
+    model = load_model(trained_model)
+    build_index(
+        index_dir, model, data, COLUMNS, BuildOptions(show_progress=False, index_type="hnsw")
+    )
+    spec = {
+        "must": [
+            {"key": "year", "match": {"value": 2020}},
+            {"key": "repo", "match": {"value": "web"}},
+        ]
+    }
+    query = model.embed(["Speed up the cache"])
+    with open_index(index_dir) as version:
+        assert version.kind == "hnsw"
+        hits = version.search(query, k=5, where=version.parse_filter(spec))[0]
+        scores = version.vectors() @ query[0]
+        stored = [row for rows_ in version.records().iter_all(with_metadata=True) for row in rows_]
+    passing = [
+        (float(scores[position]), row_id)
+        for position, row_id, _, _, fields in stored
+        if json.loads(fields or "{}").get("year") == 2020
+        and json.loads(fields or "{}").get("repo") == "web"
+    ]
+    expected = [row_id for _, row_id in sorted(passing, key=lambda p: -p[0])]
+    assert [h.id for h in hits] == expected[:5] and len(hits) == 5
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"must": [{"key": "author", "match": {"value": "x"}}]}, "no field 'author'"),
+        ({"must": [{"key": "repo", "range": {"gt": 1}}]}, "not numbers; use match"),
+        ({"must": [{"key": "year", "range": {"gt": "2020"}}]}, "must be a number"),
+        ({"must": [{"key": "repo", "match": {"value": {"a": 1}}}]}, "not a value to match"),
+        ({"must": [{"key": "repo"}]}, "exactly one of match or range"),
+        ({"maybe": []}, "takes must, should, must_not"),
+        ({"must": [{"must": [{"must": [{"must": [{"must": []}]}]}]}]}, "nests filters 5 deep"),
+        ({"must": [{"key": "repo", "match": {"value": "x"}}] * 65}, "over 64 conditions"),
+        ({"must": [{"key": "label", "range": {"gt": 1}}]}, "a range takes a numeric field"),
+    ],
+)
+def test_bad_filters_say_what_to_fix(indexed, spec, message):
+    index_dir, _, _ = indexed
+    with open_index(index_dir) as version, pytest.raises(FilterError, match=message):
+        version.parse_filter(spec)
+
+
+@pytest.mark.parametrize(
+    "metadata, message",
+    [
+        ({"a": {"nested": 1}}, "is an object"),
+        ({"a": [1, [2]]}, "is a list"),
+        ({"bad key!": 1}, "field name"),
+        ({"label": "x"}, "the example's own field"),
+        ({f"k{i}": i for i in range(65)}, "65 fields"),
+        ({"a": "x" * 20000}, "bytes as JSON"),
+        ({"a": float("nan")}, "finite"),
+        ("just text", "JSON object"),
+    ],
+)
+def test_metadata_beyond_its_bounds_is_refused(metadata, message):
+    with pytest.raises(MetadataError, match=message):
+        check_metadata(metadata)
+
+
+def test_metadata_survives_writes_compaction_and_reembedding(indexed, tuned_model):
+    from siamese_search.indexer.reembed import reembed_index
+
+    index_dir, model, rows = indexed
+    upsert = Change(
+        "upsert",
+        ("r1", "new"),
+        ("Fix the login on the web", "Add Welsh to the docs"),
+        ("1", "2"),
+        metadata=({"repo": "web", "year": 2026}, {"repo": "docs", "tags": ["welsh"]}),
+    )
+    keep = BuildOptions(show_progress=False, keep_versions=10)
+    apply_changes(index_dir, model, [upsert, Change("delete", ("r2",))], keep)
+    spec = {"must": [{"key": "year", "match": {"value": 2026}}]}
+
+    def state(version_dir, model_):
+        with open_index(version_dir, model=model_) as version:
+            got = {row.id: row.metadata for row in version.get(["r1", "new", "r2", "r5"])}
+            passing = {
+                h.id
+                for h in version.search(
+                    model_.embed(["login"]), k=50, where=version.parse_filter(spec)
+                )[0]
+            }
+            return got, passing
+
+    expected = {
+        "r1": {"repo": "web", "year": 2026},
+        "new": {"repo": "docs", "tags": ["welsh"]},
+        "r5": {k: v for k, v in rows["r5"].items() if k not in ("id", "text", "label")},
+    }
+    assert state(index_dir, model) == (expected, {"r1"})
+    compact_index(index_dir, model, keep)
+    assert state(index_dir, model) == (expected, {"r1"})
+    tuned = load_model(tuned_model)
+    reembed_index(index_dir, tuned, keep)
+    assert state(index_dir, tuned) == (expected, {"r1"})
+    # the version before the writes still holds what it held (what a rollback serves)
+    from siamese_search.indexer import layout
+
+    with open_index(layout.version_dir(index_dir, "000001")) as first:
+        before = first.get(["r1"])[0].metadata
+    assert before == {k: v for k, v in rows["r1"].items() if k not in ("id", "text", "label")}
+
+
+def test_scroll_gives_every_live_row_once_and_get_answers_in_order(indexed):
+    index_dir, model, rows = indexed
+    apply_changes(index_dir, model, [Change("delete", ("r0", "r10"))], QUIET)
+    spec = {"must": [{"key": "repo", "match": {"value": "web"}}]}
+    with open_index(index_dir) as version:
+        for where, expected in (
+            (None, {i for i in rows if i not in ("r0", "r10")}),
+            (
+                version.parse_filter(spec),
+                {i for i, r in rows.items() if r.get("repo") == "web"} - {"r10"},
+            ),
+        ):
+            seen: list[str] = []
+            after = -1
+            while True:
+                page, after_next = version.scroll(where, limit=17, after=after)
+                seen += [row.id for row in page]
+                assert len(page) <= 17
+                if after_next is None:
+                    break
+                after = after_next
+            assert len(seen) == len(set(seen)) and set(seen) == expected
+        got = version.get(["r5", "missing", "r0", "r3"])
+        assert [row.id for row in got] == ["r5", "r3"]
+        assert got[0].text == rows["r5"]["text"] and got[0].label == rows["r5"]["label"]
+
+
+def test_search_by_an_existing_row_leaves_it_out(indexed):
+    index_dir, model, rows = indexed
+    with open_index(index_dir) as version:
+        position = version.records().positions_of(["r8"])["r8"]
+        vector = version.vectors_at(np.array([position]))
+        hits = version.search(vector, k=5, exclude=[position])[0]
+        plain = version.search(vector, k=6)[0]
+    assert "r8" not in [h.id for h in hits] and len(hits) == 5
+    assert [h.id for h in hits] == [h.id for h in plain if h.id != "r8"][:5]
