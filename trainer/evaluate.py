@@ -222,6 +222,19 @@ def main(argv: list[str] | None = None) -> int:
             f"overall accuracy {result['overall_accuracy']:.4f}"
         )
     result["model"] = str(args.model)
+    # the rule that decided the abstentions, and how it was fitted (issue 35)
+    result["abstention"] = model.abstention.to_dict() if model.abstention is not None else None
+    if model.abstention is not None:
+        rule = model.abstention
+        print(
+            f"abstention: under confidence {rule.threshold:.3f} "
+            f"({rule.threshold_rule or rule.source}); out of domain under "
+            + (
+                f"{rule.domain_meaning:.3f} ({rule.domain_rule or 'served-space bars'})"
+                if rule.domain_meaning is not None
+                else "no bar"
+            )
+        )
     if args.report_json:
         write_json_atomic(args.report_json, result)
     if not args.no_plots and not plots.available():

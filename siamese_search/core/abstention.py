@@ -41,6 +41,10 @@ from siamese_search.core.voting import Vote, vote
 FEATURES = ("top_score", "vote_share", "winner_mean_score", "winner_top_score")
 DEFAULT_OOS_SHARE = 0.2
 NO_OOS_THRESHOLD = 0.5
+#: without a validation table, the confidence cut abstains on this share of the
+#: held-out folds' votes (a conformal bar: new in-domain queries fall under it about
+#: as often); measured in bench/coverage.py (docs/benchmarks.md, issue 35)
+IN_DOMAIN_ABSTAIN = 0.04
 #: share of training texts whose nearest other training text sets the domain bar
 DOMAIN_QUANTILE = 0.05
 
@@ -71,6 +75,10 @@ class Abstention:
     domain_meaning: float | None = None
     domain_served: float | None = None
     max_label_share: float = 0.5
+    #: how the threshold and the domain bars were fitted, in words (manifest, GetInfo,
+    #: siamese-evaluate's report); "" for models made before they said
+    threshold_rule: str = ""
+    domain_rule: str = ""
 
     def domain_bar(self, label_share: float) -> float | None:
         """The least top similarity a query with this label share must reach."""
@@ -81,9 +89,15 @@ class Abstention:
         full = min(max(label_share / self.max_label_share, 0.0), 1.0)
         return self.domain_meaning + full * (self.domain_served - self.domain_meaning)
 
-    def with_domain(self, meaning: float, served: float, max_label_share: float) -> Abstention:
+    def with_domain(
+        self, meaning: float, served: float, max_label_share: float, rule: str = ""
+    ) -> Abstention:
         return replace(
-            self, domain_meaning=meaning, domain_served=served, max_label_share=max_label_share
+            self,
+            domain_meaning=meaning,
+            domain_served=served,
+            max_label_share=max_label_share,
+            domain_rule=rule,
         )
 
     def confidence(self, features: np.ndarray) -> float:

@@ -1,0 +1,149 @@
+"""Abstention without a validation table (issue 35): in-domain coverage against
+off-domain abstention, per abstention rule, over seeds.
+
+Per seed, two models trained as most users train them (the default recipe, no
+`--validation-data`): the commit split's (data/commit-messages/train.csv, 100
+texts, which are also the reference set) and CLINC150 10-shot's (all 150 intents;
+the reference set is its training texts). Each predicts with k 5 as the server
+does (core.abstention.predict, the model's rule and the served space's label share):
+- in-domain: the commit test texts against the commit model; CLINC150's in-scope
+  test texts against the CLINC model (abstaining on them is the error measured);
+- off-domain: CLINC150 test texts (in-scope and oos) against the commit model, and
+  the commit test texts against the CLINC model (abstaining is right).
+Reported: abstention in each, the answered in-domain accuracy, and why in-domain
+queries abstained (too far from the reference texts, or the vote too unsure).
+
+Models are trained once into --work and reused.
+
+Usage: python bench/coverage.py [--seeds 0 1 2] [--work DIR] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+CLINC = ROOT.parent / "shared" / "data" / "clinc150"
+COMMITS = ROOT / "data" / "commit-messages"
+K = 5
+#: off-domain and in-domain samples (seeded): every commit test text is ~3,300
+SAMPLE = 1500
+
+
+def train(data: Path, label_column: str, out: Path, seed: int) -> Path:
+    if not (out / "manifest.json").exists():
+        subprocess.run(
+            [sys.executable, "-m", "siamese_search.trainer.cli", "--data", str(data)]
+            + ["--label-column", label_column, "--out", str(out), "--overwrite"]
+            + ["--seed", str(seed), "--quiet"],
+            check=True,
+        )
+    return out
+
+
+def queries(model, reference: pd.DataFrame, label_column: str, texts: list[str]) -> dict:
+    """Per query: voted label, confidence, top score, label share, out-of-domain bar
+    (the model's rule), as the server's Predict computes them."""
+    from siamese_search.core.abstention import predict
+    from siamese_search.core.voting import nearest
+
+    ref = model.embed_unique(reference.text.tolist())
+    labels = reference[label_column].astype(str).to_numpy()
+    vectors = model.embed_unique(texts)
+    shares = model.label_shares(vectors)
+    scores, positions = nearest(ref, vectors, K)
+    out: dict[str, list] = {"voted": [], "confidence": [], "top": [], "share": [], "abstained": []}
+    out["far"] = []
+    for row in range(len(texts)):
+        share = None if shares is None else float(shares[row])
+        decision = predict(
+            labels[positions[row]].tolist(), scores[row].tolist(), model.abstention, None, share
+        )
+        out["voted"].append(decision.voted)
+        out["confidence"].append(decision.confidence)
+        out["top"].append(float(scores[row][0]))
+        out["share"].append(share if share is not None else 0.0)
+        out["abstained"].append(decision.abstained)
+        out["far"].append(decision.out_of_domain)
+    return {key: np.array(values) for key, values in out.items()}
+
+
+def summary(inside: dict, truth: np.ndarray, outside: dict) -> dict:
+    abstained, right = inside["abstained"], inside["voted"] == truth
+    return {
+        "in_domain_abstained": float(abstained.mean()),
+        "in_domain_far": float(inside["far"].mean()),
+        "in_domain_unsure": float((abstained & ~inside["far"]).mean()),
+        "answered_accuracy": float(right[~abstained].mean()),
+        "voted_accuracy": float(right.mean()),
+        "off_domain_abstained": float(outside["abstained"].mean()),
+    }
+
+
+def run_seed(seed: int, work: Path) -> dict:
+    from siamese_search.core.model_artifact import load_model
+
+    rng = np.random.default_rng(seed)
+    commit_train = pd.read_csv(COMMITS / "train.csv")
+    commit_test = pd.read_csv(COMMITS / "test.csv")
+    clinc_train = pd.read_csv(CLINC / f"train-10shot-seed{seed}.csv")
+    clinc_test = pd.read_csv(CLINC / "test.csv")
+    commit_sample = commit_test.iloc[rng.choice(len(commit_test), SAMPLE, replace=False)]
+    in_scope = clinc_test[clinc_test.intent != "oos"]
+    clinc_sample = in_scope.iloc[rng.choice(len(in_scope), SAMPLE, replace=False)]
+    clinc_any = clinc_test.iloc[rng.choice(len(clinc_test), SAMPLE, replace=False)]
+
+    commit_model = load_model(
+        train(COMMITS / "train.csv", "class", work / f"commits-{seed}", seed)
+    )
+    clinc_model = load_model(
+        train(CLINC / f"train-10shot-seed{seed}.csv", "intent", work / f"clinc-{seed}", seed)
+    )
+    commit_in = queries(commit_model, commit_train, "class", commit_sample.text.tolist())
+    commit_out = queries(commit_model, commit_train, "class", clinc_any.text.tolist())
+    clinc_in = queries(clinc_model, clinc_train, "intent", clinc_sample.text.tolist())
+    clinc_out = queries(clinc_model, clinc_train, "intent", commit_sample.text.tolist())
+    return {
+        "seed": seed,
+        "commits": summary(commit_in, commit_sample["class"].astype(str).to_numpy(), commit_out),
+        "clinc": summary(clinc_in, clinc_sample.intent.to_numpy(), clinc_out),
+        "rules": {
+            "commits": commit_model.abstention.to_dict() if commit_model.abstention else None,
+            "clinc": clinc_model.abstention.to_dict() if clinc_model.abstention else None,
+        },
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--work", type=Path, default=ROOT / "build" / "coverage")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    runs = [run_seed(seed, args.work) for seed in args.seeds]
+    mean = {
+        data: {key: float(np.mean([r[data][key] for r in runs])) for key in runs[0][data]}
+        for data in ("commits", "clinc")
+    }
+    for data, figures in mean.items():
+        print(
+            f"{data:<8} in-domain abstained {figures['in_domain_abstained']:.3f} "
+            f"(far {figures['in_domain_far']:.3f}, unsure {figures['in_domain_unsure']:.3f}); "
+            f"answered right {figures['answered_accuracy']:.3f}; "
+            f"off-domain abstained {figures['off_domain_abstained']:.3f}"
+        )
+    if args.out:
+        args.out.write_text(json.dumps({"k": K, "runs": runs, "mean": mean}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
