@@ -33,6 +33,7 @@ from siamese_search.indexer.build import (
     delete_from_index,
 )
 from siamese_search.indexer.compaction import compact_index
+from siamese_search.indexer.metadata import check_key
 from siamese_search.indexer.options import BuildOptions
 from siamese_search.indexer.ray_engine import RaySettings
 from siamese_search.indexer.store import model_directory_of, open_index, resolve_version_dir
@@ -57,6 +58,14 @@ def _add_data_flags(parser: argparse.ArgumentParser, carried: bool) -> None:
         "--no-labels",
         action="store_true",
         help="the table has no labels (the index then serves search only)",
+    )
+    parser.add_argument(
+        "--metadata-columns",
+        default="",
+        metavar="A,B,C",
+        help="columns whose values become each row's metadata fields, typed as the "
+        "table types them (JSON Lines, Parquet: numbers, booleans, lists; CSV: strings); "
+        "Search / Predict / Scroll filter on them",
     )
     parser.add_argument(
         "--id-column",
@@ -307,7 +316,10 @@ def _columns(args, base: dict | None = None) -> Columns:
     if id_column is None and "id" in table_columns(args.data) and text != "id" and label != "id":
         id_column = "id"
         print(f"using the column 'id' of {args.data} as ids (--id-column sets another)")
-    columns = Columns(text=text, label=label, id=id_column)
+    fields = tuple(name.strip() for name in args.metadata_columns.split(",") if name.strip())
+    for name in fields:
+        check_key(name, "--metadata-columns")
+    columns = Columns(text=text, label=label, id=id_column, metadata=fields)
     if base is not None and not (args.text_column and (args.label_column or args.no_labels)):
         print(
             f"reading {args.data} as the index was built: text column {text!r}, "

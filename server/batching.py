@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from siamese_search.indexer.store import Hit
+from siamese_search.indexer.metadata import Filter
+from siamese_search.indexer.store import Hit, IndexVersion
 from siamese_search.server.encode_processes import EncoderProcesses
 from siamese_search.server.state import Serving
 
@@ -58,6 +59,8 @@ class _Job:
     #: True while the caller still wants the answer (the gRPC context's is_active)
     wanted: Callable[[], bool]
     deadline: float | None  # time.monotonic() after which the answer is useless
+    #: only rows passing this filter (indexer.metadata); None: every row
+    where: Filter | None = None
     done: threading.Event = field(default_factory=threading.Event)
     vectors: np.ndarray | None = None
     hits: list[list[Hit]] | None = None
@@ -132,9 +135,10 @@ class Batcher:
         min_score: float,
         wanted: Callable[[], bool],
         deadline: float | None,
+        where: Filter | None = None,
     ) -> tuple[np.ndarray, list[list[Hit]]]:
-        """Vectors and top-k hits for `texts` (k 0: vectors only); raises CallGone or
-        the job's error."""
+        """Vectors and top-k hits for `texts` (k 0: vectors only), among the rows
+        passing `where`; raises CallGone or the job's error."""
         vectors, hits = [], []
         for start in range(0, len(texts), self.settings.piece_texts):
             job = _Job(
@@ -145,6 +149,7 @@ class Batcher:
                 min_score,
                 wanted,
                 deadline,
+                where,
             )
             self._wait(job)
             assert job.vectors is not None
@@ -257,9 +262,10 @@ class Batcher:
         if self._metrics is not None:
             self._metrics.batch_texts.observe(sum(len(job.texts) for job in jobs))
         searching = [job for job in jobs if job.k > 0]
-        by_filter: dict[tuple[str, ...], list[_Job]] = {}
+        by_filter: dict[tuple[tuple[str, ...], str], list[_Job]] = {}
         for job in searching:
-            by_filter.setdefault(job.labels, []).append(job)
+            scope = (job.labels, job.where.key if job.where is not None else "")
+            by_filter.setdefault(scope, []).append(job)
         for group in by_filter.values():
             try:
                 _search_together(group)
@@ -306,7 +312,14 @@ def _search_together(jobs: list[_Job]) -> None:
     k = max(job.k for job in jobs)
     min_score = min(job.min_score for job in jobs)
     vectors = np.concatenate([job.vectors for job in jobs if job.vectors is not None])
-    found = index.search(vectors, k, labels=list(jobs[0].labels), min_score=min_score)
+    where = jobs[0].where
+    if where is None:  # every backend's search; a filter is the FAISS store's
+        found = index.search(vectors, k, labels=list(jobs[0].labels), min_score=min_score)
+    else:
+        assert isinstance(index, IndexVersion), "the service refuses filters elsewhere"
+        found = index.search(
+            vectors, k, labels=list(jobs[0].labels), min_score=min_score, where=where
+        )
     start = 0
     for job in jobs:
         rows = found[start : start + len(job.texts)]

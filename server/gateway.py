@@ -627,6 +627,7 @@ def _say(field: str, error) -> str:
         "not": f"{field} has control characters or white space around it",
         "type": f"{field} must be of JSON type {value}",
         "anyOf": "nothing to delete: send ids, or a label",
+        "oneOf": "send a text, or the id of a stored example, to search by (one of them)",
     }.get(rule)
     return said or error.message[:300]
 

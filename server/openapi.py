@@ -148,13 +148,25 @@ def openapi_document(descriptor_set: bytes, title: str, version: str) -> dict:
     }
 
 
+#: protobuf's well-known JSON types, as their JSON mapping writes them: a Struct is
+#: any JSON object, a Value any JSON value (here a field's string, number or boolean)
+_WELL_KNOWN: dict[str, dict] = {
+    ".google.protobuf.Struct": {"type": "object"},
+    ".google.protobuf.Value": {
+        "anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]
+    },
+}
+
+
 def _field_schema(field, maps) -> dict:
     if field.type == _MESSAGE:
         entry = maps.get(field.type_name)
         if entry is not None:  # map<K, V>: a JSON object (keys are always strings)
             value = entry.field[1]
             return {"type": "object", "additionalProperties": _field_schema(value, maps)}
-        schema: dict = {"$ref": f"#/components/schemas/{field.type_name.rsplit('.', 1)[-1]}"}
+        schema: dict = dict(_WELL_KNOWN.get(field.type_name, {})) or {
+            "$ref": f"#/components/schemas/{field.type_name.rsplit('.', 1)[-1]}"
+        }
     else:
         schema = dict(_SCALARS[field.type])
     if field.label == _REPEATED:
@@ -211,8 +223,14 @@ def serving_document(document: dict, limits, labelled: bool | None) -> dict:
         example_label, example_required = {"type": "string", "maxLength": 0}, ["text"]
     rules = {
         "SearchRequest": (
-            {"text": text, "k": k, "minScore": min_score, "labels": labels},
-            ["text", "k"],
+            {
+                "text": text,
+                "k": k,
+                "minScore": min_score,
+                "labels": labels,
+                "id": {**row_id, "minLength": 1},
+            },
+            ["k"],
         ),
         "SearchBatchRequest": (
             {"texts": texts, "k": k, "minScore": min_score, "labels": labels},
@@ -246,6 +264,28 @@ def serving_document(document: dict, limits, labelled: bool | None) -> dict:
         ),
         "GetInfoRequest": ({}, []),
         "ReloadRequest": ({}, []),
+        "GetExamplesRequest": (
+            {
+                "ids": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": limits.max_batch,
+                    "items": {**row_id, "minLength": 1},
+                }
+            },
+            ["ids"],
+        ),
+        "ScrollRequest": (
+            {
+                "limit": {
+                    "type": "integer",
+                    "format": "int32",
+                    "minimum": 0,
+                    "maximum": limits.max_batch,
+                }
+            },
+            [],
+        ),
     }
     served = json.loads(json.dumps(document))
     schemas = served["components"]["schemas"]
@@ -260,6 +300,8 @@ def serving_document(document: dict, limits, labelled: bool | None) -> dict:
         schema["additionalProperties"] = False
         if required:
             schema["required"] = required
+    # a Search is by a text or by a stored example's id, not both
+    schemas["SearchRequest"]["oneOf"] = [{"required": ["text"]}, {"required": ["id"]}]
     # a Delete names ids, or a label, or both
     schemas["DeleteRequest"]["anyOf"] = [
         {"required": ["ids"], "properties": {"ids": {"minItems": 1}}},

@@ -20,7 +20,14 @@ import grpc
 import numpy as np
 
 from siamese_search.core.abstention import predict
-from siamese_search.indexer.store import BackendUnavailableError, Hit, UnknownLabelError
+from siamese_search.indexer.metadata import Filter, FilterError, MetadataError
+from siamese_search.indexer.store import (
+    BackendUnavailableError,
+    Hit,
+    IndexVersion,
+    UnknownLabelError,
+)
+from siamese_search.server import scrolling
 from siamese_search.server import validation as check
 from siamese_search.server.batching import Batcher, CallGone
 from siamese_search.server.config import Limits
@@ -33,6 +40,20 @@ log = logging.getLogger("siamese.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
 
 
+def _abstention_rule(rule) -> pb.AbstentionRule | None:
+    """GetInfo's view of a model's abstention rule (None: the model has none)."""
+    if rule is None:
+        return None
+    return pb.AbstentionRule(
+        threshold=rule.threshold,
+        threshold_rule=rule.threshold_rule,
+        domain_meaning=rule.domain_meaning if rule.domain_meaning is not None else 0.0,
+        domain_served=rule.domain_served if rule.domain_served is not None else 0.0,
+        domain_rule=rule.domain_rule,
+        source=rule.source,
+    )
+
+
 class _Abort(Exception):
     def __init__(self, code: grpc.StatusCode, message: str):
         super().__init__(message)
@@ -40,9 +61,21 @@ class _Abort(Exception):
 
 
 def _neighbor(hit: Hit) -> pb.Neighbor:
-    return pb.Neighbor(
+    neighbor = pb.Neighbor(
         id=hit.id, text=hit.text, label=hit.label, score=hit.score, distance=1.0 - hit.score
     )
+    if hit.metadata:
+        neighbor.metadata.update(hit.metadata)
+    return neighbor
+
+
+def _stored(row, vector: np.ndarray | None) -> pb.StoredExample:
+    example = pb.StoredExample(id=row.id, text=row.text, label=row.label)
+    if row.metadata:
+        example.metadata.update(row.metadata)
+    if vector is not None:
+        example.vector.extend(vector.tolist())
+    return example
 
 
 def _server_version() -> str:
@@ -74,7 +107,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         self._local.acquired = acquired
         try:
             return work()
-        except check.InvalidRequest as error:
+        except (check.InvalidRequest, FilterError, MetadataError) as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except UnknownLabelError as error:
             # NOT_FOUND, not INVALID_ARGUMENT: the same filter is valid once the index
@@ -84,6 +117,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
         except BackendUnavailableError as error:
             log.error("backend_unavailable", extra={"fields": {"error": str(error)[:500]}})
             context.abort(grpc.StatusCode.UNAVAILABLE, str(error)[:1000])
+        except scrolling.VersionGone as error:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         except _Abort as error:
             context.abort(error.code, str(error))
         except Exception:
@@ -119,20 +154,42 @@ class SearchService(pb_grpc.SearchServiceServicer):
         labels: list[str],
         min_score: float,
         context,
+        where: Filter | None = None,
     ) -> list[list[Hit]]:
-        return self._batched(serving, texts, k, labels, min_score, context)[1]
+        return self._batched(serving, texts, k, labels, min_score, context, where)[1]
+
+    @staticmethod
+    def _where(serving: Serving, request) -> Filter | None:
+        """The request's filter checked against the served version's fields."""
+        spec = check.filter_of(request)
+        if spec is None:
+            return None
+        index = serving.index
+        if not isinstance(index, IndexVersion):
+            raise _Abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                "filters are not served from Milvus yet; serve the index directory (FAISS)",
+            )
+        return index.parse_filter(spec)
 
     def _embed(self, serving: Serving, texts: list[str], context) -> np.ndarray:
         return self._batched(serving, texts, 0, [], -1.0, context)[0]
 
-    def _batched(self, serving, texts, k, labels, min_score, context):
+    def _batched(self, serving, texts, k, labels, min_score, context, where=None):
         """Check the token limits, then hand the work to the batcher, which shares
         one encode + search with concurrent calls and drops it once the caller is
         gone (cancelled, disconnected, out of time)."""
         check.check_tokens(serving.model, texts, self.limits)
         try:
             return self.batcher.search(
-                serving, texts, k, labels, min_score, context.is_active, self._deadline(context)
+                serving,
+                texts,
+                k,
+                labels,
+                min_score,
+                context.is_active,
+                self._deadline(context),
+                where,
             )
         except CallGone as gone:
             if gone.expired:
@@ -142,7 +199,13 @@ class SearchService(pb_grpc.SearchServiceServicer):
             ) from None
 
     def _predict(
-        self, serving: Serving, texts: list[str], k: int, min_score: float, context
+        self,
+        serving: Serving,
+        texts: list[str],
+        k: int,
+        min_score: float,
+        context,
+        where: Filter | None = None,
     ) -> list[pb.PredictResponse]:
         if not serving.index.has_labels:
             raise _Abort(
@@ -153,7 +216,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         results = []
         threshold = None if math.isinf(min_score) else min_score  # unset: the model's rule
         abstention = serving.model.abstention
-        vectors, found = self._batched(serving, texts, k, [], -1.0, context)
+        vectors, found = self._batched(serving, texts, k, [], -1.0, context, where)
         shares = serving.model.label_shares(vectors)
         for row, hits in enumerate(found):
             share = None if shares is None else float(shares[row])
@@ -178,15 +241,87 @@ class SearchService(pb_grpc.SearchServiceServicer):
     # ---- RPCs -----------------------------------------------------------------
     def Search(self, request, context):
         def work():
-            text = check.check_text(request.text, self.limits)
+            if request.id and request.text:
+                raise check.InvalidRequest("send a text or an id to search by, not both")
+            text = None if request.id else check.check_text(request.text, self.limits)
             k = check.check_k(request.k, self.limits)
             min_score = check.check_min_score(request)
             labels = check.check_labels(request.labels)
             serving = self._serving()
-            hits = self._search(serving, [text], k, labels, min_score, context)[0]
+            where = self._where(serving, request)
+            if text is None:
+                hits = self._search_by_id(serving, request.id, k, labels, min_score, where)
+            else:
+                hits = self._search(serving, [text], k, labels, min_score, context, where)[0]
             return pb.SearchResponse(
                 neighbors=[_neighbor(h) for h in hits], index_version=serving.index.name
             )
+
+        return self._call(context, work)
+
+    def _search_by_id(self, serving, row_id, k, labels, min_score, where) -> list[Hit]:
+        """ "More like this": the stored row's own vector as the query, the row left out."""
+        check.check_ids([row_id], self.limits)
+        index = self._readable(serving)
+        position = index.records().positions_of([row_id]).get(row_id)
+        if position is None:
+            raise _Abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"the index holds no example with id {check.echo(row_id)} (version "
+                f"{index.name}); GetExamples reads what it holds",
+            )
+        vector = index.vectors_at(np.array([position]))
+        return index.search(vector, k, labels, min_score, where=where, exclude=[position])[0]
+
+    @staticmethod
+    def _readable(serving: Serving) -> IndexVersion:
+        if not isinstance(serving.index, IndexVersion):
+            raise _Abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                "GetExamples, Scroll and search by id are not served from Milvus yet; "
+                "serve the index directory (FAISS)",
+            )
+        return serving.index
+
+    def GetExamples(self, request, context):
+        def work():
+            ids = check.check_ids(list(request.ids), self.limits)
+            serving = self._serving()
+            index = self._readable(serving)
+            rows = index.get(ids)
+            vectors = index.vectors_at(np.array([r.position for r in rows], dtype=np.int64))
+            return pb.GetExamplesResponse(
+                examples=[
+                    _stored(row, vectors[i] if request.with_vectors else None)
+                    for i, row in enumerate(rows)
+                ],
+                index_version=index.name,
+            )
+
+        return self._call(context, work)
+
+    def Scroll(self, request, context):
+        def work():
+            limit = request.limit or self.limits.max_batch
+            if limit > self.limits.max_batch:
+                raise check.InvalidRequest(
+                    f"limit is {limit}; a page holds at most {self.limits.max_batch} examples"
+                )
+            serving = self._serving()
+            current = self._readable(serving)
+            version, after = scrolling.read_token(request.page_token)
+            with scrolling.version_for(current, version, self.holder.source) as index:
+                where = index.parse_filter(check.filter_of(request))
+                rows, last = index.scroll(where, limit, after)
+                vectors = index.vectors_at(np.array([r.position for r in rows], dtype=np.int64))
+                return pb.ScrollResponse(
+                    examples=[
+                        _stored(row, vectors[i] if request.with_vectors else None)
+                        for i, row in enumerate(rows)
+                    ],
+                    next_page_token=scrolling.token(index.name, last) if last is not None else "",
+                    index_version=index.name,
+                )
 
         return self._call(context, work)
 
@@ -197,10 +332,11 @@ class SearchService(pb_grpc.SearchServiceServicer):
             min_score = check.check_min_score(request)
             labels = check.check_labels(request.labels)
             serving = self._serving()
+            where = self._where(serving, request)
             name = serving.index.name
             results = [
                 pb.SearchResponse(neighbors=[_neighbor(h) for h in hits], index_version=name)
-                for hits in self._search(serving, texts, k, labels, min_score, context)
+                for hits in self._search(serving, texts, k, labels, min_score, context, where)
             ]
             return pb.SearchBatchResponse(results=results, index_version=name)
 
@@ -211,7 +347,9 @@ class SearchService(pb_grpc.SearchServiceServicer):
             text = check.check_text(request.text, self.limits)
             k = check.check_k(request.k, self.limits)
             min_score = check.check_min_score(request)
-            return self._predict(self._serving(), [text], k, min_score, context)[0]
+            serving = self._serving()
+            where = self._where(serving, request)
+            return self._predict(serving, [text], k, min_score, context, where)[0]
 
         return self._call(context, work)
 
@@ -221,7 +359,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
             k = check.check_k(request.k, self.limits)
             min_score = check.check_min_score(request)
             serving = self._serving()
-            results = self._predict(serving, texts, k, min_score, context)
+            where = self._where(serving, request)
+            results = self._predict(serving, texts, k, min_score, context, where)
             return pb.PredictBatchResponse(results=results, index_version=serving.index.name)
 
         return self._call(context, work)
@@ -271,6 +410,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 **self._write_status(),
                 server_version=self.version,
                 loaded_at=serving.loaded_at,
+                abstention=_abstention_rule(model.abstention),
             )
 
         return self._call(context, work)

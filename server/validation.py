@@ -8,7 +8,10 @@ import unicodedata
 import uuid
 from collections.abc import Sequence
 
+from google.protobuf import json_format
+
 from siamese_search.indexer.changes import Change
+from siamese_search.indexer.metadata import MetadataError, check_metadata
 from siamese_search.server.config import MAX_LABEL_CHARS, MAX_LABELS, Limits
 
 
@@ -153,6 +156,46 @@ def _check_id(row_id: str, where: str) -> str:
     return row_id
 
 
+def filter_of(request) -> dict | None:
+    """A request's filter as the JSON object it stands for (None: no filter); the
+    served version checks it (IndexVersion.parse_filter)."""
+    if not request.HasField("filter"):
+        return None
+    spec = json_format.MessageToDict(request.filter, preserving_proto_field_name=True)
+    return spec or None
+
+
+def metadata_of(struct, where: str) -> dict:
+    """An example's metadata from its protobuf Struct, checked; whole numbers become
+    integers (a Struct holds every number as a double: 2026 would come back 2026.0)."""
+    fields = json_format.MessageToDict(struct)
+    fields = {key: _whole(value) for key, value in fields.items()}
+    try:
+        return check_metadata(fields, where)
+    except MetadataError as error:
+        raise InvalidRequest(str(error)) from None
+
+
+def _whole(value):
+    if isinstance(value, list):
+        return [_whole(item) for item in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def check_ids(ids: Sequence[str], limits: Limits) -> list[str]:
+    """GetExamples' ids: 1 .. max_batch, each a valid id."""
+    if not ids:
+        raise InvalidRequest("no ids; send at least one")
+    if len(ids) > limits.max_batch:
+        raise InvalidRequest(f"{len(ids)} ids in one call; the limit is {limits.max_batch}")
+    for n, row_id in enumerate(ids):
+        if not row_id:
+            raise InvalidRequest(f"ids[{n}] is empty")
+    return [_check_id(row_id, f"ids[{n}]") for n, row_id in enumerate(ids)]
+
+
 def check_upsert(request, limits: Limits, labelled: bool) -> tuple[Change, list[str]]:
     """An Upsert as one change, and each example's id in request order (made, a
     UUID, where none was sent)."""
@@ -160,6 +203,10 @@ def check_upsert(request, limits: Limits, labelled: bool) -> tuple[Change, list[
     if not examples:
         raise InvalidRequest("no examples; send at least one example (text, label, id)")
     texts = check_texts([e.text for e in examples], limits)
+    fields = [
+        metadata_of(e.metadata, f"examples[{i}].metadata") if e.HasField("metadata") else {}
+        for i, e in enumerate(examples)
+    ]
     ids: list[str] = []
     labels: list[str] = []
     for i, example in enumerate(examples):
@@ -184,6 +231,7 @@ def check_upsert(request, limits: Limits, labelled: bool) -> tuple[Change, list[
         tuple(ids[i] for i in kept),
         tuple(texts[i] for i in kept),
         tuple(labels[i] for i in kept) if labelled else None,
+        metadata=tuple(fields[i] for i in kept) if any(fields) else None,
     )
     return change, ids
 

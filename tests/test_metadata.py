@@ -276,3 +276,25 @@ def test_search_by_an_existing_row_leaves_it_out(indexed):
         plain = version.search(vector, k=6)[0]
     assert "r8" not in [h.id for h in hits] and len(hits) == 5
     assert [h.id for h in hits] == [h.id for h in plain if h.id != "r8"][:5]
+
+
+def test_the_index_cli_takes_metadata_columns(tmp_path, trained_model, capsys):
+    """CSV cells are strings; an empty cell is no field."""
+    from siamese_search.indexer.cli import main
+    from tests.conftest import write_csv
+
+    data = write_csv(
+        tmp_path / "rows.csv",
+        [("Fix the parser", "1", "core", "alice"), ("Add a cache", "2", "web", "")],
+        header=("text", "label", "repo", "author"),
+    )
+    out = tmp_path / "index"
+    argv = ["build", "--model", str(trained_model), "--data", str(data), "--out", str(out)]
+    assert main([*argv, "--metadata-columns", "repo,author", "--quiet"]) == 0
+    with open_index(out) as version:
+        assert [row.metadata for row in version.get(["0", "1"])] == [
+            {"repo": "core", "author": "alice"},
+            {"repo": "web"},
+        ]
+    assert main([*argv, "--replace", "--metadata-columns", "repo,no such", "--quiet"]) == 2
+    assert "field name 'no such'" in capsys.readouterr().err

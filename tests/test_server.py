@@ -197,6 +197,10 @@ def test_embed_and_get_info(stub, model):
     assert info.count == 100 and info.dim == 640 and info.index_version == "000001"
     assert {lc.label: lc.count for lc in info.labels} == {str(c): 20 for c in range(1, 6)}
     assert (info.max_k, info.max_text_chars, info.max_batch) == (20, 200, 8)
+    rule = model.abstention
+    assert info.abstention.threshold == pytest.approx(rule.threshold)
+    assert info.abstention.domain_meaning == pytest.approx(rule.domain_meaning)
+    assert info.abstention.domain_rule == rule.domain_rule and info.abstention.source
 
 
 @pytest.mark.parametrize(

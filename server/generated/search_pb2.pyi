@@ -1,4 +1,5 @@
 from google.api import annotations_pb2 as _annotations_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -7,31 +8,73 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Filter(_message.Message):
+    __slots__ = ("must", "should", "must_not", "key", "match", "range")
+    MUST_FIELD_NUMBER: _ClassVar[int]
+    SHOULD_FIELD_NUMBER: _ClassVar[int]
+    MUST_NOT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    must: _containers.RepeatedCompositeFieldContainer[Filter]
+    should: _containers.RepeatedCompositeFieldContainer[Filter]
+    must_not: _containers.RepeatedCompositeFieldContainer[Filter]
+    key: str
+    match: Match
+    range: Range
+    def __init__(self, must: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ..., should: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ..., must_not: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ..., key: _Optional[str] = ..., match: _Optional[_Union[Match, _Mapping]] = ..., range: _Optional[_Union[Range, _Mapping]] = ...) -> None: ...
+
+class Match(_message.Message):
+    __slots__ = ("value", "any")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    ANY_FIELD_NUMBER: _ClassVar[int]
+    value: _struct_pb2.Value
+    any: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Value]
+    def __init__(self, value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., any: _Optional[_Iterable[_Union[_struct_pb2.Value, _Mapping]]] = ...) -> None: ...
+
+class Range(_message.Message):
+    __slots__ = ("gt", "gte", "lt", "lte")
+    GT_FIELD_NUMBER: _ClassVar[int]
+    GTE_FIELD_NUMBER: _ClassVar[int]
+    LT_FIELD_NUMBER: _ClassVar[int]
+    LTE_FIELD_NUMBER: _ClassVar[int]
+    gt: float
+    gte: float
+    lt: float
+    lte: float
+    def __init__(self, gt: _Optional[float] = ..., gte: _Optional[float] = ..., lt: _Optional[float] = ..., lte: _Optional[float] = ...) -> None: ...
+
 class SearchRequest(_message.Message):
-    __slots__ = ("text", "k", "min_score", "labels")
+    __slots__ = ("text", "k", "min_score", "labels", "filter", "id")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
     text: str
     k: int
     min_score: float
     labels: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, text: _Optional[str] = ..., k: _Optional[int] = ..., min_score: _Optional[float] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
+    filter: Filter
+    id: str
+    def __init__(self, text: _Optional[str] = ..., k: _Optional[int] = ..., min_score: _Optional[float] = ..., labels: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., id: _Optional[str] = ...) -> None: ...
 
 class Neighbor(_message.Message):
-    __slots__ = ("id", "text", "label", "score", "distance")
+    __slots__ = ("id", "text", "label", "score", "distance", "metadata")
     ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     id: str
     text: str
     label: str
     score: float
     distance: float
-    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., distance: _Optional[float] = ...) -> None: ...
+    metadata: _struct_pb2.Struct
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., distance: _Optional[float] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("neighbors", "index_version")
@@ -42,16 +85,18 @@ class SearchResponse(_message.Message):
     def __init__(self, neighbors: _Optional[_Iterable[_Union[Neighbor, _Mapping]]] = ..., index_version: _Optional[str] = ...) -> None: ...
 
 class SearchBatchRequest(_message.Message):
-    __slots__ = ("texts", "k", "min_score", "labels")
+    __slots__ = ("texts", "k", "min_score", "labels", "filter")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     k: int
     min_score: float
     labels: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., min_score: _Optional[float] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
+    filter: Filter
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., min_score: _Optional[float] = ..., labels: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
 
 class SearchBatchResponse(_message.Message):
     __slots__ = ("results", "index_version")
@@ -62,14 +107,16 @@ class SearchBatchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[SearchResponse, _Mapping]]] = ..., index_version: _Optional[str] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("text", "k", "min_score")
+    __slots__ = ("text", "k", "min_score", "filter")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     text: str
     k: int
     min_score: float
-    def __init__(self, text: _Optional[str] = ..., k: _Optional[int] = ..., min_score: _Optional[float] = ...) -> None: ...
+    filter: Filter
+    def __init__(self, text: _Optional[str] = ..., k: _Optional[int] = ..., min_score: _Optional[float] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
 
 class LabelScore(_message.Message):
     __slots__ = ("label", "score")
@@ -98,14 +145,16 @@ class PredictResponse(_message.Message):
     def __init__(self, label: _Optional[str] = ..., confidence: _Optional[float] = ..., scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., neighbors: _Optional[_Iterable[_Union[Neighbor, _Mapping]]] = ..., index_version: _Optional[str] = ..., abstained: _Optional[bool] = ..., voted_label: _Optional[str] = ...) -> None: ...
 
 class PredictBatchRequest(_message.Message):
-    __slots__ = ("texts", "k", "min_score")
+    __slots__ = ("texts", "k", "min_score", "filter")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     k: int
     min_score: float
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., min_score: _Optional[float] = ...) -> None: ...
+    filter: Filter
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., min_score: _Optional[float] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
 
 class PredictBatchResponse(_message.Message):
     __slots__ = ("results", "index_version")
@@ -128,7 +177,7 @@ class LabelCount(_message.Message):
     def __init__(self, label: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("model_fingerprint", "model_directory", "encoder_name", "encoder_version", "encoder_weights_sha256", "index_version", "index_directory", "index_type", "count", "dim", "labels", "index_params", "max_k", "max_text_chars", "max_batch", "server_version", "loaded_at", "max_text_tokens", "max_call_tokens", "last_reload_error", "last_reload_error_at", "max_call_chars", "pending_writes", "last_commit_error", "last_commit_error_at")
+    __slots__ = ("model_fingerprint", "model_directory", "encoder_name", "encoder_version", "encoder_weights_sha256", "index_version", "index_directory", "index_type", "count", "dim", "labels", "index_params", "max_k", "max_text_chars", "max_batch", "server_version", "loaded_at", "max_text_tokens", "max_call_tokens", "last_reload_error", "last_reload_error_at", "max_call_chars", "pending_writes", "last_commit_error", "last_commit_error_at", "abstention")
     class IndexParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +210,7 @@ class GetInfoResponse(_message.Message):
     PENDING_WRITES_FIELD_NUMBER: _ClassVar[int]
     LAST_COMMIT_ERROR_FIELD_NUMBER: _ClassVar[int]
     LAST_COMMIT_ERROR_AT_FIELD_NUMBER: _ClassVar[int]
+    ABSTENTION_FIELD_NUMBER: _ClassVar[int]
     model_fingerprint: str
     model_directory: str
     encoder_name: str
@@ -186,7 +236,24 @@ class GetInfoResponse(_message.Message):
     pending_writes: int
     last_commit_error: str
     last_commit_error_at: str
-    def __init__(self, model_fingerprint: _Optional[str] = ..., model_directory: _Optional[str] = ..., encoder_name: _Optional[str] = ..., encoder_version: _Optional[str] = ..., encoder_weights_sha256: _Optional[str] = ..., index_version: _Optional[str] = ..., index_directory: _Optional[str] = ..., index_type: _Optional[str] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., labels: _Optional[_Iterable[_Union[LabelCount, _Mapping]]] = ..., index_params: _Optional[_Mapping[str, str]] = ..., max_k: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_batch: _Optional[int] = ..., server_version: _Optional[str] = ..., loaded_at: _Optional[str] = ..., max_text_tokens: _Optional[int] = ..., max_call_tokens: _Optional[int] = ..., last_reload_error: _Optional[str] = ..., last_reload_error_at: _Optional[str] = ..., max_call_chars: _Optional[int] = ..., pending_writes: _Optional[int] = ..., last_commit_error: _Optional[str] = ..., last_commit_error_at: _Optional[str] = ...) -> None: ...
+    abstention: AbstentionRule
+    def __init__(self, model_fingerprint: _Optional[str] = ..., model_directory: _Optional[str] = ..., encoder_name: _Optional[str] = ..., encoder_version: _Optional[str] = ..., encoder_weights_sha256: _Optional[str] = ..., index_version: _Optional[str] = ..., index_directory: _Optional[str] = ..., index_type: _Optional[str] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., labels: _Optional[_Iterable[_Union[LabelCount, _Mapping]]] = ..., index_params: _Optional[_Mapping[str, str]] = ..., max_k: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_batch: _Optional[int] = ..., server_version: _Optional[str] = ..., loaded_at: _Optional[str] = ..., max_text_tokens: _Optional[int] = ..., max_call_tokens: _Optional[int] = ..., last_reload_error: _Optional[str] = ..., last_reload_error_at: _Optional[str] = ..., max_call_chars: _Optional[int] = ..., pending_writes: _Optional[int] = ..., last_commit_error: _Optional[str] = ..., last_commit_error_at: _Optional[str] = ..., abstention: _Optional[_Union[AbstentionRule, _Mapping]] = ...) -> None: ...
+
+class AbstentionRule(_message.Message):
+    __slots__ = ("threshold", "threshold_rule", "domain_meaning", "domain_served", "domain_rule", "source")
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_RULE_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_MEANING_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_SERVED_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_RULE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    threshold: float
+    threshold_rule: str
+    domain_meaning: float
+    domain_served: float
+    domain_rule: str
+    source: str
+    def __init__(self, threshold: _Optional[float] = ..., threshold_rule: _Optional[str] = ..., domain_meaning: _Optional[float] = ..., domain_served: _Optional[float] = ..., domain_rule: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("texts",)
@@ -225,14 +292,68 @@ class ReloadResponse(_message.Message):
     def __init__(self, changed: _Optional[bool] = ..., index_version: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Example(_message.Message):
-    __slots__ = ("id", "text", "label")
+    __slots__ = ("id", "text", "label", "metadata")
     ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     id: str
     text: str
     label: str
-    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+    metadata: _struct_pb2.Struct
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., label: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class GetExamplesRequest(_message.Message):
+    __slots__ = ("ids", "with_vectors")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    with_vectors: bool
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+
+class StoredExample(_message.Message):
+    __slots__ = ("id", "text", "label", "metadata", "vector")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    text: str
+    label: str
+    metadata: _struct_pb2.Struct
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., label: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class GetExamplesResponse(_message.Message):
+    __slots__ = ("examples", "index_version")
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    examples: _containers.RepeatedCompositeFieldContainer[StoredExample]
+    index_version: str
+    def __init__(self, examples: _Optional[_Iterable[_Union[StoredExample, _Mapping]]] = ..., index_version: _Optional[str] = ...) -> None: ...
+
+class ScrollRequest(_message.Message):
+    __slots__ = ("filter", "limit", "page_token", "with_vectors")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    filter: Filter
+    limit: int
+    page_token: str
+    with_vectors: bool
+    def __init__(self, filter: _Optional[_Union[Filter, _Mapping]] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+
+class ScrollResponse(_message.Message):
+    __slots__ = ("examples", "next_page_token", "index_version")
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    examples: _containers.RepeatedCompositeFieldContainer[StoredExample]
+    next_page_token: str
+    index_version: str
+    def __init__(self, examples: _Optional[_Iterable[_Union[StoredExample, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., index_version: _Optional[str] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
     __slots__ = ("examples", "wait")

@@ -79,6 +79,16 @@ class SearchServiceStub:
                 request_serializer=siamese__search_dot_v1_dot_search__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=siamese__search_dot_v1_dot_search__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.GetExamples = channel.unary_unary(
+                '/siamese_search.v1.SearchService/GetExamples',
+                request_serializer=siamese__search_dot_v1_dot_search__pb2.GetExamplesRequest.SerializeToString,
+                response_deserializer=siamese__search_dot_v1_dot_search__pb2.GetExamplesResponse.FromString,
+                _registered_method=True)
+        self.Scroll = channel.unary_unary(
+                '/siamese_search.v1.SearchService/Scroll',
+                request_serializer=siamese__search_dot_v1_dot_search__pb2.ScrollRequest.SerializeToString,
+                response_deserializer=siamese__search_dot_v1_dot_search__pb2.ScrollResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -154,6 +164,23 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetExamples(self, request, context):
+        """The stored examples with these ids (text, label, metadata; the vector on request),
+        in request order; ids the index does not hold are left out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Scroll(self, request, context):
+        """Every stored example that passes a filter, a page at a time, in a stable order:
+        across the pages of one scroll every live example comes exactly once, whatever is
+        written meanwhile (a page token names the index version the scroll reads).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +228,16 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=siamese__search_dot_v1_dot_search__pb2.DeleteRequest.FromString,
                     response_serializer=siamese__search_dot_v1_dot_search__pb2.DeleteResponse.SerializeToString,
+            ),
+            'GetExamples': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExamples,
+                    request_deserializer=siamese__search_dot_v1_dot_search__pb2.GetExamplesRequest.FromString,
+                    response_serializer=siamese__search_dot_v1_dot_search__pb2.GetExamplesResponse.SerializeToString,
+            ),
+            'Scroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Scroll,
+                    request_deserializer=siamese__search_dot_v1_dot_search__pb2.ScrollRequest.FromString,
+                    response_serializer=siamese__search_dot_v1_dot_search__pb2.ScrollResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -446,6 +483,60 @@ class SearchService:
             '/siamese_search.v1.SearchService/Delete',
             siamese__search_dot_v1_dot_search__pb2.DeleteRequest.SerializeToString,
             siamese__search_dot_v1_dot_search__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExamples(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/siamese_search.v1.SearchService/GetExamples',
+            siamese__search_dot_v1_dot_search__pb2.GetExamplesRequest.SerializeToString,
+            siamese__search_dot_v1_dot_search__pb2.GetExamplesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Scroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/siamese_search.v1.SearchService/Scroll',
+            siamese__search_dot_v1_dot_search__pb2.ScrollRequest.SerializeToString,
+            siamese__search_dot_v1_dot_search__pb2.ScrollResponse.FromString,
             options,
             channel_credentials,
             insecure,

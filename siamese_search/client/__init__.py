@@ -29,6 +29,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 
 from siamese_search.server.generated import search_pb2 as pb
 from siamese_search.server.generated import search_pb2_grpc as pb_grpc
@@ -44,6 +45,25 @@ class Neighbor:
     label: str  # "" when the index has no labels
     score: float  # cosine similarity, higher is nearer
     distance: float  # 1 - score
+    metadata: dict = field(default_factory=dict)  # the example's fields
+
+
+@dataclass(frozen=True)
+class StoredExample:
+    """An example as the index stores it (GetExamples, Scroll)."""
+
+    id: str
+    text: str
+    label: str
+    metadata: dict
+    vector: np.ndarray | None  # when asked for
+
+
+@dataclass(frozen=True)
+class ScrollPage:
+    examples: list[StoredExample]
+    next_page_token: str  # "" on the last page
+    index_version: str
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,8 @@ class Example:
     text: str
     label: str = ""
     id: str = ""
+    #: fields to filter on: strings, numbers, booleans or lists of these
+    metadata: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +132,25 @@ class RetryPolicy:
 
 # ---- conversions (shared by both clients) ----------------------------------------------------
 def _neighbor(n: pb.Neighbor) -> Neighbor:
-    return Neighbor(n.id, n.text, n.label, float(n.score), float(n.distance))
+    fields = json_format.MessageToDict(n.metadata) if n.HasField("metadata") else {}
+    return Neighbor(n.id, n.text, n.label, float(n.score), float(n.distance), fields)
+
+
+def _stored(e: pb.StoredExample) -> StoredExample:
+    fields = json_format.MessageToDict(e.metadata) if e.HasField("metadata") else {}
+    vector = np.array(e.vector, dtype=np.float32) if len(e.vector) else None
+    return StoredExample(e.id, e.text, e.label, fields, vector)
+
+
+def _page(r: pb.ScrollResponse) -> ScrollPage:
+    return ScrollPage([_stored(e) for e in r.examples], r.next_page_token, r.index_version)
+
+
+def _with_filter(request, where: dict | None):
+    """`request` with a filter in Qdrant's shape (a dict, as in the REST body)."""
+    if where:
+        json_format.ParseDict(where, request.filter)
+    return request
 
 
 def _search_result(r: pb.SearchResponse) -> SearchResult:
@@ -144,32 +184,37 @@ def _info(r: pb.GetInfoResponse) -> ServerInfo:
     )
 
 
-def _search_request(text, k, labels, min_score) -> pb.SearchRequest:
-    request = pb.SearchRequest(text=text, k=k, labels=list(labels))
+def _search_request(text, k, labels, min_score, where=None, row_id="") -> pb.SearchRequest:
+    request = pb.SearchRequest(text=text, k=k, labels=list(labels), id=row_id)
     if min_score is not None:
         request.min_score = min_score
-    return request
+    return _with_filter(request, where)
 
 
-def _search_batch_request(texts, k, labels, min_score) -> pb.SearchBatchRequest:
+def _search_batch_request(texts, k, labels, min_score, where=None) -> pb.SearchBatchRequest:
     request = pb.SearchBatchRequest(texts=list(texts), k=k, labels=list(labels))
     if min_score is not None:
         request.min_score = min_score
-    return request
+    return _with_filter(request, where)
 
 
-def _predict_request(text, k, min_score) -> pb.PredictRequest:
+def _predict_request(text, k, min_score, where=None) -> pb.PredictRequest:
     request = pb.PredictRequest(text=text, k=k)
     if min_score is not None:
         request.min_score = min_score
-    return request
+    return _with_filter(request, where)
 
 
-def _predict_batch_request(texts, k, min_score) -> pb.PredictBatchRequest:
+def _predict_batch_request(texts, k, min_score, where=None) -> pb.PredictBatchRequest:
     request = pb.PredictBatchRequest(texts=list(texts), k=k)
     if min_score is not None:
         request.min_score = min_score
-    return request
+    return _with_filter(request, where)
+
+
+def _scroll_request(where, limit, page_token, with_vectors) -> pb.ScrollRequest:
+    request = pb.ScrollRequest(limit=limit, page_token=page_token, with_vectors=with_vectors)
+    return _with_filter(request, where)
 
 
 def _delete_requests(
@@ -190,15 +235,20 @@ def _with_ids(examples: Sequence[Example | str]) -> list[Example]:
         if isinstance(example, str):
             example = Example(example)
         out.append(
-            example if example.id else Example(example.text, example.label, uuid.uuid4().hex)
+            example
+            if example.id
+            else Example(example.text, example.label, uuid.uuid4().hex, example.metadata)
         )
     return out
 
 
 def _upsert_request(examples: Sequence[Example], wait: bool) -> pb.UpsertRequest:
-    return pb.UpsertRequest(
-        examples=[pb.Example(id=e.id, text=e.text, label=e.label) for e in examples], wait=wait
-    )
+    request = pb.UpsertRequest(wait=wait)
+    for e in examples:
+        example = request.examples.add(id=e.id, text=e.text, label=e.label)
+        if e.metadata:
+            example.metadata.update(e.metadata)
+    return request
 
 
 def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
@@ -268,9 +318,12 @@ class SearchClient:
         labels: Sequence[str] = (),
         min_score=None,
         timeout: float | None = None,
+        filter: dict | None = None,
     ) -> SearchResult:
         return _search_result(
-            self._call(self._stub.Search, _search_request(text, k, labels, min_score), timeout)
+            self._call(
+                self._stub.Search, _search_request(text, k, labels, min_score, filter), timeout
+            )
         )
 
     def search_many(
@@ -280,31 +333,91 @@ class SearchClient:
         labels: Sequence[str] = (),
         min_score=None,
         timeout: float | None = None,
+        filter: dict | None = None,
     ) -> list[SearchResult]:
         """Any number of texts, in batches of `batch_size`; results in order."""
         results: list[SearchResult] = []
         for part in _chunks(list(texts), self.batch_size):
-            request = _search_batch_request(part, k, labels, min_score)
+            request = _search_batch_request(part, k, labels, min_score, filter)
             response = self._call(self._stub.SearchBatch, request, timeout)
             results += [_search_result(r) for r in response.results]
         return results
 
     def predict(
-        self, text: str, k: int = 10, min_score=None, timeout: float | None = None
+        self,
+        text: str,
+        k: int = 10,
+        min_score=None,
+        timeout: float | None = None,
+        filter: dict | None = None,
     ) -> Prediction:
         return _prediction(
-            self._call(self._stub.Predict, _predict_request(text, k, min_score), timeout)
+            self._call(self._stub.Predict, _predict_request(text, k, min_score, filter), timeout)
         )
 
     def predict_many(
-        self, texts: Sequence[str], k: int = 10, min_score=None, timeout: float | None = None
+        self,
+        texts: Sequence[str],
+        k: int = 10,
+        min_score=None,
+        timeout: float | None = None,
+        filter: dict | None = None,
     ) -> list[Prediction]:
         results: list[Prediction] = []
         for part in _chunks(list(texts), self.batch_size):
-            request = _predict_batch_request(part, k, min_score)
+            request = _predict_batch_request(part, k, min_score, filter)
             response = self._call(self._stub.PredictBatch, request, timeout)
             results += [_prediction(r) for r in response.results]
         return results
+
+    def search_like(
+        self,
+        id: str,
+        k: int = 10,
+        labels: Sequence[str] = (),
+        min_score=None,
+        timeout: float | None = None,
+        filter: dict | None = None,
+    ) -> SearchResult:
+        """The examples most like the stored one with this id (which is left out)."""
+        request = _search_request("", k, labels, min_score, filter, row_id=id)
+        return _search_result(self._call(self._stub.Search, request, timeout))
+
+    def get(
+        self, ids: Sequence[str], with_vectors: bool = False, timeout: float | None = None
+    ) -> list[StoredExample]:
+        """The stored examples with these ids, in order (ids not held: left out)."""
+        found: list[StoredExample] = []
+        for part in _chunks(list(ids), self.batch_size):
+            request = pb.GetExamplesRequest(ids=list(part), with_vectors=with_vectors)
+            found += [
+                _stored(e) for e in self._call(self._stub.GetExamples, request, timeout).examples
+            ]
+        return found
+
+    def scroll(
+        self,
+        filter: dict | None = None,
+        limit: int = 0,
+        page_token: str = "",
+        with_vectors: bool = False,
+        timeout: float | None = None,
+    ) -> ScrollPage:
+        """One page of the stored examples that pass `filter`."""
+        request = _scroll_request(filter, limit, page_token, with_vectors)
+        return _page(self._call(self._stub.Scroll, request, timeout))
+
+    def scroll_all(
+        self, filter: dict | None = None, limit: int = 0, with_vectors: bool = False
+    ) -> Iterable[StoredExample]:
+        """Every stored example that passes `filter`, each once (one index version)."""
+        token = ""
+        while True:
+            page = self.scroll(filter, limit, token, with_vectors)
+            yield from page.examples
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
 
     def embed(self, texts: Sequence[str], timeout: float | None = None) -> np.ndarray:
         rows = []
@@ -409,8 +522,9 @@ class AsyncSearchClient:
         labels: Sequence[str] = (),
         min_score=None,
         timeout: float | None = None,
+        filter: dict | None = None,
     ) -> SearchResult:
-        request = _search_request(text, k, labels, min_score)
+        request = _search_request(text, k, labels, min_score, filter)
         return _search_result(await self._call(self._stub.Search, request, timeout))
 
     async def search_many(
@@ -420,29 +534,73 @@ class AsyncSearchClient:
         labels: Sequence[str] = (),
         min_score=None,
         timeout: float | None = None,
+        filter: dict | None = None,
     ) -> list[SearchResult]:
         results: list[SearchResult] = []
         for part in _chunks(list(texts), self.batch_size):
-            request = _search_batch_request(part, k, labels, min_score)
+            request = _search_batch_request(part, k, labels, min_score, filter)
             response = await self._call(self._stub.SearchBatch, request, timeout)
             results += [_search_result(r) for r in response.results]
         return results
 
     async def predict(
-        self, text: str, k: int = 10, min_score=None, timeout: float | None = None
+        self,
+        text: str,
+        k: int = 10,
+        min_score=None,
+        timeout: float | None = None,
+        filter: dict | None = None,
     ) -> Prediction:
-        request = _predict_request(text, k, min_score)
+        request = _predict_request(text, k, min_score, filter)
         return _prediction(await self._call(self._stub.Predict, request, timeout))
 
     async def predict_many(
-        self, texts: Sequence[str], k: int = 10, min_score=None, timeout: float | None = None
+        self,
+        texts: Sequence[str],
+        k: int = 10,
+        min_score=None,
+        timeout: float | None = None,
+        filter: dict | None = None,
     ) -> list[Prediction]:
         results: list[Prediction] = []
         for part in _chunks(list(texts), self.batch_size):
-            request = _predict_batch_request(part, k, min_score)
+            request = _predict_batch_request(part, k, min_score, filter)
             response = await self._call(self._stub.PredictBatch, request, timeout)
             results += [_prediction(r) for r in response.results]
         return results
+
+    async def search_like(
+        self,
+        id: str,
+        k: int = 10,
+        labels: Sequence[str] = (),
+        min_score=None,
+        timeout: float | None = None,
+        filter: dict | None = None,
+    ) -> SearchResult:
+        request = _search_request("", k, labels, min_score, filter, row_id=id)
+        return _search_result(await self._call(self._stub.Search, request, timeout))
+
+    async def get(
+        self, ids: Sequence[str], with_vectors: bool = False, timeout: float | None = None
+    ) -> list[StoredExample]:
+        found: list[StoredExample] = []
+        for part in _chunks(list(ids), self.batch_size):
+            request = pb.GetExamplesRequest(ids=list(part), with_vectors=with_vectors)
+            response = await self._call(self._stub.GetExamples, request, timeout)
+            found += [_stored(e) for e in response.examples]
+        return found
+
+    async def scroll(
+        self,
+        filter: dict | None = None,
+        limit: int = 0,
+        page_token: str = "",
+        with_vectors: bool = False,
+        timeout: float | None = None,
+    ) -> ScrollPage:
+        request = _scroll_request(filter, limit, page_token, with_vectors)
+        return _page(await self._call(self._stub.Scroll, request, timeout))
 
     async def embed(self, texts: Sequence[str], timeout: float | None = None) -> np.ndarray:
         rows = []

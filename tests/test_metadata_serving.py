@@ -1,0 +1,236 @@
+"""Metadata and filters served (issue 36): Upsert takes metadata, every neighbour
+carries it, Search / Predict take a filter, Search takes an id, GetExamples and Scroll
+read what is stored; over gRPC and REST, with bad filters answered INVALID_ARGUMENT."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+
+from siamese_search.core.model_artifact import load_model
+from siamese_search.indexer.build import BuildOptions, build_index
+from siamese_search.server.app import SearchServer
+from siamese_search.server.config import Limits, ServerConfig
+from siamese_search.server.generated import search_pb2 as pb
+from siamese_search.server.generated import search_pb2_grpc as pb_grpc
+from tests.conftest import encode_in_server
+from tests.test_metadata import COLUMNS, _jsonl, _rows
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, trained_model):
+    root = tmp_path_factory.mktemp("served-metadata")
+    rows = _rows(120)
+    build_index(
+        root / "index",
+        load_model(trained_model),
+        _jsonl(root / "rows.jsonl", rows),
+        COLUMNS,
+        BuildOptions(show_progress=False),
+    )
+    config = ServerConfig(
+        index_dir=root / "index",
+        port=0,
+        http_port=0,
+        limits=Limits(max_k=20, max_batch=16),
+        batching=encode_in_server(),
+    )
+    server = SearchServer(config).start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    yield server, pb_grpc.SearchServiceStub(channel), {r["id"]: r for r in rows}
+    channel.close()
+    server.stop(0)
+
+
+def _rest(server, path: str, body: dict):
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    try:
+        connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def _filter(spec: dict) -> pb.Filter:
+    from google.protobuf import json_format
+
+    return json_format.ParseDict(spec, pb.Filter())
+
+
+def test_upserted_metadata_comes_back_and_filters_see_it(served):
+    server, stub, _ = served
+    fields = struct_pb2.Struct()
+    fields.update({"repo": "mobile", "year": 2026, "tags": ["ios", "swift"]})
+    written = stub.Upsert(
+        pb.UpsertRequest(
+            examples=[
+                pb.Example(id="m1", text="Fix the iOS login crash", label="1", metadata=fields)
+            ],
+            wait=True,
+        )
+    )
+    assert written.committed
+    where = _filter({"must": [{"key": "repo", "match": {"value": "mobile"}}]})
+    found = stub.Search(pb.SearchRequest(text="login crash", k=5, filter=where)).neighbors
+    assert [n.id for n in found] == ["m1"]
+    from google.protobuf import json_format
+
+    assert json_format.MessageToDict(found[0].metadata) == {
+        "repo": "mobile",
+        "year": 2026,
+        "tags": ["ios", "swift"],
+    }
+    status, body = _rest(
+        server,
+        "/v1/search",
+        {
+            "text": "login crash",
+            "k": 3,
+            "filter": {"must": [{"key": "tags", "match": {"any": ["swift"]}}]},
+        },
+    )
+    assert status == 200 and [n["id"] for n in body["neighbors"]] == ["m1"]
+    assert body["neighbors"][0]["metadata"]["year"] == 2026
+
+
+def test_filters_limit_search_and_predict_over_grpc_and_rest(served):
+    server, stub, rows = served
+    spec = {
+        "must": [{"key": "year", "range": {"gte": 2021}}],
+        "must_not": [{"key": "repo", "match": {"value": "core"}}],
+    }
+    found = stub.Search(pb.SearchRequest(text="Fix the parser", k=10, filter=_filter(spec)))
+    upserted = {"m1": {"year": 2026, "repo": "mobile"}}  # the test above wrote it
+    for neighbor in found.neighbors:
+        row = rows.get(neighbor.id) or upserted[neighbor.id]
+        assert row["year"] >= 2021 and row.get("repo") != "core"
+    status, body = _rest(server, "/v1/search", {"text": "Fix the parser", "k": 10, "filter": spec})
+    assert status == 200
+    assert [n["id"] for n in body["neighbors"]] == [n.id for n in found.neighbors]
+    only_two = {"must": [{"key": "label", "match": {"value": "2"}}]}
+    predicted = stub.Predict(
+        pb.PredictRequest(text="Fix the parser", k=5, filter=_filter(only_two))
+    )
+    assert predicted.voted_label == "2" and all(n.label == "2" for n in predicted.neighbors)
+    status, body = _rest(
+        server, "/v1/predict", {"text": "Fix the parser", "k": 5, "filter": only_two}
+    )
+    assert status == 200 and body["votedLabel"] == "2"
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"must": [{"key": "author", "match": {"value": "x"}}]}, "no field 'author'"),
+        ({"must": [{"key": "repo", "range": {"gt": 1}}]}, "not numbers; use match"),
+        ({"must": [{"key": "repo"}]}, "exactly one of match or range"),
+    ],
+)
+def test_bad_filters_are_invalid_argument_with_what_to_fix(served, spec, message):
+    server, stub, _ = served
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Search(pb.SearchRequest(text="fix", k=3, filter=_filter(spec)))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in refused.value.details()
+    status, body = _rest(server, "/v1/search", {"text": "fix", "k": 3, "filter": spec})
+    assert status == 400 and message in body["message"]
+
+
+def test_search_by_id_get_and_scroll(served):
+    server, stub, rows = served
+    by_id = stub.Search(pb.SearchRequest(id="r7", k=5)).neighbors
+    assert len(by_id) == 5 and "r7" not in [n.id for n in by_id]
+    status, body = _rest(server, "/v1/search", {"id": "r7", "k": 5})
+    assert status == 200 and [n["id"] for n in body["neighbors"]] == [n.id for n in by_id]
+    status, body = _rest(server, "/v1/search", {"id": "nope", "k": 5})
+    assert status == 404 and "no example with id" in body["message"]
+    got = stub.GetExamples(pb.GetExamplesRequest(ids=["r9", "missing", "r2"], with_vectors=True))
+    assert [e.id for e in got.examples] == ["r9", "r2"]
+    assert got.examples[0].text == rows["r9"]["text"] and len(got.examples[0].vector) == 640
+    status, body = _rest(server, "/v1/examples:get", {"ids": ["r3"]})
+    assert status == 200 and body["examples"][0]["metadata"]["year"] == rows["r3"]["year"]
+    seen, token = [], ""
+    spec = {"must": [{"key": "repo", "match": {"value": "web"}}]}
+    while True:
+        status, page = _rest(
+            server, "/v1/examples:scroll", {"filter": spec, "limit": 7, "pageToken": token}
+        )
+        assert status == 200 and len(page["examples"]) <= 7
+        seen += [e["id"] for e in page["examples"]]
+        token = page["nextPageToken"]
+        if not token:
+            break
+    expected = {i for i, r in rows.items() if r.get("repo") == "web"}
+    assert len(seen) == len(set(seen)) and set(seen) == expected
+    status, body = _rest(server, "/v1/examples:scroll", {"pageToken": "garbage"})
+    assert status == 400 and "page_token" in body["message"]
+
+
+def test_a_scroll_reads_one_version_while_writes_go_on(served):
+    """Every live row of the version the first page read comes exactly once, though
+    rows are written between pages (the token names the version)."""
+    server, stub, _ = served
+    first = stub.Scroll(pb.ScrollRequest(limit=10))
+    version = first.index_version
+    seen = [e.id for e in first.examples]
+    token = first.next_page_token
+    stub.Upsert(
+        pb.UpsertRequest(
+            examples=[pb.Example(id="late", text="Added mid-scroll", label="1")], wait=True
+        )
+    )
+    stub.Delete(pb.DeleteRequest(ids=["r50"], wait=True))
+    while token:
+        page = stub.Scroll(pb.ScrollRequest(limit=10, page_token=token))
+        assert page.index_version == version
+        seen += [e.id for e in page.examples]
+        token = page.next_page_token
+    assert "late" not in seen and "r50" in seen and len(seen) == len(set(seen))
+
+
+def test_the_typed_clients_take_filters_metadata_get_and_scroll(served):
+    import asyncio
+
+    from siamese_search.client import AsyncSearchClient, Example, SearchClient
+
+    server, _, rows = served
+    target = f"127.0.0.1:{server.port}"
+    web = {"must": [{"key": "repo", "match": {"value": "web"}}]}
+    with SearchClient(target) as client:
+        client.upsert(
+            [Example("Port the docs to Welsh", "3", "cy1", {"repo": "docs", "lang": "cy"})],
+            wait=True,
+        )
+        hits = client.search(
+            "Welsh docs", k=3, filter={"must": [{"key": "lang", "match": {"value": "cy"}}]}
+        )
+        assert [n.id for n in hits.neighbors] == ["cy1"]
+        assert hits.neighbors[0].metadata == {"repo": "docs", "lang": "cy"}
+        assert all(
+            rows[n.id]["repo"] == "web" for n in client.search("fix", k=5, filter=web).neighbors
+        )
+        assert client.predict("fix", k=3, filter=web).neighbors
+        like = client.search_like("r4", k=3)
+        assert "r4" not in [n.id for n in like.neighbors] and len(like.neighbors) == 3
+        got = client.get(["r4", "cy1"], with_vectors=True)
+        assert [e.id for e in got] == ["r4", "cy1"] and got[1].vector.shape == (640,)
+        everything = [e.id for e in client.scroll_all(web, limit=5)]
+        assert set(everything) == {i for i, r in rows.items() if r.get("repo") == "web"}
+
+    async def asynchronous():
+        async with AsyncSearchClient(target) as client:
+            hits = await client.search("fix", k=5, filter=web)
+            page = await client.scroll(web, limit=4)
+            got = await client.get(["cy1"])
+            like = await client.search_like("r4", k=3)
+            return hits, page, got, like
+
+    hits, page, got, like = asyncio.run(asynchronous())
+    assert all(rows[n.id]["repo"] == "web" for n in hits.neighbors)
+    assert len(page.examples) == 4 and page.next_page_token
+    assert got[0].metadata["lang"] == "cy" and "r4" not in [n.id for n in like.neighbors]
