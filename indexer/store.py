@@ -28,6 +28,7 @@ from siamese_search.indexer.segments import (
     Segment,
     SegmentCache,
     SmallSegments,
+    Subset,
     entries_of,
     merge_top_k,
     small_segments,
@@ -174,9 +175,21 @@ class _Visit:
     each with the rows it may return (None: all), and whether the small segments'
     matrix is searched, with its rows (SmallSegments)."""
 
-    alone: list[tuple[Segment, np.ndarray | None]]
+    alone: list[tuple[Segment, np.ndarray | None, Subset | None]]
     small: bool
     small_mask: np.ndarray | None
+
+    @property
+    def nbytes(self) -> int:
+        """The memory its gathered subsets hold (what the visit cache is bounded by)."""
+        return sum(subset.nbytes for _, _, subset in self.alone if subset is not None)
+
+
+#: bytes of gathered subsets (filtered searches of graph / IVF segments scored
+#: exactly) that a version's visit cache keeps; the oldest visits go first past it
+SUBSET_CACHE_BYTES = 256 * 2**20
+#: visits (label filter and filter pairs) a version keeps worked out
+VISIT_CACHE = 64
 
 
 class IndexVersion:
@@ -256,6 +269,8 @@ class IndexVersion:
         self.label_names: list[str] = list(label_info["names"]) if label_info else []
         self._filter = LabelFilter(self.label_names, has_labels=label_info is not None)
         self._masks: OrderedDict[tuple, _Visit] = OrderedDict()
+        self._masks_lock = threading.Lock()
+        self._subset_bytes = 0
 
     # ---- identity -----------------------------------------------------------
     @property
@@ -384,7 +399,7 @@ class IndexVersion:
                 if segment.name in held.names:
                     small.append(mask)
                 elif segment.live and (mask is None or mask.any()):
-                    alone.append((segment, mask))
+                    alone.append((segment, mask, segment.subset(mask)))
             small_mask = None
             if any(mask is not None for mask in small):
                 small_mask = np.concatenate(
@@ -395,9 +410,14 @@ class IndexVersion:
                 )
             searched = bool(small) and (small_mask is None or bool(small_mask.any()))
             visit = _Visit(alone, searched, small_mask)
-            self._masks[key] = visit
-            if len(self._masks) > 64:
-                self._masks.popitem(last=False)
+            with self._masks_lock:
+                self._masks[key] = visit
+                self._subset_bytes += visit.nbytes
+                while len(self._masks) > 1 and (
+                    len(self._masks) > VISIT_CACHE or self._subset_bytes > SUBSET_CACHE_BYTES
+                ):
+                    _, dropped = self._masks.popitem(last=False)
+                    self._subset_bytes -= dropped.nbytes
         return visit
 
     def search(
@@ -419,7 +439,7 @@ class IndexVersion:
         if exclude:
             k += len(exclude)
         visit = self._allowed(labels, where)
-        found = [segment.search(vectors, k, mask) for segment, mask in visit.alone]
+        found = [segment.search(vectors, k, mask, subset) for segment, mask, subset in visit.alone]
         if visit.small:
             found.append(self._small_segments().search(vectors, k, visit.small_mask))
         if not found:

@@ -44,6 +44,9 @@ def default_params(kind: str, dim: int, expected_count: int) -> dict:
     return params
 
 
+#: at most this many times the beam (efSearch) or lists (nprobe) for a filtered search
+FILTERED_WIDENING = 8.0
+
 class FaissIndex(VectorIndex):
     def __init__(self, kind: str, index: faiss.Index, params: dict):
         self.kind = kind
@@ -145,12 +148,18 @@ class FaissIndex(VectorIndex):
             return self._index.search(queries, k)
         bitmap = np.packbits(allowed.astype(np.uint8), bitorder="little")
         selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+        # a walk that may return only a share of the rows must visit more of them to
+        # find k that pass: the beam (lists) grows as that share shrinks, up to
+        # FILTERED_WIDENING times (bench/filters.py: recall at 50% and 10% of the rows)
+        share = max(float(np.count_nonzero(allowed)) / max(len(allowed), 1), 1e-9)
+        widen = min(1.0 / share, FILTERED_WIDENING)
         if self.kind == "hnsw":
             search_params = faiss.SearchParametersHNSW(
-                sel=selector, efSearch=self._params["ef_search"]
+                sel=selector, efSearch=int(self._params["ef_search"] * widen)
             )
         elif self.kind.startswith("ivf"):
-            search_params = faiss.SearchParametersIVF(sel=selector, nprobe=self._params["nprobe"])
+            nprobe = min(int(self._params["nprobe"] * widen), int(self._params.get("nlist", 1)))
+            search_params = faiss.SearchParametersIVF(sel=selector, nprobe=max(nprobe, 1))
         else:
             search_params = faiss.SearchParameters(sel=selector)
         scores, positions = self._index.search(queries, k, params=search_params)
