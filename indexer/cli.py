@@ -389,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
 
         exported = export_version(args.index, args.out, args.version, not args.quiet)
         print(f"version {exported.version}: {exported.rows} rows to {exported.path}")
+        if exported.fields:
+            named = ",".join(exported.fields)
+            print(f"metadata fields as columns: build with --metadata-columns {named}")
         return 0
     if args.command == "rollback":
         previous, now = rollback(args.index, args.to, args.wait, milvus_target(args, args.index))

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from siamese_search.core.errors import UserError
 from siamese_search.core.tables import SUPPORTED_SUFFIXES
 from siamese_search.indexer import layout
+from siamese_search.indexer.metadata import decode
 from siamese_search.indexer.store import IndexVersion, open_index
 
 #: rows read from the records and written at a time
@@ -35,6 +36,8 @@ class ExportReport:
     rows: int
     labelled: bool
     path: Path
+    #: the metadata fields written as columns (build them back with --metadata-columns)
+    fields: tuple[str, ...] = ()
 
 
 def open_version(index_dir: Path, version: str | None) -> IndexVersion:
@@ -47,10 +50,17 @@ def open_version(index_dir: Path, version: str | None) -> IndexVersion:
     return open_index(layout.version_dir(index_dir, version), load_indexes=False)
 
 
-def iter_rows(version: IndexVersion, page: int = PAGE_ROWS) -> Iterator[list[tuple]]:
-    """(id, label, text) of the version's live rows in position order, a page at a time."""
-    for rows in version.records().iter_all(page):
-        yield [(row_id, label, text) for _, row_id, label, text in rows]
+def iter_rows(
+    version: IndexVersion, fields: tuple[str, ...] = (), page: int = PAGE_ROWS
+) -> Iterator[list[tuple]]:
+    """(id, label, text, *fields) of the version's live rows in position order, a page
+    at a time; a field a row lacks is None."""
+    for rows in version.records().iter_all(page, with_metadata=bool(fields)):
+        out = []
+        for row in rows:
+            values = decode(row[4]) if fields else {}
+            out.append((row[1], row[2], row[3], *(values.get(name) for name in fields)))
+        yield out
 
 
 def export_version(
@@ -66,7 +76,11 @@ def export_version(
         )
     with open_version(Path(index_dir), version) as opened:
         labelled = opened.has_labels
-        columns = ["id", "label", "text"] if labelled else ["id", "text"]
+        fields = tuple(sorted(opened.metadata_keys()))
+        clashing = {"id", "label", "text"} & set(fields)
+        if clashing:
+            raise UserError(f"metadata fields {sorted(clashing)} clash with the record's columns")
+        columns = (["id", "label", "text"] if labelled else ["id", "text"]) + list(fields)
         temporary = out.with_name(f".{out.name}.partial-{os.getpid()}")
         bar = tqdm(
             total=opened.count,
@@ -78,8 +92,8 @@ def export_version(
         written = 0
         try:
             with bar, _WRITERS[fmt](temporary, columns) as write:
-                for rows in iter_rows(opened):
-                    page = rows if labelled else [(row_id, text) for row_id, _, text in rows]
+                for rows in iter_rows(opened, fields):
+                    page = rows if labelled else [(row[0], *row[2:]) for row in rows]
                     write(page)
                     written += len(page)
                     bar.update(len(page))
@@ -87,22 +101,36 @@ def export_version(
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
-        return ExportReport(opened.name, written, labelled, out)
+        return ExportReport(opened.name, written, labelled, out, fields)
 
 
 class _CsvWriter:
+    """CSV: a missing field is an empty cell, a list its JSON text (a CSV cell is text:
+    read back, every field is a string)."""
+
     def __init__(self, path: Path, columns: list[str]):
         self._file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
         self._csv = csv.writer(self._file)
         self._csv.writerow(columns)
 
     def __enter__(self):
-        return self._csv.writerows
+        def write(rows: list[tuple]) -> None:
+            self._csv.writerows(tuple(_cell(value) for value in row) for row in rows)
+
+        return write
 
     def __exit__(self, *exc_info) -> None:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+
+
+def _cell(value) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return json.dumps(value, ensure_ascii=False)
+    return value
 
 
 class _JsonlWriter:
@@ -113,7 +141,15 @@ class _JsonlWriter:
     def __enter__(self):
         def write(rows: list[tuple]) -> None:
             self._file.writelines(
-                json.dumps(dict(zip(self._columns, row, strict=True)), ensure_ascii=False) + "\n"
+                json.dumps(
+                    {
+                        name: value
+                        for name, value in zip(self._columns, row, strict=True)
+                        if value is not None
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
                 for row in rows
             )
 
@@ -133,21 +169,39 @@ class _ParquetWriter:
         import pyarrow as pa
 
         self._pa = pa
-        self._schema = pa.schema([(name, pa.string()) for name in columns])
-        self._writer = pq.ParquetWriter(path, self._schema)
+        self._pq = pq
+        self._path = path
+        self._writer = None
         self._columns = columns
 
     def __enter__(self):
         def write(rows: list[tuple]) -> None:
+            # record columns are strings; a field's type is what pyarrow infers from its
+            # values (the first page fixes the schema; a field mixing types is JSON text)
             arrays = [list(values) for values in zip(*rows, strict=True)] if rows else []
-            table = self._pa.table(
-                dict(zip(self._columns, arrays, strict=True)), schema=self._schema
-            )
-            self._writer.write_table(table)
+            data = {}
+            for i, (name, values) in enumerate(zip(self._columns, arrays, strict=True)):
+                if i < 3 and name in ("id", "label", "text"):
+                    data[name] = self._pa.array(values, type=self._pa.string())
+                    continue
+                try:
+                    data[name] = self._pa.array(values)
+                except (self._pa.ArrowInvalid, self._pa.ArrowTypeError):
+                    data[name] = self._pa.array(
+                        [None if v is None else json.dumps(v) for v in values],
+                        type=self._pa.string(),
+                    )
+            table = self._pa.table(data)
+            if self._writer is None:
+                self._writer = self._pq.ParquetWriter(self._path, table.schema)
+            self._writer.write_table(table.cast(self._writer.schema))
 
         return write
 
     def __exit__(self, *exc_info) -> None:
+        if self._writer is None:  # no rows: an empty table of the record columns
+            schema = self._pa.schema([(name, self._pa.string()) for name in self._columns])
+            self._writer = self._pq.ParquetWriter(self._path, schema)
         self._writer.close()
 
 

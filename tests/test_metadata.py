@@ -298,3 +298,20 @@ def test_the_index_cli_takes_metadata_columns(tmp_path, trained_model, capsys):
         ]
     assert main([*argv, "--replace", "--metadata-columns", "repo,no such", "--quiet"]) == 2
     assert "field name 'no such'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_export_then_build_keeps_metadata(indexed, tmp_path, suffix):
+    """Fields become columns (typed in JSON Lines and Parquet) and build back."""
+    from siamese_search.indexer.export import export_version
+
+    index_dir, model, rows = indexed
+    out = tmp_path / f"rows{suffix}"
+    report = export_version(index_dir, out, show_progress=False)
+    assert report.fields == ("ok", "repo", "tags", "year")
+    rebuilt = tmp_path / "rebuilt"
+    columns = Columns(text="text", label="label", id="id", metadata=report.fields)
+    build_index(rebuilt, model, out, columns, QUIET)
+    with open_index(index_dir) as before, open_index(rebuilt) as after:
+        ids = sorted(rows)
+        assert [r.metadata for r in after.get(ids)] == [r.metadata for r in before.get(ids)]

@@ -47,6 +47,7 @@ def default_params(kind: str, dim: int, expected_count: int) -> dict:
 #: at most this many times the beam (efSearch) or lists (nprobe) for a filtered search
 FILTERED_WIDENING = 8.0
 
+
 class FaissIndex(VectorIndex):
     def __init__(self, kind: str, index: faiss.Index, params: dict):
         self.kind = kind

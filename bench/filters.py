@@ -1,0 +1,160 @@
+"""Filtered search (issue 36): p50 latency and recall at several selectivities against
+unfiltered search, on one index, in one run.
+
+The index: N rows (default 1,000,000), HNSW, synthetic clustered vectors (noisy copies
+of real commit texts' vectors, bench/writes.py) written through the version writer,
+each with a keyword field `kw` of 100 values and a numeric field `num` (uniform, 0 ..
+999,999). Queries: 200 commit test texts. For each filter: the p50 of one-query
+searches (k 10) once the filter's row mask is cached (the first use pays for the SQL
+scan: reported), and recall@10 against brute force over the rows that pass.
+
+Usage: python bench/filters.py [--model artifacts/model] [--rows 1000000] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from writes import commit_texts  # noqa: E402
+
+FILTERS = {
+    "none (100%)": None,
+    "50%": {"must": [{"key": "num", "range": {"lt": 500_000}}]},
+    "10%": {"must": [{"key": "kw", "match": {"any": [f"k{i}" for i in range(10)]}}]},
+    "1%": {"must": [{"key": "kw", "match": {"value": "k42"}}]},
+    "0.1%": {
+        "must": [{"key": "kw", "match": {"value": "k7"}}, {"key": "num", "range": {"lt": 100_000}}]
+    },
+}
+
+
+def build(index_dir: Path, model, rows: int, kind: str) -> None:
+    from siamese_search.indexer import layout
+    from siamese_search.indexer.metadata import encode
+    from siamese_search.indexer.version_writer import VersionWriter
+
+    rng = np.random.default_rng(0)
+    centres = model.embed(commit_texts()[:2000])
+    index_dir.mkdir(parents=True)
+    staging = layout.new_staging(index_dir)
+    writer = VersionWriter(staging, model.dim, with_labels=True, segment_name="000001")
+    for start in range(0, rows, 50_000):
+        n = min(50_000, rows - start)
+        vectors = rng.standard_normal((n, model.dim)).astype(np.float32)
+        vectors *= 0.6 / np.sqrt(model.dim)
+        vectors += centres[rng.integers(0, len(centres), n)]
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        keywords = rng.integers(0, 100, n)
+        numbers = rng.integers(0, 1_000_000, n)
+        writer.append(
+            [f"doc-{start + i}" for i in range(n)],
+            ["a"] * n,
+            [f"synthetic text {start + i}" for i in range(n)],
+            vectors,
+            [
+                encode({"kw": f"k{k}", "num": int(v)})
+                for k, v in zip(keywords, numbers, strict=True)
+            ],
+        )
+    extra = {"operation": {"kind": "build", "data": "synthetic (bench/filters.py)"}}
+    writer.finish(kind, None, model, extra)
+    layout.publish(index_dir, staging)
+
+
+def measure(index_dir: Path, model, queries: np.ndarray) -> dict:
+    from siamese_search.indexer.store import open_index
+
+    out = {}
+    with open_index(index_dir) as version:
+        vectors = np.asarray(version.vectors())
+        stored = [row for rows in version.records().iter_all(with_metadata=True) for row in rows]
+        fields = [json.loads(row[4]) for row in stored]
+        for name, spec in FILTERS.items():
+            where = version.parse_filter(spec)
+            started = time.perf_counter()
+            version.search(queries[:1], k=10, where=where)
+            first = time.perf_counter() - started
+            timings, recalls = [], []
+            if spec is None:
+                passing = np.ones(len(stored), bool)
+            else:
+                passing = _passing(fields, name)
+            subset = np.flatnonzero(passing)
+            for query in queries:
+                started = time.perf_counter()
+                hits = version.search(query[None, :], k=10, where=where)[0]
+                timings.append(time.perf_counter() - started)
+                scores = vectors[subset] @ query
+                truth = set(subset[np.argsort(-scores)[:10]].tolist())
+                recalls.append(len(truth & {h.position for h in hits}) / max(len(truth), 1))
+            out[name] = {
+                "rows_passing": int(passing.sum()),
+                "p50_ms": 1000 * statistics.median(timings),
+                "recall_at_10": float(np.mean(recalls)),
+                "first_use_ms": 1000 * first,
+            }
+    return out
+
+
+def _passing(fields: list[dict], name: str) -> np.ndarray:
+    kw = np.array([int(f["kw"][1:]) for f in fields])
+    num = np.array([f["num"] for f in fields])
+    return {
+        "50%": num < 500_000,
+        "10%": kw < 10,
+        "1%": kw == 42,
+        "0.1%": (kw == 7) & (num < 100_000),
+    }[name]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "artifacts" / "model")
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--index-type", default="hnsw")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    from siamese_search.core.model_artifact import load_model
+
+    model = load_model(args.model)
+    queries = model.embed(commit_texts()[-args.queries :])
+    with tempfile.TemporaryDirectory() as scratch:
+        started = time.perf_counter()
+        build(Path(scratch) / "index", model, args.rows, args.index_type)
+        built = time.perf_counter() - started
+        result = measure(Path(scratch) / "index", model, queries)
+    base = result["none (100%)"]["p50_ms"]
+    print(
+        f"{args.rows} rows, {args.index_type} (built in {built:.0f} s); "
+        f"k 10, {args.queries} queries"
+    )
+    for name, row in result.items():
+        print(
+            f"  {name:<12} {row['rows_passing']:>8} rows  p50 {row['p50_ms']:6.2f} ms "
+            f"({row['p50_ms'] / base:.2f}x unfiltered)  recall@10 {row['recall_at_10']:.3f}  "
+            f"first use {row['first_use_ms']:.0f} ms"
+        )
+    if args.out:
+        args.out.write_text(
+            json.dumps(
+                {"rows": args.rows, "index_type": args.index_type, "filters": result}, indent=2
+            )
+            + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
