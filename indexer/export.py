@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -171,7 +172,7 @@ class _ParquetWriter:
         self._pa = pa
         self._pq = pq
         self._path = path
-        self._writer = None
+        self._writer: Any = None  # made with the first page, whose schema it takes
         self._columns = columns
 
     def __enter__(self):

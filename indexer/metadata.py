@@ -32,17 +32,21 @@ from dataclasses import dataclass
 
 from siamese_search.core.errors import UserError
 
+#: an example's metadata: fields, items of one list, characters of one string (bounds
+#: a JSON Schema states too: the REST gateway's document says the same, server/openapi.py)
 MAX_KEYS = 64
-MAX_BYTES = 16 * 1024  # one example's metadata as JSON
-MAX_LIST = 256
+MAX_LIST = 64
+MAX_STRING = 1024
 MAX_KEY_CHARS = 64
-#: a filter's bounds: nesting, conditions in all, values in one `any`
-MAX_FILTER_DEPTH = 4
-MAX_CONDITIONS = 64
+KEY_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$"
+#: a filter's bounds: nesting (a filter, and filters of field tests inside it),
+#: conditions in one must / should / must_not list, values in one `any`
+MAX_FILTER_DEPTH = 2
+MAX_CONDITIONS = 8
 MAX_ANY = 1000
 #: keys that name a record's own fields, not its metadata
 RECORD_KEYS = ("label", "id")
-_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+_KEY = re.compile(KEY_PATTERN)
 _RANGE_OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 #: the JSON types a value may have, by the type SQLite's json_each names
 SCALAR = (str, int, float, bool)
@@ -81,9 +85,6 @@ def check_metadata(metadata: object, where: str = "metadata") -> dict:
         else:
             _check_scalar(value, f"{where}.{key}")
         out[key] = value
-    size = len(encode(out) or "")
-    if size > MAX_BYTES:
-        raise MetadataError(f"{where} is {size} bytes as JSON; the limit is {MAX_BYTES}")
     return out
 
 
@@ -103,6 +104,10 @@ def _check_scalar(value: object, where: str) -> None:
         )
     if isinstance(value, float) and not math.isfinite(value):
         raise MetadataError(f"{where} is {value}; numbers must be finite")
+    if isinstance(value, str) and len(value) > MAX_STRING:
+        raise MetadataError(
+            f"{where} has {len(value)} characters; a field's string is at most {MAX_STRING}"
+        )
 
 
 def _kind(value: object) -> str:
@@ -172,7 +177,10 @@ def _filter_sql(spec, where, depth, counter, keys, known) -> tuple[str, list]:
     if not isinstance(spec, dict):
         raise FilterError(f"{where} must be an object with must / should / must_not lists")
     if depth > MAX_FILTER_DEPTH:
-        raise FilterError(f"{where} nests filters {depth} deep; the limit is {MAX_FILTER_DEPTH}")
+        raise FilterError(
+            f"{where} nests filters {depth} deep; a condition may be a filter of field "
+            "tests, no deeper"
+        )
     unknown = set(spec) - {"must", "should", "must_not"}
     if unknown:
         raise FilterError(
@@ -184,11 +192,14 @@ def _filter_sql(spec, where, depth, counter, keys, known) -> tuple[str, list]:
         conditions = spec.get(clause) or []
         if not isinstance(conditions, list):
             raise FilterError(f"{where}.{clause} must be a list of conditions")
+        if len(conditions) > MAX_CONDITIONS:
+            raise FilterError(
+                f"{where}.{clause} has {len(conditions)} conditions; the limit is "
+                f"{MAX_CONDITIONS} a list"
+            )
         compiled = []
         for i, condition in enumerate(conditions):
             counter[0] += 1
-            if counter[0] > MAX_CONDITIONS:
-                raise FilterError(f"the filter has over {MAX_CONDITIONS} conditions; simplify it")
             sql, values = _condition_sql(
                 condition, f"{where}.{clause}[{i}]", depth, counter, keys, known
             )
@@ -209,9 +220,10 @@ def _condition_sql(condition, where, depth, counter, keys, known) -> tuple[str, 
     if not isinstance(condition, dict):
         raise FilterError(f"{where} must be an object: {{key, match | range}} or a filter")
     if "key" not in condition:
-        if set(condition) & {"must", "should", "must_not"}:
-            return _filter_sql(condition, where, depth + 1, counter, keys, known)
-        raise FilterError(f"{where} names no key; a condition is {{key, match | range}}")
+        if set(condition) - {"must", "should", "must_not"}:
+            raise FilterError(f"{where} names no key; a condition is {{key, match | range}}")
+        # a filter (an empty one holds for every row, as an empty top-level filter)
+        return _filter_sql(condition, where, depth + 1, counter, keys, known)
     key = condition["key"]
     if not isinstance(key, str):
         raise FilterError(f"{where}.key must be a string")

@@ -153,6 +153,7 @@ class RestGateway:
         metrics,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
+        fields: Callable[[], dict[str, set[str]] | None] = lambda: None,
     ):
         """`labelled()` says whether the serving index takes labels (None: nothing
         serves yet), for the document; `metrics` (server.metrics.Metrics) counts open
@@ -162,8 +163,9 @@ class RestGateway:
         self.limits = limits
         self.max_body_bytes = 3 * limits.max_request_bytes  # JSON escapes grow text
         self._labelled = labelled
+        self._fields = fields
         self._committed_document = json.loads(OPENAPI_FILE.read_bytes())
-        self._documents: dict[bool | None, _Document] = {}
+        self._documents: dict[tuple, _Document] = {}
         self._documents_lock = threading.Lock()
         self._calls = {
             route.full_name: self.channel.unary_unary(
@@ -197,12 +199,18 @@ class RestGateway:
 
     def document(self) -> _Document:
         """The OpenAPI document for the index serving now, and its request validators."""
-        labelled = self._labelled()
+        labelled, fields = self._labelled(), self._fields() or {}
+        key = (
+            labelled,
+            tuple(sorted((name, tuple(sorted(kinds))) for name, kinds in fields.items())),
+        )
         with self._documents_lock:
-            if labelled not in self._documents:
-                served = serving_document(self._committed_document, self.limits, labelled)
-                self._documents[labelled] = _Document(served)
-            return self._documents[labelled]
+            if key not in self._documents:
+                served = serving_document(self._committed_document, self.limits, labelled, fields)
+                self._documents[key] = _Document(served)
+                while len(self._documents) > 16:  # the index's fields change with writes
+                    self._documents.pop(next(iter(self._documents)))
+            return self._documents[key]
 
     def answer(self, route: Route, body: bytes, headers: dict[str, list[str]]):
         """(HTTP status, JSON body) for a request whose body has been read in full."""
@@ -615,6 +623,19 @@ class _Document:
 def _say(field: str, error) -> str:
     """What to fix, in the gRPC checks' words; never the whole value (it can be large)."""
     rule, value = error.validator, error.validator_value
+    if "filter" in field.split(".")[0] and rule in ("anyOf", "oneOf", "enum", "required"):
+        return (
+            f"{field}: not a condition this index takes: a field test {{key, match: {{value "
+            "| any}}}} or {key, range} on one of the index's fields (label, id, and the "
+            "metadata fields GET /openapi.json lists under FieldTest; range only on "
+            "numeric ones), or a filter of such tests"
+        )
+    if field.startswith("examples") and ".metadata" in field:
+        return (
+            f"{field}: metadata is an object of at most 64 fields named with letters, "
+            "digits, '_' or '-' (not label or id), each a string (1,024 characters at "
+            "most), number, boolean or list of these (64 items at most)"
+        )
     size = len(error.instance) if isinstance(error.instance, (str, list, dict)) else None
     said = {
         "maxItems": f"{field} has {size} items; the limit is {value}. Split the call",

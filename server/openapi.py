@@ -174,7 +174,9 @@ def _field_schema(field, maps) -> dict:
     return schema
 
 
-def serving_document(document: dict, limits, labelled: bool | None) -> dict:
+def serving_document(
+    document: dict, limits, labelled: bool | None, fields: dict[str, set[str]] | None = None
+) -> dict:
     """The document a running gateway serves: the committed one with request schemas
     that say what this server accepts (its limits; whether its index takes labels),
     closed to unknown fields. The gateway validates every body against it, so the
@@ -185,6 +187,7 @@ def serving_document(document: dict, limits, labelled: bool | None) -> dict:
     /v1/info and in the descriptions here; a request over them gets 400.
     """
     from siamese_search.server.config import MAX_LABEL_CHARS, MAX_LABELS
+    from siamese_search.server.scrolling import TOKEN_PATTERN
     from siamese_search.server.validation import MAX_ID_CHARS, READABLE_PATTERN
 
     text = {
@@ -282,7 +285,8 @@ def serving_document(document: dict, limits, labelled: bool | None) -> dict:
                     "format": "int32",
                     "minimum": 0,
                     "maximum": limits.max_batch,
-                }
+                },
+                "pageToken": {"type": "string", "pattern": f"{TOKEN_PATTERN}|^$"},
             },
             [],
         ),
@@ -302,9 +306,126 @@ def serving_document(document: dict, limits, labelled: bool | None) -> dict:
             schema["required"] = required
     # a Search is by a text or by a stored example's id, not both
     schemas["SearchRequest"]["oneOf"] = [{"required": ["text"]}, {"required": ["id"]}]
+    _metadata_schemas(schemas, fields or {})
     # a Delete names ids, or a label, or both
     schemas["DeleteRequest"]["anyOf"] = [
         {"required": ["ids"], "properties": {"ids": {"minItems": 1}}},
         {"required": ["label"], "properties": {"label": {"minLength": 1}}},
     ]
     return served
+
+
+def _metadata_schemas(schemas: dict, fields: dict[str, set[str]]) -> None:
+    """Example.metadata and the filters, as indexer.metadata checks them: metadata's
+    field names, kinds and bounds; a filter's shape (a filter's lists hold field tests
+    or filters of field tests), its keys (the fields the serving version holds, and
+    label and id) and which of them take a range (the ones holding numbers)."""
+    from siamese_search.indexer import metadata as rules
+
+    scalar = [
+        {"type": "string", "maxLength": rules.MAX_STRING},
+        {"type": "number"},
+        {"type": "boolean"},
+    ]
+    value = {
+        "anyOf": [
+            *scalar,
+            {"type": "array", "maxItems": rules.MAX_LIST, "items": {"anyOf": scalar}},
+        ]
+    }
+    example = schemas["Example"]
+    example["properties"]["metadata"] = {
+        "type": "object",
+        "maxProperties": rules.MAX_KEYS,
+        "patternProperties": {rules.KEY_PATTERN: value},
+        "additionalProperties": False,
+        "not": {"anyOf": [{"required": [key]} for key in rules.RECORD_KEYS]},
+        "description": example["properties"]["metadata"].get("description", ""),
+    }
+
+    def match(values: dict) -> dict:
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "oneOf": [{"required": ["value"]}, {"required": ["any"]}],
+            "properties": {
+                "value": values,
+                "any": {"type": "array", "minItems": 1, "maxItems": rules.MAX_ANY, "items": values},
+            },
+        }
+
+    bounds = {"type": "number"}
+    tests: list[dict] = [
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["key", "match"],
+            "properties": {
+                "key": {"enum": list(rules.RECORD_KEYS)},
+                "match": match({"type": "string"}),
+            },
+        }
+    ]
+    if fields:
+        tests.append(
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["key", "match"],
+                "properties": {
+                    "key": {"enum": sorted(fields)},
+                    "match": match(
+                        {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
+                    ),
+                },
+            }
+        )
+    numeric = sorted(key for key, kinds in fields.items() if "number" in kinds)
+    if numeric:
+        tests.append(
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["key", "range"],
+                "properties": {
+                    "key": {"enum": numeric},
+                    "range": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "minProperties": 1,
+                        "properties": {op: bounds for op in ("gt", "gte", "lt", "lte")},
+                    },
+                },
+            }
+        )
+    schemas["FieldTest"] = {"anyOf": tests}
+
+    def clauses(item: dict) -> dict:
+        listed = {"type": "array", "maxItems": rules.MAX_CONDITIONS, "items": item}
+        names = ("must", "should", "mustNot", "must_not")
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {name: listed for name in names},
+        }
+
+    schemas["InnerFilter"] = clauses({"$ref": "#/components/schemas/FieldTest"})
+    schemas["ServedFilter"] = {
+        **clauses(
+            {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/FieldTest"},
+                    {"$ref": "#/components/schemas/InnerFilter"},
+                ]
+            }
+        ),
+        "description": schemas["Filter"].get("description", ""),
+    }
+    for name in (
+        "SearchRequest",
+        "SearchBatchRequest",
+        "PredictRequest",
+        "PredictBatchRequest",
+        "ScrollRequest",
+    ):
+        schemas[name]["properties"]["filter"] = {"$ref": "#/components/schemas/ServedFilter"}

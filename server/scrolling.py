@@ -1,16 +1,15 @@
 """Scroll's page tokens: each names the index version the scroll reads and the last
-position it gave, so that every live example comes exactly once across the pages of
+position it gave (`<version>.<position>`), so that every live example comes exactly
+once across the pages of
 one scroll, whatever is written meanwhile (the version is immutable; a write makes a
 new one). A page whose version is no longer current is read from the version's own
-directory, retained by the index (`--keep`); one already pruned is a clear
-FAILED_PRECONDITION: start the scroll again.
+directory, retained by the index (`--keep`); one already pruned (or never made) is
+NOT_FOUND, as an unknown label is: start the scroll again.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,26 +22,27 @@ class VersionGone(Exception):
     """The version a page token names was pruned."""
 
 
+#: what a page token looks like: `<version>.<last position given>`, plain (the served
+#: REST schema states it; nothing in it is secret: it names rows the caller read)
+TOKEN_PATTERN = r"^[0-9]{1,12}\.[0-9]{1,18}$"
+_TOKEN = re.compile(TOKEN_PATTERN)
+
+
 def token(version: str, after: int) -> str:
-    raw = json.dumps({"v": version, "after": int(after)}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode("ascii")).decode("ascii")
+    return f"{version}.{int(after)}"
 
 
 def read_token(page_token: str) -> tuple[str | None, int]:
     """(version, last position given) of a token; (None, -1) for the first page."""
     if not page_token:
         return None, -1
-    try:
-        said = json.loads(base64.urlsafe_b64decode(page_token.encode("ascii")))
-        version, after = said["v"], said["after"]
-        if not (isinstance(version, str) and version.isdigit() and isinstance(after, int)):
-            raise ValueError
-        return version, after
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeEncodeError):
+    if not _TOKEN.match(page_token):
         raise InvalidRequest(
             "page_token is not one this server gave; send the next_page_token of the "
             "previous page, or none to start"
-        ) from None
+        )
+    version, _, after = page_token.partition(".")
+    return version.zfill(6), int(after)
 
 
 @contextmanager
@@ -52,10 +52,11 @@ def version_for(current: IndexVersion, name: str | None, source) -> Iterator[Ind
         yield current
         return
     directory = layout.version_dir(source.index_dir, name)
-    if not directory.is_dir():
+    if name not in layout.list_versions(source.index_dir) or not directory.is_dir():
         raise VersionGone(
-            f"the scroll reads version {name}, which was pruned since its first page "
-            "(the index keeps its --keep newest versions); start the scroll again"
+            f"the page token names version {name}, which the index does not hold (pruned "
+            "since the scroll's first page: the index keeps its --keep newest versions); "
+            "start the scroll again"
         )
     with open_index(directory, load_indexes=False, cache=source.segments) as version:
         yield version

@@ -118,7 +118,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
             log.error("backend_unavailable", extra={"fields": {"error": str(error)[:500]}})
             context.abort(grpc.StatusCode.UNAVAILABLE, str(error)[:1000])
         except scrolling.VersionGone as error:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+            context.abort(grpc.StatusCode.NOT_FOUND, str(error))
         except _Abort as error:
             context.abort(error.code, str(error))
         except Exception:
