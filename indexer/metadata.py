@@ -1,8 +1,8 @@
 """Metadata on examples, and filters over it (issue 36): what a row carries besides id,
 label and text, and how a search is limited to the rows that pass a filter.
 
-An example's metadata is a flat JSON object: keys of letters, digits, `_` and `-`;
-values strings, integers, floats, booleans, or lists of these (no nested objects:
+An example's metadata is a flat JSON object: any non-empty field names but `label`
+and `id`; values strings, integers, floats, booleans, or lists of these (no nested objects:
 a filter names a key, not a path). Bounded (MAX_KEYS, MAX_BYTES, MAX_LIST) so one
 row cannot hold a document. Stored as JSON text beside the record (indexer.records).
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 
 from siamese_search.core.errors import UserError
@@ -37,8 +36,6 @@ from siamese_search.core.errors import UserError
 MAX_KEYS = 64
 MAX_LIST = 64
 MAX_STRING = 1024
-MAX_KEY_CHARS = 64
-KEY_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$"
 #: a filter's bounds: nesting (a filter, and filters of field tests inside it),
 #: conditions in one must / should / must_not list, values in one `any`
 MAX_FILTER_DEPTH = 2
@@ -46,7 +43,6 @@ MAX_CONDITIONS = 8
 MAX_ANY = 1000
 #: keys that name a record's own fields, not its metadata
 RECORD_KEYS = ("label", "id")
-_KEY = re.compile(KEY_PATTERN)
 _RANGE_OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 #: the JSON types a value may have, by the type SQLite's json_each names
 SCALAR = (str, int, float, bool)
@@ -89,11 +85,9 @@ def check_metadata(metadata: object, where: str = "metadata") -> dict:
 
 
 def check_key(key: object, where: str) -> str:
-    if not isinstance(key, str) or not _KEY.match(key) or len(key) > MAX_KEY_CHARS:
-        raise MetadataError(
-            f"{where}: field name {str(key)[:80]!r} must be 1-{MAX_KEY_CHARS} letters, digits, "
-            "'_' or '-'"
-        )
+    """A field name: any non-empty string (filters match it as a bound value)."""
+    if not isinstance(key, str) or not key:
+        raise MetadataError(f"{where}: a field name must be a non-empty string")
     return key
 
 
@@ -243,10 +237,19 @@ def _condition_sql(condition, where, depth, counter, keys, known) -> tuple[str, 
     return _range_sql(key, condition["range"], where, known)
 
 
-def _values_of(key: str) -> str:
-    """The SQL rows a metadata field's value(s) are: json_each of it (one row for a
-    scalar, one per item for a list; none when the row lacks the field)."""
-    return f"json_each(records.metadata, '$.\"{key}\"')"
+def _field_test(key: str, test: str, params: list) -> tuple[str, list]:
+    """SQL true when the row's field `key` (or, for a list, one of its items) passes
+    `test`, a condition on `{type}` and `{value}` (json_each's columns). The key is a
+    bound parameter matched against the object's own keys: no JSON path is made of
+    user text, so any field name is safe."""
+    scalar = test.format(type="field.type", value="field.value")
+    item = test.format(type="item.type", value="item.value")
+    sql = (
+        "EXISTS (SELECT 1 FROM json_each(records.metadata) AS field WHERE field.key = ? AND "
+        f"((field.type != 'array' AND ({scalar})) OR (field.type = 'array' AND EXISTS "
+        f"(SELECT 1 FROM json_each(field.value) AS item WHERE {item}))))"
+    )
+    return sql, [key, *params, *params]
 
 
 def _match_sql(key: str, match, where: str, known) -> tuple[str, list]:
@@ -271,16 +274,15 @@ def _match_sql(key: str, match, where: str, known) -> tuple[str, list]:
     params: list[object] = []
     for value in values:
         if isinstance(value, bool):
-            tests.append("type = ?")
+            tests.append("{type} = ?")
             params.append("true" if value else "false")
         elif isinstance(value, (int, float)):
-            tests.append("(type IN ('integer', 'real') AND value = ?)")
+            tests.append("({type} IN ('integer', 'real') AND {value} = ?)")
             params.append(value)
         else:
-            tests.append("(type = 'text' AND value = ?)")
+            tests.append("({type} = 'text' AND {value} = ?)")
             params.append(value)
-    sql = f"EXISTS (SELECT 1 FROM {_values_of(key)} WHERE {' OR '.join(tests)})"
-    return sql, params
+    return _field_test(key, " OR ".join(tests), params)
 
 
 def _range_sql(key: str, bounds, where: str, known) -> tuple[str, list]:
@@ -298,11 +300,6 @@ def _range_sql(key: str, bounds, where: str, known) -> tuple[str, list]:
     for op, bound in sorted(bounds.items()):
         if isinstance(bound, bool) or not isinstance(bound, (int, float)):
             raise FilterError(f"{where}.range.{op} must be a number, not {_kind(bound)}")
-        tests.append(f"value {_RANGE_OPS[op]} ?")
+        tests.append(f"{{value}} {_RANGE_OPS[op]} ?")
         params.append(bound)
-    sql = (
-        f"EXISTS (SELECT 1 FROM {_values_of(key)} WHERE type IN ('integer', 'real') AND "
-        + " AND ".join(tests)
-        + ")"
-    )
-    return sql, params
+    return _field_test(key, "{type} IN ('integer', 'real') AND " + " AND ".join(tests), params)

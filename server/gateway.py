@@ -632,9 +632,9 @@ def _say(field: str, error) -> str:
         )
     if field.startswith("examples") and ".metadata" in field:
         return (
-            f"{field}: metadata is an object of at most 64 fields named with letters, "
-            "digits, '_' or '-' (not label or id), each a string (1,024 characters at "
-            "most), number, boolean or list of these (64 items at most)"
+            f"{field}: metadata is an object of at most 64 fields (any name but label, "
+            "id and the empty one), each a string (1,024 characters at most), number, "
+            "boolean or list of these (64 items at most)"
         )
     size = len(error.instance) if isinstance(error.instance, (str, list, dict)) else None
     said = {

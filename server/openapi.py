@@ -337,9 +337,8 @@ def _metadata_schemas(schemas: dict, fields: dict[str, set[str]]) -> None:
     example["properties"]["metadata"] = {
         "type": "object",
         "maxProperties": rules.MAX_KEYS,
-        "patternProperties": {rules.KEY_PATTERN: value},
-        "additionalProperties": False,
-        "not": {"anyOf": [{"required": [key]} for key in rules.RECORD_KEYS]},
+        "additionalProperties": value,
+        "not": {"anyOf": [{"required": [key]} for key in (*rules.RECORD_KEYS, "")]},
         "description": example["properties"]["metadata"].get("description", ""),
     }
 
