@@ -70,10 +70,9 @@ def ingest(
     added = 0
     chunks, total = _chunks_of(source, columns, options, first_row_id, records)
     name = source.name if isinstance(source, Path) else "rows"
-    accepted: deque[tuple[Chunk, list[int]]] = deque()  # checked, not yet written
+    #: checked, not yet written: a chunk, the rows kept, their stored metadata (None: none)
+    accepted: deque[tuple[Chunk, list[int], list[str | None] | None]] = deque()
     pending: set[str] = set()  # their ids: an engine reads ahead of the writer
-
-    stored: deque[list[str | None] | None] = deque()  # the accepted rows' metadata
 
     def checked_texts() -> Iterator[list[str]]:
         for chunk in chunks:
@@ -93,8 +92,7 @@ def ingest(
                         continue
                 pending.add(row_id)
                 keep.append(i)
-            accepted.append((chunk, keep))
-            stored.append(fields if chunk.metadata is not None else None)
+            accepted.append((chunk, keep, fields if chunk.metadata is not None else None))
             yield [chunk.texts[i] for i in keep]
 
     bar = tqdm(
@@ -107,10 +105,10 @@ def ingest(
     )
     with bar, embedder(model, options) as embed:
         for vectors in embed(checked_texts()):
-            chunk, keep = accepted.popleft()
+            chunk, keep, fields = accepted.popleft()
             ids = [chunk.ids[i] for i in keep]
             labels = [chunk.labels[i] for i in keep] if chunk.labels is not None else None
-            writer.append(ids, labels, [chunk.texts[i] for i in keep], vectors, stored.popleft())
+            writer.append(ids, labels, [chunk.texts[i] for i in keep], vectors, fields)
             pending.difference_update(ids)
             added += len(keep)
             layout.checkpoint("during-ingest")

@@ -144,30 +144,19 @@ def _value_kind(value: object) -> str:
 class Filter:
     """A checked filter (`parse_filter`) and its SQL over a record store."""
 
-    spec: dict  # the filter as given, normalised (the cache key's source)
+    key: str  # the filter as canonical JSON: what caches of its row masks are keyed by
     sql: str  # a condition on the `records` table
     params: tuple
-    keys: frozenset[str]  # metadata keys it names (not label / id)
-
-    @property
-    def key(self) -> str:
-        return json.dumps(self.spec, sort_keys=True)
 
 
 def parse_filter(spec: object, known: dict[str, set[str]] | None) -> Filter:
     """Check a filter in Qdrant's shape and compile it. `known`: the metadata keys the
     index holds and their value kinds (None: do not check keys)."""
-    counter = [0]
-    keys: set[str] = set()
-    sql, params = _filter_sql(spec, "filter", 1, counter, keys, known)
-    return Filter(_normalised(spec), sql, tuple(params), frozenset(keys))
+    sql, params = _filter_sql(spec, "filter", 1, known)
+    return Filter(json.dumps(spec, sort_keys=True), sql, tuple(params))
 
 
-def _normalised(spec: object) -> dict:
-    return json.loads(json.dumps(spec, sort_keys=True))
-
-
-def _filter_sql(spec, where, depth, counter, keys, known) -> tuple[str, list]:
+def _filter_sql(spec, where, depth, known) -> tuple[str, list]:
     if not isinstance(spec, dict):
         raise FilterError(f"{where} must be an object with must / should / must_not lists")
     if depth > MAX_FILTER_DEPTH:
@@ -193,10 +182,7 @@ def _filter_sql(spec, where, depth, counter, keys, known) -> tuple[str, list]:
             )
         compiled = []
         for i, condition in enumerate(conditions):
-            counter[0] += 1
-            sql, values = _condition_sql(
-                condition, f"{where}.{clause}[{i}]", depth, counter, keys, known
-            )
+            sql, values = _condition_sql(condition, f"{where}.{clause}[{i}]", depth, known)
             compiled.append(sql)
             params.extend(values)
         if not compiled:
@@ -210,14 +196,14 @@ def _filter_sql(spec, where, depth, counter, keys, known) -> tuple[str, list]:
     return ("(" + " AND ".join(parts) + ")" if parts else "1"), params
 
 
-def _condition_sql(condition, where, depth, counter, keys, known) -> tuple[str, list]:
+def _condition_sql(condition, where, depth, known) -> tuple[str, list]:
     if not isinstance(condition, dict):
         raise FilterError(f"{where} must be an object: {{key, match | range}} or a filter")
     if "key" not in condition:
         if set(condition) - {"must", "should", "must_not"}:
             raise FilterError(f"{where} names no key; a condition is {{key, match | range}}")
         # a filter (an empty one holds for every row, as an empty top-level filter)
-        return _filter_sql(condition, where, depth + 1, counter, keys, known)
+        return _filter_sql(condition, where, depth + 1, known)
     key = condition["key"]
     if not isinstance(key, str):
         raise FilterError(f"{where}.key must be a string")
@@ -231,7 +217,6 @@ def _condition_sql(condition, where, depth, counter, keys, known) -> tuple[str, 
             raise FilterError(
                 f"{where}: the index holds no field {key!r} (fields: {listed}; and label, id)"
             )
-        keys.add(key)
     if "match" in condition:
         return _match_sql(key, condition["match"], where, known)
     return _range_sql(key, condition["range"], where, known)

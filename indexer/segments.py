@@ -281,20 +281,8 @@ class Segment:
         return scores, positions
 
     def _exact(self, queries: np.ndarray, k: int, subset: Subset) -> tuple[np.ndarray, np.ndarray]:
-        chosen = subset.rows
-        out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        out_positions = np.full((len(queries), k), -1, dtype=np.int64)
-        if not len(chosen):
-            return out_scores, out_positions
-        scores = queries @ subset.vectors.T
-        n = min(k, len(chosen))
-        top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)
-        out_scores[:, :n] = np.take_along_axis(top_scores, order, axis=1)
-        out_positions[:, :n] = chosen[top] + self.offset
-        return out_scores, out_positions
+        top_scores, top = exact_top_k(queries @ subset.vectors.T, k)
+        return top_scores, subset.rows[top] + self.offset
 
     def close(self) -> None:
         if self._files is not None:
@@ -360,14 +348,9 @@ class SmallSegments:
         scores = queries @ self.vectors.T
         if allowed is not None:
             scores[:, ~allowed] = -np.inf
-        k = min(k, scores.shape[1])
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)
-        top_scores = np.take_along_axis(top_scores, order, axis=1)
+        top_scores, top = exact_top_k(scores, k)
         positions = np.where(np.isfinite(top_scores), self.positions[top], -1)
-        return top_scores.astype(np.float32), positions
+        return top_scores, positions
 
 
 def small_segments(segments: Sequence[Segment]) -> list[Segment]:
@@ -378,6 +361,18 @@ def small_segments(segments: Sequence[Segment]) -> list[Segment]:
         for segment in segments[1:]
         if segment.entry.kind == "flat" and segment.rows <= SMALL_MATRIX_ROWS
     ]
+
+
+def exact_top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's min(k, columns) best (scores as float32, column indices), best first."""
+    k = min(k, scores.shape[1])
+    if k == 0:
+        return np.zeros((len(scores), 0), np.float32), np.zeros((len(scores), 0), np.int64)
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    return np.take_along_axis(top_scores, order, axis=1).astype(np.float32), top
 
 
 def merge_top_k(

@@ -190,6 +190,9 @@ class _Visit:
 SUBSET_CACHE_BYTES = 256 * 2**20
 #: visits (label filter and filter pairs) a version keeps worked out
 VISIT_CACHE = 64
+#: segments' filter masks a version keeps (1 byte a row: 64 MB at 1M rows), reused by
+#: later searches and scroll pages with the same filter
+PASSING_CACHE = 64
 
 
 class IndexVersion:
@@ -271,6 +274,7 @@ class IndexVersion:
         self._masks: OrderedDict[tuple, _Visit] = OrderedDict()
         self._masks_lock = threading.Lock()
         self._subset_bytes = 0
+        self._passing_masks: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 
     # ---- identity -----------------------------------------------------------
     @property
@@ -355,18 +359,31 @@ class IndexVersion:
         mask = segment.label_mask(set(labels))
         return mask if segment.live_mask is None else mask & segment.live_mask
 
-    @classmethod
     def _segment_mask(
-        cls, segment: Segment, labels: frozenset[str], where: Filter | None
+        self, segment: Segment, labels: frozenset[str], where: Filter | None
     ) -> np.ndarray | None:
         """Which rows of `segment` a search may return: live, with one of `labels`,
         passing `where` (None: every row, when nothing is asked and none is deleted)."""
-        mask = cls._labelled(segment, labels) if labels else segment.live_mask
+        mask = self._labelled(segment, labels) if labels else segment.live_mask
         if where is None:
             return mask
-        passing = np.zeros(segment.rows, dtype=bool)
-        passing[segment.records.positions_where(where.sql, where.params)] = True
+        passing = self._passing(segment, where)
         return passing if mask is None else mask & passing
+
+    def _passing(self, segment: Segment, where: Filter) -> np.ndarray:
+        """The rows of `segment` that pass `where` (one SQL scan of its records, kept
+        for the next search or scroll page with the same filter)."""
+        key = (segment.name, where.key)
+        with self._masks_lock:
+            passing = self._passing_masks.get(key)
+        if passing is None:
+            passing = np.zeros(segment.rows, dtype=bool)
+            passing[segment.records.positions_where(where.sql, where.params)] = True
+            with self._masks_lock:
+                self._passing_masks[key] = passing
+                while len(self._passing_masks) > PASSING_CACHE:
+                    self._passing_masks.popitem(last=False)
+        return passing
 
     def metadata_keys(self) -> dict[str, set[str]]:
         """The metadata fields the version's rows hold, and their value kinds."""
@@ -474,15 +491,11 @@ class IndexVersion:
     ) -> tuple[list[StoredRow], int | None]:
         """Up to `limit` live rows passing `where`, in position order, from the position
         after `after`; and the last position given when more may follow (None: done)."""
-        visit_masks = {
-            segment.name: self._segment_mask(segment, frozenset(), where)
-            for segment in self.segments
-        }
         chosen: list[int] = []
         for segment in self.segments:
             if segment.offset + segment.rows - 1 <= after:
                 continue
-            mask = visit_masks[segment.name]
+            mask = self._segment_mask(segment, frozenset(), where)
             local = np.arange(segment.rows) if mask is None else np.flatnonzero(mask)
             local = local[local + segment.offset > after]
             chosen.extend(int(p) for p in (local[: limit + 1 - len(chosen)] + segment.offset))
@@ -532,29 +545,32 @@ class VersionRecords:
 
     def fetch(self, positions: Iterable[int]) -> dict[int, tuple[str, str | None, str]]:
         """position -> (id, label, text) for the given positions."""
-        by_segment: dict[int, list[int]] = {}
         out: dict[int, tuple[str, str | None, str]] = {}
+        unheld = []
         for position in positions:
             held = self._held.get(int(position))
             if held is not None:
                 out[int(position)] = held
-                continue
-            at = bisect.bisect_right(self._starts, int(position)) - 1
-            by_segment.setdefault(at, []).append(int(position) - self._starts[at])
-        for at, local in by_segment.items():
+            else:
+                unheld.append(int(position))
+        for at, local in self._by_segment(unheld).items():
             offset = self._starts[at]
             for position, record in self.segments[at].records.fetch(local).items():
                 out[position + offset] = record
         return out
 
-    def metadata_of(self, positions: Iterable[int]) -> dict[int, str]:
-        """position -> stored metadata JSON, for the given positions that have any."""
-        by_segment: dict[int, list[int]] = {}
+    def _by_segment(self, positions: Iterable[int]) -> dict[int, list[int]]:
+        """Version positions grouped by segment: segment index -> local positions."""
+        grouped: dict[int, list[int]] = {}
         for position in positions:
             at = bisect.bisect_right(self._starts, int(position)) - 1
-            by_segment.setdefault(at, []).append(int(position) - self._starts[at])
+            grouped.setdefault(at, []).append(int(position) - self._starts[at])
+        return grouped
+
+    def metadata_of(self, positions: Iterable[int]) -> dict[int, str]:
+        """position -> stored metadata JSON, for the given positions that have any."""
         out: dict[int, str] = {}
-        for at, local in by_segment.items():
+        for at, local in self._by_segment(positions).items():
             offset = self._starts[at]
             for position, stored in self.segments[at].records.metadata_of(local).items():
                 out[position + offset] = stored
