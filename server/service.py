@@ -69,13 +69,22 @@ def _neighbor(hit: Hit) -> pb.Neighbor:
     return neighbor
 
 
-def _stored(row, vector: np.ndarray | None) -> pb.StoredExample:
-    example = pb.StoredExample(id=row.id, text=row.text, label=row.label)
-    if row.metadata:
-        example.metadata.update(row.metadata)
-    if vector is not None:
-        example.vector.extend(vector.tolist())
-    return example
+def _stored_examples(index: IndexVersion, rows, with_vectors: bool) -> list[pb.StoredExample]:
+    """GetExamples' and Scroll's answer: the rows, with their vectors when asked."""
+    vectors = (
+        index.vectors_at(np.array([row.position for row in rows], dtype=np.int64))
+        if with_vectors
+        else None
+    )
+    examples = []
+    for i, row in enumerate(rows):
+        example = pb.StoredExample(id=row.id, text=row.text, label=row.label)
+        if row.metadata:
+            example.metadata.update(row.metadata)
+        if vectors is not None:
+            example.vector.extend(vectors[i].tolist())
+        examples.append(example)
+    return examples
 
 
 def _server_version() -> str:
@@ -288,15 +297,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
             ids = check.check_ids(list(request.ids), self.limits)
             serving = self._serving()
             index = self._readable(serving)
-            rows = index.get(ids)
-            vectors = index.vectors_at(np.array([r.position for r in rows], dtype=np.int64))
-            return pb.GetExamplesResponse(
-                examples=[
-                    _stored(row, vectors[i] if request.with_vectors else None)
-                    for i, row in enumerate(rows)
-                ],
-                index_version=index.name,
-            )
+            examples = _stored_examples(index, index.get(ids), request.with_vectors)
+            return pb.GetExamplesResponse(examples=examples, index_version=index.name)
 
         return self._call(context, work)
 
@@ -313,12 +315,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
             with scrolling.version_for(current, version, self.holder.source) as index:
                 where = index.parse_filter(check.filter_of(request))
                 rows, last = index.scroll(where, limit, after)
-                vectors = index.vectors_at(np.array([r.position for r in rows], dtype=np.int64))
                 return pb.ScrollResponse(
-                    examples=[
-                        _stored(row, vectors[i] if request.with_vectors else None)
-                        for i, row in enumerate(rows)
-                    ],
+                    examples=_stored_examples(index, rows, request.with_vectors),
                     next_page_token=scrolling.token(index.name, last) if last is not None else "",
                     index_version=index.name,
                 )

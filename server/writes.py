@@ -192,64 +192,15 @@ class Journal:
         records, unreadable, invalid, accounted = _parse_records(body, plain=False)
         lost = _missing(expected, next_seq, accounted)
         if unreadable:
-            problems.append(
-                f"{len(unreadable)} unreadable line(s) (line "
-                + ", ".join(str(n) for n, _ in unreadable[:10])
-                + ")"
-            )
+            problems.append(_unreadable_text(unreadable))
         if lost:
             problems.append(f"records {_ranges_text(lost)} are missing")
         if problems:
-            self._damaged(data, problems, lost, unreadable, len(records), salvage)
-            invalid.extend(
-                ({"line": n, "bytes": line.decode("utf-8", "backslashreplace")}, "unreadable")
-                for n, line in unreadable
-            )
-            if lost:
-                invalid.append(({"seqs": _ranges(lost)}, "missing: not recovered"))
+            invalid += _damaged(self.path, data, problems, lost, unreadable, len(records), salvage)
         if invalid:
             _set_aside(self.path.parent, invalid)
         highest = max([*accounted, *lost, next_seq - 1], default=0)
         return dict(sorted(records.items())), highest + 1
-
-    def _damaged(self, data, problems, lost, unreadable, readable, salvage) -> None:
-        """Keep a copy and log; raise JournalDamaged unless salvaging."""
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        copy = self.path.with_name(f"{JOURNAL}.damaged-{stamp}")
-        write_bytes_atomic(copy, data)
-        said = "; ".join(problems)
-        log.error(
-            "journal_damaged",
-            extra={
-                "fields": {
-                    "path": str(self.path),
-                    "copy": str(copy),
-                    "problems": said,
-                    "missing_seqs": _ranges_text(lost),
-                    "unreadable_lines": len(unreadable),
-                    "readable_entries": readable,
-                    "salvage": salvage,
-                }
-            },
-        )
-        if not salvage:
-            raise JournalDamaged(
-                f"the write journal {self.path} is damaged: {said}; acknowledged writes may "
-                f"be lost. A copy is in {copy}. Look at it, then start with "
-                f"--salvage-journal to keep the {readable} readable entries (what cannot be "
-                f"recovered is named in {REJECTED} and the log)"
-            )
-        log.error(
-            "journal_salvaged",
-            extra={
-                "fields": {
-                    "path": str(self.path),
-                    "kept_entries": readable,
-                    "not_recovered_seqs": _ranges_text(lost),
-                    "not_recovered_lines": [n for n, _ in unreadable][:100],
-                }
-            },
-        )
 
     def append(self, change: Change) -> int:
         """Durably record `change`; returns its sequence number (the acknowledgement)."""
@@ -365,36 +316,73 @@ def _read_legacy(path: Path, salvage: bool) -> dict[int, dict]:
     plain = not any(line[:1] != b"{" for line in lines if line)
     records, unreadable, invalid, _ = _parse_records(enumerate(lines, start=1), plain=plain)
     if unreadable:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        copy = path.with_name(f"{path.name}.damaged-{stamp}")
-        write_bytes_atomic(copy, data)
-        lines_named = ", ".join(str(n) for n, _ in unreadable[:10])
-        log.error(
-            "journal_damaged",
-            extra={
-                "fields": {
-                    "path": str(path),
-                    "copy": str(copy),
-                    "unreadable_lines": len(unreadable),
-                    "readable_entries": len(records),
-                    "salvage": salvage,
-                }
-            },
-        )
-        if not salvage:
-            raise JournalDamaged(
-                f"the write journal {path} has {len(unreadable)} unreadable line(s) "
-                f"(line {lines_named}); they may hold acknowledged writes. A copy is in "
-                f"{copy}. Look at it, then start with --salvage-journal to keep the "
-                f"{len(records)} readable entries (the unreadable lines go to {REJECTED})"
-            )
-        invalid.extend(
-            ({"line": n, "bytes": line.decode("utf-8", "backslashreplace")}, "unreadable")
-            for n, line in unreadable
-        )
+        problems = [_unreadable_text(unreadable)]
+        invalid += _damaged(path, data, problems, [], unreadable, len(records), salvage)
     if invalid:
         _set_aside(path.parent, invalid)
     return dict(sorted(records.items()))
+
+
+def _unreadable_text(unreadable: list[tuple[int, bytes]]) -> str:
+    lines = ", ".join(str(n) for n, _ in unreadable[:10])
+    return f"{len(unreadable)} unreadable line(s) (line {lines})"
+
+
+def _damaged(
+    path: Path,
+    data: bytes,
+    problems: list[str],
+    lost: list[int],
+    unreadable: list[tuple[int, bytes]],
+    readable: int,
+    salvage: bool,
+) -> list[tuple[object, str]]:
+    """A damaged journal: keep a copy and log; raise JournalDamaged unless salvaging,
+    when the unreadable lines and the missing seqs are returned, to be set aside (what
+    could not be recovered, named)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    copy = path.with_name(f"{path.name}.damaged-{stamp}")
+    write_bytes_atomic(copy, data)
+    said = "; ".join(problems)
+    log.error(
+        "journal_damaged",
+        extra={
+            "fields": {
+                "path": str(path),
+                "copy": str(copy),
+                "problems": said,
+                "missing_seqs": _ranges_text(lost),
+                "unreadable_lines": len(unreadable),
+                "readable_entries": readable,
+                "salvage": salvage,
+            }
+        },
+    )
+    if not salvage:
+        raise JournalDamaged(
+            f"the write journal {path} is damaged: {said}; acknowledged writes may "
+            f"be lost. A copy is in {copy}. Look at it, then start with "
+            f"--salvage-journal to keep the {readable} readable entries (what cannot be "
+            f"recovered is named in {REJECTED} and the log)"
+        )
+    log.error(
+        "journal_salvaged",
+        extra={
+            "fields": {
+                "path": str(path),
+                "kept_entries": readable,
+                "not_recovered_seqs": _ranges_text(lost),
+                "not_recovered_lines": [n for n, _ in unreadable][:100],
+            }
+        },
+    )
+    aside: list[tuple[object, str]] = [
+        ({"line": n, "bytes": line.decode("utf-8", "backslashreplace")}, "unreadable")
+        for n, line in unreadable
+    ]
+    if lost:
+        aside.append(({"seqs": _ranges(lost)}, "missing: not recovered"))
+    return aside
 
 
 def _set_aside(directory: Path, invalid: list[tuple[object, str]]) -> None:
