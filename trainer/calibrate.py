@@ -143,7 +143,7 @@ def on_folds(
     return replace(rule, threshold=threshold, threshold_rule=said)
 
 
-def with_domain(rule: Abstention, model, texts: Sequence[str]) -> Abstention:
+def with_domain(rule: Abstention, model) -> Abstention:
     """`rule` plus the out-of-domain bars of `core.abstention` when no validation table
     was given (unchanged for a model without a served space).
 
@@ -154,8 +154,8 @@ def with_domain(rule: Abstention, model, texts: Sequence[str]) -> Abstention:
     training texts' leave-one-out similarity in the served space, is biased upwards
     for a fine-tuned model, whose training texts sit closer together than new ones: it
     abstained on 20% of CLINC150's in-scope queries and 8.5% of the commit split's
-    (bench/coverage.py, 3 seeds; issue 35). `texts` are the training texts (kept for
-    the signature; the bar reads the space's anchors, which are their meaning vectors).
+    (bench/coverage.py, 3 seeds; issue 35). The bar reads the space's anchors: the
+    training texts' meaning vectors.
     """
     if model.space is None:
         return rule

@@ -316,7 +316,7 @@ def _train(args, config, columns: Columns, data_columns: Columns, from_index: di
             )
         share = config.label_share if space is not None else None
         rule = calibrate.on_folds(raw, table.label_list, config, train_head, args.oos_share, share)
-        return calibrate.with_domain(rule, model, table.texts)
+        return calibrate.with_domain(rule, model)
 
     data_summary = {
         "source": str(args.data) if from_index is None else f"index {args.from_index}",
