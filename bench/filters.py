@@ -9,6 +9,7 @@ searches (k 10) once the filter's row mask is cached (the first use pays for the
 scan: reported), and recall@10 against brute force over the rows that pass.
 
 Usage: python bench/filters.py [--model artifacts/model] [--rows 1000000] [--out FILE]
+           [--index-param ef_search=256] [--index-metadata]   (declare kw and num indexed)
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ FILTERS = {
 }
 
 
-def build(index_dir: Path, model, rows: int, kind: str) -> None:
+def build(
+    index_dir: Path, model, rows: int, kind: str, params: dict | None, indexed: list[str]
+) -> None:
     from siamese_search.indexer import layout
     from siamese_search.indexer.metadata import encode
     from siamese_search.indexer.version_writer import VersionWriter
@@ -48,7 +51,9 @@ def build(index_dir: Path, model, rows: int, kind: str) -> None:
     centres = model.embed(commit_texts()[:2000])
     index_dir.mkdir(parents=True)
     staging = layout.new_staging(index_dir)
-    writer = VersionWriter(staging, model.dim, with_labels=True, segment_name="000001")
+    writer = VersionWriter(
+        staging, model.dim, with_labels=True, segment_name="000001", indexed_keys=indexed
+    )
     for start in range(0, rows, 50_000):
         n = min(50_000, rows - start)
         vectors = rng.standard_normal((n, model.dim)).astype(np.float32)
@@ -68,7 +73,7 @@ def build(index_dir: Path, model, rows: int, kind: str) -> None:
             ],
         )
     extra = {"operation": {"kind": "build", "data": "synthetic (bench/filters.py)"}}
-    writer.finish(kind, None, model, extra)
+    writer.finish(kind, params, model, extra)
     layout.publish(index_dir, staging)
 
 
@@ -124,6 +129,12 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--index-type", default="hnsw")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument(
+        "--index-param", action="append", default=[], metavar="KEY=N", help="e.g. ef_search=256"
+    )
+    parser.add_argument(
+        "--index-metadata", action="store_true", help="declare kw and num indexed fields"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     from siamese_search.core.model_artifact import load_model
@@ -132,13 +143,15 @@ def main() -> int:
     queries = model.embed(commit_texts()[-args.queries :])
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
-        build(Path(scratch) / "index", model, args.rows, args.index_type)
+        params = {k: int(v) for k, _, v in (p.partition("=") for p in args.index_param)}
+        indexed = ["kw", "num"] if args.index_metadata else []
+        build(Path(scratch) / "index", model, args.rows, args.index_type, params or None, indexed)
         built = time.perf_counter() - started
         result = measure(Path(scratch) / "index", model, queries)
     base = result["none (100%)"]["p50_ms"]
     print(
-        f"{args.rows} rows, {args.index_type} (built in {built:.0f} s); "
-        f"k 10, {args.queries} queries"
+        f"{args.rows} rows, {args.index_type} {args.index_param or ''} (built in {built:.0f} s); "
+        f"k 10, {args.queries} queries; fields indexed: {args.index_metadata}"
     )
     for name, row in result.items():
         print(
@@ -149,7 +162,14 @@ def main() -> int:
     if args.out:
         args.out.write_text(
             json.dumps(
-                {"rows": args.rows, "index_type": args.index_type, "filters": result}, indent=2
+                {
+                    "rows": args.rows,
+                    "index_type": args.index_type,
+                    "index_params": params,
+                    "index_metadata": indexed,
+                    "filters": result,
+                },
+                indent=2,
             )
             + "\n"
         )

@@ -68,6 +68,13 @@ def _add_data_flags(parser: argparse.ArgumentParser, carried: bool) -> None:
         "Search / Predict / Scroll filter on them",
     )
     parser.add_argument(
+        "--index-metadata",
+        default="",
+        metavar="A,B",
+        help="metadata fields to index for filters (a filter on them reads an index "
+        "instead of every row's fields); kept by every later write of the index",
+    )
+    parser.add_argument(
         "--id-column",
         help="column of unique ids (default: a column named 'id' if there is one"
         + (", or as the index was built" if carried else "")
@@ -290,6 +297,7 @@ def _options(args) -> BuildOptions:
         show_progress=not args.quiet,
         replace=getattr(args, "replace", False),
         wait_seconds=args.wait,
+        index_metadata=_field_names(getattr(args, "index_metadata", ""), "--index-metadata"),
         engine=getattr(args, "engine", "local"),
         ray=RaySettings(
             address=getattr(args, "ray_address", None),
@@ -316,9 +324,7 @@ def _columns(args, base: dict | None = None) -> Columns:
     if id_column is None and "id" in table_columns(args.data) and text != "id" and label != "id":
         id_column = "id"
         print(f"using the column 'id' of {args.data} as ids (--id-column sets another)")
-    fields = tuple(name.strip() for name in args.metadata_columns.split(",") if name.strip())
-    for name in fields:
-        check_key(name, "--metadata-columns")
+    fields = _field_names(args.metadata_columns, "--metadata-columns")
     columns = Columns(text=text, label=label, id=id_column, metadata=fields)
     if base is not None and not (args.text_column and (args.label_column or args.no_labels)):
         print(
@@ -326,6 +332,14 @@ def _columns(args, base: dict | None = None) -> Columns:
             f"label column {label!r}, id column {id_column!r}"
         )
     return columns
+
+
+def _field_names(listed: str, flag: str) -> tuple[str, ...]:
+    """A flag's comma-separated metadata field names, checked."""
+    fields = tuple(name.strip() for name in listed.split(",") if name.strip())
+    for name in fields:
+        check_key(name, flag)
+    return fields
 
 
 def _current_manifest(index_dir: Path) -> dict:

@@ -30,7 +30,7 @@ from siamese_search.indexer.options import BuildOptions, BuildReport
 from siamese_search.indexer.segments import SegmentEntry
 from siamese_search.indexer.store import IndexVersion, open_index
 from siamese_search.indexer.transaction import NothingToChange, Plan, write_version
-from siamese_search.indexer.version_writer import SegmentWriter, described
+from siamese_search.indexer.version_writer import SegmentWriter, described, indexed_keys_of
 
 
 @dataclass
@@ -108,7 +108,8 @@ def _merge(
 ) -> MergedSegment:
     """The snapshot's live rows, in order, as one new segment under `workspace`."""
     name = f"c{snapshot.name}"  # unique in any version that can hold it
-    writer = SegmentWriter(workspace, name, snapshot.dim, snapshot.has_labels)
+    indexed = indexed_keys_of(snapshot.manifest, options.index_metadata)
+    writer = SegmentWriter(workspace, name, snapshot.dim, snapshot.has_labels, indexed)
     replaces: dict[str, tuple[int, np.ndarray]] = {}
     if options.show_progress:
         print(f"compacting {len(snapshot.segments)} segments ({snapshot.count} rows)...")

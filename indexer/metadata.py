@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from siamese_search.core.errors import UserError
 
@@ -43,9 +43,13 @@ MAX_CONDITIONS = 8
 MAX_ANY = 1000
 #: keys that name a record's own fields, not its metadata
 RECORD_KEYS = ("label", "id")
+#: the kind a field that holds a list has (beside its items' kinds: key_types)
+LIST = "list"
 _RANGE_OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 #: the JSON types a value may have, by the type SQLite's json_each names
 SCALAR = (str, int, float, bool)
+#: a value's kind as a record store's field index names it
+_INDEX_KIND = {"string": "text", "number": "number", "bool": "bool"}
 
 
 class MetadataError(UserError):
@@ -123,10 +127,27 @@ def decode(stored: str | None) -> dict:
     return json.loads(stored) if stored else {}
 
 
+def indexed_values(stored: str, keys: frozenset[str]) -> list[tuple[str, str, object, int]]:
+    """(key, kind, value, item) of each value of the `keys` fields of a row's stored
+    metadata, as a record store's field index holds them (indexer.records): kind
+    "text", "number" or "bool" (stored 1 / 0); item 1 for a list's item."""
+    out = []
+    for key, value in decode(stored).items():
+        if key not in keys:
+            continue
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            out.append((key, _INDEX_KIND[_value_kind(item)], item, int(isinstance(value, list))))
+    return out
+
+
 def key_types(metadata: dict) -> dict[str, set[str]]:
-    """key -> the kinds of values it holds here ("string", "number", "bool")."""
+    """key -> the kinds of values it holds here ("string", "number", "bool"; and
+    "list" for a list, beside its items' kinds)."""
     out: dict[str, set[str]] = {}
     for key, value in metadata.items():
+        if isinstance(value, list):
+            out.setdefault(key, set()).add(LIST)
         for item in value if isinstance(value, list) else [value]:
             out.setdefault(key, set()).add(_value_kind(item))
     return out
@@ -141,22 +162,80 @@ def _value_kind(value: object) -> str:
 
 
 @dataclass(frozen=True)
+class Match:
+    """The field `key` equals one of `values` (a list field: holds one of them)."""
+
+    key: str
+    values: tuple
+
+
+@dataclass(frozen=True)
+class Range:
+    """The field `key` is a number within every bound: ((op, number), ...)."""
+
+    key: str
+    bounds: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
+class Clauses:
+    """A checked filter: every `must`, one `should` (when any), no `must_not`."""
+
+    must: tuple
+    should: tuple
+    must_not: tuple
+
+
+@dataclass(frozen=True)
 class Filter:
-    """A checked filter (`parse_filter`) and its SQL over a record store."""
+    """A checked filter (`parse_filter`): its conditions, and their SQL over a record
+    store. A backend that filters elsewhere compiles `clauses` its own way (Milvus:
+    backends/milvus_filters.py)."""
 
     key: str  # the filter as canonical JSON: what caches of its row masks are keyed by
-    sql: str  # a condition on the `records` table
+    sql: str  # a condition on the `records` table of a store that indexes no field
     params: tuple
+    clauses: Clauses
+    _compiled: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def sql_for(self, indexed: frozenset[str]) -> tuple[str, tuple]:
+        """The condition for a record store indexing these fields (its tests of them
+        read the field index: records.RecordWriter)."""
+        used = indexed & self._keys()
+        if not used:
+            return self.sql, self.params
+        found = self._compiled.get(used)
+        if found is None:
+            sql, params = _clauses_sql(self.clauses, used)
+            found = self._compiled[used] = (sql, tuple(params))
+        return found
+
+    def _keys(self) -> frozenset[str]:
+        return frozenset(_keys_of(self.clauses))
+
+
+def _keys_of(clauses: Clauses):
+    for condition in (*clauses.must, *clauses.should, *clauses.must_not):
+        if isinstance(condition, Clauses):
+            yield from _keys_of(condition)
+        else:
+            yield condition.key
 
 
 def parse_filter(spec: object, known: dict[str, set[str]] | None) -> Filter:
     """Check a filter in Qdrant's shape and compile it. `known`: the metadata keys the
     index holds and their value kinds (None: do not check keys)."""
-    sql, params = _filter_sql(spec, "filter", 1, known)
-    return Filter(json.dumps(spec, sort_keys=True), sql, tuple(params))
+    clauses = check_filter(spec, known)
+    sql, params = _clauses_sql(clauses, frozenset())
+    return Filter(json.dumps(spec, sort_keys=True), sql, tuple(params), clauses)
 
 
-def _filter_sql(spec, where, depth, known) -> tuple[str, list]:
+def check_filter(spec: object, known: dict[str, set[str]] | None) -> Clauses:
+    """A filter's conditions, checked (FilterError says what to fix)."""
+    return _check_clauses(spec, "filter", 1, known)
+
+
+def _check_clauses(spec, where, depth, known) -> Clauses:
     if not isinstance(spec, dict):
         raise FilterError(f"{where} must be an object with must / should / must_not lists")
     if depth > MAX_FILTER_DEPTH:
@@ -169,8 +248,7 @@ def _filter_sql(spec, where, depth, known) -> tuple[str, list]:
         raise FilterError(
             f"{where} has {', '.join(sorted(unknown))}; a filter takes must, should, must_not"
         )
-    parts: list[str] = []
-    params: list = []
+    lists = []
     for clause in ("must", "should", "must_not"):
         conditions = spec.get(clause) or []
         if not isinstance(conditions, list):
@@ -180,30 +258,23 @@ def _filter_sql(spec, where, depth, known) -> tuple[str, list]:
                 f"{where}.{clause} has {len(conditions)} conditions; the limit is "
                 f"{MAX_CONDITIONS} a list"
             )
-        compiled = []
-        for i, condition in enumerate(conditions):
-            sql, values = _condition_sql(condition, f"{where}.{clause}[{i}]", depth, known)
-            compiled.append(sql)
-            params.extend(values)
-        if not compiled:
-            continue
-        if clause == "must":
-            parts.append("(" + " AND ".join(compiled) + ")")
-        elif clause == "should":
-            parts.append("(" + " OR ".join(compiled) + ")")
-        else:
-            parts.append("NOT (" + " OR ".join(compiled) + ")")
-    return ("(" + " AND ".join(parts) + ")" if parts else "1"), params
+        lists.append(
+            tuple(
+                _check_condition(condition, f"{where}.{clause}[{i}]", depth, known)
+                for i, condition in enumerate(conditions)
+            )
+        )
+    return Clauses(*lists)
 
 
-def _condition_sql(condition, where, depth, known) -> tuple[str, list]:
+def _check_condition(condition, where, depth, known):
     if not isinstance(condition, dict):
         raise FilterError(f"{where} must be an object: {{key, match | range}} or a filter")
     if "key" not in condition:
         if set(condition) - {"must", "should", "must_not"}:
             raise FilterError(f"{where} names no key; a condition is {{key, match | range}}")
         # a filter (an empty one holds for every row, as an empty top-level filter)
-        return _filter_sql(condition, where, depth + 1, known)
+        return _check_clauses(condition, where, depth + 1, known)
     key = condition["key"]
     if not isinstance(key, str):
         raise FilterError(f"{where}.key must be a string")
@@ -218,8 +289,88 @@ def _condition_sql(condition, where, depth, known) -> tuple[str, list]:
                 f"{where}: the index holds no field {key!r} (fields: {listed}; and label, id)"
             )
     if "match" in condition:
-        return _match_sql(key, condition["match"], where, known)
-    return _range_sql(key, condition["range"], where, known)
+        return _check_match(key, condition["match"], where)
+    return _check_range(key, condition["range"], where, known)
+
+
+def _check_match(key: str, match, where: str) -> Match:
+    if not isinstance(match, dict) or len(match) != 1 or not set(match) <= {"value", "any"}:
+        raise FilterError(f"{where}.match must be {{value: V}} or {{any: [V, ...]}}")
+    if "value" in match:
+        values = [match["value"]]
+    else:
+        values = match["any"]
+        if not isinstance(values, list) or not values:
+            raise FilterError(f"{where}.match.any must be a non-empty list")
+        if len(values) > MAX_ANY:
+            raise FilterError(f"{where}.match.any has {len(values)} values; the limit is {MAX_ANY}")
+    for value in values:
+        if not isinstance(value, SCALAR):
+            raise FilterError(f"{where}.match: {_kind(value)} is not a value to match")
+    if key in RECORD_KEYS and not all(isinstance(value, str) for value in values):
+        raise FilterError(f"{where}.match: {key} is a string; match it with strings")
+    return Match(key, tuple(values))
+
+
+def _check_range(key: str, bounds, where: str, known) -> Range:
+    if key in RECORD_KEYS:
+        raise FilterError(f"{where}: {key} is a string; a range takes a numeric field")
+    if not isinstance(bounds, dict) or not bounds or set(bounds) - set(_RANGE_OPS):
+        raise FilterError(f"{where}.range takes one or more of gt, gte, lt, lte")
+    kinds = (known or {}).get(key, {"number"})
+    if LIST in kinds:
+        # Milvus cannot test a list's items against a range; both backends refuse it
+        # alike rather than answer differently
+        raise FilterError(
+            f"{where}: field {key!r} holds lists; a range tests a field of one number "
+            "(match a list's items with match.any)"
+        )
+    if "number" not in kinds:
+        raise FilterError(
+            f"{where}: field {key!r} holds {', '.join(sorted(kinds))} values, not numbers; "
+            "use match for it"
+        )
+    checked = []
+    for op, bound in sorted(bounds.items()):
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            raise FilterError(f"{where}.range.{op} must be a number, not {_kind(bound)}")
+        checked.append((op, bound))
+    return Range(key, tuple(checked))
+
+
+# ---- SQL over a segment's record store ------------------------------------------------
+
+
+def _clauses_sql(clauses: Clauses, indexed: frozenset[str]) -> tuple[str, list]:
+    parts: list[str] = []
+    params: list = []
+    for joined, conditions in (
+        ("AND", clauses.must),
+        ("OR", clauses.should),
+        ("NOT", clauses.must_not),
+    ):
+        compiled = []
+        for condition in conditions:
+            sql, values = _condition_sql(condition, indexed)
+            compiled.append(sql)
+            params.extend(values)
+        if not compiled:
+            continue
+        if joined == "NOT":
+            parts.append("NOT (" + " OR ".join(compiled) + ")")
+        else:
+            parts.append("(" + f" {joined} ".join(compiled) + ")")
+    return ("(" + " AND ".join(parts) + ")" if parts else "1"), params
+
+
+def _condition_sql(condition, indexed: frozenset[str]) -> tuple[str, list]:
+    if isinstance(condition, Clauses):
+        return _clauses_sql(condition, indexed)
+    if condition.key in indexed:
+        return _indexed_sql(condition)
+    if isinstance(condition, Match):
+        return _match_sql(condition)
+    return _range_sql(condition)
 
 
 def _field_test(key: str, test: str, params: list) -> tuple[str, list]:
@@ -237,27 +388,13 @@ def _field_test(key: str, test: str, params: list) -> tuple[str, list]:
     return sql, [key, *params, *params]
 
 
-def _match_sql(key: str, match, where: str, known) -> tuple[str, list]:
-    if not isinstance(match, dict) or len(match) != 1 or not set(match) <= {"value", "any"}:
-        raise FilterError(f"{where}.match must be {{value: V}} or {{any: [V, ...]}}")
-    if "value" in match:
-        values = [match["value"]]
-    else:
-        values = match["any"]
-        if not isinstance(values, list) or not values:
-            raise FilterError(f"{where}.match.any must be a non-empty list")
-        if len(values) > MAX_ANY:
-            raise FilterError(f"{where}.match.any has {len(values)} values; the limit is {MAX_ANY}")
-    for value in values:
-        if not isinstance(value, SCALAR):
-            raise FilterError(f"{where}.match: {_kind(value)} is not a value to match")
-    if key in RECORD_KEYS:
-        if not all(isinstance(value, str) for value in values):
-            raise FilterError(f"{where}.match: {key} is a string; match it with strings")
-        return f"records.{key} IN ({','.join('?' * len(values))})", list(values)
+def _match_sql(match: Match) -> tuple[str, list]:
+    if match.key in RECORD_KEYS:
+        marks = ",".join("?" * len(match.values))
+        return f"records.{match.key} IN ({marks})", list(match.values)
     tests: list[str] = []
     params: list[object] = []
-    for value in values:
+    for value in match.values:
         if isinstance(value, bool):
             tests.append("{type} = ?")
             params.append("true" if value else "false")
@@ -267,24 +404,35 @@ def _match_sql(key: str, match, where: str, known) -> tuple[str, list]:
         else:
             tests.append("({type} = 'text' AND {value} = ?)")
             params.append(value)
-    return _field_test(key, " OR ".join(tests), params)
+    return _field_test(match.key, " OR ".join(tests), params)
 
 
-def _range_sql(key: str, bounds, where: str, known) -> tuple[str, list]:
-    if key in RECORD_KEYS:
-        raise FilterError(f"{where}: {key} is a string; a range takes a numeric field")
-    if not isinstance(bounds, dict) or not bounds or set(bounds) - set(_RANGE_OPS):
-        raise FilterError(f"{where}.range takes one or more of gt, gte, lt, lte")
-    if known is not None and "number" not in known.get(key, {"number"}):
-        raise FilterError(
-            f"{where}: field {key!r} holds {', '.join(sorted(known[key]))} values, not numbers; "
-            "use match for it"
+def _range_sql(range_: Range) -> tuple[str, list]:
+    """A number within the bounds (a field holding a list is refused by _check_range;
+    a row whose field is a list passes no range, as in Milvus)."""
+    tests = [f"field.value {_RANGE_OPS[op]} ?" for op, _ in range_.bounds]
+    sql = (
+        "EXISTS (SELECT 1 FROM json_each(records.metadata) AS field WHERE field.key = ? AND "
+        "field.type IN ('integer', 'real') AND " + " AND ".join(tests) + ")"
+    )
+    return sql, [range_.key, *(bound for _, bound in range_.bounds)]
+
+
+def _indexed_sql(condition: Match | Range) -> tuple[str, list]:
+    """The same test read from the store's field index (an index range per kind)."""
+    if isinstance(condition, Range):
+        tests = " AND ".join(f"value {_RANGE_OPS[op]} ?" for op, _ in condition.bounds)
+        where = f"kind = 'number' AND item = 0 AND {tests}"
+        params: list = [bound for _, bound in condition.bounds]
+    else:
+        by_kind: dict[str, list] = {}
+        for value in condition.values:
+            kind = _INDEX_KIND[_value_kind(value)]
+            by_kind.setdefault(kind, []).append(int(value) if kind == "bool" else value)
+        where = " OR ".join(
+            f"(kind = '{kind}' AND value IN ({','.join('?' * len(values))}))"
+            for kind, values in by_kind.items()
         )
-    tests: list[str] = []
-    params: list[object] = []
-    for op, bound in sorted(bounds.items()):
-        if isinstance(bound, bool) or not isinstance(bound, (int, float)):
-            raise FilterError(f"{where}.range.{op} must be a number, not {_kind(bound)}")
-        tests.append(f"{{value}} {_RANGE_OPS[op]} ?")
-        params.append(bound)
-    return _field_test(key, "{type} IN ('integer', 'real') AND " + " AND ".join(tests), params)
+        params = [value for values in by_kind.values() for value in values]
+    sql = f"records.position IN (SELECT position FROM field_values WHERE key = ? AND ({where}))"
+    return sql, [condition.key, *params]

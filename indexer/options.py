@@ -31,6 +31,9 @@ class BuildOptions:
     #: collection, a head per version, an alias to the current one); None: the index
     #: directory alone (FAISS)
     milvus: MilvusTarget | None = None
+    #: metadata fields to index for filters (`--index-metadata`), beside those the
+    #: index already declared (a declaration is kept by every later write)
+    index_metadata: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.index_type not in INDEX_KINDS:

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from siamese_search.indexer.metadata import LIST, indexed_values
+
 _SCHEMA = """
 CREATE TABLE records (
     position INTEGER PRIMARY KEY,
@@ -24,19 +26,35 @@ CREATE TABLE records (
 """
 #: where a filter's SQL (indexer.metadata) reads a row's metadata
 METADATA_COLUMN = "records.metadata"
+#: the metadata fields declared filterable (`--index-metadata`): each value of each
+#: declared key as a row of its own, indexed by (key, kind, value), so a filter on the
+#: key reads an index range instead of parsing every row's JSON (indexer.metadata's
+#: _indexed_sql). `item`: 1 for a list's item (a range passes scalars only).
+_FIELD_INDEX_SCHEMA = """
+CREATE TABLE indexed_keys (key TEXT PRIMARY KEY);
+CREATE TABLE field_values (key TEXT NOT NULL, kind TEXT NOT NULL, value, item INTEGER NOT NULL,
+                           position INTEGER NOT NULL);
+"""
 _SQL_VARIABLES = 900  # stay under SQLite's bound-parameter limit on any build
 
 
 class RecordWriter:
-    """Appends records with consecutive positions; used only while building a version."""
+    """Appends records with consecutive positions; used only while building a version.
+    `indexed_keys`: the metadata fields to index (`--index-metadata`)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, indexed_keys: Sequence[str] = ()):
         self._db = sqlite3.connect(path)
         # the staging directory is discarded on a crash, so the journal buys nothing here;
         # the finished file is fsynced before the version is published
         self._db.execute("PRAGMA journal_mode = OFF")
         self._db.execute("PRAGMA synchronous = OFF")
         self._db.executescript(_SCHEMA)
+        self._indexed = frozenset(indexed_keys)
+        if self._indexed:
+            self._db.executescript(_FIELD_INDEX_SCHEMA)
+            self._db.executemany(
+                "INSERT INTO indexed_keys VALUES (?)", [(k,) for k in sorted(self._indexed)]
+            )
         self.count = 0
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
@@ -66,9 +84,21 @@ class RecordWriter:
             )
         )
         self._db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?)", rows)
+        if self._indexed:
+            self._db.executemany(
+                "INSERT INTO field_values VALUES (?, ?, ?, ?, ?)",
+                (
+                    (*value, self.count + i)
+                    for i, fields in enumerate(stored)
+                    if fields
+                    for value in indexed_values(fields, self._indexed)
+                ),
+            )
         self.count += len(ids)
 
     def close(self) -> None:
+        if self._indexed:  # built once the rows are in: faster than row by row
+            self._db.execute("CREATE INDEX field_values_by_value ON field_values(key, kind, value)")
         self._db.commit()
         self._db.close()
 
@@ -97,6 +127,13 @@ class RecordReader:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
         #: stores written before metadata have no column for it: read as none
         self.has_metadata = "metadata" in columns
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master")}
+        #: the metadata fields this store indexes (RecordWriter's `indexed_keys`)
+        self.indexed_keys: frozenset[str] = (
+            frozenset(row[0] for row in self._db.execute("SELECT key FROM indexed_keys"))
+            if "indexed_keys" in tables
+            else frozenset()
+        )
         self._keys: dict[str, set[str]] | None = None
 
     def _execute(self, sql: str, parameters=()):
@@ -159,7 +196,8 @@ class RecordReader:
 
     def metadata_keys(self) -> dict[str, set[str]]:
         """The metadata fields this store holds, and their value kinds ("string",
-        "number", "bool"): read once (a scan), for filters to check their keys."""
+        "number", "bool"; "list" for a list): read once (a scan), for filters to check
+        their keys."""
         if self._keys is None:
             keys: dict[str, set[str]] = {}
             if self.has_metadata:
@@ -175,9 +213,15 @@ class RecordReader:
                 )
                 with self._lock:
                     found = self._execute(sql).fetchall()
+                    lists = self._execute(
+                        "SELECT DISTINCT field.key FROM records, json_each(records.metadata) "
+                        "AS field WHERE records.metadata IS NOT NULL AND field.type = 'array'"
+                    ).fetchall()
                 for key, kind in found:
                     if kind in kinds:
                         keys.setdefault(key, set()).add(kinds[kind])
+                for (key,) in lists:
+                    keys.setdefault(key, set()).add(LIST)
             self._keys = keys
         return self._keys
 

@@ -42,7 +42,7 @@ from siamese_search.indexer.metadata import decode
 from siamese_search.indexer.options import BuildOptions, BuildReport
 from siamese_search.indexer.store import IndexVersion, open_index
 from siamese_search.indexer.transaction import Plan, write_version
-from siamese_search.indexer.version_writer import SegmentWriter, described
+from siamese_search.indexer.version_writer import SegmentWriter, described, indexed_keys_of
 
 #: rows read from the records, embedded and written at a time (bounded memory)
 PAGE_ROWS = 4096
@@ -92,7 +92,8 @@ def _reembed(
     # named as a compaction's segment would be (it replaces the snapshot's segments
     # the same way): unique in any version that can hold it, and a Milvus row key
     name = f"c{snapshot.name}"
-    writer = SegmentWriter(workspace, name, model.dim, snapshot.has_labels)
+    indexed = indexed_keys_of(snapshot.manifest, options.index_metadata)
+    writer = SegmentWriter(workspace, name, model.dim, snapshot.has_labels, indexed)
     replaces: dict[str, tuple[int, np.ndarray]] = {}
     pages: list[tuple[list, np.ndarray, int]] = []  # read, not yet written
 

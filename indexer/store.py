@@ -109,9 +109,29 @@ class ServedVersion(Protocol):
 
     def check_model(self, model: EmbeddingModel) -> None: ...
 
+    def metadata_keys(self) -> dict[str, set[str]]: ...
+
+    def parse_filter(self, spec: dict | None) -> Filter | None: ...
+
     def search(
-        self, vectors: np.ndarray, k: int, labels: Sequence[str] = (), min_score: float = -1.0
+        self,
+        vectors: np.ndarray,
+        k: int,
+        labels: Sequence[str] = (),
+        min_score: float = -1.0,
+        where: Filter | None = None,
+        exclude: Sequence[int] = (),
     ) -> list[list[Hit]]: ...
+
+    def get(self, ids: Sequence[str]) -> list[StoredRow]: ...
+
+    def scroll(
+        self, where: Filter | None, limit: int, after: int = -1
+    ) -> tuple[list[StoredRow], int | None]: ...
+
+    def positions_of(self, ids: Sequence[str]) -> dict[str, int]: ...
+
+    def vectors_at(self, positions: np.ndarray) -> np.ndarray: ...
 
     def close(self) -> None: ...
 
@@ -125,7 +145,16 @@ class VersionSource(Protocol):
 
     def open_current(self) -> ServedVersion: ...
 
+    def open_version(self, name: str) -> ServedVersion:
+        """A retained version by name (VersionGone once pruned), for scroll pages."""
+        ...
+
     def model_directory(self) -> Path: ...
+
+
+class VersionGone(Exception):
+    """A version asked for by name (a scroll's page token) that the index no longer
+    holds: pruned since (the index keeps its --keep newest versions)."""
 
 
 class LabelFilter:
@@ -378,7 +407,8 @@ class IndexVersion:
             passing = self._passing_masks.get(key)
         if passing is None:
             passing = np.zeros(segment.rows, dtype=bool)
-            passing[segment.records.positions_where(where.sql, where.params)] = True
+            sql, params = where.sql_for(segment.records.indexed_keys)
+            passing[segment.records.positions_where(sql, params)] = True
             with self._masks_lock:
                 self._passing_masks[key] = passing
                 while len(self._passing_masks) > PASSING_CACHE:
@@ -480,9 +510,13 @@ class IndexVersion:
             results.append(hits[: k - len(left_out)] if left_out else hits)
         return results
 
+    def positions_of(self, ids: Sequence[str]) -> dict[str, int]:
+        """id -> position, for the live rows with these ids."""
+        return self.records().positions_of(list(ids))
+
     def get(self, ids: Sequence[str]) -> list[StoredRow]:
         """The live rows with these ids, in the order asked (ids not held: left out)."""
-        positions = self.records().positions_of(list(ids))
+        positions = self.positions_of(ids)
         found = [positions[i] for i in dict.fromkeys(ids) if i in positions]
         return self._rows(found)
 
@@ -661,6 +695,12 @@ class DirectorySource:
 
     def open_current(self) -> IndexVersion:
         return open_index(self.index_dir, cache=self.segments)
+
+    def open_version(self, name: str) -> IndexVersion:
+        directory = layout.version_dir(self.index_dir, name)
+        if name not in layout.list_versions(self.index_dir) or not directory.is_dir():
+            raise VersionGone(f"the index does not hold version {name}")
+        return open_index(directory, load_indexes=False, cache=self.segments)
 
     def model_directory(self) -> Path:
         return model_directory_of(self.index_dir)

@@ -26,7 +26,7 @@ from siamese_search.indexer.ingest import ingest
 from siamese_search.indexer.mirror import mirror_for
 from siamese_search.indexer.options import BuildOptions, BuildReport
 from siamese_search.indexer.store import IndexVersion, open_index
-from siamese_search.indexer.version_writer import VersionWriter, carry_base
+from siamese_search.indexer.version_writer import VersionWriter, carry_base, indexed_keys_of
 
 if TYPE_CHECKING:
     from siamese_search.indexer.compaction import MergedSegment
@@ -99,7 +99,10 @@ def write_version(
             staging = layout.new_staging(index_dir)
             try:
                 next_name = layout.next_version_name(index_dir)
-                writer = VersionWriter(staging, model.dim, plan.with_labels, next_name)
+                indexed = indexed_keys_of(
+                    base.manifest if base is not None else None, options.index_metadata
+                )
+                writer = VersionWriter(staging, model.dim, plan.with_labels, next_name, indexed)
                 # a running compaction is merging the base's segments: leave them be
                 may_merge = not layout.compaction_running(index_dir)
                 added, problems = _fill(writer, base, plan, model, options, may_merge)

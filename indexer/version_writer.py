@@ -47,15 +47,23 @@ ADD_BATCH = 65536
 
 
 class SegmentWriter:
-    """Fills one new segment's directory: records, vectors, label codes; then its index."""
+    """Fills one new segment's directory: records, vectors, label codes; then its index.
+    `indexed_keys`: the metadata fields its record store indexes (`--index-metadata`)."""
 
-    def __init__(self, staging: Path, name: str, dim: int, with_labels: bool):
+    def __init__(
+        self,
+        staging: Path,
+        name: str,
+        dim: int,
+        with_labels: bool,
+        indexed_keys: Sequence[str] = (),
+    ):
         self.name = name
         self.relative = segment_path(name)
         self.directory = Path(staging) / self.relative
         self.directory.mkdir(parents=True)
         self.dim = dim
-        self.records = RecordWriter(self.directory / layout.RECORDS_FILE)
+        self.records = RecordWriter(self.directory / layout.RECORDS_FILE, indexed_keys)
         self.vectors = open(self.directory / layout.VECTORS_FILE, "wb")
         self.label_file = open(self.directory / layout.LABELS_FILE, "wb") if with_labels else None
         self.label_names: list[str] = []
@@ -171,11 +179,19 @@ class VersionWriter:
     """Fills one staging directory: the base segments kept (linked, with this
     version's deletions), the new segment (`append`), then the manifest (`finish`)."""
 
-    def __init__(self, staging: Path, dim: int, with_labels: bool, segment_name: str):
+    def __init__(
+        self,
+        staging: Path,
+        dim: int,
+        with_labels: bool,
+        segment_name: str,
+        indexed_keys: Sequence[str] = (),
+    ):
         self.staging = Path(staging)
         self.dim = dim
         self.with_labels = with_labels
-        self.new = SegmentWriter(self.staging, segment_name, dim, with_labels)
+        self.indexed_keys = sorted(indexed_keys)
+        self.new = SegmentWriter(self.staging, segment_name, dim, with_labels, indexed_keys)
         self._kept: list[SegmentEntry] = []
         self._kept_files: dict[str, dict] = {}  # linked: path -> {"sha256", "bytes"}
         self._kept_live = 0
@@ -295,6 +311,9 @@ class VersionWriter:
             ),
             "files": files,
             "versions": package_versions(),
+            # the metadata fields declared filterable: new segments index them, and
+            # every later write carries the declaration (indexed_keys_of)
+            "metadata_index": self.indexed_keys,
             **extra,
         }
         layout.record_verified(self.staging, manifest["files"])
@@ -372,3 +391,10 @@ def carry_base(
         writer.keep(segment, deleted, base.manifest["files"])
     for segment, deleted, _ in carried[kept:]:
         writer.merge(segment, deleted)
+
+
+def indexed_keys_of(manifest: dict | None, declared: Sequence[str] = ()) -> list[str]:
+    """The metadata fields a new version indexes: those its base declared and those
+    this write declares (a declaration stays; `--index-metadata` adds to it)."""
+    held = (manifest or {}).get("metadata_index") or []
+    return sorted(set(held) | set(declared))

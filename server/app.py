@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from siamese_search.core.errors import UserError, describe_os_error
 from siamese_search.core.native_threads import limit_native_threads
 from siamese_search.indexer.options import BuildOptions
-from siamese_search.indexer.store import IndexVersion, VersionSource
+from siamese_search.indexer.store import VersionSource
 from siamese_search.server.batching import Batcher
 from siamese_search.server.config import ServerConfig
 from siamese_search.server.gateway import RestGateway
@@ -196,10 +196,9 @@ class SearchServer:
             raise RuntimeError(f"version {version} was published but not loaded: {outcome.message}")
 
     def _serving_fields(self) -> dict[str, set[str]] | None:
-        """The metadata fields of the serving version (None: nothing serves yet, or
-        an index that keeps none, as a Milvus one)."""
+        """The metadata fields of the serving version (None: nothing serves yet)."""
         serving = self.holder.current
-        if serving is None or not isinstance(serving.index, IndexVersion):
+        if serving is None:
             return None
         return serving.index.metadata_keys()
 

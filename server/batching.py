@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from siamese_search.indexer.metadata import Filter
-from siamese_search.indexer.store import Hit, IndexVersion
+from siamese_search.indexer.store import Hit
 from siamese_search.server.encode_processes import EncoderProcesses
 from siamese_search.server.state import Serving
 
@@ -312,14 +312,9 @@ def _search_together(jobs: list[_Job]) -> None:
     k = max(job.k for job in jobs)
     min_score = min(job.min_score for job in jobs)
     vectors = np.concatenate([job.vectors for job in jobs if job.vectors is not None])
-    where = jobs[0].where
-    if where is None:  # every backend's search; a filter is the FAISS store's
-        found = index.search(vectors, k, labels=list(jobs[0].labels), min_score=min_score)
-    else:
-        assert isinstance(index, IndexVersion), "the service refuses filters elsewhere"
-        found = index.search(
-            vectors, k, labels=list(jobs[0].labels), min_score=min_score, where=where
-        )
+    found = index.search(
+        vectors, k, labels=list(jobs[0].labels), min_score=min_score, where=jobs[0].where
+    )
     start = 0
     for job in jobs:
         rows = found[start : start + len(job.texts)]

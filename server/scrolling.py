@@ -13,14 +13,8 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from siamese_search.indexer import layout
-from siamese_search.indexer.store import IndexVersion, open_index
+from siamese_search.indexer.store import ServedVersion, VersionGone
 from siamese_search.server.validation import InvalidRequest
-
-
-class VersionGone(Exception):
-    """The version a page token names was pruned."""
-
 
 #: what a page token looks like: `<version>.<last position given>`, plain (the served
 #: REST schema states it; nothing in it is secret: it names rows the caller read)
@@ -46,17 +40,19 @@ def read_token(page_token: str) -> tuple[str | None, int]:
 
 
 @contextmanager
-def version_for(current: IndexVersion, name: str | None, source) -> Iterator[IndexVersion]:
-    """The version a page reads: the current one, or the retained one a token names."""
+def version_for(current: ServedVersion, name: str | None, source) -> Iterator[ServedVersion]:
+    """The version a page reads: the current one, or the retained one a token names
+    (VersionGone once pruned)."""
     if name is None or name == current.name:
         yield current
         return
-    directory = layout.version_dir(source.index_dir, name)
-    if name not in layout.list_versions(source.index_dir) or not directory.is_dir():
+    try:
+        version = source.open_version(name)
+    except VersionGone:
         raise VersionGone(
             f"the page token names version {name}, which the index does not hold (pruned "
             "since the scroll's first page: the index keeps its --keep newest versions); "
             "start the scroll again"
-        )
-    with open_index(directory, load_indexes=False, cache=source.segments) as version:
+        ) from None
+    with version:
         yield version

@@ -24,7 +24,7 @@ from siamese_search.indexer.metadata import Filter, FilterError, MetadataError
 from siamese_search.indexer.store import (
     BackendUnavailableError,
     Hit,
-    IndexVersion,
+    ServedVersion,
     UnknownLabelError,
 )
 from siamese_search.server import scrolling
@@ -69,7 +69,7 @@ def _neighbor(hit: Hit) -> pb.Neighbor:
     return neighbor
 
 
-def _stored_examples(index: IndexVersion, rows, with_vectors: bool) -> list[pb.StoredExample]:
+def _stored_examples(index: ServedVersion, rows, with_vectors: bool) -> list[pb.StoredExample]:
     """GetExamples' and Scroll's answer: the rows, with their vectors when asked."""
     vectors = (
         index.vectors_at(np.array([row.position for row in rows], dtype=np.int64))
@@ -174,11 +174,6 @@ class SearchService(pb_grpc.SearchServiceServicer):
         if spec is None:
             return None
         index = serving.index
-        if not isinstance(index, IndexVersion):
-            raise _Abort(
-                grpc.StatusCode.UNIMPLEMENTED,
-                "filters are not served from Milvus yet; serve the index directory (FAISS)",
-            )
         return index.parse_filter(spec)
 
     def _embed(self, serving: Serving, texts: list[str], context) -> np.ndarray:
@@ -271,8 +266,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
     def _search_by_id(self, serving, row_id, k, labels, min_score, where) -> list[Hit]:
         """ "More like this": the stored row's own vector as the query, the row left out."""
         check.check_ids([row_id], self.limits)
-        index = self._readable(serving)
-        position = index.records().positions_of([row_id]).get(row_id)
+        index = serving.index
+        position = index.positions_of([row_id]).get(row_id)
         if position is None:
             raise _Abort(
                 grpc.StatusCode.NOT_FOUND,
@@ -282,21 +277,11 @@ class SearchService(pb_grpc.SearchServiceServicer):
         vector = index.vectors_at(np.array([position]))
         return index.search(vector, k, labels, min_score, where=where, exclude=[position])[0]
 
-    @staticmethod
-    def _readable(serving: Serving) -> IndexVersion:
-        if not isinstance(serving.index, IndexVersion):
-            raise _Abort(
-                grpc.StatusCode.UNIMPLEMENTED,
-                "GetExamples, Scroll and search by id are not served from Milvus yet; "
-                "serve the index directory (FAISS)",
-            )
-        return serving.index
-
     def GetExamples(self, request, context):
         def work():
             ids = check.check_ids(list(request.ids), self.limits)
             serving = self._serving()
-            index = self._readable(serving)
+            index = serving.index
             examples = _stored_examples(index, index.get(ids), request.with_vectors)
             return pb.GetExamplesResponse(examples=examples, index_version=index.name)
 
@@ -310,7 +295,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
                     f"limit is {limit}; a page holds at most {self.limits.max_batch} examples"
                 )
             serving = self._serving()
-            current = self._readable(serving)
+            current = serving.index
             version, after = scrolling.read_token(request.page_token)
             with scrolling.version_for(current, version, self.holder.source) as index:
                 where = index.parse_filter(check.filter_of(request))

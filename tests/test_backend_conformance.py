@@ -2,7 +2,10 @@
 
 Each backend's served version must give the exact neighbours brute force gives (flat
 index), apply label filters and min_score the same way, refuse unknown labels and a
-mismatched model, and report the same identity (count, dim, labels). The Milvus runs
+mismatched model, and report the same identity (count, dim, labels). With metadata
+(issue 36): every filter form, Get, Scroll and search by id answer as the rows say,
+through upserts that change fields, deletes, compaction and rollback, and filter
+mistakes are refused alike. The Milvus runs
 use a real Milvus server (tests/milvus_service.py).
 """
 
@@ -15,7 +18,10 @@ from siamese_search.core.errors import ArtifactMismatchError
 from siamese_search.core.model_artifact import load_model
 from siamese_search.core.tables import Columns
 from siamese_search.indexer.backends.milvus_backend import MilvusSource, MilvusTarget
-from siamese_search.indexer.build import BuildOptions, build_index
+from siamese_search.indexer.build import BuildOptions, apply_changes, build_index
+from siamese_search.indexer.changes import Change
+from siamese_search.indexer.compaction import compact_index
+from siamese_search.indexer.metadata import FilterError
 from siamese_search.indexer.store import DirectorySource, UnknownLabelError
 
 COLUMNS = Columns(text="text", label="class")
@@ -137,3 +143,227 @@ def test_unknown_label_and_other_model_are_refused(served, model, tmp_path, samp
 
     with pytest.raises(ArtifactMismatchError, match="built with model"):
         version.check_model(Other())
+
+
+# ---- metadata: every filter form, Get, Scroll, search by id, through writes --------------
+
+REPOS = ["core", "web", "docs"]
+VERBS = ["Fix", "Add", "Remove", "Document"]
+THINGS = ["the parser", "login", "search", "tests", "the cache"]
+ODD = 'it\'s "odd"'  # a field name with quotes: no filter may splice it in unquoted
+META_COLUMNS = Columns(
+    text="text", label="label", id="id", metadata=("repo", "year", "tags", "ok", ODD)
+)
+FILTERS = [
+    {"must": [{"key": "repo", "match": {"value": "web"}}]},
+    {"must": [{"key": "tags", "match": {"any": ["t1", "t6", 3]}}]},
+    {"must": [{"key": "year", "range": {"gte": 2020, "lt": 2023}}]},
+    {"must": [{"key": "year", "match": {"any": [2019, 2024.0]}}]},
+    {"must_not": [{"key": "repo", "match": {"value": "core"}}]},
+    {"should": [{"key": "ok", "match": {"value": True}}, {"key": "year", "range": {"lt": 2019}}]},
+    {
+        "must": [
+            {"key": "label", "match": {"any": ["2", "3"]}},
+            {
+                "should": [
+                    {"key": "repo", "match": {"value": "docs"}},
+                    {"key": "tags", "match": {"value": "t0"}},
+                ]
+            },
+        ],
+        "must_not": [{"key": "ok", "match": {"value": False}}, {}],
+    },
+    {"must": [{"key": "id", "match": {"any": ["r3", "r7", "r200", 'q"uote']}}, {}]},
+    {"must": [{"key": ODD, "match": {"value": "é"}}]},
+    {"must": [{"key": "year", "range": {"gt": 2030}}]},  # passes nothing
+]
+#: the writes a conformance run goes through: new fields, changed fields, deletes
+WRITES = [
+    Change(
+        "upsert",
+        ("r1", "r2", 'q"uote', "new"),
+        ("Fix the login page", "Add a cache to search", "Quote the odd row", "Speed up docs"),
+        ("1", "2", "3", "2"),
+        metadata=(
+            {"repo": "web", "year": 2026, "tags": ["t1"]},
+            {},
+            {ODD: "é", "year": 2024.0},
+            {"repo": "docs", "ok": False, "tags": [3, "t6"]},
+        ),
+    ),
+    Change("delete", ("r4", "r9", "r30")),
+]
+
+
+def _meta_rows(n: int = 120) -> list[dict]:
+    rows = []
+    for i in range(n):
+        row = {
+            "id": f"r{i}",
+            "text": f"{VERBS[i % 4]} {THINGS[(i // 4) % 5]} in module {i}",
+            "label": str(i % 3 + 1),
+            "repo": REPOS[i % 3],
+            "year": 2018 + i % 7,
+            "ok": i % 2 == 0,
+        }
+        if i % 4:
+            row["tags"] = [f"t{i % 5}", f"t{i % 7}"]
+        if i % 11 == 0:
+            del row["repo"]  # a row without the field
+        if i % 10 == 3:
+            row[ODD] = "é"
+        rows.append(row)
+    return rows
+
+
+def _passes(row: dict, spec: dict) -> bool:
+    """The filter's meaning written plainly: what both backends are held to."""
+
+    def holds(condition: dict) -> bool:
+        if "key" not in condition:
+            return _passes(row, condition)
+        key = condition["key"]
+        value = row.get(key)
+        values = value if isinstance(value, list) else ([] if value is None else [value])
+        if "match" in condition:
+            wanted = condition["match"].get("any", [condition["match"].get("value")])
+            return any(
+                v == w
+                and isinstance(v, bool) == isinstance(w, bool)
+                and isinstance(v, str) == isinstance(w, str)
+                for v in values
+                for w in wanted
+            )
+        ops = {"gt": np.greater, "gte": np.greater_equal, "lt": np.less, "lte": np.less_equal}
+        return not isinstance(value, (str, bool, list, type(None))) and all(
+            ops[o](value, b) for o, b in condition["range"].items()
+        )
+
+    must = all(holds(c) for c in spec.get("must", []))
+    should = not spec.get("should") or any(holds(c) for c in spec["should"])
+    must_not = not any(holds(c) for c in spec.get("must_not", []))
+    return must and should and must_not
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def with_metadata(request, tmp_path_factory, model):
+    """(source, index directory, build options, rows by id) of an index of texts with
+    metadata fields, on each backend; the tests write to it in order."""
+    import json
+
+    root = tmp_path_factory.mktemp(f"metadata-{request.param}")
+    rows = _meta_rows()
+    data = root / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    options = BuildOptions(show_progress=False, index_type="flat", keep_versions=10)
+    if request.param == "milvus":
+        target = MilvusTarget(request.getfixturevalue("milvus_uri"), "conformance_metadata")
+        options = BuildOptions(
+            show_progress=False, index_type="flat", keep_versions=10, milvus=target
+        )
+        source = MilvusSource(target)
+    else:
+        source = DirectorySource(root / "index")
+    build_index(root / "index", model, data, META_COLUMNS, options)
+    return source, root / "index", options, {row["id"]: row for row in rows}
+
+
+def _expected_rows(rows: dict, changes: list[Change]) -> dict:
+    """The rows after the writes, written plainly."""
+    rows = dict(rows)
+    for change in changes:
+        if change.kind == "delete":
+            for row_id in change.ids:
+                rows.pop(row_id, None)
+            continue
+        for row_id, text, label, fields in zip(
+            change.ids, change.texts, change.labels, change.metadata, strict=True
+        ):
+            rows[row_id] = {"id": row_id, "text": text, "label": label, **fields}
+    return rows
+
+
+def _fields_of(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("id", "text", "label")}
+
+
+def _agrees(version, model, rows: dict) -> None:
+    """Every filter form, Get, Scroll and search by id answer as the rows say."""
+    queries = model.embed(["Fix the parser crash", "document the cache"])
+    ids = sorted(rows)
+    positions = version.positions_of(ids)
+    assert set(positions) == set(ids)
+    vectors = version.vectors_at(np.array([positions[i] for i in ids]))
+    for spec in FILTERS:
+        where = version.parse_filter(spec)
+        passing = np.array([_passes(rows[i], spec) for i in ids])
+        for query, hits in zip(queries, version.search(queries, k=8, where=where), strict=True):
+            scores = vectors @ query
+            scores[~passing] = -np.inf
+            order = np.argsort(-scores, kind="stable")[: min(8, int(passing.sum()))]
+            _same(hits, [(ids[p], float(scores[p])) for p in order])
+            for hit in hits:
+                assert hit.metadata == _fields_of(rows[hit.id]), spec
+        # Scroll: every passing live row once, across pages
+        seen: list[str] = []
+        after = -1
+        while True:
+            page, after_next = version.scroll(where, limit=13, after=after)
+            assert len(page) <= 13
+            seen += [row.id for row in page]
+            if after_next is None:
+                break
+            after = after_next
+        assert sorted(seen) == [i for i, ok in zip(ids, passing, strict=True) if ok], spec
+    got = version.get(["r5", "missing", "new", "r4", "r1"])
+    wanted = [i for i in ["r5", "missing", "new", "r4", "r1"] if i in rows]
+    assert [row.id for row in got] == wanted
+    for row in got:
+        assert (row.text, row.label, row.metadata) == (
+            rows[row.id]["text"],
+            rows[row.id]["label"],
+            _fields_of(rows[row.id]),
+        )
+    # search by an existing row: its own vector, the row itself left out
+    (position,) = version.positions_of(["r8"]).values()
+    vector = version.vectors_at(np.array([position]))
+    hits = version.search(vector, k=5, exclude=[position])[0]
+    plain = version.search(vector, k=6)[0]
+    assert [h.id for h in hits] == [h.id for h in plain if h.id != "r8"][:5]
+
+
+def test_filters_get_scroll_and_search_by_id_agree_through_writes(with_metadata, model):
+    """One run per backend: built, written (upserts changing fields, deletes),
+    compacted, rolled back; at each step both backends answer as the rows say."""
+    from siamese_search.indexer.versions import rollback
+
+    source, index_dir, options, rows = with_metadata
+    with source.open_current() as version:
+        _agrees(version, model, rows)
+    apply_changes(index_dir, model, WRITES, options)
+    written = _expected_rows(rows, WRITES)
+    with source.open_current() as version:
+        assert version.count == len(written)
+        _agrees(version, model, written)
+    compact_index(index_dir, model, options)
+    with source.open_current() as version:
+        _agrees(version, model, written)
+    with source.open_version("000002") as version:  # what an older page token reads
+        _agrees(version, model, written)
+    rollback(index_dir, to="000001", milvus=options.milvus)
+    with source.open_current() as version:
+        assert version.name == "000001"
+        _agrees(version, model, rows)
+
+
+def test_filter_mistakes_are_refused_alike(with_metadata):
+    source, _, _, _ = with_metadata
+    with source.open_current() as version:
+        for spec, message in (
+            ({"must": [{"key": "nope", "match": {"value": 1}}]}, "holds no field 'nope'"),
+            ({"must": [{"key": "repo", "range": {"gt": 1}}]}, "not numbers"),
+            ({"must": [{"key": "tags", "range": {"gt": 1}}]}, "holds lists"),
+            ({"must": [{"must": [{"must": []}]}]}, "nests filters"),
+        ):
+            with pytest.raises(FilterError, match=message):
+                version.parse_filter(spec)

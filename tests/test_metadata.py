@@ -347,3 +347,63 @@ def test_any_field_name_filters_safely(indexed):
             ]
         where = version.parse_filter({"must": [{"key": "a.b[0]", "range": {"gte": 7}}]})
         assert [h.id for h in version.search(model.embed(["odd"]), k=5, where=where)[0]] == ["odd"]
+
+
+@pytest.fixture(scope="module")
+def built_with_index(tmp_path_factory, built):
+    """The same rows, their fields declared filterable (`--index-metadata`)."""
+    _, model, rows = built
+    root = tmp_path_factory.mktemp("metadata-indexed")
+    data = _jsonl(root / "rows.jsonl", list(rows.values()))
+    options = BuildOptions(show_progress=False, index_metadata=("repo", "year", "tags", "ok"))
+    build_index(root / "index", model, data, COLUMNS, options)
+    return root / "index"
+
+
+@pytest.mark.parametrize("spec", FILTERS, ids=[f"filter{i}" for i in range(len(FILTERS))])
+def test_declared_fields_are_read_from_their_index_with_the_same_answers(
+    built, built_with_index, spec
+):
+    index_dir, model, rows = built
+    queries = model.embed(["Fix the parser crash", "document the settings"])
+    with open_index(index_dir) as plain, open_index(built_with_index) as indexed:
+        (segment,) = indexed.segments
+        assert segment.records.indexed_keys == {"repo", "year", "tags", "ok"}
+        where = indexed.parse_filter(spec)
+        sql, _ = where.sql_for(segment.records.indexed_keys)
+        if any(c.get("key") not in ("label", "id", None) for c in spec.get("must", [])):
+            assert "field_values" in sql and sql != where.sql
+        got = [[h.id for h in hits] for hits in indexed.search(queries, k=10, where=where)]
+        want = [
+            [h.id for h in hits]
+            for hits in plain.search(queries, k=10, where=plain.parse_filter(spec))
+        ]
+    assert got == want
+
+
+def test_a_declaration_is_kept_by_later_writes_and_compaction(built, built_with_index, tmp_path):
+    import shutil
+
+    _, model, _ = built
+    index_dir = tmp_path / "index"
+    shutil.copytree(built_with_index, index_dir)
+    upsert = Change("upsert", ("w1",), ("Fix the web login",), ("1",), metadata=({"repo": "web"},))
+    keep = BuildOptions(show_progress=False, keep_versions=10)
+    apply_changes(index_dir, model, [upsert], keep)  # no --index-metadata given
+    spec = {"must": [{"key": "repo", "match": {"value": "web"}}]}
+    with open_index(index_dir) as version:
+        assert version.manifest["metadata_index"] == ["ok", "repo", "tags", "year"]
+        assert all(
+            s.records.indexed_keys == {"repo", "year", "tags", "ok"} for s in version.segments
+        )
+        (hit,) = version.search(model.embed(["web login"]), k=1, where=version.parse_filter(spec))[
+            0
+        ]
+        assert hit.id == "w1"
+    compact_index(index_dir, model, BuildOptions(show_progress=False, index_metadata=("extra",)))
+    with open_index(index_dir) as version:
+        (segment,) = version.segments
+        assert segment.records.indexed_keys == {"repo", "year", "tags", "ok", "extra"}
+        assert len(
+            version.search(model.embed(["x"]), k=500, where=version.parse_filter(spec))[0]
+        ) == 1 + sum(1 for i in range(240) if i % 3 == 1 and i % 11)

@@ -7,6 +7,7 @@ Milvus-backed server in tests/test_server.py; both run against every backend.)
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pytest
 
@@ -162,7 +163,9 @@ def test_writes_through_a_milvus_backed_server_reach_milvus(
     milvus_uri, tmp_path, trained_model, sample_train
 ):
     """Upsert / Delete on a server that serves a Milvus alias and owns the index
-    directory: each commit is a new collection, the alias moves, the server follows."""
+    directory: each commit is a new collection, the alias moves, the server follows.
+    Metadata written over the API is filtered on, read back (Get, Scroll) and searched
+    by id from Milvus (the same answers as FAISS: tests/test_backend_conformance.py)."""
     from siamese_search.client import Example, SearchClient
     from siamese_search.server.app import SearchServer
     from siamese_search.server.config import ServerConfig
@@ -175,12 +178,32 @@ def test_writes_through_a_milvus_backed_server_reach_milvus(
     try:
         with SearchClient(f"127.0.0.1:{server.port}") as client:
             written = client.upsert(
-                [Example("Translate the settings menu into German", "i18n", "tr-1")], wait=True
+                [
+                    Example("Translate the settings menu into German", "i18n", "tr-1", {"n": 1}),
+                    Example("Translate the help pages into Welsh", "i18n", "tr-2", {"n": 2}),
+                ],
+                wait=True,
             )
             assert written.index_version == "000002"
-            assert _served(target) == ("000002", 101)
+            assert _served(target) == ("000002", 102)
             hits = client.search("Translate the settings menu into German", k=1, labels=["i18n"])
             assert hits.neighbors[0].id == "tr-1" and hits.index_version == "000002"
+            assert hits.neighbors[0].metadata == {"n": 1}
+            only_two = {"must": [{"key": "n", "range": {"gte": 2}}]}
+            found = client.search("Translate the settings menu", k=5, filter=only_two)
+            assert [h.id for h in found.neighbors] == ["tr-2"]
+            assert [e.id for e in client.get(["tr-2", "nope", "tr-1"])] == ["tr-2", "tr-1"]
+            assert [
+                e.id
+                for e in client.scroll_all(
+                    filter={"must": [{"key": "n", "range": {"gt": 0}}]}, limit=1
+                )
+            ] == ["tr-1", "tr-2"]
+            like = client.search_like("tr-1", k=3, labels=["i18n"])
+            assert [h.id for h in like.neighbors] == ["tr-2"]
+            with pytest.raises(grpc.RpcError) as refused:
+                client.search("x", filter={"must": [{"key": "nope", "match": {"value": 1}}]})
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             client.delete(label="i18n", wait=True)
             assert _served(target) == ("000003", 100)
     finally:

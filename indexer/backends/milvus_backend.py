@@ -22,12 +22,18 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from siamese_search.core.errors import ArtifactMismatchError, UserError
+from siamese_search.indexer.backends.milvus_filters import FALSE, expression
+from siamese_search.indexer.metadata import Filter, parse_filter
+
+if TYPE_CHECKING:
+    from siamese_search.indexer.store import StoredRow
 
 log = logging.getLogger("siamese.milvus")
 
@@ -36,6 +42,8 @@ TESTED_SERVER_VERSIONS = ("2.3.5",)
 MAX_VARCHAR_BYTES = 65_535  # Milvus VARCHAR's limit
 MAX_TOP_K = 16_384  # Milvus's top-k limit
 INSERT_ROWS = 2_000
+_QUERY_ROWS = 16_384  # Milvus returns at most this many rows a query
+_QUERY_IN = 1_000  # keys or ids named in one query's `in [...]`
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
 _VERSION_SUFFIX = re.compile(r"^(?P<alias>.+)_v(?P<version>[0-9]{6})$")
 _CONSISTENCY = "Bounded"
@@ -166,13 +174,16 @@ class Placement:
     `ts`: the Milvus timestamp of the last write the version needs, passed to
     searches as their guarantee (read-your-writes for every client; Bounded
     consistency would hide rows written in the last seconds). `index`: the Milvus
-    index of the data collection (versions share it only with the same one)."""
+    index of the data collection (versions share it only with the same one).
+    `fields`: the metadata fields the version's rows hold and their value kinds
+    (what filters are checked against, as the FAISS backend reads its records)."""
 
     data: str
     partitions: tuple[str, ...]
     version: int
     ts: int
     index: dict
+    fields: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -181,6 +192,7 @@ class Placement:
             "version": self.version,
             "ts": self.ts,
             "index": self.index,
+            "fields": self.fields,
         }
 
     @classmethod
@@ -191,13 +203,15 @@ class Placement:
             int(stored["version"]),
             int(stored["ts"]),
             dict(stored["index"]),
+            {str(k): [str(kind) for kind in v] for k, v in stored.get("fields", {}).items()},
         )
 
 
 def index_signature(manifest: dict) -> dict:
     """The data collection a version's rows need: its Milvus index (type, build
     parameters) and the model that embedded them (a re-embedded version changes
-    every vector: it gets a data collection of its own; shares_data)."""
+    every vector: it gets a data collection of its own; shares_data), and that it
+    has a `metadata` field (data collections written before metadata have none)."""
     index_type, build_params, _ = milvus_index(
         manifest["index"]["type"], manifest["index"]["params"]
     )
@@ -205,6 +219,7 @@ def index_signature(manifest: dict) -> dict:
         "type": index_type,
         "params": build_params,
         "model": manifest["model"]["fingerprint"],
+        "metadata": True,
     }
 
 
@@ -213,7 +228,8 @@ def shares_data(held: dict, needed: dict) -> bool:
     of signature `held`. Signatures written before they named the model have none: the
     model was the base's then (every write checks it), so they match any."""
     same_index = (held.get("type"), held.get("params")) == (needed["type"], needed["params"])
-    return same_index and held.get("model", needed["model"]) == needed["model"]
+    same_fields = held.get("metadata", False) == needed["metadata"]
+    return same_index and same_fields and held.get("model", needed["model"]) == needed["model"]
 
 
 def partition_name(segment: str) -> str:
@@ -382,7 +398,57 @@ class MilvusVersion:
 
         check_model_matches(self.manifest, self.name, str(self.directory), model)
 
-    def search(self, vectors: np.ndarray, k: int, labels: Sequence[str] = (), min_score=-1.0):
+    # ---- filters (indexer.metadata's checked filters, as Milvus expressions) -----------
+
+    def metadata_keys(self) -> dict[str, set[str]]:
+        """The metadata fields the version's rows hold (recorded in its placement)."""
+        fields = self.placement.fields if self.placement is not None else {}
+        return {key: set(kinds) for key, kinds in fields.items()}
+
+    def parse_filter(self, spec: dict | None) -> Filter | None:
+        """A filter checked against the version's fields, as the FAISS backend checks
+        it (FilterError says what to fix); None for no filter."""
+        if not spec:
+            return None
+        return parse_filter(spec, self.metadata_keys())
+
+    def _labels_expression(self, labels: Sequence[str]) -> str:
+        """Rows holding one of `labels` (a label the version lacks matches none)."""
+        if self.placement is not None:
+            return f"label_key in {sorted(label_key(label) for label in labels)}"
+        codes = sorted(self.label_names.index(x) for x in labels if x in self.label_names)
+        return f"label_code in {codes}" if codes else FALSE
+
+    def _where(self, *conditions: str) -> dict:
+        """The search / query scope: the version's partitions, and its filter with
+        these conditions."""
+        scope = self._scope()
+        joined = [c for c in (scope.get("filter", ""), *conditions) if c]
+        scope["filter"] = " and ".join(f"({c})" for c in joined)
+        return scope
+
+    @property
+    def _fields(self) -> list[str]:
+        held = self.placement is not None and self.placement.index.get("metadata")
+        return ["id", "label", "text", *(["metadata"] if held else [])]
+
+    @property
+    def _key(self) -> str:
+        return "key" if self.placement is not None else "position"
+
+    # ---- searching ----------------------------------------------------------------------
+
+    def search(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        labels: Sequence[str] = (),
+        min_score: float = -1.0,
+        where: Filter | None = None,
+        exclude: Sequence[int] = (),
+    ):
+        """Top-k per query among the rows with one of `labels` passing `where`, but the
+        rows whose keys are in `exclude` (search by an existing row)."""
         from siamese_search.indexer.store import BackendUnavailableError, Hit
 
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
@@ -400,8 +466,8 @@ class MilvusVersion:
         if min_score > -1.0:  # a range search: only hits above the radius come back
             params["radius"] = float(min_score) - 1e-6
             params["range_filter"] = max(1.0, float(min_score)) + 1e-3  # must exceed radius
-        scope = self._scope()
-        scope["filter"] = " and ".join(f for f in (scope.get("filter", ""), label_filter) if f)
+        left_out = f"{self._key} not in {sorted(int(p) for p in exclude)}" if exclude else ""
+        scope = self._where(label_filter, self._expression(where), left_out)
         try:
             found = self._client.search(
                 self._searched,
@@ -409,7 +475,7 @@ class MilvusVersion:
                 limit=k,
                 anns_field="vector",
                 search_params={"metric_type": "IP", "params": params},
-                output_fields=["id", "label", "text"],
+                output_fields=self._fields,
                 **scope,
                 **self._consistency(),
             )
@@ -426,11 +492,127 @@ class MilvusVersion:
                     continue
                 entity = hit["entity"]
                 hits.append(
-                    Hit(entity["id"], entity["label"], entity["text"], score, int(hit["id"]))
+                    Hit(
+                        entity["id"],
+                        entity["label"],
+                        entity["text"],
+                        score,
+                        int(hit["id"]),
+                        dict(entity.get("metadata") or {}),
+                    )
                 )
             hits.sort(key=lambda h: -h.score)
             results.append(hits)
         return results
+
+    def _expression(self, where: Filter | None) -> str:
+        return expression(where.clauses, self._labels_expression) if where is not None else ""
+
+    # ---- reading rows back: Get, Scroll, search by id -----------------------------------
+
+    def _query(self, condition: str, fields: list[str], limit: int | None = None) -> list[dict]:
+        from siamese_search.indexer.store import BackendUnavailableError
+
+        options = {"limit": limit} if limit is not None else {}
+        try:
+            return self._client.query(
+                self._searched,
+                output_fields=fields,
+                **self._where(condition),
+                **options,
+                **self._consistency(),
+            )
+        except Exception as error:
+            raise BackendUnavailableError(
+                f"Milvus query of {self._searched} failed: {_short(error)}"
+            ) from None
+
+    def positions_of(self, ids: Sequence[str]) -> dict[str, int]:
+        """id -> the row's key, for the live rows with these ids."""
+        found: dict[str, int] = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), _QUERY_IN):
+            chunk = unique[start : start + _QUERY_IN]
+            listed = ", ".join(json.dumps(i, ensure_ascii=False) for i in chunk)
+            for row in self._query(f"id in [{listed}]", ["id", self._key]):
+                found[row["id"]] = int(row[self._key])
+        return found
+
+    def vectors_at(self, positions: np.ndarray) -> np.ndarray:
+        """The stored vectors of these rows (by key), in order."""
+        keys = [int(p) for p in np.asarray(positions).ravel()]
+        rows = {int(r[self._key]): r["vector"] for r in self._rows_by_key(keys, ["vector"])}
+        return np.asarray([rows[key] for key in keys], dtype=np.float32).reshape(-1, self.dim)
+
+    def _rows_by_key(self, keys: list[int], fields: list[str]) -> list[dict]:
+        rows: list[dict] = []
+        for start in range(0, len(keys), _QUERY_IN):
+            chunk = sorted(set(keys[start : start + _QUERY_IN]))
+            rows += self._query(f"{self._key} in {chunk}", [self._key, *fields])
+        return rows
+
+    def get(self, ids: Sequence[str]) -> list[StoredRow]:
+        """The live rows with these ids, in the order asked (ids not held: left out)."""
+        positions = self.positions_of(ids)
+        found = [positions[i] for i in dict.fromkeys(ids) if i in positions]
+        return self._stored(found)
+
+    def scroll(
+        self, where: Filter | None, limit: int, after: int = -1
+    ) -> tuple[list[StoredRow], int | None]:
+        """Up to `limit` live rows passing `where`, in key order, from the key after
+        `after`; and the last key given when more may follow (None: done). Milvus
+        queries return rows in no set order, so the smallest keys are found by
+        counting: a key range holding more rows than one query returns is halved."""
+        condition = self._expression(where)
+        keys: list[int] = []
+        for low, high in self._key_ranges():
+            if high <= after + 1 or len(keys) > limit:
+                continue
+            keys += self._first_keys(condition, max(low, after + 1), high, limit + 1 - len(keys))
+        more = len(keys) > limit
+        rows = self._stored(keys[:limit])
+        return rows, (rows[-1].position if more and rows else None)
+
+    def _key_ranges(self) -> list[tuple[int, int]]:
+        """The key ranges the version's rows lie in, in order: one per segment."""
+        if self.placement is None:
+            return [(0, 2**32)]
+        starts = sorted(row_key(part.removeprefix("s_"), 0) for part in self.placement.partitions)
+        return [(start, start + 2**32) for start in starts]
+
+    def _first_keys(self, condition: str, low: int, high: int, want: int) -> list[int]:
+        """The `want` smallest keys in [low, high) of the rows passing `condition`."""
+        within = f"{self._key} >= {low} and {self._key} < {high}"
+        test = f"{within} and ({condition})" if condition else within
+        counted = self._query(test, ["count(*)"])
+        count = int(counted[0]["count(*)"]) if counted else 0
+        if count == 0:
+            return []
+        if count <= _QUERY_ROWS:
+            found = sorted(int(r[self._key]) for r in self._query(test, [self._key], _QUERY_ROWS))
+            return found[:want]
+        middle = low + (high - low) // 2
+        keys = self._first_keys(condition, low, middle, want)
+        if len(keys) < want:
+            keys += self._first_keys(condition, middle, high, want - len(keys))
+        return keys
+
+    def _stored(self, keys: list[int]) -> list[StoredRow]:
+        from siamese_search.indexer.store import StoredRow
+
+        rows = {int(r[self._key]): r for r in self._rows_by_key(keys, self._fields)}
+        return [
+            StoredRow(
+                rows[k]["id"],
+                rows[k]["label"],
+                rows[k]["text"],
+                dict(rows[k].get("metadata") or {}),
+                k,
+            )
+            for k in keys
+            if k in rows
+        ]
 
     def close(self) -> None:
         """Nothing to release: the collection stays loaded for the other replicas."""
@@ -474,6 +656,14 @@ class MilvusSource:
 
     def open_current(self) -> MilvusVersion:
         return MilvusVersion(self._client, self.target, self._current_collection())
+
+    def open_version(self, name: str) -> MilvusVersion:
+        from siamese_search.indexer.store import VersionGone
+
+        collection = self.target.collection_for(name)
+        if not self._client.has_collection(collection):
+            raise VersionGone(f"{self.location} does not hold version {name}")
+        return MilvusVersion(self._client, self.target, collection)
 
     def model_directory(self) -> Path:
         """From the current version's manifest alone (no load, no row count)."""

@@ -60,6 +60,7 @@ from siamese_search.indexer.backends.milvus_backend import (
     row_key,
     shares_data,
 )
+from siamese_search.indexer.metadata import decode
 from siamese_search.indexer.segments import Segment
 from siamese_search.indexer.store import IndexVersion
 
@@ -165,6 +166,7 @@ class MilvusWriter:
                 for segment in new:
                     self._write_partition(data, segment, int(version), bar)
             self._seal_if_large(data, sum(s.rows for s in new))
+            fields = _fields(staged)
             for segment in staged.segments:
                 if segment in new:
                     continue
@@ -179,6 +181,7 @@ class MilvusWriter:
             int(version),
             self._guarantee(ts),
             signature,
+            fields,
         )
         self._write_head(version, manifest, placement)
         return placement
@@ -232,6 +235,8 @@ class MilvusWriter:
         """Rows of the version's partitions marked deleted by a later version: live again."""
         newer = f"deleted_in > {placement.version} and deleted_in < {NOT_DELETED}"
         fields = ["key", "id", "label", "label_key", "text", "deleted_in", "vector"]
+        if placement.index.get("metadata"):  # data collections from before have none
+            fields.append("metadata")
         for part in placement.partitions:
             for rows in self._rows_where(placement.data, part, newer, fields):
                 live = [{**row, "deleted_in": NOT_DELETED} for row in rows]  # read back whole
@@ -274,6 +279,7 @@ class MilvusWriter:
                     invalid_from = min(invalid_from, oldest)
                     bar.update(segment.rows)
             self._seal_if_large(data, written)
+            fields = _fields(opened)
         finally:
             opened.close()
         stale = {
@@ -289,6 +295,7 @@ class MilvusWriter:
             version,
             self._guarantee(ts),
             signature,
+            fields,
         )
         self._write_head(name, manifest, placement)
         return stale
@@ -353,6 +360,7 @@ class MilvusWriter:
         schema.add_field("label_key", DataType.INT64)
         schema.add_field("text", DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES)
         schema.add_field("deleted_in", DataType.INT64)
+        schema.add_field("metadata", DataType.JSON)  # the row's fields ({} for none)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(manifest["dim"]))
         self.client.create_collection(name, schema=schema, consistency_level=_CONSISTENCY)
         index_params = self.client.prepare_index_params()
@@ -373,11 +381,11 @@ class MilvusWriter:
         self.client.create_partition(data, part)
         deleted = _deleted(segment)
         vectors = segment.vectors()
-        for rows in segment.records.iter_all(INSERT_ROWS):
+        for rows in segment.records.iter_all(INSERT_ROWS, with_metadata=True):
             batch = [
-                _row(segment.name, local, row_id, label, text, vectors[local])
+                _row(segment.name, local, row_id, label, text, fields, vectors[local])
                 | {"deleted_in": version if deleted[local] else NOT_DELETED}
-                for local, row_id, label, text in rows
+                for local, row_id, label, text, fields in rows
             ]
             self.client.insert(data, batch, partition_name=part)
             self._note_write(data)
@@ -394,8 +402,10 @@ class MilvusWriter:
         for start in range(0, len(local), _MARK_BATCH):
             chunk = [int(i) for i in local[start : start + _MARK_BATCH]]
             records = segment.records.fetch(chunk)
+            fields = segment.records.metadata_of(chunk)
             batch = [
-                _row(segment.name, i, *records[i], vectors[i]) | {"deleted_in": deleted_in}
+                _row(segment.name, i, *records[i], fields.get(i), vectors[i])
+                | {"deleted_in": deleted_in}
                 for i in chunk
             ]
             self.client.upsert(data, batch, partition_name=part)
@@ -544,7 +554,10 @@ class MilvusWriter:
 # ---- helpers ------------------------------------------------------------------------
 
 
-def _row(segment: str, local: int, row_id: str, label, text: str, vector) -> dict:
+def _row(
+    segment: str, local: int, row_id: str, label, text: str, fields: str | None, vector
+) -> dict:
+    """A data collection row; `fields`: the stored metadata JSON (None: none)."""
     _check_fits(row_id, "id")
     _check_fits(text, "text", row_id)
     return {
@@ -553,8 +566,14 @@ def _row(segment: str, local: int, row_id: str, label, text: str, vector) -> dic
         "label": label or "",
         "label_key": label_key(label),
         "text": text,
+        "metadata": decode(fields),
         "vector": np.asarray(vector, dtype=np.float32).tolist(),
     }
+
+
+def _fields(version: IndexVersion) -> dict[str, list[str]]:
+    """The metadata fields a version holds and their kinds, for its placement."""
+    return {key: sorted(kinds) for key, kinds in sorted(version.metadata_keys().items())}
 
 
 def _segment_names(manifest: dict, version: str) -> list[str]:
