@@ -1,8 +1,9 @@
 """Filtered search (issue 36): p50 latency and recall at several selectivities against
 unfiltered search, on one index, in one run.
 
-The index: N rows (default 1,000,000), HNSW, synthetic clustered vectors (noisy copies
-of real commit texts' vectors, bench/writes.py) written through the version writer,
+The index: N rows (default 1,000,000), HNSW, of embedded pairs of real CLINC150 texts
+(`--vectors pairs`, the default) or noisy copies of commit texts' vectors (`noisy`),
+written through the version writer,
 each with a keyword field `kw` of 100 values and a numeric field `num` (uniform, 0 ..
 999,999). Queries: 200 commit test texts. For each filter: the p50 of one-query
 searches (k 10) once the filter's row mask is cached (the first use pays for the SQL
@@ -15,6 +16,7 @@ Usage: python bench/filters.py [--model artifacts/model] [--rows 1000000] [--out
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import sys
@@ -29,6 +31,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from writes import commit_texts  # noqa: E402
 
+CLINC = ROOT.parent / "shared" / "data" / "clinc150"
+
 FILTERS = {
     "none (100%)": None,
     "50%": {"must": [{"key": "num", "range": {"lt": 500_000}}]},
@@ -40,15 +44,58 @@ FILTERS = {
 }
 
 
+def pair_vectors(model, rows: int) -> np.ndarray:
+    """`rows` vectors of real-looking texts: two random CLINC150 utterances joined
+    ("A. B"), embedded by the model; a continuous spread like a real corpus's (the
+    noisy copies of `noisy` put ~500 near-ties around each of 2,000 points, which
+    graph indexes walk poorly). Embedding 1M takes ~18 min here: cached in build/."""
+    from tqdm.auto import tqdm
+
+    cache = ROOT / "build" / f"filters-pairs-{rows}-{model.fingerprint}.npy"
+    if cache.is_file():
+        return np.load(cache, mmap_mode="r")
+    texts = []
+    for part in ("train-full", "val", "test"):
+        with open(CLINC / f"{part}.csv", newline="", encoding="utf-8") as handle:
+            texts += [row["text"] for row in csv.DictReader(handle)]
+    rng = np.random.default_rng(1)
+    out = np.zeros((rows, model.dim), dtype=np.float32)
+    with tqdm(total=rows, desc="embedding pairs", unit="text", mininterval=5) as bar:
+        for start in range(0, rows, 10_000):
+            n = min(10_000, rows - start)
+            chosen = rng.integers(0, len(texts), (n, 2))
+            out[start : start + n] = model.embed([f"{texts[a]}. {texts[b]}" for a, b in chosen])
+            bar.update(n)
+    cache.parent.mkdir(exist_ok=True)
+    np.save(cache, out)
+    return out
+
+
+def noisy_vectors(model, rows: int) -> np.ndarray:
+    """Noisy copies of 2,000 commit texts' vectors (the first runs' data)."""
+    rng = np.random.default_rng(0)
+    centres = model.embed(commit_texts()[:2000])
+    vectors = rng.standard_normal((rows, model.dim)).astype(np.float32)
+    vectors *= 0.6 / np.sqrt(model.dim)
+    vectors += centres[rng.integers(0, len(centres), rows)]
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors
+
+
 def build(
-    index_dir: Path, model, rows: int, kind: str, params: dict | None, indexed: list[str]
+    index_dir: Path,
+    model,
+    vectors: np.ndarray,
+    kind: str,
+    params: dict | None,
+    indexed: list[str],
 ) -> None:
     from siamese_search.indexer import layout
     from siamese_search.indexer.metadata import encode
     from siamese_search.indexer.version_writer import VersionWriter
 
     rng = np.random.default_rng(0)
-    centres = model.embed(commit_texts()[:2000])
+    rows = len(vectors)
     index_dir.mkdir(parents=True)
     staging = layout.new_staging(index_dir)
     writer = VersionWriter(
@@ -56,17 +103,14 @@ def build(
     )
     for start in range(0, rows, 50_000):
         n = min(50_000, rows - start)
-        vectors = rng.standard_normal((n, model.dim)).astype(np.float32)
-        vectors *= 0.6 / np.sqrt(model.dim)
-        vectors += centres[rng.integers(0, len(centres), n)]
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        chunk = np.asarray(vectors[start : start + n])
         keywords = rng.integers(0, 100, n)
         numbers = rng.integers(0, 1_000_000, n)
         writer.append(
             [f"doc-{start + i}" for i in range(n)],
             ["a"] * n,
             [f"synthetic text {start + i}" for i in range(n)],
-            vectors,
+            chunk,
             [
                 encode({"kw": f"k{k}", "num": int(v)})
                 for k, v in zip(keywords, numbers, strict=True)
@@ -130,6 +174,13 @@ def main() -> int:
     parser.add_argument("--index-type", default="hnsw")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument(
+        "--vectors",
+        choices=["pairs", "noisy"],
+        default="pairs",
+        help="pairs: embedded pairs of CLINC150 texts (cached in build/); noisy: noisy "
+        "copies of 2,000 commit texts' vectors",
+    )
+    parser.add_argument(
         "--index-param", action="append", default=[], metavar="KEY=N", help="e.g. ef_search=256"
     )
     parser.add_argument(
@@ -145,12 +196,15 @@ def main() -> int:
         started = time.perf_counter()
         params = {k: int(v) for k, _, v in (p.partition("=") for p in args.index_param)}
         indexed = ["kw", "num"] if args.index_metadata else []
-        build(Path(scratch) / "index", model, args.rows, args.index_type, params or None, indexed)
+        made = pair_vectors if args.vectors == "pairs" else noisy_vectors
+        vectors = made(model, args.rows)
+        build(Path(scratch) / "index", model, vectors, args.index_type, params or None, indexed)
         built = time.perf_counter() - started
         result = measure(Path(scratch) / "index", model, queries)
     base = result["none (100%)"]["p50_ms"]
     print(
-        f"{args.rows} rows, {args.index_type} {args.index_param or ''} (built in {built:.0f} s); "
+        f"{args.rows} rows ({args.vectors}), {args.index_type} {args.index_param or ''} "
+        f"(made and built in {built:.0f} s); "
         f"k 10, {args.queries} queries; fields indexed: {args.index_metadata}"
     )
     for name, row in result.items():
@@ -167,6 +221,7 @@ def main() -> int:
                     "index_type": args.index_type,
                     "index_params": params,
                     "index_metadata": indexed,
+                    "vectors": args.vectors,
                     "filters": result,
                 },
                 indent=2,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from siamese_search.core.errors import UserError
@@ -212,6 +213,52 @@ class Filter:
 
     def _keys(self) -> frozenset[str]:
         return frozenset(_keys_of(self.clauses))
+
+    def reads_only(self, indexed: frozenset[str]) -> bool:
+        """Whether every field the filter tests is indexed (or is label / id): then
+        its rows are found condition by condition from indexes (mask_of), with no
+        scan of the rows' JSON."""
+        return self._keys() <= indexed | set(RECORD_KEYS)
+
+
+def leaf_query(condition: Match | Range) -> tuple[str, list]:
+    """The positions passing one field test, from an index: the record's own
+    columns for label and id, else the store's field index (records.RecordWriter)."""
+    if condition.key in RECORD_KEYS:
+        assert isinstance(condition, Match), "ranges on label / id are refused"
+        marks = ",".join("?" * len(condition.values))
+        return (
+            f"SELECT position FROM records WHERE {condition.key} IN ({marks})",
+            list(condition.values),
+        )
+    test, params = _indexed_sql(condition)
+    # the subquery of the indexed test, alone: `records.position IN (SELECT ...)`
+    return test.removeprefix("records.position IN (").removesuffix(")"), params
+
+
+def mask_of(clauses: Clauses, rows: int, positions: Callable[[Match | Range], object]):
+    """The rows (a boolean mask) passing a filter, each field test's rows found by
+    `positions` and combined as must / should / must_not say."""
+    import numpy as np
+
+    def passing(condition) -> np.ndarray:
+        if isinstance(condition, Clauses):
+            return mask_of(condition, rows, positions)
+        mask = np.zeros(rows, dtype=bool)
+        mask[np.asarray(positions(condition), dtype=np.int64)] = True
+        return mask
+
+    mask = np.ones(rows, dtype=bool)
+    for condition in clauses.must:
+        mask &= passing(condition)
+    if clauses.should:
+        any_of = np.zeros(rows, dtype=bool)
+        for condition in clauses.should:
+            any_of |= passing(condition)
+        mask &= any_of
+    for condition in clauses.must_not:
+        mask &= ~passing(condition)
+    return mask
 
 
 def _keys_of(clauses: Clauses):

@@ -13,7 +13,9 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from siamese_search.indexer.metadata import LIST, indexed_values
+import numpy as np
+
+from siamese_search.indexer.metadata import LIST, Filter, indexed_values, leaf_query, mask_of
 
 _SCHEMA = """
 CREATE TABLE records (
@@ -98,7 +100,11 @@ class RecordWriter:
 
     def close(self) -> None:
         if self._indexed:  # built once the rows are in: faster than row by row
-            self._db.execute("CREATE INDEX field_values_by_value ON field_values(key, kind, value)")
+            # covering (item, position too): a condition's rows are read from the index alone
+            self._db.execute(
+                "CREATE INDEX field_values_by_value "
+                "ON field_values(key, kind, value, item, position)"
+            )
         self._db.commit()
         self._db.close()
 
@@ -193,6 +199,24 @@ class RecordReader:
                 f"SELECT position FROM records WHERE {condition} ORDER BY position", parameters
             ).fetchall()
         return [row[0] for row in rows]
+
+    def passing(self, where: Filter) -> np.ndarray:
+        """The rows that pass a filter, as a boolean mask over this store's positions:
+        from the field index, condition by condition, when the filter tests only
+        indexed fields; else one SQL scan of the rows."""
+        if not where.reads_only(self.indexed_keys):
+            sql, params = where.sql_for(self.indexed_keys)
+            mask = np.zeros(self.count, dtype=bool)
+            mask[self.positions_where(sql, params)] = True
+            return mask
+
+        def positions(condition) -> np.ndarray:
+            sql, params = leaf_query(condition)
+            with self._lock:
+                found = self._execute(sql, params).fetchall()
+            return np.fromiter((row[0] for row in found), dtype=np.int64, count=len(found))
+
+        return mask_of(where.clauses, self.count, positions)
 
     def metadata_keys(self) -> dict[str, set[str]]:
         """The metadata fields this store holds, and their value kinds ("string",

@@ -151,6 +151,10 @@ class VersionSource(Protocol):
 
     def model_directory(self) -> Path: ...
 
+    def retained_versions(self) -> list[str]:
+        """The versions kept (rollback targets), oldest first."""
+        ...
+
 
 class VersionGone(Exception):
     """A version asked for by name (a scroll's page token) that the index no longer
@@ -406,9 +410,7 @@ class IndexVersion:
         with self._masks_lock:
             passing = self._passing_masks.get(key)
         if passing is None:
-            passing = np.zeros(segment.rows, dtype=bool)
-            sql, params = where.sql_for(segment.records.indexed_keys)
-            passing[segment.records.positions_where(sql, params)] = True
+            passing = segment.records.passing(where)
             with self._masks_lock:
                 self._passing_masks[key] = passing
                 while len(self._passing_masks) > PASSING_CACHE:
@@ -518,7 +520,7 @@ class IndexVersion:
         """The live rows with these ids, in the order asked (ids not held: left out)."""
         positions = self.positions_of(ids)
         found = [positions[i] for i in dict.fromkeys(ids) if i in positions]
-        return self._rows(found)
+        return self.rows_at(found)
 
     def scroll(
         self, where: Filter | None, limit: int, after: int = -1
@@ -536,10 +538,23 @@ class IndexVersion:
             if len(chosen) > limit:
                 break
         more = len(chosen) > limit
-        rows = self._rows(chosen[:limit])
+        rows = self.rows_at(chosen[:limit])
         return rows, (rows[-1].position if more and rows else None)
 
-    def _rows(self, positions: list[int]) -> list[StoredRow]:
+    def live_positions(self) -> np.ndarray:
+        """Every live row's position (for sampling: server.space_map)."""
+        found = [
+            (
+                np.arange(segment.rows)
+                if segment.live_mask is None
+                else np.flatnonzero(segment.live_mask)
+            )
+            + segment.offset
+            for segment in self.segments
+        ]
+        return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+    def rows_at(self, positions: list[int]) -> list[StoredRow]:
         records = self.records().fetch(positions)
         fields = self.records().metadata_of(positions)
         return [
@@ -704,3 +719,6 @@ class DirectorySource:
 
     def model_directory(self) -> Path:
         return model_directory_of(self.index_dir)
+
+    def retained_versions(self) -> list[str]:
+        return layout.list_versions(self.index_dir)

@@ -14,9 +14,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from siamese_search.core.errors import UserError, describe_os_error
 from siamese_search.core.native_threads import limit_native_threads
-from siamese_search.indexer.options import BuildOptions
 from siamese_search.indexer.store import VersionSource
 from siamese_search.server.batching import Batcher
+from siamese_search.server.collections import (
+    Collection,
+    CollectionOpener,
+    Collections,
+    name_for,
+)
 from siamese_search.server.config import ServerConfig
 from siamese_search.server.gateway import RestGateway
 from siamese_search.server.generated import search_pb2_grpc as pb_grpc
@@ -28,8 +33,7 @@ from siamese_search.server.interceptors import (
 from siamese_search.server.metrics import Metrics, channelz_server_ids
 from siamese_search.server.reflection import enable_reflection
 from siamese_search.server.service import SERVICE_NAME, SearchService
-from siamese_search.server.state import ReloadWatcher, ServingHolder
-from siamese_search.server.writes import Committer, WritesUnavailable
+from siamese_search.server.writes import Committer
 
 log = logging.getLogger("siamese.server")
 
@@ -47,15 +51,12 @@ def _model_dir(config: ServerConfig, source: VersionSource) -> Path:
 
 
 class SearchServer:
-    """A running siamese-search gRPC server (start / stop / reload)."""
+    """A running siamese-search gRPC server (start / stop / reload) serving one or
+    more collections (server.collections)."""
 
     def __init__(self, config: ServerConfig):
-        from siamese_search.core.model_artifact import load_model
-
         self.config = config
         limit_native_threads(config.threads)
-        source = config.source()
-        initial_model = load_model(_model_dir(config, source), threads=config.threads)
         self.metrics = Metrics()
         # before the first version loads: its warm-up loads the model in the encoding
         # processes too
@@ -65,33 +66,50 @@ class SearchServer:
             thread_setup=lambda: limit_native_threads(config.threads),
             blas_threads=config.threads,
         )
+        self._stopped = threading.Event()
+        self._started = False
+        self.health = health.HealthServicer(experimental_non_blocking=True)
         try:
-            self._set_up(config, source, initial_model)
+            self.collections = self._open_collections(config)
+            self._set_up(config)
         except BaseException:
+            collections = getattr(self, "collections", None)
+            if collections is not None:
+                collections.stop()
             self.batcher.stop()
             raise
 
-    def _set_up(self, config: ServerConfig, source: VersionSource, initial_model) -> None:
-        """Everything after the batcher: on any error the caller stops its processes."""
-        from siamese_search.core.model_artifact import load_model
+    def _open_collections(self, config: ServerConfig) -> Collections:
+        """Every collection the flags name: --index DIR (or a Milvus alias; pinned to
+        --model when given) and each index directory under --collections ROOT."""
+        opener = CollectionOpener(config, self.batcher.warm, self.metrics, self._set_health)
+        collections = Collections(opener, config.collections_dir, config.default_collection)
+        if config.index_dir is not None or config.milvus is not None and not config.collections_dir:
+            source = config.source()
+            named = config.index_dir or Path(config.milvus.name if config.milvus else "default")
+            name = name_for(named)
+            if config.model_dir is None:
+                _model_dir(config, source)  # names what to fix when nothing names a model
+            first = opener.open(name, config.index_dir, source, config.model_dir)
+            if first.error is not None and config.collections_dir is None:
+                raise UserError(first.error)  # a one-index server says why at once
+            collections.add(first)
+            if collections.default is None:
+                collections.default = name
+        if config.collections_dir is not None:
+            served = {c.index_dir.resolve() for c in collections.all() if c.index_dir}
+            for directory in Collections.directories(config.collections_dir):
+                if directory.resolve() not in served:
+                    source = config.source_for(directory)
+                    collections.add(opener.open(directory.name, directory, source, None))
+        if collections.default is None and len(collections.all()) == 1:
+            collections.default = collections.all()[0].name
+        if collections.default is not None:
+            collections.get(collections.default)  # --default-collection names one served
+        return collections
 
-        self.holder = ServingHolder(
-            source,
-            initial_model,
-            # without --model the server follows the model each version was built with
-            # (hot swap on retrain); --model pins it and versions of another are refused
-            load_model=(
-                None
-                if config.model_dir is not None
-                else lambda directory: load_model(directory, threads=config.threads)
-            ),
-        )
-        self.holder.metrics = self.metrics
-        self.holder.warm_model = self.batcher.warm
-        outcome = self.holder.reload()
-        if not outcome.changed:
-            log.warning("no_index_at_start", extra={"fields": {"message": outcome.message}})
-
+    def _set_up(self, config: ServerConfig) -> None:
+        """The gRPC server, its services and the REST gateway."""
         interceptors: list[grpc.ServerInterceptor] = [
             StreamCapInterceptor(config.max_streams, config.max_streams_per_client, self.metrics),
             MetricsInterceptor(self.metrics),
@@ -127,12 +145,12 @@ class SearchServer:
         created = channelz_server_ids() - servers_before
         if len(created) == 1:  # (another server made at the same moment: no core counts)
             self.metrics.count_core_calls(created.pop())
-        self.committer, writes_off = self._writes(config)
         pb_grpc.add_SearchServiceServicer_to_server(
-            SearchService(self.holder, config.limits, self.batcher, self.committer or writes_off),
+            SearchService(
+                self.collections, config.limits, self.batcher, config.workers, self.metrics
+            ),
             self.grpc_server,
         )
-        self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         enable_reflection((SERVICE_NAME, health.SERVICE_NAME), self.grpc_server)
 
@@ -146,70 +164,55 @@ class SearchServer:
             else:
                 self.port = self.grpc_server.add_insecure_port(address)
         except RuntimeError as error:
-            self._stop_writes()
             raise UserError(f"cannot listen on {address} ({error}); is the port in use?") from None
         self.gateway = None
         self.http_port: int | None = None
         if config.http_port is not None:
             self.gateway = self._gateway(config)
             self.http_port = self.gateway.port
-        self.watcher = (
-            ReloadWatcher(self.holder, config.reload_interval)
-            if config.reload_interval > 0
-            else None
-        )
         self.metrics_server = None
-        self._stopped = threading.Event()
 
-    def _writes(self, config: ServerConfig) -> tuple[Committer | None, str]:
-        """The write committer (Upsert / Delete), or None and why writes are off."""
-        if not config.writes:
-            return None, "this server takes no writes (started with --no-writes)"
-        if config.index_dir is None:
-            return None, (
-                "this server serves a Milvus alias without an index directory, so it takes "
-                "no writes; send them to the server (or siamese-index) that has --index"
-            )
-        try:
-            committer = Committer(
-                Path(config.index_dir),
-                config.commit_policy,
-                model_for_writes=lambda: self.holder.model,
-                published=self._published,
-                options=BuildOptions(show_progress=False, milvus=config.milvus),
-                salvage_journal=config.salvage_journal,
-            )
-        except WritesUnavailable as error:
-            log.warning("writes_off", extra={"fields": {"reason": str(error)}})
-            return None, str(error)
-        self.metrics.commit_failing.set_function(lambda: float(committer.failing_since is not None))
-        self.metrics.pending_writes.set_function(
-            lambda: float(len(committer.journal.records)) if committer.journal else 0.0
-        )
-        return committer, ""
+    # ---- the default collection (what calls naming none reach) ---------------------
 
-    def _published(self, version: str) -> None:
-        """A commit published `version`: serve it now (not at the next poll)."""
-        outcome = self.holder.reload(forced=True)
-        serving = self.holder.current
-        if serving is None or serving.index.name != version:
-            raise RuntimeError(f"version {version} was published but not loaded: {outcome.message}")
+    @property
+    def default(self) -> Collection:
+        return self.collections.get("")
+
+    @property
+    def holder(self):
+        """The default collection's serving holder."""
+        return self.default.holder
+
+    @property
+    def committer(self) -> Committer | None:
+        writes = self.default.writes
+        return writes if isinstance(writes, Committer) else None
+
+    @property
+    def model(self):
+        """The model serving the default collection now (a new version can bring another)."""
+        holder = self.default.holder
+        assert holder is not None, self.default.problem
+        return holder.model
 
     def _serving_fields(self) -> dict[str, set[str]] | None:
-        """The metadata fields of the serving version (None: nothing serves yet)."""
-        serving = self.holder.current
-        if serving is None:
+        """The metadata fields of the default collection's serving version (None:
+        nothing serves yet)."""
+        try:
+            holder = self.default.holder
+        except Exception:
             return None
-        return serving.index.metadata_keys()
+        serving = holder.current if holder is not None else None
+        return None if serving is None else serving.index.metadata_keys()
 
     def _serving_labelled(self) -> bool | None:
-        """Whether the serving index takes labels (None: nothing serves yet)."""
-        serving = self.holder.current
+        """Whether the default collection's index takes labels (None: nothing serves)."""
+        try:
+            holder = self.default.holder
+        except Exception:
+            return None
+        serving = holder.current if holder is not None else None
         return None if serving is None else serving.index.has_labels
-
-    def _stop_writes(self) -> None:
-        if self.committer is not None:
-            self.committer.stop()
 
     def _gateway(self, config: ServerConfig) -> RestGateway:
         """The REST/JSON gateway, calling this server over a private Unix socket."""
@@ -225,23 +228,17 @@ class SearchServer:
                 limits=config.limits,
                 labelled=self._serving_labelled,
                 fields=self._serving_fields,
+                manages_collections=config.collections_dir is not None,
                 max_connections=config.http_max_connections,
                 metrics=self.metrics,
                 tls_cert=config.tls_cert,
                 tls_key=config.tls_key,
             )
         except OSError as error:
-            self._stop_writes()
-            self.batcher.stop()
             raise UserError(
                 f"cannot serve REST on {config.host}:{config.http_port} "
                 f"({describe_os_error(error)}); choose another --http-port"
             ) from None
-
-    @property
-    def model(self):
-        """The model serving now (a new index version can bring another)."""
-        return self.holder.model
 
     def start(self) -> SearchServer:
         self.grpc_server.start()
@@ -256,13 +253,13 @@ class SearchServer:
                     f"cannot serve metrics on {self.config.host}:{self.config.metrics_port} "
                     f"({describe_os_error(error)}); choose another --metrics-port"
                 ) from None
-        if self.watcher:
-            self.watcher.start()
+        self.collections.start()
         # honest readiness: SERVING only once a model and an index version are loaded
-        # and warmed; until then NOT_SERVING (the holder flips it on its first swap)
-        self.holder.on_serving = self._set_health
-        self._set_health(self.holder.current is not None)
-        serving = self.holder.current
+        # and warmed; until then NOT_SERVING (a collection's holder flips it on its
+        # first swap)
+        self._started = True
+        for collection in self.collections.all():
+            self._set_health(collection.name, collection.serving)
         log.info(
             "listening",
             extra={
@@ -270,10 +267,16 @@ class SearchServer:
                     "address": f"{self.config.host}:{self.port}",
                     "tls": bool(self.config.tls_cert),
                     "auth": bool(self.config.token),
-                    "index_version": serving.index.name if serving else None,
+                    "collections": {
+                        c.name: c.holder.current.index.name
+                        if c.holder is not None and c.holder.current is not None
+                        else None
+                        for c in self.collections.all()
+                    },
+                    "default_collection": self.collections.default,
                     "metrics_port": self.config.metrics_port,
                     "http_port": self.http_port,
-                    "writes": self.committer is not None,
+                    "writes": any(isinstance(c.writes, Committer) for c in self.collections.all()),
                     # who may write: any client (open), or holders of a token
                     "writes_need_token": bool(self.config.token or self.config.admin_token),
                 }
@@ -281,16 +284,26 @@ class SearchServer:
         )
         return self
 
-    def _set_health(self, serving: bool) -> None:
-        if self._stopped.is_set():
+    def _set_health(self, name: str, serving: bool) -> None:
+        """A collection's health (`collection/<name>`); the default collection's is
+        also the server's ("" and the service name), as before collections."""
+        if self._stopped.is_set() or not self._started:
             return
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        self.health.set("", status)
-        self.health.set(SERVICE_NAME, status)
+        self.health.set(f"collection/{name}", status)
+        if name == self.collections.default:
+            self.health.set("", status)
+            self.health.set(SERVICE_NAME, status)
+
+    def reload(self) -> None:
+        """Every collection loads its current version now (SIGHUP)."""
+        for collection in self.collections.all():
+            if collection.holder is not None:
+                collection.holder.reload()
 
     def stop(self, grace: float | None = None) -> None:
         """Graceful stop: health NOT_SERVING first, then drain in-flight calls."""
@@ -299,15 +312,12 @@ class SearchServer:
         self._stopped.set()
         grace = self.config.grace_seconds if grace is None else grace
         self.health.enter_graceful_shutdown()
-        if self.watcher:
-            self.watcher.stop()
         log.info("draining", extra={"fields": {"grace_seconds": grace}})
         if self.gateway is not None:
             self.gateway.stop()
         self.grpc_server.stop(grace).wait()
-        self._stop_writes()
+        self.collections.stop()
         self.batcher.stop()
-        self.holder.close()
         if self.metrics_server is not None:
             self.metrics_server[0].shutdown()
         log.info("stopped")

@@ -27,6 +27,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -94,6 +95,53 @@ class BatchSettings:
     processes: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
 
 
+class FairQueue:
+    """Jobs queued per collection and taken round-robin: a collection with a hundred
+    calls queued does not make another's one call wait behind them all (issue 37).
+    Within a collection, first in, first out; `None` (stop) is taken before any job."""
+
+    def __init__(self):
+        self._lanes: dict[str, deque] = {}
+        self._turns: deque[str] = deque()  # lanes with jobs, in the order they are served
+        self._stop = False
+        self._ready = threading.Condition()
+
+    def put(self, job: _Job | None) -> None:
+        with self._ready:
+            if job is None:
+                self._stop = True
+            else:
+                lane = job.serving.lane
+                if lane not in self._lanes:
+                    self._lanes[lane] = deque()
+                if not self._lanes[lane]:
+                    self._turns.append(lane)
+                self._lanes[lane].append(job)
+            self._ready.notify()
+
+    def get(self, timeout: float | None = None) -> _Job | None:
+        with self._ready:
+            if not self._ready.wait_for(lambda: self._stop or self._turns, timeout):
+                raise queue.Empty
+            if self._stop:
+                return None
+            lane = self._turns.popleft()
+            jobs = self._lanes[lane]
+            job = jobs.popleft()
+            if jobs:
+                self._turns.append(lane)  # its next job waits for the other lanes' turns
+            else:
+                del self._lanes[lane]
+            return job
+
+    def get_nowait(self) -> _Job | None:
+        return self.get(timeout=0)
+
+    def empty(self) -> bool:
+        with self._ready:
+            return not self._turns and not self._stop
+
+
 class Batcher:
     """The queue and the threads that run batches; `search` blocks the calling (gRPC
     worker) thread until its answer is ready."""
@@ -116,7 +164,7 @@ class Batcher:
         self._set_up = threading.local()  # which threads ran thread_setup
         self._count_lock = threading.Lock()
         self._running = 0  # jobs being run, by batch threads or inline
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._queue = FairQueue()
         self._metrics = metrics
         self._threads = [
             threading.Thread(target=self._run, name=f"batch-{i}", daemon=True)
@@ -208,7 +256,6 @@ class Batcher:
             except queue.Empty:
                 break
             if job is None:  # stop: finish this batch, then let the thread end
-                self._queue.put(None)
                 break
             batch.append(job)
             texts += len(job.texts)
@@ -218,8 +265,7 @@ class Batcher:
         self._prepare_thread()
         while True:
             first = self._queue.get()
-            if first is None:
-                self._queue.put(None)  # the next thread stops too
+            if first is None:  # stop (every thread sees it)
                 return
             batch = self._take_batch(first)
             with self._count_lock:

@@ -36,6 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="index directory (with --backend milvus: not needed, the alias names the index)",
     )
+    parser.add_argument(
+        "--collections",
+        type=Path,
+        metavar="DIR",
+        help="serve every index directory under DIR as a collection named after it, and "
+        "make new ones there over the API (CreateCollection); with --index, that one is "
+        "served too, as the default collection",
+    )
+    parser.add_argument(
+        "--default-collection",
+        metavar="NAME",
+        help="the collection calls that name none reach (default: --index's, or the only one)",
+    )
     add_backend_flags(parser)
     parser.add_argument(
         "--model",
@@ -251,11 +264,17 @@ def config_from_args(args) -> ServerConfig:
     ):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    milvus = milvus_target(args, args.index)
-    if args.index is None and milvus is None:
-        raise UserError("give --index INDEX_DIR (or --backend milvus --milvus-uri ...)")
+    milvus = milvus_target(args, args.index or args.collections)
+    if args.index is None and milvus is None and args.collections is None:
+        raise UserError(
+            "give --index INDEX_DIR, --collections DIR (or --backend milvus --milvus-uri ...)"
+        )
+    if args.collections is not None and not args.collections.is_dir():
+        raise UserError(f"--collections {args.collections}: no such directory; create it first")
     return ServerConfig(
         index_dir=args.index,
+        collections_dir=args.collections,
+        default_collection=args.default_collection,
         milvus=milvus,
         http_port=args.http_port,
         http_max_connections=args.http_max_connections,
@@ -312,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
 
     def on_hup(signum, frame):
-        threading.Thread(target=server.holder.reload, name="sighup-reload", daemon=True).start()
+        threading.Thread(target=server.reload, name="sighup-reload", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)

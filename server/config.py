@@ -72,6 +72,11 @@ class ServerConfig:
     #: dynamic batching of concurrent Search / Predict / Embed work
     batching: BatchSettings = BatchSettings()
     milvus: MilvusTarget | None = None
+    #: serve every index directory under this one as a collection named after it, and
+    #: make new ones there (CreateCollection); None: only --index
+    collections_dir: Path | None = None
+    #: the collection calls naming none reach (default: --index's, or the only one)
+    default_collection: str | None = None
     #: REST/JSON gateway port (None: off; 0 picks a free one)
     http_port: int | None = None
     #: HTTP connections the gateway keeps open at once (a thread each); beyond: 503
@@ -121,9 +126,29 @@ class ServerConfig:
         assert self.index_dir is not None
         return DirectorySource(self.index_dir)
 
+    def source_for(self, index_dir: Path) -> VersionSource:
+        """Where a collection under --collections finds its current version: its
+        directory, or with --backend milvus the alias its writer uses (the directory's
+        name, as siamese-index names it)."""
+        if self.milvus is not None:
+            from siamese_search.indexer.backends.milvus_backend import (
+                MilvusSource,
+                MilvusTarget,
+                default_name,
+            )
+
+            target = MilvusTarget(
+                self.milvus.uri, default_name(index_dir), self.milvus.token, self.milvus.ca_cert
+            )
+            return MilvusSource(target)
+        return DirectorySource(index_dir)
+
     def __post_init__(self) -> None:
-        if self.index_dir is None and self.milvus is None:
-            raise UserError("give an index directory (--index) or a Milvus alias")
+        if self.index_dir is None and self.milvus is None and self.collections_dir is None:
+            raise UserError(
+                "give an index directory (--index), a directory of them (--collections) "
+                "or a Milvus alias"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise UserError("TLS needs both --tls-cert and --tls-key")
         for path in (self.tls_cert, self.tls_key):

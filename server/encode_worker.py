@@ -8,8 +8,9 @@ import sys
 from collections import OrderedDict
 from multiprocessing.connection import Connection
 
-#: models kept loaded: the one serving and the one a swap brings
-MODELS_KEPT = 2
+#: models kept loaded, the least recently used dropped first: every collection's
+#: serving model and the ones swaps bring (models share equal encoders: load_encoder)
+MODELS_KEPT = 16
 
 
 def serve(connection: Connection, threads: int) -> None:

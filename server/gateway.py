@@ -44,6 +44,7 @@ import ssl
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
@@ -54,9 +55,10 @@ import jsonschema
 from google.api import annotations_pb2
 from google.protobuf import json_format
 
+from siamese_search.server import console
 from siamese_search.server.config import Limits
 from siamese_search.server.generated import search_pb2 as pb
-from siamese_search.server.openapi import serving_document
+from siamese_search.server.openapi import http_bindings, path_fields, serving_document
 
 log = logging.getLogger("siamese.server")
 
@@ -118,24 +120,32 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 class Route:
-    def __init__(self, method):
-        rule = method.GetOptions().Extensions[annotations_pb2.http]
-        self.verb, self.path = next(
-            (verb.upper(), getattr(rule, verb))
-            for verb in ("get", "post", "put", "delete", "patch")
-            if getattr(rule, verb)
-        )
-        self.has_body = rule.body == "*"
+    """One HTTP binding of a method: verb, path template, and the request fields its
+    path variables fill (`/v1/collections/{collection}/search`)."""
+
+    def __init__(self, method, verb: str, path: str, has_body: bool):
+        self.verb, self.path, self.has_body = verb.upper(), path, has_body
+        self.fields = path_fields(path)
+        pattern = re.escape(path)
+        for name in self.fields:
+            pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>[^/]+)")
+        self._pattern = re.compile(f"^{pattern}$")
         self.full_name = f"/{SERVICE.full_name}/{method.name}"
         self.request_class = getattr(pb, method.input_type.name)
         self.response_class = getattr(pb, method.output_type.name)
 
+    def match(self, path: str) -> dict[str, str] | None:
+        """The path variables' values when `path` is this route's; else None."""
+        found = self._pattern.match(path)
+        return None if found is None else found.groupdict()
 
-def routes() -> dict[tuple[str, str], Route]:
-    table = {}
+
+def routes() -> list[Route]:
+    table = []
     for method in SERVICE.methods:
-        route = Route(method)
-        table[(route.verb, route.path)] = route
+        rule = method.GetOptions().Extensions[annotations_pb2.http]
+        for verb, path, has_body in http_bindings(rule):
+            table.append(Route(method, verb, path, has_body))
     return table
 
 
@@ -154,6 +164,7 @@ class RestGateway:
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
         fields: Callable[[], dict[str, set[str]] | None] = lambda: None,
+        manages_collections: bool = False,
     ):
         """`labelled()` says whether the serving index takes labels (None: nothing
         serves yet), for the document; `metrics` (server.metrics.Metrics) counts open
@@ -164,6 +175,7 @@ class RestGateway:
         self.max_body_bytes = 3 * limits.max_request_bytes  # JSON escapes grow text
         self._labelled = labelled
         self._fields = fields
+        self._manages_collections = manages_collections
         self._committed_document = json.loads(OPENAPI_FILE.read_bytes())
         self._documents: dict[tuple, _Document] = {}
         self._documents_lock = threading.Lock()
@@ -173,7 +185,7 @@ class RestGateway:
                 request_serializer=route.request_class.SerializeToString,
                 response_deserializer=route.response_class.FromString,
             )
-            for route in self.routes.values()
+            for route in self.routes
         }
         self.httpd = _HttpServer((host, port), self, max_connections, metrics)
         if tls_cert and tls_key:
@@ -206,25 +218,49 @@ class RestGateway:
         )
         with self._documents_lock:
             if key not in self._documents:
-                served = serving_document(self._committed_document, self.limits, labelled, fields)
+                served = serving_document(
+                    self._committed_document,
+                    self.limits,
+                    labelled,
+                    fields,
+                    self._manages_collections,
+                )
                 self._documents[key] = _Document(served)
                 while len(self._documents) > 16:  # the index's fields change with writes
                     self._documents.pop(next(iter(self._documents)))
             return self._documents[key]
 
-    def answer(self, route: Route, body: bytes, headers: dict[str, list[str]]):
-        """(HTTP status, JSON body) for a request whose body has been read in full."""
+    def find(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+        """The route for a request line, and its path variables' values."""
+        for route in self.routes:
+            if route.verb == method:
+                values = route.match(path)
+                if values is not None:
+                    return route, values
+        return None
+
+    def answer(
+        self,
+        route: Route,
+        body: bytes,
+        headers: dict[str, list[str]],
+        values: dict[str, str] | None = None,
+    ):
+        """(HTTP status, JSON body) for a request whose body has been read in full;
+        `values`: the path variables, which fill their request fields (over the body's)."""
         try:
             request = self.document().parse(route, body)
         except _Refusal as refusal:
             return refusal.http, _error_body(grpc.StatusCode.INVALID_ARGUMENT, str(refusal))
-        values = headers.get("authorization", [])
-        if not all(value.isascii() and value.isprintable() for value in values):
+        for name, value in (values or {}).items():
+            setattr(request, name, urllib.parse.unquote(value))
+        offered = headers.get("authorization", [])
+        if not all(value.isascii() and value.isprintable() for value in offered):
             return 401, _error_body(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "the Authorization header must be printable ASCII: 'Bearer <token>'",
             )
-        metadata = tuple(("authorization", value) for value in values)
+        metadata = tuple(("authorization", value) for value in offered)
         timeout = _timeout(next(iter(headers.get("grpc-timeout", [])), None))
         try:
             response = self._calls[route.full_name](request, timeout=timeout, metadata=metadata)
@@ -242,9 +278,11 @@ class RestGateway:
         body and call."""
         if method == "GET" and path == "/openapi.json":
             return None
-        route = self.routes.get((method, path))
-        if route is None:
-            allowed = sorted(verb for verb, p in self.routes if p == path)
+        if method in ("GET", "HEAD") and console.is_asset(path):
+            return None
+        found = self.find(method, path)
+        if found is None:
+            allowed = sorted({r.verb for r in self.routes if r.match(path) is not None})
             if path == "/openapi.json":
                 allowed = ["GET"]
             if allowed:
@@ -264,6 +302,7 @@ class RestGateway:
                 ),
                 [],
             )
+        route = found[0]
         chunked = bool(headers.get("transfer-encoding"))
         lengths = headers.get("content-length", [])
         if chunked and lengths:
@@ -438,10 +477,16 @@ class _Connection:
         if body is None:
             return False  # closed, or out of time
         self.deadline = None  # the request is in; the call has its own deadline
+        if console.is_asset(path):
+            page, kind = console.asset(path)
+            self._send(200, page, close=False, head=head, extra=console.HEADERS, kind=kind)
+            return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
         if method == "GET" and path == "/openapi.json":
             status, answer = 200, self.gateway.document().text
         else:
-            status, answer = self.gateway.answer(self.gateway.routes[(method, path)], body, headers)
+            route, values = self.gateway.find(method, path) or (None, {})
+            assert route is not None, "refusal() answered requests without a route"
+            status, answer = self.gateway.answer(route, body, headers, values)
         self._send(status, answer, close=False)
         return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
 
@@ -527,10 +572,18 @@ class _Connection:
             message = f"the request is not valid HTTP/1.1: {error}"
             self._send(status, _error_body(grpc.StatusCode.INVALID_ARGUMENT, message), close=True)
 
-    def _send(self, status: int, body: bytes, close: bool, head: bool = False, extra=()) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        close: bool,
+        head: bool = False,
+        extra=(),
+        kind: str = "application/json",
+    ) -> None:
         headers = [
             *extra,
-            ("Content-Type", "application/json"),
+            ("Content-Type", kind),
             ("Content-Length", str(len(body))),
             ("Server", "siamese-search-gateway"),
         ]

@@ -16,7 +16,8 @@ OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)  # probes need no token
 
 #: methods only the admin credential may call
 ADMIN_METHODS = frozenset(
-    f"/siamese_search.v1.SearchService/{name}" for name in ("Reload", "Upsert", "Delete")
+    f"/siamese_search.v1.SearchService/{name}"
+    for name in ("Reload", "Upsert", "Delete", "CreateCollection", "DropCollection")
 )
 
 
@@ -40,10 +41,10 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
 
     The scheme is matched case-insensitively (RFC 7235), exactly one `authorization`
     header is accepted, tokens are compared in constant time, and admin methods
-    (`Reload`, `Upsert`, `Delete`) need the admin token: a query token cannot reload
-    or write. Without an admin token configured, admin methods are refused while auth
-    is on. Refusals are counted
-    in metrics and logged, never with the token.
+    (`Reload`, `Upsert`, `Delete`, `CreateCollection`, `DropCollection`) need the
+    admin token: a query token cannot reload, write, or make or drop collections.
+    Without an admin token configured, admin methods are refused while auth is on.
+    Refusals are counted in metrics and logged, never with the token.
     """
 
     def __init__(self, token: str | None, admin_token: str | None = None, metrics=None):

@@ -29,25 +29,35 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # per collection (label `collection`: Metrics.collection)
         self.index_size = Gauge(
-            "siamese_index_vectors", "Vectors in the serving index version", registry=self.registry
+            "siamese_index_vectors",
+            "Vectors in the serving index version",
+            ["collection"],
+            registry=self.registry,
         )
         self.index_version = Gauge(
-            "siamese_index_version", "Serving index version number", registry=self.registry
+            "siamese_index_version",
+            "Serving index version number",
+            ["collection"],
+            registry=self.registry,
         )
         self.reload_failing = Gauge(
             "siamese_reload_failing",
             "1 while the last reload failed (GetInfo.last_reload_error says why)",
+            ["collection"],
             registry=self.registry,
         )
         self.commit_failing = Gauge(
             "siamese_commit_failing",
             "1 while commits of acknowledged writes fail (GetInfo.last_commit_error says why)",
+            ["collection"],
             registry=self.registry,
         )
         self.pending_writes = Gauge(
             "siamese_pending_writes",
             "Acknowledged writes not yet in a served index version",
+            ["collection"],
             registry=self.registry,
         )
         self.in_flight = Gauge(
@@ -76,10 +86,20 @@ class Metrics:
         )
         self.reloads = Counter(
             "siamese_index_reloads_total",
-            "Index reloads by result",
-            ["result"],
+            "Index reloads by collection and result",
+            ["collection", "result"],
             registry=self.registry,
         )
+        self.collection_requests = Counter(
+            "siamese_collection_requests_total",
+            "Calls by collection and method (a call naming no collection: the default's)",
+            ["collection", "method"],
+            registry=self.registry,
+        )
+
+    def collection(self, name: str) -> CollectionMetrics:
+        """The per-collection metrics, labelled with its name."""
+        return CollectionMetrics(self, name)
 
     def count_core_calls(self, server_id: int) -> None:
         """Also export the calls gRPC's core counted for channelz server `server_id`.
@@ -92,13 +112,47 @@ class Metrics:
         """
         self.registry.register(_CoreCalls(server_id))
 
+    def serve(self, host: str, port: int):
+        """Start the /metrics HTTP endpoint; returns (server, thread)."""
+        return start_http_server(port, addr=host, registry=self.registry)
+
+
+class CollectionMetrics:
+    """One collection's series of the per-index metrics (label `collection`)."""
+
+    def __init__(self, metrics: Metrics, name: str):
+        self._metrics = metrics
+        self.name = name
+        self.index_size = metrics.index_size.labels(collection=name)
+        self.index_version = metrics.index_version.labels(collection=name)
+        self.reload_failing = metrics.reload_failing.labels(collection=name)
+        self.commit_failing = metrics.commit_failing.labels(collection=name)
+        self.pending_writes = metrics.pending_writes.labels(collection=name)
+
     def observe_index(self, index) -> None:
         self.index_size.set(index.count)
         self.index_version.set(int(index.name) if index.name.isdigit() else 0)
 
-    def serve(self, host: str, port: int):
-        """Start the /metrics HTTP endpoint; returns (server, thread)."""
-        return start_http_server(port, addr=host, registry=self.registry)
+    def reloaded(self, result: str) -> None:
+        self._metrics.reloads.labels(collection=self.name, result=result).inc()
+
+    def called(self, method: str) -> None:
+        self._metrics.collection_requests.labels(collection=self.name, method=method).inc()
+
+    def remove(self) -> None:
+        """Drop the collection's series (it was dropped)."""
+        metrics = self._metrics
+        for gauge in (
+            metrics.index_size,
+            metrics.index_version,
+            metrics.reload_failing,
+            metrics.commit_failing,
+            metrics.pending_writes,
+        ):
+            try:
+                gauge.remove(self.name)
+            except KeyError:
+                pass
 
 
 def channelz_server_ids() -> set[int]:

@@ -11,6 +11,7 @@ names, 64-bit integers as strings), as gRPC-Gateway's protoc-gen-openapiv2 does.
 from __future__ import annotations
 
 import json
+import re
 
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
@@ -44,6 +45,30 @@ ERROR_RESPONSES = {
     "503": "UNAVAILABLE: nothing is serving yet, or the vector store is unreachable; retry",
     "504": "DEADLINE_EXCEEDED",
 }
+
+
+#: what a path variable (a collection's name) may be: server.collections checks the same
+NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+_PATH_FIELD = re.compile(r"\{([a-z_]+)\}")
+
+
+def http_bindings(rule) -> list[tuple[str, str, bool]]:
+    """(verb, path template, takes a body) of a method's `google.api.http` rule and its
+    additional bindings, the rule's own first."""
+    out = []
+    for binding in (rule, *rule.additional_bindings):
+        verb, path = next(
+            (verb, getattr(binding, verb))
+            for verb in ("get", "post", "put", "delete", "patch")
+            if getattr(binding, verb)
+        )
+        out.append((verb, path, binding.body == "*"))
+    return out
+
+
+def path_fields(template: str) -> list[str]:
+    """The request fields a path template's variables fill ({collection}, {name})."""
+    return _PATH_FIELD.findall(template)
 
 
 def _comments(file: descriptor_pb2.FileDescriptorProto) -> dict[tuple, str]:
@@ -93,44 +118,58 @@ def openapi_document(descriptor_set: bytes, title: str, version: str) -> dict:
     paths: dict[str, dict] = {}
     service = file.service[0]
     for index, method in enumerate(service.method):
-        rule = method.options.Extensions[annotations_pb2.http]
-        verb, path = next(
-            (verb, getattr(rule, verb))
-            for verb in ("get", "post", "put", "delete", "patch")
-            if getattr(rule, verb)
-        )
         request = method.input_type.rsplit(".", 1)[-1]
         response = method.output_type.rsplit(".", 1)[-1]
-        operation: dict = {
-            "operationId": method.name,
-            "summary": comments.get((6, 0, 2, index), method.name),
-            "responses": {
-                "200": {
-                    "description": "OK",
-                    "content": {
-                        "application/json": {"schema": {"$ref": f"#/components/schemas/{response}"}}
+        for binding, (verb, path, has_body) in enumerate(
+            http_bindings(method.options.Extensions[annotations_pb2.http])
+        ):
+            operation: dict = {
+                # a method's further bindings (its route in a named collection) get ids
+                # of their own: OpenAPI wants operation ids unique
+                "operationId": method.name + ("InCollection" if binding else ""),
+                "summary": comments.get((6, 0, 2, index), method.name),
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": f"#/components/schemas/{response}"}
+                            }
+                        },
+                    },
+                    **{
+                        code: {
+                            "description": text,
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Status"}
+                                }
+                            },
+                        }
+                        for code, text in ERROR_RESPONSES.items()
                     },
                 },
-                **{
-                    code: {
-                        "description": text,
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Status"}}
-                        },
-                    }
-                    for code, text in ERROR_RESPONSES.items()
-                },
-            },
-            "tags": [service.name],
-        }
-        if rule.body == "*":
-            operation["requestBody"] = {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": f"#/components/schemas/{request}"}}
-                },
+                "tags": [service.name],
             }
-        paths.setdefault(path, {})[verb] = operation
+            names = path_fields(path)
+            if names:
+                operation["parameters"] = [
+                    {
+                        "name": name,
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": NAME_PATTERN},
+                    }
+                    for name in names
+                ]
+            if has_body:
+                operation["requestBody"] = {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": f"#/components/schemas/{request}"}}
+                    },
+                }
+            paths.setdefault(path, {})[verb] = operation
     return {
         "openapi": "3.0.3",
         "info": {
@@ -175,12 +214,20 @@ def _field_schema(field, maps) -> dict:
 
 
 def serving_document(
-    document: dict, limits, labelled: bool | None, fields: dict[str, set[str]] | None = None
+    document: dict,
+    limits,
+    labelled: bool | None,
+    fields: dict[str, set[str]] | None = None,
+    manages_collections: bool = False,
 ) -> dict:
     """The document a running gateway serves: the committed one with request schemas
     that say what this server accepts (its limits; whether its index takes labels),
     closed to unknown fields. The gateway validates every body against it, so the
     document and the server cannot disagree on a rule a schema can state.
+
+    The request schemas (labels, metadata fields) are the default collection's; a
+    server without --collections makes none and drops none, so its document leaves
+    those routes out.
 
     Two rules no JSON Schema can state remain: token counts (`maxTextTokens`,
     `maxCallTokens`) and the characters of a whole call (`maxCallChars`), both in GET
@@ -291,7 +338,28 @@ def serving_document(
             [],
         ),
     }
+    from siamese_search.indexer.options import INDEX_KINDS
+
+    collection = {"type": "string", "pattern": f"^$|{NAME_PATTERN}"}
+    for name in rules:
+        if name.endswith("Request"):
+            rules[name][0]["collection"] = collection
+    rules["CreateCollectionRequest"] = (
+        {
+            "name": {"type": "string", "pattern": NAME_PATTERN},
+            "modelDirectory": {"type": "string", "minLength": 1, "maxLength": 4096},
+            "indexType": {"type": "string", "enum": ["", *INDEX_KINDS]},
+            "labels": {"type": "boolean"},
+        },
+        ["name", "modelDirectory"],
+    )
+    rules["DropCollectionRequest"] = ({"name": {"type": "string", "pattern": NAME_PATTERN}}, [])
+    rules["ListCollectionsRequest"] = ({}, [])
+    rules["GetMapRequest"] = ({"collection": collection}, [])
     served = json.loads(json.dumps(document))
+    if not manages_collections:
+        del served["paths"]["/v1/collections"]["post"]
+        del served["paths"]["/v1/collections/{name}"]
     schemas = served["components"]["schemas"]
     for name, (properties, required) in rules.items():
         schema = schemas[name]

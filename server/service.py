@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 
 from siamese_search.core.abstention import predict
+from siamese_search.core.errors import UserError
 from siamese_search.indexer.metadata import Filter, FilterError, MetadataError
 from siamese_search.indexer.store import (
     BackendUnavailableError,
@@ -30,10 +31,18 @@ from siamese_search.indexer.store import (
 from siamese_search.server import scrolling
 from siamese_search.server import validation as check
 from siamese_search.server.batching import Batcher, CallGone
+from siamese_search.server.collections import (
+    Collection,
+    CollectionNotFound,
+    CollectionRefused,
+    Collections,
+)
 from siamese_search.server.config import Limits
 from siamese_search.server.generated import search_pb2 as pb
 from siamese_search.server.generated import search_pb2_grpc as pb_grpc
-from siamese_search.server.state import Serving, ServingHolder
+from siamese_search.server.metrics import Metrics
+from siamese_search.server.space_map import TEXT_CHARS, SpaceMaps
+from siamese_search.server.state import Serving
 from siamese_search.server.writes import Committer, WritesUnavailable
 
 log = logging.getLogger("siamese.server")
@@ -87,6 +96,25 @@ def _stored_examples(index: ServedVersion, rows, with_vectors: bool) -> list[pb.
     return examples
 
 
+def _reason(decision, abstention, threshold: float | None) -> str:
+    """Why Predict abstained, in words ("" when it did not)."""
+    if not decision.abstained:
+        return ""
+    if decision.out_of_domain:
+        return (
+            "too far from the training texts: no neighbour is as close as the model's "
+            "domain bar asks, so none of the labels fits"
+        )
+    bar = threshold if threshold is not None else getattr(abstention, "threshold", None)
+    if not decision.voted:
+        return "no neighbour could vote (none above min_score)"
+    said = f" {bar:.2f}" if bar is not None else ""
+    return (
+        f"the vote was too unsure: {decision.voted!r} has confidence "
+        f"{decision.confidence:.2f}, under the threshold{said}"
+    )
+
+
 def _server_version() -> str:
     try:
         return metadata.version("siamese-search")
@@ -97,32 +125,49 @@ def _server_version() -> str:
 class SearchService(pb_grpc.SearchServiceServicer):
     def __init__(
         self,
-        holder: ServingHolder,
+        collections: Collections,
         limits: Limits,
         batcher: Batcher,
-        writes: Committer | str | None = None,
+        workers: int = 8,
+        metrics: Metrics | None = None,
     ):
-        self.holder = holder
+        self.collections = collections
         self.limits = limits
         self.batcher = batcher
-        #: the write committer, or why writes are off (a message for FAILED_PRECONDITION)
-        self.writes = writes
+        self.metrics = metrics
+        #: gRPC worker threads: a collection may hold all but a share of them (admit)
+        self.workers = workers
+        self._in_flight: dict[str, int] = {}
+        self._in_flight_lock = threading.Lock()
         self._local = threading.local()  # the snapshots the current call holds
         self.version = _server_version()
+        self.maps = SpaceMaps()  # GetMap's, per collection and version
 
     # ---- plumbing -----------------------------------------------------------
-    def _call(self, context: grpc.ServicerContext, work: Callable[[], object]):
+    def _call(self, context: grpc.ServicerContext, work: Callable, request=None):
+        """Run `work` and map what it raises to a gRPC status. With `request`, the
+        collection it names is resolved first and `work(collection)` runs within that
+        collection's share of the server's threads (admit)."""
         acquired: list[Serving] = []
         self._local.acquired = acquired
+        admitted = None
         try:
-            return work()
+            if request is None:
+                return work()
+            collection = self.collections.get(request.collection)
+            admitted = self._admit(collection)
+            if collection.metrics is not None:
+                collection.metrics.called(type(request).__name__.removesuffix("Request"))
+            return work(collection)
         except (check.InvalidRequest, FilterError, MetadataError) as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        except UnknownLabelError as error:
+        except (UnknownLabelError, CollectionNotFound) as error:
             # NOT_FOUND, not INVALID_ARGUMENT: the same filter is valid once the index
             # holds the label (gRPC keeps INVALID_ARGUMENT for requests wrong whatever
             # the state), and REST clients and fuzzers read 404 as "not there (now)"
             context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        except CollectionRefused as error:
+            context.abort(getattr(grpc.StatusCode, error.code), str(error))
         except BackendUnavailableError as error:
             log.error("backend_unavailable", extra={"fields": {"error": str(error)[:500]}})
             context.abort(grpc.StatusCode.UNAVAILABLE, str(error)[:1000])
@@ -130,22 +175,46 @@ class SearchService(pb_grpc.SearchServiceServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, str(error))
         except _Abort as error:
             context.abort(error.code, str(error))
+        except UserError as error:  # a lifecycle call's model or index problem
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         except Exception:
             log.exception("internal_error")
             context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
         finally:
             for serving in acquired:  # a replaced version closes after its last call
                 serving.exit()
+            if admitted is not None:
+                with self._in_flight_lock:
+                    self._in_flight[admitted] -= 1
 
-    def _serving(self) -> Serving:
+    def _admit(self, collection: Collection) -> str:
+        """Count the call against its collection; refused (RESOURCE_EXHAUSTED) when the
+        collection already holds its share of the worker threads, so that one busy
+        collection leaves threads for the others (with one collection: all of them)."""
+        others = len(self.collections.all()) - 1
+        share = max(1, self.workers - min(others, self.workers // 2))
+        with self._in_flight_lock:
+            held = self._in_flight.get(collection.name, 0)
+            if held >= share:
+                raise _Abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"collection {collection.name} has {held} calls in flight, its share of "
+                    "this server; retry with backoff",
+                )
+            self._in_flight[collection.name] = held + 1
+        return collection.name
+
+    def _serving(self, collection: Collection) -> Serving:
         """The snapshot this call uses, held until the call ends (see `_call`)."""
-        serving = self.holder.acquire()
+        holder = collection.holder
+        serving = holder.acquire() if holder is not None else None
         if serving is None:
-            cause = self.holder.last_error or "no index version was found"
+            cause = collection.problem or "no index version was found"
             raise _Abort(
                 grpc.StatusCode.UNAVAILABLE,
-                f"nothing is serving from {self.holder.source.location} yet: {cause[:500]}. Build "
-                "a version with siamese-index build (or fix what the cause names), then retry",
+                f"nothing is serving in collection {collection.name} from "
+                f"{collection.source.location} yet: {cause[:500]}. Build a version with "
+                "siamese-index build (or fix what the cause names), then retry",
             )
         self._local.acquired.append(serving)
         return serving
@@ -238,20 +307,22 @@ class SearchService(pb_grpc.SearchServiceServicer):
                     index_version=serving.index.name,
                     abstained=decision.abstained,
                     voted_label=decision.voted,
+                    out_of_domain=decision.abstained and decision.out_of_domain,
+                    abstention_reason=_reason(decision, abstention, threshold),
                 )
             )
         return results
 
     # ---- RPCs -----------------------------------------------------------------
     def Search(self, request, context):
-        def work():
+        def work(collection: Collection):
             if request.id and request.text:
                 raise check.InvalidRequest("send a text or an id to search by, not both")
             text = None if request.id else check.check_text(request.text, self.limits)
             k = check.check_k(request.k, self.limits)
             min_score = check.check_min_score(request)
             labels = check.check_labels(request.labels)
-            serving = self._serving()
+            serving = self._serving(collection)
             where = self._where(serving, request)
             if text is None:
                 hits = self._search_by_id(serving, request.id, k, labels, min_score, where)
@@ -261,7 +332,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 neighbors=[_neighbor(h) for h in hits], index_version=serving.index.name
             )
 
-        return self._call(context, work)
+        return self._call(context, work, request)
 
     def _search_by_id(self, serving, row_id, k, labels, min_score, where) -> list[Hit]:
         """ "More like this": the stored row's own vector as the query, the row left out."""
@@ -278,26 +349,26 @@ class SearchService(pb_grpc.SearchServiceServicer):
         return index.search(vector, k, labels, min_score, where=where, exclude=[position])[0]
 
     def GetExamples(self, request, context):
-        def work():
+        def work(collection: Collection):
             ids = check.check_ids(list(request.ids), self.limits)
-            serving = self._serving()
+            serving = self._serving(collection)
             index = serving.index
             examples = _stored_examples(index, index.get(ids), request.with_vectors)
             return pb.GetExamplesResponse(examples=examples, index_version=index.name)
 
-        return self._call(context, work)
+        return self._call(context, work, request)
 
     def Scroll(self, request, context):
-        def work():
+        def work(collection: Collection):
             limit = request.limit or self.limits.max_batch
             if limit > self.limits.max_batch:
                 raise check.InvalidRequest(
                     f"limit is {limit}; a page holds at most {self.limits.max_batch} examples"
                 )
-            serving = self._serving()
+            serving = self._serving(collection)
             current = serving.index
             version, after = scrolling.read_token(request.page_token)
-            with scrolling.version_for(current, version, self.holder.source) as index:
+            with scrolling.version_for(current, version, collection.source) as index:
                 where = index.parse_filter(check.filter_of(request))
                 rows, last = index.scroll(where, limit, after)
                 return pb.ScrollResponse(
@@ -306,15 +377,15 @@ class SearchService(pb_grpc.SearchServiceServicer):
                     index_version=index.name,
                 )
 
-        return self._call(context, work)
+        return self._call(context, work, request)
 
     def SearchBatch(self, request, context):
-        def work():
+        def work(collection: Collection):
             texts = check.check_texts(request.texts, self.limits)
             k = check.check_k(request.k, self.limits)
             min_score = check.check_min_score(request)
             labels = check.check_labels(request.labels)
-            serving = self._serving()
+            serving = self._serving(collection)
             where = self._where(serving, request)
             name = serving.index.name
             results = [
@@ -323,35 +394,35 @@ class SearchService(pb_grpc.SearchServiceServicer):
             ]
             return pb.SearchBatchResponse(results=results, index_version=name)
 
-        return self._call(context, work)
+        return self._call(context, work, request)
 
     def Predict(self, request, context):
-        def work():
+        def work(collection: Collection):
             text = check.check_text(request.text, self.limits)
             k = check.check_k(request.k, self.limits)
             min_score = check.check_min_score(request)
-            serving = self._serving()
+            serving = self._serving(collection)
             where = self._where(serving, request)
             return self._predict(serving, [text], k, min_score, context, where)[0]
 
-        return self._call(context, work)
+        return self._call(context, work, request)
 
     def PredictBatch(self, request, context):
-        def work():
+        def work(collection: Collection):
             texts = check.check_texts(request.texts, self.limits)
             k = check.check_k(request.k, self.limits)
             min_score = check.check_min_score(request)
-            serving = self._serving()
+            serving = self._serving(collection)
             where = self._where(serving, request)
             results = self._predict(serving, texts, k, min_score, context, where)
             return pb.PredictBatchResponse(results=results, index_version=serving.index.name)
 
-        return self._call(context, work)
+        return self._call(context, work, request)
 
     def Embed(self, request, context):
-        def work():
+        def work(collection: Collection):
             texts = check.check_texts(request.texts, self.limits)
-            serving = self._serving()
+            serving = self._serving(collection)
             vectors = self._embed(serving, texts, context)
             return pb.EmbedResponse(
                 embeddings=[pb.Embedding(values=row.tolist()) for row in vectors],
@@ -359,11 +430,11 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 model_fingerprint=serving.model.fingerprint,
             )
 
-        return self._call(context, work)
+        return self._call(context, work, request)
 
     def GetInfo(self, request, context):
-        def work():
-            serving = self._serving()
+        def work(collection: Collection):
+            serving = self._serving(collection)
             model, index = serving.model, serving.index
             fingerprint = model.manifest["encoder"]["fingerprint"]
             counts = (index.manifest.get("labels") or {}).get("counts", {})
@@ -374,7 +445,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 encoder_version=str(fingerprint.get("version")),
                 encoder_weights_sha256=str(fingerprint.get("weights_sha256")),
                 index_version=index.name,
-                index_directory=self.holder.source.location,
+                index_directory=collection.source.location,
                 index_type=index.kind,
                 count=index.count,
                 dim=index.dim,
@@ -388,44 +459,56 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 max_text_tokens=self.limits.max_text_tokens,
                 max_call_tokens=self.limits.max_call_tokens,
                 max_call_chars=self.limits.max_call_chars,
-                last_reload_error=self.holder.last_error or "",
-                last_reload_error_at=self.holder.last_error_at or "",
-                **self._write_status(),
+                last_reload_error=collection.problem
+                if collection.error
+                else (collection.holder.last_error or "" if collection.holder else ""),
+                last_reload_error_at=collection.holder.last_error_at or ""
+                if collection.holder
+                else "",
+                **self._write_status(collection),
                 server_version=self.version,
                 loaded_at=serving.loaded_at,
                 abstention=_abstention_rule(model.abstention),
+                retained_versions=collection.source.retained_versions(),
             )
 
-        return self._call(context, work)
+        return self._call(context, work, request)
 
     # ---- writes ---------------------------------------------------------------
-    def _write_status(self) -> dict:
+    @staticmethod
+    def _write_status(collection: Collection) -> dict:
         """GetInfo's write fields: what is pending and why commits fail, if they do."""
-        if not isinstance(self.writes, Committer):
+        writes = collection.writes
+        if not isinstance(writes, Committer):
             return {}
-        since = self.writes.failing_since
+        since = writes.failing_since
         return {
-            "pending_writes": len(self.writes.journal.records) if self.writes.journal else 0,
-            "last_commit_error": self.writes.last_failure[:2000] if since else "",
+            "pending_writes": len(writes.journal.records) if writes.journal else 0,
+            "last_commit_error": writes.last_failure[:2000] if since else "",
             "last_commit_error_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
             if since
             else "",
         }
 
-    def _committer(self) -> Committer:
-        if not isinstance(self.writes, Committer):
+    @staticmethod
+    def _committer(collection: Collection) -> Committer:
+        if not isinstance(collection.writes, Committer):
             raise _Abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                self.writes or "this server takes no writes (started with --no-writes)",
+                collection.writes
+                or collection.problem
+                or "this server takes no writes (started with --no-writes)",
             )
-        return self.writes
+        return collection.writes
 
-    def _labelled(self) -> bool:
-        serving = self.holder.current
+    @staticmethod
+    def _labelled(collection: Collection) -> bool:
+        serving = collection.holder.current if collection.holder is not None else None
         if serving is None:
             raise _Abort(
                 grpc.StatusCode.UNAVAILABLE,
-                "no index version is serving yet: build one with siamese-index build first",
+                f"no index version of collection {collection.name} is serving yet: build one "
+                "with siamese-index build first",
             )
         return serving.index.has_labels
 
@@ -465,33 +548,109 @@ class SearchService(pb_grpc.SearchServiceServicer):
         return seq
 
     def Upsert(self, request, context):
-        def work():
-            committer = self._committer()
-            change, ids = check.check_upsert(request, self.limits, self._labelled())
-            check.check_tokens(self.holder.model, list(change.texts), self.limits)
+        def work(collection: Collection):
+            committer = self._committer(collection)
+            change, ids = check.check_upsert(request, self.limits, self._labelled(collection))
+            assert collection.holder is not None
+            check.check_tokens(collection.holder.model, list(change.texts), self.limits)
             seq = self._submit(committer, [change])
             committed, version = self._written(committer, seq, request.wait, context)
             return pb.UpsertResponse(ids=ids, committed=committed, index_version=version)
 
-        return self._call(context, work)
+        return self._call(context, work, request)
 
     def Delete(self, request, context):
-        def work():
-            committer = self._committer()
-            self._labelled()  # an index must be serving
+        def work(collection: Collection):
+            committer = self._committer(collection)
+            self._labelled(collection)  # an index must be serving
             seq = self._submit(committer, check.check_delete(request, self.limits))
             committed, version = self._written(committer, seq, request.wait, context)
             return pb.DeleteResponse(committed=committed, index_version=version)
 
-        return self._call(context, work)
+        return self._call(context, work, request)
 
     def Reload(self, request, context):
-        def work():
-            outcome = self.holder.reload(forced=True)
+        def work(collection: Collection):
+            if collection.holder is None:
+                raise _Abort(grpc.StatusCode.UNAVAILABLE, collection.problem)
+            outcome = collection.holder.reload(forced=True)
             return pb.ReloadResponse(
                 changed=outcome.changed,
                 index_version=outcome.version or "",
                 message=outcome.message,
             )
 
+        return self._call(context, work, request)
+
+    def GetMap(self, request, context):
+        def work(collection: Collection):
+            serving = self._serving(collection)
+            found = self.maps.of(collection.name, serving.index)
+            return pb.MapResponse(
+                points=[
+                    pb.MapPoint(
+                        id=row.id,
+                        label=row.label,
+                        text=row.text[:TEXT_CHARS],
+                        x=float(x),
+                        y=float(y),
+                    )
+                    for row, (x, y) in zip(found.rows, found.xy, strict=True)
+                ],
+                mean=found.mean.tolist(),
+                axis_x=found.axes[0].tolist(),
+                axis_y=found.axes[1].tolist(),
+                index_version=serving.index.name,
+                count=found.count,
+                sampled=len(found.rows),
+            )
+
+        return self._call(context, work, request)
+
+    # ---- collections (server.collections) -------------------------------------------------
+    def ListCollections(self, request, context):
+        def work():
+            return pb.ListCollectionsResponse(
+                collections=[self._describe(c) for c in self.collections.all()]
+            )
+
         return self._call(context, work)
+
+    def CreateCollection(self, request, context):
+        def work():
+            collection = self.collections.create(
+                request.name, request.model_directory, request.index_type, request.labels
+            )
+            return self._describe(collection)
+
+        return self._call(context, work)
+
+    def DropCollection(self, request, context):
+        def work():
+            return pb.DropCollectionResponse(remaining=self.collections.drop(request.name))
+
+        return self._call(context, work)
+
+    def _describe(self, collection: Collection) -> pb.CollectionInfo:
+        """ListCollections' view of one collection."""
+        info = pb.CollectionInfo(
+            name=collection.name,
+            is_default=collection.name == self.collections.default,
+            health="SERVING" if collection.serving else "NOT_SERVING",
+            error=collection.problem[:2000],
+        )
+        holder = collection.holder
+        serving = holder.current if holder is not None else None
+        if holder is not None:
+            info.model_directory = str(holder.model.directory)
+            info.model_fingerprint = holder.model.fingerprint
+        if serving is not None:
+            index = serving.index
+            counts = (index.manifest.get("labels") or {}).get("counts", {})
+            info.count = index.count
+            info.index_version = index.name
+            info.index_type = index.kind
+            info.labels.extend(
+                pb.LabelCount(label=lab, count=counts.get(lab, 0)) for lab in index.label_names
+            )
+        return info

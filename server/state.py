@@ -24,7 +24,7 @@ from siamese_search.core.errors import UserError
 from siamese_search.core.model_artifact import EmbeddingModel
 from siamese_search.core.provenance import utc_now
 from siamese_search.indexer.store import DirectorySource, ServedVersion, VersionSource
-from siamese_search.server.metrics import Metrics
+from siamese_search.server.metrics import CollectionMetrics
 
 log = logging.getLogger("siamese.server")
 
@@ -41,6 +41,8 @@ class Serving:
     model: EmbeddingModel
     index: ServedVersion
     loaded_at: str
+    #: the collection it serves (the batcher takes collections' jobs in turn)
+    lane: str = ""
     _calls: int = 0
     _retired: bool = False
     _closed: bool = False
@@ -110,11 +112,15 @@ class ServingHolder:
         #: where versions come from: an index directory's CURRENT, or a Milvus alias
         #: (`MilvusSource`); anything with current_name / open_current / location
         self.source: VersionSource = DirectorySource(source) if isinstance(source, Path) else source
+        #: the collection it serves (server.collections), for logs and the batcher
+        self.name = ""
         #: the model of the last version loaded (a new version may bring another)
         self.model = model
         #: loads a model directory (with the server's thread settings); None: no swap
         self._load_model = load_model
         self._current: Serving | None = None
+        #: the snapshot replaced last (its `closed` says its last call is done)
+        self.last_retired: Serving | None = None
         self._reload_lock = threading.Lock()
         self._swap_lock = threading.Lock()  # held for a pointer read or write only
         self._refused: str | None = None  # a version refused once is not retried by polling
@@ -123,7 +129,7 @@ class ServingHolder:
         self.last_error_at: str | None = None
         #: called with True once something is serving (the app turns health SERVING)
         self.on_serving: Callable[[bool], None] | None = None
-        self.metrics: Metrics | None = None  # set by the app
+        self.metrics: CollectionMetrics | None = None  # set by the app
         #: loads a model in the encoding processes before it serves (set by the app)
         #: (model, first load) -> None
         self.warm_model: Callable[[EmbeddingModel, bool], None] | None = None
@@ -151,6 +157,7 @@ class ServingHolder:
         with self._swap_lock:
             previous, self._current = self._current, serving
         if previous is not None:
+            self.last_retired = previous
             previous.retire()  # closed now, or when its last in-flight call is done
 
     def close(self) -> None:
@@ -193,11 +200,11 @@ class ServingHolder:
                     "reload_refused", extra={"fields": {"version": name, "error": str(error)}}
                 )
                 if self.metrics:
-                    self.metrics.reloads.labels(result="refused").inc()
+                    self.metrics.reloaded("refused")
                 return ReloadOutcome(False, serving.index.name if serving else None, message)
             model_changed = model is not self.model
             self.model = model
-            self._swap(Serving(model, index, utc_now()))
+            self._swap(Serving(model, index, utc_now(), lane=self.name))
             self.record_error(None)
             if self.on_serving is not None:
                 self.on_serving(True)
@@ -215,7 +222,7 @@ class ServingHolder:
                 },
             )
             if self.metrics:
-                self.metrics.reloads.labels(result="loaded").inc()
+                self.metrics.reloaded("loaded")
                 self.metrics.observe_index(index)
             return ReloadOutcome(True, index.name, f"now serving version {index.name}")
 

@@ -597,7 +597,9 @@ def test_metrics_endpoint_counts_requests(tmp_path, index_dir):
         assert 'siamese_requests_total{code="OK",method="Search"} 1.0' in body
         assert 'siamese_requests_total{code="INVALID_ARGUMENT",method="Search"} 1.0' in body
         assert "siamese_request_seconds_bucket" in body
-        assert "siamese_index_vectors 100.0" in body
+        # per collection: the --index one is named after its directory
+        assert 'siamese_index_vectors{collection="index"} 100.0' in body
+        assert 'siamese_collection_requests_total{collection="index",method="Search"} 2.0' in body
     finally:
         running.stop(0)
 

@@ -665,6 +665,10 @@ class MilvusSource:
             raise VersionGone(f"{self.location} does not hold version {name}")
         return MilvusVersion(self._client, self.target, collection)
 
+    def retained_versions(self) -> list[str]:
+        """Not listed for Milvus (its heads are its writer's to reconcile)."""
+        return []
+
     def model_directory(self) -> Path:
         """From the current version's manifest alone (no load, no row count)."""
         manifest = _manifest_of(self._client, self._current_collection())

@@ -45,20 +45,22 @@ class Range(_message.Message):
     def __init__(self, gt: _Optional[float] = ..., gte: _Optional[float] = ..., lt: _Optional[float] = ..., lte: _Optional[float] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("text", "k", "min_score", "labels", "filter", "id")
+    __slots__ = ("text", "k", "min_score", "labels", "filter", "id", "collection")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     text: str
     k: int
     min_score: float
     labels: _containers.RepeatedScalarFieldContainer[str]
     filter: Filter
     id: str
-    def __init__(self, text: _Optional[str] = ..., k: _Optional[int] = ..., min_score: _Optional[float] = ..., labels: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., id: _Optional[str] = ...) -> None: ...
+    collection: str
+    def __init__(self, text: _Optional[str] = ..., k: _Optional[int] = ..., min_score: _Optional[float] = ..., labels: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., id: _Optional[str] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class Neighbor(_message.Message):
     __slots__ = ("id", "text", "label", "score", "distance", "metadata")
@@ -85,18 +87,20 @@ class SearchResponse(_message.Message):
     def __init__(self, neighbors: _Optional[_Iterable[_Union[Neighbor, _Mapping]]] = ..., index_version: _Optional[str] = ...) -> None: ...
 
 class SearchBatchRequest(_message.Message):
-    __slots__ = ("texts", "k", "min_score", "labels", "filter")
+    __slots__ = ("texts", "k", "min_score", "labels", "filter", "collection")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     k: int
     min_score: float
     labels: _containers.RepeatedScalarFieldContainer[str]
     filter: Filter
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., min_score: _Optional[float] = ..., labels: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
+    collection: str
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., min_score: _Optional[float] = ..., labels: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class SearchBatchResponse(_message.Message):
     __slots__ = ("results", "index_version")
@@ -107,16 +111,18 @@ class SearchBatchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[SearchResponse, _Mapping]]] = ..., index_version: _Optional[str] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("text", "k", "min_score", "filter")
+    __slots__ = ("text", "k", "min_score", "filter", "collection")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     text: str
     k: int
     min_score: float
     filter: Filter
-    def __init__(self, text: _Optional[str] = ..., k: _Optional[int] = ..., min_score: _Optional[float] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
+    collection: str
+    def __init__(self, text: _Optional[str] = ..., k: _Optional[int] = ..., min_score: _Optional[float] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class LabelScore(_message.Message):
     __slots__ = ("label", "score")
@@ -127,7 +133,7 @@ class LabelScore(_message.Message):
     def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("label", "confidence", "scores", "neighbors", "index_version", "abstained", "voted_label")
+    __slots__ = ("label", "confidence", "scores", "neighbors", "index_version", "abstained", "voted_label", "out_of_domain", "abstention_reason")
     LABEL_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +141,8 @@ class PredictResponse(_message.Message):
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     ABSTAINED_FIELD_NUMBER: _ClassVar[int]
     VOTED_LABEL_FIELD_NUMBER: _ClassVar[int]
+    OUT_OF_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    ABSTENTION_REASON_FIELD_NUMBER: _ClassVar[int]
     label: str
     confidence: float
     scores: _containers.RepeatedCompositeFieldContainer[LabelScore]
@@ -142,19 +150,23 @@ class PredictResponse(_message.Message):
     index_version: str
     abstained: bool
     voted_label: str
-    def __init__(self, label: _Optional[str] = ..., confidence: _Optional[float] = ..., scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., neighbors: _Optional[_Iterable[_Union[Neighbor, _Mapping]]] = ..., index_version: _Optional[str] = ..., abstained: _Optional[bool] = ..., voted_label: _Optional[str] = ...) -> None: ...
+    out_of_domain: bool
+    abstention_reason: str
+    def __init__(self, label: _Optional[str] = ..., confidence: _Optional[float] = ..., scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., neighbors: _Optional[_Iterable[_Union[Neighbor, _Mapping]]] = ..., index_version: _Optional[str] = ..., abstained: _Optional[bool] = ..., voted_label: _Optional[str] = ..., out_of_domain: _Optional[bool] = ..., abstention_reason: _Optional[str] = ...) -> None: ...
 
 class PredictBatchRequest(_message.Message):
-    __slots__ = ("texts", "k", "min_score", "filter")
+    __slots__ = ("texts", "k", "min_score", "filter", "collection")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     k: int
     min_score: float
     filter: Filter
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., min_score: _Optional[float] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
+    collection: str
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., min_score: _Optional[float] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class PredictBatchResponse(_message.Message):
     __slots__ = ("results", "index_version")
@@ -165,8 +177,10 @@ class PredictBatchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[PredictResponse, _Mapping]]] = ..., index_version: _Optional[str] = ...) -> None: ...
 
 class GetInfoRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
 
 class LabelCount(_message.Message):
     __slots__ = ("label", "count")
@@ -177,7 +191,7 @@ class LabelCount(_message.Message):
     def __init__(self, label: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("model_fingerprint", "model_directory", "encoder_name", "encoder_version", "encoder_weights_sha256", "index_version", "index_directory", "index_type", "count", "dim", "labels", "index_params", "max_k", "max_text_chars", "max_batch", "server_version", "loaded_at", "max_text_tokens", "max_call_tokens", "last_reload_error", "last_reload_error_at", "max_call_chars", "pending_writes", "last_commit_error", "last_commit_error_at", "abstention")
+    __slots__ = ("model_fingerprint", "model_directory", "encoder_name", "encoder_version", "encoder_weights_sha256", "index_version", "index_directory", "index_type", "count", "dim", "labels", "index_params", "max_k", "max_text_chars", "max_batch", "server_version", "loaded_at", "max_text_tokens", "max_call_tokens", "last_reload_error", "last_reload_error_at", "max_call_chars", "pending_writes", "last_commit_error", "last_commit_error_at", "abstention", "retained_versions")
     class IndexParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +225,7 @@ class GetInfoResponse(_message.Message):
     LAST_COMMIT_ERROR_FIELD_NUMBER: _ClassVar[int]
     LAST_COMMIT_ERROR_AT_FIELD_NUMBER: _ClassVar[int]
     ABSTENTION_FIELD_NUMBER: _ClassVar[int]
+    RETAINED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     model_fingerprint: str
     model_directory: str
     encoder_name: str
@@ -237,7 +252,8 @@ class GetInfoResponse(_message.Message):
     last_commit_error: str
     last_commit_error_at: str
     abstention: AbstentionRule
-    def __init__(self, model_fingerprint: _Optional[str] = ..., model_directory: _Optional[str] = ..., encoder_name: _Optional[str] = ..., encoder_version: _Optional[str] = ..., encoder_weights_sha256: _Optional[str] = ..., index_version: _Optional[str] = ..., index_directory: _Optional[str] = ..., index_type: _Optional[str] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., labels: _Optional[_Iterable[_Union[LabelCount, _Mapping]]] = ..., index_params: _Optional[_Mapping[str, str]] = ..., max_k: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_batch: _Optional[int] = ..., server_version: _Optional[str] = ..., loaded_at: _Optional[str] = ..., max_text_tokens: _Optional[int] = ..., max_call_tokens: _Optional[int] = ..., last_reload_error: _Optional[str] = ..., last_reload_error_at: _Optional[str] = ..., max_call_chars: _Optional[int] = ..., pending_writes: _Optional[int] = ..., last_commit_error: _Optional[str] = ..., last_commit_error_at: _Optional[str] = ..., abstention: _Optional[_Union[AbstentionRule, _Mapping]] = ...) -> None: ...
+    retained_versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_fingerprint: _Optional[str] = ..., model_directory: _Optional[str] = ..., encoder_name: _Optional[str] = ..., encoder_version: _Optional[str] = ..., encoder_weights_sha256: _Optional[str] = ..., index_version: _Optional[str] = ..., index_directory: _Optional[str] = ..., index_type: _Optional[str] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., labels: _Optional[_Iterable[_Union[LabelCount, _Mapping]]] = ..., index_params: _Optional[_Mapping[str, str]] = ..., max_k: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_batch: _Optional[int] = ..., server_version: _Optional[str] = ..., loaded_at: _Optional[str] = ..., max_text_tokens: _Optional[int] = ..., max_call_tokens: _Optional[int] = ..., last_reload_error: _Optional[str] = ..., last_reload_error_at: _Optional[str] = ..., max_call_chars: _Optional[int] = ..., pending_writes: _Optional[int] = ..., last_commit_error: _Optional[str] = ..., last_commit_error_at: _Optional[str] = ..., abstention: _Optional[_Union[AbstentionRule, _Mapping]] = ..., retained_versions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AbstentionRule(_message.Message):
     __slots__ = ("threshold", "threshold_rule", "domain_meaning", "domain_served", "domain_rule", "source")
@@ -256,10 +272,12 @@ class AbstentionRule(_message.Message):
     def __init__(self, threshold: _Optional[float] = ..., threshold_rule: _Optional[str] = ..., domain_meaning: _Optional[float] = ..., domain_served: _Optional[float] = ..., domain_rule: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("texts",)
+    __slots__ = ("texts", "collection")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, texts: _Optional[_Iterable[str]] = ...) -> None: ...
+    collection: str
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values",)
@@ -278,8 +296,10 @@ class EmbedResponse(_message.Message):
     def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., dim: _Optional[int] = ..., model_fingerprint: _Optional[str] = ...) -> None: ...
 
 class ReloadRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
 
 class ReloadResponse(_message.Message):
     __slots__ = ("changed", "index_version", "message")
@@ -304,12 +324,14 @@ class Example(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., label: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class GetExamplesRequest(_message.Message):
-    __slots__ = ("ids", "with_vectors")
+    __slots__ = ("ids", "with_vectors", "collection")
     IDS_FIELD_NUMBER: _ClassVar[int]
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
     with_vectors: bool
-    def __init__(self, ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+    collection: str
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class StoredExample(_message.Message):
     __slots__ = ("id", "text", "label", "metadata", "vector")
@@ -334,16 +356,18 @@ class GetExamplesResponse(_message.Message):
     def __init__(self, examples: _Optional[_Iterable[_Union[StoredExample, _Mapping]]] = ..., index_version: _Optional[str] = ...) -> None: ...
 
 class ScrollRequest(_message.Message):
-    __slots__ = ("filter", "limit", "page_token", "with_vectors")
+    __slots__ = ("filter", "limit", "page_token", "with_vectors", "collection")
     FILTER_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     filter: Filter
     limit: int
     page_token: str
     with_vectors: bool
-    def __init__(self, filter: _Optional[_Union[Filter, _Mapping]] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+    collection: str
+    def __init__(self, filter: _Optional[_Union[Filter, _Mapping]] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ..., with_vectors: _Optional[bool] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class ScrollResponse(_message.Message):
     __slots__ = ("examples", "next_page_token", "index_version")
@@ -356,12 +380,14 @@ class ScrollResponse(_message.Message):
     def __init__(self, examples: _Optional[_Iterable[_Union[StoredExample, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., index_version: _Optional[str] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
-    __slots__ = ("examples", "wait")
+    __slots__ = ("examples", "wait", "collection")
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     examples: _containers.RepeatedCompositeFieldContainer[Example]
     wait: bool
-    def __init__(self, examples: _Optional[_Iterable[_Union[Example, _Mapping]]] = ..., wait: _Optional[bool] = ...) -> None: ...
+    collection: str
+    def __init__(self, examples: _Optional[_Iterable[_Union[Example, _Mapping]]] = ..., wait: _Optional[bool] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
     __slots__ = ("ids", "committed", "index_version")
@@ -374,14 +400,16 @@ class UpsertResponse(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[str]] = ..., committed: _Optional[bool] = ..., index_version: _Optional[str] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("ids", "label", "wait")
+    __slots__ = ("ids", "label", "wait", "collection")
     IDS_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
     label: str
     wait: bool
-    def __init__(self, ids: _Optional[_Iterable[str]] = ..., label: _Optional[str] = ..., wait: _Optional[bool] = ...) -> None: ...
+    collection: str
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., label: _Optional[str] = ..., wait: _Optional[bool] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class DeleteResponse(_message.Message):
     __slots__ = ("committed", "index_version")
@@ -390,3 +418,99 @@ class DeleteResponse(_message.Message):
     committed: bool
     index_version: str
     def __init__(self, committed: _Optional[bool] = ..., index_version: _Optional[str] = ...) -> None: ...
+
+class ListCollectionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CollectionInfo(_message.Message):
+    __slots__ = ("name", "is_default", "model_directory", "model_fingerprint", "count", "labels", "index_version", "index_type", "health", "error")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INDEX_TYPE_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    is_default: bool
+    model_directory: str
+    model_fingerprint: str
+    count: int
+    labels: _containers.RepeatedCompositeFieldContainer[LabelCount]
+    index_version: str
+    index_type: str
+    health: str
+    error: str
+    def __init__(self, name: _Optional[str] = ..., is_default: _Optional[bool] = ..., model_directory: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., count: _Optional[int] = ..., labels: _Optional[_Iterable[_Union[LabelCount, _Mapping]]] = ..., index_version: _Optional[str] = ..., index_type: _Optional[str] = ..., health: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ListCollectionsResponse(_message.Message):
+    __slots__ = ("collections",)
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    collections: _containers.RepeatedCompositeFieldContainer[CollectionInfo]
+    def __init__(self, collections: _Optional[_Iterable[_Union[CollectionInfo, _Mapping]]] = ...) -> None: ...
+
+class CreateCollectionRequest(_message.Message):
+    __slots__ = ("name", "model_directory", "index_type", "labels")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    INDEX_TYPE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model_directory: str
+    index_type: str
+    labels: bool
+    def __init__(self, name: _Optional[str] = ..., model_directory: _Optional[str] = ..., index_type: _Optional[str] = ..., labels: _Optional[bool] = ...) -> None: ...
+
+class DropCollectionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DropCollectionResponse(_message.Message):
+    __slots__ = ("remaining",)
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    remaining: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, remaining: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetMapRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class MapPoint(_message.Message):
+    __slots__ = ("id", "label", "text", "x", "y")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    label: str
+    text: str
+    x: float
+    y: float
+    def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., text: _Optional[str] = ..., x: _Optional[float] = ..., y: _Optional[float] = ...) -> None: ...
+
+class MapResponse(_message.Message):
+    __slots__ = ("points", "mean", "axis_x", "axis_y", "index_version", "count", "sampled")
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    AXIS_X_FIELD_NUMBER: _ClassVar[int]
+    AXIS_Y_FIELD_NUMBER: _ClassVar[int]
+    INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLED_FIELD_NUMBER: _ClassVar[int]
+    points: _containers.RepeatedCompositeFieldContainer[MapPoint]
+    mean: _containers.RepeatedScalarFieldContainer[float]
+    axis_x: _containers.RepeatedScalarFieldContainer[float]
+    axis_y: _containers.RepeatedScalarFieldContainer[float]
+    index_version: str
+    count: int
+    sampled: int
+    def __init__(self, points: _Optional[_Iterable[_Union[MapPoint, _Mapping]]] = ..., mean: _Optional[_Iterable[float]] = ..., axis_x: _Optional[_Iterable[float]] = ..., axis_y: _Optional[_Iterable[float]] = ..., index_version: _Optional[str] = ..., count: _Optional[int] = ..., sampled: _Optional[int] = ...) -> None: ...

@@ -89,6 +89,26 @@ class SearchServiceStub:
                 request_serializer=siamese__search_dot_v1_dot_search__pb2.ScrollRequest.SerializeToString,
                 response_deserializer=siamese__search_dot_v1_dot_search__pb2.ScrollResponse.FromString,
                 _registered_method=True)
+        self.GetMap = channel.unary_unary(
+                '/siamese_search.v1.SearchService/GetMap',
+                request_serializer=siamese__search_dot_v1_dot_search__pb2.GetMapRequest.SerializeToString,
+                response_deserializer=siamese__search_dot_v1_dot_search__pb2.MapResponse.FromString,
+                _registered_method=True)
+        self.ListCollections = channel.unary_unary(
+                '/siamese_search.v1.SearchService/ListCollections',
+                request_serializer=siamese__search_dot_v1_dot_search__pb2.ListCollectionsRequest.SerializeToString,
+                response_deserializer=siamese__search_dot_v1_dot_search__pb2.ListCollectionsResponse.FromString,
+                _registered_method=True)
+        self.CreateCollection = channel.unary_unary(
+                '/siamese_search.v1.SearchService/CreateCollection',
+                request_serializer=siamese__search_dot_v1_dot_search__pb2.CreateCollectionRequest.SerializeToString,
+                response_deserializer=siamese__search_dot_v1_dot_search__pb2.CollectionInfo.FromString,
+                _registered_method=True)
+        self.DropCollection = channel.unary_unary(
+                '/siamese_search.v1.SearchService/DropCollection',
+                request_serializer=siamese__search_dot_v1_dot_search__pb2.DropCollectionRequest.SerializeToString,
+                response_deserializer=siamese__search_dot_v1_dot_search__pb2.DropCollectionResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -181,6 +201,39 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMap(self, request, context):
+        """A 2-D map of the index (PCA of a bounded sample of the current version's vectors,
+        computed once per version): points with their labels, and the projection (mean,
+        axes) that places any vector, e.g. a query's Embed, on it. For the console.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCollections(self, request, context):
+        """The collections this server serves: name, model, count, labels, version, health.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCollection(self, request, context):
+        """Admin: a new, empty collection (an index directory under the server's
+        --collections directory) with a model; Upsert fills it. A name already served:
+        ALREADY_EXISTS; a server without --collections: FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropCollection(self, request, context):
+        """Admin: stop serving a collection and remove its files once its in-flight calls
+        are done. The default collection: FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -238,6 +291,26 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.Scroll,
                     request_deserializer=siamese__search_dot_v1_dot_search__pb2.ScrollRequest.FromString,
                     response_serializer=siamese__search_dot_v1_dot_search__pb2.ScrollResponse.SerializeToString,
+            ),
+            'GetMap': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMap,
+                    request_deserializer=siamese__search_dot_v1_dot_search__pb2.GetMapRequest.FromString,
+                    response_serializer=siamese__search_dot_v1_dot_search__pb2.MapResponse.SerializeToString,
+            ),
+            'ListCollections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCollections,
+                    request_deserializer=siamese__search_dot_v1_dot_search__pb2.ListCollectionsRequest.FromString,
+                    response_serializer=siamese__search_dot_v1_dot_search__pb2.ListCollectionsResponse.SerializeToString,
+            ),
+            'CreateCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCollection,
+                    request_deserializer=siamese__search_dot_v1_dot_search__pb2.CreateCollectionRequest.FromString,
+                    response_serializer=siamese__search_dot_v1_dot_search__pb2.CollectionInfo.SerializeToString,
+            ),
+            'DropCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropCollection,
+                    request_deserializer=siamese__search_dot_v1_dot_search__pb2.DropCollectionRequest.FromString,
+                    response_serializer=siamese__search_dot_v1_dot_search__pb2.DropCollectionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -537,6 +610,114 @@ class SearchService:
             '/siamese_search.v1.SearchService/Scroll',
             siamese__search_dot_v1_dot_search__pb2.ScrollRequest.SerializeToString,
             siamese__search_dot_v1_dot_search__pb2.ScrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/siamese_search.v1.SearchService/GetMap',
+            siamese__search_dot_v1_dot_search__pb2.GetMapRequest.SerializeToString,
+            siamese__search_dot_v1_dot_search__pb2.MapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCollections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/siamese_search.v1.SearchService/ListCollections',
+            siamese__search_dot_v1_dot_search__pb2.ListCollectionsRequest.SerializeToString,
+            siamese__search_dot_v1_dot_search__pb2.ListCollectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/siamese_search.v1.SearchService/CreateCollection',
+            siamese__search_dot_v1_dot_search__pb2.CreateCollectionRequest.SerializeToString,
+            siamese__search_dot_v1_dot_search__pb2.CollectionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/siamese_search.v1.SearchService/DropCollection',
+            siamese__search_dot_v1_dot_search__pb2.DropCollectionRequest.SerializeToString,
+            siamese__search_dot_v1_dot_search__pb2.DropCollectionResponse.FromString,
             options,
             channel_credentials,
             insecure,

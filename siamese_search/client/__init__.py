@@ -263,6 +263,12 @@ def _channel_credentials(tls: bool, ca_cert: str | Path | None):
     return grpc.ssl_channel_credentials(root_certificates=root)
 
 
+def _name_collection(request, collection: str) -> None:
+    """Requests name the client's collection unless they name one already."""
+    if collection and "collection" in request.DESCRIPTOR.fields_by_name and not request.collection:
+        request.collection = collection
+
+
 def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
@@ -282,7 +288,9 @@ class SearchClient:
         retry: RetryPolicy = RetryPolicy(),
         batch_size: int = 256,
         options: Sequence[tuple[str, object]] = (),
+        collection: str = "",
     ):
+        """`collection`: the collection every call names (empty: the server's default)."""
         credentials = _channel_credentials(tls, ca_cert)
         self._channel = (
             grpc.secure_channel(target, credentials, options=list(options))
@@ -294,8 +302,10 @@ class SearchClient:
         self.timeout = timeout
         self.retry = retry
         self.batch_size = batch_size
+        self.collection = collection
 
     def _call(self, method: Callable, request, timeout: float | None):
+        _name_collection(request, self.collection)
         delays = iter(self.retry.delays())
         while True:
             try:
@@ -462,6 +472,31 @@ class SearchClient:
         committed = all(r.committed for r in responses)
         return WriteResult(list(ids), committed, responses[-1].index_version)
 
+    # ---- collections ----
+    def collections(self, timeout: float | None = None) -> list[pb.CollectionInfo]:
+        """The collections the server serves."""
+        request = pb.ListCollectionsRequest()
+        return list(self._call(self._stub.ListCollections, request, timeout).collections)
+
+    def create_collection(
+        self,
+        name: str,
+        model_directory: str,
+        index_type: str = "",
+        labels: bool = True,
+        timeout: float | None = None,
+    ) -> pb.CollectionInfo:
+        """A new, empty collection with this model (a directory on the server); admin."""
+        request = pb.CreateCollectionRequest(
+            name=name, model_directory=str(model_directory), index_type=index_type, labels=labels
+        )
+        return self._call(self._stub.CreateCollection, request, timeout)
+
+    def drop_collection(self, name: str, timeout: float | None = None) -> list[str]:
+        """Stop serving a collection and remove its files; the ones left. Admin."""
+        request = pb.DropCollectionRequest(name=name)
+        return list(self._call(self._stub.DropCollection, request, timeout).remaining)
+
     def close(self) -> None:
         self._channel.close()
 
@@ -487,7 +522,9 @@ class AsyncSearchClient:
         retry: RetryPolicy = RetryPolicy(),
         batch_size: int = 256,
         options: Sequence[tuple[str, object]] = (),
+        collection: str = "",
     ):
+        """`collection`: the collection every call names (empty: the server's default)."""
         credentials = _channel_credentials(tls, ca_cert)
         self._channel = (
             grpc.aio.secure_channel(target, credentials, options=list(options))
@@ -499,8 +536,10 @@ class AsyncSearchClient:
         self.timeout = timeout
         self.retry = retry
         self.batch_size = batch_size
+        self.collection = collection
 
     async def _call(self, method: Callable, request, timeout: float | None):
+        _name_collection(request, self.collection)
         delays = iter(self.retry.delays())
         while True:
             try:
@@ -641,6 +680,27 @@ class AsyncSearchClient:
         ]
         committed = all(r.committed for r in responses)
         return WriteResult(list(ids), committed, responses[-1].index_version)
+
+    async def collections(self, timeout: float | None = None) -> list[pb.CollectionInfo]:
+        request = pb.ListCollectionsRequest()
+        return list((await self._call(self._stub.ListCollections, request, timeout)).collections)
+
+    async def create_collection(
+        self,
+        name: str,
+        model_directory: str,
+        index_type: str = "",
+        labels: bool = True,
+        timeout: float | None = None,
+    ) -> pb.CollectionInfo:
+        request = pb.CreateCollectionRequest(
+            name=name, model_directory=str(model_directory), index_type=index_type, labels=labels
+        )
+        return await self._call(self._stub.CreateCollection, request, timeout)
+
+    async def drop_collection(self, name: str, timeout: float | None = None) -> list[str]:
+        request = pb.DropCollectionRequest(name=name)
+        return list((await self._call(self._stub.DropCollection, request, timeout)).remaining)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         "texts", nargs="*", metavar="TEXT", help="query texts; '-' reads one per line from stdin"
     )
     parser.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of the server")
+    parser.add_argument(
+        "--collection", default="", help="the collection to query (default: the server's default)"
+    )
     parser.add_argument("-k", type=int, default=5, help="neighbours to return / that vote")
     parser.add_argument("--predict", action="store_true", help="predict a label")
     parser.add_argument("--info", action="store_true", help="show model and index information")
@@ -122,7 +125,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {args.token_file}: no such file (--token-file)", file=sys.stderr)
             return 2
         token = args.token_file.read_text("utf-8").strip()
-    client = SearchClient(args.target, token=token, ca_cert=args.tls_ca, timeout=args.timeout)
+    client = SearchClient(
+        args.target,
+        token=token,
+        ca_cert=args.tls_ca,
+        timeout=args.timeout,
+        collection=args.collection,
+    )
     try:
         if args.info:
             info = client.info()

