@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 ARTIFACTS ?= artifacts
 PORT ?= 50051
+HTTP_PORT ?= 8080
 SAMPLE := data/commit-messages
 
 .PHONY: setup test test-all lint demo serve evaluate bench-accuracy clean
@@ -22,6 +23,14 @@ $(VENV)/.installed: pyproject.toml
 	( $(PY) -m pip install --progress-bar on uv && \
 	  $(BIN)/uv pip install --python $(PY) -e ".[dev]" ) || \
 	$(PY) -m pip install --progress-bar on -e ".[dev]"
+	@# the web console's browser tests drive Debian's Chromium (Playwright's own browser
+	@# download needs the internet); where apt cannot install it they are skipped, loudly
+	@command -v chromium >/dev/null 2>&1 || \
+	  (echo "== installing chromium (apt) for the web console's browser tests" && \
+	   (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    (apt-get update -q >/dev/null 2>&1 && \
+	     DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1))) || \
+	  echo "!!! chromium could not be installed: the web console's browser tests will be SKIPPED"
 	touch $@
 
 # import-linter and mypy read packages from disk, and the installed namespace maps
@@ -58,13 +67,15 @@ $(ARTIFACTS)/index/CURRENT: $(ARTIFACTS)/model/manifest.json $(SAMPLE)/test.csv
 	$(BIN)/siamese-index build --model $(ARTIFACTS)/model \
 		--data $(SAMPLE)/test.csv --label-column class --out $(ARTIFACTS)/index --replace
 
-# Serve the (up-to-date) sample model and index.
+# Serve the (up-to-date) sample model and index, with REST and the web console.
 serve: $(ARTIFACTS)/index/CURRENT
 	@echo
-	@echo "Serving on 127.0.0.1:$(PORT). From another terminal, try:"
-	@echo "  $(BIN)/siamese-query --target 127.0.0.1:$(PORT) \"Fix NPE when the session expires\" --predict"
+	@echo "Serving gRPC on 127.0.0.1:$(PORT), REST on 127.0.0.1:$(HTTP_PORT)."
+	@echo "  Web console: http://127.0.0.1:$(HTTP_PORT)/console"
+	@echo "  From another terminal: $(BIN)/siamese-query --target 127.0.0.1:$(PORT) \"Fix NPE when the session expires\" --predict"
 	@echo
-	$(BIN)/siamese-serve --index $(ARTIFACTS)/index --host 127.0.0.1 --port $(PORT)
+	$(BIN)/siamese-serve --index $(ARTIFACTS)/index --host 127.0.0.1 --port $(PORT) \
+		--http-port $(HTTP_PORT)
 
 # Accuracy of the trained model on the bundled test split, with plots.
 evaluate: $(ARTIFACTS)/model/manifest.json

