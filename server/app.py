@@ -147,7 +147,11 @@ class SearchServer:
             self.metrics.count_core_calls(created.pop())
         pb_grpc.add_SearchServiceServicer_to_server(
             SearchService(
-                self.collections, config.limits, self.batcher, config.workers, self.metrics
+                self.collections,
+                config.limits,
+                self.batcher,
+                config.workers + config.max_streams,  # gRPC's thread pool
+                self.metrics,
             ),
             self.grpc_server,
         )

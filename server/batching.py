@@ -119,13 +119,24 @@ class FairQueue:
                 self._lanes[lane].append(job)
             self._ready.notify()
 
-    def get(self, timeout: float | None = None) -> _Job | None:
+    def get(self, timeout: float | None = None, lane: str | None = None) -> _Job | None:
+        """The next job in turn; with `lane`, the next of that lane only (a batch is
+        one collection's: different models share no encode)."""
         with self._ready:
-            if not self._ready.wait_for(lambda: self._stop or self._turns, timeout):
+
+            def ready() -> bool:
+                return self._stop or (
+                    bool(self._lanes.get(lane)) if lane is not None else bool(self._turns)
+                )
+
+            if not self._ready.wait_for(ready, timeout):
                 raise queue.Empty
             if self._stop:
                 return None
-            lane = self._turns.popleft()
+            if lane is None:
+                lane = self._turns.popleft()
+            else:
+                self._turns.remove(lane)
             jobs = self._lanes[lane]
             job = jobs.popleft()
             if jobs:
@@ -134,8 +145,8 @@ class FairQueue:
                 del self._lanes[lane]
             return job
 
-    def get_nowait(self) -> _Job | None:
-        return self.get(timeout=0)
+    def get_nowait(self, lane: str | None = None) -> _Job | None:
+        return self.get(timeout=0, lane=lane)
 
     def empty(self) -> bool:
         with self._ready:
@@ -248,10 +259,11 @@ class Batcher:
         while texts < self.settings.max_batch_texts:
             try:
                 remaining = give_up - time.monotonic()
+                lane = first.serving.lane  # one collection's jobs: they share an encode
                 job = (
-                    self._queue.get(timeout=remaining)
+                    self._queue.get(timeout=remaining, lane=lane)
                     if remaining > 0
-                    else self._queue.get_nowait()
+                    else self._queue.get_nowait(lane)
                 )
             except queue.Empty:
                 break

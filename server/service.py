@@ -135,7 +135,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
         self.limits = limits
         self.batcher = batcher
         self.metrics = metrics
-        #: gRPC worker threads: a collection may hold all but a share of them (admit)
+        #: threads that run unary calls (gRPC's pool): with several collections, one may
+        #: hold all but a share of them (_admit)
         self.workers = workers
         self._in_flight: dict[str, int] = {}
         self._in_flight_lock = threading.Lock()
@@ -192,6 +193,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
         collection already holds its share of the worker threads, so that one busy
         collection leaves threads for the others (with one collection: all of them)."""
         others = len(self.collections.all()) - 1
+        if not others:
+            return self._count(collection.name)  # alone: gRPC's own admission decides
         share = max(1, self.workers - min(others, self.workers // 2))
         with self._in_flight_lock:
             held = self._in_flight.get(collection.name, 0)
@@ -203,6 +206,11 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 )
             self._in_flight[collection.name] = held + 1
         return collection.name
+
+    def _count(self, name: str) -> str:
+        with self._in_flight_lock:
+            self._in_flight[name] = self._in_flight.get(name, 0) + 1
+        return name
 
     def _serving(self, collection: Collection) -> Serving:
         """The snapshot this call uses, held until the call ends (see `_call`)."""

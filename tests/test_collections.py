@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -80,6 +81,7 @@ def _http(port: int, verb: str, path: str, body=None, token: str | None = None):
         connection.close()
 
 
+@pytest.mark.slow  # servers with two models: CI (make test-all)
 def test_each_collection_answers_as_its_own_server_would(root):
     alone = {}
     for name in ("commits", "tuned"):
@@ -102,6 +104,20 @@ def test_each_collection_answers_as_its_own_server_would(root):
             assert listed["commits"].is_default and not listed["tuned"].is_default
             assert listed["tuned"].health == "SERVING" and listed["tuned"].count == TEST_ROWS
             assert listed["commits"].model_fingerprint != listed["tuned"].model_fingerprint
+        # the map (the console's): every point is where the projection puts its vector
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            mapped = stub.GetMap(pb.GetMapRequest(collection="tuned"))
+            assert mapped.count == TEST_ROWS and mapped.sampled == 2000 == len(mapped.points)
+            again = stub.GetMap(pb.GetMapRequest(collection="tuned"))
+            assert [p.id for p in again.points] == [p.id for p in mapped.points]  # cached
+        with SearchClient(target, collection="tuned") as client:
+            chosen = mapped.points[:5]
+            stored = {e.id: e.text for e in client.get([p.id for p in chosen])}
+            vectors = client.embed([stored[p.id] for p in chosen])
+        mean, axes = np.array(mapped.mean), np.array([mapped.axis_x, mapped.axis_y])
+        placed = (vectors - mean) @ axes.T
+        assert placed == pytest.approx(np.array([[p.x, p.y] for p in chosen]), abs=2e-3)
         # REST: the collection in the path
         status, body = _http(
             server.http_port, "POST", "/v1/collections/tuned/search", {"text": QUERIES[0], "k": 5}
@@ -130,6 +146,7 @@ def test_each_collection_answers_as_its_own_server_would(root):
         server.stop(0)
 
 
+@pytest.mark.slow  # servers with two models: CI (make test-all)
 def test_create_fill_search_and_drop_over_grpc_and_rest(root, tmp_path, trained_model):
     served = tmp_path / "root"
     shutil.copytree(root, served)
@@ -221,6 +238,7 @@ def test_create_fill_search_and_drop_over_grpc_and_rest(root, tmp_path, trained_
         server.stop(0)
 
 
+@pytest.mark.slow  # servers with two models: CI (make test-all)
 def test_a_broken_collection_leaves_the_others_serving(root, tmp_path, trained_model):
     served = tmp_path / "root"
     shutil.copytree(root, served)
@@ -294,6 +312,7 @@ def test_the_batch_queue_takes_collections_in_turn():
     assert [n for lane, n in taken if lane == "busy"] == [0, 1, 2, 3, 4, 5]
 
 
+@pytest.mark.slow  # servers with two models: CI (make test-all)
 def test_a_busy_collection_does_not_starve_another(root):
     """One collection flooded by many clients with large calls; a probe call on the
     other one waits for a batch, not behind the flood, as a probe on the busy one does."""

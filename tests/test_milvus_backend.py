@@ -472,3 +472,37 @@ def test_a_reembedded_index_is_served_from_a_new_data_collection(
         assert [[h.id for h in row] for row in served.search(queries, k=5)] == [
             [h.id for h in row] for row in local.search(queries, k=5)
         ]
+
+
+def test_collections_are_served_from_their_milvus_aliases(
+    milvus_uri, tmp_path, trained_model, sample_train, sample_test
+):
+    """`--collections DIR --backend milvus`: each index directory's collection is the
+    alias its writer uses (the directory's name), searched from Milvus."""
+    from siamese_search.client import SearchClient
+    from siamese_search.indexer.backends.milvus_backend import default_name
+    from siamese_search.server.app import SearchServer
+    from siamese_search.server.config import ServerConfig
+
+    model = load_model(trained_model)
+    root = tmp_path / "collections"
+    for name, data in (("coll_train", sample_train), ("coll_test", sample_test)):
+        target = MilvusTarget(milvus_uri, default_name(root / name))
+        options = BuildOptions(show_progress=False, milvus=target)
+        build_index(root / name, model, data, Columns(label="class"), options)
+    config = ServerConfig(
+        index_dir=None,
+        collections_dir=root,
+        default_collection="coll_train",
+        milvus=MilvusTarget(milvus_uri, "unused"),
+        port=0,
+    )
+    server = SearchServer(config).start()
+    try:
+        for name, count in (("coll_train", 100), ("coll_test", 3277)):
+            with SearchClient(f"127.0.0.1:{server.port}", collection=name) as client:
+                info = client.info()
+                assert info.count == count and "milvus" in info.raw.index_directory
+                assert len(client.search("Fix a crash", k=3).neighbors) == 3
+    finally:
+        server.stop(0)

@@ -200,7 +200,10 @@ async function loadIndex() {
   for (const [name, value] of shown) {
     facts.append(element("dt", name), element("dd", value));
   }
-  for (const entry of info.labels) {
+  const byCount = [...info.labels].sort(
+    (a, b) => Number(b.count) - Number(a.count) || a.label.localeCompare(b.label),
+  );
+  for (const entry of byCount) {
     const row = element("tr");
     const name = element("td", entry.label);
     name.style.borderLeft = `6px solid ${colour(entry.label)}`;
