@@ -186,11 +186,21 @@ def main() -> int:
     parser.add_argument(
         "--index-metadata", action="store_true", help="declare kw and num indexed fields"
     )
+    parser.add_argument(
+        "--widening",
+        type=float,
+        help="the filtered search's beam widening cap to measure (default: the backend's "
+        "FILTERED_WIDENING)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     from siamese_search.core.model_artifact import load_model
 
     model = load_model(args.model)
+    if args.widening is not None:
+        from siamese_search.indexer.backends import faiss_backend
+
+        faiss_backend.FILTERED_WIDENING = args.widening
     queries = model.embed(commit_texts()[-args.queries :])
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
@@ -222,6 +232,7 @@ def main() -> int:
                     "index_params": params,
                     "index_metadata": indexed,
                     "vectors": args.vectors,
+                    "widening": args.widening,
                     "filters": result,
                 },
                 indent=2,

@@ -63,6 +63,8 @@ from siamese_search.server.openapi import http_bindings, path_fields, serving_do
 log = logging.getLogger("siamese.server")
 
 OPENAPI_FILE = Path(__file__).with_name("generated") / "search.openapi.json"
+#: the methods that change the set of collections (only with --collections)
+LIFECYCLE = ("CreateCollection", "DropCollection")
 SERVICE = pb.DESCRIPTOR.services_by_name["SearchService"]
 
 #: gRPC-Gateway's runtime.HTTPStatusFromCode
@@ -170,7 +172,12 @@ class RestGateway:
         serves yet), for the document; `metrics` (server.metrics.Metrics) counts open
         and refused connections."""
         self.channel = grpc.insecure_channel(grpc_target)
-        self.routes = routes()
+        # a server without --collections makes and drops none: no such routes (405/404)
+        self.routes = [
+            route
+            for route in routes()
+            if manages_collections or route.full_name.rsplit("/", 1)[-1] not in LIFECYCLE
+        ]
         self.limits = limits
         self.max_body_bytes = 3 * limits.max_request_bytes  # JSON escapes grow text
         self._labelled = labelled

@@ -155,6 +155,8 @@ def test_openapi_document_validates_and_lists_every_route(server):
     lifecycle = {("POST", "/v1/collections"), ("DELETE", "/v1/collections/{name}")}
     assert listed == {(route.verb, route.path) for route in routes()} - lifecycle
     assert ("POST", "/v1/collections/{collection}/search") in listed
+    made = _http(server, "POST", "/v1/collections", {"name": "x", "modelDirectory": "/m"})
+    assert made[0] == 405  # as the document says: this server makes no collections
     search = document["paths"]["/v1/search"]["post"]
     assert search["summary"].startswith("The k reference texts")
     schema = document["components"]["schemas"]["SearchRequest"]["properties"]

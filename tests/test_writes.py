@@ -583,14 +583,15 @@ def test_a_failing_commit_is_visible_in_get_info_and_metrics(index_dir):
             assert info.pending_writes == 1 and "Error" in info.last_commit_error
             assert info.last_commit_error_at.endswith("Z")
             registry = server.metrics.registry
-            assert registry.get_sample_value("siamese_commit_failing") == 1.0
-            assert registry.get_sample_value("siamese_pending_writes") == 1.0
+            labels = {"collection": server.default.name}  # metrics are per collection
+            assert registry.get_sample_value("siamese_commit_failing", labels) == 1.0
+            assert registry.get_sample_value("siamese_pending_writes", labels) == 1.0
             blocker.unlink()  # the cause goes: the retry commits, the error clears
             while info_of(pb.GetInfoRequest()).pending_writes:
                 assert time.monotonic() < deadline + 20, "the retry never committed"
                 time.sleep(0.1)
             assert info_of(pb.GetInfoRequest()).last_commit_error == ""
-            assert registry.get_sample_value("siamese_commit_failing") == 0.0
+            assert registry.get_sample_value("siamese_commit_failing", labels) == 0.0
     finally:
         server.stop(0)
 
