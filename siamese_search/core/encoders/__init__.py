@@ -6,6 +6,7 @@ else is a TF-Hub handle or a local SavedModel directory.
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from pathlib import Path
@@ -69,12 +70,22 @@ def load_encoder(spec: dict, base_dir: Path | None = None, threads: int | None =
 
 
 def _identity(spec: dict, base_dir: Path | None, threads: int | None) -> tuple | None:
-    """What makes two loads of the embedded encoder the same: its settings and its
-    weights file (path, size, modification time, inode: a model retrained in place is
-    another encoder). None for kinds not shared (TF-Hub)."""
+    """What makes two loads of the embedded encoder the same: its settings (runtime
+    included) and its weights file (path, size, modification time, inode: a model
+    retrained in place is another encoder). None for kinds not shared (TF-Hub)."""
     if spec.get("kind") != DEFAULT_ENCODER:
         return None
-    settings = (spec.get("preprocess", "none"), spec.get("tokenizer", PURE_PYTHON), threads)
+    from siamese_search.core.encoders.base import RUNTIME_VARIABLE
+
+    # the runtime asked for (--encoder-runtime) makes another encoder: its vectors
+    # may differ in the last bits
+    runtime = os.environ.get(RUNTIME_VARIABLE, "")
+    settings = (
+        spec.get("preprocess", "none"),
+        spec.get("tokenizer", PURE_PYTHON),
+        threads,
+        runtime,
+    )
     if not spec.get("weights"):
         return (*settings, None)
     weights = Path(spec["weights"])
