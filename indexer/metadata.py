@@ -231,9 +231,7 @@ def leaf_query(condition: Match | Range) -> tuple[str, list]:
             f"SELECT position FROM records WHERE {condition.key} IN ({marks})",
             list(condition.values),
         )
-    test, params = _indexed_sql(condition)
-    # the subquery of the indexed test, alone: `records.position IN (SELECT ...)`
-    return test.removeprefix("records.position IN (").removesuffix(")"), params
+    return _indexed_positions(condition)
 
 
 def mask_of(clauses: Clauses, rows: int, positions: Callable[[Match | Range], object]):
@@ -466,7 +464,14 @@ def _range_sql(range_: Range) -> tuple[str, list]:
 
 
 def _indexed_sql(condition: Match | Range) -> tuple[str, list]:
-    """The same test read from the store's field index (an index range per kind)."""
+    """The same test read from the store's field index, as a condition on `records`."""
+    positions, params = _indexed_positions(condition)
+    return f"records.position IN ({positions})", params
+
+
+def _indexed_positions(condition: Match | Range) -> tuple[str, list]:
+    """The positions passing a test of an indexed field, from the store's field index
+    (an index range per kind)."""
     if isinstance(condition, Range):
         tests = " AND ".join(f"value {_RANGE_OPS[op]} ?" for op, _ in condition.bounds)
         where = f"kind = 'number' AND item = 0 AND {tests}"
@@ -481,5 +486,5 @@ def _indexed_sql(condition: Match | Range) -> tuple[str, list]:
             for kind, values in by_kind.items()
         )
         params = [value for values in by_kind.values() for value in values]
-    sql = f"records.position IN (SELECT position FROM field_values WHERE key = ? AND ({where}))"
+    sql = f"SELECT position FROM field_values WHERE key = ? AND ({where})"
     return sql, [condition.key, *params]

@@ -131,9 +131,18 @@ class ServedVersion(Protocol):
 
     def positions_of(self, ids: Sequence[str]) -> dict[str, int]: ...
 
+    def rows_at(self, positions: list[int]) -> list[StoredRow]: ...
+
     def vectors_at(self, positions: np.ndarray) -> np.ndarray: ...
 
     def close(self) -> None: ...
+
+
+def rows_of_ids(version: ServedVersion, ids: Sequence[str]) -> list[StoredRow]:
+    """Get: the live rows with these ids, in the order asked, each once (ids not held:
+    left out); for every backend."""
+    positions = version.positions_of(ids)
+    return version.rows_at([positions[i] for i in dict.fromkeys(ids) if i in positions])
 
 
 class VersionSource(Protocol):
@@ -517,10 +526,7 @@ class IndexVersion:
         return self.records().positions_of(list(ids))
 
     def get(self, ids: Sequence[str]) -> list[StoredRow]:
-        """The live rows with these ids, in the order asked (ids not held: left out)."""
-        positions = self.positions_of(ids)
-        found = [positions[i] for i in dict.fromkeys(ids) if i in positions]
-        return self.rows_at(found)
+        return rows_of_ids(self, ids)
 
     def scroll(
         self, where: Filter | None, limit: int, after: int = -1

@@ -199,24 +199,24 @@ class SearchServer:
         assert holder is not None, self.default.problem
         return holder.model
 
-    def _serving_fields(self) -> dict[str, set[str]] | None:
-        """The metadata fields of the default collection's serving version (None:
-        nothing serves yet)."""
+    def _default_index(self):
+        """The default collection's serving index version (None: nothing serves yet)."""
         try:
             holder = self.default.holder
-        except Exception:
+        except Exception:  # no default collection
             return None
         serving = holder.current if holder is not None else None
-        return None if serving is None else serving.index.metadata_keys()
+        return None if serving is None else serving.index
+
+    def _serving_fields(self) -> dict[str, set[str]] | None:
+        """The metadata fields of the default collection's serving version."""
+        index = self._default_index()
+        return None if index is None else index.metadata_keys()
 
     def _serving_labelled(self) -> bool | None:
         """Whether the default collection's index takes labels (None: nothing serves)."""
-        try:
-            holder = self.default.holder
-        except Exception:
-            return None
-        serving = holder.current if holder is not None else None
-        return None if serving is None else serving.index.has_labels
+        index = self._default_index()
+        return None if index is None else index.has_labels
 
     def _gateway(self, config: ServerConfig) -> RestGateway:
         """The REST/JSON gateway, calling this server over a private Unix socket."""

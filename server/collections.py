@@ -295,6 +295,10 @@ class Collections:
             )
         return found
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._by_name)
+
     def all(self) -> list[Collection]:
         with self._lock:
             return [self._by_name[name] for name in sorted(self._by_name)]

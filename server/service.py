@@ -192,7 +192,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         """Count the call against its collection; refused (RESOURCE_EXHAUSTED) when the
         collection already holds its share of the worker threads, so that one busy
         collection leaves threads for the others (with one collection: all of them)."""
-        others = len(self.collections.all()) - 1
+        others = len(self.collections) - 1
         if not others:
             return self._count(collection.name)  # alone: gRPC's own admission decides
         share = max(1, self.workers - min(others, self.workers // 2))

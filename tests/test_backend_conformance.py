@@ -23,6 +23,7 @@ from siamese_search.indexer.changes import Change
 from siamese_search.indexer.compaction import compact_index
 from siamese_search.indexer.metadata import FilterError
 from siamese_search.indexer.store import DirectorySource, UnknownLabelError
+from tests.filter_reference import passes as _passes
 
 COLUMNS = Columns(text="text", label="class")
 QUERIES = [
@@ -214,35 +215,6 @@ def _meta_rows(n: int = 120) -> list[dict]:
             row[ODD] = "é"
         rows.append(row)
     return rows
-
-
-def _passes(row: dict, spec: dict) -> bool:
-    """The filter's meaning written plainly: what both backends are held to."""
-
-    def holds(condition: dict) -> bool:
-        if "key" not in condition:
-            return _passes(row, condition)
-        key = condition["key"]
-        value = row.get(key)
-        values = value if isinstance(value, list) else ([] if value is None else [value])
-        if "match" in condition:
-            wanted = condition["match"].get("any", [condition["match"].get("value")])
-            return any(
-                v == w
-                and isinstance(v, bool) == isinstance(w, bool)
-                and isinstance(v, str) == isinstance(w, str)
-                for v in values
-                for w in wanted
-            )
-        ops = {"gt": np.greater, "gte": np.greater_equal, "lt": np.less, "lte": np.less_equal}
-        return not isinstance(value, (str, bool, list, type(None))) and all(
-            ops[o](value, b) for o, b in condition["range"].items()
-        )
-
-    must = all(holds(c) for c in spec.get("must", []))
-    should = not spec.get("should") or any(holds(c) for c in spec["should"])
-    must_not = not any(holds(c) for c in spec.get("must_not", []))
-    return must and should and must_not
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

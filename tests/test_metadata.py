@@ -17,6 +17,7 @@ from siamese_search.indexer.changes import Change
 from siamese_search.indexer.compaction import compact_index
 from siamese_search.indexer.metadata import FilterError, MetadataError, check_metadata
 from siamese_search.indexer.store import open_index
+from tests.filter_reference import passes as _passes
 
 REPOS = ["core", "web", "docs"]
 COLUMNS = Columns(text="text", label="label", id="id", metadata=("repo", "year", "tags", "ok"))
@@ -67,31 +68,6 @@ def indexed(built, tmp_path):
     index_dir, model, rows = built
     shutil.copytree(index_dir, tmp_path / "index")
     return tmp_path / "index", model, rows
-
-
-def _passes(row: dict, spec: dict) -> bool:
-    """The filter's meaning, written plainly: the reference the SQL is held to."""
-
-    def holds(condition: dict) -> bool:
-        if "key" not in condition:
-            return _passes(row, condition)
-        key = condition["key"]
-        value = row.get(key)
-        values = value if isinstance(value, list) else ([] if value is None else [value])
-        if "match" in condition:
-            wanted = condition["match"].get("any", [condition["match"].get("value")])
-            return any(v == w and type(v) is type(w) for v in values for w in wanted)
-        ops = {"gt": np.greater, "gte": np.greater_equal, "lt": np.less, "lte": np.less_equal}
-        return any(
-            not isinstance(v, (str, bool))
-            and all(ops[o](v, b) for o, b in condition["range"].items())
-            for v in values
-        )
-
-    must = all(holds(c) for c in spec.get("must", []))
-    should = not spec.get("should") or any(holds(c) for c in spec["should"])
-    must_not = not any(holds(c) for c in spec.get("must_not", []))
-    return must and should and must_not
 
 
 FILTERS = [

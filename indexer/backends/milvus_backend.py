@@ -552,10 +552,9 @@ class MilvusVersion:
         return rows
 
     def get(self, ids: Sequence[str]) -> list[StoredRow]:
-        """The live rows with these ids, in the order asked (ids not held: left out)."""
-        positions = self.positions_of(ids)
-        found = [positions[i] for i in dict.fromkeys(ids) if i in positions]
-        return self._stored(found)
+        from siamese_search.indexer.store import rows_of_ids
+
+        return rows_of_ids(self, ids)
 
     def scroll(
         self, where: Filter | None, limit: int, after: int = -1
@@ -571,7 +570,7 @@ class MilvusVersion:
                 continue
             keys += self._first_keys(condition, max(low, after + 1), high, limit + 1 - len(keys))
         more = len(keys) > limit
-        rows = self._stored(keys[:limit])
+        rows = self.rows_at(keys[:limit])
         return rows, (rows[-1].position if more and rows else None)
 
     def _key_ranges(self) -> list[tuple[int, int]]:
@@ -598,7 +597,8 @@ class MilvusVersion:
             keys += self._first_keys(condition, middle, high, want - len(keys))
         return keys
 
-    def _stored(self, keys: list[int]) -> list[StoredRow]:
+    def rows_at(self, keys: list[int]) -> list[StoredRow]:
+        """The live rows with these keys, in that order."""
         from siamese_search.indexer.store import StoredRow
 
         rows = {int(r[self._key]): r for r in self._rows_by_key(keys, self._fields)}
