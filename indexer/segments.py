@@ -38,6 +38,7 @@ import numpy as np
 from siamese_search.core.errors import ArtifactMismatchError
 from siamese_search.indexer import layout
 from siamese_search.indexer.backends import VectorIndex, load_index
+from siamese_search.indexer.backends.base import RowMask
 from siamese_search.indexer.records import RecordReader
 
 SEGMENTS = "segments"
@@ -246,21 +247,23 @@ class Segment:
     def is_live(self, local: int) -> bool:
         return self.deleted is None or not self.deleted[local]
 
-    def subset(self, allowed: np.ndarray | None) -> Subset | None:
-        """The rows `allowed` lets through gathered for exact scoring, when this is a
-        graph or IVF segment and they are few (None otherwise: the index searches).
+    def plan(self, allowed: np.ndarray | None) -> Subset | RowMask | None:
+        """How a search restricted to `allowed` runs here, worked out once per filter
+        (the caller keeps it with the filter's mask): None when nothing is filtered or
+        the segment is flat (the mask is applied as it is); a Subset to score exactly
+        when a graph or IVF segment lets few rows through; otherwise the RowMask its
+        index's walk reads.
 
         A graph or IVF index searched with a selector that lets few rows through finds
         too few of them (the walk is cut off among rows it may not return), so a
         subset of at most EXACT_SUBSET_ROWS rows is scored exactly from the vectors,
-        as Qdrant plans a filtered search below its cardinality threshold. Gathered
-        once per filter (the caller keeps it with the filter's mask): gathering 10,000
-        rows from the memory map took 20 ms a query, scoring them well under 1."""
+        as Qdrant plans a filtered search below its cardinality threshold. Gathering
+        10,000 rows from the memory map took 20 ms a query, scoring them well under 1."""
         if allowed is None or self.entry.kind == "flat":
             return None
         chosen = np.flatnonzero(allowed)
         if len(chosen) > EXACT_SUBSET_ROWS:
-            return None
+            return RowMask.of(allowed)
         return Subset(chosen, np.ascontiguousarray(self.vectors()[chosen]))
 
     def search(
@@ -268,15 +271,15 @@ class Segment:
         queries: np.ndarray,
         k: int,
         allowed: np.ndarray | None,
-        subset: Subset | None = None,
+        plan: Subset | RowMask | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, version positions) among `allowed` rows; -1 pads. With
-        `subset` (`subset(allowed)`, kept by the caller), those rows scored exactly."""
-        if subset is None:
-            subset = self.subset(allowed)
-        if subset is not None:
-            return self._exact(queries, k, subset)
-        scores, local = self.index().search(queries, k, allowed)
+        """Top-k (scores, version positions) among `allowed` rows; -1 pads. `plan`:
+        `plan(allowed)`, kept by the caller (made here when not given)."""
+        if plan is None:
+            plan = self.plan(allowed)
+        if isinstance(plan, Subset):
+            return self._exact(queries, k, plan)
+        scores, local = self.index().search(queries, k, allowed if plan is None else plan)
         positions = np.where(local >= 0, local + self.offset, -1)
         return scores, positions
 

@@ -23,6 +23,7 @@ from siamese_search.core.encoders.base import sha256_files
 from siamese_search.core.errors import ArtifactMismatchError, UserError
 from siamese_search.core.model_artifact import EmbeddingModel
 from siamese_search.indexer import layout
+from siamese_search.indexer.backends.base import RowMask
 from siamese_search.indexer.metadata import Filter, decode, parse_filter
 from siamese_search.indexer.segments import (
     Segment,
@@ -217,14 +218,15 @@ class _Visit:
     each with the rows it may return (None: all), and whether the small segments'
     matrix is searched, with its rows (SmallSegments)."""
 
-    alone: list[tuple[Segment, np.ndarray | None, Subset | None]]
+    alone: list[tuple[Segment, np.ndarray | None, Subset | RowMask | None]]
     small: bool
     small_mask: np.ndarray | None
 
     @property
     def nbytes(self) -> int:
-        """The memory its gathered subsets hold (what the visit cache is bounded by)."""
-        return sum(subset.nbytes for _, _, subset in self.alone if subset is not None)
+        """The memory its plans hold (gathered subsets, packed bitmaps: what the visit
+        cache is bounded by)."""
+        return sum(plan.nbytes for _, _, plan in self.alone if plan is not None)
 
 
 #: bytes of gathered subsets (filtered searches of graph / IVF segments scored
@@ -457,7 +459,7 @@ class IndexVersion:
                 if segment.name in held.names:
                     small.append(mask)
                 elif segment.live and (mask is None or mask.any()):
-                    alone.append((segment, mask, segment.subset(mask)))
+                    alone.append((segment, mask, segment.plan(mask)))
             small_mask = None
             if any(mask is not None for mask in small):
                 small_mask = np.concatenate(
@@ -497,7 +499,7 @@ class IndexVersion:
         if exclude:
             k += len(exclude)
         visit = self._allowed(labels, where)
-        found = [segment.search(vectors, k, mask, subset) for segment, mask, subset in visit.alone]
+        found = [segment.search(vectors, k, mask, plan) for segment, mask, plan in visit.alone]
         if visit.small:
             found.append(self._small_segments().search(vectors, k, visit.small_mask))
         if not found:

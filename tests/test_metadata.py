@@ -143,6 +143,39 @@ def test_a_graph_index_searches_a_small_subset_exactly(tmp_path, trained_model):
     assert [h.id for h in hits] == expected[:5] and len(hits) == 5
 
 
+def test_a_graph_index_walks_a_large_subset_with_one_packed_mask(
+    tmp_path, trained_model, monkeypatch
+):
+    """Past the exact-subset threshold the graph is walked with a selector: only rows
+    that pass come back, and the filter's bitmap is packed once, with its cached visit,
+    not on every search (0.1 ms a query at 1M rows: issue 36)."""
+    from siamese_search.indexer import segments
+    from siamese_search.indexer.backends.base import RowMask
+
+    monkeypatch.setattr(segments, "EXACT_SUBSET_ROWS", 10)
+    data = _jsonl(tmp_path / "rows.jsonl", _rows(600))
+    index_dir = tmp_path / "hnsw"
+    model = load_model(trained_model)
+    build_index(
+        index_dir, model, data, COLUMNS, BuildOptions(show_progress=False, index_type="hnsw")
+    )
+    spec = {"must": [{"key": "repo", "match": {"value": "web"}}]}
+    query = model.embed(["Speed up the cache"])
+    with open_index(index_dir) as version:
+        where = version.parse_filter(spec)
+        first = version.search(query, k=5, where=where)[0]
+        (_, mask, plan), *_ = version._allowed((), where).alone
+        again = version.search(query, k=5, where=where)[0]
+        assert version._allowed((), where).alone[0][2] is plan
+        scores = version.vectors() @ query[0]
+    assert isinstance(plan, RowMask) and 10 < mask.sum() < len(mask)
+    assert np.array_equal(np.unpackbits(plan.bitmap, count=len(mask), bitorder="little"), mask)
+    assert [h.id for h in first] == [h.id for h in again]
+    assert all(mask[h.position] for h in first) and len(first) == 5
+    best = np.flatnonzero(mask)[np.argsort(-scores[mask])[:5]]
+    assert [h.position for h in first] == best.tolist()
+
+
 @pytest.mark.parametrize(
     "spec, message",
     [

@@ -15,9 +15,35 @@ same behaviour tests against both.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class RowMask:
+    """The rows a filtered search may return, with what every search of them reads
+    worked out once: the boolean mask, its little-endian bitmap (FAISS's
+    IDSelectorBitmap) and the share of rows that pass (how far a graph walk widens).
+    Made once per filter and kept with the filter's cached visit (`indexer.store`):
+    packing and counting a 1M-row mask cost ~0.1 ms a query, a tenth of an
+    unfiltered HNSW search."""
+
+    allowed: np.ndarray
+    bitmap: np.ndarray
+    share: float
+
+    @classmethod
+    def of(cls, allowed: np.ndarray) -> RowMask:
+        allowed = np.asarray(allowed, dtype=bool)
+        bitmap = np.packbits(allowed.view(np.uint8), bitorder="little")
+        share = float(np.count_nonzero(allowed)) / max(len(allowed), 1)
+        return cls(allowed, bitmap, share)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.bitmap.nbytes)
 
 
 class VectorIndex(ABC):
@@ -51,11 +77,12 @@ class VectorIndex(ABC):
 
     @abstractmethod
     def search(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | RowMask | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, positions) per query, best first; position -1 pads missing hits.
 
-        `allowed`: optional boolean mask over positions; only those may be returned.
+        `allowed`: optional boolean mask over positions (or its RowMask, made once per
+        filter); only those may be returned.
         """
 
     @abstractmethod

@@ -12,7 +12,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from siamese_search.indexer.backends.base import VectorIndex
+from siamese_search.indexer.backends.base import RowMask, VectorIndex
 
 KINDS = ("flat", "hnsw", "ivf", "ivf-sq8", "ivf-pq")
 #: parameters read when searching, not when building: a later write may change them
@@ -147,13 +147,12 @@ class FaissIndex(VectorIndex):
         k = max(1, min(k, self.count)) if self.count else 1
         if allowed is None:
             return self._index.search(queries, k)
-        bitmap = np.packbits(allowed.astype(np.uint8), bitorder="little")
-        selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+        rows = allowed if isinstance(allowed, RowMask) else RowMask.of(allowed)
+        selector = faiss.IDSelectorBitmap(len(rows.allowed), faiss.swig_ptr(rows.bitmap))
         # a walk that may return only a share of the rows must visit more of them to
         # find k that pass: the beam (lists) grows as that share shrinks, up to
         # FILTERED_WIDENING times (bench/filters.py: recall at 50% and 10% of the rows)
-        share = max(float(np.count_nonzero(allowed)) / max(len(allowed), 1), 1e-9)
-        widen = min(1.0 / share, FILTERED_WIDENING)
+        widen = min(1.0 / max(rows.share, 1e-9), FILTERED_WIDENING)
         if self.kind == "hnsw":
             search_params = faiss.SearchParametersHNSW(
                 sel=selector, efSearch=int(self._params["ef_search"] * widen)
@@ -164,7 +163,7 @@ class FaissIndex(VectorIndex):
         else:
             search_params = faiss.SearchParameters(sel=selector)
         scores, positions = self._index.search(queries, k, params=search_params)
-        del bitmap  # the selector points into it; keep it alive until here
+        del rows  # the selector points into its bitmap; keep it alive until here
         return scores, positions
 
     def save(self, path: Path) -> None:
