@@ -16,6 +16,7 @@ from siamese_search.indexer.build import BuildOptions, apply_changes, build_inde
 from siamese_search.indexer.changes import Change
 from siamese_search.indexer.compaction import compact_index
 from siamese_search.indexer.metadata import FilterError, MetadataError, check_metadata
+from siamese_search.indexer.segments import Subset
 from siamese_search.indexer.store import open_index
 from tests.filter_reference import passes as _passes
 
@@ -130,7 +131,9 @@ def test_a_graph_index_searches_a_small_subset_exactly(tmp_path, trained_model):
     query = model.embed(["Speed up the cache"])
     with open_index(index_dir) as version:
         assert version.kind == "hnsw"
-        hits = version.search(query, k=5, where=version.parse_filter(spec))[0]
+        where = version.parse_filter(spec)
+        hits = version.search(query, k=5, where=where)[0]
+        assert isinstance(version._allowed((), where).alone[0][2], Subset)  # 1/21 of the rows
         scores = version.vectors() @ query[0]
         stored = [row for rows_ in version.records().iter_all(with_metadata=True) for row in rows_]
     passing = [
@@ -143,16 +146,13 @@ def test_a_graph_index_searches_a_small_subset_exactly(tmp_path, trained_model):
     assert [h.id for h in hits] == expected[:5] and len(hits) == 5
 
 
-def test_a_graph_index_walks_a_large_subset_with_one_packed_mask(
-    tmp_path, trained_model, monkeypatch
-):
-    """Past the exact-subset threshold the graph is walked with a selector: only rows
-    that pass come back, and the filter's bitmap is packed once, with its cached visit,
-    not on every search (0.1 ms a query at 1M rows: issue 36)."""
-    from siamese_search.indexer import segments
+def test_a_graph_index_walks_a_large_subset_with_one_packed_mask(tmp_path, trained_model):
+    """A subset the widened walk covers (a third of the rows) is walked with a
+    selector, not scored exactly: only rows that pass come back, and the filter's
+    bitmap is packed once, with its cached visit, not on every search (0.1 ms a query
+    at 1M rows: issue 36)."""
     from siamese_search.indexer.backends.base import RowMask
 
-    monkeypatch.setattr(segments, "EXACT_SUBSET_ROWS", 10)
     data = _jsonl(tmp_path / "rows.jsonl", _rows(600))
     index_dir = tmp_path / "hnsw"
     model = load_model(trained_model)

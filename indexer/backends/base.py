@@ -85,6 +85,13 @@ class VectorIndex(ABC):
         filter); only those may be returned.
         """
 
+    def walk_covers(self, share: float) -> bool:
+        """Whether a search letting `share` of the rows through still finds its top k
+        by widening its walk (a graph's beam, IVF's lists) within its cap; below that
+        share the caller scores a small subset exactly (`indexer.segments`). An exact
+        index covers every share."""
+        return True
+
     @abstractmethod
     def save(self, path: Path) -> None: ...
 

@@ -142,6 +142,9 @@ class FaissIndex(VectorIndex):
             self.train(vectors)
         self._index.add(vectors)
 
+    def walk_covers(self, share: float) -> bool:
+        return self.kind == "flat" or share * FILTERED_WIDENING >= 1.0
+
     def search(self, queries, k, allowed=None):
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = max(1, min(k, self.count)) if self.count else 1
