@@ -24,6 +24,7 @@ from siamese_search.core.abstention import (
     DOMAIN_QUANTILE,
     FEATURES,
     IN_DOMAIN_ABSTAIN,
+    MEANING_DOMAIN_QUANTILE,
     Abstention,
     fit_abstention,
     vote_features,
@@ -133,7 +134,8 @@ def on_folds(
         return rule
     # no out-of-scope rows to weigh: the cut is where IN_DOMAIN_ABSTAIN of the held-out
     # in-domain votes fall (NO_OOS_THRESHOLD, 0.5, abstained on ~0.2% of CLINC150's
-    # in-scope queries while the domain bar took 20%: issue 35)
+    # in-scope queries while the domain bar took 20%; the confidence, not the distance,
+    # tells the queries that would be answered wrong: issue 35)
     confidence = np.array([rule.confidence(row) for row in features])
     threshold = float(np.quantile(confidence, IN_DOMAIN_ABSTAIN))
     said = (
@@ -147,7 +149,7 @@ def with_domain(rule: Abstention, model) -> Abstention:
     """`rule` plus the out-of-domain bars of `core.abstention` when no validation table
     was given (unchanged for a model without a served space).
 
-    One bar for every query: the DOMAIN_QUANTILE quantile of each training text's
+    One bar for every query: the MEANING_DOMAIN_QUANTILE quantile of each training text's
     similarity to its nearest other one in the untuned encoder's space (not trained,
     so unbiased: a new in-domain text is about as close to the training texts as they
     are to each other). The served-space bar used before, the same quantile of the
@@ -159,16 +161,16 @@ def with_domain(rule: Abstention, model) -> Abstention:
     """
     if model.space is None:
         return rule
-    meaning = _meaning_bar(model)
+    meaning = _meaning_bar(model, MEANING_DOMAIN_QUANTILE)
     said = (
-        f"the {DOMAIN_QUANTILE:.0%} quantile of the training texts' similarity to their "
+        f"the {MEANING_DOMAIN_QUANTILE:.0%} quantile of the training texts' similarity to their "
         "nearest other in the untuned encoder's space, for every query"
     )
     return rule.with_domain(meaning, meaning, model.space.max_label_share, said)
 
 
-def _meaning_bar(model) -> float:
-    return float(np.quantile(nearest_other(model.space.anchors), DOMAIN_QUANTILE))
+def _meaning_bar(model, quantile: float) -> float:
+    return float(np.quantile(nearest_other(model.space.anchors), quantile))
 
 
 def _validation_domain(
@@ -186,7 +188,7 @@ def _validation_domain(
     `oos_share`-weighted accuracy."""
     top = features[:, FEATURES.index("top_score")]
     candidate = rule.with_domain(
-        _meaning_bar(model),
+        _meaning_bar(model, DOMAIN_QUANTILE),
         float(np.quantile(top[~oos], DOMAIN_QUANTILE)),
         model.space.max_label_share,
     )
