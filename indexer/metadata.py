@@ -214,6 +214,10 @@ class Filter:
     def _keys(self) -> frozenset[str]:
         return frozenset(_keys_of(self.clauses))
 
+    def fields(self) -> frozenset[str]:
+        """The metadata fields the filter tests (label and id are the record's own)."""
+        return self._keys() - set(RECORD_KEYS)
+
     def reads_only(self, indexed: frozenset[str]) -> bool:
         """Whether every field the filter tests is indexed (or is label / id): then
         its rows are found condition by condition from indexes (mask_of), with no
@@ -221,9 +225,10 @@ class Filter:
         return self._keys() <= indexed | set(RECORD_KEYS)
 
 
-def leaf_query(condition: Match | Range) -> tuple[str, list]:
+def leaf_query(condition: Match | Range, table: str = "field_values") -> tuple[str, list]:
     """The positions passing one field test, from an index: the record's own
-    columns for label and id, else the store's field index (records.RecordWriter)."""
+    columns for label and id, else the field index in `table` (the store's own,
+    records.RecordWriter, or one built on first use, indexer.field_index)."""
     if condition.key in RECORD_KEYS:
         assert isinstance(condition, Match), "ranges on label / id are refused"
         marks = ",".join("?" * len(condition.values))
@@ -231,7 +236,7 @@ def leaf_query(condition: Match | Range) -> tuple[str, list]:
             f"SELECT position FROM records WHERE {condition.key} IN ({marks})",
             list(condition.values),
         )
-    return _indexed_positions(condition)
+    return _indexed_positions(condition, table)
 
 
 def mask_of(clauses: Clauses, rows: int, positions: Callable[[Match | Range], object]):
@@ -469,7 +474,7 @@ def _indexed_sql(condition: Match | Range) -> tuple[str, list]:
     return f"records.position IN ({positions})", params
 
 
-def _indexed_positions(condition: Match | Range) -> tuple[str, list]:
+def _indexed_positions(condition: Match | Range, table: str = "field_values") -> tuple[str, list]:
     """The positions passing a test of an indexed field, from the store's field index
     (an index range per kind)."""
     if isinstance(condition, Range):
@@ -486,5 +491,5 @@ def _indexed_positions(condition: Match | Range) -> tuple[str, list]:
             for kind, values in by_kind.items()
         )
         params = [value for values in by_kind.values() for value in values]
-    sql = f"SELECT position FROM field_values WHERE key = ? AND ({where})"
+    sql = f"SELECT position FROM {table} WHERE key = ? AND ({where})"
     return sql, [condition.key, *params]

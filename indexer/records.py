@@ -38,6 +38,8 @@ CREATE TABLE field_values (key TEXT NOT NULL, kind TEXT NOT NULL, value, item IN
                            position INTEGER NOT NULL);
 """
 _SQL_VARIABLES = 900  # stay under SQLite's bound-parameter limit on any build
+#: SQLite attaches at most 10 files to a connection by default
+MAX_ATTACHED_FIELD_INDEXES = 8
 
 
 class RecordWriter:
@@ -141,6 +143,8 @@ class RecordReader:
             else frozenset()
         )
         self._keys: dict[str, set[str]] | None = None
+        #: key -> schema of a field index built on first use and attached (field_index)
+        self._attached: dict[str, str] = {}
 
     def _execute(self, sql: str, parameters=()):
         if self._db is None:
@@ -200,18 +204,41 @@ class RecordReader:
             ).fetchall()
         return [row[0] for row in rows]
 
+    @property
+    def field_indexed(self) -> frozenset[str]:
+        """The metadata fields a filter reads from an index here: declared at build or
+        built on first use (indexer.field_index)."""
+        return self.indexed_keys | frozenset(self._attached)
+
+    def attach_field_index(self, key: str, path: Path) -> bool:
+        """Read `key`'s tests from a field index built on first use (a whole file, never
+        changed after); False when it cannot be (store closed, SQLite's bound on
+        attached files reached: the key stays scanned)."""
+        with self._lock:
+            if self._db is None or key in self.indexed_keys or key in self._attached:
+                return key in self._attached
+            if len(self._attached) >= MAX_ATTACHED_FIELD_INDEXES:
+                return False
+            schema = f"first_use_{len(self._attached)}"
+            uri = f"file:{Path(path).absolute()}?mode=ro&immutable=1"
+            self._db.execute(f"ATTACH DATABASE ? AS {schema}", (uri,))
+            self._attached[key] = schema
+            return True
+
     def passing(self, where: Filter) -> np.ndarray:
         """The rows that pass a filter, as a boolean mask over this store's positions:
-        from the field index, condition by condition, when the filter tests only
+        from the field indexes, condition by condition, when the filter tests only
         indexed fields; else one SQL scan of the rows."""
-        if not where.reads_only(self.indexed_keys):
+        if not where.reads_only(self.field_indexed):
             sql, params = where.sql_for(self.indexed_keys)
             mask = np.zeros(self.count, dtype=bool)
             mask[self.positions_where(sql, params)] = True
             return mask
 
         def positions(condition) -> np.ndarray:
-            sql, params = leaf_query(condition)
+            schema = self._attached.get(condition.key)
+            table = f"{schema}.field_values" if schema else "field_values"
+            sql, params = leaf_query(condition, table)
             with self._lock:
                 found = self._execute(sql, params).fetchall()
             return np.fromiter((row[0] for row in found), dtype=np.int64, count=len(found))

@@ -36,9 +36,10 @@ from pathlib import Path
 import numpy as np
 
 from siamese_search.core.errors import ArtifactMismatchError
-from siamese_search.indexer import layout
+from siamese_search.indexer import field_index, layout
 from siamese_search.indexer.backends import VectorIndex, load_index
 from siamese_search.indexer.backends.base import RowMask
+from siamese_search.indexer.metadata import Filter
 from siamese_search.indexer.records import RecordReader
 
 SEGMENTS = "segments"
@@ -128,6 +129,8 @@ class SegmentFiles:
         self.entry = entry
         self.refs = 0
         self.records = RecordReader(directory / layout.RECORDS_FILE)
+        for key, path in field_index.existing(directory).items():
+            self.records.attach_field_index(key, path)
         try:
             if self.records.count != entry.rows:
                 raise ArtifactMismatchError(
@@ -222,6 +225,21 @@ class Segment:
     @property
     def live(self) -> int:
         return self.entry.live
+
+    def ask_field_indexes(self, where: Filter) -> None:
+        """Have the fields `where` tests that this segment does not index built in the
+        background (indexer.field_index), when the segment is large enough for a scan
+        to cost more than a file; later filters on them read the index."""
+        if self.rows < field_index.MIN_ROWS:
+            return
+        records = self.records
+        for key in sorted(where.fields() - records.field_indexed):
+            field_index.BUILDER.request(
+                self.directory,
+                self.directory / layout.RECORDS_FILE,
+                key,
+                records.attach_field_index,
+            )
 
     def index(self) -> VectorIndex:
         assert self._files is not None, "the segment is closed"
@@ -406,7 +424,9 @@ def write_deleted(directory: Path, deleted: np.ndarray) -> None:
 
 def link_segment(segment: Segment, staging: Path) -> list[str]:
     """Hard-link a base segment's data files into a staging version; the files'
-    paths relative to the staging directory."""
+    paths relative to the staging directory. Its field indexes built on first use
+    are linked too (derived files, not in the manifest), so a write does not make
+    the next filter build them again."""
     target = Path(staging) / segment_path(segment.name)
     target.mkdir(parents=True)
     linked = []
@@ -415,6 +435,9 @@ def link_segment(segment: Segment, staging: Path) -> list[str]:
         if source.exists():
             os.link(source, target / name)
             linked.append(f"{segment_path(segment.name)}/{name}")
+    for built in field_index.existing(segment.directory).values():
+        (target / field_index.DIRECTORY).mkdir(exist_ok=True)
+        os.link(built, target / field_index.DIRECTORY / built.name)
     return linked
 
 

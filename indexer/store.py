@@ -415,12 +415,14 @@ class IndexVersion:
         return passing if mask is None else mask & passing
 
     def _passing(self, segment: Segment, where: Filter) -> np.ndarray:
-        """The rows of `segment` that pass `where` (one SQL scan of its records, kept
-        for the next search or scroll page with the same filter)."""
+        """The rows of `segment` that pass `where` (from its field indexes, or one SQL
+        scan of its records; kept for the next search or scroll page with the same
+        filter)."""
         key = (segment.name, where.key)
         with self._masks_lock:
             passing = self._passing_masks.get(key)
         if passing is None:
+            segment.ask_field_indexes(where)  # undeclared fields: indexed for next time
             passing = segment.records.passing(where)
             with self._masks_lock:
                 self._passing_masks[key] = passing

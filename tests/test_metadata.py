@@ -416,3 +416,50 @@ def test_a_declaration_is_kept_by_later_writes_and_compaction(built, built_with_
         assert len(
             version.search(model.embed(["x"]), k=500, where=version.parse_filter(spec))[0]
         ) == 1 + sum(1 for i in range(240) if i % 3 == 1 and i % 11)
+
+
+def test_an_undeclared_field_is_indexed_on_first_use_with_the_same_answers(indexed, monkeypatch):
+    """Issue 36: the first filter on a field nobody declared scans the rows' JSON and
+    has the field's index built in the background, in a file beside the segment's; the
+    next filters on it (other values, and after a reopen) read that index, with the
+    answers the scan gives. A damaged index file is not read but built again."""
+    from siamese_search.indexer import field_index
+
+    monkeypatch.setattr(field_index, "MIN_ROWS", 0)
+    monkeypatch.setattr(field_index, "BUILDER", field_index.FirstUseIndexer())
+    index_dir, model, rows = indexed
+    queries = model.embed(["Fix the parser crash", "document the settings"])
+    with open_index(index_dir) as version:
+        (segment,) = version.segments
+        first = {"must": [{"key": "repo", "match": {"value": "web"}}]}
+        version.search(queries, k=5, where=version.parse_filter(first))
+        assert field_index.BUILDER.wait()
+        assert "repo" in segment.records.field_indexed and not segment.records.indexed_keys
+        built = field_index.path_for(segment.directory, "repo")
+        assert field_index.BUILDER.built == [built]
+    damaged = field_index.path_for(segment.directory, "year")
+    damaged.write_bytes(b"not a database")
+    for spec in FILTERS:
+        with open_index(index_dir) as version:  # opened afresh: reads what is built
+            (segment,) = version.segments
+            assert "repo" in segment.records.field_indexed
+            where = version.parse_filter(spec)
+            reads_index = where.reads_only(segment.records.field_indexed)
+            hits = version.search(queries, k=240, where=where)
+            field_index.BUILDER.wait()
+        want = {i for i, row in rows.items() if _passes(row, spec)}
+        for found in hits:
+            assert {h.id for h in found} == want, spec
+        if reads_index:  # read from the files built on first use, not scanned
+            assert where.fields() <= segment.records.field_indexed - {"id", "label"}
+    assert field_index.key_of(damaged) == "year"  # rebuilt whole
+    assert sorted(p.name for p in built.parent.iterdir()) == sorted(
+        field_index.path_for(segment.directory, key).name for key in ("repo", "year", "tags", "ok")
+    )
+    # a write links the built indexes into its version with the segment's files
+    upsert = Change("upsert", ("w1",), ("Fix the web login",), ("1",), metadata=({"repo": "web"},))
+    apply_changes(index_dir, model, [upsert], BuildOptions(show_progress=False))
+    with open_index(index_dir) as version:
+        kept = next(s for s in version.segments if s.rows == 240)
+        assert {"repo", "year", "tags", "ok"} <= kept.records.field_indexed
+        assert field_index.path_for(kept.directory, "repo").samefile(built)
