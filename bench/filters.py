@@ -138,9 +138,20 @@ def build(
     layout.publish(index_dir, staging)
 
 
-def measure(index_dir: Path, query_sets: dict[str, np.ndarray]) -> dict:
-    """Per query set and filter: p50 (timed interleaved), recall@10, first use."""
+def measure(
+    index_dir: Path, query_sets: dict[str, np.ndarray], beams: list[float] | None
+) -> dict:
+    """Per query set and filter (and filtered beam, when several are given): p50
+    (timed interleaved), recall@10, first use."""
+    from siamese_search.indexer.backends import faiss_backend
     from siamese_search.indexer.store import open_index
+
+    caps = beams or [faiss_backend.HNSW_FILTERED_BEAM]
+    runs = {
+        name if len(caps) == 1 or spec is None else f"{name} b{cap:g}": (name, spec, cap)
+        for name, spec in FILTERS.items()
+        for cap in (caps if spec is not None else caps[:1])
+    }
 
     out: dict[str, dict] = {name: {} for name in query_sets}
     with open_index(index_dir) as version:
@@ -156,25 +167,37 @@ def measure(index_dir: Path, query_sets: dict[str, np.ndarray]) -> dict:
             passing = np.ones(len(stored), bool) if spec is None else _passing(fields, name)
             subsets[name] = np.flatnonzero(passing)
         for set_name, queries in query_sets.items():
-            timings: dict[str, list[float]] = {name: [] for name in FILTERS}
-            found: dict[str, list[set[int]]] = {name: [] for name in FILTERS}
-            names = list(FILTERS)
-            for turn, query in enumerate(queries):
-                for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            timings: dict[str, list[float]] = {run: [] for run in runs}
+            found: dict[str, list[set[int]]] = {run: [] for run in runs}
+            # each turn runs every filter once, in a new order, each on a query of its
+            # own (its own permutation): load moves them alike, and no run is timed
+            # right after the same search (its nodes in the caches)
+            rng = np.random.default_rng(3)
+            order = list(runs)
+            which = {run: rng.permutation(len(queries)) for run in runs}
+            for run in runs:
+                found[run] = [set() for _ in queries]
+            for turn in range(len(queries)):
+                for run in rng.permutation(order):
+                    name, _, cap = runs[str(run)]
+                    faiss_backend.HNSW_FILTERED_BEAM = cap
+                    query = which[str(run)][turn]
                     started = time.perf_counter()
-                    hits = version.search(query[None, :], k=10, where=wheres[name])[0]
-                    timings[name].append(time.perf_counter() - started)
-                    found[name].append({h.position for h in hits})
-            for name in FILTERS:
+                    hits = version.search(queries[query][None, :], k=10, where=wheres[name])[0]
+                    timings[str(run)].append(time.perf_counter() - started)
+                    found[str(run)][query] = {h.position for h in hits}
+            all_scores = vectors @ np.asarray(queries, dtype=np.float32).T  # one pass
+            for run, (name, _, _) in runs.items():
                 subset = subsets[name]
+                scores = all_scores[subset]
+                top = np.argpartition(-scores, min(10, len(subset)) - 1, axis=0)[:10]
                 recalls = []
-                for query, hits in zip(queries, found[name], strict=True):
-                    scores = vectors[subset] @ query
-                    truth = set(subset[np.argsort(-scores)[:10]].tolist())
+                for column, hits in enumerate(found[run]):
+                    truth = set(subset[top[:, column]].tolist())
                     recalls.append(len(truth & hits) / max(len(truth), 1))
-                out[set_name][name] = {
+                out[set_name][run] = {
                     "rows_passing": len(subset),
-                    "p50_ms": 1000 * statistics.median(timings[name]),
+                    "p50_ms": 1000 * statistics.median(timings[run]),
                     "recall_at_10": float(np.mean(recalls)),
                     "first_use_ms": 1000 * first[name],
                 }
@@ -220,39 +243,44 @@ def main() -> int:
         "--index-metadata", action="store_true", help="declare kw and num indexed fields"
     )
     parser.add_argument(
-        "--widening",
+        "--beam",
         type=float,
-        help="the filtered search's beam widening cap to measure (default: the backend's "
-        "FILTERED_WIDENING)",
+        nargs="+",
+        help="filtered HNSW beams (times efSearch) to measure, interleaved on one index "
+        "(default: the backend's HNSW_FILTERED_BEAM)",
+    )
+    parser.add_argument(
+        "--index-dir",
+        type=Path,
+        help="build the index here and keep it; an index already there is measured as it is "
+        "(its build parameters, not --index-param's)",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     from siamese_search.core.model_artifact import load_model
 
     model = load_model(args.model)
-    if args.widening is not None:
-        from siamese_search.indexer.backends import faiss_backend
-
-        faiss_backend.FILTERED_WIDENING = args.widening
     query_sets = {
         "pairs": lambda: model.embed(pair_texts(args.queries, seed=2)),
         "commits": lambda: model.embed(commit_texts()[-args.queries :]),
     }
     queries = {name: query_sets[name]() for name in args.query_sets}
+    params = {k: int(v) for k, _, v in (p.partition("=") for p in args.index_param)}
+    indexed = ["kw", "num"] if args.index_metadata else []
     with tempfile.TemporaryDirectory() as scratch:
+        index_dir = args.index_dir or Path(scratch) / "index"
         started = time.perf_counter()
-        params = {k: int(v) for k, _, v in (p.partition("=") for p in args.index_param)}
-        indexed = ["kw", "num"] if args.index_metadata else []
-        made = pair_vectors if args.vectors == "pairs" else noisy_vectors
-        vectors = made(model, args.rows)
-        build(Path(scratch) / "index", model, vectors, args.index_type, params or None, indexed)
+        if not index_dir.exists():
+            made = pair_vectors if args.vectors == "pairs" else noisy_vectors
+            vectors = made(model, args.rows)
+            build(index_dir, model, vectors, args.index_type, params or None, indexed)
         built = time.perf_counter() - started
-        result = measure(Path(scratch) / "index", queries)
+        result = measure(index_dir, queries, args.beam)
     print(
         f"{args.rows} rows ({args.vectors}), {args.index_type} {args.index_param or ''} "
         f"(made and built in {built:.0f} s); k 10, {args.queries} queries a set, timed "
-        f"interleaved; fields indexed: {args.index_metadata}; widening "
-        f"{args.widening or 'default'}"
+        f"interleaved; fields indexed: {args.index_metadata}; filtered beam "
+        f"{args.beam or 'default'}"
     )
     for set_name, rows in result.items():
         base = rows["none (100%)"]["p50_ms"]
@@ -272,7 +300,7 @@ def main() -> int:
                     "index_params": params,
                     "index_metadata": indexed,
                     "vectors": args.vectors,
-                    "widening": args.widening,
+                    "filtered_beam": args.beam,
                     "queries_per_set": args.queries,
                     "query_sets": result,
                 },

@@ -37,7 +37,7 @@ import numpy as np
 
 from siamese_search.core.errors import ArtifactMismatchError
 from siamese_search.indexer import field_index, layout
-from siamese_search.indexer.backends import VectorIndex, load_index
+from siamese_search.indexer.backends import HalfPrecisionCopy, VectorIndex, load_index
 from siamese_search.indexer.backends.base import RowMask
 from siamese_search.indexer.metadata import Filter
 from siamese_search.indexer.records import RecordReader
@@ -286,7 +286,8 @@ class Segment:
         walked = self.index().walk_covers(len(chosen) / max(len(allowed), 1))
         if walked or len(chosen) > EXACT_SUBSET_ROWS:
             return RowMask.of(allowed)
-        return Subset(chosen, np.ascontiguousarray(self.vectors()[chosen]))
+        vectors = np.ascontiguousarray(self.vectors()[chosen])
+        return Subset(chosen, vectors, HalfPrecisionCopy(vectors))
 
     def search(
         self,
@@ -306,8 +307,19 @@ class Segment:
         return scores, positions
 
     def _exact(self, queries: np.ndarray, k: int, subset: Subset) -> tuple[np.ndarray, np.ndarray]:
-        top_scores, top = exact_top_k(queries @ subset.vectors.T, k)
-        return top_scores, subset.rows[top] + self.offset
+        """The subset's top k: candidates from its half-precision copy, re-scored from
+        the float32 vectors (exact but where a near-tie within ~1e-3 of the k-th score
+        lies beyond the SUBSET_CANDIDATES best)."""
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        found = subset.copy.candidates(queries, max(SUBSET_CANDIDATES, 4 * k))
+        chosen = np.maximum(found, 0)
+        gathered = subset.vectors[chosen.ravel()].reshape(*chosen.shape, -1)
+        exact = np.einsum("qnd,qd->qn", gathered, queries)
+        exact[found < 0] = -np.inf
+        top_scores, top = exact_top_k(exact, k)
+        positions = subset.rows[np.take_along_axis(chosen, top, axis=1)] + self.offset
+        missing = np.take_along_axis(found, top, axis=1) < 0
+        return np.where(missing, -np.inf, top_scores), np.where(missing, -1, positions)
 
     def close(self) -> None:
         if self._files is not None:
@@ -320,16 +332,23 @@ class Segment:
 EXACT_SUBSET_ROWS = 20_000
 
 
+#: candidates a subset's half-precision copy proposes for re-scoring (4k if more)
+SUBSET_CANDIDATES = 64
+
+
 @dataclass(frozen=True)
 class Subset:
-    """Rows of a segment gathered for exact scoring: their local positions, vectors."""
+    """Rows of a segment gathered for exact scoring: their local positions and their
+    vectors' half-precision copy (the float32 ones are read back for the candidates
+    only: `Segment._exact`)."""
 
     rows: np.ndarray
     vectors: np.ndarray
+    copy: HalfPrecisionCopy
 
     @property
     def nbytes(self) -> int:
-        return int(self.rows.nbytes + self.vectors.nbytes)
+        return int(self.rows.nbytes + self.vectors.nbytes + self.copy.nbytes)
 
 
 def _identity(entry: SegmentEntry, files: dict) -> str:

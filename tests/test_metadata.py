@@ -128,22 +128,26 @@ def test_a_graph_index_searches_a_small_subset_exactly(tmp_path, trained_model):
             {"key": "repo", "match": {"value": "web"}},
         ]
     }
-    query = model.embed(["Speed up the cache"])
+    queries = model.embed(["Speed up the cache", "document the parser"])
     with open_index(index_dir) as version:
         assert version.kind == "hnsw"
         where = version.parse_filter(spec)
-        hits = version.search(query, k=5, where=where)[0]
+        top5 = version.search(queries, k=5, where=where)
+        every = version.search(queries, k=100, where=where)  # more than pass
         assert isinstance(version._allowed((), where).alone[0][2], Subset)  # 1/21 of the rows
-        scores = version.vectors() @ query[0]
+        scores = version.vectors() @ queries.T
         stored = [row for rows_ in version.records().iter_all(with_metadata=True) for row in rows_]
-    passing = [
-        (float(scores[position]), row_id)
-        for position, row_id, _, _, fields in stored
-        if json.loads(fields or "{}").get("year") == 2020
-        and json.loads(fields or "{}").get("repo") == "web"
-    ]
-    expected = [row_id for _, row_id in sorted(passing, key=lambda p: -p[0])]
-    assert [h.id for h in hits] == expected[:5] and len(hits) == 5
+    for column, (hits, all_hits) in enumerate(zip(top5, every, strict=True)):
+        passing = [
+            (float(scores[position, column]), row_id)
+            for position, row_id, _, _, fields in stored
+            if json.loads(fields or "{}").get("year") == 2020
+            and json.loads(fields or "{}").get("repo") == "web"
+        ]
+        expected = [row_id for _, row_id in sorted(passing, key=lambda p: -p[0])]
+        assert [h.id for h in hits] == expected[:5] and len(hits) == 5
+        assert [h.id for h in all_hits] == expected
+        assert [h.score for h in all_hits] == pytest.approx(sorted(s for s, _ in passing)[::-1])
 
 
 def test_a_graph_index_walks_a_large_subset_with_one_packed_mask(tmp_path, trained_model):

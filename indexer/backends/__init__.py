@@ -11,6 +11,7 @@ from siamese_search.indexer.backends.faiss_backend import (
     KINDS,
     SEARCH_PARAMS,
     FaissIndex,
+    HalfPrecisionCopy,
     choose_kind,
     default_params,
 )
@@ -19,6 +20,7 @@ INDEX_KINDS = ("auto", *KINDS)
 
 __all__ = [
     "VectorIndex",
+    "HalfPrecisionCopy",
     "INDEX_KINDS",
     "SEARCH_PARAMS",
     "create_index",
