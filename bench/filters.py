@@ -9,9 +9,11 @@ each with a keyword field `kw` of 100 values and a numeric field `num` (uniform,
 CLINC150 texts (not in the index: what a user of such a corpus asks), and `commits`,
 commit test texts (another domain: their nearest rows are near-ties, the hardest case
 for a graph walk). For each filter: the p50 of one-query searches (k 10) once the
-filter's row mask is cached (the first use pays for the SQL scan: reported), timed
-interleaved (each query runs every filter in turn, so load on the machine moves all
-of them alike), and recall@10 against brute force over the rows that pass.
+filter's plan is cached (the first use pays for reading the rows that pass:
+reported), timed interleaved (each turn runs every filter once, in a new order, each
+on its own order of the queries: load on the machine moves all of them alike, and no
+search is timed right after the same one), and recall@10 against brute force over the
+rows that pass.
 
 Usage: python bench/filters.py [--model artifacts/model] [--rows 1000000] [--out FILE]
            [--index-param ef_search=256] [--index-metadata]   (declare kw and num indexed)
@@ -138,9 +140,7 @@ def build(
     layout.publish(index_dir, staging)
 
 
-def measure(
-    index_dir: Path, query_sets: dict[str, np.ndarray], beams: list[float] | None
-) -> dict:
+def measure(index_dir: Path, query_sets: dict[str, np.ndarray], beams: list[float] | None) -> dict:
     """Per query set and filter (and filtered beam, when several are given): p50
     (timed interleaved), recall@10, first use."""
     from siamese_search.indexer.backends import faiss_backend
@@ -168,24 +168,23 @@ def measure(
             subsets[name] = np.flatnonzero(passing)
         for set_name, queries in query_sets.items():
             timings: dict[str, list[float]] = {run: [] for run in runs}
-            found: dict[str, list[set[int]]] = {run: [] for run in runs}
+            found: dict[str, list[set[int]]] = {run: [set() for _ in queries] for run in runs}
             # each turn runs every filter once, in a new order, each on a query of its
             # own (its own permutation): load moves them alike, and no run is timed
             # right after the same search (its nodes in the caches)
             rng = np.random.default_rng(3)
             order = list(runs)
             which = {run: rng.permutation(len(queries)) for run in runs}
-            for run in runs:
-                found[run] = [set() for _ in queries]
             for turn in range(len(queries)):
-                for run in rng.permutation(order):
-                    name, _, cap = runs[str(run)]
+                for index in rng.permutation(len(order)):
+                    run = order[index]
+                    name, _, cap = runs[run]
                     faiss_backend.HNSW_FILTERED_BEAM = cap
-                    query = which[str(run)][turn]
+                    query = which[run][turn]
                     started = time.perf_counter()
                     hits = version.search(queries[query][None, :], k=10, where=wheres[name])[0]
-                    timings[str(run)].append(time.perf_counter() - started)
-                    found[str(run)][query] = {h.position for h in hits}
+                    timings[run].append(time.perf_counter() - started)
+                    found[run][query] = {h.position for h in hits}
             all_scores = vectors @ np.asarray(queries, dtype=np.float32).T  # one pass
             for run, (name, _, _) in runs.items():
                 subset = subsets[name]

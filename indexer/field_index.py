@@ -7,10 +7,11 @@ by each new filter on it (other values, other ranges) and after every restart. S
 first filter on such a key in a large segment (MIN_ROWS) asks for the key's index,
 and one background thread builds it while that filter's scan answers: a file of its
 own beside the segment's files (`field-indexes/<digest>.sqlite`, the same
-`field_values` table and covering index as a declared key's), written under a
-temporary name and renamed, so a reader sees a whole index or none. The segment's
-record store attaches it (`RecordReader.attach_field_index`): the next filter on the
-key, in this process or a restarted one, reads the index (`records.RecordReader.passing`).
+`field_values` table and covering index as a declared key's,
+`records.FIELD_INDEX_SCHEMA`), written under a temporary name and renamed, so a reader
+sees a whole index or none. The segment's record store attaches it
+(`RecordReader.attach_field_index`): the next filter on the key, in this process or a
+restarted one, reads the index (`records.RecordReader.passing`).
 
 The file is derived data: the segment's files and their checksums are untouched, a
 segment removed takes its field indexes with it, and a copy of an index directory
@@ -34,7 +35,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from siamese_search.core.atomic import fsync_dir
-from siamese_search.indexer.metadata import indexed_values
+from siamese_search.indexer.records import (
+    FIELD_INDEX_SCHEMA,
+    FIELD_VALUES_INDEX,
+    INSERT_FIELD_VALUE,
+    field_values,
+)
 
 LOG = logging.getLogger("siamese_search.indexer.field_index")
 
@@ -96,11 +102,7 @@ def build(records_path: Path, key: str, out: Path) -> int:
         target = sqlite3.connect(scratch)
         try:
             target.execute("PRAGMA journal_mode = OFF")
-            target.executescript(
-                "CREATE TABLE indexed_keys (key TEXT PRIMARY KEY);"
-                "CREATE TABLE field_values (key TEXT NOT NULL, kind TEXT NOT NULL, value,"
-                " item INTEGER NOT NULL, position INTEGER NOT NULL);"
-            )
+            target.executescript(FIELD_INDEX_SCHEMA)
             target.execute("INSERT INTO indexed_keys VALUES (?)", (key,))
             wanted = frozenset([key])
             last = -1
@@ -112,18 +114,11 @@ def build(records_path: Path, key: str, out: Path) -> int:
                 ).fetchall()
                 if not rows:
                     break
-                found = [
-                    (*value, position)
-                    for position, stored in rows
-                    for value in indexed_values(stored, wanted)
-                ]
-                target.executemany("INSERT INTO field_values VALUES (?, ?, ?, ?, ?)", found)
+                found = list(field_values(rows, wanted))
+                target.executemany(INSERT_FIELD_VALUE, found)
                 values += len(found)
                 last = rows[-1][0]
-            target.execute(
-                "CREATE INDEX field_values_by_value "
-                "ON field_values(key, kind, value, item, position)"
-            )
+            target.execute(FIELD_VALUES_INDEX)
             target.commit()
         finally:
             source.close()
@@ -154,9 +149,7 @@ class FirstUseIndexer:
         self._thread: threading.Thread | None = None
         self.built: list[Path] = []  # what this process built, in order (for tests, logs)
 
-    def request(
-        self, segment_dir: Path, records_path: Path, key: str, ready: Ready
-    ) -> None:
+    def request(self, segment_dir: Path, records_path: Path, key: str, ready: Ready) -> None:
         """Build `key`'s index of the segment unless asked before; `ready(key, path)`
         once it is there (also at once, when another process built it meanwhile)."""
         out = path_for(segment_dir, key)

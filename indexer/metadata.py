@@ -222,7 +222,7 @@ class Filter:
         """Whether every field the filter tests is indexed (or is label / id): then
         its rows are found condition by condition from indexes (mask_of), with no
         scan of the rows' JSON."""
-        return self._keys() <= indexed | set(RECORD_KEYS)
+        return self.fields() <= indexed
 
 
 def leaf_query(condition: Match | Range, table: str = "field_values") -> tuple[str, list]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +31,33 @@ METADATA_COLUMN = "records.metadata"
 #: the metadata fields declared filterable (`--index-metadata`): each value of each
 #: declared key as a row of its own, indexed by (key, kind, value), so a filter on the
 #: key reads an index range instead of parsing every row's JSON (indexer.metadata's
-#: _indexed_sql). `item`: 1 for a list's item (a range passes scalars only).
-_FIELD_INDEX_SCHEMA = """
+#: _indexed_sql). `item`: 1 for a list's item (a range passes scalars only). The same
+#: tables hold a field index built on first use (indexer.field_index), in a file of its own.
+FIELD_INDEX_SCHEMA = """
 CREATE TABLE indexed_keys (key TEXT PRIMARY KEY);
 CREATE TABLE field_values (key TEXT NOT NULL, kind TEXT NOT NULL, value, item INTEGER NOT NULL,
                            position INTEGER NOT NULL);
 """
+#: made once the values are in (faster than row by row); covering (item, position too):
+#: a condition's rows are read from the index alone
+FIELD_VALUES_INDEX = (
+    "CREATE INDEX field_values_by_value ON field_values(key, kind, value, item, position)"
+)
+INSERT_FIELD_VALUE = "INSERT INTO field_values VALUES (?, ?, ?, ?, ?)"
 _SQL_VARIABLES = 900  # stay under SQLite's bound-parameter limit on any build
+
+
+def field_values(
+    rows: Iterable[tuple[int, str | None]], keys: frozenset[str]
+) -> Iterator[tuple[str, str, object, int, int]]:
+    """The field_values rows (key, kind, value, item, position) of `keys` for each
+    (position, stored metadata JSON) row."""
+    for position, fields in rows:
+        if fields:
+            for value in indexed_values(fields, keys):
+                yield (*value, position)
+
+
 #: SQLite attaches at most 10 files to a connection by default
 MAX_ATTACHED_FIELD_INDEXES = 8
 
@@ -55,7 +75,7 @@ class RecordWriter:
         self._db.executescript(_SCHEMA)
         self._indexed = frozenset(indexed_keys)
         if self._indexed:
-            self._db.executescript(_FIELD_INDEX_SCHEMA)
+            self._db.executescript(FIELD_INDEX_SCHEMA)
             self._db.executemany(
                 "INSERT INTO indexed_keys VALUES (?)", [(k,) for k in sorted(self._indexed)]
             )
@@ -89,24 +109,13 @@ class RecordWriter:
         )
         self._db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?)", rows)
         if self._indexed:
-            self._db.executemany(
-                "INSERT INTO field_values VALUES (?, ?, ?, ?, ?)",
-                (
-                    (*value, self.count + i)
-                    for i, fields in enumerate(stored)
-                    if fields
-                    for value in indexed_values(fields, self._indexed)
-                ),
-            )
+            numbered = ((self.count + i, fields) for i, fields in enumerate(stored))
+            self._db.executemany(INSERT_FIELD_VALUE, field_values(numbered, self._indexed))
         self.count += len(ids)
 
     def close(self) -> None:
-        if self._indexed:  # built once the rows are in: faster than row by row
-            # covering (item, position too): a condition's rows are read from the index alone
-            self._db.execute(
-                "CREATE INDEX field_values_by_value "
-                "ON field_values(key, kind, value, item, position)"
-            )
+        if self._indexed:
+            self._db.execute(FIELD_VALUES_INDEX)
         self._db.commit()
         self._db.close()
 

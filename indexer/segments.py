@@ -338,9 +338,9 @@ SUBSET_CANDIDATES = 64
 
 @dataclass(frozen=True)
 class Subset:
-    """Rows of a segment gathered for exact scoring: their local positions and their
-    vectors' half-precision copy (the float32 ones are read back for the candidates
-    only: `Segment._exact`)."""
+    """Rows of a segment gathered for exact scoring: their local positions, their
+    vectors, and the vectors' half-precision copy that proposes the candidates the
+    float32 vectors re-score (`Segment._exact`)."""
 
     rows: np.ndarray
     vectors: np.ndarray

@@ -176,7 +176,7 @@ class FaissIndex(VectorIndex):
         # find k that pass: a wider beam (HNSW_FILTERED_BEAM), more lists (IVF)
         if self.kind == "hnsw":
             scarce = max(1.0, HNSW_WALK_SHARE / max(rows.share, 1e-9))
-            beam = min(HNSW_FILTERED_BEAM * scarce, max(HNSW_FILTERED_BEAM_MAX, 1.0))
+            beam = min(HNSW_FILTERED_BEAM * scarce, HNSW_FILTERED_BEAM_MAX)
             search_params = faiss.SearchParametersHNSW(
                 sel=selector, efSearch=int(self._params["ef_search"] * beam)
             )
@@ -221,4 +221,3 @@ class HalfPrecisionCopy:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         _, rows = self._index.search(queries, max(1, min(n, self.count)))
         return rows
-
