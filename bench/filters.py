@@ -17,7 +17,7 @@ rows that pass.
 
 Usage: python bench/filters.py [--model artifacts/model] [--rows 1000000] [--out FILE]
            [--index-param ef_search=256] [--index-metadata]   (declare kw and num indexed)
-           [--query-sets pairs commits] [--queries 200]
+           [--query-sets pairs commits] [--queries 200] [--between]   (5% and 2% too)
 """
 
 from __future__ import annotations
@@ -48,6 +48,12 @@ FILTERS = {
     "0.1%": {
         "must": [{"key": "kw", "match": {"value": "k7"}}, {"key": "num", "range": {"lt": 100_000}}]
     },
+}
+#: `--between`: shares under the walked 10% but over the 20,000 rows scored exactly
+#: (at 1M rows), where the walk's beam widens
+BETWEEN = {
+    "5%": {"must": [{"key": "kw", "match": {"any": [f"k{i}" for i in range(5)]}}]},
+    "2%": {"must": [{"key": "kw", "match": {"any": ["k0", "k1"]}}]},
 }
 
 
@@ -211,6 +217,8 @@ def _passing(fields: list[dict], name: str) -> np.ndarray:
         "10%": kw < 10,
         "1%": kw == 42,
         "0.1%": (kw == 7) & (num < 100_000),
+        "5%": kw < 5,
+        "2%": kw < 2,
     }[name]
 
 
@@ -254,8 +262,25 @@ def main() -> int:
         help="build the index here and keep it; an index already there is measured as it is "
         "(its build parameters, not --index-param's)",
     )
+    parser.add_argument(
+        "--between",
+        action="store_true",
+        help="also measure 5%% and 2%% of the rows (between the walked and the scored plans)",
+    )
+    parser.add_argument(
+        "--beam-max",
+        type=float,
+        help="the most the beam widens below 10%% of the rows (default: the backend's "
+        "HNSW_FILTERED_BEAM_MAX; 2.5 measures a beam that does not widen)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.between:
+        FILTERS.update(BETWEEN)
+    if args.beam_max is not None:
+        from siamese_search.indexer.backends import faiss_backend
+
+        faiss_backend.HNSW_FILTERED_BEAM_MAX = args.beam_max
     from siamese_search.core.model_artifact import load_model
 
     model = load_model(args.model)
@@ -300,6 +325,7 @@ def main() -> int:
                     "index_metadata": indexed,
                     "vectors": args.vectors,
                     "filtered_beam": args.beam,
+                    "filtered_beam_max": args.beam_max,
                     "queries_per_set": args.queries,
                     "query_sets": result,
                 },

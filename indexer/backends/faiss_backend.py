@@ -57,8 +57,8 @@ HNSW_FILTERED_BEAM = 2.5
 #: down to 10%); below it a small enough subset is scored exactly (indexer.segments),
 #: and a larger one walked with a beam widened in proportion, up to
 #: HNSW_FILTERED_BEAM_MAX times efSearch: at 1M rows, 2% of them (20,036) walked
-#: with 2.5x kept recall@10 0.85-0.87, with 10x 0.98 at ~5x the unfiltered p50;
-#: 5% with 5x 0.97-0.98 at 2.6-3.1x
+#: with 2.5x kept recall@10 0.85-0.87, with 10x 0.978 at 4.6-5.1x the unfiltered p50;
+#: 5% with 5x 0.97-0.98 at 2.5-3.0x (bench/filters.py --between [--beam-max 2.5])
 HNSW_WALK_SHARE = 0.1
 HNSW_FILTERED_BEAM_MAX = 10.0
 #: at most this many times the lists (nprobe) for a filtered IVF search, in proportion
