@@ -208,9 +208,11 @@ def test_rollback_is_served_with_no_failed_call(tmp_path, model, index_dir):
         batching=encode_in_server(),
     )
     server = SearchServer(config).start()
-    failures, versions, stop = [], [], threading.Event()
+    # each client keeps its own answers: a call one client started before the swap can
+    # still answer 000002 after another client has seen 000001
+    failures, answers, stop = [], [[] for _ in range(4)], threading.Event()
 
-    def client():
+    def client(versions):
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = pb_grpc.SearchServiceStub(channel)
             while not stop.is_set():
@@ -221,15 +223,18 @@ def test_rollback_is_served_with_no_failed_call(tmp_path, model, index_dir):
                 except grpc.RpcError as error:
                     failures.append(error)
 
-    threads = [threading.Thread(target=client) for _ in range(4)]
+    def every_client_answers(version):
+        return all(versions[-1:] == [version] for versions in answers)
+
+    threads = [threading.Thread(target=client, args=(versions,)) for versions in answers]
     try:
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 10
-        while "000002" not in versions and time.monotonic() < deadline:
+        while not every_client_answers("000002") and time.monotonic() < deadline:
             time.sleep(0.02)
         assert rollback(index_dir) == ("000002", "000001")
-        while versions[-1:] != ["000001"] and time.monotonic() < deadline:
+        while not every_client_answers("000001") and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
         stop.set()
@@ -237,8 +242,11 @@ def test_rollback_is_served_with_no_failed_call(tmp_path, model, index_dir):
             thread.join()
         server.stop(0)
     assert not failures
-    assert versions.count("000002") > 0 and versions[-1] == "000001"
-    assert versions.index("000001") > versions.index("000002")
+    for versions in answers:
+        # every client went from the new version to the rolled-back one, never back again
+        assert versions.count("000002") > 0 and versions[-1] == "000001"
+        first_old = versions.index("000001", versions.index("000002"))
+        assert set(versions[first_old:]) == {"000001"}
 
 
 def test_rollback_is_refused_while_a_server_takes_writes(tmp_path, model, index_dir):
