@@ -467,3 +467,101 @@ def test_an_undeclared_field_is_indexed_on_first_use_with_the_same_answers(index
         kept = next(s for s in version.segments if s.rows == 240)
         assert {"repo", "year", "tags", "ok"} <= kept.records.field_indexed
         assert field_index.path_for(kept.directory, "repo").samefile(built)
+
+
+#: a builder process: builds `key`'s field index of a segment, optionally stalling
+#: mid-build (after its first values are written, before the rename) until killed
+_BUILDER_PROCESS = """
+import sys, time
+from pathlib import Path
+from siamese_search.indexer import field_index
+
+segment, key, stall = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "stall"
+if stall:
+    original = field_index.field_values
+
+    def values_then_stall(rows, wanted):
+        yield from original(rows, wanted)
+        print("building", flush=True)
+        time.sleep(3600)
+
+    field_index.field_values = values_then_stall
+print("start", flush=True)
+field_index.build(segment / "records.sqlite", key, field_index.path_for(segment, key))
+print("built", flush=True)
+"""
+
+
+def _builder(segment_dir, key: str, stall: bool):
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-c", _BUILDER_PROCESS, str(segment_dir), key]
+        + ["stall" if stall else "go"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_field_index_builder_killed_mid_build_or_racing_another_leaves_whole_answers(
+    indexed, monkeypatch
+):
+    """Attacks on the field indexes built on first use: a builder killed mid-build
+    leaves only a temporary file, never read (filters answer as a scan does, the next
+    build succeeds, and a stale leftover is removed); two processes building the same
+    index at once each rename a whole file into place, and a reader that attached the
+    first keeps answering while the second replaces it."""
+    import os
+    import signal
+    import time
+
+    from siamese_search.indexer import field_index, layout
+
+    monkeypatch.setattr(field_index, "MIN_ROWS", 0)
+    monkeypatch.setattr(field_index, "BUILDER", field_index.FirstUseIndexer())
+    index_dir, model, rows = indexed
+    with open_index(index_dir) as version:
+        (segment,) = version.segments
+        segment_dir = segment.directory
+    assert (segment_dir / layout.RECORDS_FILE).name == "records.sqlite"
+    spec = {"must": [{"key": "repo", "match": {"value": "web"}}]}
+    want = {i for i, row in rows.items() if _passes(row, spec)}
+    queries = model.embed(["Fix the parser crash"])
+
+    def answers() -> set[str]:
+        with open_index(index_dir) as version:
+            found = version.search(queries, k=240, where=version.parse_filter(spec))
+            assert field_index.BUILDER.wait()
+        return {h.id for h in found[0]}
+
+    killed = _builder(segment_dir, "repo", stall=True)
+    assert killed.stdout.readline() == "start\n" and killed.stdout.readline() == "building\n"
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    (left,) = (segment_dir / field_index.DIRECTORY).glob(".building-*")
+    assert field_index.existing(segment_dir) == {}  # the partial file is not an index
+    assert answers() == want  # scanned, and the index built in the background
+    assert field_index.key_of(field_index.path_for(segment_dir, "repo")) == "repo"
+    assert answers() == want  # read from the built index
+    assert left.exists()  # a recent leftover may be a live builder's: kept
+    an_hour_ago = time.time() - field_index.STALE_SECONDS - 60
+    os.utime(left, (an_hour_ago, an_hour_ago))
+    field_index.build(
+        segment_dir / layout.RECORDS_FILE, "year", field_index.path_for(segment_dir, "year")
+    )
+    assert not left.exists()
+
+    # two builders of one index at once, under a reader holding the current file
+    with open_index(index_dir) as version:
+        (segment,) = version.segments
+        assert "repo" in segment.records.field_indexed
+        where = version.parse_filter(spec)
+        racers = [_builder(segment_dir, "repo", stall=False) for _ in range(2)]
+        for racer in racers:
+            assert racer.wait(timeout=60) == 0 and racer.stdout.read().endswith("built\n")
+        found = version.search(queries, k=240, where=where)
+        assert {h.id for h in found[0]} == want
+    assert field_index.key_of(field_index.path_for(segment_dir, "repo")) == "repo"
+    assert not list((segment_dir / field_index.DIRECTORY).glob(".building-*"))
+    assert answers() == want
