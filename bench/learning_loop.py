@@ -5,7 +5,10 @@ Per seed: a model trained on half of the 150 intents (75, their 10-shot rows) an
 index of those rows; the other 75 intents' 10-shot rows added as a server's Upsert
 commits them (indexer.build.apply_changes, the committer's own call); Predict (k 5,
 the server's rule: core.abstention.predict with the model's abstention and the
-served space's label share) on every in-scope test text, per half: **before**.
+served space's label share) on every in-scope test text, per half: **before**; and
+the same before the Upsert, the index holding the trained intents' rows alone:
+**trained_only** (the added intents' queries have no right answer there; the trained
+half's abstention tells what the added intents' rows cost it).
 Then the cycle (`siamese-index retrain`: siamese-train --from-index, then reembed):
 **after**. And a model trained from scratch on all 150 intents' rows, with an index
 of them: **scratch**. No validation table anywhere (the loop retrains from what the
@@ -32,6 +35,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 CLINC = ROOT.parent / "shared" / "data" / "clinc150"
 K = 5
+STAGES = ("trained_only", "before", "after", "scratch")
 
 
 def predict_all(model, index_dir: Path, texts: list[str]) -> tuple[list[str], np.ndarray]:
@@ -109,6 +113,7 @@ def run_seed(seed: int, work: Path, extra: list[str]) -> dict:
     index_dir = work / "index"
     model = load_model(work / "first-model")
     build_index(index_dir, model, first_csv, columns, quiet)
+    trained_only = scores(model, index_dir, test, halves)
     upsert = Change(
         "upsert",
         tuple(added_rows.id),
@@ -134,7 +139,14 @@ def run_seed(seed: int, work: Path, extra: list[str]) -> dict:
     scratch_model = load_model(work / "scratch-model")
     build_index(work / "scratch-index", scratch_model, all_csv, columns, quiet)
     scratch = scores(scratch_model, work / "scratch-index", test, halves)
-    return {"seed": seed, "before": before, "after": after, "scratch": scratch, "seconds": seconds}
+    return {
+        "seed": seed,
+        "trained_only": trained_only,
+        "before": before,
+        "after": after,
+        "scratch": scratch,
+        "seconds": seconds,
+    }
 
 
 def main() -> int:
@@ -161,7 +173,7 @@ def main() -> int:
             }
             for half in ("trained", "added")
         }
-        for stage in ("before", "after", "scratch")
+        for stage in STAGES
     }
     for stage, halves in mean.items():
         print(
