@@ -18,7 +18,7 @@ confidence at the issue's coverage bars.
 
 Models are trained once into --work and reused.
 
-Usage: python bench/coverage.py [--seeds 0 1 2] [--work DIR] [--out FILE]
+Usage: python bench/coverage.py [--seeds 0 1 2] [--work DIR] [--out FILE] [--alternatives]
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def queries(model, reference: pd.DataFrame, label_column: str, texts: list[str])
     shares = model.label_shares(vectors)
     scores, positions = nearest(ref, vectors, K)
     out: dict[str, list] = {"voted": [], "confidence": [], "top": [], "share": [], "abstained": []}
-    out["far"] = []
+    out["far"], out["unanimous"] = [], []
     for row in range(len(texts)):
         share = None if shares is None else float(shares[row])
         decision = predict(
@@ -75,6 +75,7 @@ def queries(model, reference: pd.DataFrame, label_column: str, texts: list[str])
         out["share"].append(share if share is not None else 0.0)
         out["abstained"].append(decision.abstained)
         out["far"].append(decision.out_of_domain)
+        out["unanimous"].append(len(set(labels[positions[row]])) == 1)
     return {key: np.array(values) for key, values in out.items()}
 
 
@@ -92,6 +93,71 @@ def hindsight_accuracy(confidence: np.ndarray, right: np.ndarray, budget: float)
     return float(right[keep].mean())
 
 
+def label_totals(rule: str, similarity: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+    """(queries, labels) totals of one labelling rule from the query x reference
+    similarities; the largest is the label."""
+    if rule == "centroid":
+        return similarity @ onehot / onehot.sum(axis=0)
+    if rule == "mean of 3 nearest per label":
+        return np.stack(
+            [
+                -np.sort(-similarity[:, onehot[:, c] > 0], axis=1)[:, :3].mean(axis=1)
+                for c in range(onehot.shape[1])
+            ],
+            axis=1,
+        )
+    k, weight = {
+        "vote of 5": (5, None),
+        "vote of 10": (10, None),
+        "softmax vote of 20, T 0.05": (20, 0.05),
+    }[rule]
+    nearest_rows = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    scores = np.take_along_axis(similarity, nearest_rows, axis=1)
+    weights = np.maximum(scores, 0) if weight is None else np.exp((scores - scores[:, :1]) / weight)
+    return np.einsum("qk,qkc->qc", weights, onehot[nearest_rows])
+
+
+ALTERNATIVES = (
+    "vote of 5",
+    "vote of 10",
+    "softmax vote of 20, T 0.05",
+    "centroid",
+    "mean of 3 nearest per label",
+    "logistic regression",
+)
+
+
+def alternatives(
+    model, reference: pd.DataFrame, label_column: str, texts: list[str], truth, budget: float
+) -> dict:
+    """Per labelling rule: the vote's accuracy and the hindsight answered accuracy at
+    `budget` (sureness: the margin of the best label's total over the runner-up's)."""
+    from sklearn.linear_model import LogisticRegression
+
+    ref = model.embed_unique(reference.text.tolist())
+    labels = reference[label_column].astype(str).to_numpy()
+    names = np.unique(labels)
+    onehot = (labels[:, None] == names[None, :]).astype(np.float64)
+    vectors = model.embed_unique(texts)
+    similarity = vectors @ ref.T
+    out = {}
+    for rule in ALTERNATIVES:
+        if rule == "logistic regression":
+            fitted = LogisticRegression(C=10.0, max_iter=3000).fit(ref, labels)
+            totals = fitted.predict_proba(vectors)  # its classes_ are sorted: names
+        else:
+            totals = label_totals(rule, similarity, onehot)
+        ranked = np.sort(totals, axis=1)
+        right = names[totals.argmax(axis=1)] == truth
+        out[rule] = {
+            "voted_accuracy": float(right.mean()),
+            "hindsight_answered_accuracy": hindsight_accuracy(
+                ranked[:, -1] - ranked[:, -2], right, budget
+            ),
+        }
+    return out
+
+
 def summary(inside: dict, truth: np.ndarray, outside: dict, budget: float) -> dict:
     abstained, right = inside["abstained"], inside["voted"] == truth
     return {
@@ -101,11 +167,13 @@ def summary(inside: dict, truth: np.ndarray, outside: dict, budget: float) -> di
         "in_domain_unsure": float((abstained & ~inside["far"]).mean()),
         "answered_accuracy": float(right[~abstained].mean()),
         "voted_accuracy": float(right.mean()),
+        "wrong_votes_unanimous": float(inside["unanimous"][~right].mean()),
+        "right_votes_unanimous": float(inside["unanimous"][right].mean()),
         "off_domain_abstained": float(outside["abstained"].mean()),
     }
 
 
-def run_seed(seed: int, work: Path) -> dict:
+def run_seed(seed: int, work: Path, compare: bool = False) -> dict:
     from siamese_search.core.model_artifact import load_model
 
     rng = np.random.default_rng(seed)
@@ -126,7 +194,28 @@ def run_seed(seed: int, work: Path) -> dict:
     commit_out = queries(commit_model, commit_train, "class", clinc_any.text.tolist())
     clinc_in = queries(clinc_model, clinc_train, "intent", clinc_sample.text.tolist())
     clinc_out = queries(clinc_model, clinc_train, "intent", commit_sample.text.tolist())
+    extra = {}
+    if compare:
+        extra["alternatives"] = {
+            "commits": alternatives(
+                commit_model,
+                commit_train,
+                "class",
+                commit_sample.text.tolist(),
+                commit_sample["class"].astype(str).to_numpy(),
+                BUDGET["commits"],
+            ),
+            "clinc": alternatives(
+                clinc_model,
+                clinc_train,
+                "intent",
+                clinc_sample.text.tolist(),
+                clinc_sample.intent.to_numpy(),
+                BUDGET["clinc"],
+            ),
+        }
     return {
+        **extra,
         "seed": seed,
         "commits": summary(
             commit_in,
@@ -147,9 +236,12 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "coverage")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--alternatives", action="store_true", help="also measure other labelling rules"
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    runs = [run_seed(seed, args.work) for seed in args.seeds]
+    runs = [run_seed(seed, args.work, args.alternatives) for seed in args.seeds]
     mean = {
         data: {key: float(np.mean([r[data][key] for r in runs])) for key in runs[0][data]}
         for data in ("commits", "clinc")
@@ -161,8 +253,20 @@ def main() -> int:
             f"answered right {figures['answered_accuracy']:.3f}; "
             f"off-domain abstained {figures['off_domain_abstained']:.3f}; "
             f"least sure {BUDGET[data]:.0%} abstained in hindsight: answered right "
-            f"{figures['hindsight_answered_accuracy']:.3f}"
+            f"{figures['hindsight_answered_accuracy']:.3f}; wrong votes unanimous "
+            f"{figures['wrong_votes_unanimous']:.3f} (right ones "
+            f"{figures['right_votes_unanimous']:.3f})"
         )
+    if args.alternatives:
+        for data in ("commits", "clinc"):
+            for rule in ALTERNATIVES:
+                figures = [r["alternatives"][data][rule] for r in runs]
+                print(
+                    f"{data:<8} {rule:<28} voted right "
+                    f"{np.mean([f['voted_accuracy'] for f in figures]):.3f}; least sure "
+                    f"{BUDGET[data]:.0%} abstained in hindsight: answered right "
+                    f"{np.mean([f['hindsight_answered_accuracy'] for f in figures]):.3f}"
+                )
     if args.out:
         args.out.write_text(json.dumps({"k": K, "runs": runs, "mean": mean}, indent=2) + "\n")
     return 0
