@@ -180,6 +180,45 @@ def test_a_graph_index_walks_a_large_subset_with_one_packed_mask(tmp_path, train
     assert [h.position for h in first] == best.tolist()
 
 
+def test_worked_out_filters_are_kept_within_their_bounds(tmp_path, trained_model, monkeypatch):
+    """A version keeps each filter's plan (gathered subsets, packed bitmaps) for later
+    searches, but within SUBSET_CACHE_BYTES and VISIT_CACHE, the oldest going first:
+    a stream of distinct filters, each valid, must not grow a server without bound;
+    and a filter whose plan was dropped answers as before."""
+    from siamese_search.indexer import store
+
+    data = _jsonl(tmp_path / "rows.jsonl", _rows(600))
+    model = load_model(trained_model)
+    build_index(
+        tmp_path / "hnsw",
+        model,
+        data,
+        COLUMNS,
+        BuildOptions(show_progress=False, index_type="hnsw"),
+    )
+    query = model.embed(["Speed up the cache"])
+
+    def by_ids(first: int) -> dict:
+        return {"must": [{"key": "id", "match": {"any": [f"r{first + i}" for i in range(12)]}}]}
+
+    with open_index(tmp_path / "hnsw") as version:
+        where = version.parse_filter(by_ids(0))
+        version.search(query, k=5, where=where)
+        one_plan = version._allowed((), where).nbytes
+        assert isinstance(version._allowed((), where).alone[0][2], Subset) and one_plan > 0
+        monkeypatch.setattr(store, "SUBSET_CACHE_BYTES", 3 * one_plan)
+        monkeypatch.setattr(store, "VISIT_CACHE", 5)
+        first_hits = version.search(query, k=5, where=where)[0]
+        for start in range(12, 600 - 12, 12):
+            version.search(query, k=5, where=version.parse_filter(by_ids(start)))
+            assert version._subset_bytes <= 3 * one_plan and len(version._masks) <= 5
+            assert version._subset_bytes == sum(v.nbytes for v in version._masks.values())
+        assert where.key not in {key[1] for key in version._masks}  # dropped long ago
+        again = version.search(query, k=5, where=version.parse_filter(by_ids(0)))[0]
+    assert [(h.id, h.score) for h in again] == [(h.id, h.score) for h in first_hits]
+    assert {h.id for h in again} <= {f"r{i}" for i in range(12)} and len(again) == 5
+
+
 @pytest.mark.parametrize(
     "spec, message",
     [
