@@ -232,9 +232,11 @@ def test_the_typed_clients_take_filters_metadata_get_and_scroll(served):
             page = await client.scroll(web, limit=4)
             got = await client.get(["cy1"])
             like = await client.search_like("r4", k=3)
-            return hits, page, got, like
+            every = [e.id async for e in client.scroll_all(web, limit=5)]
+            return hits, page, got, like, every
 
-    hits, page, got, like = asyncio.run(asynchronous())
+    hits, page, got, like, every = asyncio.run(asynchronous())
+    assert every == everything  # the same pages, in the same order
     assert all(rows[n.id]["repo"] == "web" for n in hits.neighbors)
     assert len(page.examples) == 4 and page.next_page_token
     assert got[0].metadata["lang"] == "cy" and "r4" not in [n.id for n in like.neighbors]

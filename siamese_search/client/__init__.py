@@ -23,7 +23,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -640,6 +640,19 @@ class AsyncSearchClient:
     ) -> ScrollPage:
         request = _scroll_request(filter, limit, page_token, with_vectors)
         return _page(await self._call(self._stub.Scroll, request, timeout))
+
+    async def scroll_all(
+        self, filter: dict | None = None, limit: int = 0, with_vectors: bool = False
+    ) -> AsyncIterator[StoredExample]:
+        """Every stored example that passes `filter`, each once (one index version)."""
+        token = ""
+        while True:
+            page = await self.scroll(filter, limit, token, with_vectors)
+            for example in page.examples:
+                yield example
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
 
     async def embed(self, texts: Sequence[str], timeout: float | None = None) -> np.ndarray:
         rows = []
