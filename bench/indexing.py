@@ -11,8 +11,11 @@ Each measurement runs in its own process, so peak RSS (ru_maxrss) is its own.
 With --runtimes (e.g. `numpy openvino`), every measurement is made once per encoder
 runtime, in turn for each size (SIAMESE_ENCODER_RUNTIME for the worker process).
 
+With index types given with parameters (`--index-types flat auto
+hnsw:ef_construction=80`), builds with other parameters are measured in the same run.
+
 Usage: python bench/indexing.py --model artifacts/model [--sizes 10000 100000]
-       [--runtimes numpy openvino]
+       [--runtimes numpy openvino] [--index-types flat auto hnsw:ef_construction=80]
 """
 
 from __future__ import annotations
@@ -59,12 +62,14 @@ def worker(args) -> dict:
     else:
         from siamese_search.indexer.build import BuildOptions, build_index
 
+        kind, params = index_variant(args.index_type)
+
         report = build_index(
             args.out,
             model,
             args.data,
             Columns(text="text", label=None, id="id"),
-            BuildOptions(index_type=args.index_type, show_progress=False),
+            BuildOptions(index_type=kind, index_params=params or None, show_progress=False),
         )
         count = report.count
     seconds = time.perf_counter() - started
@@ -76,6 +81,16 @@ def worker(args) -> dict:
         "texts_per_second": count / seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def index_variant(spec: str) -> tuple[str, dict]:
+    """`--index-types` entry: a type, or a type with parameters ("hnsw:ef_construction=80,M=16")."""
+    kind, _, given = spec.partition(":")
+    params = {}
+    for pair in filter(None, given.split(",")):
+        key, _, value = pair.partition("=")
+        params[key] = int(value)
+    return kind, params
 
 
 def run_worker(
@@ -144,7 +159,8 @@ def measure_size(args, size: int, data: Path, tmp: Path, runtime, results: list)
             }
         )
         print(
-            f"{label}{size:>7} texts  build {kind:>5} ({manifest['index']['type']:>5})  "
+            f"{label}{size:>7} texts  build {kind:>5} ({manifest['index']['type']:>5} "
+            f"{manifest['index'].get('params', {})})  "
             f"{e2e['texts_per_second']:7.0f} texts/s  = {ratio:5.1%} of raw  "
             f"peak RSS {e2e['peak_rss_mb']:6.0f} MB  (index file {index_mb:.0f} MB)",
             flush=True,
