@@ -18,6 +18,7 @@ rows that pass.
 Usage: python bench/filters.py [--model artifacts/model] [--rows 1000000] [--out FILE]
            [--index-param ef_search=256] [--index-metadata]   (declare kw and num indexed)
            [--query-sets pairs commits] [--queries 200] [--between]   (5% and 2% too)
+           [--float32-rows 0]   (each filter's subsets from the half-precision copy too)
 """
 
 from __future__ import annotations
@@ -146,18 +147,33 @@ def build(
     layout.publish(index_dir, staging)
 
 
-def measure(index_dir: Path, query_sets: dict[str, np.ndarray], beams: list[float] | None) -> dict:
-    """Per query set and filter (and filtered beam, when several are given): p50
-    (timed interleaved), recall@10, first use."""
+def measure(
+    index_dir: Path,
+    query_sets: dict[str, np.ndarray],
+    beams: list[float] | None,
+    float32_rows: list[int] | None = None,
+) -> dict:
+    """Per query set and filter (and filtered beam, when several are given; and
+    FLOAT32_SUBSET_ROWS, when given): p50 (timed interleaved), recall@10, first use.
+
+    A FLOAT32_SUBSET_ROWS variant searches the same rows under a filter written another
+    way (nested in a `must`), so that its plan, made with that setting, is cached
+    beside the default one's and both are timed in the same turns."""
+    from siamese_search.indexer import segments
     from siamese_search.indexer.backends import faiss_backend
     from siamese_search.indexer.store import open_index
 
     caps = beams or [faiss_backend.HNSW_FILTERED_BEAM]
     runs = {
-        name if len(caps) == 1 or spec is None else f"{name} b{cap:g}": (name, spec, cap)
+        name if len(caps) == 1 or spec is None else f"{name} b{cap:g}": (name, spec, cap, None)
         for name, spec in FILTERS.items()
         for cap in (caps if spec is not None else caps[:1])
     }
+    for rows in float32_rows or []:
+        for name, spec in FILTERS.items():
+            if spec is not None:
+                runs[f"{name} f32<={rows}"] = (name, {"must": [spec]}, caps[0], rows)
+    default_rows = segments.FLOAT32_SUBSET_ROWS
 
     out: dict[str, dict] = {name: {} for name in query_sets}
     with open_index(index_dir) as version:
@@ -165,11 +181,13 @@ def measure(index_dir: Path, query_sets: dict[str, np.ndarray], beams: list[floa
         stored = [row for rows in version.records().iter_all(with_metadata=True) for row in rows]
         fields = [json.loads(row[4]) for row in stored]
         wheres, subsets, first = {}, {}, {}
-        for name, spec in FILTERS.items():
-            wheres[name] = version.parse_filter(spec)
+        for run, (name, spec, _, rows) in runs.items():
+            wheres[run] = version.parse_filter(spec)
+            segments.FLOAT32_SUBSET_ROWS = default_rows if rows is None else rows
             started = time.perf_counter()
-            version.search(next(iter(query_sets.values()))[:1], k=10, where=wheres[name])
-            first[name] = time.perf_counter() - started
+            version.search(next(iter(query_sets.values()))[:1], k=10, where=wheres[run])
+            first[run] = time.perf_counter() - started
+            segments.FLOAT32_SUBSET_ROWS = default_rows
             passing = np.ones(len(stored), bool) if spec is None else _passing(fields, name)
             subsets[name] = np.flatnonzero(passing)
         for set_name, queries in query_sets.items():
@@ -184,15 +202,15 @@ def measure(index_dir: Path, query_sets: dict[str, np.ndarray], beams: list[floa
             for turn in range(len(queries)):
                 for index in rng.permutation(len(order)):
                     run = order[index]
-                    name, _, cap = runs[run]
+                    name, _, cap, _ = runs[run]
                     faiss_backend.HNSW_FILTERED_BEAM = cap
                     query = which[run][turn]
                     started = time.perf_counter()
-                    hits = version.search(queries[query][None, :], k=10, where=wheres[name])[0]
+                    hits = version.search(queries[query][None, :], k=10, where=wheres[run])[0]
                     timings[run].append(time.perf_counter() - started)
                     found[run][query] = {h.position for h in hits}
             all_scores = vectors @ np.asarray(queries, dtype=np.float32).T  # one pass
-            for run, (name, _, _) in runs.items():
+            for run, (name, _, _, _) in runs.items():
                 subset = subsets[name]
                 scores = all_scores[subset]
                 top = np.argpartition(-scores, min(10, len(subset)) - 1, axis=0)[:10]
@@ -204,7 +222,7 @@ def measure(index_dir: Path, query_sets: dict[str, np.ndarray], beams: list[floa
                     "rows_passing": len(subset),
                     "p50_ms": 1000 * statistics.median(timings[run]),
                     "recall_at_10": float(np.mean(recalls)),
-                    "first_use_ms": 1000 * first[name],
+                    "first_use_ms": 1000 * first[run],
                 }
     return out
 
@@ -273,6 +291,13 @@ def main() -> int:
         help="the most the beam widens below 10%% of the rows (default: the backend's "
         "HNSW_FILTERED_BEAM_MAX; 2.5 measures a beam that does not widen)",
     )
+    parser.add_argument(
+        "--float32-rows",
+        type=int,
+        nargs="+",
+        help="also measure each filter with these FLOAT32_SUBSET_ROWS (subsets up to it "
+        "scored in float32, larger ones from their half-precision copy), interleaved",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.between:
@@ -299,7 +324,7 @@ def main() -> int:
             vectors = made(model, args.rows)
             build(index_dir, model, vectors, args.index_type, params or None, indexed)
         built = time.perf_counter() - started
-        result = measure(index_dir, queries, args.beam)
+        result = measure(index_dir, queries, args.beam, args.float32_rows)
     print(
         f"{args.rows} rows ({args.vectors}), {args.index_type} {args.index_param or ''} "
         f"(made and built in {built:.0f} s); k 10, {args.queries} queries a set, timed "
@@ -311,7 +336,7 @@ def main() -> int:
         print(f"queries: {set_name}")
         for name, row in rows.items():
             print(
-                f"  {name:<12} {row['rows_passing']:>8} rows  p50 {row['p50_ms']:6.2f} ms "
+                f"  {name:<16} {row['rows_passing']:>8} rows  p50 {row['p50_ms']:6.2f} ms "
                 f"({row['p50_ms'] / base:.2f}x unfiltered)  recall@10 "
                 f"{row['recall_at_10']:.3f}  first use {row['first_use_ms']:.0f} ms"
             )
@@ -326,6 +351,7 @@ def main() -> int:
                     "vectors": args.vectors,
                     "filtered_beam": args.beam,
                     "filtered_beam_max": args.beam_max,
+                    "float32_rows": args.float32_rows,
                     "queries_per_set": args.queries,
                     "query_sets": result,
                 },

@@ -287,7 +287,8 @@ class Segment:
         if walked or len(chosen) > EXACT_SUBSET_ROWS:
             return RowMask.of(allowed)
         vectors = np.ascontiguousarray(self.vectors()[chosen])
-        return Subset(chosen, vectors, HalfPrecisionCopy(vectors))
+        small = len(chosen) <= FLOAT32_SUBSET_ROWS
+        return Subset(chosen, vectors, None if small else HalfPrecisionCopy(vectors))
 
     def search(
         self,
@@ -307,10 +308,14 @@ class Segment:
         return scores, positions
 
     def _exact(self, queries: np.ndarray, k: int, subset: Subset) -> tuple[np.ndarray, np.ndarray]:
-        """The subset's top k: candidates from its half-precision copy, re-scored from
-        the float32 vectors (exact but where a near-tie within ~1e-3 of the k-th score
-        lies beyond the SUBSET_CANDIDATES best)."""
+        """The subset's top k: every row scored in float32 when it has no half-precision
+        copy (FLOAT32_SUBSET_ROWS), else candidates from the copy re-scored from the
+        float32 vectors (exact but where a near-tie within ~1e-3 of the k-th score lies
+        beyond the SUBSET_CANDIDATES best)."""
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if subset.copy is None:  # few rows: every one scored in float32
+            top_scores, top = exact_top_k(queries @ subset.vectors.T, k)
+            return top_scores, subset.rows[top] + self.offset
         found = subset.copy.candidates(queries, max(SUBSET_CANDIDATES, 4 * k))
         chosen = np.maximum(found, 0)
         gathered = subset.vectors[chosen.ravel()].reshape(*chosen.shape, -1)
@@ -334,21 +339,26 @@ EXACT_SUBSET_ROWS = 20_000
 
 #: candidates a subset's half-precision copy proposes for re-scoring (4k if more)
 SUBSET_CANDIDATES = 64
+#: a subset of at most this many rows gets no half-precision copy: reading it whole in
+#: float32 costs less than the copy's search and the re-scoring (bench/filters.py
+#: --float32-rows compares the two in one run)
+FLOAT32_SUBSET_ROWS = 2_000
 
 
 @dataclass(frozen=True)
 class Subset:
     """Rows of a segment gathered for exact scoring: their local positions, their
-    vectors, and the vectors' half-precision copy that proposes the candidates the
-    float32 vectors re-score (`Segment._exact`)."""
+    vectors, and (above FLOAT32_SUBSET_ROWS) the vectors' half-precision copy that
+    proposes the candidates the float32 vectors re-score (`Segment._exact`)."""
 
     rows: np.ndarray
     vectors: np.ndarray
-    copy: HalfPrecisionCopy
+    copy: HalfPrecisionCopy | None
 
     @property
     def nbytes(self) -> int:
-        return int(self.rows.nbytes + self.vectors.nbytes + self.copy.nbytes)
+        copy = self.copy.nbytes if self.copy is not None else 0
+        return int(self.rows.nbytes + self.vectors.nbytes + copy)
 
 
 def _identity(entry: SegmentEntry, files: dict) -> str:

@@ -115,7 +115,15 @@ def test_a_filtered_search_is_brute_force_on_the_subset(indexed, spec):
             }
 
 
-def test_a_graph_index_searches_a_small_subset_exactly(tmp_path, trained_model):
+@pytest.mark.parametrize("float32_rows", [2_000, 0], ids=["float32", "half-precision-copy"])
+def test_a_graph_index_searches_a_small_subset_exactly(
+    tmp_path, trained_model, monkeypatch, float32_rows
+):
+    """A subset too small to walk is scored exactly: in float32 when it is small,
+    else candidates from its half-precision copy re-scored in float32."""
+    from siamese_search.indexer import segments
+
+    monkeypatch.setattr(segments, "FLOAT32_SUBSET_ROWS", float32_rows)
     data = _jsonl(tmp_path / "rows.jsonl", _rows(600))
     index_dir = tmp_path / "hnsw"
     model = load_model(trained_model)
@@ -134,7 +142,9 @@ def test_a_graph_index_searches_a_small_subset_exactly(tmp_path, trained_model):
         where = version.parse_filter(spec)
         top5 = version.search(queries, k=5, where=where)
         every = version.search(queries, k=100, where=where)  # more than pass
-        assert isinstance(version._allowed((), where).alone[0][2], Subset)  # 1/21 of the rows
+        plan = version._allowed((), where).alone[0][2]
+        assert isinstance(plan, Subset)  # 1/21 of the rows
+        assert (plan.copy is None) == (float32_rows > 0)
         scores = version.vectors() @ queries.T
         stored = [row for rows_ in version.records().iter_all(with_metadata=True) for row in rows_]
     for column, (hits, all_hits) in enumerate(zip(top5, every, strict=True)):
