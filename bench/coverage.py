@@ -51,20 +51,24 @@ def train(data: Path, label_column: str, out: Path, seed: int) -> Path:
     return out
 
 
-def queries(model, reference: pd.DataFrame, label_column: str, texts: list[str]) -> dict:
-    """Per query: voted label, confidence, top score, label share, out-of-domain bar
-    (the model's rule), as the server's Predict computes them."""
+def embedded(model, reference: pd.DataFrame, label_column: str) -> tuple[np.ndarray, np.ndarray]:
+    """The reference set as the model serves it: (vectors, labels), embedded once for
+    every query set and rule measured against it."""
+    labels = reference[label_column].astype(str).to_numpy()
+    return model.embed_unique(reference.text.tolist()), labels
+
+
+def queries(model, ref: np.ndarray, labels: np.ndarray, vectors: np.ndarray) -> dict:
+    """Per query (its served vector): voted label, confidence, top score, label share,
+    out-of-domain bar (the model's rule), as the server's Predict computes them."""
     from siamese_search.core.abstention import predict
     from siamese_search.core.voting import nearest
 
-    ref = model.embed_unique(reference.text.tolist())
-    labels = reference[label_column].astype(str).to_numpy()
-    vectors = model.embed_unique(texts)
     shares = model.label_shares(vectors)
     scores, positions = nearest(ref, vectors, K)
     out: dict[str, list] = {"voted": [], "confidence": [], "top": [], "share": [], "abstained": []}
     out["far"], out["unanimous"] = [], []
-    for row in range(len(texts)):
+    for row in range(len(vectors)):
         share = None if shares is None else float(shares[row])
         decision = predict(
             labels[positions[row]].tolist(), scores[row].tolist(), model.abstention, None, share
@@ -128,17 +132,14 @@ ALTERNATIVES = (
 
 
 def alternatives(
-    model, reference: pd.DataFrame, label_column: str, texts: list[str], truth, budget: float
+    ref: np.ndarray, labels: np.ndarray, vectors: np.ndarray, truth, budget: float
 ) -> dict:
     """Per labelling rule: the vote's accuracy and the hindsight answered accuracy at
     `budget` (sureness: the margin of the best label's total over the runner-up's)."""
     from sklearn.linear_model import LogisticRegression
 
-    ref = model.embed_unique(reference.text.tolist())
-    labels = reference[label_column].astype(str).to_numpy()
     names = np.unique(labels)
     onehot = (labels[:, None] == names[None, :]).astype(np.float64)
-    vectors = model.embed_unique(texts)
     similarity = vectors @ ref.T
     out = {}
     for rule in ALTERNATIVES:
@@ -190,40 +191,31 @@ def run_seed(seed: int, work: Path, compare: bool = False) -> dict:
     clinc_model = load_model(
         train(CLINC / f"train-10shot-seed{seed}.csv", "intent", work / f"clinc-{seed}", seed)
     )
-    commit_in = queries(commit_model, commit_train, "class", commit_sample.text.tolist())
-    commit_out = queries(commit_model, commit_train, "class", clinc_any.text.tolist())
-    clinc_in = queries(clinc_model, clinc_train, "intent", clinc_sample.text.tolist())
-    clinc_out = queries(clinc_model, clinc_train, "intent", commit_sample.text.tolist())
+    commit_ref = embedded(commit_model, commit_train, "class")
+    clinc_ref = embedded(clinc_model, clinc_train, "intent")
+    commit_vectors = commit_model.embed_unique(commit_sample.text.tolist())
+    clinc_vectors = clinc_model.embed_unique(clinc_sample.text.tolist())
+    commit_truth = commit_sample["class"].astype(str).to_numpy()
+    clinc_truth = clinc_sample.intent.to_numpy()
+    commit_in = queries(commit_model, *commit_ref, commit_vectors)
+    commit_out = queries(
+        commit_model, *commit_ref, commit_model.embed_unique(clinc_any.text.tolist())
+    )
+    clinc_in = queries(clinc_model, *clinc_ref, clinc_vectors)
+    clinc_out = queries(
+        clinc_model, *clinc_ref, clinc_model.embed_unique(commit_sample.text.tolist())
+    )
     extra = {}
     if compare:
         extra["alternatives"] = {
-            "commits": alternatives(
-                commit_model,
-                commit_train,
-                "class",
-                commit_sample.text.tolist(),
-                commit_sample["class"].astype(str).to_numpy(),
-                BUDGET["commits"],
-            ),
-            "clinc": alternatives(
-                clinc_model,
-                clinc_train,
-                "intent",
-                clinc_sample.text.tolist(),
-                clinc_sample.intent.to_numpy(),
-                BUDGET["clinc"],
-            ),
+            "commits": alternatives(*commit_ref, commit_vectors, commit_truth, BUDGET["commits"]),
+            "clinc": alternatives(*clinc_ref, clinc_vectors, clinc_truth, BUDGET["clinc"]),
         }
     return {
         **extra,
         "seed": seed,
-        "commits": summary(
-            commit_in,
-            commit_sample["class"].astype(str).to_numpy(),
-            commit_out,
-            BUDGET["commits"],
-        ),
-        "clinc": summary(clinc_in, clinc_sample.intent.to_numpy(), clinc_out, BUDGET["clinc"]),
+        "commits": summary(commit_in, commit_truth, commit_out, BUDGET["commits"]),
+        "clinc": summary(clinc_in, clinc_truth, clinc_out, BUDGET["clinc"]),
         "rules": {
             "commits": commit_model.abstention.to_dict() if commit_model.abstention else None,
             "clinc": clinc_model.abstention.to_dict() if clinc_model.abstention else None,
