@@ -62,6 +62,17 @@ def built(tmp_path_factory, trained_model):
     return root / "index", model, {row["id"]: row for row in rows}
 
 
+@pytest.fixture(scope="module")
+def graph_indexed(tmp_path_factory, trained_model):
+    """An HNSW index of 600 rows for the module, read only: filters on it plan a subset
+    to score exactly or a walk, by how many rows pass."""
+    root = tmp_path_factory.mktemp("metadata-hnsw")
+    model = load_model(trained_model)
+    options = BuildOptions(show_progress=False, index_type="hnsw")
+    build_index(root / "hnsw", model, _jsonl(root / "rows.jsonl", _rows(600)), COLUMNS, options)
+    return root / "hnsw", model
+
+
 @pytest.fixture
 def indexed(built, tmp_path):
     import shutil
@@ -116,20 +127,13 @@ def test_a_filtered_search_is_brute_force_on_the_subset(indexed, spec):
 
 
 @pytest.mark.parametrize("float32_rows", [2_000, 0], ids=["float32", "half-precision-copy"])
-def test_a_graph_index_searches_a_small_subset_exactly(
-    tmp_path, trained_model, monkeypatch, float32_rows
-):
+def test_a_graph_index_searches_a_small_subset_exactly(graph_indexed, monkeypatch, float32_rows):
     """A subset too small to walk is scored exactly: in float32 when it is small,
     else candidates from its half-precision copy re-scored in float32."""
     from siamese_search.indexer import segments
 
     monkeypatch.setattr(segments, "FLOAT32_SUBSET_ROWS", float32_rows)
-    data = _jsonl(tmp_path / "rows.jsonl", _rows(600))
-    index_dir = tmp_path / "hnsw"
-    model = load_model(trained_model)
-    build_index(
-        index_dir, model, data, COLUMNS, BuildOptions(show_progress=False, index_type="hnsw")
-    )
+    index_dir, model = graph_indexed
     spec = {
         "must": [
             {"key": "year", "match": {"value": 2020}},
@@ -160,19 +164,14 @@ def test_a_graph_index_searches_a_small_subset_exactly(
         assert [h.score for h in all_hits] == pytest.approx(sorted(s for s, _ in passing)[::-1])
 
 
-def test_a_graph_index_walks_a_large_subset_with_one_packed_mask(tmp_path, trained_model):
+def test_a_graph_index_walks_a_large_subset_with_one_packed_mask(graph_indexed):
     """A subset the widened walk covers (a third of the rows) is walked with a
     selector, not scored exactly: only rows that pass come back, and the filter's
     bitmap is packed once, with its cached visit, not on every search (0.1 ms a query
     at 1M rows: issue 36)."""
     from siamese_search.indexer.backends.base import RowMask
 
-    data = _jsonl(tmp_path / "rows.jsonl", _rows(600))
-    index_dir = tmp_path / "hnsw"
-    model = load_model(trained_model)
-    build_index(
-        index_dir, model, data, COLUMNS, BuildOptions(show_progress=False, index_type="hnsw")
-    )
+    index_dir, model = graph_indexed
     spec = {"must": [{"key": "repo", "match": {"value": "web"}}]}
     query = model.embed(["Speed up the cache"])
     with open_index(index_dir) as version:
@@ -190,28 +189,20 @@ def test_a_graph_index_walks_a_large_subset_with_one_packed_mask(tmp_path, train
     assert [h.position for h in first] == best.tolist()
 
 
-def test_worked_out_filters_are_kept_within_their_bounds(tmp_path, trained_model, monkeypatch):
+def test_worked_out_filters_are_kept_within_their_bounds(graph_indexed, monkeypatch):
     """A version keeps each filter's plan (gathered subsets, packed bitmaps) for later
     searches, but within SUBSET_CACHE_BYTES and VISIT_CACHE, the oldest going first:
     a stream of distinct filters, each valid, must not grow a server without bound;
     and a filter whose plan was dropped answers as before."""
     from siamese_search.indexer import store
 
-    data = _jsonl(tmp_path / "rows.jsonl", _rows(600))
-    model = load_model(trained_model)
-    build_index(
-        tmp_path / "hnsw",
-        model,
-        data,
-        COLUMNS,
-        BuildOptions(show_progress=False, index_type="hnsw"),
-    )
+    index_dir, model = graph_indexed
     query = model.embed(["Speed up the cache"])
 
     def by_ids(first: int) -> dict:
         return {"must": [{"key": "id", "match": {"any": [f"r{first + i}" for i in range(12)]}}]}
 
-    with open_index(tmp_path / "hnsw") as version:
+    with open_index(index_dir) as version:
         where = version.parse_filter(by_ids(0))
         version.search(query, k=5, where=where)
         one_plan = version._allowed((), where).nbytes
@@ -525,7 +516,7 @@ import sys, time
 from pathlib import Path
 from siamese_search.indexer import field_index
 
-segment, key, stall = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "stall"
+records, key, stall = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "stall"
 if stall:
     original = field_index.field_values
 
@@ -536,7 +527,7 @@ if stall:
 
     field_index.field_values = values_then_stall
 print("start", flush=True)
-field_index.build(segment / "records.sqlite", key, field_index.path_for(segment, key))
+field_index.build(records, key, field_index.path_for(records.parent, key))
 print("built", flush=True)
 """
 
@@ -545,9 +536,11 @@ def _builder(segment_dir, key: str, stall: bool):
     import subprocess
     import sys
 
+    from siamese_search.indexer import layout
+
+    records = segment_dir / layout.RECORDS_FILE
     return subprocess.Popen(
-        [sys.executable, "-c", _BUILDER_PROCESS, str(segment_dir), key]
-        + ["stall" if stall else "go"],
+        [sys.executable, "-c", _BUILDER_PROCESS, str(records), key] + ["stall" if stall else "go"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -573,7 +566,6 @@ def test_a_field_index_builder_killed_mid_build_or_racing_another_leaves_whole_a
     with open_index(index_dir) as version:
         (segment,) = version.segments
         segment_dir = segment.directory
-    assert (segment_dir / layout.RECORDS_FILE).name == "records.sqlite"
     spec = {"must": [{"key": "repo", "match": {"value": "web"}}]}
     want = {i for i, row in rows.items() if _passes(row, spec)}
     queries = model.embed(["Fix the parser crash"])
