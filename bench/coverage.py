@@ -14,7 +14,8 @@ Reported: abstention in each, the answered in-domain accuracy, and why in-domain
 queries abstained (too far from the reference texts, or the vote too unsure), and
 the answered accuracy had the least confident 5% (commits) or 8% (CLINC150) of the
 in-domain queries abstained, chosen in hindsight: the ceiling of any cut on this
-confidence at the issue's coverage bars.
+confidence at the issue's coverage bars. `--alternatives` also measures other labelling
+rules on the same vectors, and other sureness measures for the server's vote (`sureness`).
 
 Models are trained once into --work and reused.
 
@@ -159,6 +160,61 @@ def alternatives(
     return out
 
 
+def parts(model, vectors: np.ndarray) -> dict[str, np.ndarray]:
+    """A served vector's two unit parts beside it (core.served_space): the untuned
+    encoder's meaning and the head's labels, each rescaled out of its share."""
+    share = model.label_shares(vectors)[:, None]
+    cut = model.space.meaning_dim
+    return {
+        "served": vectors,
+        "meaning": vectors[:, :cut] / np.sqrt(np.maximum(1.0 - share, 1e-6)),
+        "labels": vectors[:, cut:] / np.sqrt(np.maximum(share, 1e-6)),
+    }
+
+
+SURENESS_RULES = ("vote of 5", "centroid", "mean of 3 nearest per label")
+
+
+def sureness(
+    model, ref: np.ndarray, labels: np.ndarray, vectors: np.ndarray, inside: dict, truth, budget
+) -> dict:
+    """Other sureness measures for the server's vote (its label kept), as hindsight
+    answered accuracy at `budget`: the label part's own vote margin (a signal the
+    server could read without labelled data), and every signal at once (the vote's
+    confidence, top score and label share; in each of the served, meaning and label
+    spaces, each SURENESS_RULES rule's margin, best total and agreement with the vote)
+    combined by a logistic regression fitted on the labelled in-domain queries
+    themselves, 5-fold cross-fitted: what a confidence learned with a validation
+    table drawn from the very queries measured could at best do."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    names = np.unique(labels)
+    onehot = (labels[:, None] == names[None, :]).astype(np.float64)
+    voted = np.searchsorted(names, inside["voted"])
+    right = inside["voted"] == truth
+    reference, query = parts(model, ref), parts(model, vectors)
+    signals = {"confidence": inside["confidence"], "top": inside["top"], "share": inside["share"]}
+    for space in ("served", "meaning", "labels"):
+        similarity = query[space] @ reference[space].T
+        for rule in SURENESS_RULES:
+            ranked = label_totals(rule, similarity, onehot)
+            top_two = np.sort(ranked, axis=1)[:, -2:]
+            signals[f"{space} {rule} margin"] = top_two[:, 1] - top_two[:, 0]
+            signals[f"{space} {rule} best"] = top_two[:, 1]
+            signals[f"{space} {rule} agrees"] = (ranked.argmax(axis=1) == voted).astype(float)
+    table = np.column_stack(list(signals.values()))
+    learned = cross_val_predict(
+        LogisticRegression(max_iter=5000), table, right, cv=5, method="predict_proba"
+    )[:, 1]
+    return {
+        "label part's vote of 5 margin": hindsight_accuracy(
+            signals["labels vote of 5 margin"], right, budget
+        ),
+        "all signals, fitted on the labelled queries": hindsight_accuracy(learned, right, budget),
+    }
+
+
 def summary(inside: dict, truth: np.ndarray, outside: dict, budget: float) -> dict:
     abstained, right = inside["abstained"], inside["voted"] == truth
     return {
@@ -211,6 +267,19 @@ def run_seed(seed: int, work: Path, compare: bool = False) -> dict:
             "commits": alternatives(*commit_ref, commit_vectors, commit_truth, BUDGET["commits"]),
             "clinc": alternatives(*clinc_ref, clinc_vectors, clinc_truth, BUDGET["clinc"]),
         }
+        extra["sureness"] = {
+            "commits": sureness(
+                commit_model,
+                *commit_ref,
+                commit_vectors,
+                commit_in,
+                commit_truth,
+                BUDGET["commits"],
+            ),
+            "clinc": sureness(
+                clinc_model, *clinc_ref, clinc_vectors, clinc_in, clinc_truth, BUDGET["clinc"]
+            ),
+        }
     return {
         **extra,
         "seed": seed,
@@ -258,6 +327,12 @@ def main() -> int:
                     f"{np.mean([f['voted_accuracy'] for f in figures]):.3f}; least sure "
                     f"{BUDGET[data]:.0%} abstained in hindsight: answered right "
                     f"{np.mean([f['hindsight_answered_accuracy'] for f in figures]):.3f}"
+                )
+            for measure in runs[0]["sureness"][data]:
+                print(
+                    f"{data:<8} the vote, sureness: {measure}: least sure {BUDGET[data]:.0%} "
+                    f"abstained in hindsight: answered right "
+                    f"{np.mean([r['sureness'][data][measure] for r in runs]):.3f}"
                 )
     if args.out:
         args.out.write_text(json.dumps({"k": K, "runs": runs, "mean": mean}, indent=2) + "\n")
