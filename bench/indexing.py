@@ -6,7 +6,9 @@ test set, each made unique with two extra words so deduplication cannot flatter 
     the served space of a fine-tuned model: the shipped one and the tuned one)
   - end-to-end: `build_index` from a CSV file (read, check, encode, head, SQLite,
     vectors file, FAISS index, manifest, fsync, publish), with the index type given
-Each measurement runs in its own process, so peak RSS (ru_maxrss) is its own.
+Each measurement runs in its own process, so peak RSS (ru_maxrss) is its own, and so
+is "cores busy": the process's CPU seconds over the timed span's wall seconds (how
+much of the machine the encoder leaves for anything run beside it).
 
 With --runtimes (e.g. `numpy openvino`), every measurement is made once per encoder
 runtime, in turn for each size (SIAMESE_ENCODER_RUNTIME for the worker process).
@@ -52,11 +54,16 @@ def worker(args) -> dict:
     from siamese_search.core.model_artifact import load_model
     from siamese_search.core.tables import Columns, read_table
 
+    def cpu_seconds() -> float:  # every thread of this process: the encoder's, FAISS's
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
     model = load_model(args.model)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), cpu_seconds()
     if args.mode == "raw":
         texts = read_table(args.data, Columns(text="text", label=None)).texts
-        started = time.perf_counter()  # time the encoders alone, not the CSV parsing
+        # time the encoders alone, not the CSV parsing
+        started, cpu_started = time.perf_counter(), cpu_seconds()
         model.features(texts, unique=True)  # every encoder the model runs (served space: two)
         count = len(texts)
     else:
@@ -73,7 +80,9 @@ def worker(args) -> dict:
         )
         count = report.count
     seconds = time.perf_counter() - started
+    busy = (cpu_seconds() - cpu_started) / seconds
     return {
+        "cores_busy": busy,
         "mode": args.mode,
         "index_type": args.index_type,
         "count": count,
@@ -132,7 +141,7 @@ def measure_size(args, size: int, data: Path, tmp: Path, runtime, results: list)
     results.append({"size": size, "runtime": runtime, **raw})
     print(
         f"{label}{size:>7} texts  raw encoder      {raw['texts_per_second']:7.0f} texts/s  "
-        f"peak RSS {raw['peak_rss_mb']:6.0f} MB",
+        f"peak RSS {raw['peak_rss_mb']:6.0f} MB  cores busy {raw['cores_busy']:.2f}",
         flush=True,
     )
     for kind in args.index_types:
@@ -162,7 +171,8 @@ def measure_size(args, size: int, data: Path, tmp: Path, runtime, results: list)
             f"{label}{size:>7} texts  build {kind:>5} ({manifest['index']['type']:>5} "
             f"{manifest['index'].get('params', {})})  "
             f"{e2e['texts_per_second']:7.0f} texts/s  = {ratio:5.1%} of raw  "
-            f"peak RSS {e2e['peak_rss_mb']:6.0f} MB  (index file {index_mb:.0f} MB)",
+            f"peak RSS {e2e['peak_rss_mb']:6.0f} MB  (index file {index_mb:.0f} MB)  "
+            f"cores busy {e2e['cores_busy']:.2f}",
             flush=True,
         )
 
