@@ -41,7 +41,7 @@ from siamese_search.indexer.options import BuildOptions
 from siamese_search.indexer.store import DirectorySource, VersionSource
 from siamese_search.server.config import ServerConfig
 from siamese_search.server.metrics import CollectionMetrics, Metrics
-from siamese_search.server.openapi import NAME_PATTERN
+from siamese_search.server.openapi import NAME_PATTERN, NAME_RULE
 from siamese_search.server.state import ReloadWatcher, ServingHolder
 from siamese_search.server.validation import InvalidRequest
 from siamese_search.server.writes import Committer, WritesUnavailable
@@ -70,10 +70,7 @@ def check_name(name: str) -> str:
     """A collection name: letters, digits, '_' and '-', starting with a letter or a
     digit, at most 63 characters; so never a path ('..', '/', '.hidden')."""
     if not isinstance(name, str) or not _NAME.match(name):
-        raise InvalidRequest(
-            f"collection name {name!r:.80} is not one: use letters, digits, '_' and '-', "
-            "starting with a letter or digit, at most 63 characters"
-        )
+        raise InvalidRequest(f"collection name {name!r:.80} is not one: {NAME_RULE}")
     return name
 
 

@@ -58,7 +58,14 @@ from google.protobuf import json_format
 from siamese_search.server import console
 from siamese_search.server.config import Limits
 from siamese_search.server.generated import search_pb2 as pb
-from siamese_search.server.openapi import http_bindings, path_fields, serving_document
+from siamese_search.server.openapi import (
+    NAME_PATTERN,
+    NAME_RULE,
+    http_bindings,
+    path_fields,
+    serving_document,
+)
+from siamese_search.server.scrolling import TOKEN_PATTERN, TOKEN_RULE
 
 log = logging.getLogger("siamese.server")
 
@@ -696,6 +703,8 @@ def _say(field: str, error) -> str:
             "id and the empty one), each a string (1,024 characters at most), number, "
             "boolean or list of these (64 items at most)"
         )
+    if rule == "pattern":
+        return _unmatched(field, value)
     size = len(error.instance) if isinstance(error.instance, (str, list, dict)) else None
     said = {
         "maxItems": f"{field} has {size} items; the limit is {value}. Split the call",
@@ -704,13 +713,21 @@ def _say(field: str, error) -> str:
         "minLength": f"{field} is empty",
         "minimum": f"{field} is {error.instance}; it must be at least {value}",
         "maximum": f"{field} is {error.instance}; it must be at most {value}",
-        "pattern": f"{field} has nothing to read: only white space, control or format characters",
         "not": f"{field} has control characters or white space around it",
         "type": f"{field} must be of JSON type {value}",
         "anyOf": "nothing to delete: send ids, or a label",
         "oneOf": "send a text, or the id of a stored example, to search by (one of them)",
     }.get(rule)
     return said or error.message[:300]
+
+
+def _unmatched(field: str, pattern: str) -> str:
+    """What to fix in a value unlike its schema pattern, said as the gRPC checks say it."""
+    if NAME_PATTERN in pattern:
+        return f"{field} is not a collection name: {NAME_RULE}"
+    if TOKEN_PATTERN in pattern:
+        return f"{field} {TOKEN_RULE}"
+    return f"{field} has nothing to read: only white space, control or format characters"
 
 
 def _json_names(descriptor, body: dict) -> dict:

@@ -49,6 +49,10 @@ ERROR_RESPONSES = {
 
 #: what a path variable (a collection's name) may be: server.collections checks the same
 NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+#: NAME_PATTERN in words, for the gRPC check's and the REST gateway's messages alike
+NAME_RULE = (
+    "use letters, digits, '_' and '-', starting with a letter or digit, at most 63 characters"
+)
 _PATH_FIELD = re.compile(r"\{([a-z_]+)\}")
 
 

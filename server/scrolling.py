@@ -20,6 +20,11 @@ from siamese_search.server.validation import InvalidRequest
 #: REST schema states it; nothing in it is secret: it names rows the caller read)
 TOKEN_PATTERN = r"^[0-9]{1,12}\.[0-9]{1,18}$"
 _TOKEN = re.compile(TOKEN_PATTERN)
+#: what to do about a token unlike TOKEN_PATTERN (the gRPC check's and the REST
+#: gateway's message)
+TOKEN_RULE = (
+    "is not one this server gave; send the next_page_token of the previous page, or none to start"
+)
 
 
 def token(version: str, after: int) -> str:
@@ -31,10 +36,7 @@ def read_token(page_token: str) -> tuple[str | None, int]:
     if not page_token:
         return None, -1
     if not _TOKEN.match(page_token):
-        raise InvalidRequest(
-            "page_token is not one this server gave; send the next_page_token of the "
-            "previous page, or none to start"
-        )
+        raise InvalidRequest(f"page_token {TOKEN_RULE}")
     version, _, after = page_token.partition(".")
     return version.zfill(6), int(after)
 

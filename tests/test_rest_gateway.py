@@ -105,6 +105,17 @@ def test_rest_and_grpc_give_identical_neighbours(server):
         ("POST", "/v1/nothing", {}, 404, 5, "no route"),
         ("GET", "/v1/search", None, 405, 12, "no route"),
         ("POST", "/v1/search:batch", {"texts": ["a"] * 9, "k": 1}, 400, 3, "limit is 8"),
+        # a value unlike its schema's pattern is told what that pattern asks for
+        ("POST", "/v1/search", {"text": "\u200b", "k": 1}, 400, 3, "nothing to read"),
+        (
+            "POST",
+            "/v1/search",
+            {"text": "x", "k": 1, "collection": "../x"},
+            400,
+            3,
+            "letters, digits",
+        ),
+        ("POST", "/v1/examples:scroll", {"pageToken": "abc"}, 400, 3, "next_page_token"),
     ],
 )
 def test_errors_map_as_grpc_gateway_does(
