@@ -199,23 +199,24 @@ class SearchServer:
         assert holder is not None, self.default.problem
         return holder.model
 
-    def _default_index(self):
-        """The default collection's serving index version (None: nothing serves yet)."""
+    def _serving_index(self, collection: str = ""):
+        """A collection's serving index version ("": the default one's; None: nothing
+        serves yet, or no such collection, which the call itself will be told)."""
         try:
-            holder = self.default.holder
-        except Exception:  # no default collection
+            holder = self.collections.get(collection).holder
+        except Exception:  # no such collection, or a name that is none
             return None
         serving = holder.current if holder is not None else None
         return None if serving is None else serving.index
 
-    def _serving_fields(self) -> dict[str, set[str]] | None:
-        """The metadata fields of the default collection's serving version."""
-        index = self._default_index()
+    def _serving_fields(self, collection: str = "") -> dict[str, set[str]] | None:
+        """The metadata fields of a collection's serving version."""
+        index = self._serving_index(collection)
         return None if index is None else index.metadata_keys()
 
-    def _serving_labelled(self) -> bool | None:
-        """Whether the default collection's index takes labels (None: nothing serves)."""
-        index = self._default_index()
+    def _serving_labelled(self, collection: str = "") -> bool | None:
+        """Whether a collection's index takes labels (None: nothing serves)."""
+        index = self._serving_index(collection)
         return None if index is None else index.has_labels
 
     def _gateway(self, config: ServerConfig) -> RestGateway:

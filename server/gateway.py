@@ -167,17 +167,19 @@ class RestGateway:
         host: str,
         port: int,
         limits: Limits,
-        labelled: Callable[[], bool | None],
+        labelled: Callable[[str], bool | None],
         max_connections: int,
         metrics,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
-        fields: Callable[[], dict[str, set[str]] | None] = lambda: None,
+        fields: Callable[[str], dict[str, set[str]] | None] = lambda collection: None,
         manages_collections: bool = False,
     ):
-        """`labelled()` says whether the serving index takes labels (None: nothing
-        serves yet), for the document; `metrics` (server.metrics.Metrics) counts open
-        and refused connections."""
+        """`labelled(collection)` says whether a collection's serving index takes labels
+        (None: nothing serves yet, or no such collection) and `fields(collection)` which
+        metadata fields it holds ("": the default collection's), for the document and
+        the schemas a body naming that collection is checked against; `metrics`
+        (server.metrics.Metrics) counts open and refused connections."""
         self.channel = grpc.insecure_channel(grpc_target)
         # a server without --collections makes and drops none: no such routes (405/404)
         self.routes = [
@@ -223,9 +225,11 @@ class RestGateway:
         self.httpd.server_close()
         self.channel.close()
 
-    def document(self) -> _Document:
-        """The OpenAPI document for the index serving now, and its request validators."""
-        labelled, fields = self._labelled(), self._fields() or {}
+    def document(self, collection: str = "") -> _Document:
+        """The OpenAPI document for a collection's serving index ("": the default's,
+        the one GET /openapi.json shows), and its request validators. Collections of
+        one shape (labels or none, the same metadata fields) share one."""
+        labelled, fields = self._labelled(collection), self._fields(collection) or {}
         key = (
             labelled,
             tuple(sorted((name, tuple(sorted(kinds))) for name, kinds in fields.items())),
@@ -263,7 +267,8 @@ class RestGateway:
         """(HTTP status, JSON body) for a request whose body has been read in full;
         `values`: the path variables, which fill their request fields (over the body's)."""
         try:
-            request = self.document().parse(route, body)
+            read = read_body(route, body)
+            request = self.document(_collection_of(values or {}, read)).parse(route, read)
         except _Refusal as refusal:
             return refusal.http, _error_body(grpc.StatusCode.INVALID_ARGUMENT, str(refusal))
         for name, value in (values or {}).items():
@@ -650,28 +655,13 @@ class _Document:
             if name.endswith("Request")
         }
 
-    def parse(self, route: Route, raw: bytes):
-        """The request message from a JSON body; _Refusal(400) says what is wrong."""
+    def parse(self, route: Route, body: dict | None):
+        """The request message from a JSON body read by `read_body` (None: a route
+        without one); _Refusal(400) says what is wrong."""
         request = route.request_class()
-        if not route.has_body:
+        if body is None:
             return request
         name = route.request_class.__name__
-        depth = json_depth(raw)
-        if depth > MAX_JSON_DEPTH:
-            raise _Refusal(
-                400,
-                f"the body nests arrays and objects {depth} deep; a {name} needs at most "
-                f"{MAX_JSON_DEPTH}",
-            )
-        try:
-            body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as error:
-            raise _Refusal(
-                400, f"the body is not a valid {name} in JSON: {str(error)[:300]}"
-            ) from None
-        if not isinstance(body, dict):
-            raise _Refusal(400, f"the body is not a valid {name}: send a JSON object")
-        body = _json_names(route.request_class.DESCRIPTOR, body)
         problem = jsonschema.exceptions.best_match(self._validators[name].iter_errors(body))
         if problem is not None:
             where = "".join(
@@ -687,13 +677,46 @@ class _Document:
         return request
 
 
+def read_body(route: Route, raw: bytes) -> dict | None:
+    """A request's JSON body as an object with the fields' JSON names (None: a route
+    without a body); _Refusal(400) when it is none. Read before it is checked, because
+    the collection it names chooses the schema it is checked against."""
+    if not route.has_body:
+        return None
+    name = route.request_class.__name__
+    depth = json_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise _Refusal(
+            400,
+            f"the body nests arrays and objects {depth} deep; a {name} needs at most "
+            f"{MAX_JSON_DEPTH}",
+        )
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise _Refusal(400, f"the body is not a valid {name} in JSON: {str(error)[:300]}") from None
+    if not isinstance(body, dict):
+        raise _Refusal(400, f"the body is not a valid {name}: send a JSON object")
+    return _json_names(route.request_class.DESCRIPTOR, body)
+
+
+def _collection_of(values: dict[str, str], body: dict | None) -> str:
+    """The collection a call names: its path's (which wins, as it fills the field
+    over the body's), else its body's; "" for the default one."""
+    if "collection" in values:
+        return urllib.parse.unquote(values["collection"])
+    named = (body or {}).get("collection", "")
+    return named if isinstance(named, str) else ""
+
+
 def _say(field: str, error) -> str:
     """What to fix, in the gRPC checks' words; never the whole value (it can be large)."""
     rule, value = error.validator, error.validator_value
     if "filter" in field.split(".")[0] and rule in ("anyOf", "oneOf", "enum", "required"):
+        named = f" {error.instance!r:.80}" if isinstance(error.instance, str) else ""
         return (
-            f"{field}: not a condition this index takes: a field test {{key, match: {{value "
-            "| any}}}} or {key, range} on one of the index's fields (label, id, and the "
+            f"{field}{named}: not a condition this index takes: a field test {{key, match: "
+            "{value | any}} or {key, range} on one of the index's fields (label, id, and the "
             "metadata fields GET /openapi.json lists under FieldTest; range only on "
             "numeric ones), or a filter of such tests"
         )

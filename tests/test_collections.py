@@ -370,3 +370,58 @@ def test_a_busy_collection_does_not_starve_another(root):
         for thread in threads:
             thread.join(10)
         server.stop(0)
+
+
+def test_a_rest_body_is_checked_against_the_collection_it_names(
+    tmp_path, trained_model, sample_train
+):
+    """The REST gateway checks a body against the schemas of the collection it names
+    (its path, or its `collection` field), not the default one's: an unlabelled
+    collection takes examples without labels, and a filter on a field only it holds."""
+    served = tmp_path / "root"
+    quiet = BuildOptions(show_progress=False)
+    build_index(served / "commits", load_model(trained_model), sample_train, COLUMNS, quiet)
+    server = SearchServer(
+        _config(collections_dir=served, default_collection="commits", admin_token=ADMIN)
+    ).start()
+    port = server.http_port
+    try:
+        status, _ = _http(
+            port,
+            "POST",
+            "/v1/collections",
+            {"name": "notes", "modelDirectory": str(trained_model)},
+            ADMIN,
+        )
+        assert status == 200
+        notes = [
+            {
+                "id": "n1",
+                "text": "The printer in room 4 is jammed",
+                "metadata": {"topic": "printers"},
+            },
+            {"id": "n2", "text": "The VPN drops every hour", "metadata": {"topic": "network"}},
+        ]
+        status, body = _http(
+            port,
+            "POST",
+            "/v1/collections/notes/examples:upsert",
+            {"examples": notes, "wait": True},
+            ADMIN,
+        )
+        assert status == 200, body
+        on_topic = {"must": [{"key": "topic", "match": {"value": "network"}}]}
+        query = {"text": "paper jam in the printer", "k": 2, "filter": on_topic}
+        status, body = _http(port, "POST", "/v1/collections/notes/search", query, ADMIN)
+        assert status == 200 and [n["id"] for n in body["neighbors"]] == ["n2"], body
+        status, body = _http(port, "POST", "/v1/search", {**query, "collection": "notes"}, ADMIN)
+        assert status == 200 and [n["id"] for n in body["neighbors"]] == ["n2"], body
+        # the default collection holds no such field, and takes no unlabelled example
+        status, body = _http(port, "POST", "/v1/search", query, ADMIN)
+        assert status == 400 and "topic" in body["message"], body
+        status, body = _http(
+            port, "POST", "/v1/examples:upsert", {"examples": notes[:1], "wait": True}, ADMIN
+        )
+        assert status == 400 and "label" in body["message"], body
+    finally:
+        server.stop(0)
