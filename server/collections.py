@@ -246,6 +246,9 @@ class Collections:
         self.default = default
         self._by_name: dict[str, Collection] = {}
         self._lock = threading.Lock()  # guards the set; never held while loading
+        #: names a CreateCollection is making now: a second create of one is refused at
+        #: once, as it would be once the first is served (not left to fail in the build)
+        self._creating: set[str] = set()
 
     # ---- building the set at start -----------------------------------------------------
 
@@ -304,10 +307,6 @@ class Collections:
 
     def create(self, name: str, model_dir: str, index_type: str, labels: bool) -> Collection:
         """An empty index under the root with this model, served from now on."""
-        from siamese_search.core.model_artifact import load_model
-        from siamese_search.core.tables import Columns, Table
-        from siamese_search.indexer.build import build_index
-
         check_name(name)
         if self.root is None:
             raise CollectionRefused(
@@ -316,14 +315,28 @@ class Collections:
                 "collections; restart it with --collections",
             )
         with self._lock:
-            if name in self._by_name:
+            if name in self._by_name or name in self._creating:
                 raise CollectionRefused("ALREADY_EXISTS", f"collection {name} already exists")
+            self._creating.add(name)
+        try:
+            return self._create(name, model_dir, index_type, labels)
+        finally:
+            with self._lock:
+                self._creating.discard(name)
+
+    def _create(self, name: str, model_dir: str, index_type: str, labels: bool) -> Collection:
+        """`create` once it holds the name."""
+        from siamese_search.core.model_artifact import load_model
+        from siamese_search.core.tables import Columns, Table
+        from siamese_search.indexer.build import build_index
+
+        assert self.root is not None
         directory = self.root / name
         if directory.exists():
             raise CollectionRefused(
                 "ALREADY_EXISTS",
-                f"{directory} already exists (not served: not an index, or being removed); "
-                "choose another name",
+                f"the collections root already holds a directory {name} (not served: not "
+                "an index, or being removed); choose another name",
             )
         if not model_dir or not (Path(model_dir) / "manifest.json").is_file():
             raise CollectionNotFound(
@@ -340,9 +353,6 @@ class Collections:
         build_index(directory, model, table, columns, options)
         collection = self.opener.open(name, directory, DirectorySource(directory), None)
         with self._lock:
-            if name in self._by_name:  # another create of the same name won the race
-                collection.stop()
-                raise CollectionRefused("ALREADY_EXISTS", f"collection {name} already exists")
             self._by_name[name] = collection
         collection.start()
         log.info("collection_created", extra={"fields": {"collection": name, "model": model_dir}})

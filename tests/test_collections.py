@@ -425,3 +425,37 @@ def test_a_rest_body_is_checked_against_the_collection_it_names(
         assert status == 400 and "label" in body["message"], body
     finally:
         server.stop(0)
+
+
+def test_concurrent_creates_of_one_name_make_one_collection(tmp_path, trained_model):
+    """Creates of one name at once: one makes it, the others are told ALREADY_EXISTS
+    (not INVALID_ARGUMENT from the losing builds), and the one made serves."""
+    served = tmp_path / "root"
+    served.mkdir()
+    server = SearchServer(_config(collections_dir=served, admin_token=ADMIN)).start()
+    target = f"127.0.0.1:{server.port}"
+    try:
+        for name in ("twin-0", "twin-1"):
+            outcomes: list = []
+            start = threading.Barrier(4)
+
+            def create(name=name, outcomes=outcomes, start=start):
+                with SearchClient(target, token=ADMIN) as admin:
+                    start.wait()
+                    try:
+                        outcomes.append(admin.create_collection(name, str(trained_model)).name)
+                    except grpc.RpcError as error:
+                        outcomes.append(error.code())
+
+            threads = [threading.Thread(target=create) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert sorted(outcomes, key=str) == sorted(
+                [name] + [grpc.StatusCode.ALREADY_EXISTS] * 3, key=str
+            ), outcomes
+            with SearchClient(target, token=ADMIN, collection=name) as client:
+                assert client.info().count == 0
+    finally:
+        server.stop(0)
