@@ -406,6 +406,13 @@ def main(argv: list[str] | None = None) -> int:
         if exported.fields:
             named = ",".join(exported.fields)
             print(f"metadata fields as columns: build with --metadata-columns {named}")
+        if exported.as_text:
+            print(
+                f"note: fields {', '.join(exported.as_text)} hold numbers, booleans or lists, "
+                "written as text (a CSV cell is text, and reads back as a string); export to "
+                ".jsonl or .parquet to keep their types",
+                file=sys.stderr,
+            )
         return 0
     if args.command == "rollback":
         previous, now = rollback(args.index, args.to, args.wait, milvus_target(args, args.index))

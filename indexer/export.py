@@ -39,6 +39,9 @@ class ExportReport:
     path: Path
     #: the metadata fields written as columns (build them back with --metadata-columns)
     fields: tuple[str, ...] = ()
+    #: fields holding numbers, booleans or lists that a CSV wrote as text (they read
+    #: back as strings: a range filter would no longer take them)
+    as_text: tuple[str, ...] = ()
 
 
 def open_version(index_dir: Path, version: str | None) -> IndexVersion:
@@ -75,6 +78,8 @@ def export_version(
             f"{out}: unsupported file type {out.suffix or '(none)'!r}; "
             f"use one of {', '.join(sorted(SUPPORTED_SUFFIXES))}"
         )
+    if not out.parent.is_dir():
+        raise UserError(f"{out}: no directory {out.parent}; create it or choose another --out")
     with open_version(Path(index_dir), version) as opened:
         labelled = opened.has_labels
         fields = tuple(sorted(opened.metadata_keys()))
@@ -91,8 +96,9 @@ def export_version(
             mininterval=0.5,
         )
         written = 0
+        writer = _WRITERS[fmt](temporary, columns)
         try:
-            with bar, _WRITERS[fmt](temporary, columns) as write:
+            with bar, writer as write:
                 for rows in iter_rows(opened, fields):
                     page = rows if labelled else [(row[0], *row[2:]) for row in rows]
                     write(page)
@@ -102,7 +108,8 @@ def export_version(
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
-        return ExportReport(opened.name, written, labelled, out, fields)
+        as_text = tuple(sorted(getattr(writer, "as_text", ())))
+        return ExportReport(opened.name, written, labelled, out, fields, as_text)
 
 
 class _CsvWriter:
@@ -113,9 +120,16 @@ class _CsvWriter:
         self._file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
         self._csv = csv.writer(self._file)
         self._csv.writerow(columns)
+        self._columns = columns
+        #: the columns that held a value other than a string (ExportReport.as_text)
+        self.as_text: set[str] = set()
 
     def __enter__(self):
         def write(rows: list[tuple]) -> None:
+            for row in rows:
+                for name, value in zip(self._columns, row, strict=True):
+                    if value is not None and not isinstance(value, str):
+                        self.as_text.add(name)
             self._csv.writerows(tuple(_cell(value) for value in row) for row in rows)
 
         return write

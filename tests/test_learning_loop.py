@@ -81,6 +81,8 @@ def test_export_refuses_what_it_cannot_write(written_index, tmp_path):
         export_version(written_index, tmp_path / "rows.xlsx", show_progress=False)
     with pytest.raises(UserError, match="no version '000009'; retained: 000001, 000002"):
         export_version(written_index, tmp_path / "rows.csv", "000009", show_progress=False)
+    with pytest.raises(UserError, match="no directory .*; create it or choose another"):
+        export_version(written_index, tmp_path / "absent" / "rows.csv", show_progress=False)
     assert not list(tmp_path.glob(".rows.csv*"))  # nothing half-written left
 
 

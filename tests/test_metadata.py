@@ -379,6 +379,17 @@ def test_export_then_build_keeps_metadata(indexed, tmp_path, suffix):
     with open_index(index_dir) as before, open_index(rebuilt) as after:
         ids = sorted(rows)
         assert [r.metadata for r in after.get(ids)] == [r.metadata for r in before.get(ids)]
+    assert report.as_text == ()
+
+
+def test_a_csv_export_says_which_fields_it_wrote_as_text(indexed, tmp_path):
+    """A CSV cell is text: the fields holding numbers, booleans or lists are named, so
+    the user knows they read back as strings (and can export JSON Lines instead)."""
+    from siamese_search.indexer.export import export_version
+
+    index_dir, _, _ = indexed
+    report = export_version(index_dir, tmp_path / "rows.csv", show_progress=False)
+    assert report.as_text == ("ok", "tags", "year")  # "repo" holds strings only
 
 
 def test_any_field_name_filters_safely(indexed):
