@@ -120,7 +120,7 @@ def measure(index_dir: Path) -> dict:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
     config = ServerConfig(index_dir=index_dir)
-    bound = config.memory_bound(encoders_per_model=2) / 2**20
+    bound = config.memory_bound(encoders=2) / 2**20
     from siamese_search.core.encoders.usem3_encoder import make_tokenizer
 
     tokenizer = make_tokenizer()

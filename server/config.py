@@ -105,17 +105,19 @@ class ServerConfig:
         app.py turns off the BDP probing that would widen it) until then."""
         return self.max_concurrent_calls * REQUEST_COPIES * self.limits.max_request_bytes
 
-    def memory_bound(self, encoders_per_model: int) -> int:
+    def memory_bound(self, encoders: int) -> int:
         """Bytes the server and its encoding processes may hold above their idle size
         for any valid calls (docs/serving.md, "Memory"): the requests'
         (request_memory_bound) plus each encoder's fixed pool, in the server process
-        (which encodes a lone call itself) and in every encoding process. A served-space
-        model has two encoders (the untuned meaning encoder and the fine-tuned one); a
-        model swap holds two models for a moment, which this does not count."""
+        (which encodes a lone call itself) and in every encoding process. `encoders`:
+        every distinct encoder the server holds, over all its collections (a
+        served-space model has two: the untuned meaning encoder and the fine-tuned
+        one; models sharing an encoder count it once); a model swap holds two models
+        for a moment, which this does not count."""
         from siamese_search.core.encoders.usem3_runtime import ENCODER_MEMORY_BOUND
 
         processes = 1 + self.batching.processes
-        return self.request_memory_bound + processes * encoders_per_model * ENCODER_MEMORY_BOUND
+        return self.request_memory_bound + processes * encoders * ENCODER_MEMORY_BOUND
 
     def source(self) -> VersionSource:
         """Where the server finds the current version."""
