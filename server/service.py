@@ -375,13 +375,13 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 )
             serving = self._serving(collection)
             current = serving.index
-            version, after = scrolling.read_token(request.page_token)
+            version, after = scrolling.read_token(request.page_token, current)
             with scrolling.version_for(current, version, collection.source) as index:
                 where = index.parse_filter(check.filter_of(request))
                 rows, last = index.scroll(where, limit, after)
                 return pb.ScrollResponse(
                     examples=_stored_examples(index, rows, request.with_vectors),
-                    next_page_token=scrolling.token(index.name, last) if last is not None else "",
+                    next_page_token=scrolling.token(index, last) if last is not None else "",
                     index_version=index.name,
                 )
 

@@ -459,3 +459,37 @@ def test_concurrent_creates_of_one_name_make_one_collection(tmp_path, trained_mo
                 assert client.info().count == 0
     finally:
         server.stop(0)
+
+
+def test_a_page_token_is_refused_by_another_collection(tmp_path, trained_model, sample_train):
+    """Version numbers start at 1 in every index, so a page token names its index too:
+    one collection's token sent to another is INVALID_ARGUMENT, not a page of the other
+    one's rows read from the first one's position."""
+    served = tmp_path / "root"
+    quiet = BuildOptions(show_progress=False)
+    build_index(served / "commits", load_model(trained_model), sample_train, COLUMNS, quiet)
+    server = SearchServer(
+        _config(collections_dir=served, default_collection="commits", admin_token=ADMIN)
+    ).start()
+    target = f"127.0.0.1:{server.port}"
+    try:
+        with SearchClient(target, token=ADMIN) as commits:
+            commits.create_collection("other", str(trained_model), labels=True)
+            commits.upsert([Example("one more row", "1", "extra")], wait=True)
+            first = commits.scroll(limit=2)
+            assert first.next_page_token
+            second = commits.scroll(limit=2, page_token=first.next_page_token)
+            assert [e.id for e in second.examples] == ["2", "3"]
+            # a token without the index's part (an older server's) still reads on
+            version, position, _ = first.next_page_token.split(".")
+            older = commits.scroll(limit=2, page_token=f"{version}.{position}")
+            assert [e.id for e in older.examples] == ["2", "3"]
+        with SearchClient(target, token=ADMIN, collection="other") as other:
+            other.upsert([Example(f"row {i}", "1", f"o{i}") for i in range(5)], wait=True)
+            assert other.info().index_version == second.index_version  # the same number
+            with pytest.raises(grpc.RpcError) as foreign:
+                other.scroll(limit=2, page_token=first.next_page_token)
+            assert foreign.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "another index" in foreign.value.details()
+    finally:
+        server.stop(0)
