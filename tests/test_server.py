@@ -273,8 +273,9 @@ def test_health_and_reflection(server):
         assert answers[1].file_descriptor_response.file_descriptor_proto  # the .proto, served
 
 
-def test_query_cli_against_the_server(server, capsys, monkeypatch):
+def test_query_cli_against_the_server(server, capsys, monkeypatch, tmp_path):
     import io
+    import json
 
     target = f"127.0.0.1:{server.port}"
     assert query_main(["--target", target, "Improve performance of the parser", "--predict"]) == 0
@@ -296,6 +297,25 @@ def test_query_cli_against_the_server(server, capsys, monkeypatch):
     assert "no neighbour reached --min-score 0.9999" in capsys.readouterr().out
     assert query_main(["--target", target, "fix", "--predict", "--min-score", "0.9999"]) == 0
     assert "abstained: no neighbour reached --min-score 0.9999" in capsys.readouterr().out
+    # --filter: a JSON object (or @FILE), checked before any call
+    only_five = '{"must": [{"key": "label", "match": {"value": "5"}}]}'
+    assert query_main(["--target", target, "fix", "-k", "5", "--filter", only_five, "--json"]) == 0
+    assert {n["label"] for n in json.loads(capsys.readouterr().out)["neighbors"]} == {"5"}
+    spec = tmp_path / "filter.json"
+    spec.write_text('{"must_not": [{"key": "label", "match": {"any": ["1", "2", "3", "4"]}}]}')
+    asked = ["--target", target, "Improve performance of the parser", "--predict"]
+    assert query_main([*asked, "--filter", f"@{spec}", "--json"]) == 0
+    assert {n["label"] for n in json.loads(capsys.readouterr().out)["neighbors"]} == {"5"}
+    for bad, said in [
+        ("{must: [", "--filter is not JSON"),
+        ("[1]", "must be a JSON object"),
+        ("@/no/such.json", "no such file"),
+    ]:
+        assert query_main(["--target", target, "fix", "--filter", bad]) == 2
+        assert said in capsys.readouterr().err
+    unknown = '{"must": [{"key": "nope", "match": {"value": "x"}}]}'
+    assert query_main(["--target", target, "fix", "--filter", unknown]) == 1
+    assert "INVALID_ARGUMENT" in capsys.readouterr().err
 
 
 def test_no_index_is_unavailable_until_one_is_built(tmp_path, trained_model, model, sample_train):

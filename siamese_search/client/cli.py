@@ -3,6 +3,7 @@
     siamese-query --target 127.0.0.1:50051 "fix crash on startup" -k 5
     siamese-query "fix crash on startup" "speed up the parser" --predict --json
     git log --format=%s | siamese-query - --predict     # one query per line of stdin
+    siamese-query "printer jam" --filter '{"must": [{"key": "site", "match": {"value": "lyon"}}]}'
 
 Several texts go in SearchBatch / PredictBatch calls (split at the server's limit).
 Built on the typed client (`siamese_search.client.SearchClient`): timeouts, and
@@ -46,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--min-score", type=float, help="minimum cosine similarity (default: no threshold)"
     )
+    parser.add_argument(
+        "--filter",
+        metavar="JSON",
+        help="only examples passing this filter, a JSON object {must, should, must_not} of "
+        "field tests {key, match: {value | any}} or {key, range: {gt, gte, lt, lte}} on "
+        "metadata fields, label or id (docs/serving.md); @FILE reads it from a file",
+    )
     parser.add_argument("--json", action="store_true", help="print the response as JSON")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
     parser.add_argument("--tls-ca", type=Path, help="CA certificate to trust (turns TLS on)")
@@ -64,9 +72,29 @@ def read_texts(arguments: Sequence[str], stdin) -> list[str]:
     return texts
 
 
+def read_filter(given: str | None) -> dict | None:
+    """--filter's JSON object (from the argument, or the file after '@'); ValueError
+    says what to fix."""
+    if given is None:
+        return None
+    text = given
+    if given.startswith("@"):
+        path = Path(given[1:])
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file (--filter @FILE)")
+        text = path.read_text("utf-8")
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--filter is not JSON ({error}); quote it for the shell") from None
+    if not isinstance(spec, dict):
+        raise ValueError('--filter must be a JSON object, e.g. {"must": [{"key": ...}]}')
+    return spec
+
+
 def _threshold_note(args) -> str:
     if args.min_score is None:
-        return "no neighbours (the index is empty or the label filter matched nothing)"
+        return "no neighbours (the index is empty or no example passes the labels or filter given)"
     return f"no neighbour reached --min-score {args.min_score}"
 
 
@@ -95,15 +123,16 @@ def _print_prediction(result, args) -> None:
     _print_neighbors(result.neighbors, args)
 
 
-def _ask(client: SearchClient, args, texts: list[str]) -> list:
+def _ask(client: SearchClient, args, texts: list[str], where: dict | None) -> list:
     """Typed results, one per text (a single text goes as Search / Predict)."""
+    common = {"k": args.k, "min_score": args.min_score, "filter": where}
     if args.predict:
         if len(texts) == 1:
-            return [client.predict(texts[0], k=args.k, min_score=args.min_score)]
-        return client.predict_many(texts, k=args.k, min_score=args.min_score)
+            return [client.predict(texts[0], **common)]
+        return client.predict_many(texts, **common)
     if len(texts) == 1:
-        return [client.search(texts[0], k=args.k, labels=args.labels, min_score=args.min_score)]
-    return client.search_many(texts, k=args.k, labels=args.labels, min_score=args.min_score)
+        return [client.search(texts[0], labels=args.labels, **common)]
+    return client.search_many(texts, labels=args.labels, **common)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
             "(drop --predict to search within labels)",
             file=sys.stderr,
         )
+        return 2
+    try:
+        where = read_filter(args.filter)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     token = os.environ.get("SIAMESE_TOKEN")
     if args.token_file:
@@ -140,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if client.batch_size > 1 and len(texts) > 1:
             client.batch_size = max(1, client.info().max_batch)
-        results = _ask(client, args, texts)
+        results = _ask(client, args, texts, where)
     except grpc.RpcError as error:
         print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
