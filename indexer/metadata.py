@@ -442,18 +442,24 @@ def _match_sql(match: Match) -> tuple[str, list]:
     if match.key in RECORD_KEYS:
         marks = ",".join("?" * len(match.values))
         return f"records.{match.key} IN ({marks})", list(match.values)
-    tests: list[str] = []
-    params: list[object] = []
+    # one IN list per kind of value, not one test per value: a chain of MAX_ANY ORs
+    # is deeper than SQLite parses ("Expression tree is too large (maximum depth 1000)")
+    by_kind: dict[str, list[object]] = {}
     for value in match.values:
-        if isinstance(value, bool):
-            tests.append("{type} = ?")
-            params.append("true" if value else "false")
-        elif isinstance(value, (int, float)):
-            tests.append("({type} IN ('integer', 'real') AND {value} = ?)")
-            params.append(value)
+        kind = _value_kind(value)
+        if kind == "bool":  # json_each types a boolean 'true' or 'false'
+            value = "true" if value else "false"
+        by_kind.setdefault(kind, []).append(value)
+    tests: list[str] = []
+    for kind, values in by_kind.items():
+        marks = ",".join("?" * len(values))
+        if kind == "bool":
+            tests.append(f"{{type}} IN ({marks})")
+        elif kind == "number":
+            tests.append(f"({{type}} IN ('integer', 'real') AND {{value}} IN ({marks}))")
         else:
-            tests.append("({type} = 'text' AND {value} = ?)")
-            params.append(value)
+            tests.append(f"({{type}} = 'text' AND {{value}} IN ({marks}))")
+    params = [value for values in by_kind.values() for value in values]
     return _field_test(match.key, " OR ".join(tests), params)
 
 

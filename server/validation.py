@@ -161,14 +161,26 @@ def filter_of(request) -> dict | None:
     served version checks it (IndexVersion.parse_filter)."""
     if not request.HasField("filter"):
         return None
-    spec = json_format.MessageToDict(request.filter, preserving_proto_field_name=True)
+    spec = _as_json(request.filter, "filter", preserving_proto_field_name=True)
     return spec or None
+
+
+def _as_json(message, where: str, **options) -> dict:
+    """A Struct-bearing message as JSON; a NaN or an infinity (a protobuf double may
+    hold one, JSON cannot) is INVALID_ARGUMENT, not a failure to serialise it."""
+    try:
+        return json_format.MessageToDict(message, **options)
+    except (ValueError, json_format.Error):  # a nested message's: SerializeToJsonError
+        raise InvalidRequest(
+            f"{where} holds a number that is not finite (NaN or an infinity); numbers "
+            "must be finite"
+        ) from None
 
 
 def metadata_of(struct, where: str) -> dict:
     """An example's metadata from its protobuf Struct, checked; whole numbers become
     integers (a Struct holds every number as a double: 2026 would come back 2026.0)."""
-    fields = json_format.MessageToDict(struct)
+    fields = _as_json(struct, where)
     fields = {key: _whole(value) for key, value in fields.items()}
     try:
         return check_metadata(fields, where)

@@ -21,7 +21,7 @@ from siamese_search.indexer.backends.milvus_backend import MilvusSource, MilvusT
 from siamese_search.indexer.build import BuildOptions, apply_changes, build_index
 from siamese_search.indexer.changes import Change
 from siamese_search.indexer.compaction import compact_index
-from siamese_search.indexer.metadata import FilterError
+from siamese_search.indexer.metadata import MAX_ANY, FilterError
 from siamese_search.indexer.store import DirectorySource, UnknownLabelError
 from tests.filter_reference import passes as _passes
 
@@ -177,6 +177,9 @@ FILTERS = [
     {"must": [{"key": "id", "match": {"any": ["r3", "r7", "r200", 'q"uote']}}, {}]},
     {"must": [{"key": ODD, "match": {"value": "é"}}]},
     {"must": [{"key": "year", "range": {"gt": 2030}}]},  # passes nothing
+    # the most values a match takes, of every kind (one SQL test per value was too deep)
+    {"must": [{"key": "tags", "match": {"any": ["t1", 2019, *range(5000, 5000 + MAX_ANY - 3)]}}]},
+    {"must": [{"key": "year", "match": {"any": [2021, True, *map(str, range(MAX_ANY - 2))]}}]},
 ]
 #: the writes a conformance run goes through: new fields, changed fields, deletes
 WRITES = [

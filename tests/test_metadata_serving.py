@@ -142,6 +142,41 @@ def test_bad_filters_are_invalid_argument_with_what_to_fix(served, spec, message
     assert status == 400 and "not a condition this index takes" in body["message"]
 
 
+def test_a_not_finite_number_or_the_most_values_a_match_takes_are_answered(served):
+    """A protobuf double may be NaN or infinite where JSON cannot: such metadata or a
+    filter holding one is INVALID_ARGUMENT (it was INTERNAL); and a match of MAX_ANY
+    values is answered (one SQL test per value was deeper than SQLite parses)."""
+    from siamese_search.indexer.metadata import MAX_ANY
+
+    server, stub, rows = served
+    for number in (float("nan"), float("inf")):
+        fields = struct_pb2.Struct()
+        fields.update({"year": number})
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Upsert(
+                pb.UpsertRequest(
+                    examples=[pb.Example(id="nan", text="x", label="1", metadata=fields)]
+                )
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not finite" in refused.value.details()
+        where = pb.Filter(
+            must=[
+                pb.Filter(key="year", match=pb.Match(value=struct_pb2.Value(number_value=number)))
+            ]
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Search(pb.SearchRequest(text="fix", k=3, filter=where))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    years = sorted({row["year"] for row in rows.values()})
+    wanted = [*years[:2], *range(10_000, 10_000 + MAX_ANY - 4), "core", True]
+    spec = {"must": [{"key": "year", "match": {"any": wanted}}]}
+    found = stub.Search(pb.SearchRequest(text="Fix the parser", k=20, filter=_filter(spec)))
+    assert found.neighbors and all(rows[n.id]["year"] in years[:2] for n in found.neighbors)
+    status, body = _rest(server, "/v1/search", {"text": "Fix the parser", "k": 20, "filter": spec})
+    assert status == 200 and [n["id"] for n in body["neighbors"]] == [n.id for n in found.neighbors]
+
+
 def test_search_by_id_get_and_scroll(served):
     server, stub, rows = served
     by_id = stub.Search(pb.SearchRequest(id="r7", k=5)).neighbors
