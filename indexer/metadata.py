@@ -305,8 +305,8 @@ def _check_clauses(spec, where, depth, known) -> Clauses:
             raise FilterError(f"{where}.{clause} must be a list of conditions")
         if len(conditions) > MAX_CONDITIONS:
             raise FilterError(
-                f"{where}.{clause} has {len(conditions)} conditions; the limit is "
-                f"{MAX_CONDITIONS} a list"
+                f"{where}.{clause} has {len(conditions)} conditions; a list holds at most "
+                f"{MAX_CONDITIONS} (nest a filter to group more)"
             )
         lists.append(
             tuple(

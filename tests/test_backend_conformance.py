@@ -339,6 +339,7 @@ def test_filter_mistakes_are_refused_alike(with_metadata):
             ({"must": [{"key": "repo", "range": {"gt": 1}}]}, "not numbers"),
             ({"must": [{"key": "tags", "range": {"gt": 1}}]}, "holds lists"),
             ({"must": [{"must": [{"must": []}]}]}, "nests filters"),
+            ({"should": [{"key": "repo", "match": {"value": "web"}}] * 9}, "holds at most 8"),
         ):
             with pytest.raises(FilterError, match=message):
                 version.parse_filter(spec)
