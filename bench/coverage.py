@@ -175,11 +175,31 @@ def parts(model, vectors: np.ndarray) -> dict[str, np.ndarray]:
 SURENESS_RULES = ("vote of 5", "centroid", "mean of 3 nearest per label")
 
 
+def per_label_hindsight(confidence: np.ndarray, right: np.ndarray, voted, budget: float) -> float:
+    """Answered accuracy with a confidence cut of its own per voted label (the issue's
+    "separate bars per label"), the cuts chosen in hindsight: the `budget` abstentions
+    shared out among the labels to leave the fewest wrong answers (a knapsack over the
+    labels, each giving its least confident votes first)."""
+    budget_rows = int(round(budget * len(right)))
+    best = np.full(budget_rows + 1, -np.inf)
+    best[0] = 0.0
+    for label in np.unique(voted):
+        members = np.flatnonzero(voted == label)
+        order = members[np.argsort(confidence[members], kind="stable")]
+        removed = np.concatenate([[0], np.cumsum(~right[order])])  # wrong among the j first
+        shared = np.full_like(best, -np.inf)
+        for taken in range(min(len(removed), budget_rows + 1)):
+            shared[taken:] = np.maximum(shared[taken:], best[: len(best) - taken] + removed[taken])
+        best = shared
+    return float(1.0 - ((~right).sum() - best[budget_rows]) / (len(right) - budget_rows))
+
+
 def sureness(
     model, ref: np.ndarray, labels: np.ndarray, vectors: np.ndarray, inside: dict, truth, budget
 ) -> dict:
     """Other sureness measures for the server's vote (its label kept), as hindsight
-    answered accuracy at `budget`: the label part's own vote margin (a signal the
+    answered accuracy at `budget`: its confidence cut per voted label
+    (per_label_hindsight), the label part's own vote margin (a signal the
     server could read without labelled data), and every signal at once (the vote's
     confidence, top score and label share; in each of the served, meaning and label
     spaces, each SURENESS_RULES rule's margin, best total and agreement with the vote)
@@ -208,6 +228,9 @@ def sureness(
         LogisticRegression(max_iter=5000), table, right, cv=5, method="predict_proba"
     )[:, 1]
     return {
+        "a cut per voted label, chosen in hindsight": per_label_hindsight(
+            inside["confidence"], right, inside["voted"], budget
+        ),
         "label part's vote of 5 margin": hindsight_accuracy(
             signals["labels vote of 5 margin"], right, budget
         ),
