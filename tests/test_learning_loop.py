@@ -304,3 +304,38 @@ def test_a_served_index_swaps_to_the_reembedded_version_under_load(
         got = version.vectors_at(np.array([found[i] for i in order]))
         expected = new_model.embed([acknowledged[i] for i in order])
         np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_evaluate_against_an_index_counts_what_the_api_wrote(
+    written_index, trained_model, tuned_model, tmp_path, capsys
+):
+    """`siamese-evaluate --reference INDEX_DIR` searches the index's current version,
+    Upserted rows included: a label only the API wrote is predicted, which a build of
+    the original table cannot; an index of another model is refused, as the server
+    refuses it; an index without labels is told so."""
+    from siamese_search.trainer.evaluate import main as evaluate_main
+
+    test = tmp_path / "test.csv"
+    test.write_text("text,class\nWelsh translation of the settings page,welsh\n")
+    argv = ["--model", str(trained_model), "--test", str(test), "--label-column", "class"]
+    argv += ["--no-plots", "--quiet", "--k", "3"]
+    report = tmp_path / "report.json"
+    assert (
+        evaluate_main([*argv, "--reference", str(written_index), "--report-json", str(report)]) == 0
+    )
+    said = json.loads(report.read_text())
+    assert said["reference_rows"] == 100 + len(ADDED) - 1 and "welsh" in said["labels"]
+    assert said["accuracy"] == 1.0
+    mismatched = [*argv[:1], str(tuned_model), *argv[2:], "--reference", str(written_index)]
+    assert evaluate_main(mismatched) == 2
+    assert "was built with model" in capsys.readouterr().err
+    unlabelled = tmp_path / "unlabelled"
+    build_index(
+        unlabelled,
+        load_model(trained_model),
+        read_table(ROOT / "data/commit-messages/train.csv", Columns(text="text", label=None)),
+        Columns(text="text", label=None),
+        QUIET,
+    )
+    assert evaluate_main([*argv, "--reference", str(unlabelled)]) == 2
+    assert "holds no labels" in capsys.readouterr().err

@@ -5,6 +5,11 @@ similarity-weighted vote of its k nearest reference texts, found by the same FAI
 inner-product search on normalised vectors that the server runs. Prints per-class
 precision / recall / F1, accuracy and macro-F1; writes them as JSON, a confusion
 matrix and a t-SNE map of the test vectors.
+
+The reference is a table, or an index directory: its current version as a server
+serves it, rows written over the API included (the learning loop's question: how
+well does what the index holds now label these texts?). An index built with another
+model is refused, as the server refuses it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference",
         required=True,
         type=Path,
-        help="labelled texts to search (usually the training table)",
+        help="labelled texts to search (usually the training table), or an index "
+        "directory: its current version, as siamese-serve serves it (rows added over the "
+        "API included)",
     )
     parser.add_argument("--test", required=True, type=Path, help="labelled texts to predict")
     parser.add_argument("--k", type=int, default=DEFAULT_K, help="neighbours that vote")
@@ -71,25 +80,29 @@ class Evaluation:
     correct: np.ndarray  # per test row: whether the vote was right
 
 
-def evaluate(
-    model: EmbeddingModel,
-    columns: Columns,
-    reference: Table,
-    test: Table,
-    k: int,
-    progress: bool = True,
-    oos_label: str | None = None,
-) -> Evaluation:
-    """Score kNN labelling of the `test` table against the `reference` table.
-
-    The reference rows are indexed with `indexer.build.build_index` into a temporary
-    exact (flat) index and searched through `indexer.store.open_index`: the same
-    artifact, reader, search and vote that `siamese-serve` uses.
-    """
-    from siamese_search.core.abstention import predict
+@contextmanager
+def reference_index(
+    model: EmbeddingModel, columns: Columns, reference: Table | Path, progress: bool
+) -> Iterator:
+    """The index the test texts are searched in: an index directory's current version
+    (`reference` a Path), or the reference table built into a temporary exact (flat)
+    index with `indexer.build.build_index`; either read through
+    `indexer.store.open_index`, the reader `siamese-serve` uses."""
     from siamese_search.indexer.build import BuildOptions, build_index
     from siamese_search.indexer.store import open_index
 
+    if isinstance(reference, Path):
+        index = open_index(reference, model=model)
+        try:
+            if not index.has_labels:
+                raise UserError(
+                    f"{reference}: the index holds no labels, so nothing can be predicted "
+                    "from it; give a labelled index or table"
+                )
+            yield index
+        finally:
+            index.close()
+        return
     with tempfile.TemporaryDirectory(prefix="siamese-evaluate-") as tmp:
         index_dir = Path(tmp) / "reference-index"
         build_index(
@@ -101,10 +114,30 @@ def evaluate(
         )
         index = open_index(index_dir, model=model)
         try:
-            test_vectors = model.embed_unique(test.texts, progress="test" if progress else None)
-            neighbours = index.search(test_vectors, k)
+            yield index
         finally:
             index.close()
+
+
+def evaluate(
+    model: EmbeddingModel,
+    columns: Columns,
+    reference: Table | Path,
+    test: Table,
+    k: int,
+    progress: bool = True,
+    oos_label: str | None = None,
+) -> Evaluation:
+    """Score kNN labelling of the `test` table against the `reference` table, or
+    against an index directory's current version (`reference_index`): the same
+    artifact, reader, search and vote that `siamese-serve` uses."""
+    from siamese_search.core.abstention import predict
+
+    with reference_index(model, columns, reference, progress) as index:
+        test_vectors = model.embed_unique(test.texts, progress="test" if progress else None)
+        neighbours = index.search(test_vectors, k)
+        reference_rows = index.count
+        reference_labels = set(index.label_names)
     shares = model.label_shares(test_vectors)
     predictions = [
         predict(
@@ -122,7 +155,7 @@ def evaluate(
     else:  # no out-of-scope rows to score abstention on: the vote, as before
         predicted = voted
     open_set, confidence, correct = _open_set_scores(predictions, truth, oos_label)
-    labels = sorted(set(reference.label_list) | set(truth))
+    labels = sorted(reference_labels | set(truth))
     scores = {
         "accuracy": metrics.accuracy(truth, predicted),
         "macro_f1": metrics.macro_f1(truth, predicted, labels),
@@ -131,7 +164,7 @@ def evaluate(
         "per_class": metrics.per_class(truth, predicted, labels),
         "confusion_matrix": metrics.confusion(truth, predicted, labels).tolist(),
         "report_text": metrics.report_text(truth, predicted, labels),
-        "reference_rows": len(reference.texts),
+        "reference_rows": reference_rows,
         "test_rows": len(test.texts),
         "model_fingerprint": model.fingerprint,
         # what ran the encoder (usem3_runtime): scores on another runtime may differ a little
@@ -191,9 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.k < 1:
         raise UserError(f"--k must be at least 1, got {args.k}")
     columns = Columns(text=args.text_column, label=args.label_column)
-    reference = without_out_of_scope(
-        read_table(args.reference, columns), args.oos_label, args.reference
-    )
+    reference: Table | Path = args.reference
+    if not args.reference.is_dir():
+        reference = without_out_of_scope(
+            read_table(args.reference, columns), args.oos_label, args.reference
+        )
     test = read_table(args.test, columns)
 
     from siamese_search.core.model_artifact import load_model
