@@ -372,18 +372,24 @@ def test_a_busy_collection_does_not_starve_another(root):
         server.stop(0)
 
 
+def _commits_server(tmp_path, trained_model, sample_train) -> SearchServer:
+    """A server of one collection, `commits` (the sample's training texts, the
+    default), under a root where the API makes more."""
+    served = tmp_path / "root"
+    quiet = BuildOptions(show_progress=False)
+    build_index(served / "commits", load_model(trained_model), sample_train, COLUMNS, quiet)
+    return SearchServer(
+        _config(collections_dir=served, default_collection="commits", admin_token=ADMIN)
+    ).start()
+
+
 def test_a_rest_body_is_checked_against_the_collection_it_names(
     tmp_path, trained_model, sample_train
 ):
     """The REST gateway checks a body against the schemas of the collection it names
     (its path, or its `collection` field), not the default one's: an unlabelled
     collection takes examples without labels, and a filter on a field only it holds."""
-    served = tmp_path / "root"
-    quiet = BuildOptions(show_progress=False)
-    build_index(served / "commits", load_model(trained_model), sample_train, COLUMNS, quiet)
-    server = SearchServer(
-        _config(collections_dir=served, default_collection="commits", admin_token=ADMIN)
-    ).start()
+    server = _commits_server(tmp_path, trained_model, sample_train)
     port = server.http_port
     try:
         status, _ = _http(
@@ -465,12 +471,7 @@ def test_a_page_token_is_refused_by_another_collection(tmp_path, trained_model, 
     """Version numbers start at 1 in every index, so a page token names its index too:
     one collection's token sent to another is INVALID_ARGUMENT, not a page of the other
     one's rows read from the first one's position."""
-    served = tmp_path / "root"
-    quiet = BuildOptions(show_progress=False)
-    build_index(served / "commits", load_model(trained_model), sample_train, COLUMNS, quiet)
-    server = SearchServer(
-        _config(collections_dir=served, default_collection="commits", admin_token=ADMIN)
-    ).start()
+    server = _commits_server(tmp_path, trained_model, sample_train)
     target = f"127.0.0.1:{server.port}"
     try:
         with SearchClient(target, token=ADMIN) as commits:
