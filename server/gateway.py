@@ -70,6 +70,11 @@ from siamese_search.server.scrolling import TOKEN_PATTERN, TOKEN_RULE
 log = logging.getLogger("siamese.server")
 
 OPENAPI_FILE = Path(__file__).with_name("generated") / "search.openapi.json"
+#: served documents kept, one per shape of collection (labels or none, its fields;
+#: fields change with writes): a body is checked against its collection's, and making
+#: one takes ~2 ms and holds ~0.2 MB, so a server of many differently shaped
+#: collections keeps theirs rather than make one per call
+DOCUMENTS_KEPT = 64
 #: the methods that change the set of collections (only with --collections)
 LIFECYCLE = ("CreateCollection", "DropCollection")
 SERVICE = pb.DESCRIPTOR.services_by_name["SearchService"]
@@ -244,7 +249,7 @@ class RestGateway:
                     self._manages_collections,
                 )
                 self._documents[key] = _Document(served)
-                while len(self._documents) > 16:  # the index's fields change with writes
+                while len(self._documents) > DOCUMENTS_KEPT:
                     self._documents.pop(next(iter(self._documents)))
             return self._documents[key]
 
