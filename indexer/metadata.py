@@ -37,6 +37,9 @@ from siamese_search.core.errors import UserError
 MAX_KEYS = 64
 MAX_LIST = 64
 MAX_STRING = 1024
+#: characters of a field's name: every row holding it stores it, and the served REST
+#: document lists every name the index holds (its filters' keys)
+MAX_KEY_CHARS = 256
 #: a filter's bounds: nesting (a filter, and filters of field tests inside it),
 #: conditions in one must / should / must_not list, values in one `any`
 MAX_FILTER_DEPTH = 2
@@ -90,9 +93,14 @@ def check_metadata(metadata: object, where: str = "metadata") -> dict:
 
 
 def check_key(key: object, where: str) -> str:
-    """A field name: any non-empty string (filters match it as a bound value)."""
+    """A field name: any non-empty string of at most MAX_KEY_CHARS characters (filters
+    match it as a bound value)."""
     if not isinstance(key, str) or not key:
         raise MetadataError(f"{where}: a field name must be a non-empty string")
+    if len(key) > MAX_KEY_CHARS:
+        raise MetadataError(
+            f"{where}: a field name of {len(key)} characters; the limit is {MAX_KEY_CHARS}"
+        )
     return key
 
 

@@ -727,9 +727,9 @@ def _say(field: str, error) -> str:
         )
     if field.startswith("examples") and ".metadata" in field:
         return (
-            f"{field}: metadata is an object of at most 64 fields (any name but label, "
-            "id and the empty one), each a string (1,024 characters at most), number, "
-            "boolean or list of these (64 items at most)"
+            f"{field}: metadata is an object of at most 64 fields (any name of at most "
+            "256 characters but label and id), each a string (1,024 characters at most), "
+            "number, boolean or list of these (64 items at most)"
         )
     if rule == "pattern":
         return _unmatched(field, value)

@@ -246,6 +246,7 @@ def test_bad_filters_say_what_to_fix(indexed, spec, message):
         ({"a": {"nested": 1}}, "is an object"),
         ({"a": [1, [2]]}, "is a list"),
         ({"": 1}, "non-empty string"),
+        ({"k" * 257: 1}, "257 characters; the limit is 256"),
         ({"label": "x"}, "the example's own field"),
         ({f"k{i}": i for i in range(65)}, "65 fields"),
         ({"a": "x" * 2000}, "2000 characters"),

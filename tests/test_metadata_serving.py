@@ -177,6 +177,27 @@ def test_a_not_finite_number_or_the_most_values_a_match_takes_are_answered(serve
     assert status == 200 and [n["id"] for n in body["neighbors"]] == [n.id for n in found.neighbors]
 
 
+def test_a_field_name_is_at_most_256_characters_over_grpc_and_rest(served):
+    server, stub, _ = served
+    for name, fine in (("n" * 256, True), ("n" * 257, False)):
+        example = {"id": f"key-{len(name)}", "text": "x", "label": "1", "metadata": {name: 1}}
+        status, body = _rest(server, "/v1/examples:upsert", {"examples": [example]})
+        assert (status == 200) is fine, body
+        fields = struct_pb2.Struct()
+        fields.update({name: 1})
+        request = pb.UpsertRequest(
+            examples=[pb.Example(id=example["id"], text="x", label="1", metadata=fields)]
+        )
+        if fine:
+            stub.Upsert(request)
+            continue
+        assert "256 characters" in body["message"]
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Upsert(request)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "the limit is 256" in refused.value.details()
+
+
 def test_search_by_id_get_and_scroll(served):
     server, stub, rows = served
     by_id = stub.Search(pb.SearchRequest(id="r7", k=5)).neighbors
