@@ -410,9 +410,9 @@ def _metadata_schemas(schemas: dict, fields: dict[str, set[str]]) -> None:
     example["properties"]["metadata"] = {
         "type": "object",
         "maxProperties": rules.MAX_KEYS,
-        # names of 1 .. MAX_KEY_CHARS characters (Draft 4 has no propertyNames)
-        "patternProperties": {f"^[\\s\\S]{{1,{rules.MAX_KEY_CHARS}}}$": value},
-        "additionalProperties": False,
+        # a name's length (MAX_KEY_CHARS) is the gRPC check's: OpenAPI 3.0 schemas
+        # have neither propertyNames nor patternProperties
+        "additionalProperties": value,
         "not": {"anyOf": [{"required": [key]} for key in (*rules.RECORD_KEYS, "")]},
         "description": example["properties"]["metadata"].get("description", ""),
     }
