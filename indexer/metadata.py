@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from siamese_search.core.errors import UserError
@@ -452,12 +452,9 @@ def _match_sql(match: Match) -> tuple[str, list]:
         return f"records.{match.key} IN ({marks})", list(match.values)
     # one IN list per kind of value, not one test per value: a chain of MAX_ANY ORs
     # is deeper than SQLite parses ("Expression tree is too large (maximum depth 1000)")
-    by_kind: dict[str, list[object]] = {}
-    for value in match.values:
-        kind = _value_kind(value)
-        if kind == "bool":  # json_each types a boolean 'true' or 'false'
-            value = "true" if value else "false"
-        by_kind.setdefault(kind, []).append(value)
+    by_kind = _values_by_kind(match.values)
+    if "bool" in by_kind:  # json_each types a boolean 'true' or 'false'
+        by_kind["bool"] = ["true" if value else "false" for value in by_kind["bool"]]
     tests: list[str] = []
     for kind, values in by_kind.items():
         marks = ",".join("?" * len(values))
@@ -469,6 +466,14 @@ def _match_sql(match: Match) -> tuple[str, list]:
             tests.append(f"({{type}} = 'text' AND {{value}} IN ({marks}))")
     params = [value for values in by_kind.values() for value in values]
     return _field_test(match.key, " OR ".join(tests), params)
+
+
+def _values_by_kind(values: Sequence[object]) -> dict[str, list]:
+    """A match's values grouped by `_value_kind`, in order: each kind is one IN list."""
+    by_kind: dict[str, list] = {}
+    for value in values:
+        by_kind.setdefault(_value_kind(value), []).append(value)
+    return by_kind
 
 
 def _range_sql(range_: Range) -> tuple[str, list]:
@@ -496,10 +501,10 @@ def _indexed_positions(condition: Match | Range, table: str = "field_values") ->
         where = f"kind = 'number' AND item = 0 AND {tests}"
         params: list = [bound for _, bound in condition.bounds]
     else:
-        by_kind: dict[str, list] = {}
-        for value in condition.values:
-            kind = _INDEX_KIND[_value_kind(value)]
-            by_kind.setdefault(kind, []).append(int(value) if kind == "bool" else value)
+        by_kind = {
+            _INDEX_KIND[kind]: [int(value) for value in values] if kind == "bool" else values
+            for kind, values in _values_by_kind(condition.values).items()
+        }
         where = " OR ".join(
             f"(kind = '{kind}' AND value IN ({','.join('?' * len(values))}))"
             for kind, values in by_kind.items()
