@@ -126,26 +126,30 @@ class _CsvWriter:
 
     def __enter__(self):
         def write(rows: list[tuple]) -> None:
-            for row in rows:
-                for name, value in zip(self._columns, row, strict=True):
-                    if value is not None and not isinstance(value, str):
-                        self.as_text.add(name)
-            self._csv.writerows(tuple(_cell(value) for value in row) for row in rows)
+            self._csv.writerows(
+                tuple(
+                    self._cell(name, value) for name, value in zip(self._columns, row, strict=True)
+                )
+                for row in rows
+            )
 
         return write
+
+    def _cell(self, name: str, value) -> object:
+        """A value as a CSV cell: None empty, a list its JSON text; a column that holds
+        anything but a string is noted in `as_text`."""
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            self.as_text.add(name)
+        if isinstance(value, list):
+            return json.dumps(value, ensure_ascii=False)
+        return value
 
     def __exit__(self, *exc_info) -> None:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-
-
-def _cell(value) -> object:
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        return json.dumps(value, ensure_ascii=False)
-    return value
 
 
 class _JsonlWriter:
