@@ -55,6 +55,7 @@ import jsonschema
 from google.api import annotations_pb2
 from google.protobuf import json_format
 
+from siamese_search.indexer import metadata as rules
 from siamese_search.server import console
 from siamese_search.server.config import Limits
 from siamese_search.server.generated import search_pb2 as pb
@@ -727,9 +728,10 @@ def _say(field: str, error) -> str:
         )
     if field.startswith("examples") and ".metadata" in field:
         return (
-            f"{field}: metadata is an object of at most 64 fields (any name of at most "
-            "256 characters but label and id), each a string (1,024 characters at most), "
-            "number, boolean or list of these (64 items at most)"
+            f"{field}: metadata is an object of at most {rules.MAX_KEYS} fields (any name "
+            f"of at most {rules.MAX_KEY_CHARS} characters but label and id), each a string "
+            f"({rules.MAX_STRING:,} characters at most), number, boolean or list of these "
+            f"({rules.MAX_LIST} items at most)"
         )
     if rule == "pattern":
         return _unmatched(field, value)

@@ -21,8 +21,9 @@ from contextlib import contextmanager
 from siamese_search.indexer.store import ServedVersion, VersionGone
 from siamese_search.server.validation import InvalidRequest
 
-#: what a page token looks like: `<version>.<last position given>`, plain (the served
-#: REST schema states it; nothing in it is secret: it names rows the caller read)
+#: what a page token looks like: `<version>.<last position given>.<index tag>` (the
+#: tag left out by servers before it, and for an index without an id), plain (the
+#: served REST schema states it; nothing in it is secret: it names rows the caller read)
 TOKEN_PATTERN = r"^[0-9]{1,12}\.[0-9]{1,18}(\.[0-9a-f]{1,16})?$"
 #: hex digits of the index's id a token carries
 INDEX_TAG_CHARS = 8
