@@ -122,6 +122,13 @@ def label_totals(rule: str, similarity: np.ndarray, onehot: np.ndarray) -> np.nd
     return np.einsum("qk,qkc->qc", weights, onehot[nearest_rows])
 
 
+def label_onehot(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The reference labels' distinct names (sorted) and each row's one-hot (rows,
+    names) matrix, what label_totals sums similarities with."""
+    names = np.unique(labels)
+    return names, (labels[:, None] == names[None, :]).astype(np.float64)
+
+
 ALTERNATIVES = (
     "vote of 5",
     "vote of 10",
@@ -139,8 +146,7 @@ def alternatives(
     `budget` (sureness: the margin of the best label's total over the runner-up's)."""
     from sklearn.linear_model import LogisticRegression
 
-    names = np.unique(labels)
-    onehot = (labels[:, None] == names[None, :]).astype(np.float64)
+    names, onehot = label_onehot(labels)
     similarity = vectors @ ref.T
     out = {}
     for rule in ALTERNATIVES:
@@ -209,8 +215,7 @@ def sureness(
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
 
-    names = np.unique(labels)
-    onehot = (labels[:, None] == names[None, :]).astype(np.float64)
+    names, onehot = label_onehot(labels)
     voted = np.searchsorted(names, inside["voted"])
     right = inside["voted"] == truth
     reference, query = parts(model, ref), parts(model, vectors)
