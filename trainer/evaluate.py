@@ -92,16 +92,13 @@ def reference_index(
     from siamese_search.indexer.store import open_index
 
     if isinstance(reference, Path):
-        index = open_index(reference, model=model)
-        try:
+        with open_index(reference, model=model) as index:
             if not index.has_labels:
                 raise UserError(
                     f"{reference}: the index holds no labels, so nothing can be predicted "
                     "from it; give a labelled index or table"
                 )
             yield index
-        finally:
-            index.close()
         return
     with tempfile.TemporaryDirectory(prefix="siamese-evaluate-") as tmp:
         index_dir = Path(tmp) / "reference-index"
@@ -112,11 +109,8 @@ def reference_index(
             columns,
             BuildOptions(index_type="flat", strict=True, show_progress=progress),
         )
-        index = open_index(index_dir, model=model)
-        try:
+        with open_index(index_dir, model=model) as index:
             yield index
-        finally:
-            index.close()
 
 
 def evaluate(
