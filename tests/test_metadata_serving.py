@@ -181,12 +181,15 @@ def test_a_field_name_is_at_most_256_characters_over_grpc_and_rest(served):
     server, stub, _ = served
     for name, fine in (("n" * 256, True), ("n" * 257, False)):
         example = {"id": f"key-{len(name)}", "text": "x", "label": "1", "metadata": {name: 1}}
-        status, body = _rest(server, "/v1/examples:upsert", {"examples": [example]})
+        # wait: committed before the next test's scroll, whose versions it would prune
+        body = {"examples": [example], "wait": True}
+        status, body = _rest(server, "/v1/examples:upsert", body)
         assert (status == 200) is fine, body
         fields = struct_pb2.Struct()
         fields.update({name: 1})
         request = pb.UpsertRequest(
-            examples=[pb.Example(id=example["id"], text="x", label="1", metadata=fields)]
+            examples=[pb.Example(id=example["id"], text="x", label="1", metadata=fields)],
+            wait=True,
         )
         if fine:
             stub.Upsert(request)
