@@ -59,20 +59,28 @@ def embedded(model, reference: pd.DataFrame, label_column: str) -> tuple[np.ndar
     return model.embed_unique(reference.text.tolist()), labels
 
 
-def queries(model, ref: np.ndarray, labels: np.ndarray, vectors: np.ndarray) -> dict:
-    """Per query (its served vector): voted label, confidence, top score, label share,
-    out-of-domain bar (the model's rule), as the server's Predict computes them."""
+def queries(
+    model, ref: np.ndarray, labels: np.ndarray, vectors: np.ndarray, texts: list[str]
+) -> dict:
+    """Per query (its served vector and text): voted label, confidence, top score, label
+    share, out-of-domain bar (the model's rule), as the server's Predict computes them."""
     from siamese_search.core.abstention import predict
     from siamese_search.core.voting import nearest
 
     shares = model.label_shares(vectors)
+    wording = model.wording_agreement(texts)
     scores, positions = nearest(ref, vectors, K)
     out: dict[str, list] = {"voted": [], "confidence": [], "top": [], "share": [], "abstained": []}
     out["far"], out["unanimous"] = [], []
     for row in range(len(vectors)):
         share = None if shares is None else float(shares[row])
         decision = predict(
-            labels[positions[row]].tolist(), scores[row].tolist(), model.abstention, None, share
+            labels[positions[row]].tolist(),
+            scores[row].tolist(),
+            model.abstention,
+            None,
+            share,
+            None if wording is None else wording[row],
         )
         out["voted"].append(decision.voted)
         out["confidence"].append(decision.confidence)
@@ -281,13 +289,15 @@ def run_seed(seed: int, work: Path, compare: bool = False) -> dict:
     clinc_vectors = clinc_model.embed_unique(clinc_sample.text.tolist())
     commit_truth = commit_sample["class"].astype(str).to_numpy()
     clinc_truth = clinc_sample.intent.to_numpy()
-    commit_in = queries(commit_model, *commit_ref, commit_vectors)
+    commit_texts, clinc_texts = commit_sample.text.tolist(), clinc_sample.text.tolist()
+    clinc_any_texts = clinc_any.text.tolist()
+    commit_in = queries(commit_model, *commit_ref, commit_vectors, commit_texts)
     commit_out = queries(
-        commit_model, *commit_ref, commit_model.embed_unique(clinc_any.text.tolist())
+        commit_model, *commit_ref, commit_model.embed_unique(clinc_any_texts), clinc_any_texts
     )
-    clinc_in = queries(clinc_model, *clinc_ref, clinc_vectors)
+    clinc_in = queries(clinc_model, *clinc_ref, clinc_vectors, clinc_texts)
     clinc_out = queries(
-        clinc_model, *clinc_ref, clinc_model.embed_unique(commit_sample.text.tolist())
+        clinc_model, *clinc_ref, clinc_model.embed_unique(commit_texts), commit_texts
     )
     extra = {}
     if compare:

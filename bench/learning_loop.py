@@ -47,11 +47,17 @@ def predict_all(model, index_dir: Path, texts: list[str]) -> tuple[list[str], np
     shares = model.label_shares(vectors)
     with open_index(index_dir, model=model) as version:
         found = version.search(vectors, k=K)
+    wording = model.wording_agreement(texts)
     voted, abstained = [], []
     for row, hits in enumerate(found):
         share = None if shares is None else float(shares[row])
         decision = predict(
-            [h.label for h in hits], [h.score for h in hits], model.abstention, None, share
+            [h.label for h in hits],
+            [h.score for h in hits],
+            model.abstention,
+            None,
+            share,
+            None if wording is None else wording[row],
         )
         voted.append(decision.voted)
         abstained.append(decision.abstained)

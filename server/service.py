@@ -60,6 +60,7 @@ def _abstention_rule(rule) -> pb.AbstentionRule | None:
         domain_served=rule.domain_served if rule.domain_served is not None else 0.0,
         domain_rule=rule.domain_rule,
         source=rule.source,
+        features=list(rule.features),
     )
 
 
@@ -299,10 +300,16 @@ class SearchService(pb_grpc.SearchServiceServicer):
         abstention = serving.model.abstention
         vectors, found = self._batched(serving, texts, k, [], -1.0, context, where)
         shares = serving.model.label_shares(vectors)
+        wording = serving.model.wording_agreement(texts)
         for row, hits in enumerate(found):
             share = None if shares is None else float(shares[row])
             decision = predict(
-                [h.label for h in hits], [h.score for h in hits], abstention, threshold, share
+                [h.label for h in hits],
+                [h.score for h in hits],
+                abstention,
+                threshold,
+                share,
+                None if wording is None else wording[row],
             )
             results.append(
                 pb.PredictResponse(

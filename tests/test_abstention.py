@@ -119,10 +119,11 @@ def _decisions(model, reference, texts):
     labels = reference["class"].astype(str).to_numpy()
     vectors = model.embed(texts)
     shares = model.label_shares(vectors)
+    wording = model.wording_agreement(texts)
     scores, positions = nearest(ref, vectors, 5)
     return [
-        predict(labels[p].tolist(), s.tolist(), model.abstention, None, float(w))
-        for p, s, w in zip(positions, scores, shares, strict=True)
+        predict(labels[p].tolist(), s.tolist(), model.abstention, None, float(w), agree)
+        for p, s, w, agree in zip(positions, scores, shares, wording, strict=True)
     ]
 
 
@@ -160,7 +161,10 @@ def test_without_a_validation_table_in_domain_queries_are_answered_and_others_re
     old_rule = replace(rule, domain_served=float(np.quantile(served, 0.05)), threshold=0.5)
     old = replace(model, abstention=old_rule)
     assert now_in < _predictions(old, reference, inside).mean()
-    assert now_in <= 0.10 and now_out >= 0.90, (now_in, now_out)
+    # this model is a 3-step fine-tune whose vote is right on ~83% of these texts, so
+    # the rule rightly leaves more unanswered than a trained model's 4-5% (bench/
+    # coverage.py): the wording agreement doubts its wrong votes (checked below)
+    assert now_in <= 0.15 and now_out >= 0.90, (now_in, now_out)
     # the in-domain queries left unanswered are the likelier wrong ones: the confidence
     # cut takes some (not only the domain bar), and answering fewer raises accuracy
     decided = _decisions(model, reference, inside)
@@ -170,6 +174,7 @@ def test_without_a_validation_table_in_domain_queries_are_answered_and_others_re
     unsure = abstained & ~np.array([d.out_of_domain for d in decided])
     assert unsure.any()
     assert right[~abstained].mean() > right.mean() > right[abstained].mean()
+    assert right[abstained].mean() < 0.5  # those left unanswered were mostly wrong
 
 
 def test_getinfo_and_the_evaluation_report_say_how_the_rule_was_fitted(

@@ -107,6 +107,9 @@ def test_out_of_scope_training_and_evaluation(sample_train, sample_test, tmp_pat
     rule = json.loads((model / MANIFEST).read_text())["abstention"]
     assert rule["held_out_rows"] == 64 and "val.csv" in rule["source"]
     assert 0.0 < rule["threshold"] < 1.0
+    # with a validation table the rule reads the vote alone, so no wording model is kept
+    # (calibrate.on_validation: it cost CLINC150's out-of-scope recall)
+    assert "wording_agreement" not in rule["features"] and not (model / "wording.npz").exists()
     report = tmp_path / "eval" / "report.json"
     code = evaluate_cli.main(
         ["--model", str(model), "--reference", str(sample_train), "--test", str(test)]

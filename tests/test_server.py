@@ -149,7 +149,8 @@ def test_predict_votes_and_abstains(stub):
 
 
 def test_predict_applies_the_models_abstention_rule(stub, model, index_dir):
-    """Without min_score, Predict answers exactly what the model's fitted rule says."""
+    """Without min_score, Predict answers exactly what the model's fitted rule says,
+    the query's wording agreement and label share included."""
     from siamese_search.core.abstention import predict
     from siamese_search.indexer.store import open_index
 
@@ -168,8 +169,15 @@ def test_predict_applies_the_models_abstention_rule(stub, model, index_dir):
     try:
         for text in texts:
             answer = stub.Predict(pb.PredictRequest(text=text, k=5))
-            hits = version.search(model.embed([text]), 5)[0]
-            expected = predict([h.label for h in hits], [h.score for h in hits], model.abstention)
+            vector = model.embed([text])
+            hits = version.search(vector, 5)[0]
+            expected = predict(
+                [h.label for h in hits],
+                [h.score for h in hits],
+                model.abstention,
+                label_share=float(model.label_shares(vector)[0]),
+                wording=model.wording_agreement([text])[0],  # the rule reads it
+            )
             assert (answer.label, answer.voted_label, answer.abstained) == (
                 expected.label,
                 expected.voted,
@@ -201,6 +209,8 @@ def test_embed_and_get_info(stub, model):
     assert info.abstention.threshold == pytest.approx(rule.threshold)
     assert info.abstention.domain_meaning == pytest.approx(rule.domain_meaning)
     assert info.abstention.domain_rule == rule.domain_rule and info.abstention.source
+    assert list(info.abstention.features) == list(rule.features)
+    assert "wording_agreement" in info.abstention.features
 
 
 @pytest.mark.parametrize(

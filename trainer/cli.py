@@ -304,6 +304,16 @@ def _train(args, config, columns: Columns, data_columns: Columns, from_index: di
         assert config.label_share is not None  # resolved_for chose it
         space = fit_space(raw, NumpyHead(result.weights).output_dim, config.label_share)
 
+    from siamese_search.core.wording import fit_wording
+
+    # the wording model is read by the rule fitted on folds only (calibrate.on_validation
+    # says why), so a model calibrated on a validation table does not carry one
+    wording = (
+        None
+        if validation is not None
+        else fit_wording(table.texts, table.label_list, config.preprocess)
+    )
+
     def fit_abstention(model) -> Abstention:
         """Calibrate the trained model (loaded from its staging directory)."""
         if validation is not None:
@@ -315,7 +325,9 @@ def _train(args, config, columns: Columns, data_columns: Columns, from_index: di
                 oos_share=args.oos_share,
             )
         share = config.label_share if space is not None else None
-        rule = calibrate.on_folds(raw, table.label_list, config, train_head, args.oos_share, share)
+        rule = calibrate.on_folds(
+            raw, table.label_list, config, train_head, args.oos_share, share, table.texts
+        )
         return calibrate.with_domain(rule, model)
 
     data_summary = {
@@ -338,6 +350,7 @@ def _train(args, config, columns: Columns, data_columns: Columns, from_index: di
         overwrite=args.overwrite,
         calibrate=fit_abstention,
         space=space,
+        wording=wording,
     )
     rule = manifest["abstention"]
     print(

