@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -82,7 +85,8 @@ def test_a_text_with_no_known_ngram_gets_the_priors():
 def test_the_wording_agreement_lowers_the_confidence_of_a_vote_it_doubts():
     """The fifth feature: the same unanimous vote is sure when the wording backs its
     label, unsure when the wording rules it out; a label the wording model never saw
-    (added by writes) or no wording at all counts as NO_WORDING (the vote decides)."""
+    (added by writes), or no wording at all, reads the rule's `unknown_wording`
+    (NO_WORDING by default)."""
     rule = Abstention((0.0, 0.0, 0.0, 0.0, 8.0), -4.0, 0.5, 0.2, "test", 1, 0.0, WORDING_FEATURES)
     labels, scores = ["A", "A", "A"], [0.9, 0.9, 0.9]
     backed = predict(labels, scores, rule, wording={"A": 1.0, "B": 0.1})
@@ -92,6 +96,11 @@ def test_the_wording_agreement_lowers_the_confidence_of_a_vote_it_doubts():
     unknown = predict(labels, scores, rule, wording={"B": 1.0})
     assert unknown.confidence == pytest.approx(backed.confidence) and NO_WORDING == 1.0
     assert predict(labels, scores, rule).confidence == pytest.approx(backed.confidence)
+    # a fitted rule reads its held-out votes' mean agreement for an unknown label
+    fitted = replace(rule, unknown_wording=0.5)
+    middle = predict(labels, scores, fitted, wording={"B": 1.0})
+    assert doubted.confidence < middle.confidence < backed.confidence
+    assert middle.confidence == pytest.approx(1 / (1 + math.exp(-(8.0 * 0.5 - 4.0))))
     # a four-feature rule (models made before) ignores any wording given
     old = Abstention((0.0, 0.0, 0.0, 0.0), 3.0, 0.5, 0.2, "test", 1, 0.0)
     assert not predict(labels, scores, old, wording={"A": 0.0}).abstained
@@ -115,7 +124,8 @@ def test_fit_abstention_names_the_features_it_was_fitted_on():
 
 def test_a_trained_model_carries_its_wording_and_its_rule_reads_it(trained_model, sample_train):
     """Trained without a validation table: the folds each fit their own wording model,
-    so the rule reads the agreement; the model directory holds the final wording
+    so the rule reads the agreement (and their mean agreement for a label the wording
+    does not know); the model directory holds the final wording
     model (fitted on every training text), checksummed, not in the fingerprint."""
     import json
 
@@ -124,6 +134,7 @@ def test_a_trained_model_carries_its_wording_and_its_rule_reads_it(trained_model
     model = load_model(trained_model)
     manifest = json.loads((trained_model / "manifest.json").read_text())
     assert model.abstention.features == WORDING_FEATURES
+    assert 0.0 < model.abstention.unknown_wording < 1.0  # the held-out votes' mean
     assert manifest["wording"]["ngrams"] == len(model.wording.vocabulary) > 1000
     train = pd.read_csv(sample_train)
     assert model.wording.labels == tuple(sorted(train["class"].astype(str).unique()))

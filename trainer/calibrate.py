@@ -158,6 +158,8 @@ def on_folds(
     rule = fit_abstention(
         features, correct, oos, f"{FOLDS} held-out folds of the training set", oos_share
     )
+    if rule.reads_wording:  # a label the wording never saw: what a held-out vote gets
+        rule = replace(rule, unknown_wording=float(features[:, -1].mean()))
     if oos.any():
         return rule
     # no out-of-scope rows to weigh: the cut is where IN_DOMAIN_ABSTAIN of the held-out

@@ -45,8 +45,8 @@ FEATURES = ("top_score", "vote_share", "winner_mean_score", "winner_top_score")
 #: the features of a model with a wording model (`core.wording`): the voted label's
 #: agreement with it as a fifth
 WORDING_FEATURES = (*FEATURES, "wording_agreement")
-#: the agreement of a label the wording model does not know (added by writes), or when
-#: no wording was given: no say, the vote's own features decide
+#: the agreement read for a label the wording model does not know (added by writes),
+#: or when no wording was given, unless the rule says otherwise (`unknown_wording`)
 NO_WORDING = 1.0
 DEFAULT_OOS_SHARE = 0.2
 NO_OOS_THRESHOLD = 0.5
@@ -81,10 +81,14 @@ def vote_features(labels: Sequence[str], scores: Sequence[float]) -> tuple[Vote,
 
 
 def with_wording(
-    features: np.ndarray, voted: str, wording: Mapping[str, float] | None
+    features: np.ndarray,
+    voted: str,
+    wording: Mapping[str, float] | None,
+    unknown: float = NO_WORDING,
 ) -> np.ndarray:
-    """A vote's FEATURES and its label's wording agreement (WORDING_FEATURES)."""
-    agreement = NO_WORDING if wording is None else float(wording.get(voted, NO_WORDING))
+    """A vote's FEATURES and its label's wording agreement (WORDING_FEATURES);
+    `unknown` for a label the wording does not know, or no wording."""
+    agreement = unknown if wording is None else float(wording.get(voted, unknown))
     return np.append(features, agreement)
 
 
@@ -108,6 +112,11 @@ class Abstention:
     #: siamese-evaluate's report); "" for models made before they said
     threshold_rule: str = ""
     domain_rule: str = ""
+    #: the wording agreement read for a label the wording model does not know (added
+    #: by writes): the mean agreement of the held-out votes, what the rule expects of
+    #: a vote when the wording has nothing to say (bench/learning_loop.py measures it
+    #: against agreement 1, full backing; issue 35)
+    unknown_wording: float = NO_WORDING
 
     def domain_bar(self, label_share: float) -> float | None:
         """The least top similarity a query with this label share must reach."""
@@ -194,7 +203,7 @@ def predict(
             decision.label, decision.confidence, decision.label, decision.scores, False
         )
     if abstention.reads_wording:
-        features = with_wording(features, decision.label, wording)
+        features = with_wording(features, decision.label, wording, abstention.unknown_wording)
     confidence = abstention.confidence(features)
     bar = abstention.domain_bar(label_share) if label_share is not None else None
     far = min_score is None and bar is not None and float(scores[0]) < bar

@@ -227,12 +227,7 @@ def load_model(model_dir: str | Path, threads: int | None = None) -> SiameseMode
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     weights_path = model_dir / HEAD_WEIGHTS
-    expected = manifest["head"]["files"][HEAD_WEIGHTS]
-    if not weights_path.is_file() or sha256_files([weights_path]) != expected:
-        raise ArtifactMismatchError(
-            f"{weights_path} is missing or does not match the checksum in {MANIFEST}; "
-            "the model directory is damaged: retrain or restore it"
-        )
+    _verify(weights_path, manifest["head"]["files"][HEAD_WEIGHTS])
     with np.load(weights_path) as arrays:
         head = NumpyHead({name: arrays[name] for name in arrays.files})
     encoder = load_encoder(manifest["encoder"]["spec"], base_dir=model_dir, threads=threads)
@@ -264,17 +259,22 @@ def load_model(model_dir: str | Path, threads: int | None = None) -> SiameseMode
     )
 
 
+def _verify(path: Path, sha256: str | None) -> None:
+    """Refuse a model file that is missing or differs from its manifest checksum."""
+    if not path.is_file() or sha256_files([path]) != sha256:
+        raise ArtifactMismatchError(
+            f"{path} is missing or does not match the checksum in {MANIFEST}; "
+            "the model directory is damaged: retrain or restore it"
+        )
+
+
 def _load_wording(model_dir: Path, manifest: dict) -> WordingModel | None:
     """The wording model a manifest records (verified); None for models without one."""
     section = manifest.get("wording")
     if not section:
         return None
     path = model_dir / WORDING_FILE
-    if not path.is_file() or sha256_files([path]) != section.get("sha256"):
-        raise ArtifactMismatchError(
-            f"{path} is missing or does not match the checksum in {MANIFEST}; "
-            "the model directory is damaged: retrain or restore it"
-        )
+    _verify(path, section.get("sha256"))
     try:
         return WordingModel.load(path)
     except (KeyError, ValueError) as error:
@@ -292,11 +292,7 @@ def _load_space(
     if not section:
         return None, None
     path = model_dir / SPACE_FILE
-    if not path.is_file() or sha256_files([path]) != section.get("sha256"):
-        raise ArtifactMismatchError(
-            f"{path} is missing or does not match the checksum in {MANIFEST}; "
-            "the model directory is damaged: retrain or restore it"
-        )
+    _verify(path, section.get("sha256"))
     try:
         with np.load(path) as arrays:
             space = ServedSpace.from_parts(section, {name: arrays[name] for name in arrays.files})
