@@ -230,6 +230,22 @@ def test_train_from_an_index_without_labels_says_what_to_do(tmp_path, trained_mo
     assert "has no labels" in capsys.readouterr().err
 
 
+def test_train_from_an_index_of_one_class_names_the_index(tmp_path, trained_model, capsys):
+    """The rows are exported to a scratch table first; a message about them must name
+    the index the user gave, not that table."""
+    from siamese_search.trainer.cli import main
+    from tests.conftest import write_csv
+
+    rows = [("fix the crash", "bug"), ("fix the leak", "bug")]
+    one = write_csv(tmp_path / "one.csv", rows, header=("text", "class"))
+    index_dir = tmp_path / "one-class-index"
+    build_index(index_dir, load_model(trained_model), one, COLUMNS, QUIET)
+    code = main(["--from-index", str(index_dir), "--out", str(tmp_path / "m"), "--quiet"])
+    said = capsys.readouterr().err
+    assert code != 0 and "at least 2 classes" in said
+    assert f"index {index_dir}" in said and "rows.csv" not in said and "siamese-train-" not in said
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("reload_interval", [0.2, 0.0], ids=["polling", "no-polling"])
 def test_a_served_index_swaps_to_the_reembedded_version_under_load(

@@ -275,8 +275,10 @@ def index_table(index_dir: Path, scratch: Path, quiet: bool) -> tuple[Path, dict
 
 
 def _train(args, config, columns: Columns, data_columns: Columns, from_index: dict | None) -> int:
-    table = without_out_of_scope(read_table(args.data, data_columns), args.oos_label, args.data)
-    counts = check_trainable(args.data, table.label_list)
+    # messages name what the user gave: the table, or the index (not its exported copy)
+    source = args.data if from_index is None else Path(f"index {args.from_index}")
+    table = without_out_of_scope(read_table(args.data, data_columns), args.oos_label, source)
+    counts = check_trainable(source, table.label_list)
     validation = read_table(args.validation_data, columns) if args.validation_data else None
     config = config.resolved_for(len(table.texts), len(counts))
 
