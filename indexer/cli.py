@@ -406,11 +406,18 @@ def main(argv: list[str] | None = None) -> int:
         if exported.fields:
             named = ",".join(exported.fields)
             print(f"metadata fields as columns: build with --metadata-columns {named}")
-        if exported.as_text:
+        if exported.as_text and exported.path.suffix.lower() == ".csv":
             print(
                 f"note: fields {', '.join(exported.as_text)} hold numbers, booleans or lists, "
                 "written as text (a CSV cell is text, and reads back as a string); export to "
                 ".jsonl or .parquet to keep their types",
+                file=sys.stderr,
+            )
+        elif exported.as_text:
+            print(
+                f"note: fields {', '.join(exported.as_text)} mix kinds of values (e.g. numbers "
+                "and text), which a Parquet column cannot: written as JSON text, they read "
+                "back as strings; export to .jsonl to keep each value's type",
                 file=sys.stderr,
             )
         return 0

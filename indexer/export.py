@@ -17,7 +17,6 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -39,8 +38,9 @@ class ExportReport:
     path: Path
     #: the metadata fields written as columns (build them back with --metadata-columns)
     fields: tuple[str, ...] = ()
-    #: fields holding numbers, booleans or lists that a CSV wrote as text (they read
-    #: back as strings: a range filter would no longer take them)
+    #: fields written as text though they held numbers, booleans or lists: by a CSV,
+    #: or by Parquet when one field mixes kinds (they read back as strings: a range
+    #: filter would no longer take them)
     as_text: tuple[str, ...] = ()
 
 
@@ -68,9 +68,14 @@ def iter_rows(
 
 
 def export_version(
-    index_dir: Path, out: Path, version: str | None = None, show_progress: bool = True
+    index_dir: Path,
+    out: Path,
+    version: str | None = None,
+    show_progress: bool = True,
+    page_rows: int = PAGE_ROWS,
 ) -> ExportReport:
-    """Write the live rows of a version of `index_dir` to `out` (format by suffix)."""
+    """Write the live rows of a version of `index_dir` to `out` (format by suffix),
+    `page_rows` rows read and written at a time."""
     out = Path(out)
     fmt = SUPPORTED_SUFFIXES.get(out.suffix.lower())
     if fmt is None:
@@ -96,10 +101,14 @@ def export_version(
             mininterval=0.5,
         )
         written = 0
-        writer = _WRITERS[fmt](temporary, columns)
+        writer: _CsvWriter | _JsonlWriter | _ParquetWriter
+        if fmt == "parquet":  # a typed file: each field's type is fixed before any page
+            writer = _ParquetWriter(temporary, columns, parquet_types(opened, fields, page_rows))
+        else:
+            writer = _WRITERS[fmt](temporary, columns)
         try:
             with bar, writer as write:
-                for rows in iter_rows(opened, fields):
+                for rows in iter_rows(opened, fields, page_rows):
                     page = rows if labelled else [(row[0], *row[2:]) for row in rows]
                     write(page)
                     written += len(page)
@@ -180,52 +189,86 @@ class _JsonlWriter:
         self._file.close()
 
 
+def parquet_types(version: IndexVersion, fields: tuple[str, ...], page: int) -> dict:
+    """Each field's Parquet type, from every live row's values (a pass before the
+    writing one): one page's values cannot fix a file's schema, since a field may be
+    absent from the first page, or hold a whole number there and a fraction later.
+    None: the field mixes kinds of values and is written as JSON text."""
+    import pyarrow as pa
+
+    seen: dict[str, set[str]] = {name: set() for name in fields}
+    if fields:
+        for rows in iter_rows(version, fields, page):
+            for row in rows:
+                for name, value in zip(fields, row[3:], strict=True):
+                    if value is not None:
+                        seen[name].add(_value_kind(value))
+    return {name: _arrow_type(pa, kinds) for name, kinds in seen.items()}
+
+
+def _value_kind(value: object) -> str:
+    """ "bool", "int", "float", "string", or "list of <kinds>" (sorted, comma-joined)."""
+    if isinstance(value, list):
+        return "list of " + ",".join(sorted({_value_kind(item) for item in value}))
+    if isinstance(value, bool):
+        return "bool"
+    return {int: "int", float: "float", str: "string"}.get(type(value), "other")
+
+
+def _arrow_type(pa, kinds: set[str]):
+    """The Parquet type that holds every value of these kinds; None: none does."""
+    scalar = {
+        frozenset(): pa.string(),  # no values: a column of nulls
+        frozenset({"bool"}): pa.bool_(),
+        frozenset({"int"}): pa.int64(),
+        frozenset({"float"}): pa.float64(),
+        frozenset({"int", "float"}): pa.float64(),
+        frozenset({"string"}): pa.string(),
+    }
+    if kinds and all(kind.startswith("list of ") for kind in kinds):
+        items = {item for kind in kinds for item in kind[len("list of ") :].split(",") if item}
+        item_type = scalar.get(frozenset(items))
+        return None if item_type is None else pa.list_(item_type)
+    return scalar.get(frozenset(kinds))
+
+
 class _ParquetWriter:
-    def __init__(self, path: Path, columns: list[str]):
+    """Parquet with a schema fixed up front: the record columns as strings, each field
+    by `types` (parquet_types); a field of mixed kinds as JSON text, named in
+    `as_text` as the CSV writer names its own."""
+
+    def __init__(self, path: Path, columns: list[str], types: dict):
         from siamese_search.core.tables import _parquet
 
         pq = _parquet()
         import pyarrow as pa
 
         self._pa = pa
-        self._pq = pq
         self._path = path
-        self._writer: Any = None  # made with the first page, whose schema it takes
         self._columns = columns
+        self.as_text = {name for name, kind in types.items() if kind is None}
+        self._schema = pa.schema([(name, types.get(name) or pa.string()) for name in columns])
+        self._writer = pq.ParquetWriter(path, self._schema)
 
     def __enter__(self):
         def write(rows: list[tuple]) -> None:
-            # record columns are strings; a field's type is what pyarrow infers from its
-            # values (the first page fixes the schema; a field mixing types is JSON text)
-            arrays = [list(values) for values in zip(*rows, strict=True)] if rows else []
-            data = {}
-            for i, (name, values) in enumerate(zip(self._columns, arrays, strict=True)):
-                if i < 3 and name in ("id", "label", "text"):
-                    data[name] = self._pa.array(values, type=self._pa.string())
-                    continue
-                try:
-                    data[name] = self._pa.array(values)
-                except (self._pa.ArrowInvalid, self._pa.ArrowTypeError):
-                    data[name] = self._pa.array(
-                        [None if v is None else json.dumps(v) for v in values],
-                        type=self._pa.string(),
-                    )
-            table = self._pa.table(data)
-            if self._writer is None:
-                self._writer = self._pq.ParquetWriter(self._path, table.schema)
-            self._writer.write_table(table.cast(self._writer.schema))
+            if not rows:
+                return
+            arrays = []
+            for name, values in zip(self._columns, zip(*rows, strict=True), strict=True):
+                if name in self.as_text:
+                    values = tuple(None if v is None else json.dumps(v) for v in values)
+                arrays.append(self._pa.array(values, type=self._schema.field(name).type))
+            self._writer.write_table(self._pa.Table.from_arrays(arrays, schema=self._schema))
 
         return write
 
     def __exit__(self, *exc_info) -> None:
-        if self._writer is None:  # no rows: an empty table of the record columns
-            schema = self._pa.schema([(name, self._pa.string()) for name in self._columns])
-            self._writer = self._pq.ParquetWriter(self._path, schema)
         self._writer.close()
 
 
-_WRITERS: dict[str, type[_CsvWriter | _JsonlWriter | _ParquetWriter]] = {
+#: the untyped writers (Parquet's takes each field's type as well: parquet_types)
+_WRITERS: dict[str, type[_CsvWriter | _JsonlWriter]] = {
     "csv": _CsvWriter,
     "jsonl": _JsonlWriter,
-    "parquet": _ParquetWriter,
 }

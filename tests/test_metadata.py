@@ -383,6 +383,51 @@ def test_export_then_build_keeps_metadata(indexed, tmp_path, suffix):
     assert report.as_text == ()
 
 
+def test_a_parquet_export_types_fields_from_every_page_and_names_mixed_ones(
+    indexed, tmp_path, capsys
+):
+    """Parquet fixes a column's type for the whole file. Fields written later over the
+    API may be absent from the first page, hold a whole number there and a fraction
+    later, or mix numbers and text: the export must still succeed (it failed with
+    ArrowInvalid when the first page set the schema), keep the types it can, and
+    name the field it writes as JSON text."""
+    import pyarrow.parquet as pq
+
+    from siamese_search.indexer.export import export_version
+
+    index_dir, model, _ = indexed
+    late = [
+        ("late-1", {"score": 1, "mixed": 1, "marks": [1]}),
+        ("late-2", {"score": 2.5, "mixed": "x", "marks": [2.5, 3]}),
+    ]
+    change = Change(
+        "upsert",
+        tuple(row_id for row_id, _ in late),
+        ("A late row", "Another late row"),
+        ("1", "2"),
+        metadata=tuple(fields for _, fields in late),
+    )
+    apply_changes(index_dir, model, [change], QUIET)
+    out = tmp_path / "rows.parquet"
+    report = export_version(index_dir, out, show_progress=False, page_rows=3)
+    assert report.as_text == ("mixed",)
+    table = pq.read_table(out)
+    assert str(table.schema.field("score").type) == "double"
+    assert str(table.schema.field("marks").type) == "list<element: double>"
+    assert str(table.schema.field("year").type) == "int64"  # whole numbers stay whole
+    written = {row["id"]: row for row in table.to_pylist()}
+    assert written["late-1"]["score"] == 1 and written["late-2"]["score"] == 2.5
+    assert (written["late-1"]["mixed"], written["late-2"]["mixed"]) == ("1", '"x"')
+    assert written["late-2"]["marks"] == [2.5, 3.0]
+    # the CLI says what each format did with them, and what to export instead
+    from siamese_search.indexer.cli import main
+
+    for suffix, said in [(".parquet", "mixed mix kinds"), (".csv", "a CSV cell is text")]:
+        argv = ["export", "--index", str(index_dir), "--out", str(tmp_path / f"cli{suffix}")]
+        assert main([*argv, "--quiet"]) == 0
+        assert said.split(" ", 1)[1] in capsys.readouterr().err
+
+
 def test_a_csv_export_says_which_fields_it_wrote_as_text(indexed, tmp_path):
     """A CSV cell is text: the fields holding numbers, booleans or lists are named, so
     the user knows they read back as strings (and can export JSON Lines instead)."""
