@@ -107,6 +107,11 @@ class Collection:
             return self.error
         if self.holder is not None and self.holder.last_error:
             return self.holder.last_error
+        if self.index_dir is not None and not Path(self.index_dir).is_dir():
+            return (
+                f"the index directory {self.index_dir} is gone: the loaded version still "
+                "answers searches, writes are refused; restore it and restart the server"
+            )
         return "" if self.serving else "no index version loaded yet"
 
     def start(self) -> None:

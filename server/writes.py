@@ -229,7 +229,16 @@ class Journal:
         if self._broken is not None:
             raise OSError(f"the write journal {self.path} cannot take writes: {self._broken}")
         assert self._fd is not None
-        before = os.fstat(self._fd).st_size
+        opened = os.fstat(self._fd)
+        if not self._still_at_its_path(opened):
+            # appending to a deleted (or replaced) file succeeds and reaches no one: an
+            # acknowledged write would live only as long as this process
+            raise OSError(
+                f"the write journal {self.path} was deleted or replaced under the server "
+                "(its index directory removed or moved?): writes are refused; restore the "
+                "index directory and restart the server"
+            )
+        before = opened.st_size
         try:
             view = memoryview(data)
             while view:
@@ -249,6 +258,18 @@ class Journal:
                 extra={"fields": {"path": str(self.path), "error": str(error)[:300]}},
             )
             raise
+
+    def _still_at_its_path(self, opened: os.stat_result) -> bool:
+        """Whether the open journal is still the file at `path` (not unlinked, not
+        replaced by another)."""
+        try:
+            at_path = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return opened.st_nlink > 0 and (opened.st_dev, opened.st_ino) == (
+            at_path.st_dev,
+            at_path.st_ino,
+        )
 
     def drop_through(self, seq: int) -> None:
         """Forget entries up to `seq` (they are in a published version)."""

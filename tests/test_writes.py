@@ -596,6 +596,32 @@ def test_a_failing_commit_is_visible_in_get_info_and_metrics(index_dir):
         server.stop(0)
 
 
+def test_writes_to_an_index_directory_deleted_under_the_server_are_refused(index_dir):
+    """`rm -rf` of the index directory under a running server: appends to the open
+    (deleted) journal still succeeded, so writes were acknowledged "durable" that lived
+    only in the process, and ListCollections said nothing. Now the write is refused
+    (UNAVAILABLE, saying why), searches still answer from the loaded version, and the
+    collection names the cause."""
+    import shutil
+
+    server = _start(index_dir)
+    try:
+        target = f"127.0.0.1:{server.port}"
+        with SearchClient(target) as client, grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            client.upsert([Example("Translate the menu into Basque", "1", "eu-1")], wait=True)
+            shutil.rmtree(index_dir)
+            with pytest.raises(grpc.RpcError) as caught:
+                client.upsert([Example("Translate the menu into Welsh", "1", "cy-1")])
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "deleted or replaced under the server" in caught.value.details()
+            assert client.search("Translate the menu into Basque", k=1).neighbors
+            (listed,) = stub.ListCollections(pb.ListCollectionsRequest()).collections
+            assert "is gone" in listed.error and str(index_dir) in listed.error
+    finally:
+        server.stop(0)
+
+
 def test_a_delete_of_unknown_ids_publishes_no_version(index_dir):
     """Each such delete used to publish a new version: three of them pushed every
     older version out of --keep 3."""
