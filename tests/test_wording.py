@@ -171,3 +171,20 @@ def test_a_damaged_or_unrecorded_wording_file_is_refused_an_older_one_is_not(
     older = load_model(copy)
     assert older.wording is None and older.wording_agreement(["fix it"]) is None
     assert not older.abstention.reads_wording
+
+
+def test_many_labels_keep_fewer_ngrams_so_the_model_stays_bounded():
+    """labels x n-grams is at most MAX_WEIGHTS (float32): a table of many labels keeps
+    its most frequent n-grams only, so the file, the memory and the fit stay bounded."""
+    from siamese_search.core.wording import MAX_WEIGHTS
+
+    rng = np.random.default_rng(0)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    words = ["".join(rng.choice(letters, 7)) for _ in range(3000)]
+    labels = [f"label-{i // 2}" for i in range(1200)]  # 600 labels, 2 texts each
+    texts = [" ".join(rng.choice(words, 6)) for _ in labels]
+    model = fit_wording(texts, labels, "lower")
+    assert len(model.vocabulary) == MAX_WEIGHTS // 600 < MAX_NGRAMS
+    assert model.coef.size <= MAX_WEIGHTS and model.coef.dtype == np.float32
+    (agreement,) = model.agreement([texts[0]])
+    assert max(agreement, key=agreement.get) == "label-0"  # it still reads its texts
