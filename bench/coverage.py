@@ -64,28 +64,20 @@ def queries(
 ) -> dict:
     """Per query (its served vector and text): voted label, confidence, top score, label
     share, out-of-domain bar (the model's rule), as the server's Predict computes them."""
-    from siamese_search.core.abstention import predict
+    from siamese_search.core.abstention import predict_queries
     from siamese_search.core.voting import nearest
 
     shares = model.label_shares(vectors)
-    wording = model.wording_agreement(texts)
     scores, positions = nearest(ref, vectors, K)
+    votes = [(labels[p].tolist(), s.tolist()) for p, s in zip(positions, scores, strict=True)]
+    decisions = predict_queries(model, votes, vectors, texts)
     out: dict[str, list] = {"voted": [], "confidence": [], "top": [], "share": [], "abstained": []}
     out["far"], out["unanimous"] = [], []
-    for row in range(len(vectors)):
-        share = None if shares is None else float(shares[row])
-        decision = predict(
-            labels[positions[row]].tolist(),
-            scores[row].tolist(),
-            model.abstention,
-            None,
-            share,
-            None if wording is None else wording[row],
-        )
+    for row, decision in enumerate(decisions):
         out["voted"].append(decision.voted)
         out["confidence"].append(decision.confidence)
         out["top"].append(float(scores[row][0]))
-        out["share"].append(share if share is not None else 0.0)
+        out["share"].append(float(shares[row]) if shares is not None else 0.0)
         out["abstained"].append(decision.abstained)
         out["far"].append(decision.out_of_domain)
         out["unanimous"].append(len(set(labels[positions[row]])) == 1)

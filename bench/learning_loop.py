@@ -40,28 +40,15 @@ STAGES = ("trained_only", "before", "after", "scratch")
 
 def predict_all(model, index_dir: Path, texts: list[str]) -> tuple[list[str], np.ndarray]:
     """(voted labels, abstained) as the server's Predict gives them."""
-    from siamese_search.core.abstention import predict
+    from siamese_search.core.abstention import predict_queries
     from siamese_search.indexer.store import open_index
 
     vectors = model.embed(texts)
-    shares = model.label_shares(vectors)
     with open_index(index_dir, model=model) as version:
         found = version.search(vectors, k=K)
-    wording = model.wording_agreement(texts)
-    voted, abstained = [], []
-    for row, hits in enumerate(found):
-        share = None if shares is None else float(shares[row])
-        decision = predict(
-            [h.label for h in hits],
-            [h.score for h in hits],
-            model.abstention,
-            None,
-            share,
-            None if wording is None else wording[row],
-        )
-        voted.append(decision.voted)
-        abstained.append(decision.abstained)
-    return voted, np.array(abstained)
+    votes = [([h.label for h in hits], [h.score for h in hits]) for hits in found]
+    decisions = predict_queries(model, votes, vectors, texts)
+    return [d.voted for d in decisions], np.array([d.abstained for d in decisions])
 
 
 def scores(model, index_dir, test: pd.DataFrame, halves: dict[str, set[str]]) -> dict:

@@ -19,7 +19,7 @@ from importlib import metadata
 import grpc
 import numpy as np
 
-from siamese_search.core.abstention import predict
+from siamese_search.core.abstention import predict_queries
 from siamese_search.core.errors import UserError
 from siamese_search.indexer.metadata import Filter, FilterError, MetadataError
 from siamese_search.indexer.store import (
@@ -299,18 +299,9 @@ class SearchService(pb_grpc.SearchServiceServicer):
         threshold = None if math.isinf(min_score) else min_score  # unset: the model's rule
         abstention = serving.model.abstention
         vectors, found = self._batched(serving, texts, k, [], -1.0, context, where)
-        shares = serving.model.label_shares(vectors)
-        wording = serving.model.wording_agreement(texts)
-        for row, hits in enumerate(found):
-            share = None if shares is None else float(shares[row])
-            decision = predict(
-                [h.label for h in hits],
-                [h.score for h in hits],
-                abstention,
-                threshold,
-                share,
-                None if wording is None else wording[row],
-            )
+        votes = [([h.label for h in hits], [h.score for h in hits]) for hits in found]
+        decisions = predict_queries(serving.model, votes, vectors, texts, threshold)
+        for hits, decision in zip(found, decisions, strict=True):
             results.append(
                 pb.PredictResponse(
                     label=decision.label,

@@ -112,19 +112,15 @@ def _predictions(model, reference, texts):
 
 def _decisions(model, reference, texts):
     """Each text's Prediction, as the server's Predict decides."""
-    from siamese_search.core.abstention import predict
+    from siamese_search.core.abstention import predict_queries
     from siamese_search.core.voting import nearest
 
     ref = model.embed(reference.text.tolist())
     labels = reference["class"].astype(str).to_numpy()
     vectors = model.embed(texts)
-    shares = model.label_shares(vectors)
-    wording = model.wording_agreement(texts)
     scores, positions = nearest(ref, vectors, 5)
-    return [
-        predict(labels[p].tolist(), s.tolist(), model.abstention, None, float(w), agree)
-        for p, s, w, agree in zip(positions, scores, shares, wording, strict=True)
-    ]
+    votes = [(labels[p].tolist(), s.tolist()) for p, s in zip(positions, scores, strict=True)]
+    return predict_queries(model, votes, vectors, texts)
 
 
 def test_without_a_validation_table_in_domain_queries_are_answered_and_others_refused(

@@ -125,25 +125,15 @@ def evaluate(
     """Score kNN labelling of the `test` table against the `reference` table, or
     against an index directory's current version (`reference_index`): the same
     artifact, reader, search and vote that `siamese-serve` uses."""
-    from siamese_search.core.abstention import predict
+    from siamese_search.core.abstention import predict_queries
 
     with reference_index(model, columns, reference, progress) as index:
         test_vectors = model.embed_unique(test.texts, progress="test" if progress else None)
         neighbours = index.search(test_vectors, k)
         reference_rows = index.count
         reference_labels = set(index.label_names)
-    shares = model.label_shares(test_vectors)
-    wording = model.wording_agreement(test.texts)
-    predictions = [
-        predict(
-            [h.label for h in hits],
-            [h.score for h in hits],
-            model.abstention,
-            label_share=None if shares is None else float(shares[row]),
-            wording=None if wording is None else wording[row],
-        )
-        for row, hits in enumerate(neighbours)
-    ]
+    votes = [([h.label for h in hits], [h.score for h in hits]) for hits in neighbours]
+    predictions = predict_queries(model, votes, test_vectors, test.texts)
     truth = test.label_list
     voted = [p.voted for p in predictions]
     if oos_label is not None:  # abstaining means "out of scope"

@@ -34,12 +34,16 @@ texts, is answered when its examples are close by meaning.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from siamese_search.core.voting import Vote, vote
+
+if TYPE_CHECKING:
+    from siamese_search.core.model_artifact import EmbeddingModel
 
 FEATURES = ("top_score", "vote_share", "winner_mean_score", "winner_top_score")
 #: the features of a model with a wording model (`core.wording`): the voted label's
@@ -210,6 +214,33 @@ def predict(
     abstain = far or (min_score is None and confidence < abstention.threshold)
     label = "" if abstain else decision.label
     return Prediction(label, confidence, decision.label, decision.scores, abstain, far)
+
+
+def predict_queries(
+    model: EmbeddingModel,
+    votes: Iterable[tuple[Sequence[str], Sequence[float]]],
+    vectors: np.ndarray,
+    texts: Sequence[str],
+    min_score: float | None = None,
+) -> list[Prediction]:
+    """`predict` for a batch of queries, as the server's Predict decides: each query's
+    neighbours (labels, scores; nearest first) with what the model's rule reads of the
+    query itself, its label share (from its served vector) and its wording agreement
+    (from its text). The server, siamese-evaluate and the benches all call this, so
+    what the rule reads is derived in one place."""
+    shares = model.label_shares(vectors)
+    wording = model.wording_agreement(texts)
+    return [
+        predict(
+            labels,
+            scores,
+            model.abstention,
+            min_score,
+            None if shares is None else float(shares[row]),
+            None if wording is None else wording[row],
+        )
+        for row, (labels, scores) in enumerate(votes)
+    ]
 
 
 def expected_calibration_error(
