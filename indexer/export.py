@@ -202,14 +202,16 @@ def parquet_types(version: IndexVersion, fields: tuple[str, ...], page: int) -> 
             for row in rows:
                 for name, value in zip(fields, row[3:], strict=True):
                     if value is not None:
-                        seen[name].add(_value_kind(value))
+                        seen[name].add(_parquet_kind(value))
     return {name: _arrow_type(pa, kinds) for name, kinds in seen.items()}
 
 
-def _value_kind(value: object) -> str:
-    """ "bool", "int", "float", "string", or "list of <kinds>" (sorted, comma-joined)."""
+def _parquet_kind(value: object) -> str:
+    """ "bool", "int", "float", "string", or "list of <kinds>" (sorted, comma-joined):
+    finer than indexer.metadata's kinds, which count int and float as one "number"
+    (a Parquet column must tell them apart)."""
     if isinstance(value, list):
-        return "list of " + ",".join(sorted({_value_kind(item) for item in value}))
+        return "list of " + ",".join(sorted({_parquet_kind(item) for item in value}))
     if isinstance(value, bool):
         return "bool"
     return {int: "int", float: "float", str: "string"}.get(type(value), "other")
