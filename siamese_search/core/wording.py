@@ -7,7 +7,7 @@ from right ones (bench/coverage.py --alternatives, issue 35). What does is a jud
 reads the text differently: a logistic regression on the training texts' character
 n-grams (2 to 5 characters inside word boundaries, TF-IDF weighted; scikit-learn's
 `char_wb`, reproduced here in numpy so serving needs no scikit-learn). It labels worse
-than the vote on paraphrase-rich data (CLINC150: 81% against 90%) but differently: a
+than the vote on paraphrase-rich data (CLINC150) but differently: a
 vote the wording also backs is far likelier right than one it doubts.
 
 `WordingModel.agreement` gives, per text, each known label's probability divided by
