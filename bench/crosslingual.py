@@ -1,0 +1,135 @@
+"""Spanish queries against models trained on English texts: are they labelled, and is
+the English text they translate found?
+
+USE multilingual v3 maps a text and its translation close together, which the served
+space keeps for Search; the wording agreement (core.wording, a character n-gram model
+of the English training texts) reads a Spanish query's wording, which its labels were
+never written in. This bench measures what that costs, on hand-written translations
+(bench/data/spanish.csv: 60 CLINC150 in-scope test texts, one each of 60 intents, and 30
+commit test texts, 6 per class), with the coverage bench's models (no validation table;
+trained once into --work, shared with bench/coverage.py):
+- labelling, per language: the vote's accuracy, the share abstained and the answered
+  accuracy, as the server's Predict decides (core.abstention.predict_queries), and with
+  the wording agreement left out (the value the rule reads for a label the wording does
+  not know, `unknown_wording`);
+- retrieval: the share of Spanish queries whose English original is their nearest
+  text, among the training texts and all the originals, in the served space and in the
+  untuned encoder's (the served vector's meaning part).
+
+Small sets: one query is 1.7 points (CLINC150) or 3.3 points (commits) of a seed's figure.
+
+Usage: python bench/crosslingual.py [--seeds 0 1 2] [--work DIR] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# bench/coverage.py (the script's own directory comes first on the path)
+from coverage import CLINC, COMMITS, ROOT, K, embedded, parts, train
+
+TRANSLATIONS = ROOT / "bench" / "data" / "spanish.csv"
+
+
+def labelling(model, ref: np.ndarray, labels: np.ndarray, texts: list[str], truth) -> dict:
+    """Voted accuracy, abstained share and answered accuracy of `texts`, as served and
+    with the wording agreement left out."""
+    from siamese_search.core.abstention import predict, predict_queries
+    from siamese_search.core.voting import nearest
+
+    vectors = model.embed_unique(texts)
+    scores, positions = nearest(ref, vectors, K)
+    votes = [(labels[p].tolist(), s.tolist()) for p, s in zip(positions, scores, strict=True)]
+    served = predict_queries(model, votes, vectors, texts)
+    shares = model.label_shares(vectors)
+    vote_alone = [
+        predict(lab, sc, model.abstention, None, float(shares[row]))
+        for row, (lab, sc) in enumerate(votes)
+    ]
+    truth = np.asarray(truth)
+    voted = np.array([p.voted for p in served]) == truth
+    out = {"voted_accuracy": float(voted.mean())}
+    for name, decisions in (("served", served), ("vote_alone", vote_alone)):
+        answered = ~np.array([p.abstained for p in decisions])
+        out[f"{name}_abstained"] = float(1.0 - answered.mean())
+        out[f"{name}_answered_accuracy"] = (
+            float(voted[answered].mean()) if answered.any() else None
+        )
+    return out
+
+
+def found_first(model, reference: list[str], originals: list[str], spanish: list[str]) -> dict:
+    """Share of Spanish queries whose English original is the nearest of reference +
+    originals, in the served space and the untuned encoder's."""
+    texts = reference + originals
+    corpus = parts(model, model.embed_unique(texts))
+    queries = parts(model, model.embed_unique(spanish))
+    wanted = np.arange(len(reference), len(texts))
+    return {
+        space: float(((queries[space] @ corpus[space].T).argmax(axis=1) == wanted).mean())
+        for space in ("served", "meaning")
+    }
+
+
+def run_seed(seed: int, work: Path, translations: pd.DataFrame) -> dict:
+    from siamese_search.core.model_artifact import load_model
+
+    sets = {
+        "commits": (COMMITS / "train.csv", "class", work / f"commits-{seed}"),
+        "clinc": (CLINC / f"train-10shot-seed{seed}.csv", "intent", work / f"clinc-{seed}"),
+    }
+    out: dict = {"seed": seed}
+    for name, (data, label_column, model_dir) in sets.items():
+        model = load_model(train(data, label_column, model_dir, seed))
+        table = pd.read_csv(data)
+        ref, labels = embedded(model, table, label_column)
+        rows = translations[translations["set"] == name]
+        truth = rows["label"].astype(str).to_numpy()
+        out[name] = {
+            language: labelling(model, ref, labels, rows[language].tolist(), truth)
+            for language in ("english", "spanish")
+        }
+        out[name]["spanish_finds_its_original_first"] = found_first(
+            model, table.text.tolist(), rows.english.tolist(), rows.spanish.tolist()
+        )
+        print(json.dumps({"seed": seed, name: out[name]}), flush=True)
+    return out
+
+
+def mean(runs: list[dict]) -> dict:
+    """The runs' mean of every figure, by set, language and figure name."""
+    out: dict = {}
+    for name in ("commits", "clinc"):
+        out[name] = {}
+        for part, figures in runs[0][name].items():
+            out[name][part] = {}
+            for figure in figures:
+                values = [run[name][part][figure] for run in runs]
+                known = [v for v in values if v is not None]
+                out[name][part][figure] = float(np.mean(known)) if known else None
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--work", type=Path, default=ROOT / "build" / "coverage")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    translations = pd.read_csv(TRANSLATIONS)
+    runs = [run_seed(seed, args.work, translations) for seed in args.seeds]
+    report = {"k": K, "queries": translations.groupby("set").size().to_dict(), "runs": runs}
+    report["mean"] = mean(runs)
+    print(json.dumps(report["mean"], indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
