@@ -16,16 +16,20 @@ the answered accuracy had the least confident 5% (commits) or 8% (CLINC150) of t
 in-domain queries abstained, chosen in hindsight: the ceiling of any cut on this
 confidence at the issue's coverage bars. `--alternatives` also measures other labelling
 rules on the same vectors, and other sureness measures for the server's vote (`sureness`).
+`--train-args` trains both models with a recipe variant (extra siamese-train flags).
 
-Models are trained once into --work and reused.
+Models are trained once into --work and reused; the work directory records the
+`--train-args` its models were trained with (RECIPE_FILE) and refuses others.
 
 Usage: python bench/coverage.py [--seeds 0 1 2] [--work DIR] [--out FILE] [--alternatives]
+       [--train-args "--steps 120"]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -39,17 +43,42 @@ COMMITS = ROOT / "data" / "commit-messages"
 K = 5
 #: off-domain and in-domain samples (seeded): every commit test text is ~3,300
 SAMPLE = 1500
+#: in --work: the extra siamese-train flags its models were trained with (JSON list)
+RECIPE_FILE = "train-args.json"
 
 
-def train(data: Path, label_column: str, out: Path, seed: int) -> Path:
+def train(data: Path, label_column: str, out: Path, seed: int, extra: list[str] = ()) -> Path:
+    """The model trained on `data` into `out` (default recipe, plus `extra` flags),
+    trained once and reused."""
     if not (out / "manifest.json").exists():
         subprocess.run(
             [sys.executable, "-m", "siamese_search.trainer.cli", "--data", str(data)]
             + ["--label-column", label_column, "--out", str(out), "--overwrite"]
-            + ["--seed", str(seed), "--quiet"],
+            + ["--seed", str(seed), "--quiet", *extra],
             check=True,
         )
     return out
+
+
+def claim_work(work: Path, extra: list[str]) -> None:
+    """Record the recipe of --work's models, or refuse a work directory whose models
+    were trained with other flags (they would be reused as if they were these)."""
+    work.mkdir(parents=True, exist_ok=True)
+    recorded = work / RECIPE_FILE
+    if recorded.exists():
+        before = json.loads(recorded.read_text())
+        if before != extra:
+            raise SystemExit(
+                f"{work} holds models trained with --train-args {shlex.join(before)!r}, "
+                f"not {shlex.join(extra)!r}: give another --work"
+            )
+    elif any(work.iterdir()) and extra:
+        raise SystemExit(
+            f"{work} holds models of the default recipe (no {RECIPE_FILE}): give another "
+            "--work for --train-args"
+        )
+    else:
+        recorded.write_text(json.dumps(extra) + "\n")
 
 
 def embedded(model, reference: pd.DataFrame, label_column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -258,7 +287,7 @@ def summary(inside: dict, truth: np.ndarray, outside: dict, budget: float) -> di
     }
 
 
-def run_seed(seed: int, work: Path, compare: bool = False) -> dict:
+def run_seed(seed: int, work: Path, compare: bool = False, extra: list[str] = ()) -> dict:
     from siamese_search.core.model_artifact import load_model
 
     rng = np.random.default_rng(seed)
@@ -271,9 +300,11 @@ def run_seed(seed: int, work: Path, compare: bool = False) -> dict:
     clinc_sample = in_scope.iloc[rng.choice(len(in_scope), SAMPLE, replace=False)]
     clinc_any = clinc_test.iloc[rng.choice(len(clinc_test), SAMPLE, replace=False)]
 
-    commit_model = load_model(train(COMMITS / "train.csv", "class", work / f"commits-{seed}", seed))
+    commit_model = load_model(
+        train(COMMITS / "train.csv", "class", work / f"commits-{seed}", seed, extra)
+    )
     clinc_model = load_model(
-        train(CLINC / f"train-10shot-seed{seed}.csv", "intent", work / f"clinc-{seed}", seed)
+        train(CLINC / f"train-10shot-seed{seed}.csv", "intent", work / f"clinc-{seed}", seed, extra)
     )
     commit_ref = embedded(commit_model, commit_train, "class")
     clinc_ref = embedded(clinc_model, clinc_train, "intent")
@@ -330,9 +361,15 @@ def main() -> int:
     parser.add_argument(
         "--alternatives", action="store_true", help="also measure other labelling rules"
     )
+    parser.add_argument(
+        "--train-args",
+        default="",
+        help="extra siamese-train flags for both models (a recipe variant), e.g. '--steps 120'",
+    )
     args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    runs = [run_seed(seed, args.work, args.alternatives) for seed in args.seeds]
+    extra = shlex.split(args.train_args)
+    claim_work(args.work, extra)
+    runs = [run_seed(seed, args.work, args.alternatives, extra) for seed in args.seeds]
     mean = {
         data: {key: float(np.mean([r[data][key] for r in runs])) for key in runs[0][data]}
         for data in ("commits", "clinc")
@@ -365,7 +402,8 @@ def main() -> int:
                     f"{np.mean([r['sureness'][data][measure] for r in runs]):.3f}"
                 )
     if args.out:
-        args.out.write_text(json.dumps({"k": K, "runs": runs, "mean": mean}, indent=2) + "\n")
+        report = {"k": K, "train_args": extra, "runs": runs, "mean": mean}
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

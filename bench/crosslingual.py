@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 # bench/coverage.py (the script's own directory comes first on the path)
-from coverage import CLINC, COMMITS, ROOT, K, embedded, parts, train
+from coverage import CLINC, COMMITS, ROOT, K, claim_work, embedded, parts, train
 
 TRANSLATIONS = ROOT / "bench" / "data" / "spanish.csv"
 
@@ -57,9 +57,7 @@ def labelling(model, ref: np.ndarray, labels: np.ndarray, texts: list[str], trut
     for name, decisions in (("served", served), ("vote_alone", vote_alone)):
         answered = ~np.array([p.abstained for p in decisions])
         out[f"{name}_abstained"] = float(1.0 - answered.mean())
-        out[f"{name}_answered_accuracy"] = (
-            float(voted[answered].mean()) if answered.any() else None
-        )
+        out[f"{name}_answered_accuracy"] = float(voted[answered].mean()) if answered.any() else None
     return out
 
 
@@ -122,6 +120,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     translations = pd.read_csv(TRANSLATIONS)
+    claim_work(args.work, [])  # the default recipe's models
     runs = [run_seed(seed, args.work, translations) for seed in args.seeds]
     report = {"k": K, "queries": translations.groupby("set").size().to_dict(), "runs": runs}
     report["mean"] = mean(runs)
