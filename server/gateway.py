@@ -9,7 +9,8 @@ metrics and logs are exactly those of a gRPC call. Answers are the response mess
 in the JSON mapping (every field present, zero values included); errors are
 gRPC-Gateway's shape, `{"code": <gRPC code>, "message": ..., "details": []}`, with
 gRPC-Gateway's HTTP status for the gRPC status. `GET /openapi.json` serves the
-OpenAPI document generated from the .proto (`server/generated/search.openapi.json`).
+OpenAPI document generated from the .proto (`server/generated/search.openapi.json`),
+with the default collection's request schemas (`?collection=NAME`: that one's).
 
 HTTP/1.1 framing is h11's (python-hyper's sans-I/O parser, the one under uvicorn's
 pure-Python mode and httpx): request line and headers capped at MAX_HEADER_BYTES,
@@ -253,6 +254,32 @@ class RestGateway:
                 while len(self._documents) > DOCUMENTS_KEPT:
                     self._documents.pop(next(iter(self._documents)))
             return self._documents[key]
+
+    def document_asked(self, query: str) -> tuple[int, bytes]:
+        """(HTTP status, body) for GET /openapi.json: the default collection's document,
+        or with `?collection=NAME` that collection's (its labels and metadata fields are
+        what its request bodies are checked against)."""
+        try:
+            asked = urllib.parse.parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
+        except ValueError:
+            asked = {"": []}
+        if set(asked) - {"collection"} or len(asked.get("collection", [""])) != 1:
+            return 400, _error_body(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "GET /openapi.json takes one query parameter, ?collection=NAME "
+                f"(that collection's document), not {query[:200]!r}",
+            )
+        collection = asked.get("collection", [""])[0]
+        if collection and not re.fullmatch(NAME_PATTERN, collection):
+            return 400, _error_body(
+                grpc.StatusCode.INVALID_ARGUMENT, f"collection {collection[:100]!r}: {NAME_RULE}"
+            )
+        if collection and self._labelled(collection) is None:
+            return 404, _error_body(
+                grpc.StatusCode.NOT_FOUND,
+                f"no collection {collection!r} is serving; GET /v1/collections lists them",
+            )
+        return 200, self.document(collection).text
 
     def find(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         """The route for a request line, and its path variables' values."""
@@ -507,7 +534,7 @@ class _Connection:
             self._send(200, page, close=False, head=head, extra=console.HEADERS, kind=kind)
             return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
         if method == "GET" and path == "/openapi.json":
-            status, answer = 200, self.gateway.document().text
+            status, answer = self.gateway.document_asked(target.partition("?")[2])
         else:
             route, values = self.gateway.find(method, path) or (None, {})
             assert route is not None, "refusal() answered requests without a route"

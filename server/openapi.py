@@ -230,9 +230,10 @@ def serving_document(
     document and the server cannot disagree on a rule a schema can state.
 
     The request schemas (labels, metadata fields) are one collection's: GET
-    /openapi.json shows the default one's, and the gateway checks a body naming
-    another collection against that one's document. A server without --collections
-    makes none and drops none, so its document leaves those routes out.
+    /openapi.json shows the default one's (`?collection=NAME`: that one's), and the
+    gateway checks a body naming another collection against that one's document. A
+    server without --collections makes none and drops none, so its document leaves
+    those routes out.
 
     Two rules no JSON Schema can state remain: token counts (`maxTextTokens`,
     `maxCallTokens`) and the characters of a whole call (`maxCallChars`), both in GET

@@ -429,6 +429,14 @@ def test_a_rest_body_is_checked_against_the_collection_it_names(
             port, "POST", "/v1/examples:upsert", {"examples": notes[:1], "wait": True}, ADMIN
         )
         assert status == 400 and "label" in body["message"], body
+        # what a client reads before it writes: each collection's own document
+        status, notes_document = _http(port, "GET", "/openapi.json?collection=notes")
+        assert status == 200 and '"topic"' in json.dumps(notes_document)
+        status, default_document = _http(port, "GET", "/openapi.json")
+        assert status == 200 and '"topic"' not in json.dumps(default_document)
+        for query, code in (("collection=nope", 404), ("collection=..%2Fx", 400), ("k=1", 400)):
+            status, body = _http(port, "GET", f"/openapi.json?{query}")
+            assert status == code and "collection" in body["message"], (query, body)
     finally:
         server.stop(0)
 
