@@ -306,15 +306,17 @@ def _train(args, config, columns: Columns, data_columns: Columns, from_index: di
         assert config.label_share is not None  # resolved_for chose it
         space = fit_space(raw, NumpyHead(result.weights).output_dim, config.label_share)
 
+    from tqdm.auto import tqdm
+
     from siamese_search.core.wording import fit_wording
 
     # the wording model is read by the rule fitted on folds only (calibrate.on_validation
     # says why), so a model calibrated on a validation table does not carry one
-    wording = (
-        None
-        if validation is not None
-        else fit_wording(table.texts, table.label_list, config.preprocess)
-    )
+    wording = None
+    if validation is None:
+        with tqdm(total=1, desc="fitting the wording model", disable=args.quiet) as bar:
+            wording = fit_wording(table.texts, table.label_list, config.preprocess)
+            bar.update()
 
     def fit_abstention(model) -> Abstention:
         """Calibrate the trained model (loaded from its staging directory)."""
@@ -328,7 +330,14 @@ def _train(args, config, columns: Columns, data_columns: Columns, from_index: di
             )
         share = config.label_share if space is not None else None
         rule = calibrate.on_folds(
-            raw, table.label_list, config, train_head, args.oos_share, share, table.texts
+            raw,
+            table.label_list,
+            config,
+            train_head,
+            args.oos_share,
+            share,
+            table.texts,
+            show_progress=not args.quiet,
         )
         return calibrate.with_domain(rule, model)
 
