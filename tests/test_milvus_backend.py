@@ -379,6 +379,41 @@ def test_a_writer_killed_while_marking_deletions_is_reconciled(
     assert (name, ids) == _local_ids(index_dir) and len(ids) == 51 and {"0", "1"} <= ids
 
 
+def _scrolled(version, limit: int, where=None) -> list[str]:
+    """Every row a scroll gives, page by page, in order (ids)."""
+    seen, after = [], -1
+    while True:
+        page, after = version.scroll(where, limit=limit, after=after)
+        seen += [row.id for row in page]
+        if after is None:
+            return seen
+
+
+def test_a_scroll_past_what_one_query_returns_halves_key_ranges(
+    milvus_uri, tmp_path, trained_model, corpus, monkeypatch
+):
+    """A Milvus query returns at most _QUERY_ROWS rows in no set order, so a scroll finds
+    the smallest keys of a larger range by counting halves of it. With that cap at 4,
+    pages still give every live row once, in key order, across two segments and a
+    deletion (as the local index does), and with a filter."""
+    from siamese_search.indexer.backends import milvus_backend
+
+    small, _ = corpus
+    target, index_dir, model, options = _built_on_milvus(
+        milvus_uri, "scrolled", tmp_path, trained_model, small
+    )
+    add_to_index(index_dir, model, _one_more_text(tmp_path), Columns(), options)
+    delete_from_index(index_dir, model, ["3", "17"], options)
+    monkeypatch.setattr(milvus_backend, "_QUERY_ROWS", 4)
+    with MilvusSource(target).open_current() as served, open_index(index_dir) as local:
+        expected = _scrolled(local, 7)
+        assert len(expected) == 49 and "3" not in expected
+        assert _scrolled(served, 7) == expected
+        assert _scrolled(served, 1) == expected
+        labelled = served.parse_filter({"must": [{"key": "label", "match": {"value": "2"}}]})
+        assert _scrolled(served, 3, labelled) == [expected[-1]]
+
+
 def test_a_whole_collection_version_from_before_segments_is_still_served(
     milvus_uri, tmp_path, trained_model, corpus
 ):
@@ -434,6 +469,11 @@ def test_a_whole_collection_version_from_before_segments_is_still_served(
         with MilvusSource(target).open_current() as served:
             assert served.placement is None
             assert len(served.search(model.embed(["fixing bugs"]), k=5, labels=["1"])[0]) == 5
+            with pytest.MonkeyPatch.context() as patch:  # its keys are positions
+                from siamese_search.indexer.backends import milvus_backend
+
+                patch.setattr(milvus_backend, "_QUERY_ROWS", 4)
+                assert _scrolled(served, 6) == [str(i) for i in range(50)]
 
         more = _one_more_text(tmp_path)
         add_to_index(

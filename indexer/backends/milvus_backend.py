@@ -31,6 +31,7 @@ import numpy as np
 from siamese_search.core.errors import ArtifactMismatchError, UserError
 from siamese_search.indexer.backends.milvus_filters import FALSE, expression
 from siamese_search.indexer.metadata import Filter, parse_filter
+from siamese_search.indexer.segments import entries_of
 
 if TYPE_CHECKING:
     from siamese_search.indexer.store import StoredRow
@@ -574,11 +575,19 @@ class MilvusVersion:
         return rows, (rows[-1].position if more and rows else None)
 
     def _key_ranges(self) -> list[tuple[int, int]]:
-        """The key ranges the version's rows lie in, in order: one per segment."""
-        if self.placement is None:
-            return [(0, 2**32)]
-        starts = sorted(row_key(part.removeprefix("s_"), 0) for part in self.placement.partitions)
-        return [(start, start + 2**32) for start in starts]
+        """The key ranges the version's rows lie in, in order: one per segment, as wide
+        as the rows its manifest entry says it holds (keys are dense from the
+        segment's first), so `_first_keys` halves a large segment's range a few times
+        instead of from 2^32 down (~15 more count queries a page at 100,000 rows)."""
+        if self.placement is None:  # a whole-version collection: keys are positions
+            return [(0, max(self.count, 1))]
+        rows = {entry.name: entry.rows for entry in entries_of(self.manifest, "")}
+        ranges = []
+        for part in self.placement.partitions:
+            segment = part.removeprefix("s_")
+            start = row_key(segment, 0)
+            ranges.append((start, start + rows.get(segment, 2**32)))
+        return sorted(ranges)
 
     def _first_keys(self, condition: str, low: int, high: int, want: int) -> list[int]:
         """The `want` smallest keys in [low, high) of the rows passing `condition`."""
