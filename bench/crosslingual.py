@@ -18,13 +18,18 @@ trained once into --work, shared with bench/coverage.py):
 
 Small sets: one query is 1.7 points (CLINC150) or 3.3 points (commits) of a seed's figure.
 
+`--train-args` measures a recipe variant's models (bench/coverage.py's flag, the same
+work directory), e.g. `--no-wording`.
+
 Usage: python bench/crosslingual.py [--seeds 0 1 2] [--work DIR] [--out FILE]
+       [--train-args "--no-wording"]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +79,7 @@ def found_first(model, reference: list[str], originals: list[str], spanish: list
     }
 
 
-def run_seed(seed: int, work: Path, translations: pd.DataFrame) -> dict:
+def run_seed(seed: int, work: Path, translations: pd.DataFrame, extra: list[str] = ()) -> dict:
     from siamese_search.core.model_artifact import load_model
 
     sets = {
@@ -83,7 +88,7 @@ def run_seed(seed: int, work: Path, translations: pd.DataFrame) -> dict:
     }
     out: dict = {"seed": seed}
     for name, (data, label_column, model_dir) in sets.items():
-        model = load_model(train(data, label_column, model_dir, seed))
+        model = load_model(train(data, label_column, model_dir, seed, extra))
         table = pd.read_csv(data)
         ref, labels = embedded(model, table, label_column)
         rows = translations[translations["set"] == name]
@@ -118,11 +123,14 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "coverage")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--train-args", default="", help="extra siamese-train flags")
     args = parser.parse_args()
     translations = pd.read_csv(TRANSLATIONS)
-    claim_work(args.work, [])  # the default recipe's models
-    runs = [run_seed(seed, args.work, translations) for seed in args.seeds]
-    report = {"k": K, "queries": translations.groupby("set").size().to_dict(), "runs": runs}
+    extra = shlex.split(args.train_args)
+    claim_work(args.work, extra)
+    runs = [run_seed(seed, args.work, translations, extra) for seed in args.seeds]
+    report = {"k": K, "train_args": extra, "runs": runs}
+    report["queries"] = translations.groupby("set").size().to_dict()
     report["mean"] = mean(runs)
     print(json.dumps(report["mean"], indent=2))
     if args.out:

@@ -165,6 +165,19 @@ def test_training_shows_progress_through_calibration_unless_quiet(tmp_path, caps
     assert "calibrating" not in capsys.readouterr().err
 
 
+def test_no_wording_trains_a_rule_that_reads_the_vote_alone(tmp_path, sample_train):
+    """--no-wording (queries in other languages than the training texts'): no wording
+    model, a four-feature rule, and the vote-only rule's cut, saying so."""
+    from siamese_search.core.abstention import FEATURES, VOTE_ONLY_IN_DOMAIN_ABSTAIN
+
+    out = tmp_path / "model"
+    flags = ["--label-column", "class", "--steps", "5", "--ensemble", "1", "--no-wording"]
+    assert _train("--data", sample_train, "--out", out, *flags) == 0
+    rule = json.loads((out / "manifest.json").read_text())["abstention"]
+    assert tuple(rule["features"]) == FEATURES and not (out / "wording.npz").exists()
+    assert f"the {VOTE_ONLY_IN_DOMAIN_ABSTAIN:.0%} quantile" in rule["threshold_rule"]
+
+
 def test_train_missing_file_and_existing_output(tmp_path, capsys, trained_model):
     assert _train("--data", tmp_path / "nope.csv", "--out", tmp_path / "m") == 2
     assert "no such file" in _error(capsys)

@@ -26,6 +26,7 @@ from siamese_search.core.abstention import (
     FEATURES,
     IN_DOMAIN_ABSTAIN,
     MEANING_DOMAIN_QUANTILE,
+    VOTE_ONLY_IN_DOMAIN_ABSTAIN,
     WORDING_FEATURES,
     Abstention,
     fit_abstention,
@@ -175,9 +176,10 @@ def on_folds(
     # in-scope queries while the domain bar took 20%; the confidence, not the distance,
     # tells the queries that would be answered wrong: issue 35)
     confidence = np.array([rule.confidence(row) for row in features])
-    threshold = float(np.quantile(confidence, IN_DOMAIN_ABSTAIN))
+    quantile = IN_DOMAIN_ABSTAIN if rule.reads_wording else VOTE_ONLY_IN_DOMAIN_ABSTAIN
+    threshold = float(np.quantile(confidence, quantile))
     said = (
-        f"the {IN_DOMAIN_ABSTAIN:.0%} quantile of the confidence of {len(features)} held-out "
+        f"the {quantile:.0%} quantile of the confidence of {len(features)} held-out "
         f"votes ({FOLDS} folds of the training set)"
     )
     return replace(rule, threshold=threshold, threshold_rule=said)

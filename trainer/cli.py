@@ -114,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of out-of-scope requests the abstention threshold is tuned for",
     )
     parser.add_argument(
+        "--wording",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="without --validation-data, the abstention rule also reads how well the voted "
+        "label fits the query's wording (character n-grams of the training texts): more "
+        "right answers in the training texts' language; --no-wording for queries in other "
+        "languages too, which it makes abstain more (docs/training.md)",
+    )
+    parser.add_argument(
         "--learning-rate", type=float, default=defaults.learning_rate, help="Adam step size (head)"
     )
     parser.add_argument(
@@ -313,7 +322,7 @@ def _train(args, config, columns: Columns, data_columns: Columns, from_index: di
     # the wording model is read by the rule fitted on folds only (calibrate.on_validation
     # says why), so a model calibrated on a validation table does not carry one
     wording = None
-    if validation is None:
+    if validation is None and args.wording:
         with tqdm(total=1, desc="fitting the wording model", disable=args.quiet) as bar:
             wording = fit_wording(table.texts, table.label_list, config.preprocess)
             bar.update()
@@ -336,7 +345,7 @@ def _train(args, config, columns: Columns, data_columns: Columns, from_index: di
             train_head,
             args.oos_share,
             share,
-            table.texts,
+            table.texts if args.wording else None,
             show_progress=not args.quiet,
         )
         return calibrate.with_domain(rule, model)
