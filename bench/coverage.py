@@ -22,7 +22,7 @@ Models are trained once into --work and reused; the work directory records the
 `--train-args` its models were trained with (RECIPE_FILE) and refuses others.
 
 Usage: python bench/coverage.py [--seeds 0 1 2] [--work DIR] [--out FILE] [--alternatives]
-       [--train-args "--steps 120"]
+       [--train-args="--steps 120"]
 """
 
 from __future__ import annotations
@@ -364,7 +364,7 @@ def main() -> int:
     parser.add_argument(
         "--train-args",
         default="",
-        help="extra siamese-train flags for both models (a recipe variant), e.g. '--steps 120'",
+        help="extra siamese-train flags for both models (a recipe variant), e.g. --train-args='--steps 120' (with '=': a value starting with - is taken for a flag otherwise)",
     )
     args = parser.parse_args()
     extra = shlex.split(args.train_args)

@@ -22,7 +22,7 @@ Small sets: one query is 1.7 points (CLINC150) or 3.3 points (commits) of a seed
 work directory), e.g. `--no-wording`.
 
 Usage: python bench/crosslingual.py [--seeds 0 1 2] [--work DIR] [--out FILE]
-       [--train-args "--no-wording"]
+       [--train-args=--no-wording]
 """
 
 from __future__ import annotations
