@@ -364,7 +364,8 @@ def main() -> int:
     parser.add_argument(
         "--train-args",
         default="",
-        help="extra siamese-train flags for both models (a recipe variant), e.g. --train-args='--steps 120' (with '=': a value starting with - is taken for a flag otherwise)",
+        help="extra siamese-train flags for both models (a recipe variant), given with '=' "
+        "(--train-args=--no-wording): argparse takes a lone value starting with - for a flag",
     )
     args = parser.parse_args()
     extra = shlex.split(args.train_args)
