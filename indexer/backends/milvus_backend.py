@@ -247,6 +247,10 @@ def segment_number(segment: str) -> int:
     return int(digits) * 2 + (1 if merged else 0)
 
 
+#: the keys one segment's rows may take (row_key: the segment's number above 32 bits)
+KEY_SPAN = 1 << 32
+
+
 def row_key(segment: str, local: int) -> int:
     """A row's primary key in the data collection: its segment and row there, the
     same in every version that lists the segment."""
@@ -586,7 +590,7 @@ class MilvusVersion:
         for part in self.placement.partitions:
             segment = part.removeprefix("s_")
             start = row_key(segment, 0)
-            ranges.append((start, start + rows.get(segment, 2**32)))
+            ranges.append((start, start + rows.get(segment, KEY_SPAN)))
         return sorted(ranges)
 
     def _first_keys(self, condition: str, low: int, high: int, want: int) -> list[int]:

@@ -44,6 +44,7 @@ from siamese_search.indexer.backends.milvus_backend import (
     _CONSISTENCY,
     _VERSION_SUFFIX,
     INSERT_ROWS,
+    KEY_SPAN,
     MAX_VARCHAR_BYTES,
     NOT_DELETED,
     MilvusTarget,
@@ -61,7 +62,7 @@ from siamese_search.indexer.backends.milvus_backend import (
     shares_data,
 )
 from siamese_search.indexer.metadata import decode
-from siamese_search.indexer.segments import Segment
+from siamese_search.indexer.segments import Segment, entries_of
 from siamese_search.indexer.store import IndexVersion
 
 #: in the index directory while a write to Milvus has started and not yet moved the
@@ -222,7 +223,8 @@ class MilvusWriter:
             self.point_alias_at(current)
             placement = head_of(self.client, heads[current])[1]
             if placement is not None:
-                self._unmark_after(placement)
+                rows = {entry.name: entry.rows for entry in entries_of(manifest, current)}
+                self._unmark_after(placement, rows)
         else:
             directory = layout.version_dir(index_dir, current)
             stale |= self._rewrite_version(current, directory, manifest, heads, show_progress)
@@ -231,15 +233,17 @@ class MilvusWriter:
             self._drop(heads.get(name))
         _clear_pending(index_dir)
 
-    def _unmark_after(self, placement: Placement) -> None:
-        """Rows of the version's partitions marked deleted by a later version: live again."""
+    def _unmark_after(self, placement: Placement, rows: dict[str, int]) -> None:
+        """Rows of the version's partitions marked deleted by a later version: live again.
+        `rows`: each segment's rows, by name (the version's manifest)."""
         newer = f"deleted_in > {placement.version} and deleted_in < {NOT_DELETED}"
         fields = ["key", "id", "label", "label_key", "text", "deleted_in", "vector"]
         if placement.index.get("metadata"):  # data collections from before have none
             fields.append("metadata")
         for part in placement.partitions:
-            for rows in self._rows_where(placement.data, part, newer, fields):
-                live = [{**row, "deleted_in": NOT_DELETED} for row in rows]  # read back whole
+            held = rows.get(part.removeprefix("s_"), KEY_SPAN)
+            for found in self._rows_where(placement.data, part, newer, held, fields):
+                live = [{**row, "deleted_in": NOT_DELETED} for row in found]  # read back whole
                 self.client.upsert(placement.data, live, partition_name=part)
                 self._note_write(placement.data)
 
@@ -324,7 +328,7 @@ class MilvusWriter:
         whose marks were undone (its head no longer right), or version + 1."""
         part = partition_name(segment.name)
         marked: dict[int, int] = {}
-        for rows in self._rows_where(data, part, f"deleted_in < {NOT_DELETED}"):
+        for rows in self._rows_where(data, part, f"deleted_in < {NOT_DELETED}", segment.rows):
             marked.update((int(row["key"]), int(row["deleted_in"])) for row in rows)
         deleted = _deleted(segment)
         base_key = row_key(segment.name, 0)
@@ -412,12 +416,14 @@ class MilvusWriter:
             self._note_write(data)
             layout.checkpoint("milvus-inserting")
 
-    def _rows_where(self, data, part, condition, fields=("key", "deleted_in")):
-        """The rows of a partition matching `condition`, a key range at a time, with
-        Strong consistency. Not pymilvus's query iterator: against Milvus 2.3.5 it
-        falls back to a client-side timestamp and missed rows upserted just before."""
+    def _rows_where(self, data, part, condition, rows: int, fields=("key", "deleted_in")):
+        """The rows of a partition (a segment of `rows` rows) matching `condition`, a key
+        range at a time, with Strong consistency. The range spans the segment's keys
+        (dense from its first), so one larger than a query returns is halved a few
+        times, not from 2^32 down. Not pymilvus's query iterator: against Milvus 2.3.5
+        it falls back to a client-side timestamp and missed rows upserted just before."""
         first = row_key(part.removeprefix("s_"), 0)
-        yield from self._rows_in_range(data, part, condition, fields, first, first + 2**32)
+        yield from self._rows_in_range(data, part, condition, fields, first, first + rows)
 
     def _rows_in_range(self, data, part, condition, fields, low, high):
         where = f"key >= {low} and key < {high} and ({condition})"
