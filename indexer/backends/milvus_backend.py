@@ -257,6 +257,24 @@ def row_key(segment: str, local: int) -> int:
     return (segment_number(segment) << 32) | int(local)
 
 
+def segment_keys(segment: str, rows: int) -> tuple[int, int]:
+    """The keys [first, first + rows) of a segment's rows: dense from its first, so a
+    range larger than one query returns is halved a few times when it is read, not
+    from 2^32 down (~15 more count queries at 100,000 rows)."""
+    first = row_key(segment, 0)
+    return first, first + rows
+
+
+def partition_keys(manifest: dict, partitions: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Each partition's key range (segment_keys), its rows from the version's
+    manifest; KEY_SPAN, every key its segment may take, for one the manifest does not
+    list."""
+    rows = {partition_name(entry.name): entry.rows for entry in entries_of(manifest, "")}
+    return {
+        part: segment_keys(part.removeprefix("s_"), rows.get(part, KEY_SPAN)) for part in partitions
+    }
+
+
 def label_key(label: str | None) -> int:
     """A label as an INT64 for filters (`label_key in [...]`): a hash, so a label
     needs no quoting in a Milvus expression and keeps its key in every version."""
@@ -580,18 +598,10 @@ class MilvusVersion:
 
     def _key_ranges(self) -> list[tuple[int, int]]:
         """The key ranges the version's rows lie in, in order: one per segment, as wide
-        as the rows its manifest entry says it holds (keys are dense from the
-        segment's first), so `_first_keys` halves a large segment's range a few times
-        instead of from 2^32 down (~15 more count queries a page at 100,000 rows)."""
+        as its rows (partition_keys)."""
         if self.placement is None:  # a whole-version collection: keys are positions
             return [(0, max(self.count, 1))]
-        rows = {entry.name: entry.rows for entry in entries_of(self.manifest, "")}
-        ranges = []
-        for part in self.placement.partitions:
-            segment = part.removeprefix("s_")
-            start = row_key(segment, 0)
-            ranges.append((start, start + rows.get(segment, KEY_SPAN)))
-        return sorted(ranges)
+        return sorted(partition_keys(self.manifest, self.placement.partitions).values())
 
     def _first_keys(self, condition: str, low: int, high: int, want: int) -> list[int]:
         """The `want` smallest keys in [low, high) of the rows passing `condition`."""

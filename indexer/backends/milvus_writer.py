@@ -44,7 +44,6 @@ from siamese_search.indexer.backends.milvus_backend import (
     _CONSISTENCY,
     _VERSION_SUFFIX,
     INSERT_ROWS,
-    KEY_SPAN,
     MAX_VARCHAR_BYTES,
     NOT_DELETED,
     MilvusTarget,
@@ -57,12 +56,14 @@ from siamese_search.indexer.backends.milvus_backend import (
     head_of,
     index_signature,
     label_key,
+    partition_keys,
     partition_name,
     row_key,
+    segment_keys,
     shares_data,
 )
 from siamese_search.indexer.metadata import decode
-from siamese_search.indexer.segments import Segment, entries_of
+from siamese_search.indexer.segments import Segment
 from siamese_search.indexer.store import IndexVersion
 
 #: in the index directory while a write to Milvus has started and not yet moved the
@@ -223,8 +224,7 @@ class MilvusWriter:
             self.point_alias_at(current)
             placement = head_of(self.client, heads[current])[1]
             if placement is not None:
-                rows = {entry.name: entry.rows for entry in entries_of(manifest, current)}
-                self._unmark_after(placement, rows)
+                self._unmark_after(placement, partition_keys(manifest, placement.partitions))
         else:
             directory = layout.version_dir(index_dir, current)
             stale |= self._rewrite_version(current, directory, manifest, heads, show_progress)
@@ -233,16 +233,15 @@ class MilvusWriter:
             self._drop(heads.get(name))
         _clear_pending(index_dir)
 
-    def _unmark_after(self, placement: Placement, rows: dict[str, int]) -> None:
+    def _unmark_after(self, placement: Placement, keys: dict[str, tuple[int, int]]) -> None:
         """Rows of the version's partitions marked deleted by a later version: live again.
-        `rows`: each segment's rows, by name (the version's manifest)."""
+        `keys`: each partition's key range (partition_keys)."""
         newer = f"deleted_in > {placement.version} and deleted_in < {NOT_DELETED}"
         fields = ["key", "id", "label", "label_key", "text", "deleted_in", "vector"]
         if placement.index.get("metadata"):  # data collections from before have none
             fields.append("metadata")
         for part in placement.partitions:
-            held = rows.get(part.removeprefix("s_"), KEY_SPAN)
-            for found in self._rows_where(placement.data, part, newer, held, fields):
+            for found in self._rows_where(placement.data, part, newer, keys[part], fields):
                 live = [{**row, "deleted_in": NOT_DELETED} for row in found]  # read back whole
                 self.client.upsert(placement.data, live, partition_name=part)
                 self._note_write(placement.data)
@@ -328,10 +327,11 @@ class MilvusWriter:
         whose marks were undone (its head no longer right), or version + 1."""
         part = partition_name(segment.name)
         marked: dict[int, int] = {}
-        for rows in self._rows_where(data, part, f"deleted_in < {NOT_DELETED}", segment.rows):
+        keys = segment_keys(segment.name, segment.rows)
+        for rows in self._rows_where(data, part, f"deleted_in < {NOT_DELETED}", keys):
             marked.update((int(row["key"]), int(row["deleted_in"])) for row in rows)
         deleted = _deleted(segment)
-        base_key = row_key(segment.name, 0)
+        base_key = keys[0]
         to_mark = [
             int(local)
             for local in np.flatnonzero(deleted)
@@ -416,14 +416,12 @@ class MilvusWriter:
             self._note_write(data)
             layout.checkpoint("milvus-inserting")
 
-    def _rows_where(self, data, part, condition, rows: int, fields=("key", "deleted_in")):
-        """The rows of a partition (a segment of `rows` rows) matching `condition`, a key
-        range at a time, with Strong consistency. The range spans the segment's keys
-        (dense from its first), so one larger than a query returns is halved a few
-        times, not from 2^32 down. Not pymilvus's query iterator: against Milvus 2.3.5
-        it falls back to a client-side timestamp and missed rows upserted just before."""
-        first = row_key(part.removeprefix("s_"), 0)
-        yield from self._rows_in_range(data, part, condition, fields, first, first + rows)
+    def _rows_where(self, data, part, condition, keys, fields=("key", "deleted_in")):
+        """The rows of a partition matching `condition` among its `keys` (segment_keys),
+        a key range at a time, with Strong consistency. Not pymilvus's query iterator:
+        against Milvus 2.3.5 it falls back to a client-side timestamp and missed rows
+        upserted just before."""
+        yield from self._rows_in_range(data, part, condition, fields, *keys)
 
     def _rows_in_range(self, data, part, condition, fields, low, high):
         where = f"key >= {low} and key < {high} and ({condition})"
