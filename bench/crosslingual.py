@@ -66,13 +66,13 @@ def labelling(model, ref: np.ndarray, labels: np.ndarray, texts: list[str], trut
     return out
 
 
-def found_first(model, reference: list[str], originals: list[str], spanish: list[str]) -> dict:
-    """Share of Spanish queries whose English original is the nearest of reference +
-    originals, in the served space and the untuned encoder's."""
-    texts = reference + originals
-    corpus = parts(model, model.embed_unique(texts))
+def found_first(model, ref: np.ndarray, originals: list[str], spanish: list[str]) -> dict:
+    """Share of Spanish queries whose English original is the nearest of the reference
+    texts (their served vectors, `ref`) and the originals, in the served space and the
+    untuned encoder's."""
+    corpus = parts(model, np.vstack([ref, model.embed_unique(originals)]))
     queries = parts(model, model.embed_unique(spanish))
-    wanted = np.arange(len(reference), len(texts))
+    wanted = np.arange(len(ref), len(ref) + len(originals))
     return {
         space: float(((queries[space] @ corpus[space].T).argmax(axis=1) == wanted).mean())
         for space in ("served", "meaning")
@@ -98,7 +98,7 @@ def run_seed(seed: int, work: Path, translations: pd.DataFrame, extra: list[str]
             for language in ("english", "spanish")
         }
         out[name]["spanish_finds_its_original_first"] = found_first(
-            model, table.text.tolist(), rows.english.tolist(), rows.spanish.tolist()
+            model, ref, rows.english.tolist(), rows.spanish.tolist()
         )
         print(json.dumps({"seed": seed, name: out[name]}), flush=True)
     return out
