@@ -101,6 +101,32 @@ def test_proxy_loss_matches_hand_computation():
     assert got == pytest.approx(expected, abs=1e-5)
 
 
+def test_contrastive_loss_matches_hand_computation():
+    e = tf.constant([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    # anchors 0 and 1: their one positive at similarity 1 against the other row at 0,
+    # -log(e / (e + 1)); anchor 2 has no positive and is left out of the mean
+    expected = np.log(1 + np.exp(-1.0))
+    got = float(losses.supervised_contrastive_loss(e, tf.constant([0, 0, 1]), temperature=1.0))
+    assert got == pytest.approx(expected, abs=1e-5)
+    alone = losses.supervised_contrastive_loss(e, tf.constant([0, 1, 2]), temperature=1.0)
+    assert float(alone) == 0.0
+
+
+def test_proxy_objective_adds_the_weighted_contrastive_term():
+    from siamese_search.trainer.train import Objective
+
+    x, labels = _clusters()
+    y = np.unique(labels, return_inverse=True)[1].astype(np.int32)
+    plain = TrainingConfig(loss="proxy", contrastive_weight=0.0)
+    weighted = TrainingConfig(loss="proxy", contrastive_weight=0.5, contrastive_temperature=0.2)
+    out, ids = tf.constant(x), tf.constant(y)
+    without = float(Objective(plain, y, x)(out, ids, None))
+    contrastive = float(losses.supervised_contrastive_loss(out, ids, 0.2))
+    assert contrastive > 0.1
+    with_term = float(Objective(weighted, y, x)(out, ids, None))
+    assert with_term == pytest.approx(without + 0.5 * contrastive, rel=1e-5)
+
+
 def test_auto_recipe_follows_the_data():
     few = TrainingConfig().resolved_for(examples=100, classes=5)
     assert (few.loss, few.head.kind, few.fine_tune) == ("triplet", "seed", True)
@@ -109,7 +135,8 @@ def test_auto_recipe_follows_the_data():
     many = TrainingConfig().resolved_for(examples=1500, classes=150)
     assert (many.loss, many.head.kind, many.fine_tune) == ("proxy", "residual", True)
     assert (many.steps, many.encoder_learning_rate) == (60, 3e-4)
-    assert many.label_share == 0.8
+    assert many.label_share == 0.8 and many.contrastive_weight == 0.5
+    assert few.contrastive_weight == 0.0  # triplets compare examples with each other already
     frozen = TrainingConfig(fine_tune=False).resolved_for(examples=1500, classes=150)
     assert (frozen.fine_tune, frozen.steps) == (False, 300)
     hub = TrainingConfig(encoder="/models/use-large").resolved_for(examples=100, classes=5)
@@ -162,6 +189,12 @@ def test_config_rejects_nonsense():
         TrainingConfig(mining="hardest")
     with pytest.raises(UserError, match="--margin"):
         TrainingConfig(margin=0.0)
+    with pytest.raises(UserError, match="--contrastive-weight"):
+        TrainingConfig(contrastive_weight=-1.0)
+    with pytest.raises(UserError, match="--contrastive-weight goes with --loss proxy"):
+        TrainingConfig(contrastive_weight=0.5).resolved_for(examples=100, classes=5)
+    with pytest.raises(UserError, match="--contrastive-temperature"):
+        TrainingConfig(contrastive_temperature=0.0)
 
 
 def test_model_directory_contents_and_numpy_keras_parity(trained_model, sample_train):
@@ -198,3 +231,15 @@ def test_auto_head_and_loss_are_accepted_as_documented():
     )
     config = config_from_args(args)
     assert config.head.kind == "auto" and config.loss == "auto"
+
+
+def test_contrastive_flags_reach_the_config():
+    from siamese_search.trainer.cli import build_parser, config_from_args
+
+    given = ["--contrastive-weight", "0", "--contrastive-temperature", "0.3"]
+    args = build_parser().parse_args(["--data", "x.csv", "--out", "m", *given])
+    config = config_from_args(args).resolved_for(examples=1500, classes=150)
+    assert (config.loss, config.contrastive_weight) == ("proxy", 0.0)  # off when asked
+    assert config.contrastive_temperature == 0.3
+    default = config_from_args(build_parser().parse_args(["--data", "x.csv", "--out", "m"]))
+    assert default.resolved_for(examples=1500, classes=150).contrastive_weight == 0.5

@@ -85,6 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="inverse temperature of the proxy softmax",
     )
     parser.add_argument(
+        "--contrastive-weight",
+        type=float,
+        default=defaults.contrastive_weight,
+        help="weight of the supervised contrastive term beside the proxy loss, which pulls "
+        "each label's examples together (default: 0.5 with --loss proxy; 0 turns it off)",
+    )
+    parser.add_argument(
+        "--contrastive-temperature",
+        type=float,
+        default=defaults.contrastive_temperature,
+        help="temperature of the contrastive term's softmax over the batch",
+    )
+    parser.add_argument(
         "--mining",
         default=defaults.mining,
         choices=MINING_STRATEGIES,
@@ -208,6 +221,8 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
         head=head,
         loss=args.loss,
         proxy_scale=args.proxy_scale,
+        contrastive_weight=args.contrastive_weight,
+        contrastive_temperature=args.contrastive_temperature,
         margin=args.margin,
         mining=args.mining,
         learning_rate=args.learning_rate,

@@ -8,6 +8,12 @@ every example with every class, so it scales to hundreds of classes with a handf
 examples each, where a batch rarely holds the hard triplets. Proxies start at the
 class means of the initial embeddings.
 
+`supervised_contrastive_loss` goes beside the proxy loss (`--contrastive-weight`): it
+compares the batch's examples with each other (Khosla et al., "Supervised Contrastive
+Learning", 2020). The proxy loss only pulls each example towards its class's proxy;
+the server labels a query by its nearest *examples*, and this term pulls a class's
+examples towards each other directly (measured in docs/benchmarks.md).
+
 The triplet losses (`--loss triplet`, the design card's):
 
 All three compute d(x, y) = 1 - <x, y> (the cosine distance the original notebook's
@@ -88,3 +94,26 @@ def proxy_softmax_loss(
     """
     logits = scale * tf.matmul(embeddings, tf.math.l2_normalize(proxies, axis=1), transpose_b=True)
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+
+
+def supervised_contrastive_loss(
+    embeddings: tf.Tensor, labels: tf.Tensor, temperature: float
+) -> tf.Tensor:
+    """Mean over anchors of -mean_p log softmax_a(<x_i, x_a> / t)[p]: each anchor's
+    same-label examples (p) against every other example in the batch (a != i).
+
+    Anchors with no other example of their label in the batch are left out (a uniform
+    batch over many classes has some); 0 when none has one.
+    Example:
+        >>> loss = supervised_contrastive_loss(tf.math.l2_normalize(x, 1), y, 0.1)
+    """
+    n = tf.shape(embeddings)[0]
+    others = 1.0 - tf.eye(n)
+    logits = tf.matmul(embeddings, embeddings, transpose_b=True) / temperature
+    logits -= (1.0 - others) * 1e9  # an example is not its own candidate
+    log_prob = logits - tf.reduce_logsumexp(logits, axis=1, keepdims=True)
+    positives = tf.cast(tf.equal(labels[:, None], labels[None, :]), tf.float32) * others
+    count = tf.reduce_sum(positives, axis=1)
+    per_anchor = -tf.reduce_sum(log_prob * positives, axis=1) / tf.maximum(count, 1.0)
+    anchors = tf.cast(count > 0, tf.float32)
+    return tf.reduce_sum(per_anchor * anchors) / tf.maximum(tf.reduce_sum(anchors), 1.0)

@@ -110,7 +110,8 @@ class Objective:
     """The training loss over the head's outputs (one per seed-head member).
 
     `proxy` (default): `losses.proxy_softmax_loss` with one trainable proxy per class,
-    started at the class means of `initial` (the examples' embeddings before training).
+    started at the class means of `initial` (the examples' embeddings before training),
+    plus `contrastive_weight` x `losses.supervised_contrastive_loss` over the batch.
     `triplet`: the design card's cosine triplet loss, mined per `config.mining`.
     """
 
@@ -151,6 +152,13 @@ class Objective:
                 losses.proxy_softmax_loss(out, y, self.proxies, config.proxy_scale)
                 for out in outputs
             ]
+            if config.contrastive_weight:
+                per_member = [
+                    loss
+                    + config.contrastive_weight
+                    * losses.supervised_contrastive_loss(out, y, config.contrastive_temperature)
+                    for loss, out in zip(per_member, outputs, strict=True)
+                ]
         elif self.mined is not None:
             per_member = [self.mined(out, y, config.margin) for out in outputs]
         else:
