@@ -135,8 +135,7 @@ def test_auto_recipe_follows_the_data():
     many = TrainingConfig().resolved_for(examples=1500, classes=150)
     assert (many.loss, many.head.kind, many.fine_tune) == ("proxy", "residual", True)
     assert (many.steps, many.encoder_learning_rate) == (60, 3e-4)
-    assert many.label_share == 0.8 and many.contrastive_weight == 0.5
-    assert few.contrastive_weight == 0.0  # triplets compare examples with each other already
+    assert many.label_share == 0.8 and many.contrastive_weight == 0.0  # opt-in
     frozen = TrainingConfig(fine_tune=False).resolved_for(examples=1500, classes=150)
     assert (frozen.fine_tune, frozen.steps) == (False, 300)
     hub = TrainingConfig(encoder="/models/use-large").resolved_for(examples=100, classes=5)
@@ -236,10 +235,10 @@ def test_auto_head_and_loss_are_accepted_as_documented():
 def test_contrastive_flags_reach_the_config():
     from siamese_search.trainer.cli import build_parser, config_from_args
 
-    given = ["--contrastive-weight", "0", "--contrastive-temperature", "0.3"]
+    given = ["--contrastive-weight", "0.5", "--contrastive-temperature", "0.3"]
     args = build_parser().parse_args(["--data", "x.csv", "--out", "m", *given])
     config = config_from_args(args).resolved_for(examples=1500, classes=150)
-    assert (config.loss, config.contrastive_weight) == ("proxy", 0.0)  # off when asked
+    assert (config.loss, config.contrastive_weight) == ("proxy", 0.5)
     assert config.contrastive_temperature == 0.3
     default = config_from_args(build_parser().parse_args(["--data", "x.csv", "--out", "m"]))
-    assert default.resolved_for(examples=1500, classes=150).contrastive_weight == 0.5
+    assert default.resolved_for(examples=1500, classes=150).contrastive_weight == 0.0

@@ -50,11 +50,6 @@ SERVED_SPACES = ("meaning+labels", "labels")
 #: 0.898 at 0.85)
 LABEL_SHARES = {"seed": 0.5, "residual": 0.8}
 FINE_TUNE_STEP_RANGE = (60, 150)
-#: the supervised contrastive term's weight beside the proxy loss, when not given
-#: (trainer.losses.supervised_contrastive_loss; triplet losses already compare examples
-#: with examples and get none). CLINC150 10-shot without a validation table, 3 seeds:
-#: docs/benchmarks.md, "A contrastive term beside the proxy loss"
-PROXY_CONTRASTIVE_WEIGHT = 0.5
 
 
 @dataclass(frozen=True)
@@ -93,9 +88,11 @@ class TrainingConfig:
     #: the design card's cosine triplet loss (with `mining`, `margin`)
     loss: str = AUTO
     proxy_scale: float = 16.0  # inverse temperature of the proxy softmax
-    #: weight of the supervised contrastive term added to the proxy loss; None:
-    #: PROXY_CONTRASTIVE_WEIGHT with the proxy loss, 0 with a triplet loss
-    contrastive_weight: float | None = None
+    #: weight of the supervised contrastive term added to the proxy loss
+    #: (losses.supervised_contrastive_loss); off by default: it labels the trained
+    #: intents better and labels added by Upsert worse until a retrain
+    #: (docs/benchmarks.md, "A contrastive term beside the proxy loss")
+    contrastive_weight: float = 0.0
     contrastive_temperature: float = 0.1
     margin: float = 0.4
     mining: str = "batch-hard"
@@ -130,10 +127,7 @@ class TrainingConfig:
             (self.head.kind in (AUTO, *HEAD_KINDS), f"--head must be auto or one of {HEAD_KINDS}"),
             (self.loss in (AUTO, *LOSSES), f"--loss must be auto or one of {LOSSES}"),
             (self.proxy_scale > 0, "--proxy-scale must be positive"),
-            (
-                self.contrastive_weight is None or self.contrastive_weight >= 0,
-                "--contrastive-weight must be 0 or more",
-            ),
+            (self.contrastive_weight >= 0, "--contrastive-weight must be 0 or more"),
             (self.contrastive_temperature > 0, "--contrastive-temperature must be positive"),
             (
                 not (self.loss == "triplet" and self.contrastive_weight),
@@ -197,9 +191,6 @@ class TrainingConfig:
         label_share = self.label_share
         if label_share is None:
             label_share = LABEL_SHARES[kind]
-        contrastive = self.contrastive_weight
-        if contrastive is None:
-            contrastive = PROXY_CONTRASTIVE_WEIGHT if loss == "proxy" else 0.0
         layers = self.fine_tune_layers
         if layers == AUTO:
             layers = "all" if loss == "proxy" else "all-but-ngram"
@@ -210,7 +201,6 @@ class TrainingConfig:
             fine_tune=fine_tune,
             fine_tune_layers=layers,
             label_share=label_share,
-            contrastive_weight=contrastive,
         )
         if resolved.encoder_learning_rate is None:
             rate = PROXY_ENCODER_LEARNING_RATE if loss == "proxy" else TRIPLET_ENCODER_LEARNING_RATE
