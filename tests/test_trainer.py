@@ -127,6 +127,15 @@ def test_proxy_objective_adds_the_weighted_contrastive_term():
     assert with_term == pytest.approx(without + 0.5 * contrastive, rel=1e-5)
 
 
+def test_proxy_training_with_the_contrastive_term_separates_classes():
+    x, labels = _clusters()
+    config = TrainingConfig(loss="proxy", contrastive_weight=0.5, steps=60, seed=0)
+    result = train_head(x, labels, config, show_progress=False)  # the traced step
+    assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5])
+    out = result.head(x, training=False).numpy()
+    assert (out[:8] @ out[:8].T).mean() > (out[:8] @ out[8:].T).mean() + 0.2
+
+
 def test_auto_recipe_follows_the_data():
     few = TrainingConfig().resolved_for(examples=100, classes=5)
     assert (few.loss, few.head.kind, few.fine_tune) == ("triplet", "seed", True)
