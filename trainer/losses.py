@@ -107,13 +107,12 @@ def supervised_contrastive_loss(
     Example:
         >>> loss = supervised_contrastive_loss(tf.math.l2_normalize(x, 1), y, 0.1)
     """
-    n = tf.shape(embeddings)[0]
-    others = 1.0 - tf.eye(n)
-    logits = tf.matmul(embeddings, embeddings, transpose_b=True) / temperature
-    logits -= (1.0 - others) * 1e9  # an example is not its own candidate
+    positive, _ = _masks(labels)
+    itself = tf.eye(tf.shape(labels)[0], dtype=tf.bool)
+    similarities = tf.matmul(embeddings, embeddings, transpose_b=True) / temperature
+    logits = tf.where(itself, -1e9, similarities)  # an example is not its own candidate
     log_prob = logits - tf.reduce_logsumexp(logits, axis=1, keepdims=True)
-    positives = tf.cast(tf.equal(labels[:, None], labels[None, :]), tf.float32) * others
-    count = tf.reduce_sum(positives, axis=1)
-    per_anchor = -tf.reduce_sum(log_prob * positives, axis=1) / tf.maximum(count, 1.0)
+    count = tf.reduce_sum(tf.cast(positive, tf.float32), axis=1)
+    per_anchor = -tf.reduce_sum(tf.where(positive, log_prob, 0.0), axis=1) / tf.maximum(count, 1.0)
     anchors = tf.cast(count > 0, tf.float32)
     return tf.reduce_sum(per_anchor * anchors) / tf.maximum(tf.reduce_sum(anchors), 1.0)
