@@ -148,22 +148,21 @@ class Objective:
         outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
         config, losses = self.config, self._losses
         if self.proxies is not None:
-            per_member = [
-                losses.proxy_softmax_loss(out, y, self.proxies, config.proxy_scale)
-                for out in outputs
-            ]
-            if config.contrastive_weight:
-                per_member = [
-                    loss
-                    + config.contrastive_weight
-                    * losses.supervised_contrastive_loss(out, y, config.contrastive_temperature)
-                    for loss, out in zip(per_member, outputs, strict=True)
-                ]
+            per_member = [self._proxy_loss(out, y) for out in outputs]
         elif self.mined is not None:
             per_member = [self.mined(out, y, config.margin) for out in outputs]
         else:
             per_member = [losses.triplet_loss(out, triplets, config.margin) for out in outputs]
         return tf.add_n(per_member) / len(per_member)
+
+    def _proxy_loss(self, out, y):
+        """The proxy loss of one member's output, plus the weighted contrastive term."""
+        config, losses = self.config, self._losses
+        loss = losses.proxy_softmax_loss(out, y, self.proxies, config.proxy_scale)
+        if config.contrastive_weight:
+            term = losses.supervised_contrastive_loss(out, y, config.contrastive_temperature)
+            loss += config.contrastive_weight * term
+        return loss
 
 
 def knn_macro_f1(
