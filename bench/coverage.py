@@ -16,13 +16,16 @@ the answered accuracy had the least confident 5% (commits) or 8% (CLINC150) of t
 in-domain queries abstained, chosen in hindsight: the ceiling of any cut on this
 confidence at the issue's coverage bars. `--alternatives` also measures other labelling
 rules on the same vectors, and other sureness measures for the server's vote (`sureness`).
-`--train-args` trains both models with a recipe variant (extra siamese-train flags).
+`--train-args` trains both models with a recipe variant (extra siamese-train flags);
+`--commit-train-args` and `--clinc-train-args` add flags for one model only (a flag
+one recipe refuses, e.g. `--contrastive-weight`, which goes with CLINC150's proxy loss
+and not the commit split's triplets).
 
-Models are trained once into --work and reused; the work directory records the
-`--train-args` its models were trained with (RECIPE_FILE) and refuses others.
+Models are trained once into --work and reused; the work directory records the flags
+its models were trained with (RECIPE_FILE) and refuses others.
 
 Usage: python bench/coverage.py [--seeds 0 1 2] [--work DIR] [--out FILE] [--alternatives]
-       [--train-args="--steps 120"]
+       [--train-args="--steps 120"] [--clinc-train-args="--contrastive-weight 0.5"]
 """
 
 from __future__ import annotations
@@ -43,8 +46,10 @@ COMMITS = ROOT / "data" / "commit-messages"
 K = 5
 #: off-domain and in-domain samples (seeded): every commit test text is ~3,300
 SAMPLE = 1500
-#: in --work: the extra siamese-train flags its models were trained with (JSON list)
+#: in --work: the extra siamese-train flags its models were trained with, by dataset
+#: (JSON; a list in work directories made before the flags were per dataset: both's)
 RECIPE_FILE = "train-args.json"
+DATASETS = ("commits", "clinc")
 
 
 def train(data: Path, label_column: str, out: Path, seed: int, extra: list[str] = ()) -> Path:
@@ -60,25 +65,56 @@ def train(data: Path, label_column: str, out: Path, seed: int, extra: list[str] 
     return out
 
 
-def claim_work(work: Path, extra: list[str]) -> None:
-    """Record the recipe of --work's models, or refuse a work directory whose models
+def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose the models' recipes (`recipes_of` reads them)."""
+    parser.add_argument(
+        "--train-args",
+        default="",
+        help="extra siamese-train flags for both models (a recipe variant), given with '=' "
+        "(--train-args=--no-wording): argparse takes a lone value starting with - for a flag",
+    )
+    for name, data in (("commit", "the commit split's"), ("clinc", "CLINC150's")):
+        parser.add_argument(
+            f"--{name}-train-args",
+            default="",
+            help=f"extra siamese-train flags for {data} model only, after --train-args's",
+        )
+
+
+def recipes_of(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Each dataset's extra siamese-train flags: --train-args's, then its own."""
+    both = shlex.split(args.train_args)
+    return {
+        "commits": both + shlex.split(args.commit_train_args),
+        "clinc": both + shlex.split(args.clinc_train_args),
+    }
+
+
+def claim_work(work: Path, recipes: dict[str, list[str]]) -> None:
+    """Record the recipes of --work's models, or refuse a work directory whose models
     were trained with other flags (they would be reused as if they were these)."""
     work.mkdir(parents=True, exist_ok=True)
     recorded = work / RECIPE_FILE
     if recorded.exists():
         before = json.loads(recorded.read_text())
-        if before != extra:
+        if isinstance(before, list):
+            before = dict.fromkeys(DATASETS, before)
+        if before != recipes:
             raise SystemExit(
-                f"{work} holds models trained with --train-args {shlex.join(before)!r}, "
-                f"not {shlex.join(extra)!r}: give another --work"
+                f"{work} holds models trained with {described(before)}, not "
+                f"{described(recipes)}: give another --work"
             )
-    elif any(work.iterdir()) and extra:
+    elif any(work.iterdir()) and any(recipes.values()):
         raise SystemExit(
             f"{work} holds models of the default recipe (no {RECIPE_FILE}): give another "
-            "--work for --train-args"
+            "--work for other flags"
         )
     else:
-        recorded.write_text(json.dumps(extra) + "\n")
+        recorded.write_text(json.dumps(recipes) + "\n")
+
+
+def described(recipes: dict[str, list[str]]) -> str:
+    return "; ".join(f"{name} {shlex.join(flags)!r}" for name, flags in recipes.items())
 
 
 def embedded(model, reference: pd.DataFrame, label_column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -287,7 +323,7 @@ def summary(inside: dict, truth: np.ndarray, outside: dict, budget: float) -> di
     }
 
 
-def run_seed(seed: int, work: Path, compare: bool = False, extra: list[str] = ()) -> dict:
+def run_seed(seed: int, work: Path, recipes: dict[str, list[str]], compare: bool = False) -> dict:
     from siamese_search.core.model_artifact import load_model
 
     rng = np.random.default_rng(seed)
@@ -301,10 +337,16 @@ def run_seed(seed: int, work: Path, compare: bool = False, extra: list[str] = ()
     clinc_any = clinc_test.iloc[rng.choice(len(clinc_test), SAMPLE, replace=False)]
 
     commit_model = load_model(
-        train(COMMITS / "train.csv", "class", work / f"commits-{seed}", seed, extra)
+        train(COMMITS / "train.csv", "class", work / f"commits-{seed}", seed, recipes["commits"])
     )
     clinc_model = load_model(
-        train(CLINC / f"train-10shot-seed{seed}.csv", "intent", work / f"clinc-{seed}", seed, extra)
+        train(
+            CLINC / f"train-10shot-seed{seed}.csv",
+            "intent",
+            work / f"clinc-{seed}",
+            seed,
+            recipes["clinc"],
+        )
     )
     commit_ref = embedded(commit_model, commit_train, "class")
     clinc_ref = embedded(clinc_model, clinc_train, "intent")
@@ -361,19 +403,14 @@ def main() -> int:
     parser.add_argument(
         "--alternatives", action="store_true", help="also measure other labelling rules"
     )
-    parser.add_argument(
-        "--train-args",
-        default="",
-        help="extra siamese-train flags for both models (a recipe variant), given with '=' "
-        "(--train-args=--no-wording): argparse takes a lone value starting with - for a flag",
-    )
+    add_recipe_flags(parser)
     args = parser.parse_args()
-    extra = shlex.split(args.train_args)
-    claim_work(args.work, extra)
-    runs = [run_seed(seed, args.work, args.alternatives, extra) for seed in args.seeds]
+    recipes = recipes_of(args)
+    claim_work(args.work, recipes)
+    runs = [run_seed(seed, args.work, recipes, args.alternatives) for seed in args.seeds]
     mean = {
         data: {key: float(np.mean([r[data][key] for r in runs])) for key in runs[0][data]}
-        for data in ("commits", "clinc")
+        for data in DATASETS
     }
     for data, figures in mean.items():
         print(
@@ -403,7 +440,7 @@ def main() -> int:
                     f"{np.mean([r['sureness'][data][measure] for r in runs]):.3f}"
                 )
     if args.out:
-        report = {"k": K, "train_args": extra, "runs": runs, "mean": mean}
+        report = {"k": K, "train_args": recipes, "runs": runs, "mean": mean}
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 

@@ -18,25 +18,36 @@ trained once into --work, shared with bench/coverage.py):
 
 Small sets: one query is 1.7 points (CLINC150) or 3.3 points (commits) of a seed's figure.
 
-`--train-args` measures a recipe variant's models (bench/coverage.py's flag, the same
-work directory), e.g. `--no-wording`.
+`--train-args` (both models), `--commit-train-args` and `--clinc-train-args` measure a
+recipe variant's models (bench/coverage.py's flags, the same work directory), e.g.
+`--train-args=--no-wording`.
 
 Usage: python bench/crosslingual.py [--seeds 0 1 2] [--work DIR] [--out FILE]
-       [--train-args=--no-wording]
+       [--train-args=--no-wording] [--clinc-train-args="--contrastive-weight 0.5"]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 # bench/coverage.py (the script's own directory comes first on the path)
-from coverage import CLINC, COMMITS, ROOT, K, claim_work, embedded, parts, train
+from coverage import (
+    CLINC,
+    COMMITS,
+    ROOT,
+    K,
+    add_recipe_flags,
+    claim_work,
+    embedded,
+    parts,
+    recipes_of,
+    train,
+)
 
 TRANSLATIONS = ROOT / "bench" / "data" / "spanish.csv"
 
@@ -79,7 +90,9 @@ def found_first(model, ref: np.ndarray, originals: list[str], spanish: list[str]
     }
 
 
-def run_seed(seed: int, work: Path, translations: pd.DataFrame, extra: list[str] = ()) -> dict:
+def run_seed(
+    seed: int, work: Path, translations: pd.DataFrame, recipes: dict[str, list[str]]
+) -> dict:
     from siamese_search.core.model_artifact import load_model
 
     sets = {
@@ -88,7 +101,7 @@ def run_seed(seed: int, work: Path, translations: pd.DataFrame, extra: list[str]
     }
     out: dict = {"seed": seed}
     for name, (data, label_column, model_dir) in sets.items():
-        model = load_model(train(data, label_column, model_dir, seed, extra))
+        model = load_model(train(data, label_column, model_dir, seed, recipes[name]))
         table = pd.read_csv(data)
         ref, labels = embedded(model, table, label_column)
         rows = translations[translations["set"] == name]
@@ -123,13 +136,13 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "coverage")
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--train-args", default="", help="extra siamese-train flags")
+    add_recipe_flags(parser)
     args = parser.parse_args()
     translations = pd.read_csv(TRANSLATIONS)
-    extra = shlex.split(args.train_args)
-    claim_work(args.work, extra)
-    runs = [run_seed(seed, args.work, translations, extra) for seed in args.seeds]
-    report = {"k": K, "train_args": extra, "runs": runs}
+    recipes = recipes_of(args)
+    claim_work(args.work, recipes)
+    runs = [run_seed(seed, args.work, translations, recipes) for seed in args.seeds]
+    report = {"k": K, "train_args": recipes, "runs": runs}
     report["queries"] = translations.groupby("set").size().to_dict()
     report["mean"] = mean(runs)
     print(json.dumps(report["mean"], indent=2))
