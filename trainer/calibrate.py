@@ -98,6 +98,19 @@ def on_validation(
     return _validation_domain(rule, model, features, correct, oos, queries, oos_share)
 
 
+def fold_assignment(labels: Sequence[str], seed: int) -> np.ndarray:
+    """Each row's held-out fold (0 to FOLDS - 1), stratified: each label's rows are
+    spread over the folds in a seeded random order (bench/fine_tuned_folds.py trains
+    full models on the same folds)."""
+    label_array = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(len(label_array), dtype=np.int64)
+    for label in np.unique(label_array):
+        members = rng.permutation(np.flatnonzero(label_array == label))
+        fold_of[members] = np.arange(len(members)) % FOLDS
+    return fold_of
+
+
 def on_folds(
     vectors: np.ndarray,
     labels: list[str],
@@ -123,11 +136,7 @@ def on_folds(
 
     label_array = np.asarray(labels)
     text_array = None if texts is None else np.asarray(texts, dtype=object)
-    rng = np.random.default_rng(config.seed)
-    fold_of = np.empty(len(labels), dtype=np.int64)
-    for label in np.unique(label_array):  # stratified: each class spread over the folds
-        members = rng.permutation(np.flatnonzero(label_array == label))
-        fold_of[members] = np.arange(len(members)) % FOLDS
+    fold_of = fold_assignment(labels, config.seed)
     fold_config = replace(config, fine_tune=False, validation_fraction=0.0)
     parts = []
     folds = tqdm(
