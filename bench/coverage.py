@@ -323,18 +323,35 @@ def summary(inside: dict, truth: np.ndarray, outside: dict, budget: float) -> di
     }
 
 
-def run_seed(seed: int, work: Path, recipes: dict[str, list[str]], compare: bool = False) -> dict:
-    from siamese_search.core.model_artifact import load_model
+def training_paths(seed: int) -> dict[str, Path]:
+    """The seed's training tables by dataset: the commit split, CLINC150 10-shot."""
+    return {"commits": COMMITS / "train.csv", "clinc": CLINC / f"train-10shot-seed{seed}.csv"}
 
+
+def training_tables(seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The seed's training tables, read: (commit split, CLINC150 10-shot)."""
+    paths = training_paths(seed)
+    return pd.read_csv(paths["commits"]), pd.read_csv(paths["clinc"])
+
+
+def query_samples(seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The seed's query samples: (commit test texts, CLINC150 in-scope test texts,
+    CLINC150 test texts of any intent, oos included), SAMPLE each."""
     rng = np.random.default_rng(seed)
-    commit_train = pd.read_csv(COMMITS / "train.csv")
     commit_test = pd.read_csv(COMMITS / "test.csv")
-    clinc_train = pd.read_csv(CLINC / f"train-10shot-seed{seed}.csv")
     clinc_test = pd.read_csv(CLINC / "test.csv")
     commit_sample = commit_test.iloc[rng.choice(len(commit_test), SAMPLE, replace=False)]
     in_scope = clinc_test[clinc_test.intent != "oos"]
     clinc_sample = in_scope.iloc[rng.choice(len(in_scope), SAMPLE, replace=False)]
     clinc_any = clinc_test.iloc[rng.choice(len(clinc_test), SAMPLE, replace=False)]
+    return commit_sample, clinc_sample, clinc_any
+
+
+def run_seed(seed: int, work: Path, recipes: dict[str, list[str]], compare: bool = False) -> dict:
+    from siamese_search.core.model_artifact import load_model
+
+    commit_train, clinc_train = training_tables(seed)
+    commit_sample, clinc_sample, clinc_any = query_samples(seed)
 
     commit_model = load_model(
         train(COMMITS / "train.csv", "class", work / f"commits-{seed}", seed, recipes["commits"])
