@@ -114,6 +114,7 @@ def claim_work(work: Path, recipes: dict[str, list[str]]) -> None:
 
 
 def described(recipes: dict[str, list[str]]) -> str:
+    """The recipes in words, for a refusal."""
     return "; ".join(f"{name} {shlex.join(flags)!r}" for name, flags in recipes.items())
 
 
@@ -328,12 +329,6 @@ def training_paths(seed: int) -> dict[str, Path]:
     return {"commits": COMMITS / "train.csv", "clinc": CLINC / f"train-10shot-seed{seed}.csv"}
 
 
-def training_tables(seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The seed's training tables, read: (commit split, CLINC150 10-shot)."""
-    paths = training_paths(seed)
-    return pd.read_csv(paths["commits"]), pd.read_csv(paths["clinc"])
-
-
 def query_samples(seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The seed's query samples: (commit test texts, CLINC150 in-scope test texts,
     CLINC150 test texts of any intent, oos included), SAMPLE each."""
@@ -350,20 +345,15 @@ def query_samples(seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 def run_seed(seed: int, work: Path, recipes: dict[str, list[str]], compare: bool = False) -> dict:
     from siamese_search.core.model_artifact import load_model
 
-    commit_train, clinc_train = training_tables(seed)
+    paths = training_paths(seed)
+    commit_train, clinc_train = pd.read_csv(paths["commits"]), pd.read_csv(paths["clinc"])
     commit_sample, clinc_sample, clinc_any = query_samples(seed)
 
     commit_model = load_model(
-        train(COMMITS / "train.csv", "class", work / f"commits-{seed}", seed, recipes["commits"])
+        train(paths["commits"], "class", work / f"commits-{seed}", seed, recipes["commits"])
     )
     clinc_model = load_model(
-        train(
-            CLINC / f"train-10shot-seed{seed}.csv",
-            "intent",
-            work / f"clinc-{seed}",
-            seed,
-            recipes["clinc"],
-        )
+        train(paths["clinc"], "intent", work / f"clinc-{seed}", seed, recipes["clinc"])
     )
     commit_ref = embedded(commit_model, commit_train, "class")
     clinc_ref = embedded(clinc_model, clinc_train, "intent")

@@ -37,8 +37,6 @@ import pandas as pd
 
 # bench/coverage.py (the script's own directory comes first on the path)
 from coverage import (
-    CLINC,
-    COMMITS,
     ROOT,
     K,
     add_recipe_flags,
@@ -47,6 +45,7 @@ from coverage import (
     parts,
     recipes_of,
     train,
+    training_paths,
 )
 
 TRANSLATIONS = ROOT / "bench" / "data" / "spanish.csv"
@@ -95,9 +94,10 @@ def run_seed(
 ) -> dict:
     from siamese_search.core.model_artifact import load_model
 
+    paths = training_paths(seed)
     sets = {
-        "commits": (COMMITS / "train.csv", "class", work / f"commits-{seed}"),
-        "clinc": (CLINC / f"train-10shot-seed{seed}.csv", "intent", work / f"clinc-{seed}"),
+        "commits": (paths["commits"], "class", work / f"commits-{seed}"),
+        "clinc": (paths["clinc"], "intent", work / f"clinc-{seed}"),
     }
     out: dict = {"seed": seed}
     for name, (data, label_column, model_dir) in sets.items():
