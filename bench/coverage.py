@@ -50,6 +50,8 @@ SAMPLE = 1500
 #: (JSON; a list in work directories made before the flags were per dataset: both's)
 RECIPE_FILE = "train-args.json"
 DATASETS = ("commits", "clinc")
+#: each dataset's label column in its tables
+LABEL_COLUMNS = {"commits": "class", "clinc": "intent"}
 
 
 def train(data: Path, label_column: str, out: Path, seed: int, extra: list[str] = ()) -> Path:
@@ -354,18 +356,19 @@ def run_seed(seed: int, work: Path, recipes: dict[str, list[str]], compare: bool
     commit_train, clinc_train = pd.read_csv(paths["commits"]), pd.read_csv(paths["clinc"])
     commit_sample, clinc_sample, clinc_any = query_samples(seed)
 
+    commit_label, clinc_label = LABEL_COLUMNS["commits"], LABEL_COLUMNS["clinc"]
     commit_model = load_model(
-        train(paths["commits"], "class", work / f"commits-{seed}", seed, recipes["commits"])
+        train(paths["commits"], commit_label, work / f"commits-{seed}", seed, recipes["commits"])
     )
     clinc_model = load_model(
-        train(paths["clinc"], "intent", work / f"clinc-{seed}", seed, recipes["clinc"])
+        train(paths["clinc"], clinc_label, work / f"clinc-{seed}", seed, recipes["clinc"])
     )
-    commit_ref = embedded(commit_model, commit_train, "class")
-    clinc_ref = embedded(clinc_model, clinc_train, "intent")
+    commit_ref = embedded(commit_model, commit_train, commit_label)
+    clinc_ref = embedded(clinc_model, clinc_train, clinc_label)
     commit_vectors = commit_model.embed_unique(commit_sample.text.tolist())
     clinc_vectors = clinc_model.embed_unique(clinc_sample.text.tolist())
-    commit_truth = commit_sample["class"].astype(str).to_numpy()
-    clinc_truth = clinc_sample.intent.to_numpy()
+    commit_truth = commit_sample[commit_label].astype(str).to_numpy()
+    clinc_truth = clinc_sample[clinc_label].to_numpy()
     commit_texts, clinc_texts = commit_sample.text.tolist(), clinc_sample.text.tolist()
     clinc_any_texts = clinc_any.text.tolist()
     commit_in = queries(commit_model, *commit_ref, commit_vectors, commit_texts)

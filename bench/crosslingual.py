@@ -37,6 +37,7 @@ import pandas as pd
 
 # bench/coverage.py (the script's own directory comes first on the path)
 from coverage import (
+    LABEL_COLUMNS,
     ROOT,
     K,
     add_recipe_flags,
@@ -94,13 +95,10 @@ def run_seed(
 ) -> dict:
     from siamese_search.core.model_artifact import load_model
 
-    paths = training_paths(seed)
-    sets = {
-        "commits": (paths["commits"], "class", work / f"commits-{seed}"),
-        "clinc": (paths["clinc"], "intent", work / f"clinc-{seed}"),
-    }
     out: dict = {"seed": seed}
-    for name, (data, label_column, model_dir) in sets.items():
+    for name, data in training_paths(seed).items():
+        label_column = LABEL_COLUMNS[name]
+        model_dir = work / f"{name}-{seed}"
         model = load_model(train(data, label_column, model_dir, seed, recipes[name]))
         table = pd.read_csv(data)
         ref, labels = embedded(model, table, label_column)

@@ -34,6 +34,7 @@ import pandas as pd
 # bench/coverage.py (the script's own directory comes first on the path)
 from coverage import (
     DATASETS,
+    LABEL_COLUMNS,
     ROOT,
     K,
     add_recipe_flags,
@@ -48,7 +49,6 @@ from coverage import (
 
 #: the probabilities of a right vote under which the final model abstains
 THRESHOLDS = (0.5, 0.6, 0.65, 0.7, 0.75)
-LABEL_COLUMN = {"commits": "class", "clinc": "intent"}
 
 
 def fold_rule(table: pd.DataFrame, label_column: str, folds_dir: Path, seed: int, extra):
@@ -87,7 +87,7 @@ def fold_rule(table: pd.DataFrame, label_column: str, folds_dir: Path, seed: int
             )
         )
     features, correct, oos = (np.concatenate([p[i] for p in parts]) for i in range(3))
-    rule = fit_abstention(features, correct, oos, f"{FOLDS} fine-tuned folds", 0.2)
+    rule = fit_abstention(features, correct, oos, f"{FOLDS} fine-tuned folds")
     return rule, float(correct.mean()), seconds
 
 
@@ -106,17 +106,18 @@ def final_queries(model, ref, ref_labels, sample: pd.DataFrame, truth, rule) -> 
     return {"served": served, "right": correct, "confidence": confidence}
 
 
-def run_dataset(name: str, seed: int, work: Path, extra: list[str]) -> dict:
+def run_dataset(name: str, seed: int, work: Path, extra: list[str], samples: tuple) -> dict:
+    """One dataset's model of one seed; `samples` is the seed's `query_samples`."""
     from siamese_search.core.model_artifact import load_model
 
     data = training_paths(seed)[name]
     table = pd.read_csv(data)
-    commit_sample, clinc_sample, clinc_any = query_samples(seed)
+    commit_sample, clinc_sample, clinc_any = samples
     in_domain, off_domain = {
         "commits": (commit_sample, clinc_any),
         "clinc": (clinc_sample, commit_sample),
     }[name]
-    label_column = LABEL_COLUMN[name]
+    label_column = LABEL_COLUMNS[name]
     rule, fold_vote, seconds = fold_rule(
         table, label_column, work / "fine-tuned-folds" / f"{name}-{seed}", seed, extra
     )
@@ -161,8 +162,9 @@ def main() -> int:
     runs = []
     for seed in args.seeds:
         run = {"seed": seed}
+        samples = query_samples(seed)
         for name in args.datasets:
-            run[name] = run_dataset(name, seed, args.work, recipes[name])
+            run[name] = run_dataset(name, seed, args.work, recipes[name], samples)
             print(json.dumps({"seed": seed, name: run[name]}), flush=True)
         runs.append(run)
     mean: dict = {}
