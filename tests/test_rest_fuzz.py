@@ -29,7 +29,7 @@ FUZZ_LIMITS = Limits(
     max_call_tokens=4096,
 )
 
-pytestmark = pytest.mark.slow  # ~35 s of fuzzing: CI (make test-all) runs it
+pytestmark = pytest.mark.slow  # ~60 s of fuzzing: CI (make test-all) runs it
 
 
 def test_schemathesis_finds_nothing(index_dir, tmp_path):  # noqa: F811 - the fixture
