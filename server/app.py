@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from siamese_search.core.errors import UserError, describe_os_error
 from siamese_search.core.native_threads import limit_native_threads
 from siamese_search.indexer.store import VersionSource
+from siamese_search.server import collection_dirs
 from siamese_search.server.batching import Batcher
 from siamese_search.server.collections import (
     Collection,
@@ -98,7 +99,9 @@ class SearchServer:
                 collections.default = name
         if config.collections_dir is not None:
             served = {c.index_dir.resolve() for c in collections.all() if c.index_dir}
-            for directory in Collections.directories(config.collections_dir):
+            found = collection_dirs.served_directories(config.collections_dir)
+            collection_dirs.finish_drops(config.collections_dir)  # a killed server's drops
+            for directory in found:
                 if directory.resolve() not in served:
                     source = config.source_for(directory)
                     collections.add(opener.open(directory.name, directory, source, None))

@@ -11,7 +11,8 @@ A call names its collection (`collection` in every request, or REST's
 so clients written before collections work unchanged. With `--collections`, the
 admin calls CreateCollection (an empty index under ROOT that Upsert fills) and
 DropCollection (served no more at once; files removed once its in-flight calls are
-done) change the set while the server runs.
+done) change the set while the server runs; `server.collection_dirs` keeps the root
+consistent on disk through a crash at any moment.
 
 Independence: each collection is a `Collection`: its own ServingHolder (reload, hot
 model swap), write Committer, reload watcher and health status
@@ -28,17 +29,16 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from siamese_search.core.atomic import atomic_directory
 from siamese_search.core.errors import UserError
-from siamese_search.indexer import layout
 from siamese_search.indexer.options import BuildOptions
 from siamese_search.indexer.store import DirectorySource, VersionSource
+from siamese_search.server import collection_dirs
 from siamese_search.server.config import ServerConfig
 from siamese_search.server.metrics import CollectionMetrics, Metrics
 from siamese_search.server.openapi import NAME_PATTERN, NAME_RULE
@@ -266,18 +266,6 @@ class Collections:
                 )
             self._by_name[collection.name] = collection
 
-    @staticmethod
-    def directories(root: Path) -> list[Path]:
-        """The index directories under `root` (those holding versions or a CURRENT),
-        by name; other entries (files, hidden or invalid names) are skipped."""
-        if not Path(root).is_dir():
-            raise UserError(f"--collections {root}: no such directory")
-        found = []
-        for entry in sorted(Path(root).iterdir()):
-            if entry.is_dir() and _NAME.match(entry.name) and _is_index(entry):
-                found.append(entry)
-        return found
-
     # ---- reading -------------------------------------------------------------------------
 
     def get(self, name: str) -> Collection:
@@ -355,7 +343,9 @@ class Collections:
         model = load_model(Path(model_dir), threads=self.opener.config.threads)
         table = Table(texts=[], labels=[] if labels else None, ids=[])
         columns = Columns(text="text", label="label" if labels else None, id="id")
-        build_index(directory, model, table, columns, options)
+        # built aside and renamed into place whole: a crash leaves no half of it
+        with atomic_directory(directory) as staging:
+            build_index(staging, model, table, columns, options)
         collection = self.opener.open(name, directory, DirectorySource(directory), None)
         with self._lock:
             self._by_name[name] = collection
@@ -373,10 +363,23 @@ class Collections:
                 "--default-collection first",
             )
         with self._lock:
-            collection = self._by_name.pop(name, None)
-            remaining = sorted(self._by_name)
+            collection = self._by_name.get(name)
         if collection is None:
             raise CollectionNotFound(f"this server serves no collection {name!r}")
+        if collection.index_dir is not None and self.root is not None:
+            try:  # durable before it is acknowledged: a restart must not serve it again
+                collection_dirs.mark_dropped(collection.index_dir)
+            except OSError as error:
+                raise CollectionRefused(
+                    "UNAVAILABLE",
+                    f"collection {name} could not be marked dropped ({error.strerror}); "
+                    "it is still served: try again once its disk takes writes",
+                ) from None
+        with self._lock:
+            if self._by_name.get(name) is not collection:
+                raise CollectionNotFound(f"this server serves no collection {name!r}")
+            del self._by_name[name]
+            remaining = sorted(self._by_name)
         collection.stop()
         if collection.metrics is not None:
             collection.metrics.remove()
@@ -400,25 +403,11 @@ class Collections:
             collection.stop()
 
 
-def _is_index(directory: Path) -> bool:
-    return layout.current_version(directory) is not None or bool(layout.list_versions(directory))
-
-
 def _remove_when_idle(collection: Collection, directory: Path) -> None:
     """Remove a dropped collection's files once the version it served is closed (its
-    last in-flight call done), renamed aside first so a new collection of the same
-    name never sees half of them."""
+    last in-flight call done): those calls read its files by path."""
     holder = collection.holder
     retired = holder.last_retired if holder is not None else None
-    deadline = time.monotonic() + DROP_WAIT_SECONDS
-    while retired is not None and not retired.closed and time.monotonic() < deadline:
-        time.sleep(0.05)
-    aside = directory.with_name(f".dropped-{directory.name}-{time.time_ns()}")
-    try:
-        directory.rename(aside)
-        shutil.rmtree(aside)
-    except OSError as error:
-        log.error(
-            "collection_files_left",
-            extra={"fields": {"collection": collection.name, "error": str(error)}},
-        )
+    collection_dirs.remove(
+        directory, lambda: retired is None or retired.closed, wait=DROP_WAIT_SECONDS
+    )

@@ -475,6 +475,40 @@ def test_concurrent_creates_of_one_name_make_one_collection(tmp_path, trained_mo
         server.stop(0)
 
 
+def test_an_acknowledged_drop_stays_dropped_through_a_restart(tmp_path, trained_model):
+    """A drop is acknowledged at once and its files go once its in-flight calls are
+    done. A server stopped (or killed) in between used to leave the directory whole,
+    and the next start served the dropped collection again; now the drop is marked on
+    disk before it is acknowledged, and the next start removes what the last one left."""
+    served = tmp_path / "root"
+    served.mkdir()
+    first = SearchServer(_config(collections_dir=served, admin_token=ADMIN)).start()
+    held = None
+    try:
+        with SearchClient(f"127.0.0.1:{first.port}", token=ADMIN) as admin:
+            admin.create_collection("kept", str(trained_model))
+            admin.create_collection("gone", str(trained_model))
+            held = first.collections.get("gone").holder.acquire()  # a call in flight
+            assert held is not None
+            assert "gone" not in admin.drop_collection("gone")
+        assert (served / "gone").is_dir(), "the in-flight call still reads its files"
+    finally:
+        first.stop(0)
+    again = SearchServer(_config(collections_dir=served, admin_token=ADMIN)).start()
+    try:
+        with SearchClient(f"127.0.0.1:{again.port}", token=ADMIN) as admin:
+            assert {c.name for c in admin.collections()} == {"kept"}
+        deadline = time.monotonic() + 10
+        while (served / "gone").exists() or any(served.glob(".dropped-*")):
+            assert time.monotonic() < deadline, "the dropped collection's files stayed"
+            time.sleep(0.05)
+        assert sorted(p.name for p in served.iterdir()) == ["kept"]
+    finally:
+        again.stop(0)
+        if held is not None:
+            held.exit()
+
+
 def test_a_page_token_is_refused_by_another_collection(tmp_path, trained_model, sample_train):
     """Version numbers start at 1 in every index, so a page token names its index too:
     one collection's token sent to another is INVALID_ARGUMENT, not a page of the other

@@ -1,0 +1,120 @@
+"""The collections root on disk: which directories are collections, and how one is made
+and dropped so that a crash at any moment leaves either all of it or none.
+
+- Served: every directory under the root with a valid name that holds an index
+  (versions or a CURRENT) and no drop mark.
+- Made (CreateCollection): the empty index is built under a temporary name and
+  renamed into place when complete (`core.atomic.atomic_directory`), so a server
+  killed halfway leaves no half-made collection under the name, which a second
+  CreateCollection would have been refused as "already exists".
+- Dropped (`mark_dropped`): a `DROPPED` file is written, durably, before the drop is
+  acknowledged; the files themselves go later, once the collection's in-flight calls
+  are done (they read its files by path), renamed aside first (`.dropped-NAME-...`).
+  A restart serves no marked directory and finishes what a killed server left:
+  marked directories and `.dropped-*` leftovers are removed. Before the mark, an
+  acknowledged drop came back as a served collection after a kill, if the server
+  died while the calls it waited for were still running.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from siamese_search.core.atomic import fsync_dir, write_bytes_atomic
+from siamese_search.core.errors import UserError
+from siamese_search.indexer import layout
+from siamese_search.server.openapi import NAME_PATTERN
+
+log = logging.getLogger("siamese.server")
+
+_NAME = re.compile(NAME_PATTERN)
+#: in a collection's directory: it was dropped, whatever else it holds
+DROPPED_FILE = "DROPPED"
+#: a dropped collection's directory, renamed aside while it is removed
+DROPPED_PREFIX = ".dropped-"
+
+
+def served_directories(root: Path) -> list[Path]:
+    """The collections under `root`, by name: directories with a valid name that hold an
+    index and no drop mark; other entries (files, hidden or invalid names, half-removed
+    collections) are skipped."""
+    if not Path(root).is_dir():
+        raise UserError(f"--collections {root}: no such directory")
+    return [
+        entry
+        for entry in sorted(Path(root).iterdir())
+        if entry.is_dir()
+        and _NAME.match(entry.name)
+        and not is_dropped(entry)
+        and _is_index(entry)
+    ]
+
+
+def is_dropped(directory: Path) -> bool:
+    return (Path(directory) / DROPPED_FILE).exists()
+
+
+def _is_index(directory: Path) -> bool:
+    return layout.current_version(directory) is not None or bool(layout.list_versions(directory))
+
+
+def mark_dropped(directory: Path) -> None:
+    """Make a drop durable before it is acknowledged: no server serves `directory` again."""
+    write_bytes_atomic(Path(directory) / DROPPED_FILE, b"dropped\n")
+    fsync_dir(Path(directory))
+
+
+def remove(directory: Path, wait_until: Callable[[], bool] = lambda: True, wait=0.0) -> None:
+    """Remove a dropped collection's files once `wait_until()` holds or `wait` seconds
+    passed: renamed aside first, so a new collection of the same name never sees half
+    of them."""
+    deadline = time.monotonic() + wait
+    while not wait_until() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    aside = directory.with_name(f"{DROPPED_PREFIX}{directory.name}-{time.time_ns()}")
+    try:
+        directory.rename(aside)
+        fsync_dir(directory.parent)
+        shutil.rmtree(aside)
+    except OSError as error:
+        log.error(
+            "collection_files_left",
+            extra={"fields": {"directory": str(directory), "error": str(error)}},
+        )
+
+
+def finish_drops(root: Path) -> threading.Thread | None:
+    """Remove, in a background thread, what dropped collections left under `root` (marked
+    directories, `.dropped-*` leftovers of a removal cut short); None when nothing."""
+    marked = [
+        entry
+        for entry in Path(root).iterdir()
+        if entry.is_dir() and _NAME.match(entry.name) and is_dropped(entry)
+    ]
+    leftovers = [
+        entry
+        for entry in Path(root).iterdir()
+        if entry.is_dir() and entry.name.startswith(DROPPED_PREFIX)
+    ]
+    if not marked and not leftovers:
+        return None
+
+    def finish() -> None:
+        for directory in marked:
+            remove(directory)
+        for leftover in leftovers:
+            shutil.rmtree(leftover, ignore_errors=True)
+        log.info(
+            "dropped_collections_removed",
+            extra={"fields": {"marked": [d.name for d in marked], "leftovers": len(leftovers)}},
+        )
+
+    thread = threading.Thread(target=finish, name="finish-drops", daemon=True)
+    thread.start()
+    return thread
