@@ -168,6 +168,11 @@ def test_a_not_finite_number_or_the_most_values_a_match_takes_are_answered(serve
         with pytest.raises(grpc.RpcError) as refused:
             stub.Search(pb.SearchRequest(text="fix", k=3, filter=where))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        bound = pb.Filter(must=[pb.Filter(key="year", range=pb.Range(gt=number))])
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Search(pb.SearchRequest(text="fix", k=3, filter=bound))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "finite" in refused.value.details(), refused.value.details()  # not "a str"
     years = sorted({row["year"] for row in rows.values()})
     wanted = [*years[:2], *range(10_000, 10_000 + MAX_ANY - 4), "core", True]
     spec = {"must": [{"key": "year", "match": {"any": wanted}}]}
