@@ -296,6 +296,21 @@ def verified_unchanged(directory: Path, name: str, sha256: str) -> bool:
         return False
 
 
+def recorded_index_id(index_dir: Path) -> str | None:
+    """Which index the directory holds, the same in all its versions (a Milvus alias
+    is only written, or dropped, for the index it serves: MilvusWriter.claim and
+    remove_all): the newest readable version's, None before ids were recorded. CURRENT
+    is not read: a --replace build is how a damaged CURRENT is repaired."""
+    for name in reversed(list_versions(index_dir)):
+        try:
+            manifest = read_manifest(version_dir(index_dir, name), verify=False)
+        except UserError:
+            continue
+        if manifest.get("index_id"):
+            return str(manifest["index_id"])
+    return None
+
+
 def read_manifest(directory: Path, verify: bool = True) -> dict:
     """A version's manifest, refused (ArtifactMismatchError) when it does not match the
     checksum beside it: a changed count or swapped label names would be served wrong."""

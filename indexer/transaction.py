@@ -197,18 +197,9 @@ def _new_rows(plan: Plan) -> int:
 
 
 def _index_id(index_dir: Path) -> str:
-    """Which index the directory holds, the same in all its versions (a Milvus alias
-    is only written for the index it serves: MilvusWriter.claim): the newest readable
-    version's, or a new id for a first version (or one written before ids were).
-    CURRENT is not read: a --replace build is how a damaged CURRENT is repaired."""
-    for name in reversed(layout.list_versions(index_dir)):
-        try:
-            manifest = layout.read_manifest(layout.version_dir(index_dir, name), verify=False)
-        except UserError:
-            continue
-        if manifest.get("index_id"):
-            return str(manifest["index_id"])
-    return uuid.uuid4().hex
+    """Which index the directory holds (`layout.recorded_index_id`), or a new id for a
+    first version (or one written before ids were)."""
+    return layout.recorded_index_id(index_dir) or uuid.uuid4().hex
 
 
 def _manifest_extra(

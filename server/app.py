@@ -100,7 +100,8 @@ class SearchServer:
         if config.collections_dir is not None:
             served = {c.index_dir.resolve() for c in collections.all() if c.index_dir}
             found = collection_dirs.served_directories(config.collections_dir)
-            collection_dirs.finish_drops(config.collections_dir)  # a killed server's drops
+            # what a killed server's drops left
+            collection_dirs.finish_drops(config.collections_dir, collections.forget_in_backend)
             for directory in found:
                 if directory.resolve() not in served:
                     source = config.source_for(directory)

@@ -70,13 +70,33 @@ def mark_dropped(directory: Path) -> None:
     fsync_dir(Path(directory))
 
 
-def remove(directory: Path, wait_until: Callable[[], bool] = lambda: True, wait=0.0) -> None:
-    """Remove a dropped collection's files once `wait_until()` holds or `wait` seconds
-    passed: renamed aside first, so a new collection of the same name never sees half
-    of them."""
+#: what else a dropped collection leaves, removed before its directory (its Milvus
+#: alias and collections, with --backend milvus): called with the directory
+Forget = Callable[[Path], None]
+
+
+def remove(
+    directory: Path,
+    forget: Forget | None = None,
+    wait_until: Callable[[], bool] = lambda: True,
+    wait: float = 0.0,
+) -> None:
+    """Remove a dropped collection once `wait_until()` holds or `wait` seconds passed:
+    what `forget` removes first (on failure the marked directory stays, for the next
+    start to finish), then its files, renamed aside first so a new collection of the
+    same name never sees half of them."""
     deadline = time.monotonic() + wait
     while not wait_until() and time.monotonic() < deadline:
         time.sleep(0.05)
+    if forget is not None:
+        try:
+            forget(directory)
+        except Exception as error:  # Milvus down or refusing: the next start retries
+            log.error(
+                "collection_backend_left",
+                extra={"fields": {"directory": str(directory), "error": str(error)[:500]}},
+            )
+            return
     aside = directory.with_name(f"{DROPPED_PREFIX}{directory.name}-{time.time_ns()}")
     try:
         directory.rename(aside)
@@ -89,9 +109,10 @@ def remove(directory: Path, wait_until: Callable[[], bool] = lambda: True, wait=
         )
 
 
-def finish_drops(root: Path) -> threading.Thread | None:
+def finish_drops(root: Path, forget: Forget | None = None) -> threading.Thread | None:
     """Remove, in a background thread, what dropped collections left under `root` (marked
-    directories, `.dropped-*` leftovers of a removal cut short); None when nothing."""
+    directories, with what `forget` removes; `.dropped-*` leftovers of a removal cut
+    short); None when nothing."""
     marked = [
         entry
         for entry in Path(root).iterdir()
@@ -107,7 +128,7 @@ def finish_drops(root: Path) -> threading.Thread | None:
 
     def finish() -> None:
         for directory in marked:
-            remove(directory)
+            remove(directory, forget)
         for leftover in leftovers:
             shutil.rmtree(leftover, ignore_errors=True)
         log.info(

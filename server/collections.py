@@ -37,7 +37,7 @@ from pathlib import Path
 from siamese_search.core.atomic import atomic_directory
 from siamese_search.core.errors import UserError
 from siamese_search.indexer.options import BuildOptions
-from siamese_search.indexer.store import DirectorySource, VersionSource
+from siamese_search.indexer.store import VersionSource
 from siamese_search.server import collection_dirs
 from siamese_search.server.config import ServerConfig
 from siamese_search.server.metrics import CollectionMetrics, Metrics
@@ -336,17 +336,27 @@ class Collections:
                 f"model_directory {model_dir!r:.200} holds no model (no manifest.json) on "
                 "this server; give the directory siamese-train wrote"
             )
+        # with --backend milvus, served from the alias named after the directory, as
+        # after a restart: the empty version is written there too
+        source = self.opener.config.source_for(directory)
         try:
-            options = BuildOptions(show_progress=False, index_type=index_type or "auto")
+            options = BuildOptions(
+                show_progress=False,
+                index_type=index_type or "auto",
+                milvus=getattr(source, "target", None),
+            )
         except UserError as error:
             raise InvalidRequest(str(error)) from None
         model = load_model(Path(model_dir), threads=self.opener.config.threads)
         table = Table(texts=[], labels=[] if labels else None, ids=[])
         columns = Columns(text="text", label="label" if labels else None, id="id")
-        # built aside and renamed into place whole: a crash leaves no half of it
-        with atomic_directory(directory) as staging:
-            build_index(staging, model, table, columns, options)
-        collection = self.opener.open(name, directory, DirectorySource(directory), None)
+        try:
+            # built aside and renamed into place whole: a crash leaves no half of it
+            with atomic_directory(directory) as staging:
+                build_index(staging, model, table, columns, options)
+        except UserError as error:  # its Milvus alias serves another index
+            raise CollectionRefused("FAILED_PRECONDITION", str(error)) from None
+        collection = self.opener.open(name, directory, source, None)
         with self._lock:
             self._by_name[name] = collection
         collection.start()
@@ -387,12 +397,28 @@ class Collections:
         if collection.index_dir is not None and self.root is not None:
             threading.Thread(
                 target=_remove_when_idle,
-                args=(collection, collection.index_dir),
+                args=(collection, collection.index_dir, self.forget_in_backend),
                 name=f"drop-{name}",
                 daemon=True,
             ).start()
         log.info("collection_dropped", extra={"fields": {"collection": name}})
         return remaining
+
+    def forget_in_backend(self, directory: Path) -> None:
+        """With --backend milvus, drop a dropped collection's alias and collections in
+        Milvus (named after its directory); without, nothing is kept elsewhere."""
+        target = getattr(self.opener.config.source_for(directory), "target", None)
+        if target is None:
+            return
+        from siamese_search.indexer import layout
+        from siamese_search.indexer.backends.milvus_writer import MilvusWriter
+
+        writer = MilvusWriter(target)
+        try:
+            dropped = writer.remove_all(layout.recorded_index_id(directory))
+        finally:
+            writer.close()
+        log.info("collection_dropped_in_milvus", extra={"fields": {"dropped": dropped}})
 
     def start(self) -> None:
         for collection in self.all():
@@ -403,11 +429,13 @@ class Collections:
             collection.stop()
 
 
-def _remove_when_idle(collection: Collection, directory: Path) -> None:
-    """Remove a dropped collection's files once the version it served is closed (its
-    last in-flight call done): those calls read its files by path."""
+def _remove_when_idle(
+    collection: Collection, directory: Path, forget: collection_dirs.Forget
+) -> None:
+    """Remove a dropped collection once the version it served is closed (its last
+    in-flight call done): those calls read its files, or its Milvus collections."""
     holder = collection.holder
     retired = holder.last_retired if holder is not None else None
     collection_dirs.remove(
-        directory, lambda: retired is None or retired.closed, wait=DROP_WAIT_SECONDS
+        directory, forget, lambda: retired is None or retired.closed, wait=DROP_WAIT_SECONDS
     )

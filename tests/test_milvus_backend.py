@@ -7,6 +7,8 @@ Milvus-backed server in tests/test_server.py; both run against every backend.)
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -554,5 +556,56 @@ def test_collections_are_served_from_their_milvus_aliases(
                 info = client.info()
                 assert info.count == count and "milvus" in info.raw.index_directory
                 assert len(client.search("Fix a crash", k=3).neighbors) == 3
+    finally:
+        server.stop(0)
+
+
+def test_a_collection_made_and_dropped_over_the_api_is_made_and_dropped_in_milvus(
+    milvus_uri, tmp_path, trained_model
+):
+    """CreateCollection on a `--backend milvus` server writes the new collection's alias
+    (it was served from its directory alone, and after a restart from an alias nobody
+    had written); DropCollection drops the alias and its collections (they stayed, so a
+    collection made again under the name was refused: the alias served another index)."""
+    from siamese_search.client import Example, SearchClient
+    from siamese_search.server.app import SearchServer
+    from siamese_search.server.config import ServerConfig
+
+    root = tmp_path / "collections"
+    root.mkdir()
+    config = dict(index_dir=None, collections_dir=root, port=0)
+    milvus = MilvusTarget(milvus_uri, "unused")
+    server = SearchServer(ServerConfig(**config, milvus=milvus)).start()
+    try:
+        with SearchClient(f"127.0.0.1:{server.port}") as admin:
+            admin.create_collection("made_api", str(trained_model), labels=True)
+            admin.create_collection("kept_api", str(trained_model), labels=True)
+        with SearchClient(f"127.0.0.1:{server.port}", collection="made_api") as client:
+            examples = [
+                Example("The printer in room 4 is jammed", "hardware", "p1"),
+                Example("I cannot log in to the VPN", "access", "v1"),
+            ]
+            client.upsert(examples, wait=True)
+    finally:
+        server.stop(0)
+    assert _served(MilvusTarget(milvus_uri, "made_api"))[1] == 2
+    restarted = ServerConfig(**config, milvus=milvus, default_collection="kept_api")
+    server = SearchServer(restarted).start()
+    try:
+        with SearchClient(f"127.0.0.1:{server.port}", collection="made_api") as client:
+            assert client.info().count == 2 and "milvus" in client.info().raw.index_directory
+            assert client.search("paper jam in the printer", k=1).neighbors[0].id == "p1"
+        with SearchClient(f"127.0.0.1:{server.port}") as admin:
+            admin.drop_collection("made_api")
+            client = connect(MilvusTarget(milvus_uri, "made_api"))
+            deadline = time.monotonic() + 30
+            while (root / "made_api").exists() or any(
+                name.startswith("made_api_") for name in client.list_collections()
+            ):
+                assert time.monotonic() < deadline, client.list_collections()
+                time.sleep(0.1)
+            assert _served(MilvusTarget(milvus_uri, "made_api"))[0] is None
+            again = admin.create_collection("made_api", str(trained_model), labels=True)
+            assert again.count == 0 and again.health == "SERVING"
     finally:
         server.stop(0)

@@ -551,6 +551,31 @@ class MilvusWriter:
                     dropped.append(f"{data}/{part}")
         return dropped
 
+    def remove_all(self, index_id: str | None) -> list[str]:
+        """Drop the alias, then every collection it names versions or rows in (a dropped
+        collection of a server's --collections): the alias first, so no server follows
+        it to a half-removed index; what is left after a crash is found by name again.
+        Refuses (UserError) an alias that serves another index than `index_id`."""
+        dropped = []
+        served = self.aliased_collection()
+        if served is not None:
+            owner = _manifest_of(self.client, served).get("index_id")
+            if index_id is not None and owner is not None and owner != index_id:
+                raise UserError(
+                    f"Milvus alias {self.target.name} serves another index (collection "
+                    f"{served}); it is left as it is"
+                )
+            self.client.drop_alias(self.target.name)
+            dropped.append(f"alias {self.target.name}")
+        for head in self.heads().values():
+            self.client.drop_collection(head)
+            dropped.append(head)
+        for data in self.client.list_collections():
+            if self._data_pattern.match(data):
+                self.client.drop_collection(data)
+                dropped.append(data)
+        return dropped
+
     def close(self) -> None:
         self.client.close()
 
