@@ -97,8 +97,9 @@ def _stored_examples(index: ServedVersion, rows, with_vectors: bool) -> list[pb.
     return examples
 
 
-def _reason(decision, abstention, threshold: float | None) -> str:
-    """Why Predict abstained, in words ("" when it did not)."""
+def _reason(decision, abstention, threshold: float | None, neighbours: int = 1) -> str:
+    """Why Predict abstained, in words ("" when it did not); `neighbours`: how many the
+    search found."""
     if not decision.abstained:
         return ""
     if decision.out_of_domain:
@@ -107,6 +108,8 @@ def _reason(decision, abstention, threshold: float | None) -> str:
             "domain bar asks, so none of the labels fits"
         )
     bar = threshold if threshold is not None else getattr(abstention, "threshold", None)
+    if not neighbours:
+        return "no neighbour was found: the index holds no example (that the filter passes)"
     if not decision.voted:
         return "no neighbour could vote (none above min_score)"
     said = f" {bar:.2f}" if bar is not None else ""
@@ -314,7 +317,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
                     abstained=decision.abstained,
                     voted_label=decision.voted,
                     out_of_domain=decision.abstained and decision.out_of_domain,
-                    abstention_reason=_reason(decision, abstention, threshold),
+                    abstention_reason=_reason(decision, abstention, threshold, len(hits)),
                 )
             )
         return results

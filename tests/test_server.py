@@ -12,6 +12,7 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.struct_pb2 import Value
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -140,6 +141,11 @@ def test_predict_votes_and_abstains(stub):
     assert response.scores[0].label == response.label and len(response.neighbors) == 5
     abstained = stub.Predict(pb.PredictRequest(text="Improve performance", k=5, min_score=1.0))
     assert abstained.label == "" and abstained.confidence == 0
+    assert "min_score" in abstained.abstention_reason
+    nothing = pb.Filter(must=[pb.Filter(key="id", match=pb.Match(value=Value(string_value="-")))])
+    unmatched = stub.Predict(pb.PredictRequest(text="Improve performance", k=5, filter=nothing))
+    assert unmatched.abstained and not unmatched.neighbors
+    assert "no neighbour was found" in unmatched.abstention_reason  # not "under min_score"
     batch = stub.PredictBatch(
         pb.PredictBatchRequest(
             texts=["Remove duplicate code in tests", "Improve performance of the parser"], k=5
