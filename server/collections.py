@@ -339,6 +339,7 @@ class Collections:
         # with --backend milvus, served from the alias named after the directory, as
         # after a restart: the empty version is written there too
         source = self.opener.config.source_for(directory)
+        self._check_alias_free(name, getattr(source, "target", None))
         try:
             options = BuildOptions(
                 show_progress=False,
@@ -362,6 +363,22 @@ class Collections:
         collection.start()
         log.info("collection_created", extra={"fields": {"collection": name, "model": model_dir}})
         return collection
+
+    def _check_alias_free(self, name: str, target) -> None:
+        """Refuse a name whose Milvus alias a served collection has already: Milvus
+        names turn '-' into '_', so `a-b` and `a_b` would write one alias (the
+        writer's claim refused the second, naming a flag API users do not have)."""
+        if target is None:
+            return
+        for other in self.all():
+            theirs = getattr(other.source, "target", None)
+            if theirs is not None and theirs.name == target.name:
+                raise CollectionRefused(
+                    "ALREADY_EXISTS",
+                    f"collection {other.name} already uses the Milvus alias {target.name} "
+                    f"that {name} would have (Milvus names turn '-' into '_'); choose "
+                    "another name",
+                )
 
     def drop(self, name: str) -> list[str]:
         """Stop serving `name` now; its files go once its in-flight calls are done."""

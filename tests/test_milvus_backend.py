@@ -580,6 +580,10 @@ def test_a_collection_made_and_dropped_over_the_api_is_made_and_dropped_in_milvu
         with SearchClient(f"127.0.0.1:{server.port}") as admin:
             admin.create_collection("made_api", str(trained_model), labels=True)
             admin.create_collection("kept_api", str(trained_model), labels=True)
+            with pytest.raises(grpc.RpcError) as shared:  # Milvus would name it kept_api
+                admin.create_collection("kept-api", str(trained_model))
+            assert shared.value.code() == grpc.StatusCode.ALREADY_EXISTS
+            assert "kept_api" in shared.value.details()
         with SearchClient(f"127.0.0.1:{server.port}", collection="made_api") as client:
             examples = [
                 Example("The printer in room 4 is jammed", "hardware", "p1"),
