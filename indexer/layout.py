@@ -11,6 +11,8 @@
       .compact.lock        held by the one compaction at a time
       .milvus-pending      a write to Milvus started and its alias not yet moved: the
                            next writer reconciles Milvus first (backends/milvus_writer.py)
+      DROPPED              a server dropped this collection (server/collection_dirs.py):
+                           no server serves it again; the next one to start removes it
 
 Each version holds `manifest.json` and `manifest.sha256` (the manifest's checksum,
 which covers the checksums of every other file), so a reader can trust all of it.
