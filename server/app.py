@@ -239,6 +239,7 @@ class SearchServer:
                 fields=self._serving_fields,
                 manages_collections=config.collections_dir is not None,
                 max_connections=config.http_max_connections,
+                max_connections_per_client=config.http_max_connections_per_client,
                 metrics=self.metrics,
                 tls_cert=config.tls_cert,
                 tls_key=config.tls_key,

@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="REST connections open at once (a thread each); one more gets 503 at once",
     )
     parser.add_argument(
+        "--http-max-connections-per-client",
+        type=int,
+        default=ServerConfig.http_max_connections_per_client,
+        help="REST connections one client address may hold open (so no one client fills "
+        "--http-max-connections); 0: no cap of its own, for a reverse proxy in front",
+    )
+    parser.add_argument(
         "--commit-rows",
         type=int,
         default=1,
@@ -278,6 +285,7 @@ def config_from_args(args) -> ServerConfig:
         milvus=milvus,
         http_port=args.http_port,
         http_max_connections=args.http_max_connections,
+        http_max_connections_per_client=args.http_max_connections_per_client,
         writes=not args.no_writes,
         open_writes=args.open_writes,
         commit_policy=CommitPolicy(args.commit_rows, args.commit_seconds),

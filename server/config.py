@@ -81,6 +81,9 @@ class ServerConfig:
     http_port: int | None = None
     #: HTTP connections the gateway keeps open at once (a thread each); beyond: 503
     http_max_connections: int = 256
+    #: of those, at most this many from one client address (0: no cap of its own, for
+    #: a reverse proxy in front, whose connections all come from one address)
+    http_max_connections_per_client: int = 32
     #: take Upsert / Delete (needs index_dir: the writer works on the index directory)
     writes: bool = True
     #: take writes without any token on an address beyond loopback (refused otherwise)
@@ -179,6 +182,10 @@ class ServerConfig:
                 )
         if self.http_max_connections < 1:
             raise UserError("--http-max-connections must be at least 1")
+        if self.http_max_connections_per_client < 0:
+            raise UserError(
+                "--http-max-connections-per-client must be 0 (no cap of its own) or more"
+            )
         if self.commit_policy.every_rows < 1 or self.commit_policy.every_seconds < 0:
             raise UserError("--commit-rows must be at least 1 and --commit-seconds at least 0")
 

@@ -30,8 +30,11 @@ Bodies must be `application/json`, so a browser page on another site cannot send
 write as a "simple" cross-site request (no CORS headers are sent). Any method no
 route takes gets 405 with a JSON body.
 
-A thread serves each connection, so open connections are capped (`max_connections`):
-one beyond the cap gets a 503 at once (plain HTTP) or is closed (HTTPS) and is logged.
+A thread serves each connection, so open connections are capped (`max_connections`),
+and so are one client address's (`max_connections_per_client`: a client holding idle
+connections open, each renewed before the idle timeout, could otherwise take every
+slot and shut the REST door on everyone else): one beyond either cap gets a 503 at
+once (plain HTTP) or is closed (HTTPS) and is logged.
 """
 
 from __future__ import annotations
@@ -121,6 +124,14 @@ _FULL = json.dumps(
         "details": [],
     }
 ).encode("utf-8")
+_CLIENT_FULL = json.dumps(
+    {
+        "code": grpc.StatusCode.UNAVAILABLE.value[0],
+        "message": "this client address has as many REST connections open as one may "
+        "(--http-max-connections-per-client); reuse them, or close idle ones",
+        "details": [],
+    }
+).encode("utf-8")
 _TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 #: a Grpc-Timeout above this is taken as this (8 digits of hours, which the header
@@ -181,12 +192,14 @@ class RestGateway:
         tls_key: Path | None = None,
         fields: Callable[[str], dict[str, set[str]] | None] = lambda collection: None,
         manages_collections: bool = False,
+        max_connections_per_client: int = 0,
     ):
         """`labelled(collection)` says whether a collection's serving index takes labels
         (None: nothing serves yet, or no such collection) and `fields(collection)` which
         metadata fields it holds ("": the default collection's), for the document and
         the schemas a body naming that collection is checked against; `metrics`
-        (server.metrics.Metrics) counts open and refused connections."""
+        (server.metrics.Metrics) counts open and refused connections;
+        `max_connections_per_client` caps one client address's (0: no cap of its own)."""
         self.channel = grpc.insecure_channel(grpc_target)
         # a server without --collections makes and drops none: no such routes (405/404)
         self.routes = [
@@ -210,7 +223,9 @@ class RestGateway:
             )
             for route in self.routes
         }
-        self.httpd = _HttpServer((host, port), self, max_connections, metrics)
+        self.httpd = _HttpServer(
+            (host, port), self, max_connections, metrics, max_connections_per_client
+        )
         if tls_cert and tls_key:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(str(tls_cert), str(tls_key))
@@ -384,22 +399,41 @@ class _HttpServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address, gateway: RestGateway, max_connections: int, metrics):
+    def __init__(
+        self,
+        address,
+        gateway: RestGateway,
+        max_connections: int,
+        metrics,
+        max_per_client: int = 0,
+    ):
         self.gateway = gateway
         self._slots = threading.BoundedSemaphore(max_connections)
         self.max_connections = max_connections
+        self._clients = _ClientSlots(max_per_client)
         self._metrics = metrics
         super().__init__(address, _Handler)
 
     def process_request(self, request, client_address):
-        if self._slots.acquire(blocking=False):
-            self._metrics.rest_connections.inc()
-            super().process_request(request, client_address)  # the thread releases it
-            return
+        client = client_address[0]
+        full = _CLIENT_FULL
+        if self._clients.take(client):
+            full = _FULL
+            if self._slots.acquire(blocking=False):
+                self._metrics.rest_connections.inc()
+                super().process_request(request, client_address)  # the thread releases it
+                return
+            self._clients.give_back(client)
         self._metrics.rest_refused.inc()
         log.warning(
             "rest_connection_refused",
-            extra={"fields": {"client": client_address[0], "open": self.max_connections}},
+            extra={
+                "fields": {
+                    "client": client,
+                    "open": self.max_connections,
+                    "cap": "server" if full is _FULL else "client",
+                }
+            },
         )
         if not isinstance(request, ssl.SSLSocket):  # TLS would need a handshake first
             try:
@@ -412,7 +446,7 @@ class _HttpServer(socketserver.ThreadingTCPServer):
             try:
                 request.send(
                     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_FULL), _FULL),
+                    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(full), full),
                     socket.MSG_DONTWAIT,
                 )
             except OSError:
@@ -424,7 +458,33 @@ class _HttpServer(socketserver.ThreadingTCPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+            self._clients.give_back(client_address[0])
             self._metrics.rest_connections.dec()
+
+
+class _ClientSlots:
+    """Open connections by client address, at most `cap` each (0: no cap)."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self._open: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, client: str) -> bool:
+        with self._lock:
+            held = self._open.get(client, 0)
+            if self.cap and held >= self.cap:
+                return False
+            self._open[client] = held + 1
+            return True
+
+    def give_back(self, client: str) -> None:
+        with self._lock:
+            held = self._open.get(client, 0) - 1
+            if held > 0:
+                self._open[client] = held
+            else:
+                self._open.pop(client, None)
 
     def handle_error(self, request, client_address):
         """A connection's trouble (a failed TLS handshake, a reset, a timeout) is one

@@ -243,6 +243,35 @@ def test_connections_beyond_the_cap_get_503_at_once(index_dir):
         running.stop(0)
 
 
+def test_one_client_address_cannot_hold_every_connection(index_dir):
+    """One client holding idle connections open, each renewed before the idle timeout,
+    took every slot and shut the REST door on everyone else: one address now holds at
+    most --http-max-connections-per-client, and another address is still served."""
+    import socket
+
+    running = _start(index_dir, http_max_connections=8, http_max_connections_per_client=2)
+    idle = []
+    try:
+        idle += [socket.create_connection(("127.0.0.1", running.http_port)) for _ in range(2)]
+        status, body = _http(running, "GET", "/v1/info")  # a third from 127.0.0.1
+        assert status == 503
+        assert body["code"] == 14 and "this client address" in body["message"], body
+        other = http.client.HTTPConnection(
+            "127.0.0.1", running.http_port, timeout=30, source_address=("127.0.0.2", 0)
+        )
+        try:
+            other.request("GET", "/v1/info")
+            assert other.getresponse().status == 200  # another client is not shut out
+        finally:
+            other.close()
+        sample = running.metrics.registry.get_sample_value
+        assert sample("siamese_rest_connections_refused_total") == 1
+    finally:
+        for connection in idle:
+            connection.close()
+        running.stop(0)
+
+
 # ---- attacks on the framing, as an outsider would send them (raw sockets) -----------------
 def _raw(server, data: bytes, wait: float = 10.0) -> bytes:
     """Send raw bytes, read until the server closes (or `wait` passes)."""
