@@ -117,10 +117,6 @@ def _check_scalar(value: object, where: str) -> None:
         )
 
 
-#: how protobuf's JSON mapping spells a double that is not finite
-_NOT_FINITE = ("NaN", "Infinity", "-Infinity")
-
-
 def _kind(value: object) -> str:
     if isinstance(value, dict):
         return "an object"
@@ -394,8 +390,6 @@ def _check_range(key: str, bounds, where: str, known) -> Range:
         )
     checked = []
     for op, bound in sorted(bounds.items()):
-        if bound in _NOT_FINITE:  # a protobuf double's NaN or infinity, as its JSON spells it
-            raise FilterError(f"{where}.range.{op} is {bound}; a bound must be a finite number")
         if isinstance(bound, bool) or not isinstance(bound, (int, float)):
             raise FilterError(f"{where}.range.{op} must be a number, not {_kind(bound)}")
         checked.append((op, bound))

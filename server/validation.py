@@ -9,6 +9,8 @@ import uuid
 from collections.abc import Sequence
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from siamese_search.indexer.changes import Change
 from siamese_search.indexer.metadata import MetadataError, check_metadata
@@ -167,14 +169,40 @@ def filter_of(request) -> dict | None:
 
 def _as_json(message, where: str, **options) -> dict:
     """A Struct-bearing message as JSON; a NaN or an infinity (a protobuf double may
-    hold one, JSON cannot) is INVALID_ARGUMENT, not a failure to serialise it."""
+    hold one, JSON cannot) is INVALID_ARGUMENT, not a failure to serialise it, nor,
+    in a plain double field (a filter's range bound), the string "NaN" that protobuf's
+    JSON mapping writes for it."""
     try:
-        return json_format.MessageToDict(message, **options)
+        found = json_format.MessageToDict(message, **options)
     except (ValueError, json_format.Error):  # a nested message's: SerializeToJsonError
+        found = None
+    if found is None or _holds_non_finite(message):
         raise InvalidRequest(
             f"{where} holds a number that is not finite (NaN or an infinity); numbers "
             "must be finite"
-        ) from None
+        )
+    return found
+
+
+_FLOATS = (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT)
+
+
+def _holds_non_finite(message) -> bool:
+    """Whether any float or double field of `message`, nested ones included, is NaN or
+    infinite."""
+    for field, value in message.ListFields():
+        if field.is_repeated:
+            is_map = field.message_type is not None and field.message_type.GetOptions().map_entry
+            items = list(value.values()) if is_map else list(value)
+        else:
+            items = [value]
+        if field.type in _FLOATS and not all(math.isfinite(item) for item in items):
+            return True
+        if field.type == FieldDescriptor.TYPE_MESSAGE and any(
+            isinstance(item, Message) and _holds_non_finite(item) for item in items
+        ):
+            return True
+    return False
 
 
 def metadata_of(struct, where: str) -> dict:
