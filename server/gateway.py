@@ -116,22 +116,13 @@ _READ_BYTES = 64 * 1024
 #: after a refusal, how long and how much of the unread request is drained before closing
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
-_FULL = json.dumps(
-    {
-        "code": grpc.StatusCode.UNAVAILABLE.value[0],
-        "message": "the REST gateway has as many open connections as it serves; retry later, "
-        "reuse connections, or use gRPC",
-        "details": [],
-    }
-).encode("utf-8")
-_CLIENT_FULL = json.dumps(
-    {
-        "code": grpc.StatusCode.UNAVAILABLE.value[0],
-        "message": "this client address has as many REST connections open as one may "
-        "(--http-max-connections-per-client); reuse them, or close idle ones",
-        "details": [],
-    }
-).encode("utf-8")
+#: why a connection is refused at once (503), by the cap it met
+_OVER_CAP = {
+    "server": "the REST gateway has as many open connections as it serves; retry later, "
+    "reuse connections, or use gRPC",
+    "client": "this client address has as many REST connections open as one may "
+    "(--http-max-connections-per-client); reuse them, or close idle ones",
+}
 _TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 #: a Grpc-Timeout above this is taken as this (8 digits of hours, which the header
@@ -416,25 +407,23 @@ class _HttpServer(socketserver.ThreadingTCPServer):
 
     def process_request(self, request, client_address):
         client = client_address[0]
-        full = _CLIENT_FULL
-        if self._clients.take(client):
-            full = _FULL
-            if self._slots.acquire(blocking=False):
-                self._metrics.rest_connections.inc()
-                super().process_request(request, client_address)  # the thread releases it
-                return
+        if not self._clients.take(client):
+            self._refuse(request, client, "client")
+        elif not self._slots.acquire(blocking=False):
             self._clients.give_back(client)
+            self._refuse(request, client, "server")
+        else:
+            self._metrics.rest_connections.inc()
+            super().process_request(request, client_address)  # the thread releases both
+
+    def _refuse(self, request, client: str, cap: str) -> None:
+        """503 at once for a connection over a cap ("server" or "client"), logged."""
         self._metrics.rest_refused.inc()
         log.warning(
             "rest_connection_refused",
-            extra={
-                "fields": {
-                    "client": client,
-                    "open": self.max_connections,
-                    "cap": "server" if full is _FULL else "client",
-                }
-            },
+            extra={"fields": {"client": client, "open": self.max_connections, "cap": cap}},
         )
+        full = _error_body(grpc.StatusCode.UNAVAILABLE, _OVER_CAP[cap])
         if not isinstance(request, ssl.SSLSocket):  # TLS would need a handshake first
             try:
                 # read what the client sent already: closing with unread bytes resets the
