@@ -33,7 +33,8 @@ from siamese_search.server.openapi import NAME_PATTERN
 
 log = logging.getLogger("siamese.server")
 
-_NAME = re.compile(NAME_PATTERN)
+#: a collection's name (and its directory's): the API's rule, server.openapi
+VALID_NAME = re.compile(NAME_PATTERN)
 #: in a collection's directory: it was dropped, whatever else it holds
 DROPPED_FILE = "DROPPED"
 #: a dropped collection's directory, renamed aside while it is removed
@@ -50,7 +51,7 @@ def served_directories(root: Path) -> list[Path]:
         entry
         for entry in sorted(Path(root).iterdir())
         if entry.is_dir()
-        and _NAME.match(entry.name)
+        and VALID_NAME.match(entry.name)
         and not is_dropped(entry)
         and _is_index(entry)
     ]
@@ -113,16 +114,9 @@ def finish_drops(root: Path, forget: Forget | None = None) -> threading.Thread |
     """Remove, in a background thread, what dropped collections left under `root` (marked
     directories, with what `forget` removes; `.dropped-*` leftovers of a removal cut
     short); None when nothing."""
-    marked = [
-        entry
-        for entry in Path(root).iterdir()
-        if entry.is_dir() and _NAME.match(entry.name) and is_dropped(entry)
-    ]
-    leftovers = [
-        entry
-        for entry in Path(root).iterdir()
-        if entry.is_dir() and entry.name.startswith(DROPPED_PREFIX)
-    ]
+    directories = [entry for entry in Path(root).iterdir() if entry.is_dir()]
+    marked = [entry for entry in directories if VALID_NAME.match(entry.name) and is_dropped(entry)]
+    leftovers = [entry for entry in directories if entry.name.startswith(DROPPED_PREFIX)]
     if not marked and not leftovers:
         return None
 

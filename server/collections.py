@@ -28,7 +28,6 @@ collections fairly (server.batching).
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,19 +35,19 @@ from pathlib import Path
 
 from siamese_search.core.atomic import atomic_directory
 from siamese_search.core.errors import UserError
+from siamese_search.indexer import layout
 from siamese_search.indexer.options import BuildOptions
 from siamese_search.indexer.store import VersionSource
 from siamese_search.server import collection_dirs
 from siamese_search.server.config import ServerConfig
 from siamese_search.server.metrics import CollectionMetrics, Metrics
-from siamese_search.server.openapi import NAME_PATTERN, NAME_RULE
+from siamese_search.server.openapi import NAME_RULE
 from siamese_search.server.state import ReloadWatcher, ServingHolder
 from siamese_search.server.validation import InvalidRequest
 from siamese_search.server.writes import Committer, WritesUnavailable
 
 log = logging.getLogger("siamese.server")
 
-_NAME = re.compile(NAME_PATTERN)
 #: how long a dropped collection's files wait for its in-flight calls before removal
 DROP_WAIT_SECONDS = 600.0
 
@@ -69,7 +68,7 @@ class CollectionRefused(Exception):
 def check_name(name: str) -> str:
     """A collection name: letters, digits, '_' and '-', starting with a letter or a
     digit, at most 63 characters; so never a path ('..', '/', '.hidden')."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not collection_dirs.VALID_NAME.match(name):
         raise InvalidRequest(f"collection name {name!r:.80} is not one: {NAME_RULE}")
     return name
 
@@ -78,7 +77,7 @@ def name_for(index_dir: Path) -> str:
     """The collection name of an index directory served with --index: its own name
     when that is a valid one, else "default"."""
     name = Path(index_dir).absolute().name
-    return name if _NAME.match(name) else "default"
+    return name if collection_dirs.VALID_NAME.match(name) else "default"
 
 
 @dataclass(eq=False)
@@ -339,12 +338,11 @@ class Collections:
         # with --backend milvus, served from the alias named after the directory, as
         # after a restart: the empty version is written there too
         source = self.opener.config.source_for(directory)
-        self._check_alias_free(name, getattr(source, "target", None))
+        milvus = getattr(source, "target", None)
+        self._check_alias_free(name, milvus)
         try:
             options = BuildOptions(
-                show_progress=False,
-                index_type=index_type or "auto",
-                milvus=getattr(source, "target", None),
+                show_progress=False, index_type=index_type or "auto", milvus=milvus
             )
         except UserError as error:
             raise InvalidRequest(str(error)) from None
@@ -427,7 +425,6 @@ class Collections:
         target = getattr(self.opener.config.source_for(directory), "target", None)
         if target is None:
             return
-        from siamese_search.indexer import layout
         from siamese_search.indexer.backends.milvus_writer import MilvusWriter
 
         writer = MilvusWriter(target)
