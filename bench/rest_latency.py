@@ -19,13 +19,13 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from retrieval import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = (
@@ -34,12 +34,6 @@ TEXTS = (
     "Add a button to export the report",
     "Update the README with install steps",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_server(index: Path, http_port: int) -> subprocess.Popen:
