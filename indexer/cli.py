@@ -33,7 +33,7 @@ from siamese_search.indexer.build import (
     delete_from_index,
 )
 from siamese_search.indexer.compaction import compact_index
-from siamese_search.indexer.metadata import check_key
+from siamese_search.indexer.metadata import RECORD_FIELDS, check_key
 from siamese_search.indexer.options import BuildOptions
 from siamese_search.indexer.ray_engine import RaySettings
 from siamese_search.indexer.store import model_directory_of, open_index, resolve_version_dir
@@ -335,10 +335,17 @@ def _columns(args, base: dict | None = None) -> Columns:
 
 
 def _field_names(listed: str, flag: str) -> tuple[str, ...]:
-    """A flag's comma-separated metadata field names, checked."""
+    """A flag's comma-separated metadata field names, checked (a record's own field
+    named here was refused row by row, leaving an empty index)."""
     fields = tuple(name.strip() for name in listed.split(",") if name.strip())
     for name in fields:
         check_key(name, flag)
+        if name in RECORD_FIELDS:
+            raise UserError(
+                f"{flag}: {name!r} is a record's own field, not a metadata field; "
+                f"rename that column of the table (metadata fields take any name but "
+                f"{', '.join(RECORD_FIELDS)})"
+            )
     return fields
 
 
@@ -406,6 +413,13 @@ def main(argv: list[str] | None = None) -> int:
         if exported.fields:
             named = ",".join(exported.fields)
             print(f"metadata fields as columns: build with --metadata-columns {named}")
+        for name, column in exported.renamed.items():
+            print(
+                f"note: metadata field {name!r} written as column {column!r}: {name!r} is "
+                "the record's own column (the field was written before such names were "
+                "refused)",
+                file=sys.stderr,
+            )
         if exported.as_text and exported.path.suffix.lower() == ".csv":
             print(
                 f"note: fields {', '.join(exported.as_text)} hold numbers, booleans or lists, "

@@ -15,7 +15,7 @@ import csv
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from siamese_search.core.errors import UserError
 from siamese_search.core.tables import SUPPORTED_SUFFIXES
 from siamese_search.indexer import layout
-from siamese_search.indexer.metadata import decode
+from siamese_search.indexer.metadata import RECORD_FIELDS, decode
 from siamese_search.indexer.store import IndexVersion, open_index
 
 #: rows read from the records and written at a time
@@ -36,12 +36,34 @@ class ExportReport:
     rows: int
     labelled: bool
     path: Path
-    #: the metadata fields written as columns (build them back with --metadata-columns)
+    #: the columns the metadata fields were written as (build them back with
+    #: --metadata-columns): each field's name, but for those in `renamed`
     fields: tuple[str, ...] = ()
     #: fields written as text though they held numbers, booleans or lists: by a CSV,
     #: or by Parquet when one field mixes kinds (they read back as strings: a range
     #: filter would no longer take them)
     as_text: tuple[str, ...] = ()
+    #: fields named as one of the record's own columns, by the column written instead
+    #: (field_columns)
+    renamed: dict[str, str] = field(default_factory=dict)
+
+
+def field_columns(fields: tuple[str, ...]) -> dict[str, str]:
+    """Each metadata field's column in the export: its own name, except for a field
+    named as one of the record's columns (id, label, text), which writes can no longer
+    make (indexer.metadata.RECORD_FIELDS) but an index written before may hold. Such a
+    field is written as `metadata.NAME`, so every row still exports whole, instead of
+    the export (and `siamese-train --from-index`, `retrain`) refusing the index."""
+    taken = set(fields) | set(RECORD_FIELDS)
+    columns = {}
+    for name in fields:
+        column = name
+        if name in RECORD_FIELDS:
+            while column in taken:
+                column = f"metadata.{column}"
+            taken.add(column)
+        columns[name] = column
+    return columns
 
 
 def open_version(index_dir: Path, version: str | None) -> IndexVersion:
@@ -88,10 +110,10 @@ def export_version(
     with open_version(Path(index_dir), version) as opened:
         labelled = opened.has_labels
         fields = tuple(sorted(opened.metadata_keys()))
-        clashing = {"id", "label", "text"} & set(fields)
-        if clashing:
-            raise UserError(f"metadata fields {sorted(clashing)} clash with the record's columns")
-        columns = (["id", "label", "text"] if labelled else ["id", "text"]) + list(fields)
+        column_of = field_columns(fields)
+        columns = (["id", "label", "text"] if labelled else ["id", "text"]) + [
+            column_of[name] for name in fields
+        ]
         temporary = out.with_name(f".{out.name}.partial-{os.getpid()}")
         bar = tqdm(
             total=opened.count,
@@ -103,7 +125,10 @@ def export_version(
         written = 0
         writer: _CsvWriter | _JsonlWriter | _ParquetWriter
         if fmt == "parquet":  # a typed file: each field's type is fixed before any page
-            writer = _ParquetWriter(temporary, columns, parquet_types(opened, fields, page_rows))
+            types = parquet_types(opened, fields, page_rows)
+            writer = _ParquetWriter(
+                temporary, columns, {column_of[name]: kind for name, kind in types.items()}
+            )
         else:
             writer = _WRITERS[fmt](temporary, columns)
         try:
@@ -118,7 +143,10 @@ def export_version(
             temporary.unlink(missing_ok=True)
             raise
         as_text = tuple(sorted(getattr(writer, "as_text", ())))
-        return ExportReport(opened.name, written, labelled, out, fields, as_text)
+        renamed = {name: column for name, column in column_of.items() if name != column}
+        return ExportReport(
+            opened.name, written, labelled, out, tuple(column_of.values()), as_text, renamed
+        )
 
 
 class _CsvWriter:

@@ -1,10 +1,11 @@
 """Metadata on examples, and filters over it (issue 36): what a row carries besides id,
 label and text, and how a search is limited to the rows that pass a filter.
 
-An example's metadata is a flat JSON object: any non-empty field names but `label`
-and `id`; values strings, integers, floats, booleans, or lists of these (no nested objects:
-a filter names a key, not a path). Bounded (MAX_KEYS, MAX_BYTES, MAX_LIST) so one
-row cannot hold a document. Stored as JSON text beside the record (indexer.records).
+An example's metadata is a flat JSON object: any non-empty field names but the
+record's own (`id`, `label`, `text`: an export writes them as columns beside the
+fields); values strings, integers, floats, booleans, or lists of these (no nested
+objects: a filter names a key, not a path). Bounded (MAX_KEYS, MAX_BYTES, MAX_LIST) so
+one row cannot hold a document. Stored as JSON text beside the record (indexer.records).
 
 Filters take Qdrant's shape, which users of vector stores already write:
 
@@ -45,8 +46,12 @@ MAX_KEY_CHARS = 256
 MAX_FILTER_DEPTH = 2
 MAX_CONDITIONS = 8
 MAX_ANY = 1000
-#: keys that name a record's own fields, not its metadata
+#: keys a filter reads from the record itself, not from its metadata
 RECORD_KEYS = ("label", "id")
+#: names a metadata field may not take: the record's own fields, which an export
+#: writes as columns beside the metadata fields (one field named `text` made every
+#: export, and so `siamese-train --from-index` and `retrain`, refuse the index)
+RECORD_FIELDS = ("id", "label", "text")
 #: the kind a field that holds a list has (beside its items' kinds: key_types)
 LIST = "list"
 _RANGE_OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
@@ -75,7 +80,7 @@ def check_metadata(metadata: object, where: str = "metadata") -> dict:
     out = {}
     for key, value in metadata.items():
         check_key(key, where)
-        if key in RECORD_KEYS:
+        if key in RECORD_FIELDS:
             raise MetadataError(
                 f"{where}.{key}: '{key}' is the example's own field; name the field otherwise"
             )

@@ -814,7 +814,8 @@ def _say(field: str, error) -> str:
     if field.startswith("examples") and ".metadata" in field:
         return (
             f"{field}: metadata is an object of at most {rules.MAX_KEYS} fields (any name "
-            f"of at most {rules.MAX_KEY_CHARS} characters but label and id), each a string "
+            f"of at most {rules.MAX_KEY_CHARS} characters but {', '.join(rules.RECORD_FIELDS)}), "
+            "each a string "
             f"({rules.MAX_STRING:,} characters at most), number, boolean or list of these "
             f"({rules.MAX_LIST} items at most)"
         )

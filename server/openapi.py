@@ -414,7 +414,7 @@ def _metadata_schemas(schemas: dict, fields: dict[str, set[str]]) -> None:
         # a name's length (MAX_KEY_CHARS) is the gRPC check's: OpenAPI 3.0 schemas
         # have neither propertyNames nor patternProperties
         "additionalProperties": value,
-        "not": {"anyOf": [{"required": [key]} for key in (*rules.RECORD_KEYS, "")]},
+        "not": {"anyOf": [{"required": [key]} for key in (*rules.RECORD_FIELDS, "")]},
         "description": example["properties"]["metadata"].get("description", ""),
     }
 

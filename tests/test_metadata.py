@@ -248,6 +248,7 @@ def test_bad_filters_say_what_to_fix(indexed, spec, message):
         ({"": 1}, "non-empty string"),
         ({"k" * 257: 1}, "257 characters; the limit is 256"),
         ({"label": "x"}, "the example's own field"),
+        ({"text": "x"}, "the example's own field"),
         ({f"k{i}": i for i in range(65)}, "65 fields"),
         ({"a": "x" * 2000}, "2000 characters"),
         ({"a": list(range(65))}, "list of 65 items"),
@@ -363,6 +364,9 @@ def test_the_index_cli_takes_metadata_columns(tmp_path, trained_model, capsys):
         ]
     assert main([*argv, "--replace", "--metadata-columns", "repo,no such", "--quiet"]) == 2
     assert "no column 'no such'" in capsys.readouterr().err
+    # a record's own field is refused up front (it was refused row by row: an empty index)
+    assert main([*argv, "--replace", "--metadata-columns", "repo,label", "--quiet"]) == 2
+    assert "'label' is a record's own field" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
@@ -426,6 +430,41 @@ def test_a_parquet_export_types_fields_from_every_page_and_names_mixed_ones(
         argv = ["export", "--index", str(index_dir), "--out", str(tmp_path / f"cli{suffix}")]
         assert main([*argv, "--quiet"]) == 0
         assert said.split(" ", 1)[1] in capsys.readouterr().err
+
+
+def test_an_index_holding_a_field_named_text_still_exports_and_builds_back(
+    indexed, tmp_path, monkeypatch, capsys
+):
+    """Writes took a metadata field named `text` (now refused, as `label` and `id` are),
+    and then every export, so `siamese-train --from-index` and `retrain`, refused the
+    whole index ("clash with the record's columns"). An index written before exports
+    such a field as `metadata.text`, says so, and builds back with it."""
+    from siamese_search.indexer import metadata
+    from siamese_search.indexer.cli import main
+    from siamese_search.indexer.export import export_version
+
+    index_dir, model, rows = indexed
+    with monkeypatch.context() as before_the_fix:  # the names writes refused before
+        before_the_fix.setattr(metadata, "RECORD_FIELDS", ("id", "label"))
+        fields = {"text": "a field, not the text", "metadata.text": 1}
+        change = Change("upsert", ("odd",), ("Fix the odd one",), ("1",), metadata=(fields,))
+        apply_changes(index_dir, model, [change], QUIET)
+    out = tmp_path / "rows.jsonl"
+    report = export_version(index_dir, out, show_progress=False)
+    assert report.renamed == {"text": "metadata.metadata.text"}
+    assert "metadata.metadata.text" in report.fields and "metadata.text" in report.fields
+    written = {row["id"]: row for row in map(json.loads, out.read_text().splitlines())}
+    assert written["odd"]["text"] == "Fix the odd one" and len(written) == len(rows) + 1
+    assert written["odd"]["metadata.metadata.text"] == "a field, not the text"
+    rebuilt = tmp_path / "rebuilt"
+    columns = Columns(text="text", label="label", id="id", metadata=report.fields)
+    build_index(rebuilt, model, out, columns, QUIET)
+    with open_index(rebuilt) as after:
+        (odd,) = after.get(["odd"])
+    assert (odd.text, odd.metadata["metadata.metadata.text"]) == ("Fix the odd one", fields["text"])
+    argv = ["export", "--index", str(index_dir), "--out", str(tmp_path / "cli.parquet")]
+    assert main([*argv, "--quiet"]) == 0
+    assert "field 'text' written as column 'metadata.metadata.text'" in capsys.readouterr().err
 
 
 def test_a_csv_export_says_which_fields_it_wrote_as_text(indexed, tmp_path):

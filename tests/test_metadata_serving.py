@@ -206,6 +206,26 @@ def test_a_field_name_is_at_most_256_characters_over_grpc_and_rest(served):
         assert "the limit is 256" in refused.value.details()
 
 
+def test_a_field_named_as_the_records_own_is_refused_over_grpc_and_rest(served):
+    """`text` as well as `label` and `id`: an export writes them as columns (one field
+    named `text`, once acknowledged, made every export of the index refuse it)."""
+    server, stub, _ = served
+    for name in ("id", "label", "text"):
+        example = {"id": f"own-{name}", "text": "x", "label": "1", "metadata": {name: "v"}}
+        status, body = _rest(server, "/v1/examples:upsert", {"examples": [example]})
+        assert status == 400 and "but id, label, text" in body["message"], body
+        fields = struct_pb2.Struct()
+        fields.update({name: "v"})
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Upsert(
+                pb.UpsertRequest(
+                    examples=[pb.Example(id=f"own-{name}", text="x", label="1", metadata=fields)]
+                )
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "the example's own field" in refused.value.details()
+
+
 def test_search_by_id_get_and_scroll(served):
     server, stub, rows = served
     by_id = stub.Search(pb.SearchRequest(id="r7", k=5)).neighbors
