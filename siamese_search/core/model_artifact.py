@@ -73,6 +73,65 @@ def describe_fingerprint(fingerprint: dict) -> str:
     )
 
 
+_TEXT = {"type": "string"}
+_NUMBER = {"type": "number"}
+_COUNT = {"type": "integer"}
+#: an encoder as a manifest records it: how to rebuild it (core.encoders.load_encoder)
+#: and the fingerprint its vectors were made with
+_ENCODER_SECTION = {
+    "type": "object",
+    "required": ["spec", "fingerprint"],
+    "properties": {
+        "spec": {
+            "type": "object",
+            "required": ["kind"],
+            "properties": {
+                name: _TEXT for name in ("kind", "preprocess", "tokenizer", "weights", "handle")
+            },
+        },
+        "fingerprint": {"type": "object"},
+    },
+}
+#: what `load_model` reads of a manifest, by shape: a manifest edited by hand or
+#: written by another tool fails here with the field named, not with a KeyError or
+#: TypeError deep in the loader (a traceback for the CLIs, INTERNAL for CreateCollection)
+MANIFEST_SCHEMA = {
+    "type": "object",
+    "required": ["encoder", "head", "model_fingerprint"],
+    "properties": {
+        "encoder": _ENCODER_SECTION,
+        "head": {
+            "type": "object",
+            "required": ["files"],
+            "properties": {
+                "files": {
+                    "type": "object",
+                    "required": [HEAD_WEIGHTS],
+                    "properties": {HEAD_WEIGHTS: _TEXT},
+                }
+            },
+        },
+        "model_fingerprint": _TEXT,
+        "abstention": {"type": ["object", "null"]},
+        "space": {
+            "type": ["object", "null"],
+            "required": ["sha256", "meaning_encoder"],
+            "properties": {
+                "sha256": _TEXT,
+                "meaning_encoder": _ENCODER_SECTION,
+                **{name: _NUMBER for name in ("gate_high", "gate_low", "max_label_share")},
+                **{name: _COUNT for name in ("gate_neighbours", "label_dim", "meaning_dim")},
+            },
+        },
+        "wording": {
+            "type": ["object", "null"],
+            "required": ["sha256"],
+            "properties": {"sha256": _TEXT},
+        },
+    },
+}
+
+
 def read_manifest(model_dir: Path) -> dict:
     model_dir = Path(model_dir)
     path = model_dir / MANIFEST
@@ -87,12 +146,33 @@ def read_manifest(model_dir: Path) -> dict:
         raise UserError(
             f"{path} is not valid JSON ({error}); the model directory is damaged"
         ) from None
+    if not isinstance(manifest, dict) or "format" not in manifest:
+        raise UserError(
+            f"{path} is not a model's manifest (no format named); give the --out "
+            "directory of siamese-train"
+        )
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise UserError(
             f"{model_dir}: format {manifest.get('format')!r} v{manifest.get('format_version')}, "
             f"expected {FORMAT!r} v{FORMAT_VERSION}; retrain the model with this version"
         )
+    _check_shape(path, manifest)
     return manifest
+
+
+def _check_shape(path: Path, manifest: dict) -> None:
+    """Refuse a manifest that lacks what `load_model` reads, naming the field."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(MANIFEST_SCHEMA).iter_errors(manifest)
+    )
+    if error is not None:
+        field = ".".join(str(part) for part in error.absolute_path) or "its top level"
+        raise ArtifactMismatchError(
+            f"{path}: {field}: {error.message}; the model directory is damaged or was "
+            "written by another tool: retrain or restore it"
+        )
 
 
 class EmbeddingModel(Protocol):

