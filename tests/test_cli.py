@@ -321,3 +321,29 @@ def test_tensorflow_paths_name_the_extra_when_tensorflow_is_missing(
 
     with pytest.raises(UserError, match=r"needs tensorflow, tensorflow_hub.*\[train\]"):
         make_encoder(str(tmp_path / "some-savedmodel"), "none")
+
+
+def test_every_help_page_shows_a_default_once_and_only_where_there_is_one():
+    """`--help` said "(default: )" for options whose default is an empty string, and
+    "(default: the server's default) (default: )" where the help said its own."""
+    import argparse
+
+    from siamese_search.client import cli as query_cli
+    from siamese_search.indexer import cli as index_cli
+    from siamese_search.server import cli as serve_cli
+
+    modules = (query_cli, index_cli, serve_cli, train_cli, evaluate_cli)
+    parsers = [module.build_parser() for module in modules]
+    helps = {}
+    while parsers:
+        parser = parsers.pop()
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.help and action.help is not argparse.SUPPRESS:
+                helps[f"{parser.prog} {action.dest}"] = formatter._expand_help(action)
+    assert "siamese-index build metadata_columns" in helps and "siamese-query k" in helps
+    for option, shown in helps.items():
+        assert "(default: )" not in shown and "(default: None)" not in shown, option
+        assert shown.count("(default") <= 1, (option, shown)

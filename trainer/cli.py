@@ -89,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=defaults.contrastive_weight,
         help="weight of a supervised contrastive term beside the proxy loss, which pulls "
-        "each label's examples together (default 0, off; 0.5 measured: trained labels "
-        "voted better, labels added by Upsert worse until a retrain)",
+        "each label's examples together (0: off; 0.5 measured: trained labels voted "
+        "better, labels added by Upsert worse until a retrain)",
     )
     parser.add_argument(
         "--contrastive-temperature",

@@ -1,8 +1,9 @@
 """`--help` pages that show each option's default, as every command should.
 
 argparse's ArgumentDefaultsHelpFormatter also prints "(default: None)" on required
-options and "(default: False)" on switches; this one leaves those out, so a default
-is shown exactly where there is one to know.
+options, "(default: False)" on switches, "(default: )" on an empty string, and a
+second default after a help text that says its own; this one leaves those out, so a
+default is shown exactly where there is one to know, once.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import argparse
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        empty = action.default is None or action.default is False or action.default == []
-        if action.required or empty or action.default is argparse.SUPPRESS:
+        default = action.default
+        empty = default is None or default is False or default == [] or default == ""
+        said = "(default:" in (action.help or "")
+        if action.required or empty or said or default is argparse.SUPPRESS:
             return action.help
         return super()._get_help_string(action)
