@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 import numpy as np
 
@@ -157,6 +157,11 @@ class VersionSource(Protocol):
 
     def open_version(self, name: str) -> ServedVersion:
         """A retained version by name (VersionGone once pruned), for scroll pages."""
+        ...
+
+    def hold_version(self, name: str) -> IO | None:
+        """A reader's hold on a retained version, which pruning leaves alone until it is
+        closed (VersionGone once pruned); None where this source cannot hold one."""
         ...
 
     def model_directory(self) -> Path: ...
@@ -726,6 +731,13 @@ class DirectorySource:
         if name not in layout.list_versions(self.index_dir) or not directory.is_dir():
             raise VersionGone(f"the index does not hold version {name}")
         return open_index(directory, load_indexes=False, cache=self.segments)
+
+    def hold_version(self, name: str) -> IO:
+        directory = layout.version_dir(self.index_dir, name)
+        try:
+            return layout.hold_version(directory)
+        except FileNotFoundError:
+            raise VersionGone(f"the index does not hold version {name}") from None
 
     def model_directory(self) -> Path:
         return model_directory_of(self.index_dir)

@@ -149,16 +149,14 @@ class SearchServer:
         created = channelz_server_ids() - servers_before
         if len(created) == 1:  # (another server made at the same moment: no core counts)
             self.metrics.count_core_calls(created.pop())
-        pb_grpc.add_SearchServiceServicer_to_server(
-            SearchService(
-                self.collections,
-                config.limits,
-                self.batcher,
-                config.workers + config.max_streams,  # gRPC's thread pool
-                self.metrics,
-            ),
-            self.grpc_server,
+        self.service = SearchService(
+            self.collections,
+            config.limits,
+            self.batcher,
+            config.workers + config.max_streams,  # gRPC's thread pool
+            self.metrics,
         )
+        pb_grpc.add_SearchServiceServicer_to_server(self.service, self.grpc_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         enable_reflection((SERVICE_NAME, health.SERVICE_NAME), self.grpc_server)
 
@@ -326,6 +324,7 @@ class SearchServer:
         if self.gateway is not None:
             self.gateway.stop()
         self.grpc_server.stop(grace).wait()
+        self.service.scroll_holds.close()
         self.collections.stop()
         self.batcher.stop()
         if self.metrics_server is not None:

@@ -2,9 +2,10 @@
 position it gave (`<version>.<position>.<index>`), so that every live example comes
 exactly once across the pages of one scroll, whatever is written meanwhile (the
 version is immutable; a write makes a new one). A page whose version is no longer
-current is read from the version's own directory, retained by the index (`--keep`);
-one already pruned (or never made) is NOT_FOUND, as an unknown label is: start the
-scroll again.
+current is read from the version's own directory, which the scroll holds from
+pruning while it goes on (server/scroll_holds.py); one pruned all the same (the
+scroll idle past the keep-alive) or never made is NOT_FOUND, as an unknown label is:
+start the scroll again.
 
 The last part names the index (the start of its `index_id`, which every version of
 an index directory keeps): version numbers start at 1 in every index, so without it a

@@ -41,6 +41,7 @@ from siamese_search.server.config import Limits
 from siamese_search.server.generated import search_pb2 as pb
 from siamese_search.server.generated import search_pb2_grpc as pb_grpc
 from siamese_search.server.metrics import Metrics
+from siamese_search.server.scroll_holds import ScrollHolds
 from siamese_search.server.space_map import TEXT_CHARS, SpaceMaps
 from siamese_search.server.state import Serving
 from siamese_search.server.writes import Committer, WritesUnavailable
@@ -147,6 +148,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
         self._local = threading.local()  # the snapshots the current call holds
         self.version = _server_version()
         self.maps = SpaceMaps()  # GetMap's, per collection and version
+        #: the versions scrolls under way read, kept from pruning for a while
+        self.scroll_holds = ScrollHolds()
 
     # ---- plumbing -----------------------------------------------------------
     def _call(self, context: grpc.ServicerContext, work: Callable, request=None):
@@ -380,6 +383,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
             with scrolling.version_for(current, version, collection.source) as index:
                 where = index.parse_filter(check.filter_of(request))
                 rows, last = index.scroll(where, limit, after)
+                if last is not None:  # the next page reads this version too
+                    self.scroll_holds.keep(collection.source, index.name)
                 return pb.ScrollResponse(
                     examples=_stored_examples(index, rows, request.with_vectors),
                     next_page_token=scrolling.token(index, last) if last is not None else "",

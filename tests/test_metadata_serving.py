@@ -261,7 +261,10 @@ def test_search_by_id_get_and_scroll(served):
 
 def test_a_scroll_reads_one_version_while_writes_go_on(served):
     """Every live row of the version the first page read comes exactly once, though
-    rows are written between pages (the token names the version)."""
+    rows are written between pages (the token names the version), and though every
+    page is followed by a write: each commits a version and the index keeps the 3
+    newest, so the scroll's version was pruned after 3 writes (NOT_FOUND) until the
+    scroll held it (server/scroll_holds.py)."""
     server, stub, _ = served
     first = stub.Scroll(pb.ScrollRequest(limit=10))
     version = first.index_version
@@ -273,12 +276,17 @@ def test_a_scroll_reads_one_version_while_writes_go_on(served):
         )
     )
     stub.Delete(pb.DeleteRequest(ids=["r50"], wait=True))
+    pages = 1
     while token:
         page = stub.Scroll(pb.ScrollRequest(limit=10, page_token=token))
         assert page.index_version == version
         seen += [e.id for e in page.examples]
         token = page.next_page_token
-    assert "late" not in seen and "r50" in seen and len(seen) == len(set(seen))
+        pages += 1
+        late = pb.Example(id=f"late-{pages}", text=f"Added after page {pages}", label="1")
+        stub.Upsert(pb.UpsertRequest(examples=[late], wait=True))
+    assert pages > 4 and not any(i.startswith("late") for i in seen)
+    assert "r50" in seen and len(seen) == len(set(seen))
 
 
 def test_the_typed_clients_take_filters_metadata_get_and_scroll(served):

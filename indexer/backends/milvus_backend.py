@@ -692,6 +692,11 @@ class MilvusSource:
         """Not listed for Milvus (its heads are its writer's to reconcile)."""
         return []
 
+    def hold_version(self, name: str) -> None:
+        """None: a version's head is kept while the writer's index directory retains the
+        version, which this reader does not hold."""
+        return None
+
     def model_directory(self) -> Path:
         """From the current version's manifest alone (no load, no row count)."""
         manifest = _manifest_of(self._client, self._current_collection())
