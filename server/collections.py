@@ -27,6 +27,7 @@ collections fairly (server.batching).
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections.abc import Callable
@@ -355,6 +356,16 @@ class Collections:
                 build_index(staging, model, table, columns, options)
         except UserError as error:  # its Milvus alias serves another index
             raise CollectionRefused("FAILED_PRECONDITION", str(error)) from None
+        except OSError as error:
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            # another server on this root made the name while this one built it: its
+            # directory stays, this one's build is thrown away
+            raise CollectionRefused(
+                "ALREADY_EXISTS",
+                f"collection {name} was made meanwhile by another server on this "
+                "collections root; choose another name, or serve it from that server",
+            ) from None
         collection = self.opener.open(name, directory, source, None)
         with self._lock:
             self._by_name[name] = collection

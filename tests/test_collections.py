@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from siamese_search.client import Example, SearchClient
 from siamese_search.core.model_artifact import load_model
-from siamese_search.core.tables import Columns
+from siamese_search.core.tables import Columns, Table
 from siamese_search.indexer.build import BuildOptions, build_index
 from siamese_search.server.app import SearchServer
 from siamese_search.server.batching import FairQueue
@@ -472,6 +472,43 @@ def test_concurrent_creates_of_one_name_make_one_collection(tmp_path, trained_mo
             with SearchClient(target, token=ADMIN, collection=name) as client:
                 assert client.info().count == 0
     finally:
+        server.stop(0)
+
+
+def test_a_create_that_another_server_wins_meanwhile_is_already_exists(tmp_path, trained_model):
+    """Two servers on one collections root: the other makes the name while this one
+    builds it (its directory appears before this one's rename). This one's rename is
+    moved the winner's directory aside and deleted it (the other server's acknowledged
+    writes with it); it now answers ALREADY_EXISTS, leaving the winner's index whole
+    and no staging directory behind."""
+    from siamese_search.indexer import layout
+
+    served = tmp_path / "root"
+    served.mkdir()
+    winner = tmp_path / "winner"
+    empty = Table(texts=[], labels=[], ids=[])
+    columns = Columns(text="text", label="label", id="id")
+    build_index(
+        winner, load_model(trained_model), empty, columns, BuildOptions(show_progress=False)
+    )
+    server = SearchServer(_config(collections_dir=served, admin_token=ADMIN)).start()
+
+    def the_other_server_renames_its_own_into_place(stage: str) -> None:
+        if stage == "after-current" and not (served / "raced").exists():
+            shutil.copytree(winner, served / "raced")
+
+    layout.CHECKPOINT_OBSERVERS.append(the_other_server_renames_its_own_into_place)
+    try:
+        with SearchClient(f"127.0.0.1:{server.port}", token=ADMIN) as admin:
+            with pytest.raises(grpc.RpcError) as refused:
+                admin.create_collection("raced", str(trained_model))
+        assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS, refused.value.details()
+        assert "another server" in refused.value.details()
+        assert sorted(p.name for p in served.iterdir()) == ["raced"]
+        # the winner's index, not replaced by this one's (its files were deleted)
+        assert layout.recorded_index_id(served / "raced") == layout.recorded_index_id(winner)
+    finally:
+        layout.CHECKPOINT_OBSERVERS.remove(the_other_server_renames_its_own_into_place)
         server.stop(0)
 
 

@@ -9,6 +9,7 @@ that no reader ever opens.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -91,16 +92,20 @@ def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
 
     With `overwrite`, an existing `target` is replaced: it is moved aside first and
     deleted only after the new directory is in place, so one of the two always exists.
+    Without, a `target` that another writer made while the block ran is left alone
+    (FileExistsError; it was replaced, and the other writer's files deleted).
     """
     target = Path(target).absolute()
     if target.exists() and not overwrite:
-        raise FileExistsError(target)
+        raise FileExistsError(errno.EEXIST, "already exists", str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + target.name + "-", dir=target.parent))
     try:
         yield staging
         make_tree_shareable(staging)
         fsync_tree(staging)
+        if target.exists() and not overwrite:
+            raise FileExistsError(errno.EEXIST, "made meanwhile by another writer", str(target))
         if target.exists():
             retired = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + "old-", dir=target.parent))
             os.rename(target, retired / target.name)
