@@ -64,6 +64,22 @@ def test_evaluate_reports_scores_and_plots(trained_model, sample_train, tmp_path
     assert set(scores["per_class"]) == {"1", "2", "3", "4", "5"}
     assert (report.parent / "confusion_matrix.png").stat().st_size > 1000
     assert (report.parent / "test_map.png").stat().st_size > 1000
+    assert scores["test_labels_not_in_reference"] == {}
+
+
+def test_evaluate_names_test_labels_no_reference_text_has(
+    trained_model, sample_train, tmp_path, capsys
+):
+    """A test label the reference set lacks (a typo, a label left out) can never be
+    voted: it scored as wrong in silence."""
+    rows = [("Fix NPE when the session expires", "1"), ("Add export feature", "fetaure")]
+    test_file = write_csv(tmp_path / "test.csv", rows, header=("text", "class"))
+    report = tmp_path / "report.json"
+    argv = ["--model", str(trained_model), "--reference", str(sample_train), "--test"]
+    argv += [str(test_file), "--label-column", "class", "--report-json", str(report)]
+    assert evaluate_cli.main([*argv, "--no-plots", "--quiet"]) == 0
+    assert "labels no reference text has: 'fetaure' (1)" in _error(capsys)
+    assert json.loads(report.read_text())["test_labels_not_in_reference"] == {"fetaure": 1}
 
 
 OUT_OF_SCOPE = [

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -142,6 +143,9 @@ def evaluate(
         predicted = voted
     open_set, confidence, correct = _open_set_scores(predictions, truth, oos_label)
     labels = sorted(reference_labels | set(truth))
+    # test labels no reference text carries: no vote can name them, so they score as
+    # wrong whatever the model does (a typo, or a label left out of the reference set)
+    unreachable = Counter(t for t in truth if t not in reference_labels and t != oos_label)
     scores = {
         "accuracy": metrics.accuracy(truth, predicted),
         "macro_f1": metrics.macro_f1(truth, predicted, labels),
@@ -152,6 +156,7 @@ def evaluate(
         "report_text": metrics.report_text(truth, predicted, labels),
         "reference_rows": reference_rows,
         "test_rows": len(test.texts),
+        "test_labels_not_in_reference": dict(sorted(unreachable.items())),
         "model_fingerprint": model.fingerprint,
         # what ran the encoder (usem3_runtime): scores on another runtime may differ a little
         "encoder_runtime": model.encoder_runtime,
@@ -235,6 +240,16 @@ def main(argv: list[str] | None = None) -> int:
         f"closed-set accuracy {result['closed_set_accuracy']:.4f}   "
         f"abstained {result['abstained_share']:.1%}   ECE {result['ece']:.4f}"
     )
+    unreachable = result["test_labels_not_in_reference"]
+    if unreachable:
+        shown = ", ".join(f"{label!r} ({count})" for label, count in list(unreachable.items())[:10])
+        print(
+            f"note: {sum(unreachable.values())} test text(s) carry labels no reference text "
+            f"has: {shown}{', ...' if len(unreachable) > 10 else ''}. No vote can name them, "
+            "so they score as wrong: check the label column, or add such examples to the "
+            "reference set" + ("" if args.oos_label else " (or give --oos-label)"),
+            file=sys.stderr,
+        )
     if args.oos_label is not None:
         print(
             f"in-scope accuracy {result['in_scope_accuracy']:.4f}   "
