@@ -127,7 +127,7 @@ class ServerConfig:
         if self.milvus is not None:
             from siamese_search.indexer.backends.milvus_backend import MilvusSource
 
-            return MilvusSource(self.milvus)
+            return MilvusSource(self.milvus, self.index_dir)
         assert self.index_dir is not None
         return DirectorySource(self.index_dir)
 
@@ -145,7 +145,7 @@ class ServerConfig:
             target = MilvusTarget(
                 self.milvus.uri, default_name(index_dir), self.milvus.token, self.milvus.ca_cert
             )
-            return MilvusSource(target)
+            return MilvusSource(target, index_dir)
         return DirectorySource(index_dir)
 
     def __post_init__(self) -> None:

@@ -10,8 +10,9 @@ after that page; a scroll idle for longer may find its version pruned (NOT_FOUND
 start again). At most MAX_HELD versions are held at once, since each keeps its files
 on disk: beyond, the hold that would expire first is let go.
 
-Not for Milvus-served collections: their sources cannot hold a version (the writer's
-index directory decides which heads stay), and keep the old NOT_FOUND behaviour.
+On Milvus the index directory decides which version heads stay (MilvusWriter.prune):
+a server that has the directory holds its version, and so the head; one serving an
+alias alone cannot hold anything, and a scroll there may still meet NOT_FOUND.
 """
 
 from __future__ import annotations

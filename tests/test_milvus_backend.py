@@ -208,6 +208,21 @@ def test_writes_through_a_milvus_backed_server_reach_milvus(
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             client.delete(label="i18n", wait=True)
             assert _served(target) == ("000003", 100)
+            # a scroll with a write after every page: the page's version (and so its
+            # Milvus head) is held from pruning (server/scroll_holds.py); the index
+            # keeps 3 versions, so the scroll's head was dropped after 3 writes
+            seen, token, pages = [], "", 0
+            while True:
+                page = client.scroll(limit=20, page_token=token)
+                assert page.index_version == "000003"
+                seen += [e.id for e in page.examples]
+                token, pages = page.next_page_token, pages + 1
+                if not token:
+                    break
+                client.upsert(
+                    [Example(f"Written after page {pages}", "i18n", f"w-{pages}")], wait=True
+                )
+            assert pages == 5 and len(seen) == len(set(seen)) == 100
     finally:
         server.stop(0)
 

@@ -24,11 +24,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
 from siamese_search.core.errors import ArtifactMismatchError, UserError
+from siamese_search.indexer import layout
 from siamese_search.indexer.backends.milvus_filters import FALSE, expression
 from siamese_search.indexer.metadata import Filter, parse_filter
 from siamese_search.indexer.segments import entries_of
@@ -648,10 +649,16 @@ class MilvusVersion:
 
 
 class MilvusSource:
-    """Where a server finds the current version: the alias, polled for moves."""
+    """Where a server finds the current version: the alias, polled for moves.
 
-    def __init__(self, target: MilvusTarget):
+    `index_dir`: the index directory whose writer moves the alias, where this server
+    has it (it takes the writes, or shares the file system): a version's head is kept
+    while that directory retains the version (MilvusWriter.prune), so holding the
+    directory's version holds the head (hold_version)."""
+
+    def __init__(self, target: MilvusTarget, index_dir: Path | None = None):
         self.target = target
+        self.index_dir = index_dir
         self.location = target.describe()
         self._client = connect(target)
 
@@ -692,10 +699,15 @@ class MilvusSource:
         """Not listed for Milvus (its heads are its writer's to reconcile)."""
         return []
 
-    def hold_version(self, name: str) -> None:
-        """None: a version's head is kept while the writer's index directory retains the
-        version, which this reader does not hold."""
-        return None
+    def hold_version(self, name: str) -> IO | None:
+        """A hold on the index directory's version, which keeps its head too; None
+        without the directory (a reader of the alias alone cannot hold a version)."""
+        if self.index_dir is None:
+            return None
+        try:
+            return layout.hold_version(layout.version_dir(self.index_dir, name))
+        except FileNotFoundError:
+            return None  # not retained there: the next page says whether the head is
 
     def model_directory(self) -> Path:
         """From the current version's manifest alone (no load, no row count)."""
