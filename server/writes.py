@@ -22,6 +22,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 import zlib
@@ -53,6 +54,26 @@ WRITES_LOCK = layout.WRITES_LOCK
 class CommitPolicy:
     every_rows: int = 1
     every_seconds: float = 0.0  # 0: no time trigger
+
+
+#: free bytes on the index's file system under which a failed commit is said to be
+#: for want of space (a version's vector file alone is often larger)
+LOW_DISK_BYTES = 64 * 1024 * 1024
+
+
+def disk_full_note(index_dir: Path) -> str:
+    """What to add to a failed commit's cause when the index's disk is (nearly) full:
+    FAISS says only "309760 requested and 295936 written" when a write is cut short."""
+    try:
+        free = shutil.disk_usage(index_dir).free
+    except OSError:
+        return ""
+    if free >= LOW_DISK_BYTES:
+        return ""
+    return (
+        f" (the index's disk has {free / 1e6:.1f} MB free: free space there, and the "
+        "server commits the journal's writes by itself)"
+    )
 
 
 class WritesUnavailable(Exception):
@@ -633,7 +654,7 @@ class Committer:
                 self._conflict(batch, str(error))
                 continue
             except Exception as error:  # keep the journal; tell the waiters; retry later
-                cause = f"{type(error).__name__}: {error}"
+                cause = f"{type(error).__name__}: {error}" + disk_full_note(self.index_dir)
                 log.error(
                     "commit_failed",
                     extra={
