@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from siamese_search.core.errors import UserError
 from siamese_search.core.tables import RowProblem
 from siamese_search.indexer import layout
-from siamese_search.indexer.backends import INDEX_KINDS
+from siamese_search.indexer.backends import INDEX_KINDS, check_params
 from siamese_search.indexer.backends.milvus_backend import MilvusTarget
 from siamese_search.indexer.ray_engine import RaySettings
 
@@ -38,6 +38,7 @@ class BuildOptions:
     def __post_init__(self) -> None:
         if self.index_type not in INDEX_KINDS:
             raise UserError(f"--index-type must be one of {', '.join(INDEX_KINDS)}")
+        check_params(self.index_params or {})  # before any text is embedded
         if self.keep_versions < 1:
             raise UserError("--keep must be at least 1 (the current version)")
         if self.engine not in ("local", "ray"):

@@ -22,6 +22,7 @@ from siamese_search.core.errors import UserError
 from siamese_search.core.model_artifact import EmbeddingModel
 from siamese_search.core.tables import Columns, RowProblem, Table
 from siamese_search.indexer import layout
+from siamese_search.indexer.backends import check_params
 from siamese_search.indexer.ingest import ingest
 from siamese_search.indexer.mirror import mirror_for
 from siamese_search.indexer.options import BuildOptions, BuildReport
@@ -78,6 +79,8 @@ def write_version(
     """
     started = time.perf_counter()
     index_dir = Path(index_dir)
+    # a pq_m the model's dimension cannot take, refused before any text is embedded
+    check_params(options.index_params or {}, options.index_type, model.dim)
     with (
         layout.writer_lock(index_dir, options.wait_seconds),
         mirror_for(options.milvus, options.show_progress) as mirror,

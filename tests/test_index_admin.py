@@ -137,6 +137,30 @@ def test_index_type_and_parameters_survive_add_and_delete(tmp_path, model):
         assert version.count == 34
 
 
+@pytest.mark.parametrize(
+    "kind, param, said",
+    [
+        ("hnsw", "M=1", "M is from 2 to 256"),  # FAISS segfaulted (M 0: aborted)
+        ("ivf", "nlist=0", "nlist is at least 1"),  # a FAISS assertion, "a bug" traceback
+        ("ivf", "nprobe=0", "nprobe is at least 1"),  # built, then found nothing
+        ("hnsw", "ef_search=0", "ef_search is at least 1"),  # built, then found nothing
+        ("ivf-pq", "pq_bits=40", "pq_bits is from 1 to 16"),  # a FAISS assertion
+        ("ivf-pq", "pq_m=7", "640 dimensions must split evenly into pq_m"),  # the same
+        ("auto", "nprob=8", "no index type has it"),  # a typo: ignored in silence
+    ],
+)
+def test_index_parameters_out_of_range_are_refused_before_any_text_is_embedded(
+    tmp_path, trained_model, kind, param, said, capsys
+):
+    data = _table(tmp_path / "a.csv", _rows("a", 30))
+    argv = ["build", "--model", str(trained_model), "--data", str(data), "--out"]
+    argv += [str(tmp_path / "index"), "--index-type", kind, "--index-param", param, "--quiet"]
+    assert index_main(argv) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err and "bug" not in err
+    assert not (tmp_path / "index").exists()
+
+
 def test_add_reads_the_table_as_the_index_was_built_and_finds_the_id_column(
     tmp_path, trained_model, capsys
 ):

@@ -12,6 +12,7 @@ from siamese_search.indexer.backends.faiss_backend import (
     SEARCH_PARAMS,
     FaissIndex,
     HalfPrecisionCopy,
+    check_params,
     choose_kind,
     default_params,
 )
@@ -21,6 +22,7 @@ INDEX_KINDS = ("auto", *KINDS)
 __all__ = [
     "VectorIndex",
     "HalfPrecisionCopy",
+    "check_params",
     "INDEX_KINDS",
     "SEARCH_PARAMS",
     "create_index",
@@ -38,6 +40,7 @@ def create_index(
 ) -> FaissIndex:
     """A new empty index; `params` override the size-derived defaults."""
     merged = {**default_params(kind, dim, expected_count), **(params or {})}
+    check_params(merged, kind, dim)
     return FaissIndex.create(kind, dim, merged)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from siamese_search.core.errors import UserError
 from siamese_search.indexer.backends.base import RowMask, VectorIndex
 
 KINDS = ("flat", "hnsw", "ivf", "ivf-sq8", "ivf-pq")
@@ -44,6 +45,52 @@ def default_params(kind: str, dim: int, expected_count: int) -> dict:
         params["pq_m"] = next(m for m in (32, 16, 8, 4, 2, 1) if dim % m == 0)
         params["pq_bits"] = 8
     return params
+
+
+#: each kind's parameters (--index-param)
+PARAMS = {
+    "flat": (),
+    "hnsw": ("M", "ef_construction", "ef_search"),
+    "ivf": ("nlist", "nprobe"),
+    "ivf-sq8": ("nlist", "nprobe"),
+    "ivf-pq": ("nlist", "nprobe", "pq_m", "pq_bits"),
+}
+#: the values each parameter takes (least, most; None: no bound). FAISS aborts the
+#: process on some values out of range (HNSW M 0; M 1 segfaults), fails with a C++
+#: assertion on others (nlist 0, pq_bits over 24), and silently finds nothing on some
+#: (nprobe 0, ef_search 0)
+PARAM_RANGES = {
+    "M": (2, 256),
+    "ef_construction": (1, None),
+    "ef_search": (1, None),
+    "nlist": (1, None),
+    "nprobe": (1, None),
+    "pq_m": (1, None),
+    "pq_bits": (1, 16),
+}
+
+
+def check_params(params: dict, kind: str | None = None, dim: int | None = None) -> None:
+    """Refuse (UserError) a parameter no index type has, or a value out of its range;
+    with the kind and the vectors' dimension, a pq_m that does not divide it. (A
+    parameter of another kind is left alone: with --index-type auto the kind follows
+    the index's size, so `nprobe` may be given in case it becomes IVF.)"""
+    for name, value in params.items():
+        if name not in PARAM_RANGES:
+            raise UserError(
+                f"--index-param {name}: no index type has it; the parameters are "
+                + "; ".join(f"{k}: {', '.join(v)}" for k, v in PARAMS.items() if v)
+            )
+        least, most = PARAM_RANGES[name]
+        if not isinstance(value, int) or value < least or (most is not None and value > most):
+            bound = f"from {least} to {most}" if most is not None else f"at least {least}"
+            raise UserError(f"--index-param {name}={value}: {name} is {bound}")
+    if kind == "ivf-pq" and dim is not None and dim % params.get("pq_m", 1):
+        divisors = [m for m in range(1, min(dim, 64) + 1) if dim % m == 0]
+        raise UserError(
+            f"--index-param pq_m={params['pq_m']}: the vectors' {dim} dimensions must split "
+            f"evenly into pq_m sub-quantizers ({', '.join(map(str, divisors))}, ...)"
+        )
 
 
 #: a filtered HNSW walk's beam is this many times efSearch, whatever share of the rows
