@@ -59,7 +59,11 @@ def reembed_index(index_dir: Path, model: EmbeddingModel, options: BuildOptions)
             if snapshot.dim != model.dim:
                 raise UserError(
                     f"{index_dir} holds {snapshot.dim}-d vectors and the model makes "
-                    f"{model.dim}-d ones; build a new index with siamese-index build instead"
+                    f"{model.dim}-d ones, which a new version of it cannot hold; make a new "
+                    f"index from what this one holds (API writes included): siamese-index "
+                    f"export --index {index_dir} --out rows.parquet, then siamese-index build "
+                    "--data rows.parquet --model MODEL --out NEW_INDEX (with "
+                    "--metadata-columns as export says)"
                 )
             kind, params = carried_index_settings(snapshot.manifest, options)
             workspace = layout.new_compaction_dir(index_dir)

@@ -98,12 +98,27 @@ def test_a_damaged_space_file_is_refused(trained_model, tmp_path):
 
 
 @pytest.mark.slow  # trains a model of its own
-def test_a_head_only_model_still_loads_and_serves_the_head_space(sample_train, tmp_path):
+def test_a_head_only_model_still_loads_and_serves_the_head_space(
+    sample_train, tmp_path, trained_model
+):
+    from siamese_search.core.errors import UserError
+    from siamese_search.core.tables import Columns
+    from siamese_search.indexer.build import BuildOptions, build_index
+    from siamese_search.indexer.reembed import reembed_index
+
     flags = ("--no-fine-tune", "--steps", "20", "--ensemble", "1", "--served-space", "labels")
     model = load_model(train_model(sample_train, tmp_path / "labels-only", *flags))
     assert model.space is None and "space" not in model.manifest
     assert model.embed(["fix crash"]).shape == (1, model.head.output_dim)
     assert model.label_shares(model.embed(["fix crash"])) is None
+    # re-embedding a served-space index with it: refused, with the way that keeps
+    # what the index holds (it said "build a new index", from a table without them)
+    quiet = BuildOptions(show_progress=False)
+    index_dir = tmp_path / "index"
+    build_index(index_dir, load_model(trained_model), sample_train, Columns(label="class"), quiet)
+    with pytest.raises(UserError, match="640-d vectors and the model makes 128-d") as refused:
+        reembed_index(index_dir, model, quiet)
+    assert f"siamese-index export --index {index_dir}" in str(refused.value)
 
 
 @pytest.fixture(scope="module")
