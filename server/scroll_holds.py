@@ -7,8 +7,10 @@ NOT_FOUND, so under steady writes a scroll of more than a few pages never finish
 As Elasticsearch's scroll keep-alive does, each page answered with a next token holds
 its version (a reader's lock, which `prune` leaves alone) until KEEP_ALIVE_SECONDS
 after that page; a scroll idle for longer may find its version pruned (NOT_FOUND:
-start again). At most MAX_HELD versions are held at once, since each keeps its files
-on disk: beyond, the hold that would expire first is let go.
+start again). A lapsed hold is let go at the next scroll call (or at stop), so one
+may outlive its keep-alive while no scroll runs. At most MAX_HELD versions are held
+at once, since each keeps its files on disk: beyond, the hold that would lapse first
+is let go.
 
 On Milvus the index directory decides which version heads stay (MilvusWriter.prune):
 a server that has the directory holds its version, and so the head; one serving an

@@ -93,7 +93,7 @@ def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
     With `overwrite`, an existing `target` is replaced: it is moved aside first and
     deleted only after the new directory is in place, so one of the two always exists.
     Without, a `target` that another writer made while the block ran is left alone
-    (FileExistsError; it was replaced, and the other writer's files deleted).
+    (FileExistsError), where it used to be replaced, the other writer's files deleted.
     """
     target = Path(target).absolute()
     if target.exists() and not overwrite:
