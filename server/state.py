@@ -194,7 +194,9 @@ class ServingHolder:
                     raise
             except Exception as error:  # keep serving the old version whatever went wrong
                 self._refused = name
-                message = f"refused new index version {name}: {error}"
+                # None: CURRENT itself named no version this index holds
+                what = f"new index version {name}" if name else "the index's current version"
+                message = f"refused {what}: {error}"
                 self.record_error(message)
                 log.error(
                     "reload_refused", extra={"fields": {"version": name, "error": str(error)}}

@@ -530,6 +530,35 @@ def test_pinned_model_refuses_a_version_of_another_model(
         running.stop(0)
 
 
+def test_a_damaged_current_at_reload_keeps_the_old_version_serving(tmp_path, model, sample_train):
+    """CURRENT edited by hand (garbage, a version never made, empty): the reload is
+    refused, saying how to repair it, and the old version serves on. The message read
+    "refused new index version None" when no version could be named."""
+    index_dir = tmp_path / "index"
+    build_index(index_dir, model, sample_train, COLUMNS, QUIET)
+    running = _start(index_dir, reload_interval=0)
+    current = index_dir / "CURRENT"
+    kept = current.read_text()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            for damaged, said in (
+                ("garbage", "rollback --index"),
+                ("000009", "rollback"),
+                ("", ""),
+            ):
+                current.write_text(damaged)
+                outcome = stub.Reload(pb.ReloadRequest())
+                assert not outcome.changed and outcome.index_version == "000001"
+                assert "refused" in outcome.message and said in outcome.message
+                assert "None" not in outcome.message, outcome.message
+                assert stub.Search(pb.SearchRequest(text="fix", k=3)).index_version == "000001"
+            current.write_text(kept)
+            assert "already serving" in stub.Reload(pb.ReloadRequest()).message
+    finally:
+        running.stop(0)
+
+
 def _self_signed(tmp_path):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
