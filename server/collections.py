@@ -433,7 +433,7 @@ class Collections:
     def forget_in_backend(self, directory: Path) -> None:
         """With --backend milvus, drop a dropped collection's alias and collections in
         Milvus (named after its directory); without, nothing is kept elsewhere."""
-        target = getattr(self.opener.config.source_for(directory), "target", None)
+        target = self.opener.config.milvus_target_for(directory)
         if target is None:
             return
         from siamese_search.indexer.backends.milvus_writer import MilvusWriter

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from siamese_search.core.errors import UserError
-from siamese_search.indexer.backends.milvus_backend import MilvusTarget
+from siamese_search.indexer.backends.milvus_backend import MilvusSource, MilvusTarget, default_name
 from siamese_search.indexer.store import DirectorySource, VersionSource
 from siamese_search.server.batching import BatchSettings
 from siamese_search.server.writes import CommitPolicy
@@ -125,26 +125,25 @@ class ServerConfig:
     def source(self) -> VersionSource:
         """Where the server finds the current version."""
         if self.milvus is not None:
-            from siamese_search.indexer.backends.milvus_backend import MilvusSource
-
             return MilvusSource(self.milvus, self.index_dir)
         assert self.index_dir is not None
         return DirectorySource(self.index_dir)
 
+    def milvus_target_for(self, index_dir: Path) -> MilvusTarget | None:
+        """With --backend milvus, the alias a collection directory's writer uses (the
+        directory's name, as siamese-index names it); None without. Naming it connects
+        to nothing."""
+        if self.milvus is None:
+            return None
+        return MilvusTarget(
+            self.milvus.uri, default_name(index_dir), self.milvus.token, self.milvus.ca_cert
+        )
+
     def source_for(self, index_dir: Path) -> VersionSource:
         """Where a collection under --collections finds its current version: its
-        directory, or with --backend milvus the alias its writer uses (the directory's
-        name, as siamese-index names it)."""
-        if self.milvus is not None:
-            from siamese_search.indexer.backends.milvus_backend import (
-                MilvusSource,
-                MilvusTarget,
-                default_name,
-            )
-
-            target = MilvusTarget(
-                self.milvus.uri, default_name(index_dir), self.milvus.token, self.milvus.ca_cert
-            )
+        directory, or with --backend milvus its alias (milvus_target_for)."""
+        target = self.milvus_target_for(index_dir)
+        if target is not None:
             return MilvusSource(target, index_dir)
         return DirectorySource(index_dir)
 
