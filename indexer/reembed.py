@@ -16,8 +16,13 @@ job's lock, the compaction lock), so they stay recognisable.
 
 No version ever holds vectors of two models: the transaction checks at publish that
 nothing of the base is carried (indexer.transaction, `model_change`), and refuses
-otherwise. Killed at any point, the current version is untouched (the workspace is
-swept by the next job or compaction) and the next run starts again.
+otherwise. So the new model may make vectors of another dimension (a retrain with
+another head or served space): the new version is the first of that dimension, on
+Milvus in a data collection of its own (a new model gets one anyway), and the
+retained versions keep theirs, so a rollback returns to one with its own model.
+
+Killed at any point, the current version is untouched (the workspace is swept by the
+next job or compaction) and the next run starts again.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from siamese_search.core.errors import UserError
 from siamese_search.core.model_artifact import EmbeddingModel
 from siamese_search.core.tables import Columns, Table
 from siamese_search.indexer import layout
+from siamese_search.indexer.backends import check_params
 from siamese_search.indexer.build import _source_columns, carried_index_settings
 from siamese_search.indexer.compaction import MergedSegment
 from siamese_search.indexer.ingest import embedder
@@ -56,16 +62,8 @@ def reembed_index(index_dir: Path, model: EmbeddingModel, options: BuildOptions)
         with layout.writer_lock(index_dir, options.wait_seconds):
             snapshot = open_index(index_dir, load_indexes=False)  # another model's
         with snapshot:
-            if snapshot.dim != model.dim:
-                raise UserError(
-                    f"{index_dir} holds {snapshot.dim}-d vectors and the model makes "
-                    f"{model.dim}-d ones, which a new version of it cannot hold; make a new "
-                    f"index from what this one holds (API writes included): siamese-index "
-                    f"export --index {index_dir} --out rows.parquet, then siamese-index build "
-                    "--data rows.parquet --model MODEL --out NEW_INDEX (with "
-                    "--metadata-columns as export says)"
-                )
             kind, params = carried_index_settings(snapshot.manifest, options)
+            _check_carried_params(params, kind, snapshot, model)
             workspace = layout.new_compaction_dir(index_dir)
             try:
                 merged = _reembed(snapshot, workspace, model, kind, params, options)
@@ -82,6 +80,22 @@ def reembed_index(index_dir: Path, model: EmbeddingModel, options: BuildOptions)
             finally:
                 shutil.rmtree(workspace, ignore_errors=True)
     return dataclasses.replace(report, seconds=time.perf_counter() - started)
+
+
+def _check_carried_params(
+    params: dict | None, kind: str, snapshot: IndexVersion, model: EmbeddingModel
+) -> None:
+    """Refuse, before any text is embedded, index parameters carried from the snapshot
+    that the new model's dimension cannot take (an ivf-pq pq_m that does not divide
+    it), saying that they were carried and how to choose others."""
+    try:
+        check_params(params or {}, kind, model.dim)
+    except UserError as error:
+        raise UserError(
+            f"{error} (carried from version {snapshot.name}, whose vectors are "
+            f"{snapshot.dim}-d; the model makes {model.dim}-d ones): give another "
+            "--index-param pq_m, or --index-type with its own parameters"
+        ) from None
 
 
 def _reembed(

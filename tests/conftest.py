@@ -64,6 +64,22 @@ def tuned_model(tmp_path_factory, sample_train) -> Path:
     return train_model(sample_train, out, "--fine-tune", "--steps", "3", "--ensemble", "1")
 
 
+@pytest.fixture(scope="session")
+def labels_only_model(tmp_path_factory, sample_train) -> Path:
+    """A model of another vector dimension (128, the head's labels space alone, against
+    the served space's 640): what a retrain with another recipe can make."""
+    out = tmp_path_factory.mktemp("labels-only") / "model"
+    flags = ("--no-fine-tune", "--steps", "20", "--ensemble", "1", "--served-space", "labels")
+    return train_model(sample_train, out, *flags)
+
+
+@pytest.fixture(params=["tuned_model", "labels_only_model"], ids=["same-dim", "other-dim"])
+def new_model_dir(request):
+    """The model a job re-embeds with: a fine-tuned one of the same 640 dimensions, or
+    one of 128 (another served space: what a retrain with another recipe makes)."""
+    return request.getfixturevalue(request.param)
+
+
 def train_model(data: Path, out: Path, *flags: str) -> Path:
     """`siamese-train` on a table labelled in its `class` column, quietly; `out`."""
     from siamese_search.trainer.cli import main

@@ -86,11 +86,14 @@ def test_export_refuses_what_it_cannot_write(written_index, tmp_path):
     assert not list(tmp_path.glob(".rows.csv*"))  # nothing half-written left
 
 
-def test_reembed_gives_every_row_the_new_models_vector(written_index, tuned_model):
-    """The new version: the same rows, each vector the new model's, its manifest naming
-    the new model (servers swap model and index together on it)."""
+def test_reembed_gives_every_row_the_new_models_vector(written_index, new_model_dir):
+    """The new version: the same rows, each vector the new model's (of its dimension),
+    its manifest naming the new model (servers swap model and index together on it);
+    the version before keeps its own."""
     before = _rows(written_index)
-    new_model = load_model(tuned_model)
+    with open_index(written_index, load_indexes=False) as current:
+        old_dim = current.dim
+    new_model = load_model(new_model_dir)
     report = reembed_index(written_index, new_model, QUIET)
     assert report.version == "000003" and report.count == len(before)
     assert _rows(written_index) == before
@@ -100,15 +103,18 @@ def test_reembed_gives_every_row_the_new_models_vector(written_index, tuned_mode
         np.testing.assert_allclose(version.vectors(), new_model.embed(texts), atol=1e-5)
         assert version.manifest["operation"]["kind"] == "reembed"
         assert len(version.segments) == 1
+        assert version.dim == new_model.dim
+    with open_index(layout.version_dir(written_index, "000002")) as previous:
+        assert previous.dim == old_dim
 
 
 def test_writes_during_the_job_are_there_exactly_once_after_it(
-    written_index, trained_model, tuned_model
+    written_index, trained_model, new_model_dir
 ):
     """Writes committed while the job embeds (an upsert of a new id, an upsert that
     replaces a snapshot row, a delete) are in the published version, embedded with the
     new model; the deleted row is gone."""
-    old_model, new_model = load_model(trained_model), load_model(tuned_model)
+    old_model, new_model = load_model(trained_model), load_model(new_model_dir)
     during = [
         Change("upsert", ("late-1",), ("Add a Welsh keyboard layout",), ("welsh",)),
         Change("upsert", ("api-1",), ("Translate the help pages into Welsh",), ("welsh",)),
@@ -195,13 +201,17 @@ def test_the_index_cli_exports_and_reembeds(written_index, tuned_model, tmp_path
 
 
 @pytest.mark.slow
-def test_retrain_learns_the_labels_added_over_the_api_and_reembeds(written_index, tmp_path):
+@pytest.mark.parametrize(
+    "recipe", [[], ["--served-space", "labels"]], ids=["same-dim", "other-dim"]
+)
+def test_retrain_learns_the_labels_added_over_the_api_and_reembeds(written_index, tmp_path, recipe):
     """The whole cycle in one command: siamese-train --from-index (the Upsert-added
-    label is a class of the new model), then the index re-embedded with it."""
+    label is a class of the new model), then the index re-embedded with it, also when
+    the recipe makes vectors of another dimension."""
     from siamese_search.indexer.cli import main
 
     out = tmp_path / "retrained"
-    train_flags = ["--no-fine-tune", "--steps", "20", "--ensemble", "1", "--seed", "0"]
+    train_flags = ["--no-fine-tune", "--steps", "20", "--ensemble", "1", "--seed", "0", *recipe]
     flags = ["--index", str(written_index), "--out", str(out), "--quiet"]
     assert main(["retrain", *flags, "--", *train_flags, "--quiet"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
@@ -216,6 +226,7 @@ def test_retrain_learns_the_labels_added_over_the_api_and_reembeds(written_index
     assert layout.current_version(written_index) == "000003"
     with open_index(written_index, model=load_model(out)) as version:
         assert version.manifest["operation"]["kind"] == "reembed"
+        assert version.dim == (128 if recipe else 640)
 
 
 def test_train_from_an_index_without_labels_says_what_to_do(tmp_path, trained_model, capsys):
@@ -249,7 +260,7 @@ def test_train_from_an_index_of_one_class_names_the_index(tmp_path, trained_mode
 @pytest.mark.slow
 @pytest.mark.parametrize("reload_interval", [0.2, 0.0], ids=["polling", "no-polling"])
 def test_a_served_index_swaps_to_the_reembedded_version_under_load(
-    written_index, tuned_model, reload_interval
+    written_index, new_model_dir, reload_interval
 ):
     """Searches and acknowledged writes run before, during and after the job: no call
     fails, every acknowledged write is there exactly once afterwards, and every one of
@@ -263,7 +274,7 @@ def test_a_served_index_swaps_to_the_reembedded_version_under_load(
     from siamese_search.client import Example, SearchClient
     from tests.test_writes import _start
 
-    new_model = load_model(tuned_model)
+    new_model = load_model(new_model_dir)
     server = _start(written_index, reload_interval=reload_interval)
     failures: list[str] = []
     acknowledged: dict[str, str] = {}
@@ -320,6 +331,44 @@ def test_a_served_index_swaps_to_the_reembedded_version_under_load(
         got = version.vectors_at(np.array([found[i] for i in order]))
         expected = new_model.embed([acknowledged[i] for i in order])
         np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_server_follows_a_rollback_across_a_change_of_dimension(
+    written_index, trained_model, labels_only_model
+):
+    """Re-embedded with a model of 128 dimensions, then rolled back to the 640-d
+    version before: a read-only server swaps model and index each time, its searches
+    answer in the served model's space, and a writer of the old model writes on."""
+    import time
+
+    from siamese_search.client import SearchClient
+    from siamese_search.indexer.versions import rollback
+    from tests.test_writes import _start
+
+    old_model, new_model = load_model(trained_model), load_model(labels_only_model)
+    server = _start(written_index, writes=False)
+
+    def serves(model) -> None:
+        with SearchClient(f"127.0.0.1:{server.port}") as client:
+            deadline = time.monotonic() + 60
+            while client.info().model_fingerprint != model.fingerprint:
+                assert time.monotonic() < deadline, "the server did not swap models"
+                time.sleep(0.1)
+            hits = client.search("Welsh translation of the login page", k=3).neighbors
+            assert hits[0].id == "api-2" and hits[0].score == pytest.approx(1.0, abs=1e-4)
+
+    try:
+        serves(old_model)
+        reembed_index(written_index, new_model, QUIET)
+        serves(new_model)
+        assert rollback(written_index) == ("000003", "000002")
+        serves(old_model)
+    finally:
+        server.stop(0)
+    apply_changes(written_index, old_model, [Change("delete", ("api-1",))], QUIET)
+    with open_index(written_index, model=old_model) as version:
+        assert version.dim == old_model.dim and "api-1" not in _rows(written_index)
 
 
 def test_evaluate_against_an_index_counts_what_the_api_wrote(

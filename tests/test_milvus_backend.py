@@ -514,31 +514,39 @@ def test_a_whole_collection_version_from_before_segments_is_still_served(
 
 
 def test_a_reembedded_index_is_served_from_a_new_data_collection(
-    milvus_uri, tmp_path, trained_model, tuned_model, corpus
+    milvus_uri, tmp_path, trained_model, new_model_dir, corpus
 ):
     """siamese-index reembed --backend milvus: every vector changes, so the new
     version's rows go to a data collection of their own (the index signature names the
-    model); the alias serves the new model's neighbours, as the local index does."""
+    model), of the new model's dimension; the alias serves the new model's
+    neighbours, as the local index does, and a rollback serves the old model's again."""
     from siamese_search.indexer.reembed import reembed_index
 
     small, _ = corpus
+    new_model = load_model(new_model_dir)
+    name = f"reembedded_{new_model.dim}"  # an alias of its own per parameter
     target, index_dir, model, options = _built_on_milvus(
-        milvus_uri, "reembedded", tmp_path, trained_model, small, keep_versions=5
+        milvus_uri, name, tmp_path, trained_model, small, keep_versions=5
     )
     add_to_index(index_dir, model, _one_more_text(tmp_path), Columns(), options)
-    new_model = load_model(tuned_model)
     report = reembed_index(index_dir, new_model, options)
     assert report.version == "000003"
     before, after = _head(target, "000002"), _head(target, "000003")
     assert after.data != before.data and after.index["model"] == new_model.fingerprint
     assert _stored_rows(target, after.data) == 51
     assert _served_ids(target, new_model) == _local_ids(index_dir)
-    queries = new_model.embed(["fixing bugs", "a brand new text", "performance work"])
-    with MilvusSource(target).open_current() as served, open_index(index_dir) as local:
-        assert served.model_fingerprint == new_model.fingerprint
-        assert [[h.id for h in row] for row in served.search(queries, k=5)] == [
-            [h.id for h in row] for row in local.search(queries, k=5)
-        ]
+    texts = ["fixing bugs", "a brand new text", "performance work"]
+    for serving in (new_model, "rollback", model):
+        if serving == "rollback":
+            rollback(index_dir, milvus=target)
+            continue
+        queries = serving.embed(texts)
+        with MilvusSource(target).open_current() as served, open_index(index_dir) as local:
+            assert served.model_fingerprint == serving.fingerprint
+            assert served.dim == local.dim == serving.dim
+            assert [[h.id for h in row] for row in served.search(queries, k=5)] == [
+                [h.id for h in row] for row in local.search(queries, k=5)
+            ]
 
 
 def test_collections_are_served_from_their_milvus_aliases(

@@ -97,28 +97,37 @@ def test_a_damaged_space_file_is_refused(trained_model, tmp_path):
         load_model(copy)
 
 
-@pytest.mark.slow  # trains a model of its own
-def test_a_head_only_model_still_loads_and_serves_the_head_space(
-    sample_train, tmp_path, trained_model
-):
-    from siamese_search.core.errors import UserError
-    from siamese_search.core.tables import Columns
-    from siamese_search.indexer.build import BuildOptions, build_index
-    from siamese_search.indexer.reembed import reembed_index
-
-    flags = ("--no-fine-tune", "--steps", "20", "--ensemble", "1", "--served-space", "labels")
-    model = load_model(train_model(sample_train, tmp_path / "labels-only", *flags))
+def test_a_head_only_model_still_loads_and_serves_the_head_space(labels_only_model):
+    model = load_model(labels_only_model)
     assert model.space is None and "space" not in model.manifest
     assert model.embed(["fix crash"]).shape == (1, model.head.output_dim)
     assert model.label_shares(model.embed(["fix crash"])) is None
-    # re-embedding a served-space index with it: refused, with the way that keeps
-    # what the index holds (it said "build a new index", from a table without them)
-    quiet = BuildOptions(show_progress=False)
+
+
+def test_reembedding_refuses_carried_parameters_the_new_dimension_cannot_take(
+    sample_train, tmp_path, trained_model, labels_only_model
+):
+    """An ivf-pq index's pq_m divides its 640 dimensions; re-embedded with a 128-d
+    model the carried pq_m=40 cannot: refused before any text is embedded, saying the
+    parameter was carried and what to give instead; --index-param overrides it."""
+    from siamese_search.core.errors import UserError
+    from siamese_search.indexer import layout
+    from siamese_search.indexer.reembed import reembed_index
+    from siamese_search.indexer.store import open_index
+
+    params = {"nlist": 2, "pq_m": 40, "pq_bits": 4}
+    built = BuildOptions(show_progress=False, index_type="ivf-pq", index_params=params)
     index_dir = tmp_path / "index"
-    build_index(index_dir, load_model(trained_model), sample_train, Columns(label="class"), quiet)
-    with pytest.raises(UserError, match="640-d vectors and the model makes 128-d") as refused:
-        reembed_index(index_dir, model, quiet)
-    assert f"siamese-index export --index {index_dir}" in str(refused.value)
+    build_index(index_dir, load_model(trained_model), sample_train, Columns(label="class"), built)
+    new_model = load_model(labels_only_model)
+    with pytest.raises(UserError, match="pq_m=40.*carried from version 000001") as refused:
+        reembed_index(index_dir, new_model, BuildOptions(show_progress=False))
+    assert "128-d" in str(refused.value) and "--index-param pq_m" in str(refused.value)
+    assert not list(index_dir.glob(layout.COMPACT_PREFIX + "*"))  # refused before any work
+    fixed = BuildOptions(show_progress=False, index_params={"pq_m": 32})
+    assert reembed_index(index_dir, new_model, fixed).version == "000002"
+    with open_index(index_dir, model=new_model) as version:
+        assert version.dim == 128 and version.manifest["index"]["params"]["pq_m"] == 32
 
 
 @pytest.fixture(scope="module")
