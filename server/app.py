@@ -100,8 +100,9 @@ class SearchServer:
         if config.collections_dir is not None:
             served = {c.index_dir.resolve() for c in collections.all() if c.index_dir}
             found = collection_dirs.served_directories(config.collections_dir)
-            # what a killed server's drops left
+            # what a killed server's drops and creates left
             collection_dirs.finish_drops(config.collections_dir, collections.forget_in_backend)
+            collection_dirs.sweep_unfinished_creates(config.collections_dir)
             for directory in found:
                 if directory.resolve() not in served:
                     source = config.source_for(directory)

@@ -14,6 +14,8 @@ and dropped so that a crash at any moment leaves either all of it or none.
   marked directories and `.dropped-*` leftovers are removed. Before the mark, an
   acknowledged drop came back as a served collection after a kill, if the server
   died while the calls it waited for were still running.
+- A create cut short by a kill leaves its `.tmp-NAME-*` staging directory; a restart
+  removes those no living server is writing (`sweep_unfinished_creates`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from siamese_search.core.atomic import fsync_dir, write_bytes_atomic
+from siamese_search.core.atomic import fsync_dir, sweep_leftovers, write_bytes_atomic
 from siamese_search.core.errors import UserError
 from siamese_search.indexer import layout
 from siamese_search.server.openapi import NAME_PATTERN
@@ -133,3 +135,11 @@ def finish_drops(root: Path, forget: Forget | None = None) -> threading.Thread |
     thread = threading.Thread(target=finish, name="finish-drops", daemon=True)
     thread.start()
     return thread
+
+
+def sweep_unfinished_creates(root: Path) -> None:
+    """Remove the staging directories of CreateCollection calls a kill cut short (those
+    no living writer holds: another server on the same root may be creating one)."""
+    removed = sweep_leftovers(root)
+    if removed:
+        log.info("unfinished_creates_removed", extra={"fields": {"directories": removed}})

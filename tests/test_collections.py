@@ -512,6 +512,32 @@ def test_a_create_that_another_server_wins_meanwhile_is_already_exists(tmp_path,
         server.stop(0)
 
 
+def test_a_start_removes_what_a_killed_create_left(tmp_path, trained_model, monkeypatch):
+    """A server killed while it built a collection leaves its staging directory
+    (`.tmp-NAME-*`); the next start removes it, and not one another server is still
+    writing into the same root."""
+    from siamese_search.core import atomic
+    from tests.test_atomic import _kill, _writing
+
+    monkeypatch.setattr(atomic, "LEFTOVER_SECONDS", 0.0)
+    served = tmp_path / "root"
+    served.mkdir()
+    killed, killed_staging = _writing(served / "half")
+    _kill(killed)
+    living, living_staging = _writing(served / "other")  # another server's create
+    try:
+        server = SearchServer(_config(collections_dir=served, admin_token=ADMIN)).start()
+        try:
+            assert sorted(p.name for p in served.iterdir()) == [living_staging]
+            with SearchClient(f"127.0.0.1:{server.port}", token=ADMIN) as admin:
+                assert admin.create_collection("half", str(trained_model)).name == "half"
+        finally:
+            server.stop(0)
+    finally:
+        _kill(living)
+    assert killed_staging not in {p.name for p in served.iterdir()}
+
+
 def test_an_acknowledged_drop_stays_dropped_through_a_restart(tmp_path, trained_model):
     """A drop is acknowledged at once and its files go once its in-flight calls are
     done. A server stopped (or killed) in between used to leave the directory whole,
