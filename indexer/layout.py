@@ -12,7 +12,8 @@
       .milvus-pending      a write to Milvus started and its alias not yet moved: the
                            next writer reconciles Milvus first (backends/milvus_writer.py)
       DROPPED              a server dropped this collection (server/collection_dirs.py):
-                           no server serves it again; the next one to start removes it
+                           no server serves it again, no writer writes to it again
+                           (writer_lock refuses), and the next server to start removes it
 
 Each version holds `manifest.json` and `manifest.sha256` (the manifest's checksum,
 which covers the checksums of every other file), so a reader can trust all of it.
@@ -53,6 +54,8 @@ from siamese_search.core.errors import ArtifactMismatchError, UserError
 CURRENT = "CURRENT"
 VERSIONS = "versions"
 LOCK = ".lock"
+#: written (under the writer lock) when a collections server drops the index
+DROPPED = "DROPPED"
 MANIFEST = "manifest.json"
 MANIFEST_SUM = "manifest.sha256"
 INDEX_FILE = "index.faiss"
@@ -147,6 +150,7 @@ def writer_lock(index_dir: Path, wait: float = DEFAULT_WAIT_SECONDS) -> Iterator
         with open(index_dir / LOCK, "a+") as handle:
             _acquire(handle, index_dir, wait)
             try:
+                _refuse_dropped(index_dir)
                 yield
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
@@ -154,6 +158,21 @@ def writer_lock(index_dir: Path, wait: float = DEFAULT_WAIT_SECONDS) -> Iterator
         if created and not list_versions(index_dir):
             shutil.rmtree(index_dir, ignore_errors=True)
         raise
+
+
+def is_dropped(index_dir: Path) -> bool:
+    return (Path(index_dir) / DROPPED).exists()
+
+
+def _refuse_dropped(index_dir: Path) -> None:
+    """A dropped collection's files are about to go: what a writer published there
+    would be acknowledged and then deleted with them."""
+    if is_dropped(index_dir):
+        raise UserError(
+            f"{index_dir} was dropped as a collection (it holds a {DROPPED} file): its "
+            "files are being removed, and nothing was written; write to another index "
+            "directory"
+        )
 
 
 def _acquire(handle, index_dir: Path, wait: float) -> None:

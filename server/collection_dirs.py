@@ -38,7 +38,10 @@ log = logging.getLogger("siamese.server")
 #: a collection's name (and its directory's): the API's rule, server.openapi
 VALID_NAME = re.compile(NAME_PATTERN)
 #: in a collection's directory: it was dropped, whatever else it holds
-DROPPED_FILE = "DROPPED"
+DROPPED_FILE = layout.DROPPED
+#: how long a drop waits for a writer of the collection (a siamese-index job, a
+#: commit of its writes) to finish before it is refused
+DROP_WAIT_SECONDS = 10.0
 #: a dropped collection's directory, renamed aside while it is removed
 DROPPED_PREFIX = ".dropped-"
 
@@ -60,7 +63,7 @@ def served_directories(root: Path) -> list[Path]:
 
 
 def is_dropped(directory: Path) -> bool:
-    return (Path(directory) / DROPPED_FILE).exists()
+    return layout.is_dropped(directory)
 
 
 def _is_index(directory: Path) -> bool:
@@ -68,9 +71,14 @@ def _is_index(directory: Path) -> bool:
 
 
 def mark_dropped(directory: Path) -> None:
-    """Make a drop durable before it is acknowledged: no server serves `directory` again."""
-    write_bytes_atomic(Path(directory) / DROPPED_FILE, b"dropped\n")
-    fsync_dir(Path(directory))
+    """Make a drop durable before it is acknowledged: no server serves `directory` again,
+    and no writer writes to it again. Marked under the writer lock, so a writer that
+    published before the mark is waited for (its version goes with the files) and
+    every later one is refused (`layout.writer_lock`), instead of being acknowledged
+    and then deleted with the files. UserError when a writer holds it too long."""
+    with layout.writer_lock(directory, DROP_WAIT_SECONDS):
+        write_bytes_atomic(Path(directory) / DROPPED_FILE, b"dropped\n")
+        fsync_dir(Path(directory))
 
 
 #: what else a dropped collection leaves, removed before its directory (its Milvus

@@ -411,6 +411,13 @@ class Collections:
                     f"collection {name} could not be marked dropped ({error.strerror}); "
                     "it is still served: try again once its disk takes writes",
                 ) from None
+            except UserError:  # its writer lock stayed held
+                raise CollectionRefused(
+                    "UNAVAILABLE",
+                    f"collection {name} is being written (a siamese-index job, or a commit "
+                    f"of its writes) and was still after {collection_dirs.DROP_WAIT_SECONDS:g} "
+                    "s; it is still served: try again when that is done",
+                ) from None
         with self._lock:
             if self._by_name.get(name) is not collection:
                 raise CollectionNotFound(f"this server serves no collection {name!r}")

@@ -572,6 +572,49 @@ def test_an_acknowledged_drop_stays_dropped_through_a_restart(tmp_path, trained_
             held.exit()
 
 
+def test_a_drop_waits_for_a_writer_and_refuses_every_later_one(
+    tmp_path, trained_model, sample_train, monkeypatch
+):
+    """A siamese-index job writing to a collection's directory: the drop waits for it
+    (here it holds on: UNAVAILABLE, still served), and once the drop is acknowledged
+    no writer can publish there; a later `siamese-index add` used to exit 0 with a
+    version that went with the files."""
+    from siamese_search.core.errors import UserError
+    from siamese_search.indexer import layout
+    from siamese_search.indexer.build import add_to_index
+    from siamese_search.server import collection_dirs
+
+    monkeypatch.setattr(collection_dirs, "DROP_WAIT_SECONDS", 0.5)
+    served = tmp_path / "root"
+    served.mkdir()
+    server = SearchServer(_config(collections_dir=served, admin_token=ADMIN)).start()
+    held = None
+    try:
+        with SearchClient(f"127.0.0.1:{server.port}", token=ADMIN) as admin:
+            admin.create_collection("busy", str(trained_model))
+            with layout.writer_lock(served / "busy"):  # a job mid-write
+                with pytest.raises(grpc.RpcError) as refused:
+                    admin.drop_collection("busy")
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "being written" in refused.value.details()
+            assert "busy" in {c.name for c in admin.collections()}
+            held = server.collections.get("busy").holder.acquire()  # keeps its files
+            admin.drop_collection("busy")
+        with pytest.raises(UserError, match="was dropped as a collection"):
+            add_to_index(
+                served / "busy",
+                load_model(trained_model),
+                sample_train,
+                Columns(label="class"),
+                BuildOptions(show_progress=False),
+            )
+        assert layout.current_version(served / "busy") == "000001"
+    finally:
+        if held is not None:
+            held.exit()
+        server.stop(0)
+
+
 def test_a_page_token_is_refused_by_another_collection(tmp_path, trained_model, sample_train):
     """Version numbers start at 1 in every index, so a page token names its index too:
     one collection's token sent to another is INVALID_ARGUMENT, not a page of the other
