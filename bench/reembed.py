@@ -3,6 +3,10 @@
 in interleaved rounds (the best of each kept). The rows: the commit test texts, made
 distinct by a numbered suffix until there are N.
 
+And resuming (indexer.resume): a reembed stopped once half its rows are embedded (an
+exception at a page, as a Ctrl-C; checkpoints every CHECKPOINT_SECONDS, 2 s here), then
+the run that resumes it: its time against a whole reembed's.
+
 Usage: python bench/reembed.py [--model artifacts/model] [--rows 100000] [--rounds 2]
 """
 
@@ -42,7 +46,8 @@ def main() -> int:
                 writer.writerow([f"r{i}", f"{base[i % len(base)]} #{i // len(base)}", "x"])
         index_dir = Path(scratch) / "index"
         columns = Columns(text="text", label="label", id="id")
-        times: dict[str, list[float]] = {"build": [], "reembed": []}
+        times: dict[str, list[float]] = {"build": [], "reembed": [], "resumed": []}
+        reused = 0
         for _ in range(args.rounds):
             started = time.perf_counter()
             build_index(index_dir, model, table, columns, quiet)
@@ -50,13 +55,45 @@ def main() -> int:
             started = time.perf_counter()
             reembed_index(index_dir, model, quiet)
             times["reembed"].append(time.perf_counter() - started)
+            stop_at_half(index_dir, model, quiet, args.rows)
+            started = time.perf_counter()
+            reused = reembed_index(index_dir, model, quiet).reused
+            times["resumed"].append(time.perf_counter() - started)
     best = {name: min(values) for name, values in times.items()}
     print(
         f"{args.rows} rows, {model.encoder_runtime} runtime: build {best['build']:.1f} s, "
         f"reembed {best['reembed']:.1f} s ({best['reembed'] / best['build']:.2f}x); "
+        f"resumed after a stop at half: {best['resumed']:.1f} s "
+        f"({best['resumed'] / best['reembed']:.2f}x a whole reembed, {reused} rows reused); "
         f"rounds {times}"
     )
     return 0
+
+
+class Stopped(Exception):
+    """Stands for a kill or a Ctrl-C."""
+
+
+def stop_at_half(index_dir: Path, model, options, rows: int) -> None:
+    """A reembed stopped at the first page past half the rows."""
+    from siamese_search.indexer import layout, reembed, resume
+
+    resume.CHECKPOINT_SECONDS = 2.0
+    pages = [0]
+
+    def observer(stage: str) -> None:
+        if stage == "reembed-page":
+            pages[0] += 1
+            if pages[0] * reembed.PAGE_ROWS >= rows / 2:
+                raise Stopped
+
+    layout.CHECKPOINT_OBSERVERS.append(observer)
+    try:
+        reembed.reembed_index(index_dir, model, options)
+    except Stopped:
+        pass
+    finally:
+        layout.CHECKPOINT_OBSERVERS.remove(observer)
 
 
 if __name__ == "__main__":

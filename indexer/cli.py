@@ -364,10 +364,11 @@ def _model_for(args, index_dir: Path):
 def _report(report, data: Path | None) -> None:
     if report.problems and data is not None:
         print(describe_problems(data, report.problems), file=sys.stderr)
+    reused = f", {report.reused} taken from a stopped run" if report.reused else ""
     print(
         f"version {report.version}: {report.count} vectors ({report.index_type}); "
-        f"+{report.added} -{report.removed}, {len(report.problems)} row(s) skipped, "
-        f"{report.seconds:.1f} s"
+        f"+{report.added} -{report.removed}, {len(report.problems)} row(s) skipped"
+        f"{reused}, {report.seconds:.1f} s"
     )
 
 

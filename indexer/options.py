@@ -56,3 +56,5 @@ class BuildReport:
     index_type: str
     problems: list[RowProblem] = field(default_factory=list)
     seconds: float = 0.0
+    #: rows a re-embedding took from what a stopped run of it embedded (indexer.resume)
+    reused: int = 0

@@ -98,6 +98,12 @@ class SegmentWriter:
         )
         np.ascontiguousarray(vectors, dtype=np.float32).tofile(self.vectors)
 
+    def flush_vectors(self) -> Path:
+        """Hand the vectors appended so far to the OS (a checkpoint fsyncs them: see
+        indexer.resume); the vectors file's path."""
+        self.vectors.flush()
+        return self.directory / layout.VECTORS_FILE
+
     def _code(self, label: str | None) -> int:
         if not label:
             return NO_LABEL

@@ -15,7 +15,7 @@ import pytest
 from siamese_search.core.errors import UserError
 from siamese_search.core.model_artifact import load_model
 from siamese_search.core.tables import Columns, read_table
-from siamese_search.indexer import layout
+from siamese_search.indexer import layout, resume
 from siamese_search.indexer.build import BuildOptions, apply_changes, build_index
 from siamese_search.indexer.changes import Change
 from siamese_search.indexer.export import export_version
@@ -185,6 +185,87 @@ def test_a_killed_job_leaves_the_current_version_serving_and_the_next_run_works(
     before = _rows(written_index)  # opens and verifies the current version
     report = reembed_index(written_index, load_model(tuned_model), QUIET)
     assert report.version == "000003" and _rows(written_index) == before
+    # what the killed run had made durable is not embedded again: nothing on its first
+    # page (the first checkpoint comes CHECKPOINT_SECONDS in), every row once embedded
+    assert report.reused == (0 if stop_at == "reembed-page" else len(before))
+    assert not list(written_index.glob(resume.WORKSPACE_PREFIX + "*"))
+
+
+class _Stop(Exception):
+    """Stands for a kill or a Ctrl-C in a job run in this process."""
+
+
+def _stop_after_pages(pages: int):
+    seen = []
+
+    def observer(stage: str) -> None:
+        if stage == "reembed-page":
+            seen.append(stage)
+            if len(seen) == pages:
+                raise _Stop
+
+    return observer
+
+
+def _live_texts(version) -> list[str]:
+    return [text for rows in version.records().iter_all() for _, _, _, text in rows]
+
+
+def test_a_stopped_job_resumes_with_what_it_embedded(
+    written_index, trained_model, tuned_model, monkeypatch
+):
+    """Stopped after 4 pages of 10, with writes before the next run (a delete, a row
+    whose text changed): the next run takes the checkpointed rows whose text it still
+    holds from the workspace, embeds the rest, and publishes what a run from scratch
+    would (each vector the new model's of the row's text now); then the workspace goes."""
+    from siamese_search.indexer import reembed
+
+    monkeypatch.setattr(reembed, "PAGE_ROWS", 10)
+    monkeypatch.setattr(resume, "CHECKPOINT_SECONDS", 0.0)
+    old_model, new_model = load_model(trained_model), load_model(tuned_model)
+    layout.CHECKPOINT_OBSERVERS.append(_stop_after_pages(4))
+    try:
+        with pytest.raises(_Stop):
+            reembed_index(written_index, new_model, QUIET)
+    finally:
+        layout.CHECKPOINT_OBSERVERS.clear()
+    assert layout.current_version(written_index) == "000002"
+    (workspace,) = written_index.glob(resume.WORKSPACE_PREFIX + "*")
+    checkpointed = json.loads((workspace / resume.PROGRESS_FILE).read_text())["rows"]
+    with open_index(written_index) as stopped_at:  # the live rows of 4 pages of 10
+        done = set(_live_texts(stopped_at)[:checkpointed])
+    assert 36 <= checkpointed <= 40
+    first_ids = [i for i in _rows(written_index) if _rows(written_index)[i][1] in done]
+    changes = [
+        Change("delete", (first_ids[0],)),
+        Change("upsert", (first_ids[1],), ("An entirely new text for this row",), ("1",)),
+    ]
+    apply_changes(written_index, old_model, changes, QUIET)
+    with open_index(written_index) as now:
+        expected = sum(text in done for text in _live_texts(now))
+    report = reembed_index(written_index, new_model, QUIET)
+    assert report.reused == expected and 30 <= expected < report.count
+    with open_index(written_index, model=new_model) as version:
+        np.testing.assert_allclose(
+            version.vectors(), new_model.embed(_live_texts(version)), atol=1e-5
+        )
+    assert not list(written_index.glob(resume.WORKSPACE_PREFIX + "*"))
+
+
+def test_a_job_with_another_model_removes_a_stopped_ones_workspace(
+    written_index, tuned_model, labels_only_model, monkeypatch
+):
+    monkeypatch.setattr(resume, "CHECKPOINT_SECONDS", 0.0)
+    layout.CHECKPOINT_OBSERVERS.append(_stop_after_pages(1))
+    try:
+        with pytest.raises(_Stop):
+            reembed_index(written_index, load_model(tuned_model), QUIET)
+    finally:
+        layout.CHECKPOINT_OBSERVERS.clear()
+    assert len(list(written_index.glob(resume.WORKSPACE_PREFIX + "*"))) == 1
+    report = reembed_index(written_index, load_model(labels_only_model), QUIET)
+    assert report.reused == 0
+    assert not list(written_index.glob(resume.WORKSPACE_PREFIX + "*"))
 
 
 def test_the_index_cli_exports_and_reembeds(written_index, tuned_model, tmp_path):
