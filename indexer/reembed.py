@@ -28,6 +28,7 @@ next job or compaction) and the next run starts again.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,19 +68,24 @@ def reembed_index(index_dir: Path, model: EmbeddingModel, options: BuildOptions)
             # kept when this run does not publish: the next one reuses what it embedded
             workspace = open_workspace(index_dir, model.fingerprint, model.dim)
             try:
-                merged, reused = _reembed(snapshot, workspace, model, kind, params, options)
-            finally:
-                workspace.close()
-            from_model = snapshot.model_fingerprint
-            layout.checkpoint("reembed-embedded")
+                try:
+                    merged, reused = _reembed(snapshot, workspace, model, kind, params, options)
+                finally:
+                    workspace.close()
+                from_model = snapshot.model_fingerprint
+                layout.checkpoint("reembed-embedded")
 
-            def plan_for(base: IndexVersion | None) -> Plan:
-                assert base is not None
-                return _publish_plan(base, merged, kind, params, from_model, index_dir)
+                def plan_for(base: IndexVersion | None) -> Plan:
+                    assert base is not None
+                    return _publish_plan(base, merged, kind, params, from_model, index_dir)
 
-            report = write_version(
-                index_dir, model, options, plan_for, needs_base=True, model_change=True
-            )
+                report = write_version(
+                    index_dir, model, options, plan_for, needs_base=True, model_change=True
+                )
+            except BaseException:
+                if note := workspace.kept_note():
+                    print(note, file=sys.stderr, flush=True)
+                raise
             workspace.remove()
     seconds = time.perf_counter() - started
     return dataclasses.replace(report, seconds=seconds, reused=reused)

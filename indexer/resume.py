@@ -138,6 +138,24 @@ class Workspace:
         _add_part(self.directory, vectors, rows, self.dim, link=True)
         (self.directory / PROGRESS_FILE).unlink(missing_ok=True)
 
+    def kept_note(self) -> str | None:
+        """What a run that did not publish leaves for the next one, said to its user
+        (the disk it takes is theirs to free); None when nothing was checkpointed."""
+        parts = _parts(self.directory / CACHE_DIR, self.dim)
+        rows = sum(len(keys) for keys, _ in parts)
+        try:
+            rows += int(json.loads((self.directory / PROGRESS_FILE).read_text())["rows"])
+        except (OSError, ValueError, KeyError):
+            pass
+        if not rows:
+            return None
+        megabytes = sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file()) / 1e6
+        return (
+            f"the {rows} vectors embedded so far are kept in {self.directory} "
+            f"({megabytes:.0f} MB): run the same reembed again to go on from them, or "
+            "delete that directory"
+        )
+
     def close(self) -> None:
         self._keys.close()
 

@@ -212,7 +212,7 @@ def _live_texts(version) -> list[str]:
 
 
 def test_a_stopped_job_resumes_with_what_it_embedded(
-    written_index, trained_model, tuned_model, monkeypatch
+    written_index, trained_model, tuned_model, monkeypatch, capsys
 ):
     """Stopped after 4 pages of 10, with writes before the next run (a delete, a row
     whose text changed): the next run takes the checkpointed rows whose text it still
@@ -232,6 +232,8 @@ def test_a_stopped_job_resumes_with_what_it_embedded(
     assert layout.current_version(written_index) == "000002"
     (workspace,) = written_index.glob(resume.WORKSPACE_PREFIX + "*")
     checkpointed = json.loads((workspace / resume.PROGRESS_FILE).read_text())["rows"]
+    said = capsys.readouterr().err  # where it is and how to resume, or free the disk
+    assert f"the {checkpointed} vectors embedded so far are kept in {workspace}" in said
     with open_index(written_index) as stopped_at:  # the live rows of 4 pages of 10
         done = set(_live_texts(stopped_at)[:checkpointed])
     assert 36 <= checkpointed <= 40
