@@ -149,7 +149,8 @@ class Workspace:
             pass
         if not rows:
             return None
-        megabytes = sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file()) / 1e6
+        files = {(s.st_dev, s.st_ino): s.st_size for s in _file_stats(self.directory)}
+        megabytes = sum(files.values()) / 1e6  # a hard-linked part once
         return (
             f"the {rows} vectors embedded so far are kept in {self.directory} "
             f"({megabytes:.0f} MB): run the same reembed again to go on from them, or "
@@ -198,6 +199,10 @@ def _keep_checkpointed_rows(directory: Path, dim: int) -> None:
     if usable and rows > 0:
         _add_part(directory, vectors, rows, dim, link=False)
     progress_path.unlink()
+
+
+def _file_stats(directory: Path) -> list[os.stat_result]:
+    return [path.stat() for path in directory.rglob("*") if path.is_file()]
 
 
 def _add_part(directory: Path, vectors: Path, rows: int, dim: int, link: bool) -> None:
