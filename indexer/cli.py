@@ -163,7 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="index a whole table as a new version",
     )
     build.add_argument("--model", required=True, type=Path, help="model directory")
-    build.add_argument("--out", required=True, type=Path, help="index directory")
+    build.add_argument(
+        "--out",
+        "--index",
+        dest="out",
+        required=True,
+        type=Path,
+        help="index directory (--index, as the other commands name it, works too)",
+    )
     build.add_argument(
         "--replace",
         action="store_true",

@@ -161,6 +161,15 @@ def test_index_parameters_out_of_range_are_refused_before_any_text_is_embedded(
     assert not (tmp_path / "index").exists()
 
 
+def test_build_takes_index_as_every_other_command_names_the_directory(tmp_path, trained_model):
+    """`--index DIR` (as add, delete, reembed... say) was "ambiguous option: --index
+    could match --index-metadata, --index-type, --index-param"."""
+    data = _table(tmp_path / "a.csv", _rows("a", 5))
+    argv = ["build", "--model", str(trained_model), "--data", str(data)]
+    assert index_main([*argv, "--index", str(tmp_path / "index"), "--quiet"]) == 0
+    assert (tmp_path / "index" / "CURRENT").is_file()
+
+
 def test_add_reads_the_table_as_the_index_was_built_and_finds_the_id_column(
     tmp_path, trained_model, capsys
 ):
