@@ -5,7 +5,8 @@ distinct by a numbered suffix until there are N.
 
 And resuming (indexer.resume): a reembed stopped once half its rows are embedded (an
 exception at a page, as a Ctrl-C; checkpoints every CHECKPOINT_SECONDS, 2 s here), then
-the run that resumes it: its time against a whole reembed's.
+the run that resumes it: its time against a whole reembed's; and what keeping a build
+resumable costs: the build again with its workspace switched off.
 
 Usage: python bench/reembed.py [--model artifacts/model] [--rows 100000] [--rounds 2]
 """
@@ -13,6 +14,7 @@ Usage: python bench/reembed.py [--model artifacts/model] [--rows 100000] [--roun
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import sys
 import tempfile
@@ -46,12 +48,21 @@ def main() -> int:
                 writer.writerow([f"r{i}", f"{base[i % len(base)]} #{i // len(base)}", "x"])
         index_dir = Path(scratch) / "index"
         columns = Columns(text="text", label="label", id="id")
-        times: dict[str, list[float]] = {"build": [], "reembed": [], "resumed": []}
+        times: dict[str, list[float]] = {
+            "build": [],
+            "build, not resumable": [],
+            "reembed": [],
+            "resumed": [],
+        }
         reused = 0
         for _ in range(args.rounds):
             started = time.perf_counter()
             build_index(index_dir, model, table, columns, quiet)
             times["build"].append(time.perf_counter() - started)
+            with no_build_workspace():
+                started = time.perf_counter()
+                build_index(index_dir, model, table, columns, quiet)
+                times["build, not resumable"].append(time.perf_counter() - started)
             started = time.perf_counter()
             reembed_index(index_dir, model, quiet)
             times["reembed"].append(time.perf_counter() - started)
@@ -61,13 +72,27 @@ def main() -> int:
             times["resumed"].append(time.perf_counter() - started)
     best = {name: min(values) for name, values in times.items()}
     print(
-        f"{args.rows} rows, {model.encoder_runtime} runtime: build {best['build']:.1f} s, "
+        f"{args.rows} rows, {model.encoder_runtime} runtime: build {best['build']:.1f} s "
+        f"(not resumable {best['build, not resumable']:.1f} s), "
         f"reembed {best['reembed']:.1f} s ({best['reembed'] / best['build']:.2f}x); "
         f"resumed after a stop at half: {best['resumed']:.1f} s "
         f"({best['resumed'] / best['reembed']:.2f}x a whole reembed, {reused} rows reused); "
         f"rounds {times}"
     )
     return 0
+
+
+@contextlib.contextmanager
+def no_build_workspace():
+    """Builds without indexer.resume's workspace (what a build cost before it)."""
+    from siamese_search.indexer import transaction
+
+    kept = transaction._ingest_workspace
+    transaction._ingest_workspace = lambda *_: None
+    try:
+        yield
+    finally:
+        transaction._ingest_workspace = kept
 
 
 class Stopped(Exception):

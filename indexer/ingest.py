@@ -25,6 +25,7 @@ from siamese_search.core.tables import (
 from siamese_search.indexer import layout
 from siamese_search.indexer.metadata import MetadataError, check_metadata, encode
 from siamese_search.indexer.options import BuildOptions
+from siamese_search.indexer.resume import Workspace
 from siamese_search.indexer.version_writer import VersionWriter
 
 
@@ -58,9 +59,12 @@ def ingest(
     options: BuildOptions,
     first_row_id: int = 0,
     records: int | None = None,
+    workspace: Workspace | None = None,
 ) -> tuple[int, list]:
     """Read, check, embed and append new rows. Returns (rows added, row problems).
-    `records`: how many records `source` holds, when already counted.
+    `records`: how many records `source` holds, when already counted; `workspace`:
+    where what is embedded is kept for a next run, and what a stopped one embedded
+    is found (indexer.resume).
 
     Ids already written (from the base version, or earlier in the file) are duplicates.
     Rows are checked here whatever the engine; only the embedding runs locally or on
@@ -103,7 +107,13 @@ def ingest(
         mininterval=0.5,
         smoothing=0.1,
     )
+    if workspace is not None:
+        workspace.attach(writer.new.flush_vectors(), first=writer.new.count)
+        if workspace.cache and options.show_progress:
+            print(f"resuming: {len(workspace.cache)} vectors a stopped run embedded are kept")
     with bar, embedder(model, options) as embed:
+        if workspace is not None:
+            embed = workspace.embedding(embed)
         for vectors in embed(checked_texts()):
             chunk, keep, fields = accepted.popleft()
             ids = [chunk.ids[i] for i in keep]
@@ -111,9 +121,15 @@ def ingest(
             writer.append(ids, labels, [chunk.texts[i] for i in keep], vectors, fields)
             pending.difference_update(ids)
             added += len(keep)
+            if workspace is not None:
+                writer.new.flush_vectors()
+                workspace.checkpoint(writer.new.count)
             layout.checkpoint("during-ingest")
             bar.update(len(chunk) + len(chunk.problems))
             bar.set_postfix(indexed=writer.count, skipped=len(problems), refresh=False)
+    if workspace is not None:
+        writer.new.flush_vectors()
+        workspace.checkpoint(writer.new.count, force=True)  # a failed publish loses none
     if problems and options.strict:
         raise DataError(
             describe_problems(Path(name), problems)

@@ -9,8 +9,9 @@
       .tmp-*               a version being written; ignored by readers, swept by writers
       .compact-*           a compaction's merged segment, built outside the lock
       .compact.lock        held by the one compaction at a time
-      .reembed-*           a re-embedding job's workspace, per model: kept when it
-                           does not publish, so the next run resumes (indexer/resume.py)
+      .reembed-*, .ingest-*  a re-embedding's or a table write's workspace, per model:
+                           kept when it does not publish, so the next run resumes
+                           (indexer/resume.py)
       .milvus-pending      a write to Milvus started and its alias not yet moved: the
                            next writer reconciles Milvus first (backends/milvus_writer.py)
       DROPPED              a server dropped this collection (server/collection_dirs.py):

@@ -46,7 +46,7 @@ from siamese_search.indexer.compaction import MergedSegment
 from siamese_search.indexer.ingest import embedder
 from siamese_search.indexer.metadata import decode
 from siamese_search.indexer.options import BuildOptions, BuildReport
-from siamese_search.indexer.resume import Workspace, open_workspace, text_keys
+from siamese_search.indexer.resume import Workspace, open_workspace
 from siamese_search.indexer.store import IndexVersion, open_index
 from siamese_search.indexer.transaction import Plan, write_version
 from siamese_search.indexer.version_writer import SegmentWriter, described, indexed_keys_of
@@ -66,10 +66,12 @@ def reembed_index(index_dir: Path, model: EmbeddingModel, options: BuildOptions)
             kind, params = carried_index_settings(snapshot.manifest, options)
             _check_carried_params(params, kind, snapshot, model)
             # kept when this run does not publish: the next one reuses what it embedded
-            workspace = open_workspace(index_dir, model.fingerprint, model.dim)
+            workspace = open_workspace(
+                index_dir, "reembed", model.fingerprint, model.dim, "siamese-index reembed"
+            )
             try:
                 try:
-                    merged, reused = _reembed(snapshot, workspace, model, kind, params, options)
+                    merged = _reembed(snapshot, workspace, model, kind, params, options)
                 finally:
                     workspace.close()
                 from_model = snapshot.model_fingerprint
@@ -83,12 +85,12 @@ def reembed_index(index_dir: Path, model: EmbeddingModel, options: BuildOptions)
                     index_dir, model, options, plan_for, needs_base=True, model_change=True
                 )
             except BaseException:
-                if note := workspace.kept_note():
+                if note := workspace.left_behind():
                     print(note, file=sys.stderr, flush=True)
                 raise
             workspace.remove()
     seconds = time.perf_counter() - started
-    return dataclasses.replace(report, seconds=seconds, reused=reused)
+    return dataclasses.replace(report, seconds=seconds, reused=workspace.reused)
 
 
 def _check_carried_params(
@@ -114,33 +116,29 @@ def _reembed(
     kind: str,
     params: dict | None,
     options: BuildOptions,
-) -> tuple[MergedSegment, int]:
+) -> MergedSegment:
     """The snapshot's live rows, in order, embedded with `model` as one new segment
-    (the texts a stopped run embedded taken from the workspace's cache); and how many
-    rows were taken from it."""
+    (the texts a stopped run embedded taken from the workspace's cache)."""
     # named as a compaction's segment would be (it replaces the snapshot's segments
     # the same way): unique in any version that can hold it, and a Milvus row key
     name = f"c{snapshot.name}"
     indexed = indexed_keys_of(snapshot.manifest, options.index_metadata)
     writer = SegmentWriter(workspace.directory, name, model.dim, snapshot.has_labels, indexed)
+    workspace.attach(writer.flush_vectors(), first=0)
     replaces: dict[str, tuple[int, np.ndarray]] = {}
-    pages: list[tuple[list, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # not written
-    cache = workspace.cache
-    if cache and options.show_progress:
-        print(f"resuming: {len(cache)} vectors a stopped run embedded with this model are kept")
+    pages: list[tuple[list, np.ndarray, int]] = []  # read, not yet written
+    if workspace.cache and options.show_progress:
+        print(f"resuming: {len(workspace.cache)} vectors a stopped run embedded are kept")
 
     def texts() -> Iterator[list[str]]:
-        """Each page's texts the cache does not hold (what is left to embed)."""
         for segment in snapshot.segments:
             moved = np.full(segment.rows, -1, dtype=np.int64)
             replaces[segment.name] = (segment.rows, moved)
             for rows in segment.records.iter_all(PAGE_ROWS, with_metadata=True):
                 live = [row for row in rows if segment.is_live(row[0])]
                 if live:
-                    keys = text_keys([row[3] for row in live])
-                    found, cached = cache.lookup(keys)
-                    pages.append((live, moved, keys, found, cached))
-                    yield [row[3] for row, hit in zip(live, found, strict=True) if not hit]
+                    pages.append((live, moved, segment.offset))
+                    yield [row[3] for row in live]
 
     bar = tqdm(
         total=snapshot.count,
@@ -149,13 +147,9 @@ def _reembed(
         disable=not options.show_progress,
         mininterval=0.5,
     )
-    reused = 0
     with bar, embedder(model, options) as embed:
-        for embedded in embed(texts()):
-            live, moved, keys, found, cached = pages.pop(0)
-            vectors = np.empty((len(live), model.dim), np.float32)
-            vectors[found], vectors[~found] = cached, embedded
-            reused += int(found.sum())
+        for vectors in workspace.embedding(embed)(texts()):
+            live, moved, _ = pages.pop(0)
             first = writer.count
             writer.append(
                 [row[1] for row in live],
@@ -165,18 +159,19 @@ def _reembed(
                 [row[4] for row in live],
             )
             moved[[local for local, *_ in live]] = np.arange(first, writer.count)
-            workspace.record(keys)
-            workspace.checkpoint(writer.count, writer.flush_vectors())
+            writer.flush_vectors()
+            workspace.checkpoint(writer.count)
             bar.update(len(live))
             layout.checkpoint("reembed-page")
-    workspace.keep(writer.count, writer.flush_vectors())
+    writer.flush_vectors()
+    workspace.checkpoint(writer.count, force=True)  # a failed publish loses none of it
     if options.show_progress:
         print(f"building the {kind} index of {writer.count} rows...")
     entry = writer.finish(kind, params, whole_version=True)
     files = {
         path.rsplit("/", 1)[1]: described(workspace.directory, path) for path in writer.files()
     }
-    return MergedSegment(entry, writer.directory, files, replaces), reused
+    return MergedSegment(entry, writer.directory, files, replaces)
 
 
 def _publish_plan(

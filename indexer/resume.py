@@ -1,28 +1,33 @@
-"""Resuming a re-embedding job that stopped: what it embedded is not embedded again.
+"""Resuming a long embedding job that stopped: what it embedded is not embedded again.
 
-`siamese-index reembed` of a large index runs for hours (~1,300 texts/s a core), and a
-kill, a Ctrl-C or a refusal at publish ("the index changed while re-embedding") threw
-all of it away. Its workspace is now named after the new model (`.reembed-<hash of the
-fingerprint>` in the index directory) and outlives a run that did not publish:
+`siamese-index reembed` of a large index, or `build` / `add` of a large table, runs for
+hours (~1,300 texts/s a core), and a kill, a Ctrl-C or a refusal at publish ("the
+index changed while re-embedding") threw all of it away. Such a job now has a
+workspace in the index directory, named after its kind and model
+(`.reembed-<hash of the fingerprint>`, `.ingest-<...>`), that outlives a run that did
+not publish:
 
-- while a run embeds, every CHECKPOINT_SECONDS, the segment's vectors so far and a key
-  per row (a 16-byte BLAKE2b digest of its text) are fsynced, then `progress.json`
-  names how many rows they hold; the next run with the same model makes those rows a
-  cache part (`cache/part-N.f32` and `.keys`) and looks each text up there before
-  embedding it;
-- once a run has embedded everything, its rows become a cache part at once (hard
-  links: the segment moves into the new version at publish, so a publish that fails
-  or is killed loses none of it);
+- when a run starts its new segment, the segment's vectors file is hard-linked into
+  the workspace (`run.f32`): whatever becomes of the segment (its staging directory
+  swept by the next writer, or moved into a version), the workspace keeps the file;
+- every CHECKPOINT_SECONDS, and once everything is embedded, that file and a key per
+  row (a 16-byte BLAKE2b digest of its text, `keys.bin`) are fsynced, then
+  `progress.json` says how many rows they hold (after the rows the segment held
+  before: an `add` may first copy small base segments into it);
+- the next run of the same kind and model makes those rows a cache part
+  (`cache/part-N.f32` and `.keys`; the vectors file is renamed, never cut: it may be
+  a published version's) and looks each text up there before embedding it;
 - a run that publishes removes its workspace; a run with another model removes the
-  other models' (a workspace costs disk: up to the vectors of the rows it embedded,
-  once per stopped run).
+  other models' (a workspace costs the disk of the vectors stopped runs embedded).
 
 Why by text and not by row position: a resumed run reads a new snapshot (the one the
 stopped run read may have been pruned since, and rows written, deleted or compacted
 meanwhile), and a text's vector under one model is the same wherever its row is (to
 float rounding: it was computed in another batch).
 
-Only the job's own process touches its workspace: the job holds the compaction lock.
+Only one job of a kind touches its workspace at a time: reembed holds the compaction
+lock, build and add the writer lock. Only table files are resumable: the rows a
+server commits, or an evaluation indexes, are in memory and few.
 """
 
 from __future__ import annotations
@@ -32,21 +37,25 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from siamese_search.core.atomic import fsync_dir, write_json_atomic
 
-#: a re-embedding job's workspace in the index directory, per model
-WORKSPACE_PREFIX = ".reembed-"
+#: a job's workspace in the index directory, per kind ("reembed", "ingest") and model
+WORKSPACE_PREFIXES = {"reembed": ".reembed-", "ingest": ".ingest-"}
 PROGRESS_FILE = "progress.json"
 KEYS_FILE = "keys.bin"
+RUN_VECTORS = "run.f32"
 CACHE_DIR = "cache"
 #: how often a running job makes what it embedded durable (each costs two fsyncs)
 CHECKPOINT_SECONDS = 30.0
 KEY_DTYPE = np.dtype("S16")
+#: embeds lists of texts, one array per list, in order (indexer.ingest.embedder)
+Embed = Callable[[Iterator[list[str]]], Iterator[np.ndarray]]
 
 
 def text_keys(texts: Sequence[str]) -> np.ndarray:
@@ -61,8 +70,8 @@ def text_keys(texts: Sequence[str]) -> np.ndarray:
     )
 
 
-def workspace_name(fingerprint: str) -> str:
-    return WORKSPACE_PREFIX + hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+def workspace_name(kind: str, fingerprint: str) -> str:
+    return WORKSPACE_PREFIXES[kind] + hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
 
 
 class EmbeddingCache:
@@ -98,49 +107,71 @@ class EmbeddingCache:
 
 
 class Workspace:
-    """A re-embedding job's directory for one model: its segment, its keys, and the
-    cache of what stopped runs embedded (open with `open_workspace`)."""
+    """A job's directory for one model: the running segment's vectors (linked), their
+    keys, and the cache of what stopped runs embedded (open with `open_workspace`)."""
 
-    def __init__(self, directory: Path, dim: int, cache: EmbeddingCache):
+    def __init__(self, directory: Path, dim: int, cache: EmbeddingCache, command: str):
         self.directory = directory
         self.dim = dim
         self.cache = cache
+        self.command = command
+        self.reused = 0  # rows taken from the cache so far
         self._keys = open(directory / KEYS_FILE, "wb")
+        self._first = 0
+        self._vectors: Path | None = None
         self._last = time.monotonic()
 
-    def record(self, keys: np.ndarray) -> None:
-        """The keys of the rows just appended to the segment, in order."""
-        keys.tofile(self._keys)
+    def attach(self, vectors: Path, first: int) -> None:
+        """The new segment's vectors file (flushed: its first `first` rows are not
+        this job's embeddings), hard-linked so the workspace keeps it."""
+        os.link(vectors, self.directory / RUN_VECTORS)
+        self._vectors, self._first = vectors, first
 
-    def checkpoint(self, rows: int, vectors: Path) -> None:
-        """Make the first `rows` rows (their vectors in `vectors`, flushed by the caller)
-        durable for a next run, at most every CHECKPOINT_SECONDS."""
-        if time.monotonic() - self._last < CHECKPOINT_SECONDS:
+    def embedding(self, embed: Embed) -> Embed:
+        """`embed` with the cache in front: each list's texts the cache holds are taken
+        from it, the rest embedded; each list's keys recorded as its vectors are handed
+        out (the caller appends every array, in order, to the attached segment)."""
+
+        def run(text_lists: Iterator[list[str]]) -> Iterator[np.ndarray]:
+            looked_up: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque()
+
+            def missing() -> Iterator[list[str]]:
+                for texts in text_lists:
+                    keys = text_keys(texts)
+                    found, cached = self.cache.lookup(keys)
+                    looked_up.append((keys, found, cached))
+                    yield [text for text, hit in zip(texts, found, strict=True) if not hit]
+
+            for embedded in embed(missing()):
+                keys, found, cached = looked_up.popleft()
+                vectors = np.empty((len(keys), self.dim), np.float32)
+                vectors[found], vectors[~found] = cached, embedded
+                self.reused += int(found.sum())
+                keys.tofile(self._keys)
+                yield vectors
+
+        return run
+
+    def checkpoint(self, rows: int, force: bool = False) -> None:
+        """The attached segment holds `rows` rows (flushed by the caller): make them
+        durable for a next run, at most every CHECKPOINT_SECONDS unless `force`."""
+        if self._vectors is None or (
+            not force and time.monotonic() - self._last < CHECKPOINT_SECONDS
+        ):
             return
         self._keys.flush()
         os.fsync(self._keys.fileno())
-        with open(vectors, "rb") as handle:
+        with open(self.directory / RUN_VECTORS, "rb") as handle:
             os.fsync(handle.fileno())
-        relative = str(vectors.relative_to(self.directory))
-        write_json_atomic(
-            self.directory / PROGRESS_FILE, {"dim": self.dim, "rows": rows, "vectors": relative}
-        )
+        progress = {"dim": self.dim, "first": self._first, "rows": rows - self._first}
+        write_json_atomic(self.directory / PROGRESS_FILE, progress)
         self._last = time.monotonic()
 
-    def keep(self, rows: int, vectors: Path) -> None:
-        """Everything is embedded (`rows` rows, their vectors in `vectors`, flushed by
-        the caller): make them a cache part now, by hard links, so that they outlive
-        the segment's move into the new version if the publish fails."""
-        self._keys.flush()
-        os.fsync(self._keys.fileno())
-        with open(vectors, "rb") as handle:
-            os.fsync(handle.fileno())
-        _add_part(self.directory, vectors, rows, self.dim, link=True)
-        (self.directory / PROGRESS_FILE).unlink(missing_ok=True)
-
-    def kept_note(self) -> str | None:
-        """What a run that did not publish leaves for the next one, said to its user
-        (the disk it takes is theirs to free); None when nothing was checkpointed."""
+    def left_behind(self) -> str | None:
+        """The run did not publish: what it leaves for the next one, to say to its
+        user (the disk it takes is theirs to free); when nothing was checkpointed, the
+        workspace is removed and None returned."""
+        self.close()
         parts = _parts(self.directory / CACHE_DIR, self.dim)
         rows = sum(len(keys) for keys, _ in parts)
         try:
@@ -148,13 +179,14 @@ class Workspace:
         except (OSError, ValueError, KeyError):
             pass
         if not rows:
+            self.remove()
             return None
         files = {(s.st_dev, s.st_ino): s.st_size for s in _file_stats(self.directory)}
-        megabytes = sum(files.values()) / 1e6  # a hard-linked part once
+        megabytes = sum(files.values()) / 1e6  # a hard-linked file once
         return (
             f"the {rows} vectors embedded so far are kept in {self.directory} "
-            f"({megabytes:.0f} MB): run the same reembed again to go on from them, or "
-            "delete that directory"
+            f"({megabytes:.0f} MB): run the same {self.command} again to go on from "
+            "them, or delete that directory"
         )
 
     def close(self) -> None:
@@ -166,38 +198,52 @@ class Workspace:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def open_workspace(index_dir: Path, fingerprint: str, dim: int) -> Workspace:
-    """The workspace of the model `fingerprint` in `index_dir` (hold the compaction
-    lock): made, or the one a stopped run left, its checkpointed rows made a cache
-    part; other models' workspaces are removed."""
-    name = workspace_name(fingerprint)
+def open_workspace(
+    index_dir: Path, kind: str, fingerprint: str, dim: int, command: str
+) -> Workspace:
+    """The workspace of a `kind` job with the model `fingerprint` in `index_dir` (hold
+    the job's lock): made, or the one a stopped run left, its checkpointed rows made
+    a cache part; the same kind's workspaces of other models are removed. `command`
+    names the job to its user."""
+    name = workspace_name(kind, fingerprint)
     for entry in Path(index_dir).iterdir():
-        if entry.name.startswith(WORKSPACE_PREFIX) and entry.name != name:
+        if entry.name.startswith(WORKSPACE_PREFIXES[kind]) and entry.name != name:
             shutil.rmtree(entry, ignore_errors=True)
     directory = Path(index_dir) / name
     (directory / CACHE_DIR).mkdir(parents=True, exist_ok=True)
     _keep_checkpointed_rows(directory, dim)
-    for entry in directory.iterdir():  # the stopped run's segment, index, keys
+    for entry in directory.iterdir():  # the stopped run's segment, keys
         if entry.is_dir() and entry.name != CACHE_DIR:
             shutil.rmtree(entry)
         elif not entry.is_dir():
             entry.unlink()
-    return Workspace(directory, dim, EmbeddingCache(_parts(directory / CACHE_DIR, dim), dim))
+    cache = EmbeddingCache(_parts(directory / CACHE_DIR, dim), dim)
+    return Workspace(directory, dim, cache, command)
 
 
 def _keep_checkpointed_rows(directory: Path, dim: int) -> None:
-    """A stopped run's checkpointed rows as the next cache part: both files cut to
-    them, fsynced, then renamed into the cache (a part missing either file is dropped
-    by `_parts`), and only then the progress file removed."""
+    """A stopped run's checkpointed rows as the next cache part: its keys cut to them
+    and fsynced, both files renamed into the cache (a part missing either file is
+    dropped by `_parts`), and only then the progress file removed. The vectors file
+    is never cut: it may be a published version's too (a run killed between its
+    publish and its workspace's removal)."""
     progress_path = directory / PROGRESS_FILE
     try:
         progress = json.loads(progress_path.read_text())
-        rows, vectors = int(progress["rows"]), directory / str(progress["vectors"])
-        usable = progress["dim"] == dim and vectors.is_file() and (directory / KEYS_FILE).is_file()
+        rows, first = int(progress["rows"]), int(progress["first"])
+        usable = progress["dim"] == dim and (directory / RUN_VECTORS).is_file()
     except (OSError, ValueError, KeyError, TypeError):
         return  # no run stopped after a checkpoint (or it is unreadable: start afresh)
-    if usable and rows > 0:
-        _add_part(directory, vectors, rows, dim, link=False)
+    if usable and rows > 0 and (directory / KEYS_FILE).is_file():
+        numbers = [int(path.stem.split("-")[1]) for path in (directory / CACHE_DIR).iterdir()]
+        part = directory / CACHE_DIR / f"part-{1 + max(numbers, default=0):04d}"
+        with open(directory / KEYS_FILE, "r+b") as handle:
+            handle.truncate(rows * KEY_DTYPE.itemsize)
+            os.fsync(handle.fileno())
+        write_json_atomic(part.with_suffix(".json"), {"first": first})
+        os.rename(directory / RUN_VECTORS, part.with_suffix(".f32"))
+        os.rename(directory / KEYS_FILE, part.with_suffix(".keys"))
+        fsync_dir(directory / CACHE_DIR)
     progress_path.unlink()
 
 
@@ -205,43 +251,25 @@ def _file_stats(directory: Path) -> list[os.stat_result]:
     return [path.stat() for path in directory.rglob("*") if path.is_file()]
 
 
-def _add_part(directory: Path, vectors: Path, rows: int, dim: int, link: bool) -> None:
-    """The first `rows` rows of `vectors` and of the workspace's keys as the cache's next
-    part: hard links to the whole files (`link`: a finished run's, which its version
-    may come to share, so never cut), or the files cut to those rows and renamed (a
-    stopped run's, which nothing else holds)."""
-    numbers = [int(path.stem.split("-")[1]) for path in (directory / CACHE_DIR).glob("part-*")]
-    part = directory / CACHE_DIR / f"part-{1 + max(numbers, default=0):04d}"
-    for path, target, size in (
-        (vectors, part.with_suffix(".f32"), rows * dim * 4),
-        (directory / KEYS_FILE, part.with_suffix(".keys"), rows * 16),
-    ):
-        if link:
-            os.link(path, target)
-            continue
-        with open(path, "r+b") as handle:
-            handle.truncate(size)
-            os.fsync(handle.fileno())
-        os.rename(path, target)
-    fsync_dir(directory / CACHE_DIR)
-
-
 def _parts(cache_dir: Path, dim: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The cache's parts (keys, memory-mapped vectors); a part whose two files do not
-    hold the same rows (a harvest cut short) is removed."""
+    """The cache's parts (keys, memory-mapped vectors: the rows after the part's
+    `first`); a part missing a file, or whose vectors file is shorter than its keys
+    say (a harvest cut short), is removed."""
     parts: list[tuple[np.ndarray, np.ndarray]] = []
-    for keys_path in cache_dir.glob("part-*.keys"):
-        if not keys_path.with_suffix(".f32").is_file():
-            keys_path.unlink()
-    for vectors_path in sorted(cache_dir.glob("part-*.f32")):
-        keys_path = vectors_path.with_suffix(".keys")
-        size = vectors_path.stat().st_size
-        rows = size // (dim * 4)
-        whole = keys_path.is_file() and keys_path.stat().st_size == rows * 16
-        if not whole or not rows or size != rows * dim * 4:
-            vectors_path.unlink()
-            keys_path.unlink(missing_ok=True)
+    for stem in sorted({path.with_suffix("") for path in cache_dir.glob("part-*")}):
+        vectors_path, keys_path = stem.with_suffix(".f32"), stem.with_suffix(".keys")
+        try:
+            first = int(json.loads(stem.with_suffix(".json").read_text())["first"])
+            rows = keys_path.stat().st_size // KEY_DTYPE.itemsize
+            whole = vectors_path.stat().st_size >= (first + rows) * dim * 4 and rows > 0
+        except (OSError, ValueError, KeyError, TypeError):
+            whole = False
+        if not whole:
+            for suffix in (".f32", ".keys", ".json"):
+                stem.with_suffix(suffix).unlink(missing_ok=True)
             continue
-        vectors = np.memmap(vectors_path, dtype=np.float32, mode="r", shape=(rows, dim))
-        parts.append((np.fromfile(keys_path, dtype=KEY_DTYPE), vectors))
+        vectors = np.memmap(
+            vectors_path, dtype=np.float32, mode="r", offset=first * dim * 4, shape=(rows, dim)
+        )
+        parts.append((np.fromfile(keys_path, dtype=KEY_DTYPE, count=rows), vectors))
     return parts

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import sys
 import time
 import uuid
 from collections import Counter
@@ -26,6 +27,7 @@ from siamese_search.indexer.backends import check_params
 from siamese_search.indexer.ingest import ingest
 from siamese_search.indexer.mirror import mirror_for
 from siamese_search.indexer.options import BuildOptions, BuildReport
+from siamese_search.indexer.resume import Workspace, open_workspace
 from siamese_search.indexer.store import IndexVersion, open_index
 from siamese_search.indexer.version_writer import VersionWriter, carry_base, indexed_keys_of
 
@@ -99,6 +101,7 @@ def write_version(
             if model_change and base is not None:
                 check_one_model(base, plan, model)
             layout.sweep_staging(index_dir)
+            workspace = _ingest_workspace(index_dir, plan, model)
             staging = layout.new_staging(index_dir)
             try:
                 next_name = layout.next_version_name(index_dir)
@@ -108,7 +111,7 @@ def write_version(
                 writer = VersionWriter(staging, model.dim, plan.with_labels, next_name, indexed)
                 # a running compaction is merging the base's segments: leave them be
                 may_merge = not layout.compaction_running(index_dir)
-                added, problems = _fill(writer, base, plan, model, options, may_merge)
+                added, problems = _fill(writer, base, plan, model, options, may_merge, workspace)
                 layout.checkpoint("before-finish")
                 extra = _manifest_extra(plan, problems, model, options, mirror.record(next_name))
                 extra["index_id"] = _index_id(index_dir)
@@ -119,8 +122,12 @@ def write_version(
                 assert name == next_name, "version numbers move only under the writer lock"
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
+                if workspace is not None:
+                    _say_what_is_kept(workspace, index_dir)
                 raise
             mirror.published(name, index_dir)  # the alias last
+            if workspace is not None:
+                workspace.remove()
         finally:
             if base is not None:
                 base.close()
@@ -132,7 +139,29 @@ def write_version(
         manifest["index"]["type"],
         problems,
         time.perf_counter() - started,
+        reused=workspace.reused if workspace is not None else 0,
     )
+
+
+def _ingest_workspace(index_dir: Path, plan: Plan, model: EmbeddingModel) -> Workspace | None:
+    """Where a write of a table file keeps what it embedded if it does not publish, and
+    finds what a stopped run of it kept (indexer.resume); None for rows in memory (a
+    server's commits, an evaluation's reference set: few, and not re-run by hand)."""
+    if not isinstance(plan.source, Path):
+        return None
+    kind = plan.extra.get("operation", {}).get("kind")
+    command = {"build": "build", "add": "add", "upsert": "add --upsert"}.get(kind, kind)
+    return open_workspace(
+        index_dir, "ingest", model.fingerprint, model.dim, f"siamese-index {command}"
+    )
+
+
+def _say_what_is_kept(workspace: Workspace, index_dir: Path) -> None:
+    """Tell the user what the next run will not embed again, unless the directory goes
+    with this failure (a first build's: writer_lock removes a directory it made)."""
+    note = workspace.left_behind()
+    if note and layout.list_versions(index_dir):
+        print(note, file=sys.stderr, flush=True)
 
 
 def check_one_model(base: IndexVersion, plan: Plan, model: EmbeddingModel) -> None:
@@ -165,6 +194,7 @@ def _fill(
     model: EmbeddingModel,
     options: BuildOptions,
     may_merge: bool,
+    workspace: Workspace | None = None,
 ) -> tuple[int, list[RowProblem]]:
     """The base's kept rows, then the new ones: (rows added, row problems)."""
     if base is not None:
@@ -187,6 +217,7 @@ def _fill(
         options,
         plan.first_row_id,
         plan.source_records,
+        workspace,
     )
 
 

@@ -9,18 +9,21 @@ Prints `reached <stage>` (flushed) at every checkpoint the build passes; at the
 STOP_AT-th checkpoint (a number, counting from 1) or at the stage named STOP_AT it
 prints `stopped <stage>` and waits, so the test can SIGKILL it at a point it has
 provably reached (a handshake, not a sleep). STOP_AT `none` runs to the end.
-Small chunks (100 rows) give a checkpoint per chunk while ingesting.
+Small chunks (100 rows) give a checkpoint per chunk while ingesting. The environment
+variable CHECKPOINT_SECONDS sets how often a resumable job makes what it embedded
+durable (indexer.resume; 0: after every chunk).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
 
 from siamese_search.core.model_artifact import load_model
 from siamese_search.core.tables import Columns
-from siamese_search.indexer import layout
+from siamese_search.indexer import layout, resume
 from siamese_search.indexer.backends.milvus_backend import MilvusTarget
 from siamese_search.indexer.build import BuildOptions, build_index, delete_from_index
 from siamese_search.indexer.compaction import compact_index
@@ -39,6 +42,7 @@ def main(
     alias: str | None = None,
 ) -> int:
     passed = 0
+    resume.CHECKPOINT_SECONDS = float(os.environ.get("CHECKPOINT_SECONDS", "30"))
 
     def observer(stage: str) -> None:
         nonlocal passed

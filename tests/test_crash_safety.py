@@ -7,6 +7,7 @@ kill provably lands inside the build, not during interpreter start-up.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -56,11 +57,18 @@ def _index_with_one_version(index_dir, trained_model, corpus):
 
 
 def _kill_writer_at(
-    trained_model, data, index_dir, stop_at: str, engine="local", milvus: tuple[str, str] = ()
+    trained_model,
+    data,
+    index_dir,
+    stop_at: str,
+    engine="local",
+    milvus: tuple[str, str] = (),
+    checkpoint_seconds: float = 30.0,
 ) -> list[str]:
     """Run the writer until it reports `stopped ...`, SIGKILL it; return what it reported.
 
-    `milvus`: (URI, alias) to write each version to Milvus too."""
+    `milvus`: (URI, alias) to write each version to Milvus too; `checkpoint_seconds`:
+    how often it makes what it embedded durable for a next run (indexer.resume)."""
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "crash_writer.py")]
         + [str(trained_model), str(data), str(index_dir), stop_at, engine, *milvus],
@@ -68,6 +76,7 @@ def _kill_writer_at(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "CHECKPOINT_SECONDS": str(checkpoint_seconds)},
     )
     reported = []
     try:
@@ -136,3 +145,37 @@ def test_killed_at_random_checkpoints(tmp_path, trained_model, corpora):
         assert version.count == expected_count
         version.close()
     assert expected_count == BIG_ROWS  # the last kill came after the switch
+
+
+@pytest.mark.parametrize(
+    "stop_at, reused",
+    [("6", 500), ("before-finish", BIG_ROWS), ("after-current", BIG_ROWS)],
+    ids=["mid-ingest", "embedded", "published"],
+)
+def test_a_killed_build_resumes_with_what_it_embedded(
+    tmp_path, trained_model, corpora, stop_at, reused
+):
+    """Killed after 5 chunks of 100 (checkpointing after each), once everything was
+    embedded, or once published but before its workspace went: the same build run
+    again embeds only what was not kept, and publishes a fresh build's vectors; the
+    version a killed run published is not touched by the next run's taking its file."""
+    import numpy as np
+
+    from siamese_search.core.tables import read_table
+    from siamese_search.indexer import resume
+
+    corpus, big = corpora
+    index_dir = tmp_path / "idx"
+    _index_with_one_version(index_dir, trained_model, corpus)
+    _kill_writer_at(trained_model, big, index_dir, stop_at, checkpoint_seconds=0.0)
+    published = layout.current_version(index_dir)
+    model = load_model(trained_model)
+    again = BuildOptions(show_progress=False, replace=True)
+    report = build_index(index_dir, model, big, Columns(), again)
+    assert report.reused == reused and report.count == BIG_ROWS
+    with open_index(index_dir) as version:
+        texts = read_table(big, Columns()).texts
+        np.testing.assert_allclose(version.vectors(), model.embed(texts), atol=1e-5)
+    with open_index(layout.version_dir(index_dir, published)) as before:  # checksums
+        assert before.count == (BIG_ROWS if stop_at == "after-current" else 50)
+    assert not list(index_dir.glob(resume.WORKSPACE_PREFIXES["ingest"] + "*"))

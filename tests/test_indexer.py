@@ -350,3 +350,67 @@ def test_cli_build_info_and_errors(tmp_path, trained_model, corpus, capsys):
     assert "no column 'label'" in capsys.readouterr().err
     assert index_main(["info", "--index", str(tmp_path / "nothing")]) == 2
     assert "no such index directory" in capsys.readouterr().err
+
+
+class _Interrupted(Exception):
+    """Stands for a Ctrl-C in a write run in this process."""
+
+
+def test_an_interrupted_add_resumes_after_the_rows_it_merged(
+    tmp_path, trained_model, monkeypatch, capsys
+):
+    """An add whose new segment first takes the base's small segment (60 rows copied
+    in, not embedded), interrupted after 3 chunks of 50 of its own 300 rows: the same
+    add run again embeds only the 150 others, and every vector is the model's for its
+    row's text (the kept rows were read after the copied ones, not from the start)."""
+    from siamese_search.indexer import resume
+
+    monkeypatch.setattr(resume, "CHECKPOINT_SECONDS", 0.0)
+    model = load_model(trained_model)
+    header = ("id", "text", "class")
+    base = write_csv(
+        tmp_path / "b.csv", [(f"b{i}", f"fix crash {i}", "1") for i in range(60)], header
+    )
+    more = write_csv(
+        tmp_path / "more.csv", [(f"m{i}", f"speed up query {i}", "2") for i in range(300)], header
+    )
+    index_dir = tmp_path / "index"
+    build_index(index_dir, model, base, COLUMNS, QUIET)
+    chunks = BuildOptions(show_progress=False, chunk_rows=50)
+    seen = []
+
+    def interrupt(stage: str) -> None:
+        if stage == "during-ingest":
+            seen.append(stage)
+            if len(seen) == 3:
+                raise _Interrupted
+
+    layout.CHECKPOINT_OBSERVERS.append(interrupt)
+    try:
+        with pytest.raises(_Interrupted):
+            add_to_index(index_dir, model, more, COLUMNS, chunks)
+    finally:
+        layout.CHECKPOINT_OBSERVERS.remove(interrupt)
+    assert "the 150 vectors embedded so far are kept in" in capsys.readouterr().err
+    report = add_to_index(index_dir, model, more, COLUMNS, chunks)
+    assert report.reused == 150 and report.added == 300
+    with open_index(index_dir) as version:
+        assert len(version.segments) == 1  # the base's segment was merged in
+        texts = [text for rows in version.records().iter_all() for _, _, _, text in rows]
+        np.testing.assert_allclose(version.vectors(), model.embed(texts), atol=1e-5)
+    assert not list(index_dir.glob(resume.WORKSPACE_PREFIXES["ingest"] + "*"))
+
+
+def test_a_write_that_fails_before_embedding_leaves_no_workspace(tmp_path, trained_model):
+    from siamese_search.indexer import resume
+
+    model = load_model(trained_model)
+    header = ("id", "text", "class")
+    base = write_csv(tmp_path / "b.csv", [("b0", "fix crash", "1")], header)
+    index_dir = tmp_path / "index"
+    build_index(index_dir, model, base, COLUMNS, QUIET)
+    unlabelled = write_csv(tmp_path / "u.csv", [("u0", "speed up")], ("id", "text"))
+    replace = BuildOptions(show_progress=False, replace=True)
+    with pytest.raises(DataError, match="no column 'class'"):  # found while ingesting
+        build_index(index_dir, model, unlabelled, COLUMNS, replace)
+    assert not list(index_dir.glob(resume.WORKSPACE_PREFIXES["ingest"] + "*"))

@@ -188,7 +188,7 @@ def test_a_killed_job_leaves_the_current_version_serving_and_the_next_run_works(
     # what the killed run had made durable is not embedded again: nothing on its first
     # page (the first checkpoint comes CHECKPOINT_SECONDS in), every row once embedded
     assert report.reused == (0 if stop_at == "reembed-page" else len(before))
-    assert not list(written_index.glob(resume.WORKSPACE_PREFIX + "*"))
+    assert not list(written_index.glob(resume.WORKSPACE_PREFIXES["reembed"] + "*"))
 
 
 class _Stop(Exception):
@@ -230,7 +230,7 @@ def test_a_stopped_job_resumes_with_what_it_embedded(
     finally:
         layout.CHECKPOINT_OBSERVERS.clear()
     assert layout.current_version(written_index) == "000002"
-    (workspace,) = written_index.glob(resume.WORKSPACE_PREFIX + "*")
+    (workspace,) = written_index.glob(resume.WORKSPACE_PREFIXES["reembed"] + "*")
     checkpointed = json.loads((workspace / resume.PROGRESS_FILE).read_text())["rows"]
     said = capsys.readouterr().err  # where it is and how to resume, or free the disk
     assert f"the {checkpointed} vectors embedded so far are kept in {workspace}" in said
@@ -251,7 +251,7 @@ def test_a_stopped_job_resumes_with_what_it_embedded(
         np.testing.assert_allclose(
             version.vectors(), new_model.embed(_live_texts(version)), atol=1e-5
         )
-    assert not list(written_index.glob(resume.WORKSPACE_PREFIX + "*"))
+    assert not list(written_index.glob(resume.WORKSPACE_PREFIXES["reembed"] + "*"))
 
 
 def test_a_job_with_another_model_removes_a_stopped_ones_workspace(
@@ -264,10 +264,10 @@ def test_a_job_with_another_model_removes_a_stopped_ones_workspace(
             reembed_index(written_index, load_model(tuned_model), QUIET)
     finally:
         layout.CHECKPOINT_OBSERVERS.clear()
-    assert len(list(written_index.glob(resume.WORKSPACE_PREFIX + "*"))) == 1
+    assert len(list(written_index.glob(resume.WORKSPACE_PREFIXES["reembed"] + "*"))) == 1
     report = reembed_index(written_index, load_model(labels_only_model), QUIET)
     assert report.reused == 0
-    assert not list(written_index.glob(resume.WORKSPACE_PREFIX + "*"))
+    assert not list(written_index.glob(resume.WORKSPACE_PREFIXES["reembed"] + "*"))
 
 
 def test_the_index_cli_exports_and_reembeds(written_index, tuned_model, tmp_path):

@@ -1,6 +1,6 @@
-"""The re-embedding job's workspace (indexer.resume) on its own: what a stopped run's
-files become, and what is dropped when a harvest was itself cut short. The job's
-behaviour end to end is in test_learning_loop.py."""
+"""A job's workspace (indexer.resume) on its own: what a stopped run's files become,
+and what is dropped when a harvest was itself cut short. The jobs end to end are in
+test_learning_loop.py (reembed) and test_indexer.py (build, add)."""
 
 from __future__ import annotations
 
@@ -12,45 +12,54 @@ from siamese_search.indexer import resume
 DIM = 4
 
 
-def _stopped_run(index_dir, texts, vectors, checkpointed: int):
-    """A workspace as a run stopped after writing `texts` left it, its last checkpoint
-    at `checkpointed` rows."""
-    directory = index_dir / resume.workspace_name("model-a")
-    segment = directory / "segments" / "c000001"
-    segment.mkdir(parents=True)
-    np.asarray(vectors, np.float32).tofile(segment / "vectors.f32")
+def _stopped_run(index_dir, texts, vectors, first: int, checkpointed: int):
+    """A workspace as a run stopped after writing `texts` (after `first` rows that were
+    not its own) left it, its last checkpoint at `checkpointed` of its rows."""
+    directory = index_dir / resume.workspace_name("ingest", "model-a")
+    directory.mkdir()
+    np.asarray(vectors, np.float32).tofile(directory / resume.RUN_VECTORS)
     resume.text_keys(texts).tofile(directory / resume.KEYS_FILE)
-    progress = {"dim": DIM, "rows": checkpointed, "vectors": "segments/c000001/vectors.f32"}
+    progress = {"dim": DIM, "first": first, "rows": checkpointed}
     write_json_atomic(directory / resume.PROGRESS_FILE, progress)
     return directory
 
 
+def _open(index_dir, fingerprint="model-a"):
+    return resume.open_workspace(index_dir, "ingest", fingerprint, DIM, "siamese-index build")
+
+
 def test_only_the_checkpointed_rows_of_a_stopped_run_are_kept(tmp_path):
-    vectors = np.arange(5 * DIM, dtype=np.float32).reshape(5, DIM)
+    """The run's segment began with 2 rows copied from the base (not its keys'), then
+    wrote 5 of its own, 3 of them checkpointed."""
+    vectors = np.arange(7 * DIM, dtype=np.float32).reshape(7, DIM)
     texts = ["a", "b", "c", "d", "e"]
-    directory = _stopped_run(tmp_path, texts, vectors, checkpointed=3)
-    workspace = resume.open_workspace(tmp_path, "model-a", DIM)
+    directory = _stopped_run(tmp_path, texts, vectors, first=2, checkpointed=3)
+    workspace = _open(tmp_path)
     try:
         found, got = workspace.cache.lookup(resume.text_keys(["c", "x", "a", "d"]))
         assert found.tolist() == [True, False, True, False]  # d came after the checkpoint
-        np.testing.assert_array_equal(got, vectors[[2, 0]])
+        np.testing.assert_array_equal(got, vectors[[2 + 2, 2 + 0]])
         assert sorted(p.name for p in directory.iterdir()) == [resume.CACHE_DIR, resume.KEYS_FILE]
+        # the vectors file is never cut (it may be a published version's too)
+        assert (directory / resume.CACHE_DIR / "part-0001.f32").stat().st_size == 7 * DIM * 4
     finally:
         workspace.close()
-    # another model's job removes it
-    resume.open_workspace(tmp_path, "model-b", DIM).close()
-    assert [p.name for p in tmp_path.iterdir()] == [resume.workspace_name("model-b")]
+    _open(tmp_path, "model-b").close()  # another model's job removes it
+    assert [p.name for p in tmp_path.iterdir()] == [resume.workspace_name("ingest", "model-b")]
 
 
 def test_a_part_a_cut_short_harvest_left_is_dropped(tmp_path):
-    directory = _stopped_run(tmp_path, ["a", "b"], np.ones((2, DIM)), checkpointed=2)
+    directory = _stopped_run(tmp_path, ["a", "b"], np.ones((2, DIM)), first=0, checkpointed=2)
     cache = directory / resume.CACHE_DIR
     cache.mkdir()
     np.ones((3, DIM), np.float32).tofile(cache / "part-0001.f32")  # its keys never came
+    write_json_atomic(cache / "part-0001.json", {"first": 0})
     resume.text_keys(["z"]).tofile(cache / "part-0007.keys")  # its vectors never came
-    workspace = resume.open_workspace(tmp_path, "model-a", DIM)
+    write_json_atomic(cache / "part-0007.json", {"first": 0})
+    workspace = _open(tmp_path)
     try:
         assert len(workspace.cache) == 2
-        assert sorted(p.name for p in cache.iterdir()) == ["part-0008.f32", "part-0008.keys"]
+        kept = ["part-0008.f32", "part-0008.json", "part-0008.keys"]
+        assert sorted(p.name for p in cache.iterdir()) == kept
     finally:
         workspace.close()
