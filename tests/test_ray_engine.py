@@ -66,10 +66,18 @@ def test_a_killed_ray_job_publishes_nothing(tmp_path, trained_model):
     first = build_index(index_dir, load_model(trained_model), corpus, Columns(), LOCAL)
     _assert_current_is(index_dir, "000001", first.count)
     big = _corpus(tmp_path / "big.csv", 1000, start=5000, label_column="label")
-    reported = _kill_writer_at(trained_model, big, index_dir, "during-ingest", engine="ray")
+    reported = _kill_writer_at(
+        trained_model, big, index_dir, "during-ingest", engine="ray", checkpoint_seconds=0.0
+    )
     assert reported[-1] == "stopped during-ingest"
     _assert_current_is(index_dir, "000001", first.count)
     assert layout.list_versions(index_dir) == ["000001"]
+    # what the Ray job embedded before the kill (its first chunk of 100 records, one
+    # refused: an empty text) is kept: the same build run again (here locally: the
+    # vectors are the same) takes it
+    again = BuildOptions(show_progress=False, replace=True)
+    report = build_index(index_dir, load_model(trained_model), big, Columns(), again)
+    assert report.reused == 99 and report.count == 999
 
 
 def test_lists_come_back_in_order_with_empty_ones_anywhere(model, running_cluster):
