@@ -118,14 +118,14 @@ class Workspace:
         self.reused = 0  # rows taken from the cache so far
         self._keys = open(directory / KEYS_FILE, "wb")
         self._first = 0
-        self._vectors: Path | None = None
+        self._attached = False
         self._last = time.monotonic()
 
     def attach(self, vectors: Path, first: int) -> None:
         """The new segment's vectors file (flushed: its first `first` rows are not
         this job's embeddings), hard-linked so the workspace keeps it."""
         os.link(vectors, self.directory / RUN_VECTORS)
-        self._vectors, self._first = vectors, first
+        self._attached, self._first = True, first
 
     def embedding(self, embed: Embed) -> Embed:
         """`embed` with the cache in front: each list's texts the cache holds are taken
@@ -155,9 +155,7 @@ class Workspace:
     def checkpoint(self, rows: int, force: bool = False) -> None:
         """The attached segment holds `rows` rows (flushed by the caller): make them
         durable for a next run, at most every CHECKPOINT_SECONDS unless `force`."""
-        if self._vectors is None or (
-            not force and time.monotonic() - self._last < CHECKPOINT_SECONDS
-        ):
+        if not self._attached or (not force and time.monotonic() - self._last < CHECKPOINT_SECONDS):
             return
         self._keys.flush()
         os.fsync(self._keys.fileno())
@@ -235,7 +233,7 @@ def _keep_checkpointed_rows(directory: Path, dim: int) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         return  # no run stopped after a checkpoint (or it is unreadable: start afresh)
     if usable and rows > 0 and (directory / KEYS_FILE).is_file():
-        numbers = [int(path.stem.split("-")[1]) for path in (directory / CACHE_DIR).iterdir()]
+        numbers = [int(path.stem.split("-")[1]) for path in (directory / CACHE_DIR).glob("part-*")]
         part = directory / CACHE_DIR / f"part-{1 + max(numbers, default=0):04d}"
         with open(directory / KEYS_FILE, "r+b") as handle:
             handle.truncate(rows * KEY_DTYPE.itemsize)

@@ -56,10 +56,11 @@ def test_a_part_a_cut_short_harvest_left_is_dropped(tmp_path):
     write_json_atomic(cache / "part-0001.json", {"first": 0})
     resume.text_keys(["z"]).tofile(cache / "part-0007.keys")  # its vectors never came
     write_json_atomic(cache / "part-0007.json", {"first": 0})
+    (cache / ".tmp-part-0009.jsonx1y2").write_text("{")  # a write of its .json cut short
     workspace = _open(tmp_path)
     try:
         assert len(workspace.cache) == 2
-        kept = ["part-0008.f32", "part-0008.json", "part-0008.keys"]
+        kept = [".tmp-part-0009.jsonx1y2", "part-0008.f32", "part-0008.json", "part-0008.keys"]
         assert sorted(p.name for p in cache.iterdir()) == kept
     finally:
         workspace.close()
