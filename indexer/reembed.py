@@ -21,8 +21,8 @@ another head or served space): the new version is the first of that dimension, o
 Milvus in a data collection of its own (a new model gets one anyway), and the
 retained versions keep theirs, so a rollback returns to one with its own model.
 
-Killed at any point, the current version is untouched (the workspace is swept by the
-next job or compaction) and the next run starts again.
+Killed at any point, the current version is untouched, and the next run with the same
+model takes what this one had embedded from its workspace (indexer.resume).
 """
 
 from __future__ import annotations
