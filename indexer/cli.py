@@ -36,6 +36,7 @@ from siamese_search.indexer.compaction import compact_index
 from siamese_search.indexer.metadata import RECORD_FIELDS, check_key
 from siamese_search.indexer.options import BuildOptions
 from siamese_search.indexer.ray_engine import RaySettings
+from siamese_search.indexer.resume import kept_work
 from siamese_search.indexer.store import model_directory_of, open_index, resolve_version_dir
 from siamese_search.indexer.versions import list_index_versions, rollback
 
@@ -399,6 +400,10 @@ def _retrain(args, options: BuildOptions):
     return reembed_index(args.index, load_model(args.out), options)
 
 
+#: what `list` calls each kind of job a workspace is kept for (indexer.resume)
+JOB_NAMES = {"reembed": "reembed", "ingest": "build or add"}
+
+
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -412,6 +417,12 @@ def main(argv: list[str] | None = None) -> int:
         for v in list_index_versions(args.index):
             state = ", ".join(s for s, on in (("current", v.current), ("held", v.held)) if on)
             print(f"{v.name:<8} {v.count:>10}  {v.created_at:<25} {v.operation:<8} {state}")
+        for kept in kept_work(args.index):
+            print(
+                f"kept by a stopped {JOB_NAMES[kept.kind]}: {kept.rows} vectors in "
+                f"{kept.directory} ({kept.megabytes:.0f} MB); the same command run again "
+                "takes them, or delete the directory"
+            )
         return 0
     if args.command == "export":
         from siamese_search.indexer.export import export_version

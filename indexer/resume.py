@@ -39,6 +39,7 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -179,8 +180,7 @@ class Workspace:
         if not rows:
             self.remove()
             return None
-        files = {(s.st_dev, s.st_ino): s.st_size for s in _file_stats(self.directory)}
-        megabytes = sum(files.values()) / 1e6  # a hard-linked file once
+        megabytes = _megabytes(self.directory)
         return (
             f"the {rows} vectors embedded so far are kept in {self.directory} "
             f"({megabytes:.0f} MB): run the same {self.command} again to go on from "
@@ -245,8 +245,45 @@ def _keep_checkpointed_rows(directory: Path, dim: int) -> None:
     progress_path.unlink()
 
 
-def _file_stats(directory: Path) -> list[os.stat_result]:
-    return [path.stat() for path in directory.rglob("*") if path.is_file()]
+def _megabytes(directory: Path) -> float:
+    """The disk a workspace takes (a hard-linked file once)."""
+    stats = [path.stat() for path in directory.rglob("*") if path.is_file()]
+    return sum({(s.st_dev, s.st_ino): s.st_size for s in stats}.values()) / 1e6
+
+
+def _kept_rows(directory: Path) -> int:
+    """The vectors a workspace holds for a next run, read without changing anything
+    (its cache parts' keys, and a stopped run's checkpointed rows)."""
+    rows = sum(
+        path.stat().st_size // KEY_DTYPE.itemsize
+        for path in (directory / CACHE_DIR).glob("part-*.keys")
+    )
+    try:
+        rows += int(json.loads((directory / PROGRESS_FILE).read_text())["rows"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return rows
+
+
+@dataclass(frozen=True)
+class KeptWork:
+    """A workspace a stopped job left (what `siamese-index list` shows)."""
+
+    directory: Path
+    kind: str
+    rows: int
+    megabytes: float
+
+
+def kept_work(index_dir: Path) -> list[KeptWork]:
+    """The workspaces in `index_dir` holding vectors for a next run (read only: a job
+    may be running)."""
+    found = []
+    for entry in sorted(Path(index_dir).iterdir()):
+        kind = next((k for k, p in WORKSPACE_PREFIXES.items() if entry.name.startswith(p)), None)
+        if kind is not None and entry.is_dir() and (rows := _kept_rows(entry)):
+            found.append(KeptWork(entry, kind, rows, _megabytes(entry)))
+    return found
 
 
 def _parts(cache_dir: Path, dim: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -234,6 +234,11 @@ def test_a_stopped_job_resumes_with_what_it_embedded(
     checkpointed = json.loads((workspace / resume.PROGRESS_FILE).read_text())["rows"]
     said = capsys.readouterr().err  # where it is and how to resume, or free the disk
     assert f"the {checkpointed} vectors embedded so far are kept in {workspace}" in said
+    from siamese_search.indexer.cli import main as index_main
+
+    assert index_main(["list", "--index", str(written_index)]) == 0  # and `list` shows it
+    shown = f"kept by a stopped reembed: {checkpointed} vectors in {workspace}"
+    assert shown in capsys.readouterr().out
     with open_index(written_index) as stopped_at:  # the live rows of 4 pages of 10
         done = set(_live_texts(stopped_at)[:checkpointed])
     assert 36 <= checkpointed <= 40
