@@ -53,6 +53,7 @@ from siamese_search.core.atomic import (
 )
 from siamese_search.core.encoders.base import sha256_files
 from siamese_search.core.errors import ArtifactMismatchError, UserError
+from siamese_search.indexer.resume import kept_work
 
 CURRENT = "CURRENT"
 VERSIONS = "versions"
@@ -144,7 +145,8 @@ def writer_lock(index_dir: Path, wait: float = DEFAULT_WAIT_SECONDS) -> Iterator
     A second writer waits up to `wait` seconds (saying so once), then goes on from
     whatever the first one published; `wait=0` fails at once. A job that created the
     index directory and fails before publishing anything removes it again (no stray
-    `.lock`), so a failed job leaves the directory as it found it.
+    `.lock`), so a failed job leaves the directory as it found it, unless it keeps
+    what it embedded there for the next run (indexer.resume).
     """
     index_dir = Path(index_dir)
     created = not index_dir.exists()
@@ -158,7 +160,7 @@ def writer_lock(index_dir: Path, wait: float = DEFAULT_WAIT_SECONDS) -> Iterator
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
     except BaseException:
-        if created and not list_versions(index_dir):
+        if created and not list_versions(index_dir) and not kept_work(index_dir):
             shutil.rmtree(index_dir, ignore_errors=True)
         raise
 

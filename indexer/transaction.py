@@ -123,7 +123,7 @@ def write_version(
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 if workspace is not None:
-                    _say_what_is_kept(workspace, index_dir)
+                    _say_what_is_kept(workspace)
                 raise
             mirror.published(name, index_dir)  # the alias last
             if workspace is not None:
@@ -156,11 +156,11 @@ def _ingest_workspace(index_dir: Path, plan: Plan, model: EmbeddingModel) -> Wor
     )
 
 
-def _say_what_is_kept(workspace: Workspace, index_dir: Path) -> None:
-    """Tell the user what the next run will not embed again, unless the directory goes
-    with this failure (a first build's: writer_lock removes a directory it made)."""
-    note = workspace.left_behind()
-    if note and layout.list_versions(index_dir):
+def _say_what_is_kept(workspace: Workspace) -> None:
+    """Tell the user what the next run will not embed again (a first build's directory
+    stays for it too: writer_lock removes a directory it made only when nothing is
+    kept there)."""
+    if note := workspace.left_behind():
         print(note, file=sys.stderr, flush=True)
 
 

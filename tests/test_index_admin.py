@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -335,7 +336,9 @@ def test_created_files_follow_the_umask(tmp_path, model, umask, file_mode, dir_m
         assert stat.S_IMODE(path.stat().st_mode) == expected, path
 
 
-def test_failed_jobs_leave_nothing_and_say_what_to_do(tmp_path, trained_model, capsys):
+def test_failed_jobs_say_what_to_do_and_leave_only_what_a_rerun_takes(
+    tmp_path, trained_model, capsys
+):
     good = _table(tmp_path / "a.csv", _rows("a", 100))
     empty = tmp_path / "empty.csv"
     empty.write_bytes(b"")
@@ -352,6 +355,17 @@ def test_failed_jobs_leave_nothing_and_say_what_to_do(tmp_path, trained_model, c
         err = capsys.readouterr().err
         assert code == 2 and message in err, err
         assert "This is a bug" not in err and "Traceback" not in err
+        if "ivf-pq" in flags:  # refused once all was embedded: kept for the next run
+            assert "the 100 vectors embedded so far are kept in" in err
+            assert (
+                index_main(
+                    ["build", "--model", str(trained_model), "--out", str(out)]
+                    + ["--quiet", "--data", str(good)]
+                )
+                == 0
+            )
+            assert "100 taken from a stopped run" in capsys.readouterr().out
+            shutil.rmtree(out)
         assert not out.exists(), f"{flags} left {list(out.iterdir())}"
 
 

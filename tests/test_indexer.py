@@ -414,3 +414,35 @@ def test_a_write_that_fails_before_embedding_leaves_no_workspace(tmp_path, train
     with pytest.raises(DataError, match="no column 'class'"):  # found while ingesting
         build_index(index_dir, model, unlabelled, COLUMNS, replace)
     assert not list(index_dir.glob(resume.WORKSPACE_PREFIXES["ingest"] + "*"))
+
+
+def test_an_interrupted_first_build_keeps_its_directory_for_the_next_run(
+    tmp_path, trained_model, monkeypatch
+):
+    """A failed job removes the directory it made, unless it kept what it embedded
+    there: a Ctrl-C on a first build used to lose all of it."""
+    from siamese_search.indexer import resume
+
+    monkeypatch.setattr(resume, "CHECKPOINT_SECONDS", 0.0)
+    model = load_model(trained_model)
+    rows = [(f"m{i}", f"speed up query {i}", "2") for i in range(200)]
+    data = write_csv(tmp_path / "rows.csv", rows, ("id", "text", "class"))
+    index_dir = tmp_path / "new-index"
+    chunks = BuildOptions(show_progress=False, chunk_rows=50)
+    seen = []
+
+    def interrupt(stage: str) -> None:
+        if stage == "during-ingest":
+            seen.append(stage)
+            if len(seen) == 2:
+                raise _Interrupted
+
+    layout.CHECKPOINT_OBSERVERS.append(interrupt)
+    try:
+        with pytest.raises(_Interrupted):
+            build_index(index_dir, model, data, COLUMNS, chunks)
+    finally:
+        layout.CHECKPOINT_OBSERVERS.remove(interrupt)
+    assert index_dir.is_dir() and not layout.list_versions(index_dir)
+    report = build_index(index_dir, model, data, COLUMNS, chunks)
+    assert report.reused == 100 and report.count == 200
