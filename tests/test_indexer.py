@@ -356,6 +356,24 @@ class _Interrupted(Exception):
     """Stands for a Ctrl-C in a write run in this process."""
 
 
+def _interrupted_after_chunks(chunks: int, write) -> None:
+    """Run `write`, interrupted once it has ingested `chunks` chunks."""
+    seen = []
+
+    def interrupt(stage: str) -> None:
+        if stage == "during-ingest":
+            seen.append(stage)
+            if len(seen) == chunks:
+                raise _Interrupted
+
+    layout.CHECKPOINT_OBSERVERS.append(interrupt)
+    try:
+        with pytest.raises(_Interrupted):
+            write()
+    finally:
+        layout.CHECKPOINT_OBSERVERS.remove(interrupt)
+
+
 def test_an_interrupted_add_resumes_after_the_rows_it_merged(
     tmp_path, trained_model, monkeypatch, capsys
 ):
@@ -377,20 +395,7 @@ def test_an_interrupted_add_resumes_after_the_rows_it_merged(
     index_dir = tmp_path / "index"
     build_index(index_dir, model, base, COLUMNS, QUIET)
     chunks = BuildOptions(show_progress=False, chunk_rows=50)
-    seen = []
-
-    def interrupt(stage: str) -> None:
-        if stage == "during-ingest":
-            seen.append(stage)
-            if len(seen) == 3:
-                raise _Interrupted
-
-    layout.CHECKPOINT_OBSERVERS.append(interrupt)
-    try:
-        with pytest.raises(_Interrupted):
-            add_to_index(index_dir, model, more, COLUMNS, chunks)
-    finally:
-        layout.CHECKPOINT_OBSERVERS.remove(interrupt)
+    _interrupted_after_chunks(3, lambda: add_to_index(index_dir, model, more, COLUMNS, chunks))
     assert "the 150 vectors embedded so far are kept in" in capsys.readouterr().err
     report = add_to_index(index_dir, model, more, COLUMNS, chunks)
     assert report.reused == 150 and report.added == 300
@@ -429,20 +434,7 @@ def test_an_interrupted_first_build_keeps_its_directory_for_the_next_run(
     data = write_csv(tmp_path / "rows.csv", rows, ("id", "text", "class"))
     index_dir = tmp_path / "new-index"
     chunks = BuildOptions(show_progress=False, chunk_rows=50)
-    seen = []
-
-    def interrupt(stage: str) -> None:
-        if stage == "during-ingest":
-            seen.append(stage)
-            if len(seen) == 2:
-                raise _Interrupted
-
-    layout.CHECKPOINT_OBSERVERS.append(interrupt)
-    try:
-        with pytest.raises(_Interrupted):
-            build_index(index_dir, model, data, COLUMNS, chunks)
-    finally:
-        layout.CHECKPOINT_OBSERVERS.remove(interrupt)
+    _interrupted_after_chunks(2, lambda: build_index(index_dir, model, data, COLUMNS, chunks))
     assert index_dir.is_dir() and not layout.list_versions(index_dir)
     report = build_index(index_dir, model, data, COLUMNS, chunks)
     assert report.reused == 100 and report.count == 200
