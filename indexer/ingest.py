@@ -108,9 +108,7 @@ def ingest(
         smoothing=0.1,
     )
     if workspace is not None:
-        workspace.attach(writer.new.flush_vectors(), first=writer.new.count)
-        if workspace.cache and options.show_progress:
-            print(f"resuming: {len(workspace.cache)} vectors a stopped run embedded are kept")
+        workspace.attach(writer.new, options.show_progress)
     with bar, embedder(model, options) as embed:
         if workspace is not None:
             embed = workspace.embedding(embed)
@@ -122,14 +120,12 @@ def ingest(
             pending.difference_update(ids)
             added += len(keep)
             if workspace is not None:
-                writer.new.flush_vectors()
-                workspace.checkpoint(writer.new.count)
+                workspace.checkpoint()
             layout.checkpoint("during-ingest")
             bar.update(len(chunk) + len(chunk.problems))
             bar.set_postfix(indexed=writer.count, skipped=len(problems), refresh=False)
     if workspace is not None:
-        writer.new.flush_vectors()
-        workspace.checkpoint(writer.new.count, force=True)  # a failed publish loses none
+        workspace.checkpoint(force=True)  # a failed publish loses none
     if problems and options.strict:
         raise DataError(
             describe_problems(Path(name), problems)

@@ -28,7 +28,6 @@ model takes what this one had embedded from its workspace (indexer.resume).
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,8 +84,7 @@ def reembed_index(index_dir: Path, model: EmbeddingModel, options: BuildOptions)
                     index_dir, model, options, plan_for, needs_base=True, model_change=True
                 )
             except BaseException:
-                if note := workspace.left_behind():
-                    print(note, file=sys.stderr, flush=True)
+                workspace.give_up()
                 raise
             workspace.remove()
     seconds = time.perf_counter() - started
@@ -124,11 +122,9 @@ def _reembed(
     name = f"c{snapshot.name}"
     indexed = indexed_keys_of(snapshot.manifest, options.index_metadata)
     writer = SegmentWriter(workspace.directory, name, model.dim, snapshot.has_labels, indexed)
-    workspace.attach(writer.flush_vectors(), first=0)
+    workspace.attach(writer, options.show_progress)
     replaces: dict[str, tuple[int, np.ndarray]] = {}
     pages: list[tuple[list, np.ndarray, int]] = []  # read, not yet written
-    if workspace.cache and options.show_progress:
-        print(f"resuming: {len(workspace.cache)} vectors a stopped run embedded are kept")
 
     def texts() -> Iterator[list[str]]:
         for segment in snapshot.segments:
@@ -159,12 +155,10 @@ def _reembed(
                 [row[4] for row in live],
             )
             moved[[local for local, *_ in live]] = np.arange(first, writer.count)
-            writer.flush_vectors()
-            workspace.checkpoint(writer.count)
+            workspace.checkpoint()
             bar.update(len(live))
             layout.checkpoint("reembed-page")
-    writer.flush_vectors()
-    workspace.checkpoint(writer.count, force=True)  # a failed publish loses none of it
+    workspace.checkpoint(force=True)  # a failed publish loses none of it
     if options.show_progress:
         print(f"building the {kind} index of {writer.count} rows...")
     entry = writer.finish(kind, params, whole_version=True)

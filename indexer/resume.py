@@ -36,11 +36,13 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -57,6 +59,15 @@ CHECKPOINT_SECONDS = 30.0
 KEY_DTYPE = np.dtype("S16")
 #: embeds lists of texts, one array per list, in order (indexer.ingest.embedder)
 Embed = Callable[[Iterator[list[str]]], Iterator[np.ndarray]]
+
+
+class Segment(Protocol):
+    """What a workspace reads of the segment a run writes (version_writer.SegmentWriter)."""
+
+    @property
+    def count(self) -> int: ...
+
+    def flush_vectors(self) -> Path: ...
 
 
 def text_keys(texts: Sequence[str]) -> np.ndarray:
@@ -118,15 +129,18 @@ class Workspace:
         self.command = command
         self.reused = 0  # rows taken from the cache so far
         self._keys = open(directory / KEYS_FILE, "wb")
+        self._segment: Segment | None = None
         self._first = 0
-        self._attached = False
         self._last = time.monotonic()
 
-    def attach(self, vectors: Path, first: int) -> None:
-        """The new segment's vectors file (flushed: its first `first` rows are not
-        this job's embeddings), hard-linked so the workspace keeps it."""
-        os.link(vectors, self.directory / RUN_VECTORS)
-        self._attached, self._first = True, first
+    def attach(self, segment: Segment, show_progress: bool) -> None:
+        """The new segment this run appends its embeddings to (after the rows it holds
+        now, which are not this job's: an add's merged base rows): its vectors file
+        hard-linked so the workspace keeps it. Says when a stopped run's are reused."""
+        os.link(segment.flush_vectors(), self.directory / RUN_VECTORS)
+        self._segment, self._first = segment, segment.count
+        if self.cache and show_progress:
+            print(f"resuming: {len(self.cache)} vectors a stopped run embedded are kept")
 
     def embedding(self, embed: Embed) -> Embed:
         """`embed` with the cache in front: each list's texts the cache holds are taken
@@ -153,11 +167,15 @@ class Workspace:
 
         return run
 
-    def checkpoint(self, rows: int, force: bool = False) -> None:
-        """The attached segment holds `rows` rows (flushed by the caller): make them
-        durable for a next run, at most every CHECKPOINT_SECONDS unless `force`."""
-        if not self._attached or (not force and time.monotonic() - self._last < CHECKPOINT_SECONDS):
+    def checkpoint(self, force: bool = False) -> None:
+        """Make the rows the attached segment holds durable for a next run, at most
+        every CHECKPOINT_SECONDS unless `force` (once everything is embedded)."""
+        if self._segment is None:
             return
+        if not force and time.monotonic() - self._last < CHECKPOINT_SECONDS:
+            return
+        rows = self._segment.count
+        self._segment.flush_vectors()
         self._keys.flush()
         os.fsync(self._keys.fileno())
         with open(self.directory / RUN_VECTORS, "rb") as handle:
@@ -166,10 +184,14 @@ class Workspace:
         write_json_atomic(self.directory / PROGRESS_FILE, progress)
         self._last = time.monotonic()
 
-    def left_behind(self) -> str | None:
-        """The run did not publish: what it leaves for the next one, to say to its
-        user (the disk it takes is theirs to free); when nothing was checkpointed, the
-        workspace is removed and None returned."""
+    def give_up(self) -> None:
+        """The run did not publish: say on stderr what it leaves for the next one (the
+        disk it takes is the user's to free), or remove the workspace when nothing was
+        checkpointed."""
+        if note := self._left_behind():
+            print(note, file=sys.stderr, flush=True)
+
+    def _left_behind(self) -> str | None:
         self.close()
         parts = _parts(self.directory / CACHE_DIR, self.dim)
         rows = sum(len(keys) for keys, _ in parts)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 import time
 import uuid
 from collections import Counter
@@ -123,7 +122,9 @@ def write_version(
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 if workspace is not None:
-                    _say_what_is_kept(workspace)
+                    # a first build's directory stays for it too: writer_lock removes a
+                    # directory it made only when nothing is kept there
+                    workspace.give_up()
                 raise
             mirror.published(name, index_dir)  # the alias last
             if workspace is not None:
@@ -154,14 +155,6 @@ def _ingest_workspace(index_dir: Path, plan: Plan, model: EmbeddingModel) -> Wor
     return open_workspace(
         index_dir, "ingest", model.fingerprint, model.dim, f"siamese-index {command}"
     )
-
-
-def _say_what_is_kept(workspace: Workspace) -> None:
-    """Tell the user what the next run will not embed again (a first build's directory
-    stays for it too: writer_lock removes a directory it made only when nothing is
-    kept there)."""
-    if note := workspace.left_behind():
-        print(note, file=sys.stderr, flush=True)
 
 
 def check_one_model(base: IndexVersion, plan: Plan, model: EmbeddingModel) -> None:

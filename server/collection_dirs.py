@@ -37,8 +37,6 @@ log = logging.getLogger("siamese.server")
 
 #: a collection's name (and its directory's): the API's rule, server.openapi
 VALID_NAME = re.compile(NAME_PATTERN)
-#: in a collection's directory: it was dropped, whatever else it holds
-DROPPED_FILE = layout.DROPPED
 #: how long a drop waits for a writer of the collection (a siamese-index job, a
 #: commit of its writes) to finish before it is refused
 DROP_WAIT_SECONDS = 10.0
@@ -57,13 +55,9 @@ def served_directories(root: Path) -> list[Path]:
         for entry in sorted(Path(root).iterdir())
         if entry.is_dir()
         and VALID_NAME.match(entry.name)
-        and not is_dropped(entry)
+        and not layout.is_dropped(entry)
         and _is_index(entry)
     ]
-
-
-def is_dropped(directory: Path) -> bool:
-    return layout.is_dropped(directory)
 
 
 def _is_index(directory: Path) -> bool:
@@ -77,7 +71,7 @@ def mark_dropped(directory: Path) -> None:
     every later one is refused (`layout.writer_lock`), instead of being acknowledged
     and then deleted with the files. UserError when a writer holds it too long."""
     with layout.writer_lock(directory, DROP_WAIT_SECONDS):
-        write_bytes_atomic(Path(directory) / DROPPED_FILE, b"dropped\n")
+        write_bytes_atomic(Path(directory) / layout.DROPPED, b"dropped\n")
         fsync_dir(Path(directory))
 
 
@@ -125,7 +119,9 @@ def finish_drops(root: Path, forget: Forget | None = None) -> threading.Thread |
     directories, with what `forget` removes; `.dropped-*` leftovers of a removal cut
     short); None when nothing."""
     directories = [entry for entry in Path(root).iterdir() if entry.is_dir()]
-    marked = [entry for entry in directories if VALID_NAME.match(entry.name) and is_dropped(entry)]
+    marked = [
+        entry for entry in directories if VALID_NAME.match(entry.name) and layout.is_dropped(entry)
+    ]
     leftovers = [entry for entry in directories if entry.name.startswith(DROPPED_PREFIX)]
     if not marked and not leftovers:
         return None
