@@ -122,6 +122,7 @@ def _reembed(
     name = f"c{snapshot.name}"
     indexed = indexed_keys_of(snapshot.manifest, options.index_metadata)
     writer = SegmentWriter(workspace.directory, name, model.dim, snapshot.has_labels, indexed)
+    writer.refuse_untrainable(kind, params, snapshot.count)
     workspace.attach(writer, options.show_progress)
     replaces: dict[str, tuple[int, np.ndarray]] = {}
     pages: list[tuple[list, np.ndarray, int]] = []  # read, not yet written

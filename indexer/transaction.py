@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from siamese_search.core.errors import UserError
 from siamese_search.core.model_artifact import EmbeddingModel
-from siamese_search.core.tables import Columns, RowProblem, Table
+from siamese_search.core.tables import Columns, RowProblem, Table, count_records
 from siamese_search.indexer import layout
 from siamese_search.indexer.backends import check_params
 from siamese_search.indexer.ingest import ingest
@@ -202,6 +202,8 @@ def _fill(
     if plan.source is None:
         return 0, []
     assert plan.source_columns is not None
+    records = _records_in(plan)
+    writer.refuse_untrainable(plan.kind, plan.params, records)
     return ingest(
         writer,
         model,
@@ -209,9 +211,20 @@ def _fill(
         plan.source_columns,
         options,
         plan.first_row_id,
-        plan.source_records,
+        records,
         workspace,
     )
+
+
+def _records_in(plan: Plan) -> int:
+    """How many records the plan's source holds (counted by the planner, or here: a
+    pass over the table, which the ingest's progress total needs anyway)."""
+    if isinstance(plan.source, Table):
+        return len(plan.source.texts)
+    if plan.source_records is not None:
+        return plan.source_records
+    assert plan.source is not None
+    return count_records(plan.source)
 
 
 def _new_rows(plan: Plan) -> int:

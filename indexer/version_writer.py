@@ -24,7 +24,7 @@ from siamese_search.core.errors import UserError
 from siamese_search.core.model_artifact import EmbeddingModel
 from siamese_search.core.provenance import package_versions, utc_now
 from siamese_search.indexer import layout
-from siamese_search.indexer.backends import SEARCH_PARAMS, create_index, resolve_kind
+from siamese_search.indexer.backends import SEARCH_PARAMS, FaissIndex, create_index, resolve_kind
 from siamese_search.indexer.records import RecordWriter
 from siamese_search.indexer.segments import (
     DATA_FILES,
@@ -134,6 +134,33 @@ class SegmentWriter:
                 [r[4] for r in rows],
             )
 
+    def refuse_untrainable(self, kind: str, params: dict | None, rows_to_come: int) -> None:
+        """Before any text is embedded: refuse (UserError, as `finish` would) an index
+        type that cannot learn from this segment's rows, when it is the whole version
+        and holds at most `rows_to_come` more (rows refused while reading only make
+        fewer). Found only at `finish`, the refusal came after hours of embedding."""
+        self._trainable_index(kind, params, self.count + rows_to_come, True, before=True)
+
+    def _trainable_index(
+        self, kind: str, params: dict | None, count: int, whole_version: bool, before: bool = False
+    ) -> FaissIndex:
+        """The empty index a segment of `count` rows gets (`finish`), refused when it
+        cannot train on that many vectors."""
+        if not whole_version and count < SMALL_SEGMENT_ROWS:
+            kind, params = "flat", None
+        resolved = resolve_kind(kind, count)
+        index = create_index(resolved, self.dim, count, params)
+        needed = index.min_training_vectors
+        if count < needed:
+            would = "could have at most" if before else "would have"
+            raise UserError(
+                f"--index-type {resolved} needs at least {needed} vectors to train "
+                f"({index.training_needs}); this version {would} {count}"
+                + (" (refused before embedding any text)" if before else "")
+                + ". Use --index-type flat (exact; right below 50,000 vectors), hnsw, or auto"
+            )
+        return index
+
     def finish(self, kind: str, params: dict | None, whole_version: bool) -> SegmentEntry:
         """Close the data files and build the segment's index: the requested type for
         a segment that is the whole version (a build, a compaction) or a large one; an
@@ -143,17 +170,8 @@ class SegmentWriter:
         if self.label_file is not None:
             self.label_file.close()
         count = self.count
-        if not whole_version and count < SMALL_SEGMENT_ROWS:
-            kind, params = "flat", None
-        resolved = resolve_kind(kind, count)
-        index = create_index(resolved, self.dim, count, params)
-        needed = index.min_training_vectors
-        if count < needed:
-            raise UserError(
-                f"--index-type {resolved} needs at least {needed} vectors to train "
-                f"({index.training_needs}); this version would have {count}. Use "
-                "--index-type flat (exact; right below 50,000 vectors), hnsw, or auto"
-            )
+        index = self._trainable_index(kind, params, count, whole_version)
+        resolved = index.kind
         if count:
             vectors_path = self.directory / layout.VECTORS_FILE
             if index.needs_training:  # IVF: centroids from a random sample of the vectors
@@ -267,6 +285,13 @@ class VersionWriter:
     def _count_labels(self, codes: np.ndarray, names: list[str]) -> None:
         counts = np.bincount(codes[codes >= 0], minlength=len(names))
         self._kept_labels.update({name: int(n) for name, n in zip(names, counts, strict=True) if n})
+
+    def refuse_untrainable(self, kind: str, params: dict | None, rows_to_come: int) -> None:
+        """Before the new rows are embedded (`SegmentWriter.refuse_untrainable`), once
+        the base is carried: only a new segment that will be the whole version is
+        sure to get `kind` (a smaller one beside kept segments may be exact)."""
+        if not self._kept:
+            self.new.refuse_untrainable(kind, params, rows_to_come)
 
     def finish(self, kind: str, params: dict | None, model: EmbeddingModel, extra: dict) -> dict:
         new = self.new.finish(kind, params, whole_version=not self._kept)

@@ -342,10 +342,20 @@ def test_failed_jobs_say_what_to_do_and_leave_only_what_a_rerun_takes(
     good = _table(tmp_path / "a.csv", _rows("a", 100))
     empty = tmp_path / "empty.csv"
     empty.write_bytes(b"")
+    # 300 records, 60 of them without text: only the ingest finds that 240 are left
+    thinned = _table(
+        tmp_path / "thin.csv", _rows("t", 240) + [(f"e{i}", "", "1") for i in range(60)]
+    )
     cases = [
         (["--data", str(good), "--label-column", "nope"], "no column 'nope'"),
         (["--data", str(empty)], "the file is empty"),
-        (["--data", str(good), "--index-type", "ivf-pq"], "ivf-pq needs at least 256 vectors"),
+        (
+            ["--data", str(good), "--index-type", "ivf-pq"],
+            "ivf-pq needs at least 256 vectors to train (2 coarse lists and 256-centroid "
+            "product quantizers); this version could have at most 100 (refused before "
+            "embedding any text)",
+        ),
+        (["--data", str(thinned), "--index-type", "ivf-pq"], "this version would have 240."),
     ]
     for flags, message in cases:
         out = tmp_path / "new-index"
@@ -355,16 +365,16 @@ def test_failed_jobs_say_what_to_do_and_leave_only_what_a_rerun_takes(
         err = capsys.readouterr().err
         assert code == 2 and message in err, err
         assert "This is a bug" not in err and "Traceback" not in err
-        if "ivf-pq" in flags:  # refused once all was embedded: kept for the next run
-            assert "the 100 vectors embedded so far are kept in" in err
+        if str(thinned) in flags:  # refused once all was embedded: kept for the next run
+            assert "the 240 vectors embedded so far are kept in" in err
             assert (
                 index_main(
                     ["build", "--model", str(trained_model), "--out", str(out)]
-                    + ["--quiet", "--data", str(good)]
+                    + ["--quiet", "--data", str(thinned)]
                 )
                 == 0
             )
-            assert "100 taken from a stopped run" in capsys.readouterr().out
+            assert "240 taken from a stopped run" in capsys.readouterr().out
             shutil.rmtree(out)
         assert not out.exists(), f"{flags} left {list(out.iterdir())}"
 

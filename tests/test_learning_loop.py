@@ -159,6 +159,20 @@ def test_a_version_mixing_two_models_is_refused(written_index, tuned_model):
 
 
 @pytest.mark.slow
+def test_reembed_refuses_an_index_type_too_large_for_its_rows_before_embedding(
+    written_index, new_model_dir
+):
+    """ivf-pq learns 256-centroid quantizers: the index's few rows cannot train it.
+    Refused before the first text is embedded (not after all are), nothing kept."""
+    with open_index(written_index, load_indexes=False) as current:
+        count = current.count
+    options = BuildOptions(show_progress=False, index_type="ivf-pq")
+    with pytest.raises(UserError, match=f"at most {count} \\(refused before embedding any text"):
+        reembed_index(written_index, load_model(new_model_dir), options)
+    assert not list(written_index.glob(resume.WORKSPACE_PREFIXES["reembed"] + "*"))
+    assert layout.current_version(written_index) == "000002"
+
+
 @pytest.mark.parametrize("stop_at", ["reembed-page", "reembed-embedded", "before-finish"])
 def test_a_killed_job_leaves_the_current_version_serving_and_the_next_run_works(
     written_index, tuned_model, stop_at
