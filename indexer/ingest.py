@@ -131,6 +131,13 @@ def ingest(
             describe_problems(Path(name), problems)
             + "\n--strict is set: nothing was written. Fix these rows or drop --strict."
         )
+    if problems and not added:
+        # skipping bad rows keeps the good ones; with none, a `build --replace` would
+        # serve an empty index, and an `add` would publish a version that changes nothing
+        raise DataError(
+            describe_problems(Path(name), problems)
+            + "\nNo row is usable: nothing was written. Fix these rows."
+        )
     return added, problems
 
 

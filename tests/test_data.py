@@ -9,7 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from siamese_search.core.errors import DataError
-from siamese_search.core.tables import Columns, check_trainable, iter_table, read_table
+from siamese_search.core.tables import (
+    Columns,
+    check_trainable,
+    count_records,
+    iter_table,
+    read_table,
+)
 from tests.conftest import TOY_ROWS, write_csv
 
 COLUMNS = Columns(text="text", label="label")
@@ -82,12 +88,51 @@ def test_bad_rows_are_reported_with_line_numbers(tmp_path):
         read_table(path, COLUMNS)
 
 
+def test_a_quote_left_open_is_found_not_read_as_one_long_row(tmp_path):
+    """An open quote swallows every line up to the next quote character. Ending the
+    file inside it refuses the file (20,000 rows would otherwise go as one bad row);
+    closed later, the one problem names the lines it ran over, and reading goes on.
+    A quoted field followed by more than a delimiter is a problem, not rejoined text."""
+    rows = "".join(f"row {i},a\n" for i in range(20_000))
+    to_the_end = tmp_path / "open.csv"
+    to_the_end.write_text(f'text,label\nfine,a\n"left open,a\n{rows}')
+    with pytest.raises(
+        DataError, match=r"line 3: a quoted field .* never closed, so lines 3-20003"
+    ):
+        list(iter_table(to_the_end, COLUMNS))
+    assert count_records(to_the_end) == 0  # no progress total; the reading pass says why
+    closed_later = tmp_path / "later.csv"
+    closed_later.write_text('text,label\n"left open,a\nrow,a\n"quoted",a\nafter,a\n"x"y,a\nz,a\n')
+    chunks = list(iter_table(closed_later, COLUMNS))
+    assert [t for c in chunks for t in c.texts] == ["after", "z"]
+    problems = {p.line: p.reason for c in chunks for p in c.problems}
+    assert problems[2].endswith("(the record ran over lines 2-4: is a quote left open?)")
+    assert problems[6] == "unreadable CSV: ',' expected after '\"'"
+    assert count_records(closed_later) == 4  # as many records as the reading pass sees
+
+
 def test_jsonl_non_string_text_and_broken_json(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "ok", "label": "a"}\n{"text": 42, "label": "a"}\n{broken\n')
     problems = {p.line: p.reason for c in iter_table(path, COLUMNS) for p in c.problems}
     assert "int, not a string" in problems[2]
     assert "not valid JSON" in problems[3]
+
+
+def test_a_jsonl_line_over_the_limit_is_a_problem_read_past_in_pieces(tmp_path, monkeypatch):
+    from siamese_search.core import tables
+
+    monkeypatch.setattr(tables, "MAX_FIELD_BYTES", 64)
+    path = tmp_path / "long.jsonl"
+    lines = [{"text": "short", "label": "a"}, {"text": "x" * 500, "label": "a"}]
+    lines += [{"text": "after", "label": "a"}]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    chunks = list(iter_table(path, COLUMNS))
+    assert [t for c in chunks for t in c.texts] == ["short", "after"]
+    assert [(p.line, p.reason) for c in chunks for p in c.problems] == [
+        (2, "a line longer than the limit of 64 bytes")
+    ]
+    assert count_records(path) == 3
 
 
 def test_training_needs_two_classes_and_pairs(tmp_path):

@@ -198,6 +198,13 @@ def test_add_reads_the_table_as_the_index_was_built_and_finds_the_id_column(
     assert {"x0", "y1"} <= _ids(out)
 
 
+def test_an_add_of_no_usable_row_publishes_nothing(tmp_path, index_dir, capsys):
+    unusable = _table(tmp_path / "unusable.csv", [("n1", "", "1"), ("n2", "", "1")])
+    assert index_main(["add", "--index", str(index_dir), "--data", str(unusable), "--quiet"]) == 2
+    assert "No row is usable: nothing was written" in capsys.readouterr().err
+    assert layout.list_versions(index_dir) == ["000001"]
+
+
 def test_build_onto_versions_needs_replace_and_rollback_and_list(tmp_path, trained_model, capsys):
     data = _table(tmp_path / "a.csv", _rows("a", 12))
     out = tmp_path / "idx"
@@ -346,6 +353,10 @@ def test_failed_jobs_say_what_to_do_and_leave_only_what_a_rerun_takes(
     thinned = _table(
         tmp_path / "thin.csv", _rows("t", 240) + [(f"e{i}", "", "1") for i in range(60)]
     )
+    # no usable row (a build would publish an empty index), and a quote left open
+    unusable = _table(tmp_path / "unusable.csv", [(f"u{i}", "", "1") for i in range(3)])
+    open_quote = tmp_path / "open.csv"
+    open_quote.write_text('id,text,label\nq1,fine,1\nq2,"left open,1\nq3,text,1\n')
     cases = [
         (["--data", str(good), "--label-column", "nope"], "no column 'nope'"),
         (["--data", str(empty)], "the file is empty"),
@@ -356,6 +367,8 @@ def test_failed_jobs_say_what_to_do_and_leave_only_what_a_rerun_takes(
             "embedding any text)",
         ),
         (["--data", str(thinned), "--index-type", "ivf-pq"], "this version would have 240."),
+        (["--data", str(unusable)], "No row is usable: nothing was written"),
+        (["--data", str(open_quote)], "line 3: a quoted field opened on this line is never"),
     ]
     for flags, message in cases:
         out = tmp_path / "new-index"

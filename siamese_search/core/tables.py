@@ -28,7 +28,10 @@ DEFAULT_CHUNK_ROWS = 8192
 # Bytes that are not valid UTF-8 survive decoding as lone surrogates (surrogateescape).
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
-csv.field_size_limit(16 * 1024 * 1024)
+#: the longest field (CSV) or line (JSON Lines) read: a longer one is a row problem,
+#: not a read of however much memory it asks for
+MAX_FIELD_BYTES = 16 * 1024 * 1024
+csv.field_size_limit(MAX_FIELD_BYTES)
 
 
 @dataclass(frozen=True)
@@ -277,13 +280,46 @@ def count_records(path: str | Path) -> int:
         return int(pq.ParquetFile(path).metadata.num_rows)
     if fmt == "jsonl":
         with open(path, "rb") as handle:
-            return sum(1 for raw in handle if raw.strip())
+            return sum(1 for _, raw in _jsonl_lines(handle) if raw is None or raw.strip())
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
         try:
-            rows = sum(1 for row in csv.reader(handle) if row)
-        except csv.Error:
+            rows = sum(1 for _, row, _ in _csv_records(path, handle) if row != [])
+        except DataError:
             return 0  # the reading pass reports the problem; the bar just has no total
     return max(rows - 1, 0)  # the header
+
+
+def _csv_records(path: Path, handle) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    """(first line, fields, None) per CSV record ([] for a blank line), or (first
+    line, None, why) for one that cannot be read, from the header on.
+
+    Read strictly: a quoted field followed by more than a delimiter (`"a"b`) is a
+    problem, not silently rejoined, and a quote left open is found. A quote left open
+    swallows every line up to the next quote character; the record's problem names
+    the lines it ran over, and when the file ends inside it, the file is refused
+    (DataError): the rest of the file was read as one field, however many rows it
+    held, so skipping it as one bad row would publish a table cut short.
+    """
+    reader = csv.reader(handle, strict=True)
+    start = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            end = reader.line_num
+            if str(error) == "unexpected end of data":
+                raise DataError(
+                    f"{path}: line {start}: a quoted field opened on this line is never "
+                    f"closed, so lines {start}-{end} (the rest of the file) were read as one "
+                    'field. Close the quote; a quote inside a quoted field is written twice ("")'
+                ) from None
+            ran = f" (the record ran over lines {start}-{end}: is a quote left open?)"
+            yield start, None, f"unreadable CSV: {error}" + (ran if end > start else "")
+        else:
+            yield start, row, None
+        start = reader.line_num + 1
 
 
 def _csv_rows(path: Path, columns: Columns):
@@ -293,38 +329,46 @@ def _csv_rows(path: Path, columns: Columns):
         first = handle.read(1)
         if first != "\ufeff":  # tolerate a UTF-8 byte-order mark
             handle.seek(0)
-        reader = csv.reader(handle)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DataError(f"{path}: the file is empty; expected a header line") from None
-        except csv.Error as error:
-            raise DataError(f"{path}: not a readable CSV header: {error}") from None
+        records = _csv_records(path, handle)
+        _, header, problem = next(records, (1, None, None))
+        if header is None and problem is None:
+            raise DataError(f"{path}: the file is empty; expected a header line")
+        if header is None:
+            raise DataError(f"{path}: not a readable CSV header: {problem}")
         _check_columns(path, header, columns)
         width = len(header)
-        start = reader.line_num + 1
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as error:
-                yield start, None, f"unreadable CSV: {error}"
-                start = reader.line_num + 1
-                continue
-            line, start = start, reader.line_num + 1
-            if not row:
+        for line, row, problem in records:
+            if row is None:
+                yield line, None, problem
+            elif not row:
                 continue  # blank line
-            if len(row) != width:
+            elif len(row) != width:
                 yield line, None, f"{len(row)} fields where the header has {width}"
-                continue
-            yield line, dict(zip(header, row, strict=True)), None
+            else:
+                yield line, dict(zip(header, row, strict=True)), None
+
+
+def _jsonl_lines(handle) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes) per line, or (line number, None) for one longer than
+    MAX_FIELD_BYTES, read past in bounded pieces instead of whole."""
+    line_no = 0
+    while line := handle.readline(MAX_FIELD_BYTES + 1):
+        line_no += 1
+        if len(line) <= MAX_FIELD_BYTES or line.endswith(b"\n"):
+            yield line_no, line
+            continue
+        while (rest := handle.readline(MAX_FIELD_BYTES)) and not rest.endswith(b"\n"):
+            pass
+        yield line_no, None
 
 
 def _jsonl_rows(path: Path, columns: Columns):
     checked = False
     with open(path, "rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
+        for line_no, raw in _jsonl_lines(handle):
+            if raw is None:
+                yield line_no, None, f"a line longer than the limit of {MAX_FIELD_BYTES:,} bytes"
+                continue
             if not raw.strip():
                 continue
             try:
