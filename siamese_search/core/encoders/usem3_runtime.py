@@ -169,9 +169,9 @@ class GraphBackend:
 
     def _encode_oversized(self, group: list[list[int]]) -> np.ndarray:
         """A group with more distinct ids than the table holds (never with the default
-        table and TOKEN_BUDGET, unless one text is that long: the indexer takes texts
-        of any length): halves of it in turn, and a text alone that is still too
-        varied on numpy's forward pass, whose memory is bounded by its own token
+        table and TOKEN_BUDGET: a text over usem3_long.LONG_TOKENS is run in chunks
+        before it gets here): halves of it in turn, and a text alone that is still
+        too varied on numpy's forward pass, whose memory is bounded by its own token
         budget, not by a table sized to the text."""
         if len(group) > 1:
             half = len(group) // 2
