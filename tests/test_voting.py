@@ -48,3 +48,48 @@ def test_knn_vote_is_exact_search_plus_vote():
     assert [v.label for v in votes] == labels[:5]
     wide = knn_vote(reference, labels, queries, k=100)  # k beyond the set: all of it votes
     assert len(wide) == 5 and all(len(v.scores) == 4 for v in wide)
+
+
+@pytest.mark.parametrize("block_floats", [7, 1 << 24])
+def test_nearest_in_blocks_is_a_stable_sort_of_every_similarity(monkeypatch, block_floats):
+    """Blocks of queries (core.similarity_blocks) and a partition per row give what a
+    stable sort of the whole queries x reference matrix gives: the same k, in the same
+    order, ties to the lower reference row (values drawn from {0..3}: many ties)."""
+    from siamese_search.core import similarity_blocks
+    from siamese_search.core.served_space import nearest_other
+    from siamese_search.core.voting import nearest
+
+    monkeypatch.setattr(similarity_blocks, "BLOCK_FLOATS", block_floats)
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        queries = rng.integers(0, 4, size=(rng.integers(1, 30), 3)).astype(np.float32)
+        reference = rng.integers(0, 4, size=(rng.integers(1, 40), 3)).astype(np.float32)
+        k = int(rng.integers(1, 45))
+        similarity = queries @ reference.T
+        expected = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+        scores, positions = nearest(reference, queries, k)
+        np.testing.assert_array_equal(positions, expected)
+        np.testing.assert_array_equal(scores, np.take_along_axis(similarity, expected, axis=1))
+        whole = reference @ reference.T
+        np.fill_diagonal(whole, -np.inf)
+        if len(reference) > 1:
+            best = np.sort(whole, axis=1)[:, -min(3, len(reference) - 1) :].mean(axis=1)
+            np.testing.assert_allclose(nearest_other(reference, 3), best)
+
+
+def test_nearest_holds_a_block_of_similarities_not_every_pair():
+    """20,000 x 20,000 pairs took ~4.8 GB (a float and a sort index each); a training
+    table of 50,000 labelled rows (retrain on an index) was killed."""
+    import tracemalloc
+
+    from siamese_search.core.voting import nearest
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(20_000, 16)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        nearest(vectors, vectors, 5)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 400 * 2**20, f"{peak / 2**20:.0f} MB"

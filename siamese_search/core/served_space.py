@@ -44,6 +44,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from siamese_search.core.similarity_blocks import row_blocks
+
 SPACE_FILE = "space.npz"
 KIND = "meaning+labels"
 #: the label part's weight (its squared norm) inside the trained domain
@@ -63,10 +65,16 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 def nearest_other(vectors: np.ndarray, neighbours: int = 1) -> np.ndarray:
     """Each unit row's mean similarity to its `neighbours` nearest *other* rows
-    (leave-one-out)."""
-    similarity = vectors @ vectors.T
-    np.fill_diagonal(similarity, -np.inf)
-    return mean_of_top(similarity, min(neighbours, len(vectors) - 1))
+    (leave-one-out), a block of rows at a time (core.similarity_blocks: the whole
+    rows x rows matrix of a large training table would not fit)."""
+    neighbours = min(neighbours, len(vectors) - 1)
+    out = np.empty(len(vectors), dtype=np.result_type(vectors.dtype, np.float32))
+    for block in row_blocks(len(vectors), len(vectors)):
+        similarity = vectors[block] @ vectors.T
+        own = np.arange(block.start, block.stop)
+        similarity[own - block.start, own] = -np.inf
+        out[block] = mean_of_top(similarity, neighbours)
+    return out
 
 
 def mean_of_top(similarity: np.ndarray, neighbours: int) -> np.ndarray:
@@ -95,9 +103,14 @@ class ServedSpace:
         return self.meaning_dim + self.label_dim
 
     def label_shares(self, meaning: np.ndarray) -> np.ndarray:
-        """w(x) for unit meaning rows: the domain gate times the maximum share."""
-        similarity = np.asarray(meaning, np.float32) @ self.anchors.T
-        nearest = mean_of_top(similarity, self.gate_neighbours)
+        """w(x) for unit meaning rows: the domain gate times the maximum share (the
+        rows' similarities to the anchors a block at a time: an index build embeds
+        chunks of thousands of texts, and a model retrained on an index has as many
+        anchors as it had labelled rows)."""
+        meaning = np.asarray(meaning, np.float32)
+        nearest = np.empty(len(meaning), dtype=np.float32)
+        for block in row_blocks(len(meaning), len(self.anchors)):
+            nearest[block] = mean_of_top(meaning[block] @ self.anchors.T, self.gate_neighbours)
         gate = np.clip((nearest - self.gate_low) / (self.gate_high - self.gate_low), 0.0, 1.0)
         return (self.max_label_share * gate).astype(np.float32)
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from siamese_search.core.similarity_blocks import row_blocks, top_k
+
 
 @dataclass(frozen=True)
 class Vote:
@@ -51,11 +53,16 @@ def vote(labels: Sequence[str], scores: Sequence[float], min_score: float = -1.0
 
 def nearest(reference: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k (scores, positions) of each query row among the unit reference rows,
-    best first; ties keep the reference order (stable sort), as a flat index does."""
-    similarities = np.asarray(queries) @ np.asarray(reference).T
-    k = min(k, similarities.shape[1])
-    positions = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(similarities, positions, axis=1), positions
+    best first; ties keep the reference order, as a flat index does. Memory is a
+    block of similarities, not queries x reference (core.similarity_blocks)."""
+    reference, queries = np.asarray(reference), np.asarray(queries)
+    k = min(k, len(reference))
+    dtype = np.result_type(queries.dtype, reference.dtype)
+    scores = np.empty((len(queries), k), dtype=dtype)
+    positions = np.empty((len(queries), k), dtype=np.int64)
+    for block in row_blocks(len(queries), len(reference)):
+        scores[block], positions[block] = top_k(queries[block] @ reference.T, k)
+    return scores, positions
 
 
 def knn_vote(
