@@ -191,7 +191,11 @@ class RestGateway:
         the schemas a body naming that collection is checked against; `metrics`
         (server.metrics.Metrics) counts open and refused connections;
         `max_connections_per_client` caps one client address's (0: no cap of its own)."""
-        self.channel = grpc.insecure_channel(grpc_target)
+        # the gRPC server bounds what it sends (max_send_bytes); a neighbour's stored
+        # text may be megabytes, past gRPC's default 4 MiB a client receives
+        self.channel = grpc.insecure_channel(
+            grpc_target, options=[("grpc.max_receive_message_length", -1)]
+        )
         # a server without --collections makes and drops none: no such routes (405/404)
         self.routes = [
             route

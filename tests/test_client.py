@@ -226,3 +226,53 @@ def test_the_client_imports_without_tensorflow_faiss_or_the_encoder():
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+def test_a_neighbour_with_a_text_of_megabytes_reaches_every_client(tmp_path, trained_model, capsys):
+    """A stored text over gRPC's default 4 MiB receive limit: the typed client (blocking
+    and async), the REST gateway and siamese-query all get it (RESOURCE_EXHAUSTED
+    before, retried as if the server were busy); siamese-query shows it cut."""
+    import http.client
+    import json
+
+    from siamese_search.client.cli import main as query_main
+    from siamese_search.core.tables import Table
+
+    long_text = "fix crash on save " + "\U0001f642" * 1_300_000  # 5.2 MB, a few tokens
+    table = Table(["fix crash on save", long_text], ["1", "1"], ["short", "long"])
+    index = tmp_path / "index"
+    build_index(
+        index,
+        load_model(trained_model),
+        table,
+        Columns(text="text", label="label", id="id"),
+        BuildOptions(show_progress=False),
+    )
+    config = ServerConfig(index_dir=index, port=0, http_port=0, batching=encode_in_server())
+    running = SearchServer(config).start()
+    try:
+        target = f"127.0.0.1:{running.port}"
+        with SearchClient(target, retry=RetryPolicy(attempts=1)) as client:
+            texts = {n.id: n.text for n in client.search("fix crash on save", k=2).neighbors}
+        assert texts["long"] == long_text
+
+        async def asynchronous() -> str:
+            async with AsyncSearchClient(target, retry=RetryPolicy(attempts=1)) as client:
+                found = await client.search("fix crash on save", k=2)
+                return {n.id: n.text for n in found.neighbors}["long"]
+
+        assert asyncio.run(asynchronous()) == long_text
+        connection = http.client.HTTPConnection("127.0.0.1", running.http_port, timeout=60)
+        body = json.dumps({"text": "fix crash on save", "k": 2})
+        connection.request("POST", "/v1/search", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        found = json.loads(response.read())
+        assert response.status == 200, found
+        assert {n["id"]: n["text"] for n in found["neighbors"]}["long"] == long_text
+        capsys.readouterr()
+        assert query_main(["--target", target, "fix crash on save", "-k", "2"]) == 0
+        shown = capsys.readouterr().out
+        assert "... (1,300,018 characters; --json shows all)  (id long)" in shown
+        assert len(shown) < 2_000
+    finally:
+        running.stop(0)

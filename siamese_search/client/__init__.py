@@ -269,6 +269,20 @@ def _name_collection(request, collection: str) -> None:
         request.collection = collection
 
 
+#: a response may be as large as the server chooses to send (siamese-serve: 64 MiB):
+#: gRPC's default of 4 MiB made every Search whose neighbours held one long stored text
+#: fail (RESOURCE_EXHAUSTED on the client, then retried as if the server were busy)
+RECEIVE_ANY_SIZE = ("grpc.max_receive_message_length", -1)
+
+
+def _channel_options(options: Sequence[tuple[str, object]]) -> list[tuple[str, object]]:
+    """The caller's channel options, receiving responses of any size unless they say."""
+    given = list(options)
+    if any(name == RECEIVE_ANY_SIZE[0] for name, _ in given):
+        return given
+    return [RECEIVE_ANY_SIZE, *given]
+
+
 def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
@@ -293,9 +307,9 @@ class SearchClient:
         """`collection`: the collection every call names (empty: the server's default)."""
         credentials = _channel_credentials(tls, ca_cert)
         self._channel = (
-            grpc.secure_channel(target, credentials, options=list(options))
+            grpc.secure_channel(target, credentials, options=_channel_options(options))
             if credentials is not None
-            else grpc.insecure_channel(target, options=list(options))
+            else grpc.insecure_channel(target, options=_channel_options(options))
         )
         self._stub = pb_grpc.SearchServiceStub(self._channel)
         self._metadata = _metadata(token)
@@ -527,9 +541,9 @@ class AsyncSearchClient:
         """`collection`: the collection every call names (empty: the server's default)."""
         credentials = _channel_credentials(tls, ca_cert)
         self._channel = (
-            grpc.aio.secure_channel(target, credentials, options=list(options))
+            grpc.aio.secure_channel(target, credentials, options=_channel_options(options))
             if credentials is not None
-            else grpc.aio.insecure_channel(target, options=list(options))
+            else grpc.aio.insecure_channel(target, options=_channel_options(options))
         )
         self._stub = pb_grpc.SearchServiceStub(self._channel)
         self._metadata = _metadata(token)

@@ -98,12 +98,24 @@ def _threshold_note(args) -> str:
     return f"no neighbour reached --min-score {args.min_score}"
 
 
+#: a neighbour's text is shown up to this many characters (--json gives all of it)
+SHOWN_CHARS = 300
+
+
+def _shown(text: str) -> str:
+    """A stored text as a line of the listing: a long one (an index may hold whole
+    documents) cut, saying how long it is."""
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}... ({len(text):,} characters; --json shows all)"
+
+
 def _print_neighbors(neighbors, args) -> None:
     if not neighbors:
         print(f"     ({_threshold_note(args)})")
     for rank, n in enumerate(neighbors, start=1):
         label = f"[{n.label}] " if n.label else ""
-        print(f"{rank:>3}. {n.score:6.3f}  {label}{n.text}  (id {n.id})")
+        print(f"{rank:>3}. {n.score:6.3f}  {label}{_shown(n.text)}  (id {n.id})")
 
 
 def _abstention_note(result, args) -> str:
