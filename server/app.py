@@ -156,6 +156,7 @@ class SearchServer:
             self.batcher,
             config.workers + config.max_streams,  # gRPC's thread pool
             self.metrics,
+            config.max_send_bytes,
         )
         pb_grpc.add_SearchServiceServicer_to_server(self.service, self.grpc_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)

@@ -98,6 +98,18 @@ def _stored_examples(index: ServedVersion, rows, with_vectors: bool) -> list[pb.
     return examples
 
 
+def _fitting(examples: list[pb.StoredExample], budget: int) -> int:
+    """How many of a Scroll page's examples fit in `budget` bytes (one at least: a
+    stored text is at most 16 MB, well within what the server sends), so that a page
+    of long texts is cut short, the token going on from there, instead of refused."""
+    total = 0
+    for count, example in enumerate(examples):
+        total += example.ByteSize() + 8  # its field's tag and length
+        if total > budget and count:
+            return count
+    return len(examples)
+
+
 def _reason(decision, abstention, threshold: float | None, neighbours: int = 1) -> str:
     """Why Predict abstained, in words ("" when it did not); `neighbours`: how many the
     search found."""
@@ -135,9 +147,13 @@ class SearchService(pb_grpc.SearchServiceServicer):
         batcher: Batcher,
         workers: int = 8,
         metrics: Metrics | None = None,
+        max_send_bytes: int = 64 * 1024 * 1024,
     ):
         self.collections = collections
         self.limits = limits
+        #: the largest answer gRPC sends (ServerConfig.max_send_bytes): a Scroll page is
+        #: cut to fit it, any other answer over it refused with what to ask instead
+        self.max_send_bytes = max_send_bytes
         self.batcher = batcher
         self.metrics = metrics
         #: threads that run unary calls (gRPC's pool): with several collections, one may
@@ -166,7 +182,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
             admitted = self._admit(collection)
             if collection.metrics is not None:
                 collection.metrics.called(type(request).__name__.removesuffix("Request"))
-            return work(collection)
+            return self._within_send_limit(work(collection))
         except (check.InvalidRequest, FilterError, MetadataError) as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except (UnknownLabelError, CollectionNotFound) as error:
@@ -194,6 +210,21 @@ class SearchService(pb_grpc.SearchServiceServicer):
             if admitted is not None:
                 with self._in_flight_lock:
                     self._in_flight[admitted] -= 1
+
+    def _within_send_limit(self, response):
+        """`response`, or OUT_OF_RANGE when gRPC would refuse to send it: stored texts
+        (of any length in an index) or vectors can make k neighbours or a batch of
+        examples larger than the limit, and gRPC's own refusal is a RESOURCE_EXHAUSTED
+        that clients retry as if the server were busy."""
+        size = response.ByteSize()
+        if size > self.max_send_bytes:
+            raise _Abort(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"the answer would be {size / 2**20:.1f} MiB, over the server's "
+                f"{self.max_send_bytes / 2**20:.0f} MiB an answer (its stored texts are long): "
+                "ask for fewer neighbours (k), texts or ids a call",
+            )
+        return response
 
     def _admit(self, collection: Collection) -> str:
         """Count the call against its collection; refused (RESOURCE_EXHAUSTED) when the
@@ -383,10 +414,14 @@ class SearchService(pb_grpc.SearchServiceServicer):
             with scrolling.version_for(current, version, collection.source) as index:
                 where = index.parse_filter(check.filter_of(request))
                 rows, last = index.scroll(where, limit, after)
+                examples = _stored_examples(index, rows, request.with_vectors)
+                fitting = _fitting(examples, self.max_send_bytes // 2)
+                if fitting < len(examples):  # the rest of the page on the next one
+                    examples, last = examples[:fitting], rows[fitting - 1].position
                 if last is not None:  # the next page reads this version too
                     self.scroll_holds.keep(collection.source, index.name)
                 return pb.ScrollResponse(
-                    examples=_stored_examples(index, rows, request.with_vectors),
+                    examples=examples,
                     next_page_token=scrolling.token(index, last) if last is not None else "",
                     index_version=index.name,
                 )

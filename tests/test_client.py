@@ -276,3 +276,45 @@ def test_a_neighbour_with_a_text_of_megabytes_reaches_every_client(tmp_path, tra
         assert len(shown) < 2_000
     finally:
         running.stop(0)
+
+
+def test_answers_over_the_send_limit_are_cut_or_refused_saying_why(tmp_path, trained_model):
+    """Six stored texts of ~300 KB against a 1 MiB send limit: Scroll cuts its pages
+    to fit (every row once, the token going on), Search asking for all six is refused
+    with OUT_OF_RANGE and what to ask instead (gRPC's own refusal was a
+    RESOURCE_EXHAUSTED that clients retried as if the server were busy)."""
+    from siamese_search.core.tables import Table
+
+    texts = [f"fix crash number {i} " + "\U0001f642" * 75_000 for i in range(6)]
+    table = Table(texts, ["1"] * 6, [f"r{i}" for i in range(6)])
+    index = tmp_path / "index"
+    build_index(
+        index,
+        load_model(trained_model),
+        table,
+        Columns(text="text", label="label", id="id"),
+        BuildOptions(show_progress=False),
+    )
+    config = ServerConfig(
+        index_dir=index, port=0, max_send_bytes=2**20, batching=encode_in_server()
+    )
+    running = SearchServer(config).start()
+    try:
+        with SearchClient(f"127.0.0.1:{running.port}", retry=RetryPolicy(attempts=1)) as client:
+            seen, token, pages = [], "", 0
+            while True:
+                page = client.scroll(limit=10, page_token=token)
+                seen += [example.id for example in page.examples]
+                pages += 1
+                token = page.next_page_token
+                if not token:
+                    break
+            assert seen == [f"r{i}" for i in range(6)] and pages >= 2
+            with pytest.raises(grpc.RpcError) as refused:
+                client.search("fix crash", k=6)
+            assert refused.value.code() == grpc.StatusCode.OUT_OF_RANGE
+            assert "over the server's 1 MiB an answer" in refused.value.details()
+            assert "fewer neighbours (k)" in refused.value.details()
+            assert len(client.search("fix crash", k=1).neighbors) == 1
+    finally:
+        running.stop(0)
