@@ -228,6 +228,17 @@ def test_the_client_imports_without_tensorflow_faiss_or_the_encoder():
     assert run.stdout.strip() == "[]"
 
 
+def _index_of(tmp_path, trained_model, texts: dict[str, str]):
+    """An index of `texts` (id -> text), all labelled "1", built in memory."""
+    from siamese_search.core.tables import Table
+
+    index = tmp_path / "index"
+    table = Table(list(texts.values()), ["1"] * len(texts), list(texts))
+    columns = Columns(text="text", label="label", id="id")
+    build_index(index, load_model(trained_model), table, columns, BuildOptions(show_progress=False))
+    return index
+
+
 def test_a_neighbour_with_a_text_of_megabytes_reaches_every_client(tmp_path, trained_model, capsys):
     """A stored text over gRPC's default 4 MiB receive limit: the typed client (blocking
     and async), the REST gateway and siamese-query all get it (RESOURCE_EXHAUSTED
@@ -236,18 +247,9 @@ def test_a_neighbour_with_a_text_of_megabytes_reaches_every_client(tmp_path, tra
     import json
 
     from siamese_search.client.cli import main as query_main
-    from siamese_search.core.tables import Table
 
     long_text = "fix crash on save " + "\U0001f642" * 1_300_000  # 5.2 MB, a few tokens
-    table = Table(["fix crash on save", long_text], ["1", "1"], ["short", "long"])
-    index = tmp_path / "index"
-    build_index(
-        index,
-        load_model(trained_model),
-        table,
-        Columns(text="text", label="label", id="id"),
-        BuildOptions(show_progress=False),
-    )
+    index = _index_of(tmp_path, trained_model, {"short": "fix crash on save", "long": long_text})
     config = ServerConfig(index_dir=index, port=0, http_port=0, batching=encode_in_server())
     running = SearchServer(config).start()
     try:
@@ -283,18 +285,8 @@ def test_answers_over_the_send_limit_are_cut_or_refused_saying_why(tmp_path, tra
     to fit (every row once, the token going on), Search asking for all six is refused
     with OUT_OF_RANGE and what to ask instead (gRPC's own refusal was a
     RESOURCE_EXHAUSTED that clients retried as if the server were busy)."""
-    from siamese_search.core.tables import Table
-
-    texts = [f"fix crash number {i} " + "\U0001f642" * 75_000 for i in range(6)]
-    table = Table(texts, ["1"] * 6, [f"r{i}" for i in range(6)])
-    index = tmp_path / "index"
-    build_index(
-        index,
-        load_model(trained_model),
-        table,
-        Columns(text="text", label="label", id="id"),
-        BuildOptions(show_progress=False),
-    )
+    texts = {f"r{i}": f"fix crash number {i} " + "\U0001f642" * 75_000 for i in range(6)}
+    index = _index_of(tmp_path, trained_model, texts)
     config = ServerConfig(
         index_dir=index, port=0, max_send_bytes=2**20, batching=encode_in_server()
     )
