@@ -135,6 +135,21 @@ def test_a_jsonl_line_over_the_limit_is_a_problem_read_past_in_pieces(tmp_path, 
     assert count_records(path) == 3
 
 
+def test_a_text_longer_than_a_csv_field_is_a_problem_in_every_format(tmp_path, monkeypatch):
+    """Parquet has no field limit of its own: a text it held over the CSV reader's made
+    an index whose export (what retrain trains on) could not be read back."""
+    from siamese_search.core import tables
+
+    monkeypatch.setattr(tables, "MAX_FIELD_BYTES", 64)
+    path = tmp_path / "long.parquet"
+    pq.write_table(pa.table({"text": ["short", "x" * 65], "label": ["a", "a"]}), path)
+    chunks = list(iter_table(path, COLUMNS))
+    assert [t for c in chunks for t in c.texts] == ["short"]
+    assert [(p.line, p.reason) for c in chunks for p in c.problems] == [
+        (2, "a text of 65 characters in column 'text'; the limit is 64")
+    ]
+
+
 def test_training_needs_two_classes_and_pairs(tmp_path):
     with pytest.raises(DataError, match="at least 2 classes"):
         check_trainable(tmp_path / "x.csv", ["a", "a", "a"])

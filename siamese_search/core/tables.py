@@ -28,8 +28,10 @@ DEFAULT_CHUNK_ROWS = 8192
 # Bytes that are not valid UTF-8 survive decoding as lone surrogates (surrogateescape).
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
-#: the longest field (CSV) or line (JSON Lines) read: a longer one is a row problem,
-#: not a read of however much memory it asks for
+#: the longest field (CSV, in characters) or line (JSON Lines, in bytes) read, and the
+#: longest text of any format (Parquet too): a longer one is a row problem, not a read
+#: of however much memory it asks for, and every stored text fits a CSV field, so an
+#: index's export (what `retrain` trains on) reads back
 MAX_FIELD_BYTES = 16 * 1024 * 1024
 csv.field_size_limit(MAX_FIELD_BYTES)
 
@@ -175,6 +177,11 @@ def _text_problem(text: object, column: str) -> str | None:
         return f"text in column {column!r} is a {type(text).__name__}, not a string"
     if not text.strip():
         return f"empty text in column {column!r}"
+    if len(text) > MAX_FIELD_BYTES:  # what a CSV field holds: an index's export reads back
+        return (
+            f"a text of {len(text):,} characters in column {column!r}; "
+            f"the limit is {MAX_FIELD_BYTES:,}"
+        )
     if _UNDECODABLE.search(text):
         return f"bytes that are not UTF-8 in column {column!r}"
     return None
