@@ -53,7 +53,6 @@ from siamese_search.core.atomic import (
 )
 from siamese_search.core.encoders.base import sha256_files
 from siamese_search.core.errors import ArtifactMismatchError, UserError
-from siamese_search.indexer.resume import kept_work
 
 CURRENT = "CURRENT"
 VERSIONS = "versions"
@@ -139,14 +138,19 @@ def _flock_is_held(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def writer_lock(index_dir: Path, wait: float = DEFAULT_WAIT_SECONDS) -> Iterator[None]:
+def writer_lock(
+    index_dir: Path,
+    wait: float = DEFAULT_WAIT_SECONDS,
+    keeps: Callable[[Path], bool] = lambda _: False,
+) -> Iterator[None]:
     """One writer at a time per index directory, from reading its base to publishing.
 
     A second writer waits up to `wait` seconds (saying so once), then goes on from
     whatever the first one published; `wait=0` fails at once. A job that created the
     index directory and fails before publishing anything removes it again (no stray
-    `.lock`), so a failed job leaves the directory as it found it, unless it keeps
-    what it embedded there for the next run (indexer.resume).
+    `.lock`), so a failed job leaves the directory as it found it, unless `keeps`
+    says the directory holds what the job is keeping there for its next run
+    (indexer.resume's kept work: passed in, since that seam sits above this one).
     """
     index_dir = Path(index_dir)
     created = not index_dir.exists()
@@ -160,7 +164,7 @@ def writer_lock(index_dir: Path, wait: float = DEFAULT_WAIT_SECONDS) -> Iterator
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
     except BaseException:
-        if created and not list_versions(index_dir) and not kept_work(index_dir):
+        if created and not list_versions(index_dir) and not keeps(index_dir):
             shutil.rmtree(index_dir, ignore_errors=True)
         raise
 

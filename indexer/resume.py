@@ -308,6 +308,12 @@ def kept_work(index_dir: Path) -> list[KeptWork]:
     return found
 
 
+def holds_kept_work(index_dir: Path) -> bool:
+    """Whether a failed job's new index directory holds vectors for a next run, so
+    that `layout.writer_lock` keeps the directory it would otherwise remove."""
+    return bool(kept_work(index_dir))
+
+
 def _parts(cache_dir: Path, dim: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """The cache's parts (keys, memory-mapped vectors: the rows after the part's
     `first`); a part missing a file, or whose vectors file is shorter than its keys

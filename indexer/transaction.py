@@ -26,7 +26,7 @@ from siamese_search.indexer.backends import check_params
 from siamese_search.indexer.ingest import ingest
 from siamese_search.indexer.mirror import mirror_for
 from siamese_search.indexer.options import BuildOptions, BuildReport
-from siamese_search.indexer.resume import Workspace, open_workspace
+from siamese_search.indexer.resume import Workspace, holds_kept_work, open_workspace
 from siamese_search.indexer.store import IndexVersion, open_index
 from siamese_search.indexer.version_writer import VersionWriter, carry_base, indexed_keys_of
 
@@ -83,7 +83,7 @@ def write_version(
     # a pq_m the model's dimension cannot take, refused before any text is embedded
     check_params(options.index_params or {}, options.index_type, model.dim)
     with (
-        layout.writer_lock(index_dir, options.wait_seconds),
+        layout.writer_lock(index_dir, options.wait_seconds, keeps=holds_kept_work),
         mirror_for(options.milvus, options.show_progress) as mirror,
     ):
         mirror.reconcile(index_dir)
