@@ -39,13 +39,7 @@ def main() -> int:
     quiet = BuildOptions(show_progress=False, replace=True)
     with tempfile.TemporaryDirectory() as scratch:
         table = Path(scratch) / "rows.csv"
-        with open(ROOT / "data" / "commit-messages" / "test.csv", encoding="utf-8") as handle:
-            base = [row["text"] for row in csv.DictReader(handle)]
-        with open(table, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["id", "text", "label"])
-            for i in range(args.rows):
-                writer.writerow([f"r{i}", f"{base[i % len(base)]} #{i // len(base)}", "x"])
+        write_rows(table, args.rows)
         index_dir = Path(scratch) / "index"
         columns = Columns(text="text", label="label", id="id")
         times: dict[str, list[float]] = {
@@ -80,6 +74,18 @@ def main() -> int:
         f"rounds {times}"
     )
     return 0
+
+
+def write_rows(table: Path, rows: int) -> None:
+    """A table (id, text, label) of `rows` distinct texts: the commit test texts, made
+    distinct by a numbered suffix until there are enough."""
+    with open(ROOT / "data" / "commit-messages" / "test.csv", encoding="utf-8") as handle:
+        base = [row["text"] for row in csv.DictReader(handle)]
+    with open(table, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text", "label"])
+        for i in range(rows):
+            writer.writerow([f"r{i}", f"{base[i % len(base)]} #{i // len(base)}", "x"])
 
 
 @contextlib.contextmanager

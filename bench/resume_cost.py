@@ -9,7 +9,6 @@ Usage: python bench/resume_cost.py [--model artifacts/model] [--rows 20000] [--p
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--pairs", type=int, default=3)
     args = parser.parse_args()
-    from reembed import no_build_workspace
+    from reembed import no_build_workspace, write_rows
 
     from siamese_search.core.model_artifact import load_model
     from siamese_search.core.tables import Columns
@@ -54,13 +53,7 @@ def main() -> int:
     times: dict[str, list[float]] = {"resumable": [], "not resumable": []}
     with tempfile.TemporaryDirectory() as scratch:
         table = Path(scratch) / "rows.csv"
-        with open(ROOT / "data" / "commit-messages" / "test.csv", encoding="utf-8") as handle:
-            base = [row["text"] for row in csv.DictReader(handle)]
-        with open(table, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["id", "text", "label"])
-            for i in range(args.rows):
-                writer.writerow([f"r{i}", f"{base[i % len(base)]} #{i // len(base)}", "x"])
+        write_rows(table, args.rows)
         index_dir = Path(scratch) / "index"
         columns = Columns(text="text", label="label", id="id")
         for order in (("resumable", "not resumable"), ("not resumable", "resumable")) * args.pairs:
