@@ -18,7 +18,6 @@ from siamese_search.core.tables import (
     Columns,
     RowProblem,
     Table,
-    count_records,
     describe_problems,
     iter_table,
 )
@@ -34,10 +33,10 @@ def _chunks_of(
     columns: Columns,
     options: BuildOptions,
     first_row_id: int,
-    records: int | None,
+    records: int,
 ) -> tuple[Iterator[Chunk], int]:
     """The rows to ingest, in chunks, and how many records that is (for progress:
-    `records` when the caller's own pass counted them, else one counting pass)."""
+    the caller counted `records` in a table file)."""
     if isinstance(source, Table):  # already read and checked (siamese-evaluate, writes)
         chunk = Chunk(
             texts=source.texts,
@@ -47,8 +46,7 @@ def _chunks_of(
             metadata=source.metadata,
         )
         return iter([chunk]), len(chunk)
-    total = records if records is not None else count_records(source)
-    return iter_table(source, columns, options.chunk_rows, first_row_id), total
+    return iter_table(source, columns, options.chunk_rows, first_row_id), records
 
 
 def ingest(
@@ -57,12 +55,12 @@ def ingest(
     source: Path | Table,
     columns: Columns,
     options: BuildOptions,
-    first_row_id: int = 0,
-    records: int | None = None,
+    first_row_id: int,
+    records: int,
     workspace: Workspace | None = None,
 ) -> tuple[int, list]:
     """Read, check, embed and append new rows. Returns (rows added, row problems).
-    `records`: how many records `source` holds, when already counted; `workspace`:
+    `records`: how many records `source` holds (core.tables.count_records); `workspace`:
     where what is embedded is kept for a next run, and what a stopped one embedded
     is found (indexer.resume).
 

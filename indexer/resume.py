@@ -300,18 +300,25 @@ class KeptWork:
 def kept_work(index_dir: Path) -> list[KeptWork]:
     """The workspaces in `index_dir` holding vectors for a next run (read only: a job
     may be running)."""
-    found = []
-    for entry in sorted(Path(index_dir).iterdir()):
-        kind = next((k for k, p in WORKSPACE_PREFIXES.items() if entry.name.startswith(p)), None)
-        if kind is not None and entry.is_dir() and (rows := _kept_rows(entry)):
-            found.append(KeptWork(entry, kind, rows, _megabytes(entry)))
-    return found
+    return [
+        KeptWork(entry, kind, rows, _megabytes(entry))
+        for entry, kind, rows in _workspaces_with_rows(index_dir)
+    ]
 
 
 def holds_kept_work(index_dir: Path) -> bool:
     """Whether a failed job's new index directory holds vectors for a next run, so
-    that `layout.writer_lock` keeps the directory it would otherwise remove."""
-    return bool(kept_work(index_dir))
+    that `layout.writer_lock` keeps the directory it would otherwise remove (their
+    disk is not measured: only `kept_work` says it)."""
+    return next(_workspaces_with_rows(index_dir), None) is not None
+
+
+def _workspaces_with_rows(index_dir: Path) -> Iterator[tuple[Path, str, int]]:
+    """(directory, job kind, kept rows) of each workspace in `index_dir` that holds any."""
+    for entry in sorted(Path(index_dir).iterdir()):
+        kind = next((k for k, p in WORKSPACE_PREFIXES.items() if entry.name.startswith(p)), None)
+        if kind is not None and entry.is_dir() and (rows := _kept_rows(entry)):
+            yield entry, kind, rows
 
 
 def _parts(cache_dir: Path, dim: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -190,19 +190,12 @@ def _fill(
     workspace: Workspace | None = None,
 ) -> tuple[int, list[RowProblem]]:
     """The base's kept rows, then the new ones: (rows added, row problems)."""
-    if base is not None:
-        carry_base(
-            writer,
-            base,
-            plan.drop,
-            _new_rows(plan),
-            plan.merged,
-            may_merge,
-        )
+    records = _records_in(plan)
+    if base is not None:  # the merge policy sizes the new segment by the rows to come
+        carry_base(writer, base, plan.drop, records, plan.merged, may_merge)
     if plan.source is None:
         return 0, []
     assert plan.source_columns is not None
-    records = _records_in(plan)
     writer.refuse_untrainable(plan.kind, plan.params, records)
     return ingest(
         writer,
@@ -217,23 +210,16 @@ def _fill(
 
 
 def _records_in(plan: Plan) -> int:
-    """How many records the plan's source holds (counted by the planner, or here: a
-    pass over the table, which the ingest's progress total needs anyway)."""
-    if isinstance(plan.source, Table):
-        return len(plan.source.texts)
-    if plan.source_records is not None:
-        return plan.source_records
-    assert plan.source is not None
-    return count_records(plan.source)
-
-
-def _new_rows(plan: Plan) -> int:
-    """About how many rows the write adds (what the merge policy sizes the new segment by)."""
+    """How many records the plan's source holds (0 without one): counted by the
+    planner, or here, a pass over the table, which the ingest's progress total needs
+    anyway."""
     if plan.source is None:
         return 0
     if isinstance(plan.source, Table):
         return len(plan.source.texts)
-    return plan.source_records or 0
+    if plan.source_records is not None:
+        return plan.source_records
+    return count_records(plan.source)
 
 
 def _index_id(index_dir: Path) -> str:

@@ -247,7 +247,7 @@ def test_approximate_indexes_recall_at_10_on_100k_vectors(kind, clustered_100k):
 def test_an_add_reads_its_table_twice(tmp_path, model, corpus, monkeypatch):
     """Once for the ids (clashes with the index: refused, or replaced with --upsert)
     and their count, once to ingest; it used to count the records in a third pass."""
-    from siamese_search.indexer import build, ingest
+    from siamese_search.indexer import build, ingest, transaction
 
     passes: list[str] = []
 
@@ -261,7 +261,11 @@ def test_an_add_reads_its_table_twice(tmp_path, model, corpus, monkeypatch):
         monkeypatch.setattr(module, name, wrapper)
 
     build_index(tmp_path / "idx", model, corpus, COLUMNS, QUIET)
-    for module, name in ((build, "iter_table"), (ingest, "iter_table"), (ingest, "count_records")):
+    for module, name in (
+        (build, "iter_table"),
+        (ingest, "iter_table"),
+        (transaction, "count_records"),
+    ):
         counted(module, name)
     report = add_to_index(tmp_path / "idx", model, corpus, COLUMNS, QUIET, upsert=True)
     assert report.added == 8 and report.removed == 8
