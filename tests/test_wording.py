@@ -40,8 +40,31 @@ def test_char_ngrams_are_scikit_learns_char_wb():
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     analyzer = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5)).build_analyzer()
-    for text in ["Fix the NPE  in\tparser", "a I x", "naïve café über", "", "  "]:
-        assert char_ngrams(text) == analyzer(text)
+    texts = ["Fix the NPE  in\tparser", "a I x", "naïve café über", "", "  "]
+    texts += ["ΟΔΟΣ ΟΔΟΣ.", "İstanbul\u00a0x\x1cy\u2028z", "a\n\nb"]  # lowering, spaces
+    for text in texts:
+        assert list(char_ngrams(text)) == analyzer(text)
+
+
+def test_a_long_text_is_read_in_memory_of_its_distinct_ngrams_not_its_length(commits):
+    """A table row may hold 16 M characters; listing its n-grams held ~250 bytes a
+    character (4 GB for such a row, in the fit and again when the trainer scores it).
+    Counted as they come, a 400,000-character text of few distinct words costs little."""
+    import tracemalloc
+
+    train, _ = commits
+    words = " ".join(train["text"].head(5)).split()
+    long_text = " ".join(words[i % len(words)] for i in range(60_000))[:400_000]
+    texts, labels = [*train["text"], long_text], [*train["class"].astype(str), "0"]
+    fit_wording(texts[:10], labels[:10], "code")  # imports and first-call allocations
+    tracemalloc.start()
+    try:
+        model = fit_wording(texts, labels, "code")
+        model.agreement([long_text])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 30 * 2**20, f"{peak / 2**20:.0f} MB"
 
 
 @pytest.mark.parametrize("classes", [5, 2])

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,25 +46,27 @@ MAX_NGRAMS = 2**15
 MAX_WEIGHTS = 2**22
 #: the logistic regression's inverse regularisation (scikit-learn's C)
 REGULARISATION_C = 10.0
-_WHITE_SPACE = re.compile(r"\s\s+")
+_WORD = re.compile(r"\S+")
 
 
-def char_ngrams(text: str) -> list[str]:
+def char_ngrams(text: str) -> Iterator[str]:
     """The character n-grams of each word of `text` (lower-cased), padded by a space
-    on each side, as scikit-learn's `analyzer="char_wb"` makes them."""
-    grams: list[str] = []
+    on each side, as scikit-learn's `analyzer="char_wb"` makes them.
+
+    Yielded one at a time, not listed: a table's text may hold millions of characters,
+    and a list of its n-grams held ~250 bytes a character (4 GB for the 16 M a row may
+    hold); counting them as they come holds only the distinct ones."""
     low, high = NGRAM_RANGE
-    for word in _WHITE_SPACE.sub(" ", text.lower()).split():
-        padded = f" {word} "
+    for match in _WORD.finditer(text):
+        padded = f" {match.group().lower()} "
         for n in range(low, high + 1):
             offset = 0
-            grams.append(padded[offset : offset + n])
+            yield padded[offset : offset + n]
             while offset + n < len(padded):
                 offset += 1
-                grams.append(padded[offset : offset + n])
+                yield padded[offset : offset + n]
             if offset == 0:  # a word shorter than n counts once, as scikit-learn does
                 break
-    return grams
 
 
 @dataclass(frozen=True)
