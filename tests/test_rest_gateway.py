@@ -16,7 +16,7 @@ from siamese_search.core.tables import Columns
 from siamese_search.indexer.build import BuildOptions, build_index
 from siamese_search.server.app import SearchServer
 from siamese_search.server.config import Limits, ServerConfig
-from siamese_search.server.gateway import routes
+from siamese_search.server.gateway import _Document, _Refusal, routes
 from tests.conftest import encode_in_server
 
 COLUMNS = Columns(text="text", label="class")
@@ -529,6 +529,35 @@ def test_json_nested_thousands_deep_is_400_before_it_is_parsed(server, caplog):
     assert "RecursionError" not in caplog.text
     status, body = _http(server, "POST", "/v1/search", {"text": "[[[[{{{{", "k": 1})
     assert status == 200  # brackets inside strings do not count
+
+
+class _Unread(dict):
+    """A filter condition that fails the test if the schema check reads it."""
+
+    def __iter__(self):
+        raise AssertionError("an item of a list over its limit was checked")
+
+    def __contains__(self, key):
+        raise AssertionError("an item of a list over its limit was checked")
+
+
+def test_a_list_over_its_limit_is_refused_without_checking_its_items(server):
+    """50,000 filter conditions (1.5 MB, under the body limit) took 5 s of the server's
+    CPU to be told "the limit is 8": every one was checked against every form a
+    condition may take before the size was reported."""
+    conditions = [{"key": "label", "match": {"value": str(i)}} for i in range(20_000)]
+    status, body = _http(
+        server, "POST", "/v1/search", {"text": "fix", "k": 1, "filter": {"should": conditions}}
+    )
+    assert (status, body["message"]) == (
+        400,
+        "SearchRequest: filter.should has 20000 items; the limit is 8. Split the call",
+    )
+    status, document = _http(server, "GET", "/openapi.json")
+    unread = {"text": "fix", "k": 1, "filter": {"should": [_Unread()] * 9}}
+    with pytest.raises(_Refusal, match="filter.should has 9 items; the limit is 8"):
+        search = next(r for r in routes() if r.path == "/v1/search")
+        _Document(document).parse(search, unread)
 
 
 def test_an_id_sent_twice_in_one_upsert_is_written_once_the_last_one_wins(server):
