@@ -316,11 +316,7 @@ def _check_clauses(spec, where, depth, known) -> Clauses:
         conditions = spec.get(clause) or []
         if not isinstance(conditions, list):
             raise FilterError(f"{where}.{clause} must be a list of conditions")
-        if len(conditions) > MAX_CONDITIONS:
-            raise FilterError(
-                f"{where}.{clause} has {len(conditions)} conditions; a list holds at most "
-                f"{MAX_CONDITIONS} (nest a filter to group more)"
-            )
+        check_condition_count(f"{where}.{clause}", len(conditions))
         lists.append(
             tuple(
                 _check_condition(condition, f"{where}.{clause}[{i}]", depth, known)
@@ -328,6 +324,22 @@ def _check_clauses(spec, where, depth, known) -> Clauses:
             )
         )
     return Clauses(*lists)
+
+
+def check_condition_count(where: str, count: int) -> None:
+    """A filter's list of `count` conditions at `where` is within the limit (also asked
+    of a gRPC filter before it is converted: server.validation.filter_of)."""
+    if count > MAX_CONDITIONS:
+        raise FilterError(
+            f"{where} has {count} conditions; a list holds at most "
+            f"{MAX_CONDITIONS} (nest a filter to group more)"
+        )
+
+
+def check_any_count(where: str, count: int) -> None:
+    """A condition's match.any of `count` values is within the limit."""
+    if count > MAX_ANY:
+        raise FilterError(f"{where}.match.any has {count} values; the limit is {MAX_ANY}")
 
 
 def _check_condition(condition, where, depth, known):
@@ -365,8 +377,7 @@ def _check_match(key: str, match, where: str) -> Match:
         values = match["any"]
         if not isinstance(values, list) or not values:
             raise FilterError(f"{where}.match.any must be a non-empty list")
-        if len(values) > MAX_ANY:
-            raise FilterError(f"{where}.match.any has {len(values)} values; the limit is {MAX_ANY}")
+        check_any_count(where, len(values))
     for value in values:
         if not isinstance(value, SCALAR):
             raise FilterError(f"{where}.match: {_kind(value)} is not a value to match")

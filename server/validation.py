@@ -13,7 +13,12 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from siamese_search.indexer.changes import Change
-from siamese_search.indexer.metadata import MetadataError, check_metadata
+from siamese_search.indexer.metadata import (
+    MetadataError,
+    check_any_count,
+    check_condition_count,
+    check_metadata,
+)
 from siamese_search.server.config import MAX_LABEL_CHARS, MAX_LABELS, Limits
 
 
@@ -163,8 +168,22 @@ def filter_of(request) -> dict | None:
     served version checks it (IndexVersion.parse_filter)."""
     if not request.HasField("filter"):
         return None
+    _check_list_sizes(request.filter, "filter")
     spec = _as_json(request.filter, "filter", preserving_proto_field_name=True)
     return spec or None
+
+
+def _check_list_sizes(condition, where: str) -> None:
+    """A filter's lists within their limits (FilterError), read off the message before
+    it becomes JSON: converting a filter of 50,000 conditions (a request within the
+    size limit) took the server 0.5 s of CPU to be told that a list holds 8."""
+    for clause in ("must", "should", "must_not"):
+        conditions = getattr(condition, clause)
+        check_condition_count(f"{where}.{clause}", len(conditions))
+        for i, nested in enumerate(conditions):
+            _check_list_sizes(nested, f"{where}.{clause}[{i}]")
+    if condition.HasField("match"):
+        check_any_count(where, len(condition.match.any))
 
 
 def _as_json(message, where: str, **options) -> dict:

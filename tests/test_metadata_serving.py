@@ -182,6 +182,31 @@ def test_a_not_finite_number_or_the_most_values_a_match_takes_are_answered(serve
     assert status == 200 and [n["id"] for n in body["neighbors"]] == [n.id for n in found.neighbors]
 
 
+def test_a_filter_list_over_its_limit_is_refused_before_its_conditions_are_read(served):
+    """A request-size filter of 50,000 conditions took 0.5 s of CPU to be converted to
+    JSON before the limit of 8 was checked; the sizes are now read off the message
+    first, so a long list is refused for its length even when its conditions hold a
+    NaN (which converting them reports)."""
+    from siamese_search.indexer.metadata import MAX_ANY, MAX_CONDITIONS
+
+    _, stub, _ = served
+    nan = pb.Filter(key="year", range=pb.Range(gt=float("nan")))
+    wide = pb.Filter(must=[pb.Filter(must=[nan] * (MAX_CONDITIONS + 1))])
+    many = pb.Match(any=[struct_pb2.Value(number_value=float("nan"))] * (MAX_ANY + 1))
+    expected = [
+        (wide, f"filter.must[0].must has {MAX_CONDITIONS + 1} conditions"),
+        (
+            pb.Filter(should=[pb.Filter(key="year", match=many)]),
+            f"filter.should[0].match.any has {MAX_ANY + 1} values",
+        ),
+    ]
+    for where, message in expected:
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Search(pb.SearchRequest(text="fix", k=3, filter=where))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in refused.value.details(), refused.value.details()
+
+
 def test_a_field_name_is_at_most_256_characters_over_grpc_and_rest(served):
     server, stub, _ = served
     for name, fine in (("n" * 256, True), ("n" * 257, False)):
