@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from siamese_search.core.errors import UserError
@@ -75,8 +75,9 @@ def check_metadata(metadata: object, where: str = "metadata") -> dict:
         return {}
     if not isinstance(metadata, dict):
         raise MetadataError(f"{where} must be a JSON object of fields, not {_kind(metadata)}")
-    if len(metadata) > MAX_KEYS:
-        raise MetadataError(f"{where} has {len(metadata)} fields; the limit is {MAX_KEYS}")
+    check_sizes(
+        where, len(metadata), ((k, len(v)) for k, v in metadata.items() if isinstance(v, list))
+    )
     out = {}
     for key, value in metadata.items():
         check_key(key, where)
@@ -85,16 +86,25 @@ def check_metadata(metadata: object, where: str = "metadata") -> dict:
                 f"{where}.{key}: '{key}' is the example's own field; name the field otherwise"
             )
         if isinstance(value, list):
-            if len(value) > MAX_LIST:
-                raise MetadataError(
-                    f"{where}.{key} is a list of {len(value)} items; the limit is {MAX_LIST}"
-                )
             for item in value:
                 _check_scalar(item, f"{where}.{key}[]")
         else:
             _check_scalar(value, f"{where}.{key}")
         out[key] = value
     return out
+
+
+def check_sizes(where: str, fields: int, lists: Iterable[tuple[str, int]]) -> None:
+    """Metadata of `fields` fields, whose list fields hold so many items ((name, items),
+    read only when the fields are few enough), within the limits (also asked of a gRPC
+    Struct before it is converted: server.validation.metadata_of)."""
+    if fields > MAX_KEYS:
+        raise MetadataError(f"{where} has {fields} fields; the limit is {MAX_KEYS}")
+    for key, items in lists:
+        if items > MAX_LIST:
+            raise MetadataError(
+                f"{where}.{key} is a list of {items} items; the limit is {MAX_LIST}"
+            )
 
 
 def check_key(key: object, where: str) -> str:

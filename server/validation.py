@@ -18,6 +18,7 @@ from siamese_search.indexer.metadata import (
     check_any_count,
     check_condition_count,
     check_metadata,
+    check_sizes,
 )
 from siamese_search.server.config import MAX_LABEL_CHARS, MAX_LABELS, Limits
 
@@ -226,10 +227,19 @@ def _holds_non_finite(message) -> bool:
 
 def metadata_of(struct, where: str) -> dict:
     """An example's metadata from its protobuf Struct, checked; whole numbers become
-    integers (a Struct holds every number as a double: 2026 would come back 2026.0)."""
-    fields = _as_json(struct, where)
-    fields = {key: _whole(value) for key, value in fields.items()}
+    integers (a Struct holds every number as a double: 2026 would come back 2026.0).
+
+    Its sizes are checked on the message first: converting a request-size Struct of
+    60,000 fields took 0.3 s of CPU to be told that metadata holds 64."""
     try:
+        lists = (
+            (key, len(value.list_value.values))
+            for key, value in struct.fields.items()
+            if value.HasField("list_value")
+        )
+        check_sizes(where, len(struct.fields), lists)
+        fields = _as_json(struct, where)
+        fields = {key: _whole(value) for key, value in fields.items()}
         return check_metadata(fields, where)
     except MetadataError as error:
         raise InvalidRequest(str(error)) from None
