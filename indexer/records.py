@@ -11,10 +11,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from siamese_search.core.errors import DamagedArtifactError
 from siamese_search.indexer.metadata import LIST, Filter, indexed_values, leaf_query, mask_of
 
 _SCHEMA = """
@@ -127,9 +129,12 @@ class RecordReader:
     lock: everything a version needs is open before a server swaps it in, so a record
     store removed or damaged afterwards cannot fail calls one worker thread at a time.
     Lookups are a few hundred microseconds, far below encoding, so sharing costs little.
+    SQLite reads pages as they are asked for, though: a file damaged in place after
+    the open fails the lookups that read a damaged page, with DamagedArtifactError.
     """
 
     def __init__(self, path: Path):
+        self.path = Path(path)
         uri = f"file:{Path(path).absolute()}?mode=ro&immutable=1"
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = sqlite3.connect(
@@ -155,6 +160,26 @@ class RecordReader:
         #: key -> schema of a field index built on first use and attached (field_index)
         self._attached: dict[str, str] = {}
 
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Hold the connection; SQLite's word that the file is damaged (it changed on
+        disk after the version was checked and opened) becomes DamagedArtifactError,
+        which says what to do, where it was an unexplained internal error."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.DatabaseError as error:
+                if getattr(error, "sqlite_errorname", "") not in (
+                    "SQLITE_CORRUPT",
+                    "SQLITE_NOTADB",
+                ):
+                    raise
+                raise DamagedArtifactError(
+                    f"{self.path}: the record store is damaged ({error}): the file changed "
+                    "on disk after this index version was checked and loaded. Restore the "
+                    "version from a backup, or build the index again"
+                ) from None
+
     def _execute(self, sql: str, parameters=()):
         if self._db is None:
             raise RuntimeError("the record store is closed")
@@ -164,7 +189,7 @@ class RecordReader:
         """position -> (id, label, text) for the given positions."""
         wanted = [int(p) for p in positions]
         out: dict[int, tuple[str, str | None, str]] = {}
-        with self._lock:
+        with self._reading():
             for start in range(0, len(wanted), _SQL_VARIABLES):
                 part = wanted[start : start + _SQL_VARIABLES]
                 marks = ",".join("?" * len(part))
@@ -175,7 +200,7 @@ class RecordReader:
 
     def positions_of(self, ids: Sequence[str]) -> dict[str, int]:
         out: dict[str, int] = {}
-        with self._lock:
+        with self._reading():
             for start in range(0, len(ids), _SQL_VARIABLES):
                 part = list(ids[start : start + _SQL_VARIABLES])
                 marks = ",".join("?" * len(part))
@@ -190,7 +215,7 @@ class RecordReader:
             return {}
         wanted = [int(p) for p in positions]
         out: dict[int, str] = {}
-        with self._lock:
+        with self._reading():
             for start in range(0, len(wanted), _SQL_VARIABLES):
                 part = wanted[start : start + _SQL_VARIABLES]
                 marks = ",".join("?" * len(part))
@@ -207,7 +232,7 @@ class RecordReader:
         filter, indexer.metadata), in order."""
         if not self.has_metadata:  # no fields at all: a field's test sees none
             condition = condition.replace(METADATA_COLUMN, "NULL")
-        with self._lock:
+        with self._reading():
             rows = self._execute(
                 f"SELECT position FROM records WHERE {condition} ORDER BY position", parameters
             ).fetchall()
@@ -223,7 +248,7 @@ class RecordReader:
         """Read `key`'s tests from a field index built on first use (a whole file, never
         changed after); False when it cannot be (store closed, SQLite's bound on
         attached files reached: the key stays scanned)."""
-        with self._lock:
+        with self._reading():
             if self._db is None or key in self.indexed_keys or key in self._attached:
                 return key in self._attached
             if len(self._attached) >= MAX_ATTACHED_FIELD_INDEXES:
@@ -248,7 +273,7 @@ class RecordReader:
             schema = self._attached.get(condition.key)
             table = f"{schema}.field_values" if schema else "field_values"
             sql, params = leaf_query(condition, table)
-            with self._lock:
+            with self._reading():
                 found = self._execute(sql, params).fetchall()
             return np.fromiter((row[0] for row in found), dtype=np.int64, count=len(found))
 
@@ -271,7 +296,7 @@ class RecordReader:
                     "json_each(CASE WHEN field.type = 'array' THEN field.value ELSE '[0]' END) "
                     "AS item WHERE records.metadata IS NOT NULL"
                 )
-                with self._lock:
+                with self._reading():
                     found = self._execute(sql).fetchall()
                     lists = self._execute(
                         "SELECT DISTINCT field.key FROM records, json_each(records.metadata) "
@@ -287,7 +312,7 @@ class RecordReader:
 
     def next_row_id(self) -> int:
         """1 + the largest all-digit id: where row-number ids of added rows start."""
-        with self._lock:
+        with self._reading():
             (largest,) = self._execute(
                 "SELECT MAX(CAST(id AS INTEGER)) FROM records WHERE id NOT GLOB '*[^0-9]*'"
             ).fetchone()
@@ -302,7 +327,7 @@ class RecordReader:
         if with_metadata:
             fields += ", metadata" if self.has_metadata else ", NULL"
         while True:  # keyset pages: no cursor stays open across the lock
-            with self._lock:
+            with self._reading():
                 rows = self._execute(
                     f"SELECT {fields} FROM records WHERE position > ? ORDER BY position LIMIT ?",
                     (last, batch),

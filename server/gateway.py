@@ -59,6 +59,7 @@ import jsonschema
 from google.api import annotations_pb2
 from google.protobuf import json_format
 
+from siamese_search.core.errors import DamagedArtifactError
 from siamese_search.indexer import metadata as rules
 from siamese_search.server import console
 from siamese_search.server.config import Limits
@@ -314,6 +315,12 @@ class RestGateway:
             request = self.document(_collection_of(values or {}, read)).parse(route, read)
         except _Refusal as refusal:
             return refusal.http, _error_body(grpc.StatusCode.INVALID_ARGUMENT, str(refusal))
+        except DamagedArtifactError as error:  # the served schema reads the index's fields
+            log.error("damaged_artifact", extra={"fields": {"error": str(error)[:1000]}})
+            return 500, _error_body(grpc.StatusCode.DATA_LOSS, str(error))
+        except Exception:  # a bug: answered and logged as gRPC does, not a dropped connection
+            log.exception("internal_error")
+            return 500, _error_body(grpc.StatusCode.INTERNAL, "internal error; see the server log")
         for name, value in (values or {}).items():
             setattr(request, name, urllib.parse.unquote(value))
         offered = headers.get("authorization", [])

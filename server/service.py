@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 
 from siamese_search.core.abstention import predict_queries
-from siamese_search.core.errors import UserError
+from siamese_search.core.errors import DamagedArtifactError, UserError
 from siamese_search.indexer.metadata import Filter, FilterError, MetadataError
 from siamese_search.indexer.store import (
     BackendUnavailableError,
@@ -199,6 +199,9 @@ class SearchService(pb_grpc.SearchServiceServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, str(error))
         except _Abort as error:
             context.abort(error.code, str(error))
+        except DamagedArtifactError as error:  # a served file changed on disk since its load
+            log.error("damaged_artifact", extra={"fields": {"error": str(error)[:1000]}})
+            context.abort(grpc.StatusCode.DATA_LOSS, str(error)[:1000])
         except UserError as error:  # a lifecycle call's model or index problem
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         except Exception:

@@ -559,6 +559,46 @@ def test_a_damaged_current_at_reload_keeps_the_old_version_serving(tmp_path, mod
         running.stop(0)
 
 
+def test_a_record_store_damaged_under_the_server_is_data_loss_not_internal(
+    tmp_path, model, sample_test
+):
+    """A served version's records.sqlite overwritten in place (its pages are read as
+    lookups ask for them): Search answered INTERNAL "see the server log", and over
+    REST the connection closed unanswered with a raw traceback on stderr. Now both
+    say DATA_LOSS, naming the file and what to do."""
+    import json
+    import urllib.error
+
+    index_dir = tmp_path / "index"  # 400 KB of texts, most of them not read at load
+    build_index(index_dir, model, sample_test, COLUMNS, QUIET)
+    running = _start(index_dir, reload_interval=0, http_port=0)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            assert stub.GetInfo(pb.GetInfoRequest()).count == 3277
+            (records,) = index_dir.glob("versions/*/segments/*/records.sqlite")
+            with open(records, "r+b") as handle:  # every page but the first (the schema)
+                handle.seek(4096)
+                handle.write(np.random.default_rng(0).bytes(records.stat().st_size - 4096))
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Search(pb.SearchRequest(text="add a test for the parser", k=3))
+        assert refused.value.code() == grpc.StatusCode.DATA_LOSS
+        assert str(records) in refused.value.details()
+        assert "damaged" in refused.value.details()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{running.http_port}/v1/search",
+            data=json.dumps({"text": "update the docs", "k": 3}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as answered:
+            urllib.request.urlopen(request, timeout=30)
+        assert answered.value.code == 500
+        body = json.loads(answered.value.read())
+        assert body["code"] == grpc.StatusCode.DATA_LOSS.value[0] and "damaged" in body["message"]
+    finally:
+        running.stop(0)
+
+
 def _self_signed(tmp_path):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization

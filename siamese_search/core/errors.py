@@ -27,6 +27,11 @@ class ArtifactMismatchError(UserError):
     """A model or index was made with something other than what it is used with."""
 
 
+class DamagedArtifactError(UserError):
+    """A stored file no longer holds what was written: changed or damaged on disk
+    after it was checked and opened (a server answers DATA_LOSS)."""
+
+
 class CliMain(Protocol):
     """A console script's entry point: `main()` reads sys.argv, `main([...])` a list."""
 
