@@ -151,7 +151,7 @@ def test_out_of_scope_training_and_evaluation(sample_train, sample_test, tmp_pat
     ("rows", "flags", "message"),
     [
         ([("only one", "a"), ("class here", "a")], [], "at least 2 classes"),
-        ([("a1", "a"), ("a2", "a"), ("b1", "b")], [], "'b' have a single example"),
+        ([("a1", "a"), ("a2", "a"), ("b1", "b")], [], "have a single example: 'b'"),
         ([*TOY_ROWS, ("  ", "bug")], [], "empty text"),
         (TOY_ROWS, ["--label-column", "kind"], "no column 'kind'"),
         (TOY_ROWS, ["--steps", "0"], "--steps must be at least 1"),

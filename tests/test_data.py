@@ -153,6 +153,6 @@ def test_a_text_longer_than_a_csv_field_is_a_problem_in_every_format(tmp_path, m
 def test_training_needs_two_classes_and_pairs(tmp_path):
     with pytest.raises(DataError, match="at least 2 classes"):
         check_trainable(tmp_path / "x.csv", ["a", "a", "a"])
-    with pytest.raises(DataError, match="'b' have a single example"):
+    with pytest.raises(DataError, match="have a single example: 'b'"):
         check_trainable(tmp_path / "x.csv", ["a", "a", "b"])
     assert check_trainable(tmp_path / "x.csv", ["a", "a", "b", "b"]) == {"a": 2, "b": 2}

@@ -324,11 +324,42 @@ def test_retrain_learns_the_labels_added_over_the_api_and_reembeds(written_index
         "version": "000002",
         "rows": len(_rows(written_index)),
         "skipped_unlabelled": 0,
+        "untrained_single_labels": [],
     }
     assert layout.current_version(written_index) == "000003"
     with open_index(written_index, model=load_model(out)) as version:
         assert version.manifest["operation"]["kind"] == "reembed"
         assert version.dim == (128 if recipe else 640)
+
+
+def test_a_label_with_one_example_is_served_not_trained_and_the_retrain_goes_on(
+    written_index, trained_model, tmp_path, capfd
+):
+    """One example of a new label written over the API made the whole retrain fail
+    ("'billing' have a single example"). It is now set aside from training, said and
+    recorded, and stays in the index, re-embedded with the new model and served."""
+    from siamese_search.indexer.cli import main
+
+    billing = Change(
+        "upsert", ("api-billing",), ("Refund the invoice charged twice",), ("billing",)
+    )
+    apply_changes(written_index, load_model(trained_model), [billing], QUIET)
+    out = tmp_path / "retrained"
+    train_flags = ["--no-fine-tune", "--steps", "20", "--ensemble", "1", "--seed", "0"]
+    flags = ["--index", str(written_index), "--out", str(out)]
+    assert main(["retrain", *flags, "--", *train_flags]) == 0
+    said = capfd.readouterr().out  # the training runs in a process of its own
+    assert "1 label(s)" in said and "'billing'" in said and "add a second example" in said
+    data = json.loads((out / "manifest.json").read_text())["data"]
+    assert data["from_index"]["untrained_single_labels"] == ["billing"]
+    assert "billing" not in data["label_counts"]
+    assert data["label_counts"]["welsh"] == len(ADDED)
+    with open_index(written_index, model=load_model(out)) as version:
+        assert version.manifest["operation"]["kind"] == "reembed"
+        assert _rows(written_index)["api-billing"] == (
+            "billing",
+            "Refund the invoice charged twice",
+        )
 
 
 def test_train_from_an_index_without_labels_says_what_to_do(tmp_path, trained_model, capsys):

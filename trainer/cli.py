@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 from dataclasses import replace
@@ -27,6 +26,7 @@ from siamese_search.trainer.config import (
     HeadConfig,
     TrainingConfig,
 )
+from siamese_search.trainer.from_index import index_table
 
 
 def add_column_flags(parser: argparse.ArgumentParser) -> None:
@@ -262,41 +262,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             data_columns = columns
         return _train(args, config, columns, data_columns, from_index)
-
-
-def index_table(index_dir: Path, scratch: Path, quiet: bool) -> tuple[Path, dict]:
-    """The labelled rows of an index's current version as a table under `scratch`
-    (indexer.export, bounded memory), and what the model's manifest records of it."""
-    from siamese_search.indexer.export import export_version
-
-    exported = export_version(index_dir, scratch / "rows.csv", show_progress=not quiet)
-    if not exported.labelled:
-        raise UserError(
-            f"{index_dir} has no labels (built with --no-labels): nothing to train on; "
-            "train from a labelled table with --data"
-        )
-    table = read_table(exported.path, Columns(text="text", label="label", id="id"))
-    unlabelled = sum(1 for label in table.label_list if not label)
-    if unlabelled:
-        keep = [i for i, label in enumerate(table.label_list) if label]
-        kept = scratch / "labelled.csv"
-        with open(kept, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["id", "label", "text"])
-            writer.writerows((table.ids[i], table.label_list[i], table.texts[i]) for i in keep)
-        print(f"note: {unlabelled} row(s) of {index_dir} have no label and were skipped")
-    else:
-        kept = exported.path
-    print(
-        f"training on the {exported.rows - unlabelled} labelled rows of {index_dir} "
-        f"version {exported.version}"
-    )
-    return kept, {
-        "index": str(index_dir),
-        "version": exported.version,
-        "rows": exported.rows,
-        "skipped_unlabelled": unlabelled,
-    }
 
 
 def _train(args, config, columns: Columns, data_columns: Columns, from_index: dict | None) -> int:

@@ -473,7 +473,14 @@ def check_trainable(path: Path, labels: list[str]) -> Counter:
     singles = sorted(label for label, n in counts.items() if n < 2)
     if singles:
         raise DataError(
-            f"{path}: class(es) {', '.join(map(repr, singles))} have a single example; "
+            f"{path}: {len(singles)} class(es) have a single example: {name_some(singles)}; "
             "each class needs at least 2 (an anchor and a positive). Add examples or drop them."
         )
     return counts
+
+
+def name_some(names: list[str], most: int = 10) -> str:
+    """Up to `most` names, quoted, and how many more: a message stays a line whatever
+    a table holds (100 single-example labels were listed one by one)."""
+    shown = ", ".join(map(repr, names[:most]))
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
