@@ -197,6 +197,9 @@ def test_no_wording_trains_a_rule_that_reads_the_vote_alone(tmp_path, sample_tra
 def test_train_missing_file_and_existing_output(tmp_path, capsys, trained_model):
     assert _train("--data", tmp_path / "nope.csv", "--out", tmp_path / "m") == 2
     assert "no such file" in _error(capsys)
+    (tmp_path / "folder.csv").mkdir()  # said "no such file" as well
+    assert _train("--data", tmp_path / "folder.csv", "--out", tmp_path / "m") == 2
+    assert "a directory, not a table file" in _error(capsys)
     data = write_csv(tmp_path / "train.csv", TOY_ROWS)
     assert _train("--data", data, "--out", trained_model) == 2
     assert "already exists" in _error(capsys)

@@ -354,6 +354,10 @@ def test_cli_build_info_and_errors(tmp_path, trained_model, corpus, capsys):
     assert "no column 'label'" in capsys.readouterr().err
     assert index_main(["info", "--index", str(tmp_path / "nothing")]) == 2
     assert "no such index directory" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")  # said only "File exists"
+    build = ["build", "--model", str(trained_model), "--data", str(corpus), "--quiet"]
+    assert index_main([*build, "--label-column", "class", "--out", str(tmp_path / "a-file")]) == 2
+    assert "choose another path" in capsys.readouterr().err
 
 
 class _Interrupted(Exception):

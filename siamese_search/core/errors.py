@@ -45,6 +45,10 @@ _OS_HINTS = {
     errno.EPERM: "operation not permitted: check the path's owner and mode",
     errno.ENOTDIR: "a file stands where a directory is expected: check the path",
     errno.EISDIR: "a directory stands where a file is expected: check the path",
+    errno.EEXIST: (
+        "something already stands at that path (a file where a directory is to be "
+        "made?): choose another path"
+    ),
     errno.EROFS: "the file system is read-only: choose another path",
     errno.EADDRINUSE: "the address is in use: is another server on that port?",
 }

@@ -205,6 +205,18 @@ def _as_key(value: object) -> str | None:
     return text or None
 
 
+def _table_file(path: str | Path) -> Path:
+    """`path` as a table file, or a DataError saying what stands there instead."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(
+            f"{path}: a directory, not a table file; give one CSV, JSON Lines or Parquet file"
+        )
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; check the path")
+    return path
+
+
 def iter_table(
     path: str | Path,
     columns: Columns,
@@ -215,9 +227,7 @@ def iter_table(
 
     Without an id column, a row's id is its 0-based row number plus `first_row_id`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file; check the path")
+    path = _table_file(path)
     fmt = table_format(path)
     builder = _ChunkBuilder(columns, chunk_rows, first_row_id)
     rows = {"csv": _csv_rows, "jsonl": _jsonl_rows, "parquet": _parquet_rows}[fmt]
@@ -244,9 +254,7 @@ def _parquet():
 
 def table_columns(path: str | Path) -> list[str]:
     """The column names of a table (CSV header, first JSON object, Parquet schema)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file; check the path")
+    path = _table_file(path)
     fmt = table_format(path)
     if fmt == "parquet":
         pq = _parquet()
@@ -277,9 +285,7 @@ def count_records(path: str | Path) -> int:
     Counted as the readers count them, not as lines: a CSV field may span lines, and
     blank lines are no records. One fast pass, small next to encoding the texts.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file; check the path")
+    path = _table_file(path)
     fmt = table_format(path)
     if fmt == "parquet":
         pq = _parquet()
