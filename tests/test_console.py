@@ -182,6 +182,26 @@ def test_a_hostile_example_is_shown_as_text_and_never_runs(page, served):
         client.delete(["hostile"], wait=True)
 
 
+def test_a_long_text_is_cut_with_a_button_that_shows_it_all(page, served):
+    """A neighbour's text was shown whole: one stored text of megabytes (a table row
+    may hold 16 M characters) filled the page. Cut at 600 characters, it shows its
+    length, and the button shows the rest."""
+    long_text = "Fix the flaky retry loop in the uploader. " + "the log line repeats 🙂 " * 40
+    with _client(served) as client:
+        client.upsert([Example(long_text, "1", "long")], wait=True)
+    _search(page, long_text)
+    shown = page.get_by_test_id("neighbor-text").first
+    assert len(shown.inner_text()) <= 601 and shown.inner_text().endswith("…")
+    button = page.get_by_test_id("show-all")
+    assert button.count() == 1
+    expect(button).to_have_text(f"Show all {len(long_text):,} characters")
+    button.click()
+    assert shown.inner_text() == long_text
+    assert button.count() == 0
+    with _client(served) as client:
+        client.delete(["long"], wait=True)
+
+
 def test_writes_are_refused_without_the_admin_token_and_taken_with_it(page, served):
     page.get_by_test_id("add-text").fill("The office printer jams on every page")
     page.get_by_test_id("add-label").fill("1")

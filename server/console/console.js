@@ -7,6 +7,9 @@
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "siamese-console-token";
 const state = { collection: "", map: null, query: null };
+// a neighbour's text shown whole up to this many characters; a longer one (a stored
+// text may hold megabytes) is cut there, with a button that shows the rest
+const SHOWN_CHARACTERS = 600;
 
 function base() {
   const name = state.collection;
@@ -136,15 +139,41 @@ function renderNeighbors(neighbors) {
     label.style.borderColor = colour(hit.label);
     const id = element("span", `id ${hit.id}`, "id");
     head.append(bar, score, label, id);
-    const text = element("p", hit.text, "text");
-    text.dataset.testid = "neighbor-text";
-    item.append(head, text);
+    item.append(head, ...neighborText(hit.text));
     if (hit.metadata && Object.keys(hit.metadata).length) {
       item.append(element("p", JSON.stringify(hit.metadata), "metadata"));
     }
     list.append(item);
   }
   if (!neighbors.length) list.append(element("li", "No neighbour passes these settings.", "note"));
+}
+
+function neighborText(full) {
+  const text = element("p", full, "text");
+  text.dataset.testid = "neighbor-text";
+  if (full.length <= SHOWN_CHARACTERS) return [text];
+  let cut = full.slice(0, SHOWN_CHARACTERS);
+  if (/[\uD800-\uDBFF]$/.test(cut)) cut = cut.slice(0, -1); // not half a character
+  text.textContent = `${cut}…`;
+  const count = codePoints(full).toLocaleString("en");
+  const more = element("button", `Show all ${count} characters`, "more");
+  more.type = "button";
+  more.dataset.testid = "show-all";
+  more.addEventListener("click", () => {
+    text.textContent = full;
+    more.remove();
+  });
+  return [text, more];
+}
+
+function codePoints(text) {
+  // characters as a person (and the server) counts them: an emoji is one, not two
+  let count = text.length;
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    if (unit >= 0xd800 && unit <= 0xdbff) count--;
+  }
+  return count;
 }
 
 function renderPrediction(answer) {
