@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib import metadata
 
 import grpc
@@ -96,6 +96,19 @@ def _stored_examples(index: ServedVersion, rows, with_vectors: bool) -> list[pb.
             example.vector.extend(vectors[i].tolist())
         examples.append(example)
     return examples
+
+
+def _within_characters(texts: list[str], budget: int) -> int:
+    """How many of `texts`, in order, fit in `budget` bytes by their length in
+    characters (at least one), counted before any answer is built: characters are a
+    lower bound of their UTF-8 bytes, known without encoding, so what is then built
+    stays within 4x the budget (`_fitting` makes the exact cut on it)."""
+    total = 0
+    for count, text in enumerate(texts):
+        total += len(text)
+        if total > budget and count:
+            return count
+    return len(texts)
 
 
 def _fitting(examples: list[pb.StoredExample], budget: int) -> int:
@@ -221,13 +234,33 @@ class SearchService(pb_grpc.SearchServiceServicer):
         that clients retry as if the server were busy."""
         size = response.ByteSize()
         if size > self.max_send_bytes:
-            raise _Abort(
-                grpc.StatusCode.OUT_OF_RANGE,
-                f"the answer would be {size / 2**20:.1f} MiB, over the server's "
-                f"{self.max_send_bytes / 2**20:.0f} MiB an answer (its stored texts are long): "
-                "ask for fewer neighbours (k), texts or ids a call",
-            )
+            raise self._too_large(f"would be {size / 2**20:.1f} MiB")
         return response
+
+    def _texts_within_send_limit(self, texts: Iterable[str]) -> None:
+        """OUT_OF_RANGE before an answer holding `texts` is built, when their length
+        alone is over the send limit. Building first copied each text into the answer
+        once per query that found it: a batch of 256 queries near 12 stored texts of
+        1 MB took the server to 10.5 GB (3.7 GB of it kept) for an answer it then
+        refused. Characters are a lower bound of the bytes (`_within_send_limit`
+        checks what is built, at most 4x the limit)."""
+        characters = sum(len(text) for text in texts)
+        if characters > self.max_send_bytes:
+            raise self._too_large(f"holds {characters / 2**20:.1f} M characters of texts")
+
+    def _too_large(self, size: str) -> _Abort:
+        return _Abort(
+            grpc.StatusCode.OUT_OF_RANGE,
+            f"the answer {size}, over the server's {self.max_send_bytes / 2**20:.0f} MiB "
+            "an answer (its stored texts are long): ask for fewer neighbours (k), texts or "
+            "ids a call",
+        )
+
+    def _neighbors(self, found: list[list[Hit]]) -> list[list[pb.Neighbor]]:
+        """Each query's hits as the answer's neighbours, once their texts are known
+        to fit the send limit."""
+        self._texts_within_send_limit(hit.text for hits in found for hit in hits)
+        return [[_neighbor(hit) for hit in hits] for hits in found]
 
     def _admit(self, collection: Collection) -> str:
         """Count the call against its collection; refused (RESOURCE_EXHAUSTED) when the
@@ -341,7 +374,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
         vectors, found = self._batched(serving, texts, k, [], -1.0, context, where)
         votes = [([h.label for h in hits], [h.score for h in hits]) for hits in found]
         decisions = predict_queries(serving.model, votes, vectors, texts, threshold)
-        for hits, decision in zip(found, decisions, strict=True):
+        neighbors = self._neighbors(found)
+        for hits, decision, shown in zip(found, decisions, neighbors, strict=True):
             results.append(
                 pb.PredictResponse(
                     label=decision.label,
@@ -349,7 +383,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
                     scores=[
                         pb.LabelScore(label=lab, score=s) for lab, s in decision.scores.items()
                     ],
-                    neighbors=[_neighbor(h) for h in hits],
+                    neighbors=shown,
                     index_version=serving.index.name,
                     abstained=decision.abstained,
                     voted_label=decision.voted,
@@ -374,9 +408,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 hits = self._search_by_id(serving, request.id, k, labels, min_score, where)
             else:
                 hits = self._search(serving, [text], k, labels, min_score, context, where)[0]
-            return pb.SearchResponse(
-                neighbors=[_neighbor(h) for h in hits], index_version=serving.index.name
-            )
+            (neighbors,) = self._neighbors([hits])
+            return pb.SearchResponse(neighbors=neighbors, index_version=serving.index.name)
 
         return self._call(context, work, request)
 
@@ -399,7 +432,9 @@ class SearchService(pb_grpc.SearchServiceServicer):
             ids = check.check_ids(list(request.ids), self.limits)
             serving = self._serving(collection)
             index = serving.index
-            examples = _stored_examples(index, index.get(ids), request.with_vectors)
+            rows = index.get(ids)
+            self._texts_within_send_limit(row.text for row in rows)
+            examples = _stored_examples(index, rows, request.with_vectors)
             return pb.GetExamplesResponse(examples=examples, index_version=index.name)
 
         return self._call(context, work, request)
@@ -417,9 +452,13 @@ class SearchService(pb_grpc.SearchServiceServicer):
             with scrolling.version_for(current, version, collection.source) as index:
                 where = index.parse_filter(check.filter_of(request))
                 rows, last = index.scroll(where, limit, after)
+                budget = self.max_send_bytes // 2
+                kept = _within_characters([row.text for row in rows], budget)
+                if kept < len(rows):  # the rest of the page on the next one
+                    rows, last = rows[:kept], rows[kept - 1].position
                 examples = _stored_examples(index, rows, request.with_vectors)
-                fitting = _fitting(examples, self.max_send_bytes // 2)
-                if fitting < len(examples):  # the rest of the page on the next one
+                fitting = _fitting(examples, budget)
+                if fitting < len(examples):
                     examples, last = examples[:fitting], rows[fitting - 1].position
                 if last is not None:  # the next page reads this version too
                     self.scroll_holds.keep(collection.source, index.name)
@@ -440,9 +479,10 @@ class SearchService(pb_grpc.SearchServiceServicer):
             serving = self._serving(collection)
             where = self._where(serving, request)
             name = serving.index.name
+            found = self._search(serving, texts, k, labels, min_score, context, where)
             results = [
-                pb.SearchResponse(neighbors=[_neighbor(h) for h in hits], index_version=name)
-                for hits in self._search(serving, texts, k, labels, min_score, context, where)
+                pb.SearchResponse(neighbors=neighbors, index_version=name)
+                for neighbors in self._neighbors(found)
             ]
             return pb.SearchBatchResponse(results=results, index_version=name)
 

@@ -27,7 +27,7 @@ from siamese_search.core.tables import Columns
 from siamese_search.indexer.build import BuildOptions, build_index
 from siamese_search.server.app import SearchServer
 from siamese_search.server.config import Limits, ServerConfig
-from tests.conftest import encode_in_server
+from tests.conftest import encode_in_server, peak_rss_reset, status_kib
 
 COLUMNS = Columns(text="text", label="class")
 
@@ -308,5 +308,48 @@ def test_answers_over_the_send_limit_are_cut_or_refused_saying_why(tmp_path, tra
             assert "over the server's 1 MiB an answer" in refused.value.details()
             assert "fewer neighbours (k)" in refused.value.details()
             assert len(client.search("fix crash", k=1).neighbors) == 1
+    finally:
+        running.stop(0)
+
+
+def test_a_batch_whose_texts_are_over_the_send_limit_is_refused_before_it_is_built(
+    tmp_path, trained_model
+):
+    """256 queries near 4 stored texts of 1 M characters each: the answer would hold
+    each text once per query (1 GB). It was built in full, one protobuf copy of the
+    text per neighbour, before the send limit refused it (a 2 KB call took the server
+    to 10.5 GB, and most of it stayed). Now the texts' length is checked first: the
+    call is refused with what to ask instead, and the server's peak memory barely moves.
+    GetExamples and a Scroll page are bounded the same way."""
+    if not peak_rss_reset():
+        pytest.skip("the kernel does not let a process reset its peak RSS")
+    texts = {f"r{i}": f"fix crash number {i}" + " " * 1_000_000 + "end" for i in range(4)}
+    index = _index_of(tmp_path, trained_model, texts)
+    config = ServerConfig(
+        index_dir=index, port=0, max_send_bytes=3 * 2**20, batching=encode_in_server()
+    )
+    running = SearchServer(config).start()
+    try:
+        with SearchClient(f"127.0.0.1:{running.port}", retry=RetryPolicy(attempts=1)) as client:
+            assert len(client.search("fix crash", k=2).neighbors) == 2  # within the limit
+            before = status_kib("VmRSS")
+            peak_rss_reset()
+            for call in (
+                lambda: client.search_many(["fix crash"] * 256, k=4),
+                lambda: client.predict_many(["fix crash"] * 256, k=4),
+                lambda: client.get(list(texts)),
+            ):
+                with pytest.raises(grpc.RpcError) as refused:
+                    call()
+                assert refused.value.code() == grpc.StatusCode.OUT_OF_RANGE
+                assert "M characters of texts" in refused.value.details()
+                assert "fewer neighbours (k)" in refused.value.details()
+            grown_mib = (status_kib("VmHWM") - before) / 1024
+            assert grown_mib < 100, f"peak memory grew {grown_mib:.0f} MiB"
+            sizes, token = [], ""
+            while not sizes or token:  # pages cut to the limit, by the texts' length
+                page = client.scroll(limit=4, page_token=token)
+                sizes, token = [*sizes, len(page.examples)], page.next_page_token
+            assert sizes == [1, 1, 1, 1]  # a page holds half the limit: one text
     finally:
         running.stop(0)

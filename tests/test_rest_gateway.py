@@ -17,7 +17,7 @@ from siamese_search.indexer.build import BuildOptions, build_index
 from siamese_search.server.app import SearchServer
 from siamese_search.server.config import Limits, ServerConfig
 from siamese_search.server.gateway import _Document, _Refusal, routes
-from tests.conftest import encode_in_server
+from tests.conftest import encode_in_server, peak_rss_reset, status_kib
 
 COLUMNS = Columns(text="text", label="class")
 
@@ -448,24 +448,6 @@ def test_oversize_headers_get_431(server):
     assert answer.startswith(b"HTTP/1.1 431"), answer[:300]
 
 
-def _peak_rss_reset() -> bool:
-    """Reset this process's peak RSS (VmHWM); False where the kernel does not allow it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError(f"no {field} in /proc/self/status")
-
-
 @pytest.mark.parametrize(
     "framing",
     [
@@ -483,10 +465,10 @@ def test_a_200_mb_body_is_refused_within_the_memory_bound(server, framing):
     import select
     import socket
 
-    if not _peak_rss_reset():
+    if not peak_rss_reset():
         pytest.skip("the kernel does not let a process reset its peak RSS")
     gateway_limit = server.gateway.max_body_bytes
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     piece = (
         b"%x\r\n%s\r\n" % (1 << 20, b"x" * (1 << 20)) if b"chunked" in framing else b"x" * (1 << 20)
     )
@@ -515,7 +497,7 @@ def test_a_200_mb_body_is_refused_within_the_memory_bound(server, framing):
     status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else None
     assert status in (400, 411, 413), answer[:300]
     assert sent < 32 << 20, f"the client could send {sent >> 20} MB"
-    grown_mib = (_status_kib("VmHWM") - before) / 1024
+    grown_mib = (status_kib("VmHWM") - before) / 1024
     assert grown_mib < 4 * gateway_limit / (1 << 20) + 32, f"peak memory grew {grown_mib:.0f} MiB"
 
 
