@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from importlib import metadata
 
 import grpc
@@ -30,6 +30,7 @@ from siamese_search.indexer.store import (
 )
 from siamese_search.server import scrolling
 from siamese_search.server import validation as check
+from siamese_search.server.answer_size import AnswerSize
 from siamese_search.server.batching import Batcher, CallGone
 from siamese_search.server.collections import (
     Collection,
@@ -80,47 +81,28 @@ def _neighbor(hit: Hit) -> pb.Neighbor:
     return neighbor
 
 
-def _stored_examples(index: ServedVersion, rows, with_vectors: bool) -> list[pb.StoredExample]:
-    """GetExamples' and Scroll's answer: the rows, with their vectors when asked."""
+def _stored_examples(
+    index: ServedVersion, rows, with_vectors: bool, size: AnswerSize
+) -> list[pb.StoredExample]:
+    """GetExamples' and Scroll's answer: the rows, with their vectors when asked, as
+    many as fit `size` (the first one always: a page of long texts is cut short, not
+    refused; a stored text is at most 16 MB, well within what the server sends)."""
     vectors = (
         index.vectors_at(np.array([row.position for row in rows], dtype=np.int64))
         if with_vectors
         else None
     )
-    examples = []
+    examples: list[pb.StoredExample] = []
     for i, row in enumerate(rows):
         example = pb.StoredExample(id=row.id, text=row.text, label=row.label)
         if row.metadata:
             example.metadata.update(row.metadata)
         if vectors is not None:
             example.vector.extend(vectors[i].tolist())
+        if not size.fits(example) and examples:
+            break
         examples.append(example)
     return examples
-
-
-def _within_characters(texts: list[str], budget: int) -> int:
-    """How many of `texts`, in order, fit in `budget` bytes by their length in
-    characters (at least one), counted before any answer is built: characters are a
-    lower bound of their UTF-8 bytes, known without encoding, so what is then built
-    stays within 4x the budget (`_fitting` makes the exact cut on it)."""
-    total = 0
-    for count, text in enumerate(texts):
-        total += len(text)
-        if total > budget and count:
-            return count
-    return len(texts)
-
-
-def _fitting(examples: list[pb.StoredExample], budget: int) -> int:
-    """How many of a Scroll page's examples fit in `budget` bytes (one at least: a
-    stored text is at most 16 MB, well within what the server sends), so that a page
-    of long texts is cut short, the token going on from there, instead of refused."""
-    total = 0
-    for count, example in enumerate(examples):
-        total += example.ByteSize() + 8  # its field's tag and length
-        if total > budget and count:
-            return count
-    return len(examples)
 
 
 def _reason(decision, abstention, threshold: float | None, neighbours: int = 1) -> str:
@@ -237,30 +219,30 @@ class SearchService(pb_grpc.SearchServiceServicer):
             raise self._too_large(f"would be {size / 2**20:.1f} MiB")
         return response
 
-    def _texts_within_send_limit(self, texts: Iterable[str]) -> None:
-        """OUT_OF_RANGE before an answer holding `texts` is built, when their length
-        alone is over the send limit. Building first copied each text into the answer
-        once per query that found it: a batch of 256 queries near 12 stored texts of
-        1 MB took the server to 10.5 GB (3.7 GB of it kept) for an answer it then
-        refused. Characters are a lower bound of the bytes (`_within_send_limit`
-        checks what is built, at most 4x the limit)."""
-        characters = sum(len(text) for text in texts)
-        if characters > self.max_send_bytes:
-            raise self._too_large(f"holds {characters / 2**20:.1f} M characters of texts")
-
     def _too_large(self, size: str) -> _Abort:
         return _Abort(
             grpc.StatusCode.OUT_OF_RANGE,
-            f"the answer {size}, over the server's {self.max_send_bytes / 2**20:.0f} MiB "
-            "an answer (its stored texts are long): ask for fewer neighbours (k), texts or "
-            "ids a call",
+            f"the answer {size}; the server sends at most {self.max_send_bytes / 2**20:.0f} "
+            "MiB an answer (its stored texts are long): ask for fewer neighbours (k), texts "
+            "or ids a call",
         )
 
     def _neighbors(self, found: list[list[Hit]]) -> list[list[pb.Neighbor]]:
-        """Each query's hits as the answer's neighbours, once their texts are known
-        to fit the send limit."""
-        self._texts_within_send_limit(hit.text for hits in found for hit in hits)
-        return [[_neighbor(hit) for hit in hits] for hits in found]
+        """Each query's hits as the answer's neighbours, built within the send limit
+        (server.answer_size: an answer holds a stored text and its metadata once per
+        query that found the row, so it is never built whole to be measured)."""
+        size = AnswerSize(self.max_send_bytes)
+        total = sum(len(hits) for hits in found)
+        lists: list[list[pb.Neighbor]] = []
+        for hits in found:
+            neighbors = []
+            for hit in hits:
+                neighbors.append(_neighbor(hit))
+                if not size.fits(neighbors[-1]):
+                    made = sum(map(len, lists)) + len(neighbors)
+                    raise self._too_large(f"passed the limit at neighbour {made:,} of {total:,}")
+            lists.append(neighbors)
+        return lists
 
     def _admit(self, collection: Collection) -> str:
         """Count the call against its collection; refused (RESOURCE_EXHAUSTED) when the
@@ -433,8 +415,12 @@ class SearchService(pb_grpc.SearchServiceServicer):
             serving = self._serving(collection)
             index = serving.index
             rows = index.get(ids)
-            self._texts_within_send_limit(row.text for row in rows)
-            examples = _stored_examples(index, rows, request.with_vectors)
+            size = AnswerSize(self.max_send_bytes)
+            examples = _stored_examples(index, rows, request.with_vectors, size)
+            if len(examples) < len(rows):
+                raise self._too_large(
+                    f"passed the limit at example {len(examples) + 1} of {len(rows)}"
+                )
             return pb.GetExamplesResponse(examples=examples, index_version=index.name)
 
         return self._call(context, work, request)
@@ -452,14 +438,10 @@ class SearchService(pb_grpc.SearchServiceServicer):
             with scrolling.version_for(current, version, collection.source) as index:
                 where = index.parse_filter(check.filter_of(request))
                 rows, last = index.scroll(where, limit, after)
-                budget = self.max_send_bytes // 2
-                kept = _within_characters([row.text for row in rows], budget)
-                if kept < len(rows):  # the rest of the page on the next one
-                    rows, last = rows[:kept], rows[kept - 1].position
-                examples = _stored_examples(index, rows, request.with_vectors)
-                fitting = _fitting(examples, budget)
-                if fitting < len(examples):
-                    examples, last = examples[:fitting], rows[fitting - 1].position
+                size = AnswerSize(self.max_send_bytes // 2)
+                examples = _stored_examples(index, rows, request.with_vectors, size)
+                if len(examples) < len(rows):  # the rest of the page on the next one
+                    last = rows[len(examples) - 1].position
                 if last is not None:  # the next page reads this version too
                     self.scroll_holds.keep(collection.source, index.name)
                 return pb.ScrollResponse(

@@ -305,7 +305,7 @@ def test_answers_over_the_send_limit_are_cut_or_refused_saying_why(tmp_path, tra
             with pytest.raises(grpc.RpcError) as refused:
                 client.search("fix crash", k=6)
             assert refused.value.code() == grpc.StatusCode.OUT_OF_RANGE
-            assert "over the server's 1 MiB an answer" in refused.value.details()
+            assert "the server sends at most 1 MiB an answer" in refused.value.details()
             assert "fewer neighbours (k)" in refused.value.details()
             assert len(client.search("fix crash", k=1).neighbors) == 1
     finally:
@@ -318,9 +318,10 @@ def test_a_batch_whose_texts_are_over_the_send_limit_is_refused_before_it_is_bui
     """256 queries near 4 stored texts of 1 M characters each: the answer would hold
     each text once per query (1 GB). It was built in full, one protobuf copy of the
     text per neighbour, before the send limit refused it (a 2 KB call took the server
-    to 10.5 GB, and most of it stayed). Now the texts' length is checked first: the
-    call is refused with what to ask instead, and the server's peak memory barely moves.
-    GetExamples and a Scroll page are bounded the same way."""
+    to 10.5 GB, and most of it stayed). Now the answer is measured as it is built and
+    given up at the limit: the call is refused with what to ask instead, and the
+    server's peak memory barely moves. GetExamples and a Scroll page are bounded the
+    same way."""
     if not peak_rss_reset():
         pytest.skip("the kernel does not let a process reset its peak RSS")
     texts = {f"r{i}": f"fix crash number {i}" + " " * 1_000_000 + "end" for i in range(4)}
@@ -342,7 +343,7 @@ def test_a_batch_whose_texts_are_over_the_send_limit_is_refused_before_it_is_bui
                 with pytest.raises(grpc.RpcError) as refused:
                     call()
                 assert refused.value.code() == grpc.StatusCode.OUT_OF_RANGE
-                assert "M characters of texts" in refused.value.details()
+                assert "passed the limit at" in refused.value.details()
                 assert "fewer neighbours (k)" in refused.value.details()
             grown_mib = (status_kib("VmHWM") - before) / 1024
             assert grown_mib < 100, f"peak memory grew {grown_mib:.0f} MiB"
