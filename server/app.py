@@ -145,6 +145,7 @@ class SearchServer:
                 ("grpc.max_send_message_length", config.max_send_bytes),
                 ("grpc.so_reuseport", 0),  # a busy port is an error, not a shared socket
                 ("grpc.http2.bdp_probe", 0),  # see above: refused calls stay small
+                ("grpc.max_connection_idle_ms", int(config.grpc_idle_seconds * 1000)),
             ],
         )
         created = channelz_server_ids() - servers_before

@@ -189,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
         "a core; 0: the batch threads encode in the server process)",
     )
     parser.add_argument(
+        "--grpc-idle-seconds",
+        type=float,
+        default=ServerConfig.grpc_idle_seconds,
+        help="close a gRPC connection with no call in flight for this long (clients "
+        "reconnect on their next call)",
+    )
+    parser.add_argument(
         "--reload-interval",
         type=float,
         default=2.0,
@@ -271,6 +278,8 @@ def config_from_args(args) -> ServerConfig:
     ):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if not args.grpc_idle_seconds > 0:
+        raise UserError("--grpc-idle-seconds must be above 0")
     milvus = milvus_target(args, args.index or args.collections)
     if args.index is None and milvus is None and args.collections is None:
         raise UserError(
@@ -307,6 +316,7 @@ def config_from_args(args) -> ServerConfig:
         max_streams=args.max_streams,
         max_streams_per_client=args.max_streams_per_client,
         max_queued=max(args.max_queued, 0),
+        grpc_idle_seconds=args.grpc_idle_seconds,
         batching=BatchSettings(
             max_batch_texts=args.max_batch_texts,
             max_wait=args.batch_wait_ms / 1e3,
@@ -322,6 +332,22 @@ def config_from_args(args) -> ServerConfig:
     )
 
 
+def _raise_open_files_limit() -> None:
+    """Open files up to the hard limit, as servers do: every connection holds a file
+    descriptor, and under a common soft limit of 1,024 a thousand connections left
+    open (idle ones are closed only after --grpc-idle-seconds) shut the gRPC door on
+    every other client."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 1 << 20) if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):  # a container may refuse it: serve as we are
+            pass
+
+
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -332,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_args(args)
     from siamese_search.server.app import SearchServer
 
+    _raise_open_files_limit()
     server = SearchServer(config).start()
     stop = threading.Event()
 

@@ -69,6 +69,11 @@ class ServerConfig:
     max_streams_per_client: int = 4
     #: unary calls waiting for a worker beyond the ones being worked on
     max_queued: int = 8
+    #: a gRPC connection with no call in flight for this long is closed (GOAWAY; a
+    #: client reconnects on its next call): connections opened and left idle held a
+    #: file descriptor each for ever, ~7 KB each, until the server could accept no
+    #: more (the REST door closes idle connections after 30 s)
+    grpc_idle_seconds: float = 300.0
     #: dynamic batching of concurrent Search / Predict / Embed work
     batching: BatchSettings = BatchSettings()
     milvus: MilvusTarget | None = None

@@ -599,6 +599,31 @@ def test_a_record_store_damaged_under_the_server_is_data_loss_not_internal(
         running.stop(0)
 
 
+def test_an_idle_grpc_connection_is_closed_and_a_client_reconnects(tmp_path, index_dir):
+    """Connections opened and left idle stayed for ever (5,000 of them: 5,000 file
+    descriptors and +35 MB, until the server could accept no more). With no call in
+    flight for --grpc-idle-seconds a connection is closed; a client's next call opens
+    a new one."""
+    import socket
+
+    running = _start(index_dir, grpc_idle_seconds=1.0)
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            assert stub.Search(pb.SearchRequest(text="fix", k=1)).neighbors
+            with socket.create_connection(("127.0.0.1", running.port), timeout=10) as idle:
+                idle.sendall(preface)
+                received, started = b"", time.monotonic()
+                while chunk := idle.recv(4096):  # SETTINGS, then GOAWAY, then the end
+                    received += chunk
+                assert time.monotonic() - started < 9, "the idle connection was kept"
+            time.sleep(1.5)  # the channel's connection is closed too
+            assert stub.Search(pb.SearchRequest(text="fix", k=1)).neighbors
+    finally:
+        running.stop(0)
+
+
 def _self_signed(tmp_path):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization

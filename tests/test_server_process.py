@@ -38,7 +38,7 @@ def served_index(tmp_path, trained_model, sample_train):
     return index_dir
 
 
-def _serve(index_dir, *flags):
+def _serve(index_dir, *flags, preexec_fn=None):
     process = subprocess.Popen(
         [
             sys.executable,
@@ -65,6 +65,7 @@ def _serve(index_dir, *flags):
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "SIAMESE_THREADS": "1"},
+        preexec_fn=preexec_fn,
     )
     line = process.stdout.readline()
     if "listening on" not in line:
@@ -173,6 +174,29 @@ def test_grace_bounds_shutdown_while_a_long_call_runs(served_index):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_the_server_raises_its_open_files_limit_to_the_hard_one(served_index):
+    """Each connection holds a file descriptor: under a soft limit of 256 (1,024 is
+    common) that many connections left open shut the gRPC door on everyone else."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip("the hard limit leaves nothing to raise")
+
+    def low_soft_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    process, _ = _serve(served_index, preexec_fn=low_soft_limit)
+    try:
+        with open(f"/proc/{process.pid}/limits") as handle:
+            line = next(line for line in handle if line.startswith("Max open files"))
+        soft = line.split()[3]
+        assert soft != "256" and (soft == "unlimited" or int(soft) >= min(hard, 1 << 20)), line
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def _rss_mb(pid: int) -> float:
