@@ -5,6 +5,7 @@ ride out a server restart."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -244,7 +245,6 @@ def test_a_neighbour_with_a_text_of_megabytes_reaches_every_client(tmp_path, tra
     and async), the REST gateway and siamese-query all get it (RESOURCE_EXHAUSTED
     before, retried as if the server were busy); siamese-query shows it cut."""
     import http.client
-    import json
 
     from siamese_search.client.cli import main as query_main
 
@@ -276,6 +276,30 @@ def test_a_neighbour_with_a_text_of_megabytes_reaches_every_client(tmp_path, tra
         shown = capsys.readouterr().out
         assert "... (1,300,018 characters; --json shows all)  (id long)" in shown
         assert len(shown) < 2_000
+    finally:
+        running.stop(0)
+
+
+def test_siamese_query_prints_stored_control_characters_as_escapes(tmp_path, trained_model, capsys):
+    """A stored text is anyone's who could write to the index: printed raw, its escape
+    sequences recoloured and retitled the terminal of whoever listed it, a bidi
+    override reversed what it showed, and its line breaks split the listing."""
+    from siamese_search.client.cli import main as query_main
+
+    hostile = "fix crash \x1b[31mred\x1b]0;owned\x07 \u202eevil\r\nnext line \U0001f642"
+    index = _index_of(tmp_path, trained_model, {"hostile": hostile, "plain": "fix a leak"})
+    running = SearchServer(ServerConfig(index_dir=index, port=0, batching=encode_in_server()))
+    running.start()
+    try:
+        capsys.readouterr()
+        target = f"127.0.0.1:{running.port}"
+        assert query_main(["--target", target, "fix crash red", "-k", "2"]) == 0
+        shown = capsys.readouterr().out
+        line = next(line for line in shown.splitlines() if "(id hostile)" in line)
+        assert "\\x1b[31mred\\x1b]0;owned\\x07 \\u202eevil\\r\\nnext line \U0001f642" in line
+        assert not any(char in shown for char in "\x1b\x07\r\u202e")
+        assert query_main(["--target", target, "fix crash red", "-k", "2", "--json"]) == 0
+        assert hostile in json.loads(capsys.readouterr().out)["neighbors"][0]["text"]
     finally:
         running.stop(0)
 

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import sys
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -102,20 +103,39 @@ def _threshold_note(args) -> str:
 SHOWN_CHARS = 300
 
 
+#: bidirectional-text controls, which reorder what a terminal shows (U+202A-E, U+2066-9)
+_BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _safe(text: str) -> str:
+    """`text` for a terminal: control characters and bidi controls as escapes
+    (`\\x1b`, `\\n`, `\\u202e`). A stored text is anyone's who could write to the
+    index, and printed raw, an escape sequence in it recoloured, retitled or rewrote
+    the terminal of whoever listed it, and its line breaks split the listing."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char.encode("unicode_escape").decode("ascii")
+        if char in _BIDI or unicodedata.category(char) in ("Cc", "Zl", "Zp")
+        else char
+        for char in text
+    )
+
+
 def _shown(text: str) -> str:
     """A stored text as a line of the listing: a long one (an index may hold whole
     documents) cut, saying how long it is."""
     if len(text) <= SHOWN_CHARS:
-        return text
-    return f"{text[:SHOWN_CHARS]}... ({len(text):,} characters; --json shows all)"
+        return _safe(text)
+    return f"{_safe(text[:SHOWN_CHARS])}... ({len(text):,} characters; --json shows all)"
 
 
 def _print_neighbors(neighbors, args) -> None:
     if not neighbors:
         print(f"     ({_threshold_note(args)})")
     for rank, n in enumerate(neighbors, start=1):
-        label = f"[{n.label}] " if n.label else ""
-        print(f"{rank:>3}. {n.score:6.3f}  {label}{_shown(n.text)}  (id {n.id})")
+        label = f"[{_safe(n.label)}] " if n.label else ""
+        print(f"{rank:>3}. {n.score:6.3f}  {label}{_shown(n.text)}  (id {_safe(n.id)})")
 
 
 def _abstention_note(result, args) -> str:
@@ -128,7 +148,7 @@ def _abstention_note(result, args) -> str:
 
 
 def _print_prediction(result, args) -> None:
-    shown = result.label or f"(abstained: {_abstention_note(result, args)})"
+    shown = _safe(result.label) or f"(abstained: {_abstention_note(result, args)})"
     print(
         f"label {shown}  confidence {result.confidence:.3f}  (index version {result.index_version})"
     )
@@ -188,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             client.batch_size = max(1, client.info().max_batch)
         results = _ask(client, args, texts, where)
     except grpc.RpcError as error:
-        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        print(f"error: {error.code().name}: {_safe(error.details() or '')}", file=sys.stderr)
         return 1
     finally:
         client.close()
@@ -198,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for number, (text, result) in enumerate(zip(texts, results, strict=True)):
         if len(texts) > 1:
-            print(f"{chr(10) if number else ''}> {text}")
+            print(f"{chr(10) if number else ''}> {_safe(text)}")
         if args.predict:
             _print_prediction(result, args)
         else:
