@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="... or once the oldest pending write is this old (0: no time trigger)",
     )
     parser.add_argument(
+        "--max-pending-rows",
+        type=int,
+        default=CommitPolicy.max_pending_rows,
+        help="Upsert: upserted rows waiting to be committed beyond which more are refused "
+        "(RESOURCE_EXHAUSTED, retried by clients) until commits catch up",
+    )
+    parser.add_argument(
         "--salvage-journal",
         action="store_true",
         help="start even if the write journal has unreadable lines: keep its readable "
@@ -271,6 +278,7 @@ def config_from_args(args) -> ServerConfig:
         "max_call_chars",
         "max_streams",
         "max_streams_per_client",
+        "max_pending_rows",
         "workers",
         "threads",
         "max_batch_texts",
@@ -297,7 +305,7 @@ def config_from_args(args) -> ServerConfig:
         http_max_connections_per_client=args.http_max_connections_per_client,
         writes=not args.no_writes,
         open_writes=args.open_writes,
-        commit_policy=CommitPolicy(args.commit_rows, args.commit_seconds),
+        commit_policy=CommitPolicy(args.commit_rows, args.commit_seconds, args.max_pending_rows),
         salvage_journal=args.salvage_journal,
         model_dir=args.model,
         host=args.host,

@@ -45,7 +45,7 @@ from siamese_search.server.metrics import Metrics
 from siamese_search.server.scroll_holds import ScrollHolds
 from siamese_search.server.space_map import TEXT_CHARS, SpaceMaps
 from siamese_search.server.state import Serving
-from siamese_search.server.writes import Committer, WritesUnavailable
+from siamese_search.server.writes import Committer, WritesBacklogged, WritesUnavailable
 
 log = logging.getLogger("siamese.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
@@ -613,6 +613,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 seq = committer.submit(change)
         except WritesUnavailable as error:
             raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(error)) from None
+        except WritesBacklogged as error:
+            raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
         except OSError as error:  # the journal could not take it (disk full, size limit)
             raise _Abort(
                 grpc.StatusCode.UNAVAILABLE,

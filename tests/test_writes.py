@@ -162,6 +162,32 @@ def test_commit_policy_batches_small_writes_into_one_version(index_dir):
         server.stop(0)
 
 
+def test_upserts_beyond_the_pending_backlog_are_refused_until_commits_catch_up(index_dir):
+    """An Upsert is acknowledged once journaled (fast) and committed by embedding (slow):
+    four clients upserting in a loop left 858,000 rows waiting after 30 s, all in
+    memory and all for one commit. Past --max-pending-rows an Upsert is refused with
+    RESOURCE_EXHAUSTED (nothing of it kept; clients retry), a Delete is still taken,
+    and once a commit drains the backlog upserts are taken again."""
+    policy = CommitPolicy(every_rows=10**9, every_seconds=0, max_pending_rows=10)
+    server = _start(index_dir, commit_policy=policy)
+    try:
+        retry_once = RetryPolicy(attempts=1)
+        with SearchClient(f"127.0.0.1:{server.port}", retry=retry_once) as client:
+            client.upsert([Example(f"backlog text {i}", "4", f"q{i}") for i in range(8)])
+            with pytest.raises(grpc.RpcError) as refused:
+                client.upsert([Example(f"one too many {i}", "4", f"x{i}") for i in range(3)])
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "8 upserted rows wait to be committed" in refused.value.details()
+            assert "--max-pending-rows 10" in refused.value.details()
+            assert client.delete(["q0"], wait=True).committed  # and the backlog with it
+            assert client.upsert([Example("after the commit", "4", "x0")], wait=True).committed
+            stored = {example.id for example in client.get([f"q{i}" for i in range(8)])}
+            assert stored == {f"q{i}" for i in range(1, 8)}
+            assert not client.get(["x1", "x2"])  # the refused call left nothing
+    finally:
+        server.stop(0)
+
+
 def test_writes_need_the_admin_token(index_dir):
     server = _start(index_dir, token="q" * 20, admin_token="a" * 20)
     try:
