@@ -117,6 +117,10 @@ _READ_BYTES = 64 * 1024
 #: after a refusal, how long and how much of the unread request is drained before closing
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
+#: what a 429 or 503 asks a client to wait before it retries (RFC 9110's Retry-After):
+#: such answers say "busy" (admission, the write backlog, a connection cap) or "a
+#: store is away"; gRPC clients read the status and back off, HTTP ones read this
+RETRY_AFTER_SECONDS = 1
 #: why a connection is refused at once (503), by the cap it met
 _OVER_CAP = {
     "server": "the REST gateway has as many open connections as it serves; retry later, "
@@ -446,7 +450,8 @@ class _HttpServer(socketserver.ThreadingTCPServer):
             try:
                 request.send(
                     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(full), full),
+                    b"Retry-After: %d\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                    % (RETRY_AFTER_SECONDS, len(full), full),
                     socket.MSG_DONTWAIT,
                 )
             except OSError:
@@ -703,6 +708,8 @@ class _Connection:
             ("Content-Length", str(len(body))),
             ("Server", "siamese-search-gateway"),
         ]
+        if status in (429, 503):  # busy, a backlog, a store away: worth a retry, later
+            headers.append(("Retry-After", str(RETRY_AFTER_SECONDS)))
         if close:
             headers.append(("Connection", "close"))
         events: list[h11.Event] = [

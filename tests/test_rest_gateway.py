@@ -226,8 +226,12 @@ def test_connections_beyond_the_cap_get_503_at_once(index_dir):
         idle += [socket.create_connection(("127.0.0.1", running.http_port)) for _ in range(2)]
         # one thread accepts in arrival order: when this one is answered, both idle
         # connections hold their slots
-        status, body = _http(running, "GET", "/v1/info")
-        assert status == 503
+        connection = http.client.HTTPConnection("127.0.0.1", running.http_port, timeout=30)
+        connection.request("GET", "/v1/info")
+        answer = connection.getresponse()
+        status, body = answer.status, json.loads(answer.read())
+        connection.close()
+        assert status == 503 and answer.getheader("Retry-After") == "1"
         assert body["code"] == 14 and "open connections" in body["message"]
         sample = running.metrics.registry.get_sample_value
         assert sample("siamese_rest_connections_refused_total") == 1
@@ -240,6 +244,31 @@ def test_connections_beyond_the_cap_get_503_at_once(index_dir):
     finally:
         for connection in idle:
             connection.close()
+        running.stop(0)
+
+
+def test_a_write_refused_for_the_backlog_is_429_with_retry_after(index_dir):
+    """A busy answer (429, 503) tells an HTTP client when to come back, as RFC 9110's
+    Retry-After does; it said nothing, so clients retried at once or never."""
+    from siamese_search.server.writes import CommitPolicy
+
+    policy = CommitPolicy(every_rows=10**9, every_seconds=0, max_pending_rows=2)
+    running = _start(index_dir, commit_policy=policy)
+    try:
+        examples = [{"id": f"w{i}", "text": f"fix the leak {i}", "label": "1"} for i in range(2)]
+        status, _ = _http(running, "POST", "/v1/examples:upsert", {"examples": examples})
+        assert status == 200
+        connection = http.client.HTTPConnection("127.0.0.1", running.http_port, timeout=30)
+        body = json.dumps({"examples": [{"id": "w9", "text": "one more", "label": "1"}]})
+        connection.request(
+            "POST", "/v1/examples:upsert", body, {"Content-Type": "application/json"}
+        )
+        answer = connection.getresponse()
+        said = json.loads(answer.read())
+        connection.close()
+        assert (answer.status, answer.getheader("Retry-After")) == (429, "1")
+        assert "wait to be committed" in said["message"]
+    finally:
         running.stop(0)
 
 
