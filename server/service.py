@@ -219,10 +219,11 @@ class SearchService(pb_grpc.SearchServiceServicer):
             raise self._too_large(f"would be {size / 2**20:.1f} MiB")
         return response
 
-    def _too_large(self, size: str) -> _Abort:
+    def _too_large(self, what: str) -> _Abort:
+        """OUT_OF_RANGE for an answer over the send limit; `what` says how far it got."""
         return _Abort(
             grpc.StatusCode.OUT_OF_RANGE,
-            f"the answer {size}; the server sends at most {self.max_send_bytes / 2**20:.0f} "
+            f"the answer {what}; the server sends at most {self.max_send_bytes / 2**20:.0f} "
             "MiB an answer (its stored texts are long): ask for fewer neighbours (k), texts "
             "or ids a call",
         )
