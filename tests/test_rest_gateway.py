@@ -247,13 +247,18 @@ def test_connections_beyond_the_cap_get_503_at_once(index_dir):
         running.stop(0)
 
 
-def test_a_write_refused_for_the_backlog_is_429_with_retry_after(index_dir):
+def test_a_write_refused_for_the_backlog_is_429_with_retry_after(
+    tmp_path, trained_model, sample_train
+):
     """A busy answer (429, 503) tells an HTTP client when to come back, as RFC 9110's
     Retry-After does; it said nothing, so clients retried at once or never."""
     from siamese_search.server.writes import CommitPolicy
 
+    own_index = tmp_path / "index"  # the module's server holds the shared index's writes
+    model = load_model(trained_model)
+    build_index(own_index, model, sample_train, COLUMNS, BuildOptions(show_progress=False))
     policy = CommitPolicy(every_rows=10**9, every_seconds=0, max_pending_rows=2)
-    running = _start(index_dir, commit_policy=policy)
+    running = _start(own_index, commit_policy=policy)
     try:
         examples = [{"id": f"w{i}", "text": f"fix the leak {i}", "label": "1"} for i in range(2)]
         status, _ = _http(running, "POST", "/v1/examples:upsert", {"examples": examples})
