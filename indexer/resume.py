@@ -13,7 +13,11 @@ not publish:
 - every CHECKPOINT_SECONDS, and once everything is embedded, that file and a key per
   row (a 16-byte BLAKE2b digest of its text, `keys.bin`) are fsynced, then
   `progress.json` says how many rows they hold (after the rows the segment held
-  before: an `add` may first copy small base segments into it);
+  before: an `add` may first copy small base segments into it) and a digest of their
+  bytes (each row read once, as it is checkpointed), which the next run checks, and
+  keeps with the cache part, before it takes a vector: files changed on disk after a
+  run stopped (a size-preserving overwrite, a bad sector) are embedded again instead
+  of going into the index unseen;
 - the next run of the same kind and model makes those rows a cache part
   (`cache/part-N.f32` and `.keys`; the vectors file is renamed, never cut: it may be
   a published version's) and looks each text up there before embedding it;
@@ -57,6 +61,9 @@ CACHE_DIR = "cache"
 #: how often a running job makes what it embedded durable (each costs two fsyncs)
 CHECKPOINT_SECONDS = 30.0
 KEY_DTYPE = np.dtype("S16")
+#: what a progress file and a cache part record of their rows' bytes
+DIGESTS = ("vectors_blake2b", "keys_blake2b")
+_READ_BYTES = 8 << 20
 #: embeds lists of texts, one array per list, in order (indexer.ingest.embedder)
 Embed = Callable[[Iterator[list[str]]], Iterator[np.ndarray]]
 
@@ -132,6 +139,9 @@ class Workspace:
         self._segment: Segment | None = None
         self._first = 0
         self._last = time.monotonic()
+        #: this run's checkpointed rows, digested as they were checkpointed (DIGESTS)
+        self._digests = (hashlib.blake2b(digest_size=16), hashlib.blake2b(digest_size=16))
+        self._digested = 0
 
     def attach(self, segment: Segment, show_progress: bool) -> None:
         """The new segment this run appends its embeddings to (after the rows it holds
@@ -180,7 +190,23 @@ class Workspace:
         os.fsync(self._keys.fileno())
         with open(self.directory / RUN_VECTORS, "rb") as handle:
             os.fsync(handle.fileno())
-        progress = {"dim": self.dim, "first": self._first, "rows": rows - self._first}
+        own, row_bytes = rows - self._first, self.dim * 4
+        vectors, keys = self._digests
+        _digest_bytes(
+            vectors,
+            self.directory / RUN_VECTORS,
+            (self._first + self._digested) * row_bytes,
+            (self._first + own) * row_bytes,
+        )
+        _digest_bytes(
+            keys,
+            self.directory / KEYS_FILE,
+            self._digested * KEY_DTYPE.itemsize,
+            own * KEY_DTYPE.itemsize,
+        )
+        self._digested = own
+        progress: dict[str, int | str] = {"dim": self.dim, "first": self._first, "rows": own}
+        progress.update(zip(DIGESTS, (vectors.hexdigest(), keys.hexdigest()), strict=True))
         write_json_atomic(self.directory / PROGRESS_FILE, progress)
         self._last = time.monotonic()
 
@@ -237,7 +263,7 @@ def open_workspace(
             shutil.rmtree(entry)
         elif not entry.is_dir():
             entry.unlink()
-    cache = EmbeddingCache(_parts(directory / CACHE_DIR, dim), dim)
+    cache = EmbeddingCache(_parts(directory / CACHE_DIR, dim, verify=True), dim)
     return Workspace(directory, dim, cache, command)
 
 
@@ -254,13 +280,16 @@ def _keep_checkpointed_rows(directory: Path, dim: int) -> None:
         usable = progress["dim"] == dim and (directory / RUN_VECTORS).is_file()
     except (OSError, ValueError, KeyError, TypeError):
         return  # no run stopped after a checkpoint (or it is unreadable: start afresh)
-    if usable and rows > 0 and (directory / KEYS_FILE).is_file():
+    usable = usable and rows > 0 and (directory / KEYS_FILE).is_file()
+    # the part carries the checkpoint's digests: `_parts` checks them before use
+    recorded = {name: progress[name] for name in DIGESTS if name in progress}
+    if usable:
         numbers = [int(path.stem.split("-")[1]) for path in (directory / CACHE_DIR).glob("part-*")]
         part = directory / CACHE_DIR / f"part-{1 + max(numbers, default=0):04d}"
         with open(directory / KEYS_FILE, "r+b") as handle:
             handle.truncate(rows * KEY_DTYPE.itemsize)
             os.fsync(handle.fileno())
-        write_json_atomic(part.with_suffix(".json"), {"first": first})
+        write_json_atomic(part.with_suffix(".json"), {"first": first, **recorded})
         os.rename(directory / RUN_VECTORS, part.with_suffix(".f32"))
         os.rename(directory / KEYS_FILE, part.with_suffix(".keys"))
         fsync_dir(directory / CACHE_DIR)
@@ -321,19 +350,26 @@ def _workspaces_with_rows(index_dir: Path) -> Iterator[tuple[Path, str, int]]:
             yield entry, kind, rows
 
 
-def _parts(cache_dir: Path, dim: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _parts(cache_dir: Path, dim: int, verify: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
     """The cache's parts (keys, memory-mapped vectors: the rows after the part's
     `first`); a part missing a file, or whose vectors file is shorter than its keys
-    say (a harvest cut short), is removed."""
+    say (a harvest cut short), is removed, and with `verify` (before its vectors are
+    used) one whose bytes no longer match the digests it recorded."""
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     for stem in sorted({path.with_suffix("") for path in cache_dir.glob("part-*")}):
         vectors_path, keys_path = stem.with_suffix(".f32"), stem.with_suffix(".keys")
         try:
-            first = int(json.loads(stem.with_suffix(".json").read_text())["first"])
+            described = json.loads(stem.with_suffix(".json").read_text())
+            first = int(described["first"])
             rows = keys_path.stat().st_size // KEY_DTYPE.itemsize
             whole = vectors_path.stat().st_size >= (first + rows) * dim * 4 and rows > 0
+            recorded = {name: described[name] for name in DIGESTS if name in described}
         except (OSError, ValueError, KeyError, TypeError):
-            whole = False
+            whole, recorded = False, {}
+        if whole and verify and recorded:
+            if _digests_of(vectors_path, keys_path, first, rows, dim) != recorded:
+                _say_changed(stem, rows)
+                whole = False
         if not whole:
             for suffix in (".f32", ".keys", ".json"):
                 stem.with_suffix(suffix).unlink(missing_ok=True)
@@ -343,3 +379,32 @@ def _parts(cache_dir: Path, dim: int) -> list[tuple[np.ndarray, np.ndarray]]:
         )
         parts.append((np.fromfile(keys_path, dtype=KEY_DTYPE, count=rows), vectors))
     return parts
+
+
+def _digest_bytes(digest, path: Path, start: int, end: int) -> None:
+    """Feed bytes [start, end) of `path` to `digest`, in bounded pieces."""
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        while start < end and (piece := handle.read(min(_READ_BYTES, end - start))):
+            digest.update(piece)
+            start += len(piece)
+
+
+def _digests_of(vectors: Path, keys: Path, first: int, rows: int, dim: int) -> dict[str, str]:
+    """DIGESTS of `rows` rows: the vectors after the `first` rows of the vectors file,
+    and the first keys of the keys file (what a checkpoint digested as it went)."""
+    found = []
+    for path, start, size in ((vectors, first * dim * 4, dim * 4), (keys, 0, KEY_DTYPE.itemsize)):
+        digest = hashlib.blake2b(digest_size=16)
+        _digest_bytes(digest, path, start, start + rows * size)
+        found.append(digest.hexdigest())
+    return dict(zip(DIGESTS, found, strict=True))
+
+
+def _say_changed(where: Path, rows: int) -> None:
+    print(
+        f"{where}: the {rows} vectors a stopped run kept changed on disk since it stopped: "
+        "they are embedded again",
+        file=sys.stderr,
+        flush=True,
+    )

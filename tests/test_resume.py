@@ -4,6 +4,8 @@ test_learning_loop.py (reembed) and test_indexer.py (build, add)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from siamese_search.core.atomic import write_json_atomic
@@ -62,5 +64,60 @@ def test_a_part_a_cut_short_harvest_left_is_dropped(tmp_path):
         assert len(workspace.cache) == 2
         kept = [".tmp-part-0009.jsonx1y2", "part-0008.f32", "part-0008.json", "part-0008.keys"]
         assert sorted(p.name for p in cache.iterdir()) == kept
+    finally:
+        workspace.close()
+
+
+def _digested_run(index_dir, texts, vectors):
+    """A stopped run whose progress records its rows' digests, as a checkpoint does."""
+    directory = _stopped_run(index_dir, texts, vectors, first=0, checkpointed=len(texts))
+    progress = json.loads((directory / resume.PROGRESS_FILE).read_text())
+    keys = directory / resume.KEYS_FILE
+    progress.update(resume._digests_of(directory / resume.RUN_VECTORS, keys, 0, len(texts), DIM))
+    write_json_atomic(directory / resume.PROGRESS_FILE, progress)
+    return directory
+
+
+def _overwrite_a_vector(path, row: int) -> None:
+    """Change one row's bytes in place: same size, same name."""
+    with open(path, "r+b") as handle:
+        handle.seek(row * DIM * 4)
+        handle.write(np.full(DIM, 7.0, np.float32).tobytes())
+
+
+def test_a_stopped_runs_vectors_changed_on_disk_are_embedded_again(tmp_path, capsys):
+    """Kept vectors were trusted by their files' sizes: a vector changed on disk after
+    the run stopped went into the next index unseen. Their digests, recorded at each
+    checkpoint, are checked before any is used."""
+    texts, vectors = ["a", "b", "c"], np.arange(3 * DIM, dtype=np.float32).reshape(3, DIM)
+    directory = _digested_run(tmp_path, texts, vectors)
+    _overwrite_a_vector(directory / resume.RUN_VECTORS, 1)
+    workspace = _open(tmp_path)
+    try:
+        assert len(workspace.cache) == 0
+        assert (
+            "changed on disk since it stopped: they are embedded again" in capsys.readouterr().err
+        )
+    finally:
+        workspace.close()
+
+
+def test_a_cache_part_changed_on_disk_is_dropped_and_an_intact_one_kept(tmp_path, capsys):
+    texts, vectors = ["a", "b", "c"], np.arange(3 * DIM, dtype=np.float32).reshape(3, DIM)
+    directory = _digested_run(tmp_path, texts, vectors)
+    _open(tmp_path).close()  # harvested into part-0001, its digests with it
+    workspace = _open(tmp_path)  # an intact part is verified and used
+    try:
+        found, got = workspace.cache.lookup(resume.text_keys(["c"]))
+        assert found.tolist() == [True] and got.tolist() == [vectors[2].tolist()]
+    finally:
+        workspace.close()
+    assert not capsys.readouterr().err
+    _overwrite_a_vector(directory / resume.CACHE_DIR / "part-0001.f32", 2)
+    workspace = _open(tmp_path)
+    try:
+        assert len(workspace.cache) == 0
+        assert "changed on disk" in capsys.readouterr().err
+        assert not list((directory / resume.CACHE_DIR).glob("part-0001*"))
     finally:
         workspace.close()
