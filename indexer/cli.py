@@ -5,6 +5,8 @@ siamese-index add    --index INDEX_DIR --data FILE [--upsert] [--model M]
 siamese-index delete --index INDEX_DIR --ids ID [ID ...] | --ids-file FILE
 siamese-index compact --index INDEX_DIR   (the live rows as one segment)
 siamese-index info   --index INDEX_DIR
+siamese-index list   --index INDEX_DIR   (versions, and what stopped jobs kept)
+siamese-index discard-kept --index INDEX_DIR   (delete what stopped jobs kept)
 siamese-index export --index INDEX_DIR --out FILE   (live rows: id, label, text)
 siamese-index reembed --index INDEX_DIR --model NEW (every live row with another model)
 siamese-index retrain --index INDEX_DIR --out NEW_MODEL [-- TRAIN FLAGS] (train, re-embed)
@@ -36,7 +38,7 @@ from siamese_search.indexer.compaction import compact_index
 from siamese_search.indexer.metadata import RECORD_FIELDS, check_key
 from siamese_search.indexer.options import BuildOptions
 from siamese_search.indexer.ray_engine import RaySettings
-from siamese_search.indexer.resume import kept_work
+from siamese_search.indexer.resume import discard_kept_work, kept_work
 from siamese_search.indexer.store import model_directory_of, open_index, resolve_version_dir
 from siamese_search.indexer.versions import list_index_versions, rollback
 
@@ -270,6 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing.add_argument("--index", required=True, type=Path, help="index directory")
 
+    discard = commands.add_parser(
+        "discard-kept",
+        formatter_class=DefaultsHelpFormatter,
+        help="delete the vectors stopped build / add / reembed runs kept for their next "
+        "run (what `list` shows as kept), refused while such a job runs",
+    )
+    discard.add_argument("--index", required=True, type=Path, help="index directory")
+    _add_wait_flag(discard)
+
     back = commands.add_parser(
         "rollback",
         formatter_class=DefaultsHelpFormatter,
@@ -404,6 +415,24 @@ def _retrain(args, options: BuildOptions):
 JOB_NAMES = {"reembed": "reembed", "ingest": "build or add"}
 
 
+def _discard_kept(index_dir: Path, wait: float) -> int:
+    """Delete what stopped jobs kept, under both jobs' locks: refused while a reembed
+    or compaction runs, and after `wait` s while a build or add does (a running job's
+    workspace is in use)."""
+    if not index_dir.is_dir():
+        raise UserError(f"{index_dir}: no such index directory")
+    with layout.compaction_lock(index_dir), layout.writer_lock(index_dir, wait):
+        discarded = discard_kept_work(index_dir)
+    for kept in discarded:
+        print(
+            f"deleted {kept.rows} vectors a stopped {JOB_NAMES[kept.kind]} kept in "
+            f"{kept.directory} ({kept.megabytes:.0f} MB)"
+        )
+    if not discarded:
+        print(f"{index_dir}: no stopped job kept any vectors")
+    return 0
+
+
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -421,9 +450,11 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"kept by a stopped {JOB_NAMES[kept.kind]}: {kept.rows} vectors in "
                 f"{kept.directory} ({kept.megabytes:.0f} MB); the same command run again "
-                "takes them, or delete the directory"
+                "takes them, or `siamese-index discard-kept` deletes them"
             )
         return 0
+    if args.command == "discard-kept":
+        return _discard_kept(args.index, args.wait)
     if args.command == "export":
         from siamese_search.indexer.export import export_version
 

@@ -212,8 +212,8 @@ class Workspace:
 
     def give_up(self) -> None:
         """The run did not publish: say on stderr what it leaves for the next one (the
-        disk it takes is the user's to free), or remove the workspace when nothing was
-        checkpointed."""
+        disk it takes is the user's to free: `siamese-index discard-kept`), or remove
+        the workspace when nothing was checkpointed."""
         if note := self._left_behind():
             print(note, file=sys.stderr, flush=True)
 
@@ -232,7 +232,8 @@ class Workspace:
         return (
             f"the {rows} vectors embedded so far are kept in {self.directory} "
             f"({megabytes:.0f} MB): run the same {self.command} again to go on from "
-            "them, or delete that directory"
+            f"them, or `siamese-index discard-kept --index {self.directory.parent}` to "
+            "delete them"
         )
 
     def close(self) -> None:
@@ -333,6 +334,16 @@ def kept_work(index_dir: Path) -> list[KeptWork]:
         KeptWork(entry, kind, rows, _megabytes(entry))
         for entry, kind, rows in _workspaces_with_rows(index_dir)
     ]
+
+
+def discard_kept_work(index_dir: Path) -> list[KeptWork]:
+    """Remove every workspace in `index_dir` that holds vectors for a next run, and say
+    what each held (the caller holds the locks of both jobs' kinds: layout's writer
+    and compaction locks, so no running job's workspace is removed)."""
+    kept = kept_work(index_dir)
+    for work in kept:
+        shutil.rmtree(work.directory)
+    return kept
 
 
 def holds_kept_work(index_dir: Path) -> bool:

@@ -289,6 +289,32 @@ def test_a_job_with_another_model_removes_a_stopped_ones_workspace(
     assert not list(written_index.glob(resume.WORKSPACE_PREFIXES["reembed"] + "*"))
 
 
+def test_discard_kept_deletes_what_a_stopped_job_kept_never_a_running_ones(
+    written_index, tuned_model, monkeypatch, capsys
+):
+    """There was no command for it: the user was told to delete the directory, which
+    a job might be using. `discard-kept` takes both jobs' locks first."""
+    from siamese_search.indexer.cli import main as index_main
+
+    monkeypatch.setattr(resume, "CHECKPOINT_SECONDS", 0.0)
+    layout.CHECKPOINT_OBSERVERS.append(_stop_after_pages(1))
+    try:
+        with pytest.raises(_Stop):
+            reembed_index(written_index, load_model(tuned_model), QUIET)
+    finally:
+        layout.CHECKPOINT_OBSERVERS.clear()
+    (workspace,) = written_index.glob(resume.WORKSPACE_PREFIXES["reembed"] + "*")
+    capsys.readouterr()
+    discard = ["discard-kept", "--index", str(written_index), "--wait", "0"]
+    with layout.writer_lock(written_index, wait=0):  # a build or add running
+        assert index_main(discard) == 2
+    assert "being written by another" in capsys.readouterr().err and workspace.is_dir()
+    assert index_main(discard) == 0
+    assert "deleted" in capsys.readouterr().out and not workspace.exists()
+    assert index_main(discard) == 0
+    assert "no stopped job kept any vectors" in capsys.readouterr().out
+
+
 def test_the_index_cli_exports_and_reembeds(written_index, tuned_model, tmp_path):
     from siamese_search.indexer.cli import main
 
