@@ -221,6 +221,17 @@ def _stop_after_pages(pages: int):
     return observer
 
 
+def _stopped_reembed(index_dir, model, pages: int) -> None:
+    """A reembed of `index_dir` with `model` stopped after `pages` pages (checkpointed
+    at each: the caller sets resume.CHECKPOINT_SECONDS to 0)."""
+    layout.CHECKPOINT_OBSERVERS.append(_stop_after_pages(pages))
+    try:
+        with pytest.raises(_Stop):
+            reembed_index(index_dir, model, QUIET)
+    finally:
+        layout.CHECKPOINT_OBSERVERS.clear()
+
+
 def _live_texts(version) -> list[str]:
     return [text for rows in version.records().iter_all() for _, _, _, text in rows]
 
@@ -237,12 +248,7 @@ def test_a_stopped_job_resumes_with_what_it_embedded(
     monkeypatch.setattr(reembed, "PAGE_ROWS", 10)
     monkeypatch.setattr(resume, "CHECKPOINT_SECONDS", 0.0)
     old_model, new_model = load_model(trained_model), load_model(tuned_model)
-    layout.CHECKPOINT_OBSERVERS.append(_stop_after_pages(4))
-    try:
-        with pytest.raises(_Stop):
-            reembed_index(written_index, new_model, QUIET)
-    finally:
-        layout.CHECKPOINT_OBSERVERS.clear()
+    _stopped_reembed(written_index, new_model, pages=4)
     assert layout.current_version(written_index) == "000002"
     (workspace,) = written_index.glob(resume.WORKSPACE_PREFIXES["reembed"] + "*")
     checkpointed = json.loads((workspace / resume.PROGRESS_FILE).read_text())["rows"]
@@ -277,12 +283,7 @@ def test_a_job_with_another_model_removes_a_stopped_ones_workspace(
     written_index, tuned_model, labels_only_model, monkeypatch
 ):
     monkeypatch.setattr(resume, "CHECKPOINT_SECONDS", 0.0)
-    layout.CHECKPOINT_OBSERVERS.append(_stop_after_pages(1))
-    try:
-        with pytest.raises(_Stop):
-            reembed_index(written_index, load_model(tuned_model), QUIET)
-    finally:
-        layout.CHECKPOINT_OBSERVERS.clear()
+    _stopped_reembed(written_index, load_model(tuned_model), pages=1)
     assert len(list(written_index.glob(resume.WORKSPACE_PREFIXES["reembed"] + "*"))) == 1
     report = reembed_index(written_index, load_model(labels_only_model), QUIET)
     assert report.reused == 0
@@ -297,12 +298,7 @@ def test_discard_kept_deletes_what_a_stopped_job_kept_never_a_running_ones(
     from siamese_search.indexer.cli import main as index_main
 
     monkeypatch.setattr(resume, "CHECKPOINT_SECONDS", 0.0)
-    layout.CHECKPOINT_OBSERVERS.append(_stop_after_pages(1))
-    try:
-        with pytest.raises(_Stop):
-            reembed_index(written_index, load_model(tuned_model), QUIET)
-    finally:
-        layout.CHECKPOINT_OBSERVERS.clear()
+    _stopped_reembed(written_index, load_model(tuned_model), pages=1)
     (workspace,) = written_index.glob(resume.WORKSPACE_PREFIXES["reembed"] + "*")
     capsys.readouterr()
     discard = ["discard-kept", "--index", str(written_index), "--wait", "0"]
